@@ -1,0 +1,198 @@
+import { randomBytes } from 'node:crypto';
+import { createServer, type IncomingMessage, type ServerResponse } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import type { Duplex } from 'node:stream';
+import Fastify, { type FastifyInstance } from 'fastify';
+import { pino, type Logger } from 'pino';
+import type { Config } from './config/schema.js';
+import { BadRequestError, HeadersTooLargeError, type ProxyError } from './errors.js';
+import { registerAdmin } from './http/admin.js';
+import { handleConnect } from './http/connect.js';
+import { FORWARD_TARGET, handleProxyRequest, type ForwardRequest, type ProxyState } from './http/proxy.js';
+import { errorBody } from './http/respond.js';
+import { RouteTable } from './http/route-table.js';
+import { buildRoute, type BuiltRoute, type PipelineDeps } from './pipeline/build.js';
+import { createMetrics, type Metrics } from './telemetry/metrics.js';
+import { PoolSet } from './upstream/pool.js';
+
+export interface AppDeps {
+  logger?: Logger;
+  metrics?: Metrics;
+  env?: NodeJS.ProcessEnv;
+  /** Folder relative paths in the config resolve from. */
+  baseDir?: string;
+  now?: () => number;
+  random?: () => number;
+}
+
+export interface Fusebox {
+  config: Config;
+  proxy: FastifyInstance;
+  admin: FastifyInstance;
+  metrics: Metrics;
+  logger: Logger;
+  state: ProxyState;
+  /** Bind both listeners. Resolves to their URLs (`http://127.0.0.1:4000`). */
+  listen(): Promise<{ proxyUrl: string; adminUrl: string }>;
+  /**
+   * Graceful stop: readiness turns false, new calls are refused, in-flight calls and tunnels get up to `graceMs`
+   * to finish, then whatever is left is cut. Resolves when everything is closed.
+   */
+  shutdown(graceMs?: number): Promise<void>;
+}
+
+/** Credentials never reach logs: these paths are censored wherever they appear in a log object. */
+export const REDACT_PATHS = [
+  'authorization',
+  'proxy-authorization',
+  'x-api-key',
+  'cookie',
+  'set-cookie',
+  '*.authorization',
+  '*.["proxy-authorization"]',
+  '*.["x-api-key"]',
+  '*.cookie',
+  '*.["set-cookie"]',
+  'headers.*.authorization',
+];
+
+export const createLogger = (level: Config['log']['level']): Logger =>
+  pino({ level, base: { service: 'fusebox' }, redact: { paths: REDACT_PATHS, censor: '[REDACTED]' }, timestamp: pino.stdTimeFunctions.isoTime });
+
+const rawErrorResponse = (err: ProxyError): string => {
+  const body = JSON.stringify(errorBody(err, { requestId: '-' }));
+  return (
+    `HTTP/1.1 ${err.statusCode} ${err.statusCode === 431 ? 'Request Header Fields Too Large' : 'Bad Request'}\r\n` +
+    `content-type: application/json\r\ncontent-length: ${Buffer.byteLength(body)}\r\nx-fusebox-error: ${err.code}\r\nconnection: close\r\n\r\n${body}`
+  );
+};
+
+/** Build (but do not bind) a Fusebox from a validated config. Tests build one per case on port 0. */
+export const buildApp = async (config: Config, deps: AppDeps = {}): Promise<Fusebox> => {
+  const logger = deps.logger ?? createLogger(config.log.level);
+  const metrics = deps.metrics ?? createMetrics();
+  const env = deps.env ?? process.env;
+  const now = deps.now ?? Date.now;
+  const random = deps.random ?? Math.random;
+  const via = `1.1 fusebox-${randomBytes(4).toString('hex')}`;
+  const pools = new PoolSet(deps.baseDir ?? process.cwd());
+  const state: ProxyState = { accepting: true, inflight: 0, ownPorts: new Set() };
+  const tunnels = new Set<Duplex>();
+
+  const pipelineDeps: PipelineDeps = { pools, metrics, logger, env, now, random, via };
+  const built: BuiltRoute[] = config.routes.map((r) => buildRoute(r, pipelineDeps));
+  const routes = new RouteTable(built);
+  metrics.configInfo.labels(String(config.routes.length), config.store.kind).set(1);
+
+  const proxyDeps = { config, routes, metrics, logger, now, state, via };
+  const proxy = Fastify({
+    logger: false,
+    exposeHeadRoutes: false,
+    return503OnClosing: false,
+    forceCloseConnections: false,
+    // HTTP_PROXY mode sends absolute-form targets (`GET http://host/x`); the router only knows paths, so the
+    // target is parked on the request and routing happens in the proxy handler by host.
+    rewriteUrl(req) {
+      const url = req.url ?? '/';
+      if (url.startsWith('/')) return url;
+      try {
+        (req as ForwardRequest)[FORWARD_TARGET] = new URL(url);
+      } catch {
+        return '/';
+      }
+      return '/';
+    },
+    serverFactory: (handler) =>
+      createServer({ maxHeaderSize: config.limits.maxHeaderBytes, noDelay: true }, (req: IncomingMessage, res: ServerResponse) => handler(req, res)),
+    clientErrorHandler: (err: Error & { code?: string }, socket) => {
+      if (!socket.writable) return socket.destroy();
+      const e =
+        err.code === 'HPE_HEADER_OVERFLOW'
+          ? new HeadersTooLargeError(`request headers are larger than the limit of ${config.limits.maxHeaderBytes} bytes (limits.maxHeaderBytes)`)
+          : new BadRequestError(`malformed HTTP request: ${err.code ?? err.message}`);
+      metrics.refusals.labels(e.code).inc();
+      socket.end(rawErrorResponse(e));
+    },
+  });
+  // Bodies stay unread streams: the proxy decides whether to buffer (for replay) or stream.
+  proxy.removeAllContentTypeParsers();
+  proxy.addContentTypeParser('*', (_req, _payload, done) => done(null));
+  proxy.all('*', (req, reply) => {
+    reply.hijack();
+    return handleProxyRequest(req.raw as ForwardRequest, reply.raw, proxyDeps);
+  });
+  proxy.server.on('connect', (req: IncomingMessage, socket: Duplex, head: Buffer) =>
+    handleConnect(req, socket, head, { routes, metrics, logger, state, tunnels }),
+  );
+
+  const token = env[config.listen.admin.tokenEnv];
+  registerAdmin(admin, {
+    metrics,
+    token: token !== undefined && token !== '' ? token : undefined,
+    tokenEnv: config.listen.admin.tokenEnv,
+    isReady: () => state.accepting && proxy.server.listening,
+  });
+
+  const urlOf = (app: FastifyInstance) => {
+    const a = app.server.address() as AddressInfo;
+    return `http://${a.family === 'IPv6' ? `[${a.address}]` : a.address}:${a.port}`;
+  };
+
+  let closed: Promise<void> | undefined;
+  const fusebox: Fusebox = {
+    config,
+    proxy,
+    admin,
+    metrics,
+    logger,
+    state,
+    async listen() {
+      await proxy.listen({ host: config.listen.proxy.host, port: config.listen.proxy.port });
+      await admin.listen({ host: config.listen.admin.host, port: config.listen.admin.port });
+      state.ownPorts.add((proxy.server.address() as AddressInfo).port);
+      state.ownPorts.add((admin.server.address() as AddressInfo).port);
+      metrics.ready.set(1);
+      logger.info(
+        { proxy: urlOf(proxy), admin: urlOf(admin), routes: config.routes.map((r) => r.name), agent: config.agent.id, store: config.store.kind },
+        'fusebox listening',
+      );
+      return { proxyUrl: urlOf(proxy), adminUrl: urlOf(admin) };
+    },
+    shutdown(graceMs = config.shutdown.graceMs) {
+      closed ??= (async () => {
+        state.accepting = false;
+        metrics.ready.set(0);
+        logger.info({ inflight: state.inflight, tunnels: tunnels.size, graceMs }, 'draining');
+        // Stop accepting connections; idle keep-alive sockets are closed, busy ones end after their response.
+        const serverClosed = new Promise<void>((resolve) => proxy.server.close(() => resolve()));
+        proxy.server.closeIdleConnections();
+        let waiting = true;
+        const drained = (async () => {
+          while (waiting && (state.inflight > 0 || tunnels.size > 0)) await new Promise((r) => setTimeout(r, 25));
+        })();
+        let timer: NodeJS.Timeout | undefined;
+        const timedOut = await Promise.race([
+          drained.then(() => false),
+          new Promise<boolean>((r) => (timer = setTimeout(() => r(true), graceMs))),
+        ]);
+        clearTimeout(timer);
+        waiting = false;
+        if (timedOut) {
+          logger.warn({ inflight: state.inflight, tunnels: tunnels.size }, 'grace period over: cutting the calls still running');
+          for (const t of tunnels) t.destroy();
+          proxy.server.closeAllConnections();
+          await pools.destroy();
+        } else {
+          proxy.server.closeAllConnections();
+          await pools.close();
+        }
+        await serverClosed;
+        await proxy.close();
+        await admin.close();
+        logger.info('stopped');
+      })();
+      return closed;
+    },
+  };
+  return fusebox;
+};

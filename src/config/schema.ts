@@ -1,0 +1,416 @@
+import { z } from 'zod';
+
+/**
+ * The one schema for Fusebox's config file. Every field says its unit and default; the README's
+ * reference is written from these comments. `z.strictObject` everywhere so a typo is an error, not a
+ * silently ignored key.
+ */
+
+const ms = (def: number) => z.number().int().nonnegative().default(def);
+const positiveInt = z.number().int().positive();
+const percent = z.number().min(0).max(100);
+const httpStatus = z.number().int().min(100).max(599);
+/** A header name as HTTP allows it; compared lower-case. */
+const headerName = z
+  .string()
+  .regex(/^[!#$%&'*+.^_`|~0-9A-Za-z-]+$/, 'must be a valid HTTP header name')
+  .transform((s) => s.toLowerCase());
+const routeName = z
+  .string()
+  .regex(/^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$/, 'must be 1-64 letters, digits, "_", "-" or "." (it becomes a metric label)');
+const httpUrl = z
+  .string()
+  .refine((s) => {
+    try {
+      const u = new URL(s);
+      return (u.protocol === 'http:' || u.protocol === 'https:') && u.username === '' && u.password === '';
+    } catch {
+      return false;
+    }
+  }, 'must be an absolute http:// or https:// URL without credentials (use `credential` for secrets)');
+const envVarName = z.string().regex(/^[A-Za-z_][A-Za-z0-9_]*$/, 'must be an environment variable name, like OPENAI_API_KEY');
+
+export const ListenSchema = z.strictObject({
+  /** Address to bind. Default 127.0.0.1: a sidecar shares the pod's network namespace, loopback is enough. */
+  host: z.string().min(1).default('127.0.0.1'),
+  /** TCP port; 0 picks a free one (tests). */
+  port: z.number().int().min(0).max(65535),
+});
+
+export const AdminSchema = z.strictObject({
+  host: z.string().min(1).default('127.0.0.1'),
+  /** Admin port (metrics, health, admin API). Default 9901. */
+  port: z.number().int().min(0).max(65535).default(9901),
+  /**
+   * Name of the environment variable holding the bearer token for state-changing admin calls.
+   * When unset or empty, those calls answer 403 ADMIN_DISABLED; read-only endpoints stay open.
+   */
+  tokenEnv: envVarName.default('FUSEBOX_ADMIN_TOKEN'),
+});
+
+export const TimeoutsSchema = z.strictObject({
+  /** TCP (+TLS) connect timeout, ms. Default 5000. */
+  connectMs: ms(5_000),
+  /** Time from request sent to response headers, ms. Default 120000 (a non-streamed LLM answer arrives whole). */
+  headersMs: ms(120_000),
+  /** Longest silence between two body chunks, ms. Default 60000. 0 disables. */
+  bodyIdleMs: ms(60_000),
+  /** Whole call including retries and fallbacks, ms. Default 600000. */
+  totalMs: ms(600_000),
+});
+
+export const CredentialSchema = z.strictObject({
+  /** Environment variable holding the secret. The secret itself never goes in the file. */
+  env: envVarName,
+  /** Header to set. Default `authorization`. Whatever the agent sent in it is replaced. */
+  header: headerName.default('authorization'),
+  /** Text put before the secret. Default `Bearer ` (use '' for `x-api-key`). */
+  prefix: z.string().default('Bearer '),
+});
+
+export const HeaderRulesSchema = z.strictObject({
+  /** Headers set on the upstream request (replacing the agent's). */
+  add: z.record(headerName, z.string()).default({}),
+  /** Headers removed from the upstream request. */
+  remove: z.array(headerName).default([]),
+});
+
+export const TlsSchema = z.strictObject({
+  /** PEM file with extra CA certificates to trust for this upstream. */
+  caFile: z.string().optional(),
+  /** Verify the upstream certificate. Default true; turning it off is logged at startup. */
+  rejectUnauthorized: z.boolean().default(true),
+  /** SNI / certificate name to expect, when it differs from the URL's host. */
+  servername: z.string().optional(),
+});
+
+export const UpstreamSchema = z.strictObject({
+  /** Origin (and optional base path) requests go to, e.g. https://api.openai.com. */
+  url: httpUrl,
+  tls: TlsSchema.prefault({}),
+  /** Most concurrent connections to this upstream. Default 256. */
+  connections: positiveInt.default(256),
+});
+
+export const MatchSchema = z
+  .strictObject({
+    /**
+     * Base-URL mode: origin-form requests whose path starts with this prefix (e.g. `/openai`) take this route.
+     * The prefix is stripped unless `stripPrefix: false`.
+     */
+    pathPrefix: z
+      .string()
+      .regex(/^\/[^?#]*$/, 'must start with "/" and have no query')
+      .optional(),
+    /** Proxy mode (HTTP_PROXY / HTTPS_PROXY): request hosts this route serves, e.g. `api.openai.com`. */
+    hosts: z
+      .array(z.string().regex(/^[A-Za-z0-9.-]+$|^\[[0-9a-fA-F:.]+\]$/, 'must be a host name or address, no scheme or port'))
+      .optional(),
+    /** Proxy mode: only absolute-form requests whose path starts with this take the route. Default `/`. */
+    hostPathPrefix: z.string().regex(/^\//, 'must start with "/"').default('/'),
+    /** Ports a CONNECT tunnel to one of `hosts` may use. Default [443]. Empty list: no tunnels. */
+    connectPorts: z.array(z.number().int().min(1).max(65535)).default([443]),
+  })
+  .refine((m) => m.pathPrefix !== undefined || (m.hosts !== undefined && m.hosts.length > 0), {
+    message: 'needs `pathPrefix` (base-URL mode) or `hosts` (proxy mode), or both',
+  });
+
+export const RetrySchema = z.strictObject({
+  /** Default true. */
+  enabled: z.boolean().default(true),
+  /** Retries after the first attempt. Default 3 (4 attempts). */
+  maxRetries: z.number().int().min(0).max(10).default(3),
+  /** Backoff base, ms: attempt n waits random(0, min(capMs, baseMs·2^n)). Default 500. */
+  baseMs: ms(500),
+  /** Backoff cap, ms. Default 30000. */
+  capMs: ms(30_000),
+  /** Longest Retry-After (or x-ratelimit-reset) Fusebox will wait, ms; longer → no retry. Default 60000. */
+  retryAfterMaxMs: ms(60_000),
+  /** Statuses that are retried. Default [429, 502, 503, 504]. 500 is governed by `maxRetriesOn500`. */
+  retryableStatuses: z.array(httpStatus).default([429, 502, 503, 504]),
+  /** Retries allowed for a 500 (often a deterministic bug upstream). Default 1. */
+  maxRetriesOn500: z.number().int().min(0).max(10).default(1),
+  /** Retry budget: retries may add at most this percent of recent requests. Default 20. */
+  budgetPercent: percent.default(20),
+  /** Retry budget floor: retries per second always allowed. Default 3 (Envoy's min_retry_concurrency). */
+  minRetriesPerSecond: z.number().nonnegative().default(3),
+  /** Retry budget window, ms. Default 10000 (Linkerd's ttl). */
+  budgetWindowMs: ms(10_000),
+  /** Request bodies up to this size are buffered so they can be replayed; larger ones stream and are never retried. Default 1 MiB. */
+  bufferBytes: z.number().int().nonnegative().default(1024 * 1024),
+});
+
+export const BreakerSchema = z.strictObject({
+  /** Default true. */
+  enabled: z.boolean().default(true),
+  /**
+   * What one breaker guards. `route` (default), `upstream` (per fallback target), `model` (per `model` in the JSON
+   * body), `tool` (per MCP tool name; the default for `provider: mcp`).
+   */
+  keyBy: z.enum(['route', 'upstream', 'model', 'tool']).optional(),
+  /** Opens when failures reach this percent of calls in the window... Default 50. */
+  errorRatePercent: percent.default(50),
+  /** ...over this rolling window, ms. Default 60000. */
+  windowMs: ms(60_000),
+  /** ...once the window holds at least this many calls. Default 20. */
+  minCalls: z.number().int().min(1).default(20),
+  /** Or opens after this many failures in a row. Default 5. */
+  consecutiveFailures: z.number().int().min(1).default(5),
+  /** Time open before one probe is let through, ms. Default 30000. */
+  resetMs: ms(30_000),
+  /** Random spread added to resetMs so a fleet does not probe in lockstep, percent. Default 20. */
+  resetJitterPercent: percent.default(20),
+  /** A call slower than this counts as a breaker failure even if it succeeded, ms. Unset: never. */
+  slowCallMs: z.number().int().positive().optional(),
+  /** Most breakers kept for this route (LRU). Default 1000. */
+  maxKeys: positiveInt.default(1000),
+});
+
+const fallbackCommon = {
+  /** Step name: shown in `x-fusebox-fallback` and the `step` metric label. */
+  name: routeName.optional(),
+};
+
+export const FallbackStepSchema = z.discriminatedUnion('type', [
+  z.strictObject({
+    type: z.literal('upstream'),
+    ...fallbackCommon,
+    url: httpUrl,
+    tls: TlsSchema.prefault({}),
+    credential: CredentialSchema.optional(),
+    /** Replace `model` in the JSON request body, e.g. gpt-4o → gpt-4o-mini. */
+    model: z.string().min(1).optional(),
+    headers: HeaderRulesSchema.prefault({}),
+  }),
+  z.strictObject({
+    type: z.literal('route'),
+    ...fallbackCommon,
+    /** Name of another route; its own pipeline (breaker, retries, credential) runs. */
+    route: routeName,
+    /** Replace `model` in the JSON request body. */
+    model: z.string().min(1).optional(),
+  }),
+  z.strictObject({
+    type: z.literal('lastGood'),
+    ...fallbackCommon,
+  }),
+  z.strictObject({
+    type: z.literal('static'),
+    ...fallbackCommon,
+    status: httpStatus.default(200),
+    body: z.unknown(),
+    headers: z.record(headerName, z.string()).default({}),
+  }),
+]);
+
+export const LastGoodSchema = z.strictObject({
+  /** Remember the last successful answer per (method, path, body) for the `lastGood` fallback step. Default false. */
+  enabled: z.boolean().default(false),
+  /** How long a remembered answer may be served, ms. Default 300000. */
+  ttlMs: ms(300_000),
+  /** Most answers remembered for this route. Default 1000. */
+  maxEntries: positiveInt.default(1000),
+  /** Largest answer remembered, bytes. Default 1 MiB. */
+  maxBodyBytes: positiveInt.default(1024 * 1024),
+  /** Also remember streamed (SSE) answers and answers to non-idempotent tool calls. Default false. */
+  includeUnsafe: z.boolean().default(false),
+});
+
+export const FaultsSchema = z.strictObject({
+  /** Default false: no fault is ever injected. */
+  enabled: z.boolean().default(false),
+  abort: z.strictObject({ percent: percent, status: httpStatus.default(503) }).optional(),
+  delay: z.strictObject({ percent: percent, ms: positiveInt }).optional(),
+  reset: z.strictObject({ percent: percent }).optional(),
+  /** Let the `x-fusebox-fault` request header (`abort=503`, `delay=200`, `reset`) trigger faults. Default false. */
+  headerControl: z.boolean().default(false),
+});
+
+export const PriceSchema = z.strictObject({
+  /** USD per 1M input tokens. */
+  inputPerM: z.number().nonnegative(),
+  /** USD per 1M output tokens. */
+  outputPerM: z.number().nonnegative(),
+  /** USD per 1M cached input tokens. Default: the input price. */
+  cachedInputPerM: z.number().nonnegative().optional(),
+});
+
+export const RouteBudgetSchema = z.strictObject({
+  /** Refuse a single request whose estimated cost is above this, USD. */
+  maxRequestUsd: z.number().positive().optional(),
+  /** Refuse a single request whose estimated tokens (prompt + max output) are above this. */
+  maxRequestTokens: positiveInt.optional(),
+  /** Daily cap for this route (all agents sharing the store), USD, UTC day. */
+  dailyUsd: z.number().positive().optional(),
+  /** `local` (default): keep enforcing on a local slice and replay charges later. `closed`: 503 BUDGET_STORE_UNAVAILABLE. */
+  storeUnavailable: z.enum(['local', 'closed']).default('local'),
+  /** Ask OpenAI for usage in streams (`stream_options.include_usage`). Default true for OpenAI routes. */
+  includeStreamUsage: z.boolean().default(true),
+  /** Output tokens assumed when the request sets no max, for the estimate. Default 1024. */
+  defaultMaxOutputTokens: positiveInt.default(1024),
+  /** Per-model prices overriding config/prices.yaml for this route. */
+  prices: z.record(z.string(), PriceSchema).default({}),
+});
+
+export const RouteSchema = z.strictObject({
+  /** Unique route name; a metric label. */
+  name: routeName,
+  /** API family, for usage parsing and per-tool breakers: openai, anthropic, mcp or none (default). */
+  provider: z.enum(['openai', 'anthropic', 'mcp', 'none']).default('none'),
+  match: MatchSchema,
+  upstream: UpstreamSchema,
+  /** Strip `match.pathPrefix` before forwarding. Default true. */
+  stripPrefix: z.boolean().default(true),
+  timeouts: TimeoutsSchema.prefault({}),
+  headers: HeaderRulesSchema.prefault({}),
+  credential: CredentialSchema.optional(),
+  /**
+   * The upstream treats repeated requests as harmless, so POST/PATCH may be retried after they were sent.
+   * Default: true for LLM providers (openai, anthropic: a 429/5xx was not processed), false otherwise.
+   */
+  idempotent: z.boolean().optional(),
+  retry: RetrySchema.prefault({}),
+  breaker: BreakerSchema.prefault({}),
+  /** Ordered steps tried when the primary fails (breaker open, retries exhausted, or a `fallbackOn` status). */
+  fallback: z.array(FallbackStepSchema).default([]),
+  /** Final upstream statuses that also start the fallback chain (e.g. [400] for context-length errors). */
+  fallbackOn: z.array(httpStatus).default([]),
+  lastGood: LastGoodSchema.prefault({}),
+  faults: FaultsSchema.prefault({}),
+  budget: RouteBudgetSchema.prefault({}),
+});
+
+export const StoreSchema = z.strictObject({
+  /** `memory` (default, one sidecar) or `redis` (a fleet shares budgets and counters). */
+  kind: z.enum(['memory', 'redis']).default('memory'),
+  /** Redis URL, e.g. redis://redis.fusebox:6379/0. `${VAR}` is expanded. Required for `redis`. */
+  url: z.string().optional(),
+  /** Prefix of every key Fusebox writes. Default `fusebox`. */
+  keyPrefix: z.string().regex(/^[A-Za-z0-9:_-]+$/).default('fusebox'),
+  /** Per-command timeout, ms. Default 250. */
+  timeoutMs: positiveInt.default(250),
+  /** Memory store: file its counters are saved to, so a restart keeps the spend. */
+  snapshotPath: z.string().optional(),
+  /** Memory store: how often the snapshot is written, ms. Default 5000. */
+  snapshotIntervalMs: positiveInt.default(5_000),
+});
+
+export const BudgetsSchema = z.strictObject({
+  /** Caps for this agent (the `agent.id`), UTC windows. */
+  agent: z
+    .strictObject({
+      dailyUsd: z.number().positive().optional(),
+      monthlyUsd: z.number().positive().optional(),
+      dailyTokens: positiveInt.optional(),
+    })
+    .prefault({}),
+  /** Caps per workflow (`x-fusebox-workflow` header). */
+  workflow: z
+    .strictObject({
+      usd: z.number().positive().optional(),
+      tokens: positiveInt.optional(),
+      /** Most calls (tool calls included) one workflow may make: the agent-loop stopper. */
+      maxCalls: positiveInt.optional(),
+      /** Counters of a workflow unseen this long expire, ms. Default 86400000. */
+      idleTtlMs: positiveInt.default(86_400_000),
+    })
+    .prefault({}),
+  /** Every agent sharing the store together, UTC day. */
+  fleet: z.strictObject({ dailyUsd: z.number().positive().optional() }).prefault({}),
+  /** Percent of a cap at which one alert line and metric fire per window. Default 75. */
+  alertPercent: percent.default(75),
+  /** Price table file. Default config/prices.yaml (relative to the config file). */
+  pricesFile: z.string().default('prices.yaml'),
+  /** Price charged for a model missing from the table (never zero). */
+  defaultPrice: PriceSchema.default({ inputPerM: 15, outputPerM: 75 }),
+});
+
+export const LimitsSchema = z.strictObject({
+  /** Largest request body accepted, bytes. Default 32 MiB. Over → 413 BODY_TOO_LARGE. */
+  maxRequestBodyBytes: positiveInt.default(32 * 1024 * 1024),
+  /** Largest request header section, bytes. Default 32768. Over → 431 HEADERS_TOO_LARGE. */
+  maxHeaderBytes: z.number().int().min(1024).default(32 * 1024),
+});
+
+export const ConfigSchema = z
+  .strictObject({
+    /** Config format version. Must be 1. */
+    version: z.literal(1).default(1),
+    agent: z
+      .strictObject({
+        /** This agent's identity: budget scope and log field. `${POD_NAME}` is expanded. Default `local`. */
+        id: z.string().min(1).default('local'),
+      })
+      .prefault({}),
+    listen: z
+      .strictObject({
+        proxy: ListenSchema.prefault({ port: 4000 }),
+        admin: AdminSchema.prefault({}),
+      })
+      .prefault({}),
+    limits: LimitsSchema.prefault({}),
+    log: z
+      .strictObject({
+        level: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
+      })
+      .prefault({}),
+    shutdown: z
+      .strictObject({
+        /** How long in-flight calls and streams may run after SIGTERM, ms. Default 25000 (under k8s' 30 s). */
+        graceMs: ms(25_000),
+      })
+      .prefault({}),
+    store: StoreSchema.prefault({}),
+    budgets: BudgetsSchema.prefault({}),
+    routes: z.array(RouteSchema).min(1, 'needs at least one route: Fusebox forwards only to allow-listed destinations'),
+  })
+  .superRefine((cfg, ctx) => {
+    const seen = new Map<string, number>();
+    cfg.routes.forEach((r, i) => {
+      const first = seen.get(r.name);
+      if (first !== undefined) {
+        ctx.addIssue({ code: 'custom', path: ['routes', i, 'name'], message: `duplicate route name "${r.name}" (also routes[${first}])` });
+      } else seen.set(r.name, i);
+    });
+    const prefixes = new Map<string, number>();
+    cfg.routes.forEach((r, i) => {
+      const p = r.match.pathPrefix;
+      if (p === undefined) return;
+      const other = prefixes.get(p);
+      if (other !== undefined) {
+        ctx.addIssue({ code: 'custom', path: ['routes', i, 'match', 'pathPrefix'], message: `"${p}" is already taken by routes[${other}]` });
+      } else prefixes.set(p, i);
+    });
+    cfg.routes.forEach((r, i) => {
+      r.fallback.forEach((step, j) => {
+        if (step.type === 'route' && !seen.has(step.route)) {
+          ctx.addIssue({ code: 'custom', path: ['routes', i, 'fallback', j, 'route'], message: `no route named "${step.route}"` });
+        }
+        if (step.type === 'route' && step.route === r.name) {
+          ctx.addIssue({ code: 'custom', path: ['routes', i, 'fallback', j, 'route'], message: 'a route cannot fall back to itself' });
+        }
+        if (step.type === 'lastGood' && !r.lastGood.enabled) {
+          ctx.addIssue({ code: 'custom', path: ['routes', i, 'fallback', j], message: 'a lastGood step needs `lastGood.enabled: true` on the route' });
+        }
+      });
+      if (r.retry.capMs < r.retry.baseMs) {
+        ctx.addIssue({ code: 'custom', path: ['routes', i, 'retry', 'capMs'], message: `must be ≥ baseMs (${r.retry.baseMs})` });
+      }
+    });
+    if (cfg.store.kind === 'redis' && !cfg.store.url) {
+      ctx.addIssue({ code: 'custom', path: ['store', 'url'], message: 'is required when store.kind is "redis" (e.g. redis://127.0.0.1:6379)' });
+    }
+  });
+
+export type Config = z.infer<typeof ConfigSchema>;
+export type RouteConfig = z.infer<typeof RouteSchema>;
+export type RetryConfig = z.infer<typeof RetrySchema>;
+export type BreakerConfig = z.infer<typeof BreakerSchema>;
+export type FallbackStep = z.infer<typeof FallbackStepSchema>;
+export type FaultsConfig = z.infer<typeof FaultsSchema>;
+export type Price = z.infer<typeof PriceSchema>;
+export type StoreConfig = z.infer<typeof StoreSchema>;
+export type BudgetsConfig = z.infer<typeof BudgetsSchema>;
+export type TimeoutsConfig = z.infer<typeof TimeoutsSchema>;
+export type CredentialConfig = z.infer<typeof CredentialSchema>;
+export type TlsConfig = z.infer<typeof TlsSchema>;

@@ -1,0 +1,102 @@
+import type { IncomingMessage } from 'node:http';
+import { PassThrough } from 'node:stream';
+import { BadRequestError, BodyTooLargeError, ClientClosedError } from '../errors.js';
+import type { RequestBody } from '../pipeline/types.js';
+
+export interface BodyLimits {
+  /** Largest body accepted at all (413 above). */
+  maxBytes: number;
+  /** Bodies up to this size are buffered so they can be replayed; larger ones stream once. */
+  bufferBytes: number;
+}
+
+const tooLarge = (max: number) =>
+  new BodyTooLargeError(`request body is larger than the limit of ${max} bytes (limits.maxRequestBodyBytes)`, { limitBytes: max });
+
+/**
+ * Read the agent's request body: buffered when it fits the replay buffer (so retries and fallbacks can resend
+ * it, and budget estimates can read it), otherwise handed on as a one-shot stream that is still held to the
+ * size limit. Never holds more than `bufferBytes` in memory.
+ */
+export const readRequestBody = (raw: IncomingMessage, limits: BodyLimits): Promise<RequestBody> => {
+  const lengthHeader = raw.headers['content-length'];
+  const chunked = raw.headers['transfer-encoding'] !== undefined;
+  if (lengthHeader === undefined && !chunked) return Promise.resolve({ kind: 'none' });
+  const length = lengthHeader === undefined ? undefined : Number(lengthHeader);
+  if (length !== undefined && !Number.isSafeInteger(length)) {
+    return Promise.reject(new BadRequestError('content-length is not a number'));
+  }
+  if (length !== undefined && length > limits.maxBytes) return Promise.reject(tooLarge(limits.maxBytes));
+  if (length === 0) return Promise.resolve({ kind: 'none' });
+  if (length !== undefined && length > limits.bufferBytes) {
+    // Node's parser already enforces that exactly `length` bytes arrive.
+    return Promise.resolve({ kind: 'stream', stream: raw, length });
+  }
+
+  return new Promise<RequestBody>((resolve, reject) => {
+    const chunks: Buffer[] = [];
+    let size = 0;
+    let settled = false;
+    const cleanup = () => {
+      raw.off('data', onData);
+      raw.off('end', onEnd);
+      raw.off('error', onError);
+      raw.off('close', onClose);
+    };
+    const onData = (chunk: Buffer) => {
+      size += chunk.length;
+      if (size <= limits.bufferBytes) {
+        chunks.push(chunk);
+        return;
+      }
+      // Past the replay buffer with no length announced: stop buffering, stream what we hold plus the rest.
+      cleanup();
+      settled = true;
+      raw.pause();
+      chunks.push(chunk);
+      resolve({ kind: 'stream', stream: limitedStream(raw, chunks, size, limits.maxBytes) });
+    };
+    const onEnd = () => {
+      cleanup();
+      settled = true;
+      resolve(size === 0 ? { kind: 'none' } : { kind: 'buffered', bytes: chunks.length === 1 ? chunks[0]! : Buffer.concat(chunks, size) });
+    };
+    const onError = (err: Error) => {
+      cleanup();
+      if (!settled) reject(new ClientClosedError('the client aborted while sending the request body', {}, { cause: err }));
+    };
+    const onClose = () => {
+      if (!settled && !raw.complete) onError(new Error('closed'));
+    };
+    raw.on('data', onData);
+    raw.on('end', onEnd);
+    raw.on('error', onError);
+    raw.on('close', onClose);
+  });
+};
+
+/** The already-read chunks followed by the rest of `raw`, failing with BODY_TOO_LARGE past `maxBytes`. */
+const limitedStream = (raw: IncomingMessage, head: Buffer[], headSize: number, maxBytes: number): PassThrough => {
+  const out = new PassThrough();
+  let size = headSize;
+  if (size > maxBytes) {
+    out.destroy(tooLarge(maxBytes));
+    raw.resume();
+    return out;
+  }
+  for (const c of head) out.write(c);
+  raw.on('data', (chunk: Buffer) => {
+    size += chunk.length;
+    if (size > maxBytes) {
+      out.destroy(tooLarge(maxBytes));
+      raw.destroy();
+      return;
+    }
+    if (!out.write(chunk)) raw.pause();
+  });
+  out.on('drain', () => raw.resume());
+  raw.on('end', () => out.end());
+  raw.on('error', (err) => out.destroy(err));
+  raw.resume();
+  return out;
+};

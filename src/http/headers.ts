@@ -1,0 +1,86 @@
+import type { IncomingHttpHeaders } from 'node:http';
+import type { HeaderMap } from '../pipeline/types.js';
+
+/**
+ * Request headers that describe the agent→Fusebox connection, not the message (RFC 9110 §7.6.1), plus ones
+ * undici refuses or sets itself (`host`, `expect`, `content-length` for buffered bodies is recomputed).
+ */
+const HOP_BY_HOP = new Set([
+  'connection',
+  'keep-alive',
+  'te',
+  'trailer',
+  'transfer-encoding',
+  'upgrade',
+  'proxy-connection',
+  'proxy-authorization',
+  'proxy-authenticate',
+  'host',
+  'expect',
+]);
+
+/** Fusebox's own control headers: read here, never forwarded. */
+export const CONTROL_PREFIX = 'x-fusebox-';
+
+export interface ControlHeaders {
+  /** `x-fusebox-workflow`: the workflow/task id budgets and call limits are kept per. */
+  workflow?: string;
+  /** `x-fusebox-fault`: fault-injection instructions (only honoured when the route allows header control). */
+  fault?: string;
+}
+
+export interface SplitHeaders {
+  headers: HeaderMap;
+  control: ControlHeaders;
+}
+
+const MAX_CONTROL_VALUE = 256;
+
+/**
+ * Copy the agent's headers for the upstream: drop hop-by-hop ones (and any header the `Connection` header names),
+ * read and drop `x-fusebox-*`. Returns a fresh object the pipeline may change.
+ */
+export const splitRequestHeaders = (incoming: IncomingHttpHeaders): SplitHeaders => {
+  const headers: HeaderMap = {};
+  const control: ControlHeaders = {};
+  const connection = incoming.connection;
+  const named = connection ? new Set(connection.toLowerCase().split(',').map((s) => s.trim())) : undefined;
+  for (const name in incoming) {
+    const value = incoming[name];
+    if (value === undefined || HOP_BY_HOP.has(name) || named?.has(name)) continue;
+    if (name.startsWith(CONTROL_PREFIX)) {
+      const v = (Array.isArray(value) ? value[0] : value)?.slice(0, MAX_CONTROL_VALUE);
+      if (name === 'x-fusebox-workflow' && v) control.workflow = v;
+      else if (name === 'x-fusebox-fault' && v) control.fault = v;
+      continue;
+    }
+    headers[name] = value;
+  }
+  return { headers, control };
+};
+
+/** Query parameters whose values are never logged. */
+const SECRET_PARAM = /key|token|secret|password|passwd|signature|sig|auth|credential|session/i;
+
+/** The path for logs: query values of key-like parameters replaced by `[REDACTED]`. */
+export const redactPath = (path: string): string => {
+  const q = path.indexOf('?');
+  if (q === -1) return path;
+  const params = path
+    .slice(q + 1)
+    .split('&')
+    .map((pair) => {
+      const eq = pair.indexOf('=');
+      const name = eq === -1 ? pair : pair.slice(0, eq);
+      return eq !== -1 && SECRET_PARAM.test(decodeURIComponentSafe(name)) ? `${name}=[REDACTED]` : pair;
+    });
+  return `${path.slice(0, q)}?${params.join('&')}`;
+};
+
+const decodeURIComponentSafe = (s: string): string => {
+  try {
+    return decodeURIComponent(s);
+  } catch {
+    return s;
+  }
+};

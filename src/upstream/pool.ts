@@ -1,0 +1,66 @@
+import { readFileSync } from 'node:fs';
+import { resolve } from 'node:path';
+import { Pool } from 'undici';
+import type { TimeoutsConfig, TlsConfig } from '../config/schema.js';
+
+/** What identifies one upstream connection pool: its origin plus the TLS settings used to reach it. */
+export interface UpstreamTarget {
+  /** Label for metrics and logs (route name, or `<route>/<step>`). */
+  name: string;
+  /** `https://api.openai.com` */
+  origin: string;
+  /** Base path from the configured URL, without a trailing slash ('' when none). */
+  basePath: string;
+  tls: TlsConfig;
+  connections: number;
+  timeouts: TimeoutsConfig;
+}
+
+export const parseUpstreamUrl = (url: string): { origin: string; basePath: string } => {
+  const u = new URL(url);
+  return { origin: u.origin, basePath: u.pathname.replace(/\/+$/, '') };
+};
+
+/**
+ * One undici Pool per (origin, TLS settings). Our own pools, never the global dispatcher: the global one would
+ * honour HTTP_PROXY from Fusebox's environment once `EnvHttpProxyAgent` is installed, and Fusebox must never loop
+ * its upstream calls through a proxy (itself, in a pod where HTTP_PROXY is set for every container).
+ */
+export class PoolSet {
+  private readonly pools = new Map<string, Pool>();
+
+  constructor(private readonly baseDir: string) {}
+
+  get(target: UpstreamTarget): Pool {
+    const key = `${target.origin}|${target.tls.caFile ?? ''}|${target.tls.rejectUnauthorized}|${target.tls.servername ?? ''}`;
+    let pool = this.pools.get(key);
+    if (pool === undefined) {
+      pool = new Pool(target.origin, {
+        connections: target.connections,
+        // Keep-alive slightly below common upstream idle timeouts (OpenAI/Cloudflare ~ 60-90 s, nginx 75 s)
+        // so we close idle sockets before the server does and never write into a socket it is closing.
+        keepAliveTimeout: 30_000,
+        keepAliveMaxTimeout: 55_000,
+        connect: {
+          timeout: target.timeouts.connectMs || undefined,
+          rejectUnauthorized: target.tls.rejectUnauthorized,
+          ...(target.tls.caFile !== undefined ? { ca: readFileSync(resolve(this.baseDir, target.tls.caFile)) } : {}),
+          ...(target.tls.servername !== undefined ? { servername: target.tls.servername } : {}),
+        },
+      });
+      this.pools.set(key, pool);
+    }
+    return pool;
+  }
+
+  async close(): Promise<void> {
+    await Promise.all([...this.pools.values()].map((p) => p.close().catch(() => p.destroy())));
+    this.pools.clear();
+  }
+
+  /** Sockets are cut mid-flight: only for the end of a grace period. */
+  async destroy(): Promise<void> {
+    await Promise.all([...this.pools.values()].map((p) => p.destroy()));
+    this.pools.clear();
+  }
+}
