@@ -125,6 +125,7 @@ export const buildApp = async (config: Config, deps: AppDeps = {}): Promise<Fuse
     handleConnect(req, socket, head, { routes, metrics, logger, state, tunnels }),
   );
 
+  const admin = Fastify({ logger: false, forceCloseConnections: true });
   const token = env[config.listen.admin.tokenEnv];
   registerAdmin(admin, {
     metrics,

@@ -45,6 +45,12 @@ export const readRequestBody = (raw: IncomingMessage, limits: BodyLimits): Promi
     };
     const onData = (chunk: Buffer) => {
       size += chunk.length;
+      if (size > limits.maxBytes) {
+        cleanup();
+        settled = true;
+        reject(tooLarge(limits.maxBytes));
+        return;
+      }
       if (size <= limits.bufferBytes) {
         chunks.push(chunk);
         return;

@@ -58,7 +58,8 @@ export class RouteTable<R extends { config: RouteConfig }> {
   /** CONNECT host:port: the host must be allow-listed and the port among the route's `connectPorts`. */
   forConnect(hostname: string, port: number): R | undefined {
     const host = hostname.toLowerCase();
-    return this.hosted.find(
+    // A tunnel carries every path, so it is counted under the host's broadest route (least specific first).
+    return this.hosted.findLast(
       (r) => r.config.match.connectPorts.includes(port) && r.config.match.hosts!.some((h) => h.toLowerCase() === host),
     );
   }

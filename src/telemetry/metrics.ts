@@ -7,7 +7,7 @@ import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom
  */
 export const createMetrics = (opts: { defaultMetrics?: boolean } = {}) => {
   const registry = new Registry();
-  if (opts.defaultMetrics !== false) collectDefaultMetrics({ register: registry, prefix: 'fusebox_process_' });
+  if (opts.defaultMetrics !== false) collectDefaultMetrics({ register: registry, prefix: 'fusebox_' });
 
   const m = {
     registry,

@@ -1,0 +1,98 @@
+import { spawn } from 'node:child_process';
+import { mkdtempSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { request } from 'undici';
+import { afterEach, describe, expect, it } from 'vitest';
+import { startFusebox } from '../helpers/fusebox.js';
+import { startUpstream, type TestUpstream } from '../helpers/upstream.js';
+
+describe('graceful shutdown', () => {
+  let up: TestUpstream | undefined;
+  afterEach(async () => up?.close());
+
+  it('turns not-ready, lets an in-flight stream finish within the grace period, then stops', async () => {
+    up = await startUpstream();
+    const fb = await startFusebox({ routes: [{ name: 'r', match: { pathPrefix: '/r' }, upstream: { url: up.url } }] });
+    const res = await request(`${fb.proxyUrl}/r/sse?n=10&every=30`);
+    const text = res.body.text();
+    const stopped = fb.app.shutdown(5000);
+    const ready = await request(`${fb.adminUrl}/readyz`);
+    expect(ready.statusCode).toBe(503);
+    await ready.body.dump();
+    expect(await text).toContain('data: [DONE]');
+    await stopped;
+    await expect(request(`${fb.proxyUrl}/r/fast`)).rejects.toThrow(/ECONNREFUSED/);
+  });
+
+  it('cuts calls still running when the grace period ends', async () => {
+    up = await startUpstream();
+    const fb = await startFusebox({ routes: [{ name: 'r', match: { pathPrefix: '/r' }, upstream: { url: up.url } }] });
+    const res = await request(`${fb.proxyUrl}/r/sse?n=1000&every=20`);
+    const text = res.body.text();
+    const t0 = Date.now();
+    await fb.app.shutdown(300);
+    expect(Date.now() - t0).toBeLessThan(2000);
+    await expect(text).rejects.toThrow();
+    expect(fb.logs.some((l) => l.msg === 'grace period over: cutting the calls still running')).toBe(true);
+  });
+});
+
+describe('fusebox CLI', () => {
+  const cli = (args: string[], env: NodeJS.ProcessEnv = {}) =>
+    spawn(process.execPath, ['--import', 'tsx', 'src/main.ts', ...args], { env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
+  const collect = (child: ReturnType<typeof cli>) =>
+    new Promise<{ code: number | null; out: string; err: string }>((resolve) => {
+      let out = '';
+      let err = '';
+      child.stdout.on('data', (c: Buffer) => (out += c.toString()));
+      child.stderr.on('data', (c: Buffer) => (err += c.toString()));
+      child.on('close', (code) => resolve({ code, out, err }));
+    });
+
+  it('check-config names every problem with its path and exits 1', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'fusebox-cfg-'));
+    const file = join(dir, 'bad.yaml');
+    writeFileSync(
+      file,
+      ['routes:', '  - name: "bad name"', '    match: {}', '    upstream: { url: "ftp://x" }', '    retry: { baseMs: fast }', '    tiemouts: {}'].join('\n'),
+    );
+    const r = await collect(cli(['check-config', file]));
+    expect(r.code).toBe(1);
+    expect(r.err).toContain('routes[0].name: must be 1-64 letters');
+    expect(r.err).toContain('routes[0].match: needs `pathPrefix`');
+    expect(r.err).toContain('routes[0].upstream.url: must be an absolute http:// or https:// URL');
+    expect(r.err).toContain('routes[0].retry.baseMs: expected number, got string');
+    expect(r.err).toContain('routes[0]: unknown key "tiemouts"');
+  });
+
+  it('check-config accepts the example config', async () => {
+    const r = await collect(cli(['check-config', 'config/example.yaml']));
+    expect(r.err).toBe('');
+    expect(r.out).toContain('config/example.yaml: valid (3 routes: openai, anthropic, github)');
+    expect(r.code).toBe(0);
+  });
+
+  it('refuses to start on a bad config, before listening', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'fusebox-cfg-'));
+    const file = join(dir, 'bad.yaml');
+    writeFileSync(file, 'routes: []\n');
+    const r = await collect(cli(['--config', file]));
+    expect(r.code).toBe(1);
+    expect(r.err).toContain('invalid config, not starting');
+    expect(r.err).toContain('routes: needs at least one route');
+  });
+
+  it('runs from a config file and exits 0 on SIGTERM', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'fusebox-cfg-'));
+    const file = join(dir, 'ok.yaml');
+    writeFileSync(file, 'listen: { proxy: { port: 0 }, admin: { port: 0 } }\nroutes:\n  - { name: r, match: { pathPrefix: /r }, upstream: { url: "http://127.0.0.1:9" } }\n');
+    const child = cli(['--config', file]);
+    const done = collect(child);
+    await new Promise<void>((resolve) => child.stdout.on('data', (c: Buffer) => c.toString().includes('fusebox listening') && resolve()));
+    child.kill('SIGTERM');
+    const r = await done;
+    expect(r.code).toBe(0);
+    expect(r.out).toContain('"msg":"stopped"');
+  });
+});

@@ -1,0 +1,42 @@
+import { describe, expect, it } from 'vitest';
+import { ConfigError, parseConfig } from '../../src/config/load.js';
+
+const route = { name: 'r', match: { pathPrefix: '/r' }, upstream: { url: 'http://127.0.0.1:1' } };
+const problems = (raw: unknown, env: NodeJS.ProcessEnv = {}): string[] => {
+  try {
+    parseConfig(raw, 'test', env);
+  } catch (err) {
+    if (err instanceof ConfigError) return err.problems;
+    throw err;
+  }
+  return [];
+};
+
+describe('config schema', () => {
+  it('fills documented defaults: loopback listeners, retries, breaker, memory store', () => {
+    const cfg = parseConfig({ routes: [route] }, 'test', {});
+    expect(cfg.listen.proxy).toEqual({ host: '127.0.0.1', port: 4000 });
+    expect(cfg.listen.admin).toMatchObject({ host: '127.0.0.1', port: 9901 });
+    expect(cfg.routes[0]!.retry).toMatchObject({ maxRetries: 3, baseMs: 500, capMs: 30_000, budgetPercent: 20 });
+    expect(cfg.routes[0]!.breaker).toMatchObject({ consecutiveFailures: 5, errorRatePercent: 50, minCalls: 20, resetMs: 30_000 });
+    expect(cfg.store.kind).toBe('memory');
+  });
+
+  it('names the common mistakes with their paths', () => {
+    expect(problems({ routes: [] })).toEqual(['routes: needs at least one route: Fusebox forwards only to allow-listed destinations']);
+    expect(problems({ routes: [{ ...route, upstream: { url: 'http://user:pw@host' } }] })[0]).toContain('routes[0].upstream.url: must be an absolute http:// or https:// URL without credentials');
+    expect(problems({ routes: [{ ...route, timeouts: { connectMs: '5s' } }] })).toEqual(['routes[0].timeouts.connectMs: expected number, got string']);
+    expect(problems({ routes: [route, { ...route }] })).toContain('routes[1].name: duplicate route name "r" (also routes[0])');
+    expect(problems({ routes: [route, { ...route, name: 's' }] })).toContain('routes[1].match.pathPrefix: "/r" is already taken by routes[0]');
+    expect(problems({ routes: [{ ...route, fallback: [{ type: 'route', route: 'nope' }] }] })).toContain('routes[0].fallback[0].route: no route named "nope"');
+    expect(problems({ routes: [{ ...route, credential: { env: 'sk-live-123' } }] })[0]).toContain('routes[0].credential.env: must be an environment variable name');
+    expect(problems({ store: { kind: 'redis' }, routes: [route] })).toEqual(['store.url: is required when store.kind is "redis" (e.g. redis://127.0.0.1:6379)']);
+    expect(problems({ routes: [{ ...route, retyr: {} }] })).toEqual(['routes[0]: unknown key "retyr" (check the spelling; see the README\'s config reference)']);
+  });
+
+  it('expands ${VAR} and ${VAR:-default} in identities, and says which variable is missing', () => {
+    expect(parseConfig({ agent: { id: '${POD_NAME}' }, routes: [route] }, 't', { POD_NAME: 'pod-1' }).agent.id).toBe('pod-1');
+    expect(parseConfig({ agent: { id: '${POD_NAME:-local}' }, routes: [route] }, 't', {}).agent.id).toBe('local');
+    expect(problems({ agent: { id: '${POD_NAME}' }, routes: [route] })[0]).toBe('agent.id: environment variable POD_NAME is not set (write ${POD_NAME:-default} to give a default)');
+  });
+});
