@@ -1,0 +1,33 @@
+# Fusebox sidecar image: Node 24 LTS, production dependencies only, non-root, read-only root filesystem friendly
+# (Fusebox writes nothing to disk unless store.snapshotPath points at a mounted volume).
+# Build: docker build -t fusebox:0.1.0 .
+# Run:   docker run --rm -p 4000:4000 -p 9901:9901 -v $PWD/config:/etc/fusebox:ro fusebox:0.1.0 --config /etc/fusebox/example.yaml
+
+FROM node:24-bookworm-slim AS build
+WORKDIR /app
+COPY package.json package-lock.json ./
+# Scripts skipped: the only one is the `node` dev dependency fetching a second Node 24, which the image already has.
+RUN npm ci --ignore-scripts
+COPY tsconfig.json tsconfig.build.json ./
+COPY src ./src
+RUN npx tsc -p tsconfig.build.json
+
+FROM node:24-bookworm-slim AS prod-deps
+WORKDIR /app
+COPY package.json package-lock.json ./
+RUN npm ci --omit=dev --ignore-scripts && npm cache clean --force
+
+FROM node:24-bookworm-slim
+ENV NODE_ENV=production
+WORKDIR /app
+COPY --from=prod-deps /app/node_modules ./node_modules
+COPY --from=build /app/dist ./dist
+COPY package.json ./
+COPY config ./config
+# The `node` user (uid 1000) of the official image; Kubernetes may pin runAsUser anyway.
+USER node
+EXPOSE 4000 9901
+HEALTHCHECK --interval=10s --timeout=2s --retries=3 \
+  CMD ["node", "-e", "fetch('http://127.0.0.1:9901/healthz').then(r => process.exit(r.ok ? 0 : 1), () => process.exit(1))"]
+ENTRYPOINT ["node", "dist/src/main.js"]
+CMD ["--config", "/app/config/example.yaml"]
