@@ -1,0 +1,111 @@
+import { LRUCache } from 'lru-cache';
+import {
+  CircuitBreaker,
+  type BreakerState,
+  type BreakerStats,
+  type CircuitBreakerOptions,
+  type TransitionReason,
+} from './circuit-breaker.js';
+
+export type KeyedTransitionListener = (
+  key: string,
+  from: BreakerState,
+  to: BreakerState,
+  reason: TransitionReason,
+  lastFailure: string | undefined,
+) => void;
+
+export interface BreakerRegistryOptions {
+  /** Settings every breaker of this route gets. */
+  readonly breaker: CircuitBreakerOptions;
+  /** Most breakers kept (`breaker.maxKeys`). */
+  readonly maxKeys: number;
+  readonly now: () => number;
+  readonly random: () => number;
+  readonly onTransition?: KeyedTransitionListener;
+}
+
+export interface BreakerEntry {
+  readonly key: string;
+  readonly stats: BreakerStats;
+}
+
+/**
+ * Which breaker to give up first when the registry is full: the least recently used of the lowest rank.
+ * Losing a closed breaker costs only its counters. Losing an open one re-admits traffic to a key that is
+ * failing, and losing a forced one drops an operator's decision, so those go last.
+ */
+const EVICTION_RANK: Record<BreakerState, number> = { closed: 0, forced_closed: 1, half_open: 2, open: 3, forced_open: 4 };
+
+/**
+ * One route's breakers, keyed by whatever the route guards (route, upstream, model, MCP tool name), at most
+ * `maxKeys` of them. Keys come from requests (a model or tool name), so the bound is what stops a caller from
+ * growing memory without limit.
+ *
+ * Eviction is LRU among closed breakers first (see EVICTION_RANK); only when every breaker is open or forced does
+ * the least recently used of those go. Breakers hold no timers, so an evicted one is simply garbage.
+ * Choosing a victim scans from the least recently used end until it finds a closed breaker: O(1) normally,
+ * O(maxKeys) when the registry is full of open breakers and new keys keep arriving.
+ */
+export class BreakerRegistry {
+  private readonly cache: LRUCache<string, CircuitBreaker>;
+
+  constructor(private readonly options: BreakerRegistryOptions) {
+    // max is one more than we ever hold: eviction is ours (state-aware), lru-cache's own must never fire.
+    this.cache = new LRUCache({ max: options.maxKeys + 1 });
+  }
+
+  /** The breaker for `key`, made on first use; marks it most recently used. */
+  get(key: string): CircuitBreaker {
+    const found = this.cache.get(key);
+    if (found !== undefined) return found;
+    if (this.cache.size >= this.options.maxKeys) this.evictOne();
+    const { now, random, onTransition } = this.options;
+    const breaker = new CircuitBreaker(this.options.breaker, {
+      now,
+      random,
+      onTransition: onTransition && ((from, to, reason, lastFailure) => onTransition(key, from, to, reason, lastFailure)),
+    });
+    this.cache.set(key, breaker);
+    return breaker;
+  }
+
+  /** The breaker for `key` if there is one, without making it or changing its recency (admin reads). */
+  peek(key: string): CircuitBreaker | undefined {
+    return this.cache.peek(key);
+  }
+
+  delete(key: string): boolean {
+    return this.cache.delete(key);
+  }
+
+  get size(): number {
+    return this.cache.size;
+  }
+
+  /** Every breaker with its stats, most recently used first, for the admin API. */
+  list(): BreakerEntry[] {
+    const out: BreakerEntry[] = [];
+    for (const [key, breaker] of this.cache.entries()) out.push({ key, stats: breaker.stats() });
+    return out;
+  }
+
+  /** Admin: `reset()` every breaker. */
+  resetAll(): void {
+    for (const breaker of this.cache.values()) breaker.reset();
+  }
+
+  private evictOne(): void {
+    let victim: string | undefined;
+    let victimRank = Number.POSITIVE_INFINITY;
+    for (const key of this.cache.rkeys()) {
+      const rank = EVICTION_RANK[this.cache.peek(key)?.state() ?? 'closed'];
+      if (rank < victimRank) {
+        victim = key;
+        victimRank = rank;
+        if (rank === 0) break;
+      }
+    }
+    if (victim !== undefined) this.cache.delete(victim);
+  }
+}
