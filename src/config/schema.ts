@@ -252,6 +252,31 @@ export const RouteBudgetSchema = z.strictObject({
   prices: z.record(z.string(), PriceSchema).default({}),
 });
 
+const sloAction = z.enum(['alert', 'throttle', 'degrade', 'shed']);
+
+export const SloSchema = z.strictObject({
+  /** Default true: every route has SLOs; counters cost one batched store write per flush interval. */
+  enabled: z.boolean().default(true),
+  /** Share of calls that must not fail upstream (5xx, timeouts, resets, broken streams), percent. Default 99.5. */
+  availability: z.strictObject({ objectivePercent: percent.default(99.5) }).prefault({}),
+  /** Share of calls that must finish under `thresholdMs`. Defaults 5000 ms, 99 %. */
+  latency: z.strictObject({ thresholdMs: positiveInt.default(5_000), objectivePercent: percent.default(99) }).prefault({}),
+  /** Share of calls that must cost under `thresholdUsd`. Defaults $0.15, 98 %. */
+  cost: z.strictObject({ thresholdUsd: z.number().positive().default(0.15), objectivePercent: percent.default(98) }).prefault({}),
+  /** SLO window, days. Default 30. */
+  windowDays: z.number().int().min(1).max(90).default(30),
+  /** Fewest events in a window before a burn rate or budget is trusted. Default 10. */
+  minEvents: positiveInt.default(10),
+  /** What the sidecar does when an error budget is spent: alert (default), throttle, degrade or shed. */
+  onBudgetExhausted: sloAction.default('alert'),
+  /** What it does while the 1 h / 5 min burn rate is over 14.4×: alert (default), throttle, degrade or shed. */
+  onFastBurn: sloAction.default('alert'),
+  /** `throttle`: calls per second admitted. Default 1. */
+  throttleRps: z.number().positive().default(1),
+  /** `degrade`: index of the fallback step the chain starts at. Default 0 (the first fallback step). */
+  degradeToStep: z.number().int().min(0).default(0),
+});
+
 export const RouteSchema = z.strictObject({
   /** Unique route name; a metric label. */
   name: routeName,
@@ -278,6 +303,7 @@ export const RouteSchema = z.strictObject({
   lastGood: LastGoodSchema.prefault({}),
   faults: FaultsSchema.prefault({}),
   budget: RouteBudgetSchema.prefault({}),
+  slo: SloSchema.prefault({}),
 });
 
 export const StoreSchema = z.strictObject({
@@ -361,6 +387,12 @@ export const ConfigSchema = z
       })
       .prefault({}),
     store: StoreSchema.prefault({}),
+    sloCounters: z
+      .strictObject({
+        /** How often SLO counts are written to the shared store, batched, ms. Default 1000. */
+        flushIntervalMs: positiveInt.default(1_000),
+      })
+      .prefault({}),
     budgets: BudgetsSchema.prefault({}),
     routes: z.array(RouteSchema).min(1, 'needs at least one route: Fusebox forwards only to allow-listed destinations'),
   })
@@ -413,4 +445,5 @@ export type StoreConfig = z.infer<typeof StoreSchema>;
 export type BudgetsConfig = z.infer<typeof BudgetsSchema>;
 export type TimeoutsConfig = z.infer<typeof TimeoutsSchema>;
 export type CredentialConfig = z.infer<typeof CredentialSchema>;
+export type SloConfig = z.infer<typeof SloSchema>;
 export type TlsConfig = z.infer<typeof TlsSchema>;
