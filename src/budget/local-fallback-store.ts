@@ -1,0 +1,318 @@
+import { MemoryStore } from './memory-store.js';
+import {
+  METRICS,
+  scopeKey,
+  StoreUnavailableError,
+  type Actual,
+  type Amounts,
+  type BucketIncrement,
+  type BucketValues,
+  type BudgetStore,
+  type CommitResult,
+  type Kill,
+  type KillTarget,
+  type Metric,
+  type Reservation,
+  type ReservedScope,
+  type ReserveRequest,
+  type ReserveResult,
+  type ScopeBudget,
+  type ScopeKind,
+  type ScopeUsage,
+  type StoreCommonOptions,
+} from './store.js';
+import { windowAt } from './windows.js';
+
+/** The store being protected (RedisStore): a BudgetStore that says when it is connected again. */
+export interface SharedStore extends BudgetStore {
+  onReady(listener: () => void): void;
+}
+
+/** A commit made while the shared store was away, replayed into it later. */
+export interface JournalEntry {
+  /** The reservation's id; the shared store remembers settled ids, so replaying an entry twice charges once. */
+  readonly id: string;
+  readonly reservation: Reservation;
+  readonly actual: Actual;
+}
+
+/** Things worth a log line; none of them is an error the caller must handle. */
+export type FallbackEvent =
+  | { readonly type: 'unavailable'; readonly error: Error }
+  | { readonly type: 'recovered'; readonly replayed: number }
+  | { readonly type: 'replayFailed'; readonly error: Error; readonly pending: number }
+  | { readonly type: 'journalDropped'; readonly entries: number; readonly usdMicros: number };
+
+export interface LocalFallbackOptions extends StoreCommonOptions {
+  shared: SharedStore;
+  /**
+   * Fraction of a scope's last known remaining budget this sidecar may spend on its own while the shared
+   * store is away, per scope kind. Default: agent 1 and workflow 1 (one agent id and its workflows run in
+   * one sidecar: `agent.id` is normally the pod name), route 0.25 and fleet 0.25 (shared by the fleet;
+   * a guess at "a few replicas", since a cut-off sidecar cannot count its peers).
+   */
+  localShare?: Partial<Record<ScopeKind, number>>;
+  /** How often a pending journal is retried while the shared store is away, ms. Default 1000. */
+  replayIntervalMs?: number;
+  /** The kill set is re-read at most this often (for use during an outage), ms. Default 1000. */
+  killRefreshMs?: number;
+  onEvent?: (e: FallbackEvent) => void;
+}
+
+const DEFAULT_SHARE: Record<ScopeKind, number> = { agent: 1, workflow: 1, route: 0.25, fleet: 0.25 };
+const MAX_REMEMBERED = 10_000;
+
+/**
+ * Wraps the shared (Redis) store so an outage is a decision, not an accident. While the shared store
+ * answers, every call goes to it. When a call fails, the store is "down" until the shared store is ready
+ * again AND every journaled commit has been replayed into it; meanwhile:
+ * - reserve with `onUnavailable: 'closed'` (per call, from the route config) throws StoreUnavailableError;
+ * - reserve with `'local'` (default) enforces a local slice of each cap: `floor(share × (limit − last known
+ *   used))`, where "last known used" is the spent + reserved the shared store reported on this sidecar's
+ *   last successful reserve in that window (none known: the whole limit). Kills last read from the shared
+ *   store still apply. The slice restarts at each outage.
+ * - every commit (of a local or a shared reservation) is journaled and replayed in order when the shared
+ *   store returns; a replay entry is applied by the shared store's idempotent commit (SET NX of its id),
+ *   so an interrupted replay or a commit that timed out after it ran is never counted twice, and afterwards
+ *   the shared totals equal the sum of all charges. Releases are not journaled: holds expire by their TTL.
+ * The journal lives in memory: a sidecar that dies during an outage loses it (reported on close()).
+ */
+export class LocalFallbackStore implements BudgetStore {
+  private readonly shared: SharedStore;
+  private readonly local: MemoryStore;
+  private readonly now: () => number;
+  private readonly share: Record<ScopeKind, number>;
+  private readonly killRefreshMs: number;
+  private readonly emit: (e: FallbackEvent) => void;
+  private readonly lastKnown = new Map<string, Amounts>();
+  private readonly pending: JournalEntry[] = [];
+  private kills: Kill[] = [];
+  private killsReadAt = -Infinity;
+  private down = false;
+  private replaying: Promise<number> | undefined;
+  private readonly timer: NodeJS.Timeout;
+
+  constructor(opts: LocalFallbackOptions) {
+    this.shared = opts.shared;
+    this.now = opts.now;
+    this.share = { ...DEFAULT_SHARE, ...opts.localShare };
+    this.killRefreshMs = opts.killRefreshMs ?? 1_000;
+    this.emit = opts.onEvent ?? (() => {});
+    const { now, alertPercent, reservationTtlMs, newId } = opts;
+    this.local = new MemoryStore({ now, alertPercent: alertPercent ?? 0, ...(reservationTtlMs !== undefined && { reservationTtlMs }), ...(newId && { newId }) });
+    this.shared.onReady(() => void this.replayJournal());
+    this.timer = setInterval(() => {
+      if (this.down && this.shared.available()) void this.replayJournal();
+    }, opts.replayIntervalMs ?? 1_000);
+    this.timer.unref();
+  }
+
+  async reserve(req: ReserveRequest): Promise<ReserveResult> {
+    if (this.up()) {
+      try {
+        const result = await this.shared.reserve(req);
+        if (result.ok) this.remember(result.reservation.scopes, result.used);
+        this.refreshKills();
+        return result;
+      } catch (err) {
+        this.markDown(err);
+      }
+    }
+    if (req.onUnavailable === 'closed') {
+      throw new StoreUnavailableError('the budget store is unreachable and this route fails closed (budget.storeUnavailable: closed)');
+    }
+    return this.reserveLocally(req);
+  }
+
+  async commit(reservation: Reservation, actual: Actual): Promise<CommitResult> {
+    if (this.up()) {
+      try {
+        const result = await this.shared.commit(reservation, actual);
+        if (reservation.local) await this.local.release(reservation);
+        return result;
+      } catch (err) {
+        this.markDown(err);
+      }
+    }
+    this.pending.push({ id: reservation.id, reservation, actual });
+    if (reservation.local) await this.local.commit(reservation, actual);
+    return { crossed: [] };
+  }
+
+  async release(reservation: Reservation): Promise<void> {
+    if (reservation.local) return this.local.release(reservation);
+    if (!this.up()) return;
+    try {
+      await this.shared.release(reservation);
+    } catch (err) {
+      this.markDown(err);
+    }
+  }
+
+  snapshot(scopes: readonly ScopeBudget[]): Promise<ScopeUsage[]> {
+    return this.viaShared(() => this.shared.snapshot(scopes));
+  }
+
+  /** The shared kill set; during an outage, the one last read. */
+  async getKills(): Promise<Kill[]> {
+    if (!this.up()) return [...this.kills];
+    const kills = await this.viaShared(() => this.shared.getKills());
+    this.kills = kills;
+    this.killsReadAt = this.now();
+    return kills;
+  }
+
+  /** Fails with StoreUnavailableError during an outage: a kill only this sidecar obeyed would mislead. */
+  async setKill(target: KillTarget, reason?: string): Promise<void> {
+    await this.viaShared(() => this.shared.setKill(target, reason));
+    this.killsReadAt = -Infinity;
+  }
+
+  async clearKill(target: KillTarget): Promise<boolean> {
+    const cleared = await this.viaShared(() => this.shared.clearKill(target));
+    this.killsReadAt = -Infinity;
+    return cleared;
+  }
+
+  incrBuckets(entries: readonly BucketIncrement[]): Promise<void> {
+    return this.viaShared(() => this.shared.incrBuckets(entries));
+  }
+
+  readBuckets(keys: readonly string[]): Promise<BucketValues[]> {
+    return this.viaShared(() => this.shared.readBuckets(keys));
+  }
+
+  /** False from the first failed call until the shared store is back and the journal replayed. */
+  available(): boolean {
+    return this.up();
+  }
+
+  /** Commits waiting to be replayed into the shared store, oldest first. */
+  journal(): readonly JournalEntry[] {
+    return this.pending;
+  }
+
+  /**
+   * Replays the journal into the shared store, oldest first; on success the store is "up" again. Safe to
+   * call at any time and concurrently (one replay runs at a time). Returns how many entries were applied.
+   */
+  replayJournal(): Promise<number> {
+    this.replaying ??= this.replay().finally(() => {
+      this.replaying = undefined;
+    });
+    return this.replaying;
+  }
+
+  async close(): Promise<void> {
+    clearInterval(this.timer);
+    if (this.pending.length > 0 && this.shared.available()) await this.replayJournal();
+    if (this.pending.length > 0) {
+      const usdMicros = this.pending.reduce((sum, e) => sum + e.actual.usdMicros, 0);
+      this.emit({ type: 'journalDropped', entries: this.pending.length, usdMicros });
+    }
+    await this.local.close();
+    await this.shared.close();
+  }
+
+  private up(): boolean {
+    if (!this.down && !this.shared.available()) this.markDown(new Error('the budget store is not connected'));
+    return !this.down;
+  }
+
+  private async replay(): Promise<number> {
+    let applied = 0;
+    try {
+      for (let e = this.pending[0]; e !== undefined; e = this.pending[0]) {
+        await this.shared.commit(e.reservation, e.actual);
+        // Entries only ever leave from the front, and this is the only replay running.
+        this.pending.shift();
+        applied++;
+      }
+      // Synchronously after the last await: no commit can slip into the journal between the check and the switch.
+      if (this.down && this.shared.available()) {
+        this.down = false;
+        this.emit({ type: 'recovered', replayed: applied });
+      }
+    } catch (err) {
+      this.emit({ type: 'replayFailed', error: toError(err), pending: this.pending.length });
+    }
+    return applied;
+  }
+
+  /** Any failure of the shared store means "down", except a caller's bug (bad amounts), which is rethrown. */
+  private markDown(err: unknown): void {
+    if (err instanceof TypeError) throw err;
+    if (this.down) return;
+    this.down = true;
+    this.local.resetCounters();
+    this.emit({ type: 'unavailable', error: toError(err) });
+  }
+
+  private async reserveLocally(req: ReserveRequest): Promise<ReserveResult> {
+    await this.syncKills();
+    const now = this.now();
+    const sliced = req.scopes.map((s) => ({ ...s, caps: this.slice(s, now) }));
+    const result = await this.local.reserve({ ...req, scopes: sliced });
+    if (!result.ok) return result;
+    // The reservation carries the real caps, so a replayed commit reports against them.
+    const scopes = result.reservation.scopes.map((s, i) => ({ ...s, caps: req.scopes[i]?.caps ?? s.caps }));
+    return { ok: true, reservation: { ...result.reservation, scopes, local: true }, used: result.used, crossed: [] };
+  }
+
+  /** This sidecar's slice of each cap for the outage (see the class comment). */
+  private slice(s: ScopeBudget, now: number): Partial<Amounts> {
+    const known = this.lastKnown.get(scopeKey(s, windowAt(s.window, now).id));
+    const share = this.share[s.scope.kind];
+    const out: { -readonly [M in Metric]?: number } = {};
+    for (const m of METRICS) {
+      const limit = s.caps[m];
+      if (limit !== undefined) out[m] = Math.floor(share * Math.max(0, limit - (known?.[m] ?? 0)));
+    }
+    return out;
+  }
+
+  private remember(scopes: readonly ReservedScope[], used: readonly Amounts[]): void {
+    scopes.forEach((s, i) => {
+      const u = used[i];
+      if (!u) return;
+      const key = scopeKey(s, s.windowId);
+      // Re-inserted so the Map's order is least recently used first, and the oldest can be dropped.
+      this.lastKnown.delete(key);
+      this.lastKnown.set(key, u);
+    });
+    for (const key of this.lastKnown.keys()) {
+      if (this.lastKnown.size <= MAX_REMEMBERED) break;
+      this.lastKnown.delete(key);
+    }
+  }
+
+  /** Re-reads the kill set in the background at most every killRefreshMs, so an outage starts with a fresh one. */
+  private refreshKills(): void {
+    if (this.now() - this.killsReadAt < this.killRefreshMs) return;
+    this.killsReadAt = this.now();
+    this.shared.getKills().then(
+      (k) => {
+        this.kills = k;
+      },
+      () => {},
+    );
+  }
+
+  private async syncKills(): Promise<void> {
+    const current = await this.local.getKills();
+    for (const k of current) await this.local.clearKill(k.target);
+    for (const k of this.kills) await this.local.setKill(k.target, k.reason);
+  }
+
+  private async viaShared<T>(op: () => Promise<T>): Promise<T> {
+    if (!this.up()) throw new StoreUnavailableError('the budget store is unreachable');
+    try {
+      return await op();
+    } catch (err) {
+      this.markDown(err);
+      throw new StoreUnavailableError('the budget store is unreachable', {}, { cause: err });
+    }
+  }
+}
+
+const toError = (err: unknown): Error => (err instanceof Error ? err : new Error(String(err)));

@@ -1,0 +1,434 @@
+import { randomUUID } from 'node:crypto';
+import { readFileSync, renameSync } from 'node:fs';
+import { mkdir, rename, writeFile } from 'node:fs/promises';
+import { dirname } from 'node:path';
+import { z } from 'zod';
+import {
+  assertAmounts,
+  DEFAULT_ALERT_PERCENT,
+  DEFAULT_RESERVATION_TTL_MS,
+  killField,
+  killFieldsFor,
+  killTargetFromField,
+  METRICS,
+  overCap,
+  reachedAlert,
+  refusalReasonFor,
+  refusalScopeOfKill,
+  reservedScopes,
+  resetTimeOf,
+  scopeKey,
+  type Actual,
+  type AlertCrossing,
+  type Amounts,
+  type BucketIncrement,
+  type BucketValues,
+  type BudgetStore,
+  type CommitResult,
+  type Kill,
+  type KillTarget,
+  type Metric,
+  type Reservation,
+  type ReservedScope,
+  type ReserveRequest,
+  type ReserveResult,
+  type ScopeBudget,
+  type ScopeUsage,
+  type StoreCommonOptions,
+} from './store.js';
+import { windowEndFromId } from './windows.js';
+
+export interface MemoryStoreOptions extends StoreCommonOptions {
+  /** File the counters are saved to (config `store.snapshotPath`); none: nothing survives a restart. */
+  snapshotPath?: string;
+  /** How often the snapshot is written, ms (config `store.snapshotIntervalMs`). Default 5000. */
+  snapshotIntervalMs?: number;
+  /** A snapshot could not be read (the store then starts empty) or written. Log it; the store keeps working. */
+  onSnapshotError?: (err: Error) => void;
+  /** How long a settled reservation id is remembered so a repeated commit is not charged twice, ms. Default 86400000. */
+  settledTtlMs?: number;
+}
+
+type Mutable = { -readonly [M in Metric]: number };
+
+interface Hold {
+  readonly amounts: Amounts;
+  readonly expiresAt: number;
+}
+
+interface Counter {
+  readonly spent: Mutable;
+  readonly reserved: Mutable;
+  readonly alerted: Set<Metric>;
+  readonly holds: Map<string, Hold>;
+  /** Last reserve or commit (workflow idle time counts from it). */
+  lastSeen: number | null;
+  /** After this the entry is garbage. */
+  gcAt: number;
+}
+
+/** Calendar windows are kept this long after they end so "yesterday" can still be read and late commits land. */
+const CALENDAR_GRACE_MS = 2 * 86_400_000;
+const SWEEP_EVERY_MS = 60_000;
+const SNAPSHOT_VERSION = 1;
+
+const amountsSchema = z.strictObject({
+  usdMicros: z.number().int().nonnegative(),
+  tokens: z.number().int().nonnegative(),
+  calls: z.number().int().nonnegative(),
+});
+const snapshotSchema = z.strictObject({
+  version: z.literal(SNAPSHOT_VERSION),
+  savedAt: z.number(),
+  counters: z.array(
+    z.tuple([
+      z.string(),
+      z.strictObject({
+        spent: amountsSchema,
+        alerted: z.array(z.enum(['usdMicros', 'tokens', 'calls'])),
+        lastSeen: z.number().nullable(),
+        gcAt: z.number(),
+      }),
+    ]),
+  ),
+  kills: z.array(z.tuple([z.string(), z.strictObject({ reason: z.string(), at: z.number() })])),
+  buckets: z.array(z.tuple([z.string(), z.strictObject({ fields: z.record(z.string(), z.number().int()), expiresAt: z.number() })])),
+});
+type SnapshotFile = z.infer<typeof snapshotSchema>;
+
+/** The snapshot file exists but cannot be used; the store started empty and moved the file aside. */
+export class SnapshotError extends Error {
+  constructor(
+    message: string,
+    readonly path: string,
+    options?: ErrorOptions,
+  ) {
+    super(message, options);
+    this.name = 'SnapshotError';
+  }
+}
+
+const zero = (): Mutable => ({ usdMicros: 0, tokens: 0, calls: 0 });
+const add = (to: Mutable, a: Amounts, sign: 1 | -1) => {
+  for (const m of METRICS) to[m] += sign * a[m];
+};
+
+/**
+ * The default store for one sidecar: exact (plain maps, every operation runs to completion before the next,
+ * so reserve is atomic) behind the async interface. With `snapshotPath`, settled counters, kills and
+ * buckets are saved (tmp file + rename, on an interval and on close) so a restarted sidecar keeps its spend.
+ * Holds are not saved: the requests they belonged to died with the process.
+ */
+export class MemoryStore implements BudgetStore {
+  private readonly now: () => number;
+  private readonly alertPercent: number;
+  private readonly reservationTtlMs: number;
+  private readonly settledTtlMs: number;
+  private readonly newId: () => string;
+  private readonly counters = new Map<string, Counter>();
+  private readonly kills = new Map<string, { reason: string; at: number }>();
+  private readonly buckets = new Map<string, { fields: Map<string, number>; expiresAt: number }>();
+  private readonly settled = new Map<string, number>();
+  private lastSweep = 0;
+  private timer: NodeJS.Timeout | undefined;
+  private saving: Promise<void> = Promise.resolve();
+  private closed = false;
+  /** Why the snapshot could not be loaded at start, if it could not. */
+  readonly snapshotLoadError: SnapshotError | undefined;
+
+  constructor(private readonly opts: MemoryStoreOptions) {
+    this.now = opts.now;
+    this.alertPercent = opts.alertPercent ?? DEFAULT_ALERT_PERCENT;
+    this.reservationTtlMs = opts.reservationTtlMs ?? DEFAULT_RESERVATION_TTL_MS;
+    this.settledTtlMs = opts.settledTtlMs ?? 86_400_000;
+    this.newId = opts.newId ?? randomUUID;
+    if (opts.snapshotPath !== undefined) {
+      this.snapshotLoadError = this.load(opts.snapshotPath);
+      if (this.snapshotLoadError) opts.onSnapshotError?.(this.snapshotLoadError);
+      this.timer = setInterval(() => void this.saveSnapshot(), opts.snapshotIntervalMs ?? 5_000);
+      this.timer.unref();
+    }
+  }
+
+  async reserve(req: ReserveRequest): Promise<ReserveResult> {
+    assertAmounts('estimate', req.estimate);
+    const now = this.now();
+    this.maybeSweep(now);
+    for (const field of killFieldsFor(req.scopes)) {
+      const kill = this.kills.get(field);
+      if (kill) {
+        return {
+          ok: false,
+          refusal: { reason: 'KILLED', scope: refusalScopeOfKill(field), limit: 0, spent: 0, reserved: 0, requested: 0, resetAt: null, killReason: kill.reason },
+        };
+      }
+    }
+    const scopes = reservedScopes(req.scopes, now);
+    for (const s of scopes) {
+      const c = this.live(s, now, false);
+      for (const m of METRICS) {
+        const limit = s.caps[m];
+        if (limit === undefined) continue;
+        const spent = c?.spent[m] ?? 0;
+        const reserved = c?.reserved[m] ?? 0;
+        if (overCap(spent + reserved, req.estimate[m], limit)) {
+          return {
+            ok: false,
+            refusal: {
+              reason: refusalReasonFor(m),
+              scope: s.scope,
+              window: s.window,
+              metric: m,
+              limit,
+              spent,
+              reserved,
+              requested: req.estimate[m],
+              resetAt: resetTimeOf(s, s.windowId, c?.lastSeen ?? null),
+            },
+          };
+        }
+      }
+    }
+    const reservation: Reservation = {
+      id: this.newId(),
+      scopes,
+      estimate: { usdMicros: req.estimate.usdMicros, tokens: req.estimate.tokens, calls: req.estimate.calls },
+      expiresAt: now + (req.ttlMs ?? this.reservationTtlMs),
+    };
+    const crossed: AlertCrossing[] = [];
+    const used: Amounts[] = [];
+    for (const s of scopes) {
+      const c = this.live(s, now, true);
+      add(c.reserved, reservation.estimate, 1);
+      c.holds.set(reservation.id, { amounts: reservation.estimate, expiresAt: reservation.expiresAt });
+      this.touch(c, s, now);
+      used.push({ usdMicros: c.spent.usdMicros + c.reserved.usdMicros, tokens: c.spent.tokens + c.reserved.tokens, calls: c.spent.calls + c.reserved.calls });
+      this.alerts(c, s, crossed);
+    }
+    return { ok: true, reservation, used, crossed };
+  }
+
+  async commit(reservation: Reservation, actual: Actual): Promise<CommitResult> {
+    assertAmounts('actual', actual);
+    const now = this.now();
+    if (this.settled.has(reservation.id)) return { crossed: [] };
+    this.settled.set(reservation.id, now + this.settledTtlMs);
+    const charge: Amounts = { usdMicros: actual.usdMicros, tokens: actual.tokens, calls: reservation.estimate.calls };
+    const crossed: AlertCrossing[] = [];
+    for (const s of reservation.scopes) {
+      const c = this.live(s, now, true);
+      const hold = c.holds.get(reservation.id);
+      if (hold) {
+        add(c.reserved, hold.amounts, -1);
+        c.holds.delete(reservation.id);
+      }
+      add(c.spent, charge, 1);
+      this.touch(c, s, now);
+      this.alerts(c, s, crossed);
+    }
+    return { crossed };
+  }
+
+  async release(reservation: Reservation): Promise<void> {
+    for (const s of reservation.scopes) {
+      const c = this.counters.get(scopeKey(s, s.windowId));
+      const hold = c?.holds.get(reservation.id);
+      if (!c || !hold) continue;
+      add(c.reserved, hold.amounts, -1);
+      c.holds.delete(reservation.id);
+    }
+  }
+
+  async snapshot(scopes: readonly ScopeBudget[]): Promise<ScopeUsage[]> {
+    const now = this.now();
+    return reservedScopes(scopes, now).map((s) => {
+      const c = this.live(s, now, false);
+      return {
+        scope: s.scope,
+        window: s.window,
+        windowId: s.windowId,
+        caps: s.caps,
+        spent: { ...(c?.spent ?? zero()) },
+        reserved: { ...(c?.reserved ?? zero()) },
+        resetAt: resetTimeOf(s, s.windowId, c?.lastSeen ?? null),
+      };
+    });
+  }
+
+  async getKills(): Promise<Kill[]> {
+    const out: Kill[] = [];
+    for (const [field, k] of this.kills) {
+      const target = killTargetFromField(field);
+      if (target) out.push({ target, reason: k.reason, at: k.at });
+    }
+    return out;
+  }
+
+  async setKill(target: KillTarget, reason = ''): Promise<void> {
+    this.kills.set(killField(target), { reason, at: this.now() });
+  }
+
+  async clearKill(target: KillTarget): Promise<boolean> {
+    return this.kills.delete(killField(target));
+  }
+
+  async incrBuckets(entries: readonly BucketIncrement[]): Promise<void> {
+    const now = this.now();
+    for (const e of entries) {
+      if (!Number.isSafeInteger(e.by)) throw new TypeError(`bucket increment must be an integer, got ${e.by}`);
+      let b = this.buckets.get(e.key);
+      if (!b || b.expiresAt <= now) {
+        b = { fields: new Map(), expiresAt: 0 };
+        this.buckets.set(e.key, b);
+      }
+      const field = e.field ?? 'n';
+      b.fields.set(field, (b.fields.get(field) ?? 0) + e.by);
+      b.expiresAt = now + e.ttlMs;
+    }
+  }
+
+  async readBuckets(keys: readonly string[]): Promise<BucketValues[]> {
+    const now = this.now();
+    return keys.map((k) => {
+      const b = this.buckets.get(k);
+      return b && b.expiresAt > now ? Object.fromEntries(b.fields) : {};
+    });
+  }
+
+  available(): boolean {
+    return true;
+  }
+
+  /** Forgets every counter and hold (kills and buckets stay). LocalFallbackStore starts each outage's slice with it. */
+  resetCounters(): void {
+    this.counters.clear();
+  }
+
+  /** Writes the snapshot now (tmp file + rename, so a crash mid-write leaves the previous one intact). */
+  saveSnapshot(): Promise<void> {
+    const path = this.opts.snapshotPath;
+    if (path === undefined) return Promise.resolve();
+    // Chained so an interval write and the close() write never interleave on the tmp file.
+    this.saving = this.saving.then(async () => {
+      try {
+        this.sweep(this.now());
+        const tmp = `${path}.tmp-${process.pid}`;
+        await mkdir(dirname(path), { recursive: true });
+        await writeFile(tmp, JSON.stringify(this.toFile()));
+        await rename(tmp, path);
+      } catch (err) {
+        this.opts.onSnapshotError?.(err instanceof Error ? err : new Error(String(err)));
+      }
+    });
+    return this.saving;
+  }
+
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    if (this.timer) clearInterval(this.timer);
+    await this.saveSnapshot();
+  }
+
+  /**
+   * The counters of a scope window as of `now`: expired holds reaped, and a workflow window unseen for its
+   * idle time started again. With `create` false a missing window stays missing (refusals write nothing).
+   */
+  private live(s: ReservedScope, now: number, create: true): Counter;
+  private live(s: ReservedScope, now: number, create: boolean): Counter | undefined;
+  private live(s: ReservedScope, now: number, create: boolean): Counter | undefined {
+    const key = scopeKey(s, s.windowId);
+    let c = this.counters.get(key);
+    if (c && s.window === 'workflow' && s.idleTtlMs !== undefined && c.lastSeen !== null && now - c.lastSeen >= s.idleTtlMs) {
+      this.counters.delete(key);
+      c = undefined;
+    }
+    if (!c) {
+      if (!create) return undefined;
+      c = { spent: zero(), reserved: zero(), alerted: new Set(), holds: new Map(), lastSeen: null, gcAt: 0 };
+      this.counters.set(key, c);
+    }
+    for (const [id, hold] of c.holds) {
+      if (hold.expiresAt > now) continue;
+      add(c.reserved, hold.amounts, -1);
+      c.holds.delete(id);
+    }
+    return c;
+  }
+
+  private touch(c: Counter, s: ReservedScope, now: number): void {
+    c.lastSeen = now;
+    const end = windowEndFromId(s.window, s.windowId);
+    c.gcAt = end !== null ? end + CALENDAR_GRACE_MS : now + (s.idleTtlMs ?? 0) + this.reservationTtlMs;
+  }
+
+  private alerts(c: Counter, s: ReservedScope, out: AlertCrossing[]): void {
+    for (const m of METRICS) {
+      const limit = s.caps[m];
+      if (limit === undefined || c.alerted.has(m)) continue;
+      const used = c.spent[m] + c.reserved[m];
+      if (!reachedAlert(used, limit, this.alertPercent)) continue;
+      c.alerted.add(m);
+      out.push({ scope: s.scope, window: s.window, windowId: s.windowId, metric: m, percent: this.alertPercent, used, limit });
+    }
+  }
+
+  private maybeSweep(now: number): void {
+    if (now - this.lastSweep >= SWEEP_EVERY_MS) this.sweep(now);
+  }
+
+  /** Drops windows past their grace, idle workflows (with their holds: those are past their TTL too), expired buckets and settled ids. */
+  private sweep(now: number): void {
+    this.lastSweep = now;
+    for (const [k, c] of this.counters) if (c.gcAt !== 0 && c.gcAt <= now) this.counters.delete(k);
+    for (const [k, b] of this.buckets) if (b.expiresAt <= now) this.buckets.delete(k);
+    for (const [id, until] of this.settled) if (until <= now) this.settled.delete(id);
+  }
+
+  private toFile(): SnapshotFile {
+    return {
+      version: SNAPSHOT_VERSION,
+      savedAt: this.now(),
+      counters: [...this.counters].map(([k, c]) => [k, { spent: { ...c.spent }, alerted: [...c.alerted], lastSeen: c.lastSeen, gcAt: c.gcAt }]),
+      kills: [...this.kills],
+      buckets: [...this.buckets].map(([k, b]) => [k, { fields: Object.fromEntries(b.fields), expiresAt: b.expiresAt }]),
+    };
+  }
+
+  /** Reads the snapshot; a missing file is a first start, anything unusable is returned (and moved aside so it is not overwritten). */
+  private load(path: string): SnapshotError | undefined {
+    let text: string;
+    try {
+      text = readFileSync(path, 'utf8');
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
+      return new SnapshotError(`cannot read budget snapshot ${path}: ${(err as Error).message}; starting with empty counters`, path, { cause: err });
+    }
+    let file: SnapshotFile;
+    try {
+      const parsed = snapshotSchema.safeParse(JSON.parse(text));
+      if (!parsed.success) throw new Error(parsed.error.issues.map((i) => `${i.path.join('.') || '(root)'}: ${i.message}`).join('; '));
+      file = parsed.data;
+    } catch (err) {
+      const aside = `${path}.corrupt-${this.now()}`;
+      let moved = '';
+      try {
+        renameSync(path, aside);
+        moved = `; the file was moved to ${aside}`;
+      } catch {
+        // Leave it: the next save replaces it, and the error below already names it.
+      }
+      return new SnapshotError(
+        `budget snapshot ${path} is not usable (${(err as Error).message}); starting with empty counters${moved}`,
+        path,
+        { cause: err },
+      );
+    }
+    for (const [k, c] of file.counters) {
+      this.counters.set(k, { spent: { ...c.spent }, reserved: zero(), alerted: new Set(c.alerted), holds: new Map(), lastSeen: c.lastSeen, gcAt: c.gcAt });
+    }
+    for (const [field, k] of file.kills) this.kills.set(field, k);
+    for (const [k, b] of file.buckets) this.buckets.set(k, { fields: new Map(Object.entries(b.fields)), expiresAt: b.expiresAt });
+    return undefined;
+  }
+}

@@ -1,0 +1,503 @@
+import { Redis } from 'ioredis';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { LocalFallbackStore } from '../../src/budget/local-fallback-store.js';
+import { MemoryStore } from '../../src/budget/memory-store.js';
+import { RedisStore } from '../../src/budget/redis-store.js';
+import type { Actual, BudgetStore, Estimate, Reservation, ScopeBudget } from '../../src/budget/store.js';
+import { startRedis, type TestRedis } from '../helpers/redis.js';
+
+/** A clock the test moves by hand. Starts an hour before a month end (and a day end). */
+interface TestClock {
+  now(): number;
+  set(t: number): void;
+  advance(ms: number): void;
+}
+const START = Date.parse('2026-11-30T23:00:00Z');
+const makeClock = (): TestClock => {
+  let t = START;
+  return { now: () => t, set: (v) => (t = v), advance: (ms) => (t += ms) };
+};
+
+interface Harness {
+  store: BudgetStore;
+  /** Another store instance sharing the same state (a second sidecar). */
+  peer(): Promise<BudgetStore>;
+  close(): Promise<void>;
+}
+type Factory = (clock: TestClock) => Promise<Harness>;
+
+const usd = (n: number) => Math.round(n * 1_000_000);
+const est = (usdMicros: number, tokens = 0): Estimate => ({ usdMicros, tokens, calls: 1 });
+const act = (usdMicros: number, tokens = 0): Actual => ({ usdMicros, tokens });
+const agentDay = (id: string, caps: ScopeBudget['caps']): ScopeBudget => ({ scope: { kind: 'agent', id }, window: 'day', caps });
+const agentMonth = (id: string, caps: ScopeBudget['caps']): ScopeBudget => ({ scope: { kind: 'agent', id }, window: 'month', caps });
+const workflow = (id: string, caps: ScopeBudget['caps'], idleTtlMs = 600_000): ScopeBudget => ({
+  scope: { kind: 'workflow', id },
+  window: 'workflow',
+  caps,
+  idleTtlMs,
+});
+
+async function mustReserve(store: BudgetStore, scopes: ScopeBudget[], e: Estimate, ttlMs?: number): Promise<Reservation> {
+  const r = await store.reserve({ scopes, estimate: e, ...(ttlMs !== undefined && { ttlMs }) });
+  if (!r.ok) throw new Error(`expected admission, got ${JSON.stringify(r.refusal)}`);
+  return r.reservation;
+}
+
+async function usage(store: BudgetStore, scope: ScopeBudget) {
+  const [u] = await store.snapshot([scope]);
+  if (!u) throw new Error('no usage');
+  return u;
+}
+
+/** Seeded PRNG (mulberry32) so a failing run can be replayed. */
+const seeded = (seed: number) => () => {
+  seed = (seed + 0x6d2b79f5) | 0;
+  let x = Math.imul(seed ^ (seed >>> 15), 1 | seed);
+  x = (x + Math.imul(x ^ (x >>> 7), 61 | x)) ^ x;
+  return ((x ^ (x >>> 14)) >>> 0) / 4294967296;
+};
+
+/** The one contract every BudgetStore keeps. */
+function describeStoreContract(name: string, factory: Factory): void {
+  describe(`BudgetStore contract: ${name}`, () => {
+    let clock: TestClock;
+    let h: Harness;
+    const setup = async () => {
+      clock = makeClock();
+      h = await factory(clock);
+      return h.store;
+    };
+    const teardown = () => h.close();
+
+    it('admits within a cap and refuses past it with BUDGET_EXCEEDED, the scope, the numbers and the reset time', async () => {
+      const store = await setup();
+      try {
+        const day = agentDay('a1', { usdMicros: usd(1) });
+        const r = await mustReserve(store, [day], est(usd(0.6)));
+        await store.commit(r, act(usd(0.5)));
+        const refused = await store.reserve({ scopes: [day], estimate: est(usd(0.6)) });
+        expect(refused).toEqual({
+          ok: false,
+          refusal: {
+            reason: 'BUDGET_EXCEEDED',
+            scope: { kind: 'agent', id: 'a1' },
+            window: 'day',
+            metric: 'usdMicros',
+            limit: usd(1),
+            spent: usd(0.5),
+            reserved: 0,
+            requested: usd(0.6),
+            resetAt: Date.parse('2026-12-01T00:00:00Z'),
+          },
+        });
+        const ok = await store.reserve({ scopes: [day], estimate: est(usd(0.5)) });
+        expect(ok.ok).toBe(true);
+        if (ok.ok) expect(ok.used).toEqual([{ usdMicros: usd(1), tokens: 0, calls: 2 }]);
+      } finally {
+        await teardown();
+      }
+    });
+
+    it('admits exactly the affordable number of 50 concurrent reserves worth 3x the remaining budget', async () => {
+      const store = await setup();
+      try {
+        const scopes = [agentDay('a1', { usdMicros: usd(1) }), { scope: { kind: 'fleet', id: 'all' }, window: 'day', caps: {} } as ScopeBudget];
+        await store.commit(await mustReserve(store, scopes, est(usd(0.4))), act(usd(0.4)));
+        // Remaining 0.6 USD; 50 × 0.036 = 1.8 USD = 3 × remaining; floor(0.6 / 0.036) = 16 fit.
+        const results = await Promise.all(Array.from({ length: 50 }, () => store.reserve({ scopes, estimate: est(usd(0.036)) })));
+        expect(results.filter((r) => r.ok)).toHaveLength(16);
+        const u = await usage(store, scopes[0] as ScopeBudget);
+        expect(u.reserved.usdMicros).toBe(16 * usd(0.036));
+        expect(u.spent.usdMicros).toBe(usd(0.4));
+        // An uncapped scope is counted too.
+        expect((await usage(store, scopes[1] as ScopeBudget)).reserved.calls).toBe(16);
+      } finally {
+        await teardown();
+      }
+    });
+
+    it('charges the actual cost on commit even above the estimate, and returns the hold', async () => {
+      const store = await setup();
+      try {
+        const day = agentDay('a1', { usdMicros: usd(1), tokens: 10_000 });
+        const r = await mustReserve(store, [day], est(usd(0.1), 1_000));
+        expect((await usage(store, day)).reserved).toEqual({ usdMicros: usd(0.1), tokens: 1_000, calls: 1 });
+        await store.commit(r, act(usd(0.7), 6_000));
+        const u = await usage(store, day);
+        expect(u.spent).toEqual({ usdMicros: usd(0.7), tokens: 6_000, calls: 1 });
+        expect(u.reserved).toEqual({ usdMicros: 0, tokens: 0, calls: 0 });
+        const refused = await store.reserve({ scopes: [day], estimate: est(usd(0.4), 0) });
+        expect(refused.ok).toBe(false);
+      } finally {
+        await teardown();
+      }
+    });
+
+    it('never refuses a commit and charges a reservation once however often it is committed', async () => {
+      const store = await setup();
+      try {
+        const day = agentDay('a1', { usdMicros: usd(1) });
+        const r = await mustReserve(store, [day], est(usd(0.5)));
+        await store.commit(r, act(usd(3)));
+        await store.commit(r, act(usd(3)));
+        expect((await usage(store, day)).spent.usdMicros).toBe(usd(3));
+      } finally {
+        await teardown();
+      }
+    });
+
+    it('returns a released hold, once', async () => {
+      const store = await setup();
+      try {
+        const day = agentDay('a1', { usdMicros: usd(1) });
+        const keep = await mustReserve(store, [day], est(usd(0.3)));
+        const r = await mustReserve(store, [day], est(usd(0.6)));
+        expect((await store.reserve({ scopes: [day], estimate: est(usd(0.2)) })).ok).toBe(false);
+        await store.release(r);
+        await store.release(r);
+        expect((await usage(store, day)).reserved.usdMicros).toBe(usd(0.3));
+        expect((await store.reserve({ scopes: [day], estimate: est(usd(0.2)) })).ok).toBe(true);
+        await store.release(keep);
+      } finally {
+        await teardown();
+      }
+    });
+
+    it('returns the hold of a reservation never settled once its TTL passes, and still charges a late commit', async () => {
+      const store = await setup();
+      try {
+        const day = agentDay('a1', { usdMicros: usd(1) });
+        const r = await mustReserve(store, [day], est(usd(0.9)), 300);
+        expect((await store.reserve({ scopes: [day], estimate: est(usd(0.2)) })).ok).toBe(false);
+        clock.advance(299);
+        expect((await store.reserve({ scopes: [day], estimate: est(usd(0.2)) })).ok).toBe(false);
+        clock.advance(1);
+        const after = await mustReserve(store, [day], est(usd(0.2)));
+        expect((await usage(store, day)).reserved.usdMicros).toBe(usd(0.2));
+        await store.commit(r, act(usd(0.1)));
+        const u = await usage(store, day);
+        expect(u.spent.usdMicros).toBe(usd(0.1));
+        expect(u.reserved.usdMicros).toBe(usd(0.2));
+        await store.release(after);
+      } finally {
+        await teardown();
+      }
+    });
+
+    it('starts a new day at UTC midnight and a new month on the 1st, charging a late commit to the window it reserved in', async () => {
+      const store = await setup();
+      try {
+        const day = agentDay('a1', { usdMicros: usd(1) });
+        const month = agentMonth('a1', { usdMicros: usd(5) });
+        clock.set(Date.parse('2026-11-30T23:59:59Z'));
+        await store.commit(await mustReserve(store, [day, month], est(usd(1))), act(usd(1)));
+        const monthSpent = await mustReserve(store, [month], est(usd(3.9)));
+        await store.commit(monthSpent, act(usd(4)));
+        const refusedDay = await store.reserve({ scopes: [day, month], estimate: est(usd(0.1)) });
+        expect(refusedDay.ok || refusedDay.refusal).toMatchObject({ window: 'day', resetAt: Date.parse('2026-12-01T00:00:00Z') });
+        const refusedMonth = await store.reserve({ scopes: [month], estimate: est(usd(0.1)) });
+        expect(refusedMonth.ok || refusedMonth.refusal).toMatchObject({ window: 'month', resetAt: Date.parse('2026-12-01T00:00:00Z') });
+        const lateOne = await mustReserve(store, [agentDay('a2', {})], est(usd(0.2)));
+
+        clock.advance(1_000);
+        const r = await store.reserve({ scopes: [day, month], estimate: est(usd(0.9)) });
+        expect(r.ok).toBe(true);
+        await store.commit(lateOne, act(usd(0.2)));
+        expect((await usage(store, agentDay('a2', {}))).spent.usdMicros).toBe(0);
+        clock.set(Date.parse('2026-11-30T23:59:59Z'));
+        expect((await usage(store, agentDay('a2', {}))).spent.usdMicros).toBe(usd(0.2));
+      } finally {
+        await teardown();
+      }
+    });
+
+    it('stops the (N+1)th call of a workflow with CALL_LIMIT, tool calls and concurrent calls included', async () => {
+      const store = await setup();
+      try {
+        const wf = workflow('w1', { calls: 5 });
+        const results = await Promise.all(Array.from({ length: 10 }, () => store.reserve({ scopes: [wf], estimate: { usdMicros: 0, tokens: 0, calls: 1 } })));
+        expect(results.filter((r) => r.ok)).toHaveLength(5);
+        const refused = results.find((r) => !r.ok);
+        expect(refused && !refused.ok && refused.refusal).toMatchObject({
+          reason: 'CALL_LIMIT',
+          scope: { kind: 'workflow', id: 'w1' },
+          metric: 'calls',
+          limit: 5,
+          spent: 0,
+          reserved: 5,
+          resetAt: clock.now() + 600_000,
+        });
+        for (const r of results) if (r.ok) await store.commit(r.reservation, act(0));
+        expect((await store.reserve({ scopes: [wf], estimate: est(0) })).ok).toBe(false);
+        expect((await usage(store, wf)).spent.calls).toBe(5);
+      } finally {
+        await teardown();
+      }
+    });
+
+    it('refuses even a zero-cost call once a cap is used up', async () => {
+      const store = await setup();
+      try {
+        const wf = workflow('w1', { usdMicros: usd(1) });
+        await store.commit(await mustReserve(store, [wf], est(usd(0.5))), act(usd(1.2)));
+        const r = await store.reserve({ scopes: [wf], estimate: est(0) });
+        expect(r.ok || r.refusal.reason).toBe('BUDGET_EXCEEDED');
+      } finally {
+        await teardown();
+      }
+    });
+
+    it("forgets a workflow's counters after its idle TTL, counted from its last call", async () => {
+      const store = await setup();
+      try {
+        const wf = workflow('w1', { calls: 2 }, 60_000);
+        await store.commit(await mustReserve(store, [wf], est(0)), act(0));
+        clock.advance(30_000);
+        await store.commit(await mustReserve(store, [wf], est(0)), act(0));
+        const lastSeen = clock.now();
+        clock.advance(59_999);
+        const refused = await store.reserve({ scopes: [wf], estimate: est(0) });
+        expect(refused.ok || refused.refusal).toMatchObject({ reason: 'CALL_LIMIT', resetAt: lastSeen + 60_000 });
+        clock.advance(1);
+        expect((await store.reserve({ scopes: [wf], estimate: est(0) })).ok).toBe(true);
+        expect((await usage(store, wf)).reserved.calls).toBe(1);
+        expect((await usage(store, wf)).spent.calls).toBe(0);
+      } finally {
+        await teardown();
+      }
+    });
+
+    it('obeys a kill of an agent, a workflow or everything at once, on every instance, until it is lifted', async () => {
+      const store = await setup();
+      const other = await h.peer();
+      try {
+        const scopes = [agentDay('a1', {}), workflow('w1', {})];
+        const elsewhere = [agentDay('a2', {}), workflow('w2', {})];
+        const started = Date.now();
+        await other.setKill({ kind: 'workflow', id: 'w1' }, 'loop detected');
+        const killed = await store.reserve({ scopes, estimate: est(1) });
+        expect(Date.now() - started).toBeLessThan(1_000);
+        expect(killed).toMatchObject({ ok: false, refusal: { reason: 'KILLED', scope: { kind: 'workflow', id: 'w1' }, resetAt: null, killReason: 'loop detected' } });
+        expect((await store.reserve({ scopes: elsewhere, estimate: est(1) })).ok).toBe(true);
+
+        await other.setKill({ kind: 'agent', id: 'a2' });
+        expect((await store.reserve({ scopes: elsewhere, estimate: est(1) })).ok).toBe(false);
+        await other.setKill({ kind: 'global' }, 'incident 42');
+        const all = await store.reserve({ scopes: [agentDay('a3', {})], estimate: est(1) });
+        expect(all.ok || all.refusal).toMatchObject({ reason: 'KILLED', scope: { kind: 'global', id: '*' } });
+        expect((await store.getKills()).map((k) => k.target)).toEqual(
+          expect.arrayContaining([{ kind: 'workflow', id: 'w1' }, { kind: 'agent', id: 'a2' }, { kind: 'global' }]),
+        );
+        expect((await store.getKills()).find((k) => k.target.kind === 'global')).toMatchObject({ reason: 'incident 42', at: clock.now() });
+
+        expect(await store.clearKill({ kind: 'global' })).toBe(true);
+        expect(await store.clearKill({ kind: 'global' })).toBe(false);
+        await store.clearKill({ kind: 'agent', id: 'a2' });
+        await store.clearKill({ kind: 'workflow', id: 'w1' });
+        expect((await other.reserve({ scopes, estimate: est(1) })).ok).toBe(true);
+        expect(await other.getKills()).toEqual([]);
+      } finally {
+        if (other !== store) await other.close();
+        await teardown();
+      }
+    });
+
+    it('reports a cap crossing the alert percent once per window', async () => {
+      const store = await setup();
+      try {
+        const day = agentDay('a1', { usdMicros: usd(1), tokens: 1_000 });
+        const first = await store.reserve({ scopes: [day], estimate: est(usd(0.5), 100) });
+        expect(first.ok && first.crossed).toEqual([]);
+        const r = await mustReserve(store, [day], est(usd(0.1), 100));
+        const c = await store.commit(r, act(usd(0.3), 100));
+        expect(c.crossed).toEqual([
+          { scope: { kind: 'agent', id: 'a1' }, window: 'day', windowId: '2026-11-30', metric: 'usdMicros', percent: 75, used: usd(0.8), limit: usd(1) },
+        ]);
+        const again = await store.reserve({ scopes: [day], estimate: est(usd(0.1), 600) });
+        expect(again.ok && again.crossed.map((x) => x.metric)).toEqual(['tokens']);
+        clock.set(Date.parse('2026-12-01T00:00:00Z'));
+        const nextDay = await store.reserve({ scopes: [day], estimate: est(usd(0.8), 0) });
+        expect(nextDay.ok && nextDay.crossed.map((x) => [x.metric, x.windowId])).toEqual([['usdMicros', '2026-12-01']]);
+      } finally {
+        await teardown();
+      }
+    });
+
+    it('keeps committed spend within cap + Σ(actual − estimate) of the requests in flight at the last admission', async () => {
+      const store = await setup();
+      try {
+        const cap = usd(1);
+        const day = agentDay('a1', { usdMicros: cap });
+        const random = seeded(7);
+        const inFlight = new Map<string, { r: Reservation; actual: number }>();
+        let atLastAdmission: { estimate: number; actual: number }[] = [];
+        let overshoot = 0;
+        for (let round = 0; round < 12; round++) {
+          // A batch of concurrent reserves; each store applies them in call order, one at a time.
+          const batch = Array.from({ length: 8 }, () => usd(0.02 + random() * 0.1));
+          const results = await Promise.all(batch.map((e) => store.reserve({ scopes: [day], estimate: est(e) })));
+          results.forEach((res) => {
+            if (!res.ok) return;
+            // Most requests cost less than estimated, some much more.
+            const actual = Math.round(res.reservation.estimate.usdMicros * (random() < 0.3 ? 1.5 + random() : 0.3 + random() * 0.7));
+            inFlight.set(res.reservation.id, { r: res.reservation, actual });
+            atLastAdmission = [...inFlight.values()].map((f) => ({ estimate: f.r.estimate.usdMicros, actual: f.actual }));
+          });
+          const settling = [...inFlight.values()].filter(() => random() < 0.6);
+          await Promise.all(
+            settling.map((f) => {
+              inFlight.delete(f.r.id);
+              if (f.actual > f.r.estimate.usdMicros) overshoot++;
+              return store.commit(f.r, act(f.actual));
+            }),
+          );
+        }
+        await Promise.all([...inFlight.values()].map((f) => store.commit(f.r, act(f.actual))));
+        const spent = (await usage(store, day)).spent.usdMicros;
+        const bound = cap + atLastAdmission.reduce((sum, f) => sum + f.actual - f.estimate, 0);
+        expect(overshoot).toBeGreaterThan(0);
+        expect(spent).toBeGreaterThan(cap * 0.9);
+        expect(spent).toBeLessThanOrEqual(bound);
+      } finally {
+        await teardown();
+      }
+    });
+
+    it('counts buckets: batched integer increments per field, read back per key', async () => {
+      const store = await setup();
+      try {
+        await store.incrBuckets([
+          { key: 'slo:r1:100', field: 'ok', by: 3, ttlMs: 60_000 },
+          { key: 'slo:r1:100', field: 'err', by: 1, ttlMs: 60_000 },
+          { key: 'slo:r1:100', field: 'ok', by: 2, ttlMs: 60_000 },
+          { key: 'slo:r1:101', by: 7, ttlMs: 60_000 },
+        ]);
+        expect(await store.readBuckets(['slo:r1:100', 'slo:r1:101', 'slo:r1:999'])).toEqual([{ ok: 5, err: 1 }, { n: 7 }, {}]);
+        await expect(store.incrBuckets([{ key: 'x', by: 0.5, ttlMs: 1_000 }])).rejects.toThrow(TypeError);
+      } finally {
+        await teardown();
+      }
+    });
+
+    it('rejects amounts that are not non-negative integers', async () => {
+      const store = await setup();
+      try {
+        await expect(store.reserve({ scopes: [agentDay('a1', {})], estimate: { usdMicros: 0.5, tokens: 0, calls: 1 } })).rejects.toThrow(TypeError);
+        const r = await mustReserve(store, [agentDay('a1', {})], est(1));
+        await expect(store.commit(r, { usdMicros: -1, tokens: 0 })).rejects.toThrow(TypeError);
+      } finally {
+        await teardown();
+      }
+    });
+  });
+}
+
+describeStoreContract('memory', async (clock) => {
+  const store = new MemoryStore({ now: clock.now });
+  return { store, peer: async () => store, close: () => store.close() };
+});
+
+let redis: TestRedis;
+let prefixes = 0;
+beforeAll(async () => {
+  redis = await startRedis();
+});
+afterAll(async () => {
+  await redis?.stop();
+});
+
+const redisStore = async (now: () => number, keyPrefix: string, extra: Partial<ConstructorParameters<typeof RedisStore>[0]> = {}) => {
+  const store = new RedisStore({ url: redis.url, keyPrefix, now, ...extra });
+  await store.waitReady(2_000);
+  return store;
+};
+
+describeStoreContract('redis', async (clock) => {
+  // A fresh key prefix per test keeps tests apart without flushing.
+  const prefix = `t${++prefixes}`;
+  const store = await redisStore(clock.now, prefix);
+  return { store, peer: () => redisStore(clock.now, prefix), close: () => store.close() };
+});
+
+describeStoreContract('local fallback over redis (redis up)', async (clock) => {
+  const prefix = `t${++prefixes}`;
+  const make = async () => new LocalFallbackStore({ shared: await redisStore(clock.now, prefix), now: clock.now });
+  const store = await make();
+  return { store, peer: make, close: () => store.close() };
+});
+
+describe('RedisStore', () => {
+  it('returns an unsettled hold after a real 300 ms TTL', async () => {
+    const store = await redisStore(Date.now, 'ttl');
+    try {
+      const day = agentDay('a1', { usdMicros: usd(1) });
+      await mustReserve(store, [day], est(usd(1)), 300);
+      expect((await store.reserve({ scopes: [day], estimate: est(1) })).ok).toBe(false);
+      await new Promise((r) => setTimeout(r, 350));
+      expect((await store.reserve({ scopes: [day], estimate: est(1) })).ok).toBe(true);
+    } finally {
+      await store.close();
+    }
+  });
+
+  it('keeps integer micro-dollars in keys that carry the hash tag and the window, and expire after it', async () => {
+    const clock = makeClock();
+    const store = await redisStore(clock.now, 'keys');
+    const raw = new Redis(redis.url);
+    try {
+      const r = await mustReserve(store, [agentDay('a1', {}), workflow('w1', {}, 60_000)], est(usd(0.25), 10));
+      expect((await raw.keys('{keys}:*')).sort()).toEqual([
+        '{keys}:agent:a1:day:2026-11-30',
+        '{keys}:agent:a1:day:2026-11-30:res',
+        '{keys}:workflow:w1:workflow:all',
+        '{keys}:workflow:w1:workflow:all:res',
+      ]);
+      expect(await raw.zrange('{keys}:agent:a1:day:2026-11-30:res', '0', '-1')).toEqual([`${r.id}|250000|10|1`]);
+      await store.commit(r, act(usd(0.123456), 42));
+      // The emptied hold sets are gone; the settled marker guards against a second commit.
+      expect((await raw.keys('{keys}:*')).sort()).toEqual([
+        '{keys}:agent:a1:day:2026-11-30',
+        `{keys}:settled:${r.id}`,
+        '{keys}:workflow:w1:workflow:all',
+      ]);
+      expect(await raw.hget('{keys}:agent:a1:day:2026-11-30', 'usd')).toBe('123456');
+      // A day key outlives its window (an hour left) by the two-day grace, no more.
+      const dayTtl = await raw.pttl('{keys}:agent:a1:day:2026-11-30');
+      expect(dayTtl).toBeGreaterThan(49 * 3_600_000 - 5_000);
+      expect(dayTtl).toBeLessThanOrEqual(49 * 3_600_000);
+      expect(await raw.pttl('{keys}:workflow:w1:workflow:all')).toBeGreaterThan(60_000);
+    } finally {
+      raw.disconnect();
+      await store.close();
+    }
+  });
+
+  it('still runs its scripts after Redis forgot them (SCRIPT FLUSH)', async () => {
+    const clock = makeClock();
+    const store = await redisStore(clock.now, 'flush');
+    const raw = new Redis(redis.url);
+    try {
+      const day = agentDay('a1', { usdMicros: usd(1) });
+      const r = await mustReserve(store, [day], est(usd(0.5)));
+      await raw.script('FLUSH');
+      await store.commit(r, act(usd(0.5)));
+      expect((await usage(store, day)).spent.usdMicros).toBe(usd(0.5));
+    } finally {
+      raw.disconnect();
+      await store.close();
+    }
+  });
+
+  it('expires buckets after their TTL', async () => {
+    const store = await redisStore(Date.now, 'buckets');
+    try {
+      await store.incrBuckets([{ key: 'b', by: 1, ttlMs: 100 }]);
+      expect(await store.readBuckets(['b'])).toEqual([{ n: 1 }]);
+      await new Promise((r) => setTimeout(r, 150));
+      expect(await store.readBuckets(['b'])).toEqual([{}]);
+    } finally {
+      await store.close();
+    }
+  });
+});

@@ -1,0 +1,107 @@
+import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { MemoryStore, SnapshotError } from '../../src/budget/memory-store.js';
+import type { ScopeBudget } from '../../src/budget/store.js';
+
+const day: ScopeBudget = { scope: { kind: 'agent', id: 'a1' }, window: 'day', caps: { usdMicros: 1_000_000 } };
+const est = (usdMicros: number) => ({ usdMicros, tokens: 0, calls: 1 });
+
+describe('MemoryStore snapshots', () => {
+  let dir: string;
+  let path: string;
+  let t: number;
+  const now = () => t;
+  beforeEach(() => {
+    dir = mkdtempSync(join(tmpdir(), 'fusebox-snap-'));
+    path = join(dir, 'state', 'budget.json');
+    t = Date.parse('2026-11-22T10:00:00Z');
+  });
+  afterEach(() => rmSync(dir, { recursive: true, force: true }));
+
+  it('keeps spend, kills and buckets across a restart, but not the holds of requests that died with it', async () => {
+    const first = new MemoryStore({ now, snapshotPath: path });
+    const r = await first.reserve({ scopes: [day], estimate: est(400_000) });
+    if (!r.ok) throw new Error('refused');
+    await first.commit(r.reservation, { usdMicros: 600_000, tokens: 10 });
+    await first.reserve({ scopes: [day], estimate: est(100_000) });
+    await first.setKill({ kind: 'workflow', id: 'w9' }, 'runaway');
+    await first.incrBuckets([{ key: 'k', field: 'ok', by: 4, ttlMs: 60_000 }]);
+    await first.close();
+
+    const second = new MemoryStore({ now, snapshotPath: path });
+    expect(second.snapshotLoadError).toBeUndefined();
+    const [u] = await second.snapshot([day]);
+    expect(u?.spent).toEqual({ usdMicros: 600_000, tokens: 10, calls: 1 });
+    expect(u?.reserved).toEqual({ usdMicros: 0, tokens: 0, calls: 0 });
+    expect(await second.getKills()).toEqual([{ target: { kind: 'workflow', id: 'w9' }, reason: 'runaway', at: t }]);
+    expect(await second.readBuckets(['k'])).toEqual([{ ok: 4 }]);
+    const over = await second.reserve({ scopes: [day], estimate: est(500_000) });
+    expect(over.ok).toBe(false);
+    await second.close();
+  });
+
+  it('writes on its interval, atomically (no partial or temporary file left behind)', async () => {
+    const store = new MemoryStore({ now, snapshotPath: path, snapshotIntervalMs: 20 });
+    try {
+      const r = await store.reserve({ scopes: [day], estimate: est(1) });
+      if (r.ok) await store.commit(r.reservation, { usdMicros: 123, tokens: 0 });
+      const deadline = Date.now() + 2_000;
+      while (!existsSync(path) && Date.now() < deadline) await new Promise((res) => setTimeout(res, 10));
+      await store.saveSnapshot();
+      expect(JSON.parse(readFileSync(path, 'utf8')).counters[0]).toEqual([
+        'agent:a1:day:2026-11-22',
+        expect.objectContaining({ spent: { usdMicros: 123, tokens: 0, calls: 1 } }),
+      ]);
+      expect(readdirSync(join(dir, 'state'))).toEqual(['budget.json']);
+    } finally {
+      await store.close();
+    }
+  });
+
+  it('starts empty from a corrupt snapshot, says so clearly, moves the file aside and keeps working', async () => {
+    const seen: Error[] = [];
+    const store0 = new MemoryStore({ now, snapshotPath: path });
+    await store0.close();
+    writeFileSync(path, '{"version":1,"counters":[[');
+    const store = new MemoryStore({ now, snapshotPath: path, onSnapshotError: (e) => seen.push(e) });
+    expect(store.snapshotLoadError).toBeInstanceOf(SnapshotError);
+    expect(store.snapshotLoadError?.message).toMatch(new RegExp(`budget snapshot ${path} is not usable .*starting with empty counters; the file was moved to ${path}\\.corrupt-${t}`));
+    expect(seen).toEqual([store.snapshotLoadError]);
+    expect(readFileSync(`${path}.corrupt-${t}`, 'utf8')).toBe('{"version":1,"counters":[[');
+    expect((await store.reserve({ scopes: [day], estimate: est(1_000_000) })).ok).toBe(true);
+    await store.close();
+    expect(new MemoryStore({ now, snapshotPath: path }).snapshotLoadError).toBeUndefined();
+  });
+
+  it('rejects a snapshot of the wrong shape, naming the field', () => {
+    writeFileSync(join(dir, 'v2.json'), JSON.stringify({ version: 2, savedAt: 0, counters: [], kills: [], buckets: [] }));
+    const store = new MemoryStore({ now, snapshotPath: join(dir, 'v2.json') });
+    expect(store.snapshotLoadError?.message).toMatch(/version: /);
+    void store.close();
+  });
+
+  it('reports a failed write instead of crashing', async () => {
+    const seen: Error[] = [];
+    const store = new MemoryStore({ now, snapshotPath: path, onSnapshotError: (e) => seen.push(e) });
+    writeFileSync(join(dir, 'state'), 'a file where the directory should be');
+    await store.close();
+    expect(seen).toHaveLength(1);
+    expect((seen[0] as NodeJS.ErrnoException).code).toMatch(/EEXIST|ENOTDIR/);
+  });
+
+  it('drops windows two days past their end and expired buckets from the snapshot', async () => {
+    const store = new MemoryStore({ now, snapshotPath: path });
+    const r = await store.reserve({ scopes: [day], estimate: est(1) });
+    if (r.ok) await store.commit(r.reservation, { usdMicros: 1, tokens: 0 });
+    await store.incrBuckets([{ key: 'k', by: 1, ttlMs: 1_000 }]);
+    t += 1_000;
+    expect(await store.readBuckets(['k'])).toEqual([{}]);
+    t = Date.parse('2026-11-25T00:00:00Z');
+    await store.close();
+    const file = JSON.parse(readFileSync(path, 'utf8'));
+    expect(file.counters).toEqual([]);
+    expect(file.buckets).toEqual([]);
+  });
+});
