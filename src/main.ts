@@ -67,7 +67,7 @@ const main = async (argv: string[]): Promise<void> => {
   const [command, ...rest] = argv;
   if (command === 'check-config') process.exit(checkConfig(rest[0]));
   if (command === 'inject') {
-    const { runInject } = await import('./deploy/inject.js');
+    const { runInject } = await import('./deploy/cli.js');
     process.exit(await runInject(rest, { stdin: process.stdin, stdout: process.stdout, stderr: process.stderr }));
   }
   const { values } = parseArgs({

@@ -1,0 +1,126 @@
+/**
+ * Options of `fusebox inject` and the values they default to. Every default here matches the example config in
+ * deploy/kubernetes/base/configmap.yaml: if you change a port or the grace period there, pass the same value here.
+ */
+
+/** Fusebox's release; the default image tag and the value of the `fusebox.io/injected` annotation. */
+export const FUSEBOX_VERSION = '0.1.0';
+
+export interface InjectOptions {
+  /** Sidecar image. Default `ghcr.io/fusebox/fusebox:<FUSEBOX_VERSION>`. */
+  image: string;
+  /** Written into the `fusebox.io/injected` annotation. Default FUSEBOX_VERSION. */
+  version: string;
+  /** ConfigMap holding `config.yaml`, mounted at /etc/fusebox. Default `fusebox-config`. */
+  configMapName: string;
+  /** Secret whose keys become the sidecar's environment (provider keys, FUSEBOX_ADMIN_TOKEN, FUSEBOX_REDIS_URL). Default `fusebox-provider-keys`. */
+  secretName: string;
+  /** Port Fusebox's proxy listens on (config `listen.proxy.port`). Default 4000. */
+  proxyPort: number;
+  /** Port of health, readiness and metrics (config `listen.admin.port`). Default 9901. */
+  adminPort: number;
+  /** Pod label whose value the sidecar gets as FUSEBOX_AGENT. Default `app.kubernetes.io/name`. */
+  agentLabel: string;
+  /** Cluster DNS domain; `.<domain>` is added to NO_PROXY. Default `cluster.local`. */
+  clusterDomain: string;
+  /** More NO_PROXY entries (hosts, domain suffixes, IPs) the agent must reach directly. Default none. */
+  noProxy: string[];
+  /** Replace proxy variables an agent container already sets, instead of refusing the workload. Default false. */
+  overrideProxyEnv: boolean;
+  /** Also set NODE_USE_ENV_PROXY=1 so Node's built-in fetch and http honour HTTP_PROXY. Default true. */
+  nodeUseEnvProxy: boolean;
+  /** Sidecar CPU request. Default `50m`. */
+  cpuRequest: string;
+  /** Sidecar CPU limit; '' sets none. Default `500m`. */
+  cpuLimit: string;
+  /** Sidecar memory request. Default `64Mi`. */
+  memoryRequest: string;
+  /** Sidecar memory limit. Default `256Mi`. */
+  memoryLimit: string;
+  /** Fusebox's drain time after SIGTERM (config `shutdown.graceMs`), ms. Default 25000. */
+  graceMs: number;
+  /** preStop sleep before Fusebox gets SIGTERM, s; 0 adds no hook. Default 5. */
+  preStopSeconds: number;
+}
+
+export const DEFAULT_INJECT_OPTIONS: Readonly<InjectOptions> = Object.freeze({
+  image: `ghcr.io/fusebox/fusebox:${FUSEBOX_VERSION}`,
+  version: FUSEBOX_VERSION,
+  configMapName: 'fusebox-config',
+  secretName: 'fusebox-provider-keys',
+  proxyPort: 4000,
+  adminPort: 9901,
+  agentLabel: 'app.kubernetes.io/name',
+  clusterDomain: 'cluster.local',
+  noProxy: [],
+  overrideProxyEnv: false,
+  nodeUseEnvProxy: true,
+  cpuRequest: '50m',
+  cpuLimit: '500m',
+  memoryRequest: '64Mi',
+  memoryLimit: '256Mi',
+  graceMs: 25_000,
+  preStopSeconds: 5,
+});
+
+/** An option value Kubernetes or Fusebox would not accept. `problems` has one line per bad option. */
+export class InjectOptionsError extends Error {
+  constructor(readonly problems: string[]) {
+    super(`invalid inject options:\n  - ${problems.join('\n  - ')}`);
+    this.name = 'InjectOptionsError';
+  }
+}
+
+const DNS_SUBDOMAIN = /^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$/;
+const LABEL_NAME = /^[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$/;
+/** Kubernetes resource.Quantity, e.g. 50m, 0.5, 64Mi, 1G, 1e3. */
+const QUANTITY = /^[+]?([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][-+]?[0-9]+|[numkMGTPE]|[KMGTPE]i)?$/;
+/** What curl, Go and Python accept in NO_PROXY: a host, a `.suffix`, an IP or a CIDR; no scheme, no spaces, no commas. */
+const NO_PROXY_ENTRY = /^[A-Za-z0-9.:\-_/[\]*]+$/;
+
+const isLabelKey = (key: string): boolean => {
+  const slash = key.indexOf('/');
+  if (slash === -1) return LABEL_NAME.test(key);
+  const prefix = key.slice(0, slash);
+  return prefix.length <= 253 && DNS_SUBDOMAIN.test(prefix) && LABEL_NAME.test(key.slice(slash + 1));
+};
+
+const isPort = (n: number): boolean => Number.isInteger(n) && n >= 1 && n <= 65535;
+
+/** Fill in defaults and check every value; throws InjectOptionsError listing every problem. */
+export const resolveInjectOptions = (partial: Partial<InjectOptions> = {}): InjectOptions => {
+  const defined = Object.fromEntries(Object.entries(partial).filter(([, v]) => v !== undefined));
+  const o: InjectOptions = { ...DEFAULT_INJECT_OPTIONS, ...defined, noProxy: [...(partial.noProxy ?? DEFAULT_INJECT_OPTIONS.noProxy)] };
+  const problems: string[] = [];
+  if (o.image.trim() === '' || /\s/.test(o.image)) problems.push(`image: "${o.image}" is not an image reference`);
+  if (o.version.trim() === '') problems.push('version: must not be empty');
+  for (const [key, name] of [
+    ['configMapName', o.configMapName],
+    ['secretName', o.secretName],
+  ] as const) {
+    if (name.length > 253 || !DNS_SUBDOMAIN.test(name)) problems.push(`${key}: "${name}" is not a valid Kubernetes object name (lower-case DNS subdomain)`);
+  }
+  if (!isPort(o.proxyPort)) problems.push(`proxyPort: ${o.proxyPort} is not a port (1-65535)`);
+  if (!isPort(o.adminPort)) problems.push(`adminPort: ${o.adminPort} is not a port (1-65535)`);
+  if (o.proxyPort === o.adminPort) problems.push(`proxyPort and adminPort are both ${o.proxyPort}`);
+  if (!isLabelKey(o.agentLabel)) problems.push(`agentLabel: "${o.agentLabel}" is not a valid label key`);
+  if (!DNS_SUBDOMAIN.test(o.clusterDomain)) problems.push(`clusterDomain: "${o.clusterDomain}" is not a DNS domain`);
+  for (const entry of o.noProxy) {
+    if (!NO_PROXY_ENTRY.test(entry)) problems.push(`noProxy: "${entry}" is not a host, .domain suffix, IP or CIDR`);
+    if (entry === '*') problems.push('noProxy: "*" would send every call around Fusebox');
+  }
+  for (const [key, q] of [
+    ['cpuRequest', o.cpuRequest],
+    ['memoryRequest', o.memoryRequest],
+    ['memoryLimit', o.memoryLimit],
+  ] as const) {
+    if (!QUANTITY.test(q)) problems.push(`${key}: "${q}" is not a Kubernetes quantity (like 50m, 64Mi)`);
+  }
+  if (o.cpuLimit !== '' && !QUANTITY.test(o.cpuLimit)) problems.push(`cpuLimit: "${o.cpuLimit}" is not a Kubernetes quantity (or '' for none)`);
+  if (!Number.isInteger(o.graceMs) || o.graceMs < 0) problems.push(`graceMs: ${o.graceMs} must be a whole number of ms ≥ 0`);
+  if (!Number.isInteger(o.preStopSeconds) || o.preStopSeconds < 0 || o.preStopSeconds > 300) {
+    problems.push(`preStopSeconds: ${o.preStopSeconds} must be a whole number of seconds from 0 to 300`);
+  }
+  if (problems.length > 0) throw new InjectOptionsError(problems);
+  return o;
+};
