@@ -7,11 +7,16 @@ import { pino, type Logger } from 'pino';
 import type { Config } from './config/schema.js';
 import { BadRequestError, HeadersTooLargeError, type ProxyError } from './errors.js';
 import { registerAdmin } from './http/admin.js';
+import { registerAdminBreakers } from './http/admin-breakers.js';
+import { refreshBudgetGauges, registerAdminBudgets } from './http/admin-budgets.js';
+import { createBudgetStore, loadPrices } from './budget/factory.js';
+import type { BudgetStore } from './budget/store.js';
+import { warmTokenizer } from './budget/estimate.js';
 import { handleConnect } from './http/connect.js';
 import { FORWARD_TARGET, handleProxyRequest, type ForwardRequest, type ProxyState } from './http/proxy.js';
 import { errorBody } from './http/respond.js';
 import { RouteTable } from './http/route-table.js';
-import { buildRoute, type BuiltRoute, type PipelineDeps } from './pipeline/build.js';
+import { buildRoutes, type BuiltRoute, type PipelineDeps } from './pipeline/build.js';
 import { createMetrics, type Metrics } from './telemetry/metrics.js';
 import { PoolSet } from './upstream/pool.js';
 
@@ -23,6 +28,8 @@ export interface AppDeps {
   baseDir?: string;
   now?: () => number;
   random?: () => number;
+  /** A budget store to use instead of the one the config describes (tests). */
+  store?: BudgetStore;
 }
 
 export interface Fusebox {
@@ -79,8 +86,12 @@ export const buildApp = async (config: Config, deps: AppDeps = {}): Promise<Fuse
   const state: ProxyState = { accepting: true, inflight: 0, ownPorts: new Set() };
   const tunnels = new Set<Duplex>();
 
-  const pipelineDeps: PipelineDeps = { pools, metrics, logger, env, now, random, via };
-  const built: BuiltRoute[] = config.routes.map((r) => buildRoute(r, pipelineDeps));
+  const store = deps.store ?? createBudgetStore(config, { now, logger, metrics });
+  metrics.storeUp.set(1);
+  const prices = loadPrices(config, deps.baseDir ?? process.cwd());
+  if (config.routes.some((r) => r.provider === 'openai')) warmTokenizer();
+  const pipelineDeps: PipelineDeps = { pools, metrics, logger, env, now, random, via, store, prices, budgets: config.budgets };
+  const built: BuiltRoute[] = buildRoutes(config.routes, pipelineDeps);
   const routes = new RouteTable(built);
   metrics.configInfo.labels(String(config.routes.length), config.store.kind).set(1);
 
@@ -132,7 +143,10 @@ export const buildApp = async (config: Config, deps: AppDeps = {}): Promise<Fuse
     token: token !== undefined && token !== '' ? token : undefined,
     tokenEnv: config.listen.admin.tokenEnv,
     isReady: () => state.accepting && proxy.server.listening,
+    beforeScrape: () => refreshBudgetGauges(config, store, metrics),
   });
+  registerAdminBreakers(admin, built);
+  registerAdminBudgets(admin, { config, store, logger });
 
   const urlOf = (app: FastifyInstance) => {
     const a = app.server.address() as AddressInfo;
@@ -190,6 +204,7 @@ export const buildApp = async (config: Config, deps: AppDeps = {}): Promise<Fuse
         await serverClosed;
         await proxy.close();
         await admin.close();
+        await store.close();
         logger.info('stopped');
       })();
       return closed;

@@ -345,8 +345,8 @@ export const BudgetsSchema = z.strictObject({
   fleet: z.strictObject({ dailyUsd: z.number().positive().optional() }).prefault({}),
   /** Percent of a cap at which one alert line and metric fire per window. Default 75. */
   alertPercent: percent.default(75),
-  /** Price table file. Default config/prices.yaml (relative to the config file). */
-  pricesFile: z.string().default('prices.yaml'),
+  /** Price table file, relative to the config file. Default: the table shipped with Fusebox (config/prices.yaml). */
+  pricesFile: z.string().optional(),
   /** Price charged for a model missing from the table (never zero). */
   defaultPrice: PriceSchema.default({ inputPerM: 15, outputPerM: 75 }),
 });

@@ -10,6 +10,8 @@ export interface AdminDeps {
   token: string | undefined;
   tokenEnv: string;
   isReady: () => boolean;
+  /** Gauges read from elsewhere (the shared store) are refreshed just before a scrape. */
+  beforeScrape?: () => Promise<void>;
 }
 
 const sameSecret = (a: string, b: string): boolean => {
@@ -45,6 +47,8 @@ export const registerAdmin = (app: FastifyInstance, deps: AdminDeps): void => {
     return reply.code(503).send({ status: 'not ready' });
   });
   app.get('/metrics', async (_req, reply) => {
+    // A store problem must not cost the scrape: the other metrics (and fusebox_store_up) still matter most then.
+    await deps.beforeScrape?.().catch(() => deps.metrics.storeUp.set(0));
     const text = await deps.metrics.registry.metrics();
     return reply.header('content-type', deps.metrics.registry.contentType).send(text);
   });

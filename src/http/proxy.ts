@@ -172,7 +172,11 @@ export const handleProxyRequest = async (raw: ForwardRequest, res: ServerRespons
   let errCode: string | undefined;
   try {
     const body = await readRequestBody(raw, { maxBytes: deps.config.limits.maxRequestBodyBytes, bufferBytes: route.retry.bufferBytes });
-    if (body.kind === 'buffered') bytesIn = body.bytes.length;
+    if (body.kind === 'buffered') {
+      bytesIn = body.bytes.length;
+      // Layers may rewrite a buffered body (model rewrite, stream usage); undici sets the length of what is sent.
+      delete headers['content-length'];
+    }
     else if (body.kind === 'stream') bytesIn = body.length ?? 0;
     const request: ProxyRequest = { method, path, headers, body };
     const answer = await built.handler(request, ctx);

@@ -52,7 +52,12 @@ const notify = (observers: BodyObserver[], end: BodyEnd): void => {
  * destroy an upstream body: a body left alone keeps its socket from returning to the pool.
  */
 export const discardResponse = (res: ProxyResponse, reason = 'discarded'): void => {
-  if (!Buffer.isBuffer(res.body)) (res.body as Readable).destroy();
+  if (!Buffer.isBuffer(res.body)) {
+    const body = res.body as Readable;
+    // Destroying an unfinished undici body makes it emit 'error' (aborted); unheard, that would crash the process.
+    body.on('error', () => {});
+    body.destroy();
+  }
   notify(res.observers, { ok: false, bytes: 0, discarded: true, error: new Error(reason) });
 };
 

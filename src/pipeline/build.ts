@@ -1,11 +1,20 @@
 import type { Logger } from 'pino';
-import type { RouteConfig } from '../config/schema.js';
-import { ProxyError } from '../errors.js';
+import type { BudgetsConfig, FallbackStep, RouteConfig } from '../config/schema.js';
+import { PriceBook, type PriceTable } from '../budget/prices.js';
+import type { BudgetStore } from '../budget/store.js';
+import { budgetLayer, type BudgetEvents } from '../policies/budget.js';
+import type { ProxyError } from '../errors.js';
+import { makeBreakers } from '../policies/breaker.js';
+import type { BreakerRegistry } from '../policies/breaker-registry.js';
+import { fallbackLayer, withModel, type FallbackStepHandler } from '../policies/fallback.js';
+import { faultsLayer } from '../policies/faults.js';
+import { LastGoodCache, lastGoodRecordLayer, lastGoodStep } from '../policies/last-good.js';
+import { retryLayer } from '../policies/retry.js';
 import { codeClass, type Metrics } from '../telemetry/metrics.js';
 import type { PoolSet } from '../upstream/pool.js';
-import { makeUpstreamHandler, routeUpstreamSpec } from '../upstream/target.js';
+import { makeUpstreamHandler, routeUpstreamSpec, type UpstreamSpec } from '../upstream/target.js';
 import { compose } from './compose.js';
-import type { Handler } from './types.js';
+import type { Handler, ProxyResponse } from './types.js';
 
 export interface PipelineDeps {
   pools: PoolSet;
@@ -18,20 +27,81 @@ export interface PipelineDeps {
   random: () => number;
   /** This instance's `Via` token (`1.1 fusebox-<id>`). */
   via: string;
+  store: BudgetStore;
+  prices: PriceTable;
+  budgets: BudgetsConfig;
+}
+
+/** Budget decisions → metrics and one log line each. Unknown models are logged once per route and model. */
+const budgetEvents = (deps: PipelineDeps): BudgetEvents => {
+  const m = deps.metrics;
+  const warnedModels = new Set<string>();
+  return {
+    refused: (route, r, ctx, err) => {
+      m.budgetRejections.labels(r.scopeKind, r.reason).inc();
+      ctx.log.warn({ code: err.code, ...err.details }, `call refused: ${err.message}`);
+    },
+    alert: (route, c, ctx) => {
+      m.budgetAlerts.labels(c.scope.kind, c.metric === 'usdMicros' ? 'usd' : c.metric).inc();
+      const unit = (n: number) => (c.metric === 'usdMicros' ? n / 1e6 : n);
+      ctx.log.warn(
+        { scope: c.scope.kind, scopeId: c.scope.id, window: c.window, metric: c.metric === 'usdMicros' ? 'usd' : c.metric, percent: c.percent, used: unit(c.used), limit: unit(c.limit) },
+        `budget alert: ${c.scope.kind} ${c.scope.id} used ${c.percent}% of its ${c.window} cap`,
+      );
+    },
+    settled: (route, s, ctx) => {
+      const u = s.usage;
+      m.tokens.labels(route, s.model, 'input').inc(u.inputTokens);
+      m.tokens.labels(route, s.model, 'cached_input').inc(u.cachedInputTokens);
+      m.tokens.labels(route, s.model, 'output').inc(u.outputTokens);
+      if (u.reasoningTokens > 0) m.tokens.labels(route, s.model, 'reasoning').inc(u.reasoningTokens);
+      m.cost.labels(route, s.model).inc(s.costMicros / 1e6);
+      if (u.estimated) m.usageEstimated.labels(route).inc();
+      if (!s.modelKnown) {
+        m.unknownModels.labels(route).inc();
+        const key = `${route}|${u.model ?? ''}`;
+        if (!warnedModels.has(key) && warnedModels.size < 1000) {
+          warnedModels.add(key);
+          ctx.log.warn({ model: u.model }, `model "${u.model ?? '(none)'}" is not in the price table: charged at budgets.defaultPrice`);
+        }
+      }
+      Object.assign(ctx.annotations, { model: u.model, inputTokens: u.inputTokens, cachedInputTokens: u.cachedInputTokens, outputTokens: u.outputTokens, costUsd: s.costMicros / 1e6, usageEstimated: u.estimated || undefined });
+    },
+    storeError: (route, op, err, ctx) => {
+      m.storeErrors.labels(op).inc();
+      ctx.log.error({ op, error: err instanceof Error ? err.message : String(err) }, `budget store ${op} failed`);
+    },
+  };
+};
+
+/** A route's breaker registry, with the route it belongs to (the admin API lists and changes them). */
+export interface RouteBreakers {
+  route: string;
+  registry: BreakerRegistry;
 }
 
 export interface BuiltRoute {
   config: RouteConfig;
+  /** The whole pipeline: what the proxy calls. */
   handler: Handler;
+  /**
+   * The primary chain alone (retries, breaker, faults, send), without the fallback chain: what another route's
+   * `route` fallback step calls. Using the other route's full pipeline instead could loop (a → b → a).
+   */
+  primary: Handler;
+  /** Every breaker registry of this route: its primary's first, then one per `upstream` fallback step. */
+  breakers: RouteBreakers[];
 }
 
-/**
- * Route config → request handler, built once at startup. This is the ONE place the order of policies is written:
- * the first layer listed is the outermost, the upstream send is the terminal.
- */
-export const buildRoute = (route: RouteConfig, deps: PipelineDeps): BuiltRoute => {
+interface Chain {
+  handler: Handler;
+  registry: BreakerRegistry;
+}
+
+/** The terminal handler for one upstream, with the attempts metric and the startup warnings about it. */
+const upstreamTerminal = (route: RouteConfig, spec: UpstreamSpec, deps: PipelineDeps): Handler => {
   const attempts = deps.metrics.upstreamAttempts;
-  const primary = makeUpstreamHandler(routeUpstreamSpec(route), {
+  const made = makeUpstreamHandler(spec, {
     pools: deps.pools,
     env: deps.env,
     via: deps.via,
@@ -40,16 +110,116 @@ export const buildRoute = (route: RouteConfig, deps: PipelineDeps): BuiltRoute =
         attempts.labels(route.name, target.name, typeof result === 'number' ? codeClass(result) : (result as ProxyError).code).inc(),
     },
   });
-  if (primary.credentialMissing !== undefined) {
+  if (made.credentialMissing !== undefined) {
     deps.logger.warn(
-      { route: route.name, env: primary.credentialMissing },
-      `route "${route.name}" has a credential from $${primary.credentialMissing}, which is not set: its calls will answer 503 CREDENTIAL_MISSING`,
+      { route: route.name, upstream: spec.name, env: made.credentialMissing },
+      `upstream "${spec.name}" has a credential from $${made.credentialMissing}, which is not set: its calls will answer 503 CREDENTIAL_MISSING`,
     );
   }
-  if (!route.upstream.tls.rejectUnauthorized) {
-    deps.logger.warn({ route: route.name }, `route "${route.name}" does not verify its upstream's TLS certificate`);
+  if (!spec.tls.rejectUnauthorized) {
+    deps.logger.warn({ route: route.name, upstream: spec.name }, `upstream "${spec.name}" does not verify its TLS certificate`);
   }
+  return made.handler;
+};
 
-  const handler = compose()(primary.handler);
-  return { config: route, handler };
+/**
+ * Retries and breaker around one upstream. The order, outermost first:
+ * - retry: outside the breaker, so every attempt asks the breaker again and an open breaker ends the retries
+ *   (never retry through an open breaker);
+ * - breaker: counts each attempt, and refuses without a socket while open;
+ * - faults (primary only): per attempt, just above the send, so an injected failure is classified, retried and
+ *   counted by the breaker exactly like a real one. Fallback upstreams get none, or a fault meant to test the
+ *   fallback chain would break the fallback too.
+ */
+const resilientChain = (route: RouteConfig, terminal: Handler, deps: PipelineDeps, opts: { breakerKey?: string; faults: boolean }): Chain => {
+  const breakers = makeBreakers(route, deps, opts.breakerKey);
+  const faults = opts.faults
+    ? faultsLayer(route.faults, { random: deps.random, onFault: (kind) => deps.metrics.faultsInjected.labels(route.name, kind).inc() })
+    : (next: Handler) => next;
+  const handler = compose(retryLayer(route, deps), breakers.layer, faults)(terminal);
+  return { handler, registry: breakers.registry };
+};
+
+// keyBy `upstream`: the primary has one upstream, so its breaker is the route's; each fallback upstream has its own.
+const buildPrimary = (route: RouteConfig, deps: PipelineDeps): Chain =>
+  resilientChain(route, upstreamTerminal(route, routeUpstreamSpec(route), deps), deps, { faults: true });
+
+const stepName = (step: FallbackStep, index: number): string => step.name ?? `${step.type}-${index}`;
+
+const buildSteps = (
+  route: RouteConfig,
+  primaries: ReadonlyMap<string, Chain>,
+  lastGood: LastGoodCache,
+  deps: PipelineDeps,
+): { steps: FallbackStepHandler[]; registries: BreakerRegistry[] } => {
+  const registries: BreakerRegistry[] = [];
+  const steps = route.fallback.map((step, index): FallbackStepHandler => {
+    const name = stepName(step, index);
+    switch (step.type) {
+      case 'upstream': {
+        const spec: UpstreamSpec = {
+          name: `${route.name}/${name}`,
+          url: step.url,
+          tls: step.tls,
+          connections: route.upstream.connections,
+          timeouts: route.timeouts,
+          credential: step.credential,
+          headers: step.headers,
+        };
+        const chain = resilientChain(route, upstreamTerminal(route, spec, deps), deps, { breakerKey: spec.name, faults: false });
+        registries.push(chain.registry);
+        return { name, final: false, sendsBody: true, handler: (req, ctx) => chain.handler(withModel(req, step.model, ctx, name), ctx) };
+      }
+      case 'route': {
+        const other = primaries.get(step.route);
+        // The config schema already refused unknown route names; this guards a caller that skipped it.
+        if (other === undefined) throw new Error(`route "${route.name}": fallback step "${name}" names unknown route "${step.route}"`);
+        return { name, final: false, sendsBody: true, handler: (req, ctx) => other.handler(withModel(req, step.model, ctx, name), ctx) };
+      }
+      case 'lastGood':
+        return { name, final: false, sendsBody: false, handler: lastGoodStep(route, lastGood, deps) };
+      case 'static': {
+        const body = step.body === undefined ? Buffer.alloc(0) : Buffer.from(JSON.stringify(step.body));
+        const headers = { 'content-type': 'application/json', ...step.headers };
+        return {
+          name,
+          final: true,
+          sendsBody: false,
+          handler: (): Promise<ProxyResponse> => Promise.resolve({ statusCode: step.status, headers: { ...headers }, body, observers: [] }),
+        };
+      }
+    }
+  });
+  return { steps, registries };
+};
+
+/**
+ * Route configs → request handlers, built once at startup. This is the ONE place the order of policies is written:
+ * the first layer listed is the outermost, the upstream send is the terminal. Built in two passes because a
+ * `route` fallback step calls another route's primary chain (sharing its breakers and retry budget).
+ */
+export const buildRoutes = (routes: readonly RouteConfig[], deps: PipelineDeps): BuiltRoute[] => {
+  const primaries = new Map(routes.map((r) => [r.name, buildPrimary(r, deps)] as const));
+  const events = budgetEvents(deps);
+  return routes.map((route) => {
+    const primary = primaries.get(route.name)!;
+    const lastGood = new LastGoodCache(route.lastGood, deps.now);
+    const { steps, registries } = buildSteps(route, primaries, lastGood, deps);
+    const handler = compose(
+      // Caps outermost: a call over budget (or killed) is refused before anything can spend money, and the one
+      // reservation covers the whole call however many retries and fallback hops it takes.
+      budgetLayer(route, { store: deps.store, prices: new PriceBook(deps.prices, route.budget.prices, deps.budgets.defaultPrice), budgets: deps.budgets, now: deps.now, events }),
+      // Fallback outside everything that can fail: an open breaker, exhausted retries or a fallbackOn status of the
+      // primary all end here, before the commit point.
+      fallbackLayer(route, steps, deps),
+      // Inside the fallback: only the primary's own good answers are remembered, never a fallback's.
+      lastGoodRecordLayer(route, lastGood, deps),
+    )(primary.handler);
+    return {
+      config: route,
+      handler,
+      primary: primary.handler,
+      breakers: [primary.registry, ...registries].map((registry) => ({ route: route.name, registry })),
+    };
+  });
 };

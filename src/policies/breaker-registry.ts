@@ -23,6 +23,8 @@ export interface BreakerRegistryOptions {
   readonly now: () => number;
   readonly random: () => number;
   readonly onTransition?: KeyedTransitionListener;
+  /** Called when a breaker leaves the registry (evicted or deleted), e.g. to drop its metric series. Must not throw. */
+  readonly onEvict?: (key: string) => void;
 }
 
 export interface BreakerEntry {
@@ -76,7 +78,9 @@ export class BreakerRegistry {
   }
 
   delete(key: string): boolean {
-    return this.cache.delete(key);
+    const deleted = this.cache.delete(key);
+    if (deleted) this.options.onEvict?.(key);
+    return deleted;
   }
 
   get size(): number {
@@ -106,6 +110,6 @@ export class BreakerRegistry {
         if (rank === 0) break;
       }
     }
-    if (victim !== undefined) this.cache.delete(victim);
+    if (victim !== undefined) this.delete(victim);
   }
 }

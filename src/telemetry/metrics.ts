@@ -85,6 +85,126 @@ export const createMetrics = (opts: { defaultMetrics?: boolean } = {}) => {
       registers: [registry],
     }),
 
+    // --- resilience ---
+    retries: new Counter({
+      name: 'fusebox_retries_total',
+      help:
+        'Retry decisions after a retryable failure, by route, reason (classifier reason: status_429, status_5xx, connect, reset, timeout...) ' +
+        'and outcome (retried, budget_exhausted, deadline, retry_after_too_long, not_replayable, not_idempotent, limit_reached).',
+      labelNames: ['route', 'reason', 'outcome'] as const,
+      registers: [registry],
+    }),
+    breakerState: new Gauge({
+      name: 'fusebox_breaker_state',
+      help: 'Circuit breaker state: 0 closed, 1 half-open, 2 open (forced states map to 0 and 2). Keys are bounded by breaker.maxKeys; evicted keys are removed.',
+      labelNames: ['route', 'key'] as const,
+      registers: [registry],
+    }),
+    breakerTransitions: new Counter({
+      name: 'fusebox_breaker_transitions_total',
+      help: 'Circuit breaker state changes, by route and new state (closed, open, half_open, forced_open, forced_closed).',
+      labelNames: ['route', 'to'] as const,
+      registers: [registry],
+    }),
+    breakerRejections: new Counter({
+      name: 'fusebox_breaker_rejections_total',
+      help: 'Calls refused by an open (or half-open, probe out) circuit breaker without contacting the upstream.',
+      labelNames: ['route'] as const,
+      registers: [registry],
+    }),
+    fallbacks: new Counter({
+      name: 'fusebox_fallbacks_total',
+      help: 'Answers served by a fallback step, by route, step name and why the chain ran (circuit_open, retries_exhausted, fallback_on).',
+      labelNames: ['route', 'step', 'reason'] as const,
+      registers: [registry],
+    }),
+    fallbackAttempts: new Counter({
+      name: 'fusebox_fallback_attempts_total',
+      help: 'Fallback steps tried, by route, step and outcome (success, failed, error, circuit_open, miss, not_replayable).',
+      labelNames: ['route', 'step', 'outcome'] as const,
+      registers: [registry],
+    }),
+    lastGood: new Counter({
+      name: 'fusebox_last_good_total',
+      help: 'Last-good answer cache events, by route and outcome (stored, served, miss).',
+      labelNames: ['route', 'outcome'] as const,
+      registers: [registry],
+    }),
+    faultsInjected: new Counter({
+      name: 'fusebox_faults_injected_total',
+      help: 'Faults injected on purpose (faults config or x-fusebox-fault header), by route and kind (abort, delay, reset).',
+      labelNames: ['route', 'kind'] as const,
+      registers: [registry],
+    }),
+
+    // --- budgets (tokens, cost, caps, store) ---
+    tokens: new Counter({
+      name: 'fusebox_tokens_total',
+      help: 'Tokens used, read from LLM answers (or estimated from bytes when a stream broke off), by route, model (price-table id or "other") and type (input, cached_input, output, reasoning; reasoning is part of output).',
+      labelNames: ['route', 'model', 'type'] as const,
+      registers: [registry],
+    }),
+    cost: new Counter({
+      name: 'fusebox_cost_usd_total',
+      help: 'Money spent, USD, priced from the price table, by route and model.',
+      labelNames: ['route', 'model'] as const,
+      registers: [registry],
+    }),
+    usageEstimated: new Counter({
+      name: 'fusebox_usage_estimated_total',
+      help: 'Calls settled with an estimate because the answer reported no usage (stream cut by the agent or the upstream).',
+      labelNames: ['route'] as const,
+      registers: [registry],
+    }),
+    unknownModels: new Counter({
+      name: 'fusebox_unknown_model_total',
+      help: 'Calls to a model missing from the price table, charged at budgets.defaultPrice.',
+      labelNames: ['route'] as const,
+      registers: [registry],
+    }),
+    budgetSpent: new Gauge({
+      name: 'fusebox_budget_spent_usd',
+      help: 'Spend in the current window, USD, as the shared store counts it (fleet-wide for route and fleet scopes), by scope kind (agent, route, fleet), window (day, month) and route ("" for agent and fleet).',
+      labelNames: ['scope_kind', 'window', 'route'] as const,
+      registers: [registry],
+    }),
+    budgetLimit: new Gauge({
+      name: 'fusebox_budget_limit_usd',
+      help: 'Configured cap, USD, by scope kind, window and route ("" for agent and fleet). Absent when uncapped.',
+      labelNames: ['scope_kind', 'window', 'route'] as const,
+      registers: [registry],
+    }),
+    budgetRejections: new Counter({
+      name: 'fusebox_budget_rejections_total',
+      help: 'Calls refused before being sent, by scope kind (request, agent, workflow, route, fleet, global) and reason (BUDGET_EXCEEDED, CALL_LIMIT, KILLED, BUDGET_STORE_UNAVAILABLE).',
+      labelNames: ['scope_kind', 'reason'] as const,
+      registers: [registry],
+    }),
+    budgetAlerts: new Counter({
+      name: 'fusebox_budget_alerts_total',
+      help: 'A cap crossed budgets.alertPercent (once per scope window), by scope kind and metric (usd, tokens, calls).',
+      labelNames: ['scope_kind', 'metric'] as const,
+      registers: [registry],
+    }),
+    storeUp: new Gauge({
+      name: 'fusebox_store_up',
+      help: '1 while the budget store answers (always 1 for memory), 0 while Redis is unreachable and the local fallback or closed mode applies.',
+      registers: [registry],
+    }),
+    storeSeconds: new Histogram({
+      name: 'fusebox_store_operation_seconds',
+      help: 'Budget store latency by operation (reserve, commit).',
+      labelNames: ['op'] as const,
+      buckets: [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5],
+      registers: [registry],
+    }),
+    storeErrors: new Counter({
+      name: 'fusebox_store_errors_total',
+      help: 'Budget store operations that failed (the call was refused, or a charge waits in the journal).',
+      labelNames: ['op'] as const,
+      registers: [registry],
+    }),
+
     // --- lifecycle ---
     ready: new Gauge({
       name: 'fusebox_ready',

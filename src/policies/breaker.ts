@@ -1,0 +1,141 @@
+import type { Logger } from 'pino';
+import type { RouteConfig } from '../config/schema.js';
+import { CircuitOpenError } from '../errors.js';
+import type { BodyObserver, Layer, ProxyRequest } from '../pipeline/types.js';
+import { mcpToolName } from '../providers/mcp.js';
+import { requestInfo } from '../providers/request.js';
+import type { Metrics } from '../telemetry/metrics.js';
+import { classifyBodyEnd, classifyError, classifyMcpResponse, classifyPolicy, classifyResponse } from '../upstream/classify.js';
+import { BreakerRegistry } from './breaker-registry.js';
+import { settlePermit, type BreakerPermit, type BreakerState } from './circuit-breaker.js';
+
+/** `fusebox_breaker_state` values; an admin override reads as the state it forces. */
+export const BREAKER_STATE_VALUE: Record<BreakerState, number> = { closed: 0, forced_closed: 0, half_open: 1, open: 2, forced_open: 2 };
+
+/** Longest breaker key kept; model and tool names come from requests. */
+const MAX_KEY_LENGTH = 128;
+/** Most of an MCP answer read to find a tool failure inside a 200 (JSON or SSE). Larger answers count as their status says. */
+const MCP_SCAN_BYTES = 1024 * 1024;
+
+export interface BreakerDeps {
+  now: () => number;
+  random: () => number;
+  logger: Logger;
+  metrics: Pick<Metrics, 'breakerState' | 'breakerTransitions' | 'breakerRejections'>;
+}
+
+export interface Breakers {
+  /** The route's breakers, for the admin API. */
+  registry: BreakerRegistry;
+  layer: Layer;
+}
+
+/** What one breaker of a route guards, as configured (`breaker.keyBy`); MCP routes default to one breaker per tool. */
+export const breakerKeyBy = (route: Pick<RouteConfig, 'breaker' | 'provider'>) => route.breaker.keyBy ?? (route.provider === 'mcp' ? 'tool' : 'route');
+
+/**
+ * Circuit breakers for one chain (a route's primary, or one fallback upstream): a registry of breakers keyed per
+ * `breaker.keyBy`, and the layer that asks the request's breaker before each attempt.
+ *
+ * Refused: 503 CIRCUIT_OPEN at once (no upstream socket) with `Retry-After` (time until the probe) and
+ * `x-should-retry: false`, which the OpenAI and Anthropic SDKs obey instead of retrying on their own.
+ * Admitted: the attempt's status settles the permit when it is a failure (5xx, 429); anything else is settled when
+ * its body ends, so a stream that breaks after the commit point, a slow call, or an MCP tool failure inside a 200
+ * still counts. A body the pipeline discards (a retry or fallback replaced it) releases the permit without a verdict.
+ *
+ * @param fixedKey one breaker for the whole chain under this key (a fallback upstream: `<route>/<step>`).
+ */
+export const makeBreakers = (route: RouteConfig, deps: BreakerDeps, fixedKey?: string): Breakers => {
+  const cfg = route.breaker;
+  const policy = classifyPolicy(route);
+  const { breakerState: gauge, breakerTransitions: transitions } = deps.metrics;
+  const rejections = deps.metrics.breakerRejections.labels(route.name);
+  const log = deps.logger;
+
+  const registry = new BreakerRegistry({
+    breaker: { ...cfg, probeLeaseMs: route.timeouts.totalMs },
+    maxKeys: cfg.maxKeys,
+    now: deps.now,
+    random: deps.random,
+    onTransition: (key, from, to, reason, lastFailure) => {
+      gauge.labels(route.name, key).set(BREAKER_STATE_VALUE[to]);
+      transitions.labels(route.name, to).inc();
+      const line = { route: route.name, key, from, to, reason, lastFailure };
+      if (to === 'open' || to === 'forced_open') log.warn(line, 'breaker transition');
+      else log.info(line, 'breaker transition');
+    },
+    // The gauge's key label is bounded only because evicted keys leave it too.
+    onEvict: (key) => gauge.remove(route.name, key),
+  });
+  if (!cfg.enabled) return { registry, layer: (next) => next };
+
+  const keyBy = breakerKeyBy(route);
+  const keyOf = (req: ProxyRequest): string => {
+    if (fixedKey !== undefined) return fixedKey;
+    const body = req.body.kind === 'buffered' ? req.body.bytes : undefined;
+    let key: string | undefined;
+    if (keyBy === 'model') key = requestInfo(body).model;
+    else if (keyBy === 'tool') key = mcpToolName(body);
+    // A body we cannot read (streamed, not JSON, not a tool call) falls under the route's own breaker.
+    return (key ?? route.name).slice(0, MAX_KEY_LENGTH);
+  };
+  const mcp = route.provider === 'mcp';
+
+  const layer: Layer = (next) => async (req, ctx) => {
+    const key = keyOf(req);
+    const fresh = registry.peek(key) === undefined;
+    const admission = registry.get(key).tryAcquire();
+    if (fresh) gauge.labels(route.name, key).set(0);
+    if (!admission.allowed) {
+      rejections.inc();
+      const err = new CircuitOpenError(
+        `the circuit breaker "${key}" of route "${route.name}" is ${admission.state.replace('_', '-')}: the upstream was not called`,
+        { breaker: key, state: admission.state, retryAfterMs: admission.retryAfterMs },
+      );
+      err.headers = { 'retry-after': String(Math.max(1, Math.ceil(admission.retryAfterMs / 1000))), 'x-should-retry': 'false' };
+      throw err;
+    }
+    const { permit } = admission;
+    const started = deps.now();
+    let res;
+    try {
+      res = await next(req, ctx);
+    } catch (err) {
+      settlePermit(permit, classifyError(err), deps.now() - started);
+      throw err;
+    }
+    const verdict = classifyResponse(res.statusCode, res.headers, policy, { now: deps.now() });
+    if (verdict.breakerFailure) permit.failure(verdict.reason);
+    else res.observers.push(settleAtBodyEnd(permit, started, mcp));
+    return res;
+  };
+
+  const settleAtBodyEnd = (permit: BreakerPermit, started: number, scanMcp: boolean): BodyObserver => {
+    let chunks: Buffer[] = [];
+    let size = 0;
+    let overflow = false;
+    return {
+      onChunk: scanMcp
+        ? (chunk) => {
+            if (overflow) return;
+            size += chunk.length;
+            if (size > MCP_SCAN_BYTES) {
+              overflow = true;
+              chunks = [];
+            } else chunks.push(chunk);
+          }
+        : undefined,
+      onEnd: (end) => {
+        const now = deps.now();
+        const durationMs = now - started;
+        let verdict = classifyBodyEnd(end, policy, { now, durationMs, clientAborted: end.failedBy === 'client' });
+        if (verdict === undefined) return permit.release();
+        // MCP reports a tool's failure inside a 200: the tool's breaker must count it.
+        if (scanMcp && end.ok && !overflow) verdict = classifyMcpResponse(Buffer.concat(chunks, size), policy, { now, durationMs });
+        settlePermit(permit, verdict, durationMs);
+      },
+    };
+  };
+
+  return { registry, layer };
+};

@@ -1,0 +1,199 @@
+import type { BudgetsConfig, RouteConfig } from '../config/schema.js';
+import { estimateRequest, type RequestEstimate } from '../budget/estimate.js';
+import { costMicroUsd, type PriceBook } from '../budget/prices.js';
+import {
+  budgetScopes,
+  StoreUnavailableError,
+  type AlertCrossing,
+  type BudgetStore,
+  type Refusal,
+  type Reservation,
+} from '../budget/store.js';
+import { ProxyError } from '../errors.js';
+import { createUsageMeter } from '../providers/meter.js';
+import { withStreamUsage } from '../providers/request.js';
+import type { Usage } from '../providers/usage.js';
+import type { BodyEnd, CallContext, Layer, ProxyRequest } from '../pipeline/types.js';
+
+/** A budget refusal: 402 (not 429, which every SDK retries), never retried by the agent's SDK. */
+export class BudgetRefusedError extends ProxyError {
+  readonly statusCode = 402;
+  constructor(
+    readonly code: 'BUDGET_EXCEEDED' | 'KILLED' | 'CALL_LIMIT',
+    message: string,
+    details: Record<string, unknown>,
+  ) {
+    super(message, details);
+    this.headers['x-should-retry'] = 'false';
+  }
+}
+
+/** Windows resetting within this long get a Retry-After; a day away is not worth an agent's wait. */
+const RETRY_AFTER_HORIZON_MS = 3_600_000;
+const usd = (micros: number) => Math.round(micros) / 1e6;
+
+const unitOf = (metric: Refusal['metric']) => (metric === 'usdMicros' ? 'usd' : (metric ?? 'usd'));
+const inUnit = (metric: Refusal['metric'], n: number) => (metric === 'usdMicros' ? usd(n) : n);
+
+export const refusalError = (r: Refusal, now: number): BudgetRefusedError => {
+  const unit = unitOf(r.metric);
+  const where = r.scope.kind === 'global' ? 'everything' : `${r.scope.kind} "${r.scope.id}"`;
+  const message =
+    r.reason === 'KILLED'
+      ? `${where} was stopped by the kill switch${r.killReason ? `: ${r.killReason}` : ''}; an operator must lift it`
+      : r.reason === 'CALL_LIMIT'
+        ? `${where} reached its limit of ${r.limit} calls`
+        : `${where} ${r.window ?? ''} ${unit} budget is spent: limit ${inUnit(r.metric, r.limit)}, spent ${inUnit(r.metric, r.spent)}, held by calls in flight ${inUnit(r.metric, r.reserved)}, this call needs up to ${inUnit(r.metric, r.requested)}`;
+  const err = new BudgetRefusedError(r.reason, message.replace(/\s+/g, ' '), {
+    scope: r.scope.kind,
+    scopeId: r.scope.id,
+    ...(r.window ? { window: r.window } : {}),
+    ...(r.reason !== 'KILLED' ? { unit, limit: inUnit(r.metric, r.limit), spent: inUnit(r.metric, r.spent), reserved: inUnit(r.metric, r.reserved), requested: inUnit(r.metric, r.requested) } : {}),
+    resetsAt: r.resetAt === null ? null : new Date(r.resetAt).toISOString(),
+  });
+  if (r.resetAt !== null && r.resetAt - now <= RETRY_AFTER_HORIZON_MS) {
+    err.headers['retry-after'] = String(Math.max(1, Math.ceil((r.resetAt - now) / 1000)));
+  }
+  return err;
+};
+
+export interface BudgetLayerDeps {
+  store: BudgetStore;
+  prices: PriceBook;
+  budgets: BudgetsConfig;
+  now: () => number;
+  /** Every decision of this layer, for metrics and logs (wired in build.ts). */
+  events: BudgetEvents;
+}
+
+export interface Settlement {
+  model: string;
+  modelKnown: boolean;
+  usage: Usage;
+  costMicros: number;
+}
+
+export interface BudgetEvents {
+  refused(route: string, refusal: { scopeKind: string; reason: string }, ctx: CallContext, err: BudgetRefusedError): void;
+  alert(route: string, crossing: AlertCrossing, ctx: CallContext): void;
+  settled(route: string, s: Settlement, ctx: CallContext): void;
+  storeError(route: string, op: 'reserve' | 'commit' | 'release', err: unknown, ctx: CallContext): void;
+}
+
+const isLlm = (route: RouteConfig) => route.provider === 'openai' || route.provider === 'anthropic';
+
+/** The estimate a call reserves: prompt tokens plus allowed output at the model's prices (zero for tool calls). */
+const estimateCall = (route: RouteConfig, req: ProxyRequest): RequestEstimate | undefined => {
+  if (!isLlm(route)) return undefined;
+  const body = req.body.kind === 'buffered' ? req.body.bytes : undefined;
+  return estimateRequest(route.provider, body, {
+    defaultMaxOutputTokens: route.budget.defaultMaxOutputTokens,
+    ...(req.body.kind === 'stream' && req.body.length !== undefined ? { contentLength: req.body.length } : {}),
+    path: req.path,
+  });
+};
+
+/**
+ * Token and cost caps, outermost in the pipeline: a call is refused before any money is spent when its
+ * estimate would break a cap (per request, agent, workflow, route, fleet) or a kill switch is on; otherwise the
+ * estimate is held in the store, the answer's real usage is read as its bytes pass, and the hold is settled
+ * with the real cost when the body ends — including a stream the agent or the upstream broke off (then from
+ * the bytes seen, marked estimated). An error before any answer returns the hold.
+ */
+export const budgetLayer = (route: RouteConfig, deps: BudgetLayerDeps): Layer => {
+  const { store, prices, budgets, now, events } = deps;
+  const metered = isLlm(route);
+  const provider = route.provider === 'anthropic' ? 'anthropic' : 'openai';
+  const perRequest = route.budget;
+
+  return (next) => async (req, ctx) => {
+    const estimate = estimateCall(route, req);
+    const model = estimate?.model;
+    const price = prices.lookup(model);
+    const estTokens = estimate ? estimate.inputTokens + estimate.maxOutputTokens : 0;
+    const estMicros = estimate ? costMicroUsd({ inputTokens: estimate.inputTokens, cachedInputTokens: 0, outputTokens: estimate.maxOutputTokens }, price.price) : 0;
+    if (estimate) {
+      ctx.annotations.model = model;
+      ctx.annotations.estimatedUsd = usd(estMicros);
+    }
+
+    const refuseRequest = (metric: 'usdMicros' | 'tokens', limit: number, requested: number) => {
+      const err = refusalError({ reason: 'BUDGET_EXCEEDED', scope: { kind: 'request' as never, id: route.name }, metric, limit, spent: 0, reserved: 0, requested, resetAt: null }, now());
+      err.details.scope = 'request';
+      events.refused(route.name, { scopeKind: 'request', reason: 'BUDGET_EXCEEDED' }, ctx, err);
+      throw err;
+    };
+    if (perRequest.maxRequestUsd !== undefined && estMicros > perRequest.maxRequestUsd * 1e6) {
+      refuseRequest('usdMicros', Math.round(perRequest.maxRequestUsd * 1e6), estMicros);
+    }
+    if (perRequest.maxRequestTokens !== undefined && estTokens > perRequest.maxRequestTokens) {
+      refuseRequest('tokens', perRequest.maxRequestTokens, estTokens);
+    }
+
+    const scopes = budgetScopes(budgets, route, { agent: ctx.agent, route: route.name, ...(ctx.workflow !== undefined ? { workflow: ctx.workflow } : {}) });
+    let reservation: Reservation;
+    try {
+      const result = await store.reserve({
+        scopes,
+        estimate: { usdMicros: estMicros, tokens: estTokens, calls: 1 },
+        // The hold outlives the call: reaped only if this sidecar dies before settling it.
+        ttlMs: route.timeouts.totalMs + 60_000,
+        onUnavailable: route.budget.storeUnavailable,
+      });
+      if (!result.ok) {
+        const err = refusalError(result.refusal, now());
+        events.refused(route.name, { scopeKind: result.refusal.scope.kind, reason: result.refusal.reason }, ctx, err);
+        throw err;
+      }
+      reservation = result.reservation;
+      for (const c of result.crossed) events.alert(route.name, c, ctx);
+    } catch (err) {
+      if (err instanceof ProxyError) throw err;
+      // The store failed in a way its own fallback did not absorb: refuse rather than spend uncounted money.
+      events.storeError(route.name, 'reserve', err, ctx);
+      throw new StoreUnavailableError('the budget store failed; the call was not sent', { route: route.name }, { cause: err });
+    }
+
+    let request = req;
+    if (metered && req.body.kind === 'buffered') {
+      // Usage is read from the bytes as they pass, so they must not be compressed.
+      const headers = { ...req.headers, 'accept-encoding': 'identity' };
+      const withUsage = route.provider === 'openai' && route.budget.includeStreamUsage ? withStreamUsage(req.body.bytes) : undefined;
+      request = { ...req, headers, body: withUsage ? { kind: 'buffered', bytes: withUsage } : req.body };
+    } else if (metered) {
+      request = { ...req, headers: { ...req.headers, 'accept-encoding': 'identity' } };
+    }
+
+    let answer;
+    try {
+      answer = await next(request, ctx);
+    } catch (err) {
+      store.release(reservation).catch((e: unknown) => events.storeError(route.name, 'release', e, ctx));
+      throw err;
+    }
+
+    const meter = metered ? createUsageMeter(provider, firstHeader(answer.headers['content-type'])) : undefined;
+    const settle = (end: BodyEnd) => {
+      const usage = meter?.finish(estimate?.inputTokens) ?? ZERO_USAGE;
+      // An answer that broke off with no usage reported is charged from what was seen; a clean answer without
+      // usage (an error body, a models list) costs nothing.
+      const charged = !end.ok && meter && usage === ZERO_USAGE && estimate ? { ...ZERO_USAGE, inputTokens: estimate.inputTokens, estimated: true } : usage;
+      const match = charged.model !== undefined ? prices.lookup(charged.model) : price;
+      const costMicros = costMicroUsd(charged, match.price);
+      const tokens = charged.inputTokens + charged.cachedInputTokens + charged.outputTokens;
+      store
+        .commit(reservation, { usdMicros: costMicros, tokens })
+        .then((r) => r.crossed.forEach((c) => events.alert(route.name, c, ctx)))
+        .catch((e: unknown) => events.storeError(route.name, 'commit', e, ctx));
+      if (metered) {
+        events.settled(route.name, { model: match.label, modelKnown: match.known, usage: charged, costMicros }, ctx);
+      }
+    };
+    answer.observers.push(meter ? { onChunk: (c) => meter.push(c), onEnd: settle } : { onEnd: settle });
+    return answer;
+  };
+};
+
+const ZERO_USAGE: Usage = Object.freeze({ inputTokens: 0, outputTokens: 0, cachedInputTokens: 0, reasoningTokens: 0, estimated: false });
+
+const firstHeader = (v: string | string[] | undefined): string | undefined => (Array.isArray(v) ? v[0] : v);

@@ -1,0 +1,115 @@
+import type { RouteConfig } from '../config/schema.js';
+import { CircuitOpenError } from '../errors.js';
+import { discardResponse } from '../http/respond.js';
+import { sleep } from '../pipeline/sleep.js';
+import type { HeaderMap, Layer, ProxyRequest, ProxyResponse } from '../pipeline/types.js';
+import type { Metrics } from '../telemetry/metrics.js';
+import { classifyError, classifyPolicy, classifyResponse, type Verdict } from '../upstream/classify.js';
+import { retryDelay } from './backoff.js';
+import { RetryBudget } from './retry-budget.js';
+
+/** Why a retryable failure was, or was not, retried: the `outcome` label of `fusebox_retries_total`. */
+export type RetryOutcome =
+  | 'retried'
+  | 'budget_exhausted'
+  | 'deadline'
+  | 'retry_after_too_long'
+  | 'not_replayable'
+  | 'not_idempotent'
+  | 'limit_reached';
+
+// RFC 9110 §9.2.2: these methods are idempotent by definition; sending them twice is the client's stated intent.
+const IDEMPOTENT_METHODS = new Set(['GET', 'HEAD', 'PUT', 'DELETE', 'OPTIONS', 'TRACE']);
+
+const hasHeader = (headers: HeaderMap, name: string): boolean => {
+  const v = headers[name];
+  return Array.isArray(v) ? v.length > 0 : v !== undefined && v !== '';
+};
+
+/**
+ * May this request be sent again after the upstream may have received it?
+ * Yes for idempotent methods, for a request carrying an `Idempotency-Key` (the upstream deduplicates), and for
+ * routes that say `idempotent: true`. LLM provider routes default to yes: OpenAI and Anthropic do not process a
+ * request they answer with 429/5xx. Tool routes (provider none or mcp) default to no: a POST that reached a tool
+ * may have charged a card or sent an e-mail, so it is resent only if it never left (a connect error).
+ */
+export const isResendable = (req: Pick<ProxyRequest, 'method' | 'headers'>, route: Pick<RouteConfig, 'provider' | 'idempotent'>): boolean => {
+  if (IDEMPOTENT_METHODS.has(req.method)) return true;
+  if (hasHeader(req.headers, 'idempotency-key')) return true;
+  return route.idempotent ?? (route.provider === 'openai' || route.provider === 'anthropic');
+};
+
+
+export interface RetryDeps {
+  now: () => number;
+  random: () => number;
+  metrics: Pick<Metrics, 'retries'>;
+}
+
+/**
+ * Retries with full-jitter backoff, Retry-After, a per-route retry budget and the deadline. It sits outside the
+ * breaker, so each attempt asks the breaker again and an open breaker (CIRCUIT_OPEN) ends the retries at once.
+ *
+ * When it stops with a response in hand it returns that response (the fallback layer above decides what to do
+ * with a failure); when it stops on an error it throws it. Every body it does not return is discarded, so its
+ * socket goes back to the pool. It never sees the client's socket: retries can only happen before the commit point.
+ *
+ * Each call is recorded once in the budget (not once per attempt): the budget bounds retries as a share of
+ * offered load, which is what keeps a 100 %-failing upstream at ~1.2× its load instead of 4×.
+ */
+export const retryLayer = (route: RouteConfig, deps: RetryDeps): Layer => {
+  const cfg = route.retry;
+  if (!cfg.enabled || cfg.maxRetries === 0) return (next) => next;
+  const policy = classifyPolicy(route);
+  const budget = new RetryBudget(cfg, deps.now);
+  const counter = deps.metrics.retries;
+
+  return (next) => async (req, ctx) => {
+    budget.recordRequest();
+    let retriesOn500 = 0;
+    for (let attempt = 0; ; attempt++) {
+      let res: ProxyResponse | undefined;
+      let error: unknown;
+      try {
+        res = await next(req, ctx);
+      } catch (err) {
+        // Never retry through an open breaker: the fallback chain (or a 503 CIRCUIT_OPEN) takes over.
+        if (err instanceof CircuitOpenError) throw err;
+        error = err;
+      }
+      const verdict: Verdict =
+        res !== undefined ? classifyResponse(res.statusCode, res.headers, policy, { now: deps.now(), retriesOn500 }) : classifyError(error);
+      const status = res?.statusCode;
+
+      const stop = (outcome: RetryOutcome): ProxyResponse => {
+        counter.labels(route.name, verdict.reason, outcome).inc();
+        ctx.log.warn({ attempt: attempt + 1, reason: verdict.reason, status, outcome }, 'not retrying');
+        if (res !== undefined) return res;
+        throw error;
+      };
+
+      if (verdict.outcome !== 'retryable' || ctx.signal.aborted) {
+        // A 500 whose retries (maxRetriesOn500) are spent is classified fatal; count it as the limit it is.
+        if (status === 500 && retriesOn500 > 0 && !ctx.signal.aborted) return stop('limit_reached');
+        if (res !== undefined) return res;
+        throw error;
+      }
+      if (attempt >= cfg.maxRetries) return stop('limit_reached');
+      // A streamed body was consumed by the first attempt: there is nothing left to send again.
+      if (req.body.kind === 'stream') return stop('not_replayable');
+      if (!verdict.beforeSend && !isResendable(req, route)) return stop('not_idempotent');
+      const delayMs = retryDelay(attempt, verdict.retryAfterMs, cfg, deps.random);
+      if (delayMs === undefined) return stop('retry_after_too_long');
+      // Waiting past the deadline would only end in a timeout; answer now so the fallback chain can still run.
+      if (deps.now() + delayMs >= ctx.deadline) return stop('deadline');
+      // Asked last, so that a retry refused for another reason does not spend the budget.
+      if (!budget.tryAcquireRetry()) return stop('budget_exhausted');
+
+      counter.labels(route.name, verdict.reason, 'retried').inc();
+      ctx.log.info({ attempt: attempt + 1, reason: verdict.reason, status, delayMs }, 'retrying');
+      if (res !== undefined) discardResponse(res, 'retried');
+      if (status === 500) retriesOn500 += 1;
+      await sleep(delayMs, ctx.signal);
+    }
+  };
+};

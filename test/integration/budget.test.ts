@@ -1,0 +1,274 @@
+import { mkdtempSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import Anthropic from '@anthropic-ai/sdk';
+import OpenAI from 'openai';
+import { request } from 'undici';
+import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { metricValue, startFusebox, type RunningFusebox } from '../helpers/fusebox.js';
+import { startRedis, type TestRedis } from '../helpers/redis.js';
+import { json, startUpstream, type TestUpstream } from '../helpers/upstream.js';
+
+/** Prices chosen so the arithmetic is easy to check by hand: µUSD per token = USD per 1M tokens. */
+const PRICES = { 'test-model': { inputPerM: 2, outputPerM: 8, cachedInputPerM: 1 } };
+/** The upstream reports this usage for every call: 1000 prompt (200 cached), 500 completion. */
+const USAGE = { prompt_tokens: 1000, completion_tokens: 500, total_tokens: 1500, prompt_tokens_details: { cached_tokens: 200 } };
+/** 800 × 2 + 200 × 1 + 500 × 8 = 5800 µUSD. */
+const COST_USD = 0.0058;
+
+const llmUpstream = async (): Promise<TestUpstream & { bodies: Array<Record<string, unknown>> }> => {
+  const up = await startUpstream();
+  const bodies: Array<Record<string, unknown>> = [];
+  up.on('/v1/chat/completions', (_req, res, raw) => {
+    const body = JSON.parse(raw.toString()) as { stream?: boolean; model: string; stream_options?: { include_usage?: boolean } };
+    bodies.push(body);
+    const base = { id: 'c1', created: 1, model: body.model };
+    if (!body.stream) {
+      return json(res, 200, { ...base, object: 'chat.completion', choices: [{ index: 0, message: { role: 'assistant', content: 'ok' }, finish_reason: 'stop', logprobs: null }], usage: USAGE });
+    }
+    res.writeHead(200, { 'content-type': 'text/event-stream' });
+    res.write(`data: ${JSON.stringify({ ...base, object: 'chat.completion.chunk', choices: [{ index: 0, delta: { content: 'ok' }, finish_reason: null }] })}\n\n`);
+    if (body.stream_options?.include_usage) {
+      res.write(`data: ${JSON.stringify({ ...base, object: 'chat.completion.chunk', choices: [], usage: USAGE })}\n\n`);
+    }
+    res.end('data: [DONE]\n\n');
+    return undefined;
+  });
+  up.on('/v1/messages', (_req, res, raw) => {
+    const body = JSON.parse(raw.toString()) as { stream?: boolean; model: string };
+    bodies.push(body);
+    const usage = { input_tokens: 800, output_tokens: 500, cache_read_input_tokens: 200, cache_creation_input_tokens: 0 };
+    if (!body.stream) {
+      return json(res, 200, { id: 'msg_1', type: 'message', role: 'assistant', model: body.model, content: [{ type: 'text', text: 'ok' }], stop_reason: 'end_turn', stop_sequence: null, usage });
+    }
+    res.writeHead(200, { 'content-type': 'text/event-stream' });
+    const ev = (type: string, data: unknown) => res.write(`event: ${type}\ndata: ${JSON.stringify(data)}\n\n`);
+    ev('message_start', { type: 'message_start', message: { id: 'msg_1', type: 'message', role: 'assistant', model: body.model, content: [], stop_reason: null, stop_sequence: null, usage: { ...usage, output_tokens: 1 } } });
+    ev('content_block_start', { type: 'content_block_start', index: 0, content_block: { type: 'text', text: '' } });
+    ev('content_block_delta', { type: 'content_block_delta', index: 0, delta: { type: 'text_delta', text: 'ok' } });
+    ev('content_block_stop', { type: 'content_block_stop', index: 0 });
+    ev('message_delta', { type: 'message_delta', delta: { stop_reason: 'end_turn', stop_sequence: null }, usage: { output_tokens: 500 } });
+    ev('message_stop', { type: 'message_stop' });
+    res.end();
+    return undefined;
+  });
+  return Object.assign(up, { bodies });
+};
+
+const llmRoutes = (up: TestUpstream, extra: Record<string, unknown> = {}) => [
+  { name: 'openai', provider: 'openai', match: { pathPrefix: '/openai' }, upstream: { url: up.url }, budget: { prices: PRICES, ...extra } },
+  { name: 'anthropic', provider: 'anthropic', match: { pathPrefix: '/anthropic' }, upstream: { url: up.url }, budget: { prices: PRICES, ...extra } },
+  { name: 'tool', match: { pathPrefix: '/tool' }, upstream: { url: up.url } },
+];
+
+const chat = (fb: RunningFusebox, headers: Record<string, string> = {}, maxTokens = 50) =>
+  request(`${fb.proxyUrl}/openai/v1/chat/completions`, {
+    method: 'POST',
+    headers: { 'content-type': 'application/json', ...headers },
+    body: JSON.stringify({ model: 'test-model', max_tokens: maxTokens, messages: [{ role: 'user', content: 'hello there' }] }),
+  });
+
+describe('token and cost metering', () => {
+  let up: Awaited<ReturnType<typeof llmUpstream>>;
+  let fb: RunningFusebox;
+  beforeAll(async () => {
+    up = await llmUpstream();
+    fb = await startFusebox({ routes: llmRoutes(up) });
+  });
+  afterAll(async () => {
+    await fb?.stop();
+    await up?.close();
+  });
+
+  it('charges exactly the price-table arithmetic for OpenAI answers, plain and streamed (usage added to the stream)', async () => {
+    const client = new OpenAI({ apiKey: 'x', baseURL: `${fb.proxyUrl}/openai/v1`, maxRetries: 0 });
+    await client.chat.completions.create({ model: 'test-model', messages: [{ role: 'user', content: 'hi' }] });
+    const stream = await client.chat.completions.create({ model: 'test-model', messages: [{ role: 'user', content: 'hi' }], stream: true });
+    let sawUsage = false;
+    for await (const chunk of stream) if (chunk.usage) sawUsage = true;
+    expect(sawUsage).toBe(true);
+    expect(up.bodies.at(-1)).toMatchObject({ stream_options: { include_usage: true } });
+    await new Promise((r) => setTimeout(r, 30));
+    const text = await fb.metricsText();
+    expect(metricValue(text, 'fusebox_cost_usd_total', { route: 'openai', model: 'test-model' })).toBeCloseTo(2 * COST_USD, 9);
+    expect(metricValue(text, 'fusebox_tokens_total', { route: 'openai', model: 'test-model', type: 'input' })).toBe(1600);
+    expect(metricValue(text, 'fusebox_tokens_total', { route: 'openai', model: 'test-model', type: 'cached_input' })).toBe(400);
+    expect(metricValue(text, 'fusebox_tokens_total', { route: 'openai', model: 'test-model', type: 'output' })).toBe(1000);
+  });
+
+  it('charges Anthropic answers read from JSON and from the event stream', async () => {
+    const client = new Anthropic({ apiKey: 'x', baseURL: `${fb.proxyUrl}/anthropic`, maxRetries: 0 });
+    await client.messages.create({ model: 'test-model', max_tokens: 600, messages: [{ role: 'user', content: 'hi' }] });
+    const stream = client.messages.stream({ model: 'test-model', max_tokens: 600, messages: [{ role: 'user', content: 'hi' }] });
+    const final = await stream.finalMessage();
+    expect(final.usage.output_tokens).toBe(500);
+    await new Promise((r) => setTimeout(r, 30));
+    expect(metricValue(await fb.metricsText(), 'fusebox_cost_usd_total', { route: 'anthropic', model: 'test-model' })).toBeCloseTo(2 * COST_USD, 9);
+  });
+
+  it('prices an unknown model at the default price, labels it "other" and counts it', async () => {
+    const res = await request(`${fb.proxyUrl}/openai/v1/chat/completions`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+      body: JSON.stringify({ model: 'mystery-model-9', messages: [{ role: 'user', content: 'hi' }] }),
+    });
+    await res.body.dump();
+    await new Promise((r) => setTimeout(r, 30));
+    const text = await fb.metricsText();
+    // Default price $15 / $75 per 1M: 1000 × 15 + 500 × 75 = 52,500 µUSD (cached priced as input when no cached price).
+    expect(metricValue(text, 'fusebox_cost_usd_total', { route: 'openai', model: 'other' })).toBeCloseTo(0.0525, 9);
+    expect(metricValue(text, 'fusebox_unknown_model_total', { route: 'openai' })).toBe(1);
+    expect(text).not.toContain('mystery-model-9');
+  });
+});
+
+describe('caps', () => {
+  let up: Awaited<ReturnType<typeof llmUpstream>>;
+  const running: RunningFusebox[] = [];
+  const start = async (raw: Record<string, unknown>, env: NodeJS.ProcessEnv = {}) => {
+    const fb = await startFusebox(raw, { env: { ...process.env, FUSEBOX_ADMIN_TOKEN: 'admin-secret', ...env } });
+    running.push(fb);
+    return fb;
+  };
+  beforeAll(async () => {
+    up = await llmUpstream();
+  });
+  afterEach(async () => {
+    await Promise.all(running.splice(0).map((f) => f.stop()));
+  });
+  afterAll(async () => up?.close());
+
+  it('refuses a request whose estimate is over maxRequestUsd with 402, before contacting the upstream', async () => {
+    const fb = await start({ routes: llmRoutes(up, { maxRequestUsd: 0.001 }) });
+    const before = up.seen.length;
+    const res = await chat(fb, {}, 1000);
+    expect(res.statusCode).toBe(402);
+    expect(res.headers['x-should-retry']).toBe('false');
+    expect(res.headers['x-fusebox-error']).toBe('BUDGET_EXCEEDED');
+    expect(await res.body.json()).toMatchObject({ code: 'BUDGET_EXCEEDED', scope: 'request', unit: 'usd', limit: 0.001 });
+    expect(up.seen.length).toBe(before);
+  });
+
+  it('stops a workflow at maxCalls, tool calls included: the (N+1)th call gets 402 CALL_LIMIT', async () => {
+    const fb = await start({ budgets: { workflow: { maxCalls: 3 } }, routes: llmRoutes(up) });
+    const wf = { 'x-fusebox-workflow': 'loop-1' };
+    expect((await chat(fb, wf)).statusCode).toBe(200);
+    expect((await request(`${fb.proxyUrl}/tool/fast`, { headers: wf })).statusCode).toBe(200);
+    expect((await chat(fb, wf)).statusCode).toBe(200);
+    const fourth = await request(`${fb.proxyUrl}/tool/fast`, { headers: wf });
+    expect(fourth.statusCode).toBe(402);
+    expect(await fourth.body.json()).toMatchObject({ code: 'CALL_LIMIT', scope: 'workflow', scopeId: 'loop-1', limit: 3 });
+    // Another workflow is not affected, and the workflow id never reaches the upstream.
+    expect((await request(`${fb.proxyUrl}/tool/fast`, { headers: { 'x-fusebox-workflow': 'other' } })).statusCode).toBe(200);
+    expect(up.seen.every((s) => s.headers['x-fusebox-workflow'] === undefined)).toBe(true);
+    expect(metricValue(await fb.metricsText(), 'fusebox_budget_rejections_total', { scope_kind: 'workflow', reason: 'CALL_LIMIT' })).toBe(1);
+  });
+
+  it('keeps spend across a restart of a memory-store sidecar with a snapshot', async () => {
+    const snapshotPath = join(mkdtempSync(join(tmpdir(), 'fusebox-snap-')), 'spend.json');
+    const cfg = { store: { snapshotPath }, budgets: { agent: { dailyUsd: 1 } }, routes: llmRoutes(up) };
+    const first = await start(cfg);
+    for (let i = 0; i < 3; i++) await (await chat(first)).body.dump();
+    await new Promise((r) => setTimeout(r, 30));
+    await first.stop();
+    running.splice(running.indexOf(first), 1);
+    const second = await start(cfg);
+    const budgets = (await (await request(`${second.adminUrl}/admin/budgets`)).body.json()) as { scopes: Array<{ scope: string; window: string; spentUsd: number }> };
+    expect(budgets.scopes.find((s) => s.scope === 'agent' && s.window === 'day')?.spentUsd).toBeCloseTo(3 * COST_USD, 9);
+  });
+});
+
+describe('a fleet sharing one Redis', () => {
+  let up: Awaited<ReturnType<typeof llmUpstream>>;
+  let redis: TestRedis;
+  const running: RunningFusebox[] = [];
+  const start = async (raw: Record<string, unknown>) => {
+    const fb = await startFusebox(raw, { env: { ...process.env, FUSEBOX_ADMIN_TOKEN: 'admin-secret' } });
+    running.push(fb);
+    return fb;
+  };
+  beforeAll(async () => {
+    up = await llmUpstream();
+    redis = await startRedis({ persist: true });
+  });
+  afterEach(async () => {
+    await Promise.all(running.splice(0).map((f) => f.stop()));
+  });
+  afterAll(async () => {
+    await up?.close();
+    await redis?.stop();
+  });
+
+  it('50 concurrent calls worth 3× the budget through two sidecars: spend stays within the cap, the rest get 402', async () => {
+    // Each call reserves its estimate (prompt + 500 max output tokens at $8/M ≈ 4.1 m$) and really costs 5.8 m$
+    // — more than estimated, so the stated bound applies: cap + Σ in-flight (actual − estimate).
+    const cfg = { agent: { id: 'fleet-agent' }, store: { kind: 'redis', url: redis.url, keyPrefix: 'cap50' }, budgets: { fleet: { dailyUsd: 0.1 } }, routes: llmRoutes(up) };
+    const a = await start(cfg);
+    const b = await start(cfg);
+    const results = await Promise.all(
+      Array.from({ length: 50 }, async (_, i) => {
+        const res = await chat(i % 2 === 0 ? a : b, {}, 500);
+        await res.body.dump();
+        return res.statusCode;
+      }),
+    );
+    await new Promise((r) => setTimeout(r, 100));
+    const ok = results.filter((s) => s === 200).length;
+    const refused = results.filter((s) => s === 402).length;
+    expect(ok + refused).toBe(50);
+    expect(refused).toBeGreaterThan(0);
+    const budgets = (await (await request(`${a.adminUrl}/admin/budgets`)).body.json()) as { scopes: Array<{ scope: string; spentUsd: number; calls: number }> };
+    const fleet = budgets.scopes.find((s) => s.scope === 'fleet')!;
+    expect(fleet.spentUsd).toBeCloseTo(ok * COST_USD, 9);
+    const estimate = (await (await chat(a, { 'x-request-id': 'probe' }, 500)).body.json()) as { code?: string };
+    expect(estimate.code).toBe('BUDGET_EXCEEDED');
+    // Bound: every admitted call's estimate fit under the cap; each can overshoot by (actual − estimate).
+    const perCallOvershoot = COST_USD - 0.0041;
+    expect(fleet.spentUsd).toBeLessThanOrEqual(0.1 + ok * perCallOvershoot + 1e-9);
+  });
+
+  it('a kill switch set through one sidecar stops the other; lifting it restores service', async () => {
+    const cfg = { agent: { id: 'killable' }, store: { kind: 'redis', url: redis.url, keyPrefix: 'kill' }, routes: llmRoutes(up) };
+    const a = await start(cfg);
+    const b = await start(cfg);
+    const unauth = await request(`${a.adminUrl}/admin/kill`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ target: 'global' }) });
+    expect(unauth.statusCode).toBe(401);
+    await unauth.body.dump();
+    const set = await request(`${a.adminUrl}/admin/kill`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json', authorization: 'Bearer admin-secret' },
+      body: JSON.stringify({ target: 'agent', reason: 'runaway loop' }),
+    });
+    expect(set.statusCode).toBe(200);
+    await set.body.dump();
+    const killed = await request(`${b.proxyUrl}/tool/fast`);
+    expect(killed.statusCode).toBe(402);
+    expect(await killed.body.json()).toMatchObject({ code: 'KILLED', scope: 'agent', scopeId: 'killable' });
+    const lift = await request(`${b.adminUrl}/admin/kill/lift`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json', authorization: 'Bearer admin-secret' },
+      body: JSON.stringify({ target: 'agent' }),
+    });
+    expect(await lift.body.json()).toMatchObject({ lifted: true });
+    expect((await request(`${a.proxyUrl}/tool/fast`)).statusCode).toBe(200);
+  });
+
+  it('keeps serving within caps while Redis is down (local mode), then replays every charge', async () => {
+    const cfg = { agent: { id: 'outage' }, store: { kind: 'redis', url: redis.url, keyPrefix: 'outage', timeoutMs: 100 }, budgets: { agent: { dailyUsd: 1 } }, routes: llmRoutes(up) };
+    const fb = await start(cfg);
+    for (let i = 0; i < 2; i++) await (await chat(fb)).body.dump();
+    redis.kill();
+    const during: number[] = [];
+    for (let i = 0; i < 3; i++) {
+      const res = await chat(fb);
+      await res.body.dump();
+      during.push(res.statusCode);
+    }
+    expect(during).toEqual([200, 200, 200]);
+    expect(metricValue(await fb.metricsText(), 'fusebox_store_up')).toBe(0);
+    await redis.restart();
+    await expect.poll(async () => metricValue(await fb.metricsText(), 'fusebox_store_up'), { timeout: 5000, interval: 100 }).toBe(1);
+    const budgets = (await (await request(`${fb.adminUrl}/admin/budgets`)).body.json()) as { scopes: Array<{ scope: string; window: string; spentUsd: number }> };
+    expect(budgets.scopes.find((s) => s.scope === 'agent' && s.window === 'day')?.spentUsd).toBeCloseTo(5 * COST_USD, 9);
+  });
+});
