@@ -67,6 +67,7 @@ const budgetEvents = (deps: PipelineDeps): BudgetEvents => {
       }
       Object.assign(ctx.annotations, { model: u.model, inputTokens: u.inputTokens, cachedInputTokens: u.cachedInputTokens, outputTokens: u.outputTokens, costUsd: s.costMicros / 1e6, usageEstimated: u.estimated || undefined });
     },
+    storeOp: (op, seconds) => m.storeSeconds.labels(op).observe(seconds),
     storeError: (route, op, err, ctx) => {
       m.storeErrors.labels(op).inc();
       ctx.log.error({ op, error: err instanceof Error ? err.message : String(err) }, `budget store ${op} failed`);

@@ -78,7 +78,11 @@ export interface BudgetEvents {
   alert(route: string, crossing: AlertCrossing, ctx: CallContext): void;
   settled(route: string, s: Settlement, ctx: CallContext): void;
   storeError(route: string, op: 'reserve' | 'commit' | 'release', err: unknown, ctx: CallContext): void;
+  /** How long a store operation took (the hot-path cost of a shared store). */
+  storeOp(op: 'reserve' | 'commit', seconds: number): void;
 }
+
+const since = (start: bigint) => Number(process.hrtime.bigint() - start) / 1e9;
 
 const isLlm = (route: RouteConfig) => route.provider === 'openai' || route.provider === 'anthropic';
 
@@ -132,6 +136,7 @@ export const budgetLayer = (route: RouteConfig, deps: BudgetLayerDeps): Layer =>
 
     const scopes = budgetScopes(budgets, route, { agent: ctx.agent, route: route.name, ...(ctx.workflow !== undefined ? { workflow: ctx.workflow } : {}) });
     let reservation: Reservation;
+    const reserveStart = process.hrtime.bigint();
     try {
       const result = await store.reserve({
         scopes,
@@ -140,6 +145,7 @@ export const budgetLayer = (route: RouteConfig, deps: BudgetLayerDeps): Layer =>
         ttlMs: route.timeouts.totalMs + 60_000,
         onUnavailable: route.budget.storeUnavailable,
       });
+      events.storeOp('reserve', since(reserveStart));
       if (!result.ok) {
         const err = refusalError(result.refusal, now());
         events.refused(route.name, { scopeKind: result.refusal.scope.kind, reason: result.refusal.reason }, ctx, err);
@@ -181,9 +187,13 @@ export const budgetLayer = (route: RouteConfig, deps: BudgetLayerDeps): Layer =>
       const match = charged.model !== undefined ? prices.lookup(charged.model) : price;
       const costMicros = costMicroUsd(charged, match.price);
       const tokens = charged.inputTokens + charged.cachedInputTokens + charged.outputTokens;
+      const commitStart = process.hrtime.bigint();
       store
         .commit(reservation, { usdMicros: costMicros, tokens })
-        .then((r) => r.crossed.forEach((c) => events.alert(route.name, c, ctx)))
+        .then((r) => {
+          events.storeOp('commit', since(commitStart));
+          r.crossed.forEach((c) => events.alert(route.name, c, ctx));
+        })
         .catch((e: unknown) => events.storeError(route.name, 'commit', e, ctx));
       if (metered) {
         events.settled(route.name, { model: match.label, modelKnown: match.known, usage: charged, costMicros }, ctx);
