@@ -12,6 +12,12 @@ import { refreshBudgetGauges, registerAdminBudgets } from './http/admin-budgets.
 import { createBudgetStore, loadPrices } from './budget/factory.js';
 import type { BudgetStore } from './budget/store.js';
 import { warmTokenizer } from './budget/estimate.js';
+import { registerAdminSlo } from './http/admin-slo.js';
+import { MemoryCounterStore, RedisCounterStore } from './slo/counter-store.js';
+import { SloEvaluator } from './slo/evaluator.js';
+import { applySloGauges, zeroSloEventSeries } from './slo/exports.js';
+import { SloRecorder } from './slo/recorder.js';
+import { sloSpecsOf } from './slo/spec.js';
 import { handleConnect } from './http/connect.js';
 import { FORWARD_TARGET, handleProxyRequest, type ForwardRequest, type ProxyState } from './http/proxy.js';
 import { errorBody } from './http/respond.js';
@@ -39,6 +45,8 @@ export interface Fusebox {
   metrics: Metrics;
   logger: Logger;
   state: ProxyState;
+  /** The SLO counters and their evaluator (the admin API and tests drive them). */
+  slo: { recorder: SloRecorder; evaluator: SloEvaluator };
   /** Bind both listeners. Resolves to their URLs (`http://127.0.0.1:4000`). */
   listen(): Promise<{ proxyUrl: string; adminUrl: string }>;
   /**
@@ -90,7 +98,23 @@ export const buildApp = async (config: Config, deps: AppDeps = {}): Promise<Fuse
   metrics.storeUp.set(1);
   const prices = loadPrices(config, deps.baseDir ?? process.cwd());
   if (config.routes.some((r) => r.provider === 'openai')) warmTokenizer();
-  const pipelineDeps: PipelineDeps = { pools, metrics, logger, env, now, random, via, store, prices, budgets: config.budgets };
+  // SLO counters go to the same kind of store as budgets, so a fleet shares its error budgets too.
+  const sloSpecs = sloSpecsOf(config.routes);
+  const counterStore =
+    config.store.kind === 'redis'
+      ? new RedisCounterStore({ url: config.store.url!, keyPrefix: config.store.keyPrefix, timeoutMs: config.store.timeoutMs })
+      : new MemoryCounterStore({ now, keyPrefix: config.store.keyPrefix });
+  const recorder = new SloRecorder({
+    store: counterStore,
+    routes: sloSpecs,
+    now,
+    flushIntervalMs: config.sloCounters.flushIntervalMs,
+    logger,
+    counters: { events: metrics.sloEvents, refused: metrics.sloRefused },
+  });
+  const evaluator = new SloEvaluator({ store: counterStore, routes: sloSpecs, now, logger });
+  zeroSloEventSeries(metrics.sloEvents, sloSpecs);
+  const pipelineDeps: PipelineDeps = { pools, metrics, logger, env, now, random, via, store, prices, budgets: config.budgets, slo: { recorder, evaluator } };
   const built: BuiltRoute[] = buildRoutes(config.routes, pipelineDeps);
   const routes = new RouteTable(built);
   metrics.configInfo.labels(String(config.routes.length), config.store.kind).set(1);
@@ -143,10 +167,14 @@ export const buildApp = async (config: Config, deps: AppDeps = {}): Promise<Fuse
     token: token !== undefined && token !== '' ? token : undefined,
     tokenEnv: config.listen.admin.tokenEnv,
     isReady: () => state.accepting && proxy.server.listening,
-    beforeScrape: () => refreshBudgetGauges(config, store, metrics),
+    beforeScrape: async () => {
+      applySloGauges({ budgetRemaining: metrics.sloBudgetRemaining, burnRate: metrics.sloBurnRate, action: metrics.sloAction }, evaluator.all());
+      await refreshBudgetGauges(config, store, metrics);
+    },
   });
   registerAdminBreakers(admin, built);
   registerAdminBudgets(admin, { config, store, logger });
+  registerAdminSlo(admin, evaluator);
 
   const urlOf = (app: FastifyInstance) => {
     const a = app.server.address() as AddressInfo;
@@ -161,11 +189,14 @@ export const buildApp = async (config: Config, deps: AppDeps = {}): Promise<Fuse
     metrics,
     logger,
     state,
+    slo: { recorder, evaluator },
     async listen() {
       await proxy.listen({ host: config.listen.proxy.host, port: config.listen.proxy.port });
       await admin.listen({ host: config.listen.admin.host, port: config.listen.admin.port });
       state.ownPorts.add((proxy.server.address() as AddressInfo).port);
       state.ownPorts.add((admin.server.address() as AddressInfo).port);
+      recorder.start();
+      evaluator.start();
       metrics.ready.set(1);
       logger.info(
         { proxy: urlOf(proxy), admin: urlOf(admin), routes: config.routes.map((r) => r.name), agent: config.agent.id, store: config.store.kind },
@@ -204,6 +235,9 @@ export const buildApp = async (config: Config, deps: AppDeps = {}): Promise<Fuse
         await serverClosed;
         await proxy.close();
         await admin.close();
+        await recorder.close();
+        evaluator.close();
+        await counterStore.close();
         await store.close();
         logger.info('stopped');
       })();

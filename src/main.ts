@@ -7,6 +7,8 @@ const USAGE = `Usage:
   fusebox --config FILE          run the sidecar
   fusebox check-config FILE      validate a config file and exit (0 valid, 1 invalid)
   fusebox inject [-f FILE|-]     add the Fusebox sidecar to Kubernetes YAML (see fusebox inject --help)
+  fusebox gate --store URL --route R [--json]   error-budget gate for CI/CD: PROCEED 0, HALT 10, ROLLBACK 20
+  fusebox rules --config FILE    print Prometheus recording and burn-rate alerting rules for the SLOs
   fusebox --help | --version`;
 
 const fail = (message: string, code = 2): never => {
@@ -69,6 +71,14 @@ const main = async (argv: string[]): Promise<void> => {
   if (command === 'inject') {
     const { runInject } = await import('./deploy/cli.js');
     process.exit(await runInject(rest, { stdin: process.stdin, stdout: process.stdout, stderr: process.stderr }));
+  }
+  if (command === 'gate') {
+    const { runGate } = await import('./cli/gate.js');
+    process.exit(await runGate(rest, { stdout: process.stdout, stderr: process.stderr }));
+  }
+  if (command === 'rules') {
+    const { runRules } = await import('./cli/rules.js');
+    process.exit(await runRules(rest, { stdout: process.stdout, stderr: process.stderr }));
   }
   const { values } = parseArgs({
     args: argv,

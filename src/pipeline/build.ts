@@ -3,6 +3,9 @@ import type { BudgetsConfig, FallbackStep, RouteConfig } from '../config/schema.
 import { PriceBook, type PriceTable } from '../budget/prices.js';
 import type { BudgetStore } from '../budget/store.js';
 import { budgetLayer, type BudgetEvents } from '../policies/budget.js';
+import type { SloEvaluator } from '../slo/evaluator.js';
+import { sloLayer } from '../slo/layer.js';
+import type { SloRecorder } from '../slo/recorder.js';
 import type { ProxyError } from '../errors.js';
 import { makeBreakers } from '../policies/breaker.js';
 import type { BreakerRegistry } from '../policies/breaker-registry.js';
@@ -30,6 +33,7 @@ export interface PipelineDeps {
   store: BudgetStore;
   prices: PriceTable;
   budgets: BudgetsConfig;
+  slo: { recorder: SloRecorder; evaluator: SloEvaluator };
 }
 
 /** Budget decisions → metrics and one log line each. Unknown models are logged once per route and model. */
@@ -207,7 +211,10 @@ export const buildRoutes = (routes: readonly RouteConfig[], deps: PipelineDeps):
     const lastGood = new LastGoodCache(route.lastGood, deps.now);
     const { steps, registries } = buildSteps(route, primaries, lastGood, deps);
     const handler = compose(
-      // Caps outermost: a call over budget (or killed) is refused before anything can spend money, and the one
+      // SLOs outermost: they count the call as the agent saw it (a fallback's good answer is good), see the
+      // refusals of the layers below apart (they never burn the budget), and shed/throttle before anything else.
+      sloLayer({ ...deps.slo, now: deps.now, costOf: (ctx) => (typeof ctx.annotations.costUsd === 'number' ? Math.round(ctx.annotations.costUsd * 1e6) : undefined) }),
+      // Caps next: a call over budget (or killed) is refused before anything can spend money, and the one
       // reservation covers the whole call however many retries and fallback hops it takes.
       budgetLayer(route, { store: deps.store, prices: new PriceBook(deps.prices, route.budget.prices, deps.budgets.defaultPrice), budgets: deps.budgets, now: deps.now, events }),
       // Fallback outside everything that can fail: an open breaker, exhausted retries or a fallbackOn status of the

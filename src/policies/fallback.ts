@@ -17,6 +17,8 @@ import { discardResponse } from '../http/respond.js';
 
 /** Why the chain ran: the `reason` label of `fusebox_fallbacks_total`. */
 export type FallbackReason =
+  /** The route's SLO action is `degrade`: the primary was skipped. */
+  | 'slo_degrade'
   /** The primary's breaker refused the call. */
   | 'circuit_open'
   /** The primary's retries ended in a retryable status or an upstream error (connect, reset, timeout). */
@@ -40,7 +42,7 @@ export interface FallbackStepHandler {
 export interface FallbackAttempt {
   step: string;
   /** `not_replayable`: the request body streamed (too large to buffer) and an earlier attempt consumed it. */
-  outcome: 'failed' | 'error' | 'circuit_open' | 'miss' | 'not_replayable';
+  outcome: 'failed' | 'error' | 'circuit_open' | 'miss' | 'not_replayable' | 'skipped';
   /** The upstream status, for a step that answered. */
   status?: number;
   /** The Fusebox error code, for a step that threw (UPSTREAM_CONNECT_FAILED, CIRCUIT_OPEN...). */
@@ -87,7 +89,14 @@ export const fallbackLayer = (route: RouteConfig, steps: readonly FallbackStepHa
     let retryAfter: string | undefined;
     // A streamed body can be sent once. Only a breaker refusal is sure to have left it unread.
     let bodyUsed = true;
-    try {
+    // SLO `degrade`: the route's error budget is burning, so the chain starts at a later (cheaper) step.
+    const degradeTo = ctx.annotations.sloDegradeToStep;
+    const firstStep = typeof degradeTo === 'number' ? Math.min(degradeTo, steps.length - 1) : -1;
+    if (firstStep >= 0) {
+      reason = 'slo_degrade';
+      bodyUsed = false;
+      attempts.push({ step: 'primary', outcome: 'skipped' });
+    } else try {
       const res = await next(req, ctx);
       const why = primaryFailure(res);
       if (why === undefined || ctx.signal.aborted) return res;
@@ -105,7 +114,7 @@ export const fallbackLayer = (route: RouteConfig, steps: readonly FallbackStepHa
       attempts.push({ step: 'primary', outcome: open ? 'circuit_open' : 'error', code: err.code });
     }
 
-    for (const step of steps) {
+    for (const step of firstStep >= 0 ? steps.slice(firstStep) : steps) {
       if (ctx.signal.aborted) throw ctx.signal.reason as Error;
       if (step.sendsBody && req.body.kind === 'stream') {
         if (bodyUsed) {

@@ -205,6 +205,38 @@ export const createMetrics = (opts: { defaultMetrics?: boolean } = {}) => {
       registers: [registry],
     }),
 
+    // --- SLOs ---
+    sloEvents: new Counter({
+      name: 'fusebox_slo_events_total',
+      help: 'SLO events counted by this sidecar, by route, slo (availability, latency, cost) and kind (good, bad). Fusebox refusals and client 4xx are not events.',
+      labelNames: ['route', 'slo', 'kind'] as const,
+      registers: [registry],
+    }),
+    sloRefused: new Counter({
+      name: 'fusebox_slo_refused_total',
+      help: "Calls Fusebox itself refused (budget, kill switch, SLO shed/throttle): reported apart, they never burn the availability budget.",
+      labelNames: ['route'] as const,
+      registers: [registry],
+    }),
+    sloBudgetRemaining: new Gauge({
+      name: 'fusebox_slo_error_budget_remaining',
+      help: 'Fleet-wide error budget left over the SLO window, ratio (1 = untouched, 0 = spent, negative = overspent), from the shared counters. Absent until enough events.',
+      labelNames: ['route', 'slo'] as const,
+      registers: [registry],
+    }),
+    sloBurnRate: new Gauge({
+      name: 'fusebox_slo_burn_rate',
+      help: 'Fleet-wide burn rate (error ratio / allowed error ratio) over a window (5m, 30m, 1h, 6h, 3d), from the shared counters.',
+      labelNames: ['route', 'slo', 'window'] as const,
+      registers: [registry],
+    }),
+    sloAction: new Gauge({
+      name: 'fusebox_slo_action',
+      help: 'The SLO action in force per route: 1 for the current one (none, alert, throttle, degrade, shed), 0 for the others.',
+      labelNames: ['route', 'action'] as const,
+      registers: [registry],
+    }),
+
     // --- lifecycle ---
     ready: new Gauge({
       name: 'fusebox_ready',

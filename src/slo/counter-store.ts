@@ -1,0 +1,263 @@
+import { Redis, type RedisOptions } from 'ioredis';
+import { bucketKey, writerKey, type BucketFields, type BucketRef } from './buckets.js';
+import { CounterStoreUnavailableError } from './errors.js';
+
+/** Counts to add to one bucket, and how long the bucket lives from now. */
+export interface BucketWrite {
+  readonly ref: BucketRef;
+  readonly ttlSeconds: number;
+  readonly fields: Readonly<BucketFields>;
+}
+
+/** One flush of one recorder. `seq` grows by one per batch of a writer. */
+export interface CounterBatch {
+  readonly seq: number;
+  readonly writes: readonly BucketWrite[];
+}
+
+/**
+ * Where SLO counters live. Memory for one sidecar, Redis for a fleet (every sidecar adds into the same buckets).
+ *
+ * Exactly-once: a writer sends its batches in `seq` order; the store applies a batch only when its `seq` is above
+ * the last one it applied for that writer, in the same atomic step. So a batch whose answer was lost (timeout after
+ * Redis ran it) can be sent again without being counted twice. Limits: the writer's mark lives 1 h (a batch retried
+ * later than that could count twice — the recorder drops batches long before); a writer restarting gets a new id,
+ * so batches unsent at a crash are lost, never doubled.
+ */
+export interface CounterStore {
+  /** Apply batches in order, skipping those already applied. Throws CounterStoreUnavailableError. */
+  write(writerId: string, batches: readonly CounterBatch[]): Promise<void>;
+  /** The fields of each bucket, in the order asked; a missing bucket is `{}`. Throws CounterStoreUnavailableError. */
+  read(refs: readonly BucketRef[]): Promise<BucketFields[]>;
+  close(): Promise<void>;
+}
+
+/** How long a writer's last-applied mark is kept, s. Must exceed the age of the oldest batch a recorder retries. */
+export const WRITER_MARK_TTL_SECONDS = 3600;
+
+/** Counters in this process: one sidecar, or tests. Expired buckets are swept at most once a minute. */
+export class MemoryCounterStore implements CounterStore {
+  private readonly buckets = new Map<string, { fields: BucketFields; expiresAt: number }>();
+  private readonly lastSeq = new Map<string, number>();
+  private nextSweepAt = 0;
+
+  constructor(private readonly opts: { now: () => number; keyPrefix?: string }) {}
+
+  async write(writerId: string, batches: readonly CounterBatch[]): Promise<void> {
+    const now = this.opts.now();
+    this.sweep(now);
+    let last = this.lastSeq.get(writerId) ?? 0;
+    for (const batch of batches) {
+      if (batch.seq <= last) continue;
+      for (const w of batch.writes) {
+        const key = this.key(w.ref);
+        const bucket = this.live(key, now) ?? { fields: {}, expiresAt: 0 };
+        for (const [f, v] of Object.entries(w.fields)) bucket.fields[f] = (bucket.fields[f] ?? 0) + v;
+        bucket.expiresAt = now + w.ttlSeconds * 1000;
+        this.buckets.set(key, bucket);
+      }
+      last = batch.seq;
+    }
+    this.lastSeq.set(writerId, last);
+  }
+
+  async read(refs: readonly BucketRef[]): Promise<BucketFields[]> {
+    const now = this.opts.now();
+    return refs.map((ref) => ({ ...(this.live(this.key(ref), now)?.fields ?? {}) }));
+  }
+
+  async close(): Promise<void> {}
+
+  /** Buckets held now (expired ones not yet swept included). */
+  get size(): number {
+    return this.buckets.size;
+  }
+
+  private key(ref: BucketRef): string {
+    return bucketKey(this.opts.keyPrefix ?? 'fusebox', ref);
+  }
+
+  private live(key: string, now: number) {
+    const b = this.buckets.get(key);
+    return b !== undefined && b.expiresAt > now ? b : undefined;
+  }
+
+  private sweep(now: number): void {
+    if (now < this.nextSweepAt) return;
+    this.nextSweepAt = now + 60_000;
+    for (const [k, b] of this.buckets) if (b.expiresAt <= now) this.buckets.delete(k);
+  }
+}
+
+/**
+ * KEYS[1] the writer's mark, KEYS[2..] bucket keys. ARGV: mark TTL, batch count, then per batch `seq, writes`,
+ * then per write `key index, ttl, field count, field, delta, ...`. Atomic, so a batch is applied whole or not at all,
+ * and the mark moves with it.
+ */
+const APPLY_LUA = `
+local last = tonumber(redis.call('GET', KEYS[1]) or '0')
+local a = 1
+local markTtl = ARGV[a]; a = a + 1
+local batches = tonumber(ARGV[a]); a = a + 1
+local applied = 0
+for b = 1, batches do
+  local seq = tonumber(ARGV[a]); local writes = tonumber(ARGV[a + 1]); a = a + 2
+  local fresh = seq > last
+  for w = 1, writes do
+    local key = KEYS[tonumber(ARGV[a])]; local ttl = ARGV[a + 1]; local n = tonumber(ARGV[a + 2]); a = a + 3
+    if fresh then
+      for f = 0, n - 1 do redis.call('HINCRBY', key, ARGV[a + 2 * f], ARGV[a + 2 * f + 1]) end
+      redis.call('EXPIRE', key, ttl)
+    end
+    a = a + 2 * n
+  end
+  if fresh then last = seq; applied = applied + 1 end
+end
+redis.call('SET', KEYS[1], last, 'EX', markTtl)
+return applied
+`;
+
+type ApplyCommand = (numKeys: number, ...args: Array<string | number>) => Promise<number>;
+
+export interface RedisCounterStoreOptions {
+  /** A `redis://` or `rediss://` URL; ignored when `client` is given. */
+  url?: string;
+  /** Share an existing client (the budget store's); it is not closed by `close()`. */
+  client?: Redis;
+  keyPrefix?: string;
+  /** Per-command timeout, ms (config `store.timeoutMs`). */
+  timeoutMs: number;
+  /** Reconnect after a lost connection (the sidecar: yes; a one-shot CLI: no). Default true. */
+  reconnect?: boolean;
+}
+
+/**
+ * Counters in Redis, shared by a fleet. Fails fast: no offline queue, no per-command retries, a command timeout,
+ * so a flush or a read against a down Redis rejects at once and the caller keeps its counts.
+ */
+export class RedisCounterStore implements CounterStore {
+  readonly client: Redis;
+  private readonly ownsClient: boolean;
+  private readonly prefix: string;
+  private lastError: Error | undefined;
+
+  constructor(opts: RedisCounterStoreOptions) {
+    this.prefix = opts.keyPrefix ?? 'fusebox';
+    if (opts.client) {
+      this.client = opts.client;
+      this.ownsClient = false;
+    } else {
+      if (!opts.url) throw new Error('RedisCounterStore needs a url or a client');
+      const options: RedisOptions = {
+        lazyConnect: true,
+        enableOfflineQueue: false,
+        maxRetriesPerRequest: 0,
+        commandTimeout: opts.timeoutMs,
+        connectTimeout: Math.max(opts.timeoutMs, 1000),
+        retryStrategy: opts.reconnect === false ? () => null : (times: number) => Math.min(100 * 2 ** times, 5000),
+      };
+      this.client = new Redis(opts.url, options);
+      this.ownsClient = true;
+      // Without a listener ioredis prints every failed reconnect; callers see failures as rejected commands.
+      this.client.on('error', (err: Error) => {
+        this.lastError = err;
+      });
+      this.client.connect().catch((err: unknown) => {
+        this.lastError = err as Error;
+      });
+    }
+    this.client.defineCommand('fuseboxSloApply', { lua: APPLY_LUA });
+  }
+
+  /** Resolves once connected; rejects with CounterStoreUnavailableError when the connection fails (a CLI's first step). */
+  async ready(): Promise<void> {
+    if (this.client.status === 'ready') return;
+    await new Promise<void>((resolve, reject) => {
+      const cleanup = () => {
+        this.client.off('ready', onReady);
+        this.client.off('end', onEnd);
+        this.client.off('error', onError);
+      };
+      const onReady = () => {
+        cleanup();
+        resolve();
+      };
+      const onEnd = () => {
+        cleanup();
+        reject(this.unavailable(this.lastError ?? new Error('connection closed')));
+      };
+      const onError = (err: Error) => {
+        // With reconnects off, the error is followed by `end`; with reconnects on, one failed attempt is enough to say so.
+        cleanup();
+        reject(this.unavailable(err));
+      };
+      this.client.once('ready', onReady);
+      this.client.once('end', onEnd);
+      this.client.once('error', onError);
+      if (this.client.status === 'end' || this.client.status === 'wait') {
+        this.client.connect().catch(() => undefined);
+      }
+    });
+  }
+
+  async write(writerId: string, batches: readonly CounterBatch[]): Promise<void> {
+    if (batches.length === 0) return;
+    const keys = [writerKey(this.prefix, writerId)];
+    const keyIndex = new Map<string, number>();
+    const args: Array<string | number> = [WRITER_MARK_TTL_SECONDS, batches.length];
+    for (const batch of batches) {
+      args.push(batch.seq, batch.writes.length);
+      for (const w of batch.writes) {
+        const key = bucketKey(this.prefix, w.ref);
+        let i = keyIndex.get(key);
+        if (i === undefined) {
+          keys.push(key);
+          i = keys.length;
+          keyIndex.set(key, i);
+        }
+        const fields = Object.entries(w.fields).filter(([, v]) => v !== 0);
+        args.push(i, w.ttlSeconds, fields.length);
+        for (const [f, v] of fields) args.push(f, v);
+      }
+    }
+    const apply = (this.client as unknown as { fuseboxSloApply: ApplyCommand }).fuseboxSloApply.bind(this.client);
+    try {
+      await apply(keys.length, ...keys, ...args);
+    } catch (err) {
+      throw this.unavailable(err);
+    }
+  }
+
+  async read(refs: readonly BucketRef[]): Promise<BucketFields[]> {
+    if (refs.length === 0) return [];
+    const pipeline = this.client.pipeline();
+    for (const ref of refs) pipeline.hgetall(bucketKey(this.prefix, ref));
+    let replies: Array<[Error | null, unknown]> | null;
+    try {
+      replies = await pipeline.exec();
+    } catch (err) {
+      throw this.unavailable(err);
+    }
+    if (replies === null) throw this.unavailable(new Error('no reply'));
+    return replies.map(([err, value]) => {
+      if (err) throw this.unavailable(err);
+      const out: BucketFields = {};
+      for (const [k, v] of Object.entries((value ?? {}) as Record<string, string>)) out[k] = Number(v);
+      return out;
+    });
+  }
+
+  async close(): Promise<void> {
+    if (!this.ownsClient) return;
+    if (this.client.status === 'ready') {
+      await this.client.quit().catch(() => this.client.disconnect());
+    } else {
+      this.client.disconnect();
+    }
+  }
+
+  private unavailable(err: unknown): CounterStoreUnavailableError {
+    const reason = err instanceof Error ? err.message : String(err);
+    return new CounterStoreUnavailableError(`SLO counter store (Redis) unavailable: ${reason}`, { cause: err });
+  }
+}

@@ -1,0 +1,93 @@
+import { ProxyError } from '../errors.js';
+import type { BodyEnd, CallContext, Layer } from '../pipeline/types.js';
+import { classifyError } from '../upstream/classify.js';
+import type { SloEvaluator } from './evaluator.js';
+import type { SloEvent, SloRecorder } from './recorder.js';
+
+/**
+ * How one finished call counts for the availability SLO (the issue's rules):
+ * upstream 5xx, 429, timeouts, resets, connect failures and broken streams are `bad`; client 4xx and calls the agent
+ * abandoned are `skip`; Fusebox's own refusals (budget, kill switch, SLO shed/throttle...) are `refused` and never
+ * burn the budget. An open breaker is the upstream's failure, not a refusal.
+ */
+export type SloOutcome = 'good' | 'bad' | 'skip' | 'refused';
+
+/** Codes of Fusebox errors that report an upstream failure rather than a decision of Fusebox's own. */
+export const UPSTREAM_FAILURE_CODES: ReadonlySet<string> = new Set(['CIRCUIT_OPEN']);
+
+export const sloOutcomeOfStatus = (statusCode: number): SloOutcome =>
+  statusCode >= 500 || statusCode === 429 ? 'bad' : statusCode >= 400 ? 'skip' : 'good';
+
+export const sloOutcomeOfError = (err: unknown, upstreamFailureCodes: ReadonlySet<string> = UPSTREAM_FAILURE_CODES): SloOutcome => {
+  if (err instanceof ProxyError && (err.code.startsWith('UPSTREAM_') || upstreamFailureCodes.has(err.code))) return 'bad';
+  const v = classifyError(err);
+  if (v.reason === 'aborted') return 'skip';
+  if (v.reason === 'local') return 'refused';
+  return 'bad';
+};
+
+export const sloOutcomeOfBodyEnd = (statusCode: number, end: BodyEnd): SloOutcome | undefined => {
+  if (end.discarded === true) return undefined;
+  if (end.ok) return sloOutcomeOfStatus(statusCode);
+  return end.failedBy === 'client' ? 'skip' : 'bad';
+};
+
+export interface SloLayerDeps {
+  recorder: Pick<SloRecorder, 'record'>;
+  evaluator: Pick<SloEvaluator, 'admit'>;
+  now: () => number;
+  /** Settled cost of the call, µUSD, read when the call ends. Default: `ctx.annotations.costUsdMicros` when a number. */
+  costOf?: (ctx: CallContext) => number | undefined;
+  upstreamFailureCodes?: ReadonlySet<string>;
+}
+
+const defaultCostOf = (ctx: CallContext): number | undefined => {
+  const c = ctx.annotations.costUsdMicros;
+  return typeof c === 'number' && Number.isFinite(c) ? c : undefined;
+};
+
+/**
+ * The SLO layer: asks the evaluator whether to admit the call (shed → 503 SLO_BUDGET_EXHAUSTED, throttle → 429
+ * SLO_THROTTLED past `throttleRps`, degrade → `ctx.annotations.sloDegradeToStep` for the fallback layer), then counts
+ * how the call ended. Sits outermost in a route's pipeline, so a fallback's answer counts as the agent saw it, and
+ * the refusals of inner layers (budget, kill switch) are seen and counted apart.
+ */
+export const sloLayer =
+  (deps: SloLayerDeps): Layer =>
+  (next) =>
+  async (req, ctx) => {
+    const route = ctx.route.name;
+    if (!ctx.route.slo.enabled) return next(req, ctx);
+    const admission = deps.evaluator.admit(route);
+    if (admission.action !== 'none') ctx.annotations.sloAction = admission.action;
+    if (!admission.admit) {
+      deps.recorder.record(route, { availability: 'skip', refused: true });
+      throw admission.error;
+    }
+    if (admission.degradeToStep !== undefined) ctx.annotations.sloDegradeToStep = admission.degradeToStep;
+
+    const costOf = deps.costOf ?? defaultCostOf;
+    const record = (outcome: SloOutcome) => {
+      const event: SloEvent =
+        outcome === 'refused'
+          ? { availability: 'skip', refused: true }
+          : { availability: outcome, latencyMs: deps.now() - ctx.startedAt, costUsdMicros: costOf(ctx) };
+      deps.recorder.record(route, event);
+    };
+
+    let res;
+    try {
+      res = await next(req, ctx);
+    } catch (err) {
+      record(sloOutcomeOfError(err, deps.upstreamFailureCodes));
+      throw err;
+    }
+    const statusCode = res.statusCode;
+    res.observers.push({
+      onEnd: (end) => {
+        const outcome = sloOutcomeOfBodyEnd(statusCode, end);
+        if (outcome !== undefined) record(outcome);
+      },
+    });
+    return res;
+  };
