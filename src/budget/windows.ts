@@ -11,17 +11,28 @@ const DAY_MS = 86_400_000;
 
 const pad = (n: number, width = 2) => String(n).padStart(width, '0');
 
-/** `2026-11-22` for any instant of that UTC day. */
-export const dayId = (now: number): string => {
-  const d = new Date(now);
-  return `${pad(d.getUTCFullYear(), 4)}-${pad(d.getUTCMonth() + 1)}-${pad(d.getUTCDate())}`;
+/**
+ * Ids are asked for several times per call (every scope, reserve and commit) and change once a day: the last
+ * day's ids are kept, so the hot path formats no dates.
+ */
+let memoDay = NaN;
+let memoIds = { day: '', month: '' };
+const idsOf = (now: number) => {
+  const day = Math.floor(now / DAY_MS);
+  if (day !== memoDay) {
+    const d = new Date(day * DAY_MS);
+    const month = `${pad(d.getUTCFullYear(), 4)}-${pad(d.getUTCMonth() + 1)}`;
+    memoIds = { day: `${month}-${pad(d.getUTCDate())}`, month };
+    memoDay = day;
+  }
+  return memoIds;
 };
 
+/** `2026-11-22` for any instant of that UTC day. */
+export const dayId = (now: number): string => idsOf(now).day;
+
 /** `2026-11` for any instant of that UTC month. */
-export const monthId = (now: number): string => {
-  const d = new Date(now);
-  return `${pad(d.getUTCFullYear(), 4)}-${pad(d.getUTCMonth() + 1)}`;
-};
+export const monthId = (now: number): string => idsOf(now).month;
 
 /** First instant (ms) of the next UTC day. */
 export const nextUtcMidnight = (now: number): number => (Math.floor(now / DAY_MS) + 1) * DAY_MS;
@@ -60,7 +71,14 @@ export function windowAt(kind: WindowKind, now: number): { id: string; endsAt: n
  */
 export function windowEndFromId(kind: WindowKind, id: string): number | null {
   if (kind === 'workflow') return null;
+  const memo = endMemo[kind];
+  if (memo.id === id) return memo.end;
   const [y, m, d] = id.split('-').map(Number);
   if (y === undefined || m === undefined) return null;
-  return kind === 'day' ? Date.UTC(y, m - 1, (d ?? 1) + 1) : Date.UTC(y, m, 1);
+  const end = kind === 'day' ? Date.UTC(y, m - 1, (d ?? 1) + 1) : Date.UTC(y, m, 1);
+  endMemo[kind] = { id, end };
+  return end;
 }
+
+/** The last id asked for per kind: almost every call asks for the current window. */
+const endMemo: Record<'day' | 'month', { id: string; end: number }> = { day: { id: '', end: 0 }, month: { id: '', end: 0 } };
