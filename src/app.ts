@@ -117,9 +117,14 @@ export const buildApp = async (config: Config, deps: AppDeps = {}): Promise<Fuse
   const pipelineDeps: PipelineDeps = { pools, metrics, logger, env, now, random, via, store, prices, budgets: config.budgets, slo: { recorder, evaluator } };
   const built: BuiltRoute[] = buildRoutes(config.routes, pipelineDeps);
   const routes = new RouteTable(built);
-  metrics.configInfo.labels(String(config.routes.length), config.store.kind).set(1);
+  metrics.configInfo.labels(String(config.routes.length), config.store.kind, config.agent.id).set(1);
+  // Present from the first scrape, so rate() sees the first failure and alerts have a series to watch.
+  for (const op of ['reserve', 'commit', 'release']) metrics.storeErrors.labels(op).inc(0);
 
-  const proxyDeps = { config, routes, metrics, logger, now, state, via };
+  // The access line is built field by field from redacted values (no headers), so it skips pino's redaction
+  // walk, the largest single cost of a proxied call in bench/ profiles; every other line keeps it.
+  const accessLog = logger.child({}, { redact: [] });
+  const proxyDeps = { config, routes, metrics, logger, accessLog, now, state, via };
   const proxy = Fastify({
     logger: false,
     exposeHeadRoutes: false,

@@ -59,6 +59,12 @@ const expandRaw = (raw: unknown, env: NodeJS.ProcessEnv, problems: string[]): vo
   if (!isRecord(raw)) return;
   const agent = raw.agent;
   if (isRecord(agent) && typeof agent.id === 'string') agent.id = expandEnv(agent.id, env, 'agent.id', problems);
+  // Listen hosts: so one image config serves a pod (loopback) and a standalone container (0.0.0.0 behind -p).
+  const listen = raw.listen;
+  for (const which of ['proxy', 'admin'] as const) {
+    const l = isRecord(listen) ? listen[which] : undefined;
+    if (isRecord(l) && typeof l.host === 'string') l.host = expandEnv(l.host, env, `listen.${which}.host`, problems);
+  }
   const store = raw.store;
   if (isRecord(store) && typeof store.url === 'string') store.url = expandEnv(store.url, env, 'store.url', problems);
   if (Array.isArray(raw.routes)) {

@@ -102,12 +102,13 @@ export const sidecarContainer = (o: InjectOptions): IContainer => {
     startupProbe: { ...adminProbe('/readyz'), periodSeconds: 1, timeoutSeconds: 2, failureThreshold: 30 },
     readinessProbe: { ...adminProbe('/readyz'), periodSeconds: 5, timeoutSeconds: 2, failureThreshold: 2 },
     livenessProbe: { ...adminProbe('/healthz'), periodSeconds: 10, timeoutSeconds: 2, failureThreshold: 3 },
-    // The sleep handler (Kubernetes ≥ 1.30) needs no shell, which the distroless image does not have.
+    // The sleep handler (Kubernetes ≥ 1.30) runs no command in the container, so it needs no shell or `sleep` binary.
     ...(o.preStopSeconds > 0 ? { lifecycle: { preStop: { sleep: { seconds: o.preStopSeconds } } } } : {}),
     securityContext: {
       runAsNonRoot: true,
-      runAsUser: 65532,
-      runAsGroup: 65532,
+      // The image's `node` user (its USER 1000:1000).
+      runAsUser: 1000,
+      runAsGroup: 1000,
       readOnlyRootFilesystem: true,
       allowPrivilegeEscalation: false,
       capabilities: { drop: ['ALL'] },

@@ -245,8 +245,8 @@ export const createMetrics = (opts: { defaultMetrics?: boolean } = {}) => {
     }),
     configInfo: new Gauge({
       name: 'fusebox_config_info',
-      help: 'Always 1; labels describe the loaded config.',
-      labelNames: ['routes', 'store'] as const,
+      help: 'Always 1; labels describe the loaded config. `agent` lets annotation-scraped fleets join per-agent panels (group_left).',
+      labelNames: ['routes', 'store', 'agent'] as const,
       registers: [registry],
     }),
   };
