@@ -1,0 +1,541 @@
+import { spawn, type ChildProcess } from 'node:child_process';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { connect, createServer } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join, resolve } from 'node:path';
+import { PassThrough } from 'node:stream';
+import { request } from 'undici';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { parse, stringify } from 'yaml';
+import { runRules } from '../../src/cli/rules.js';
+import { createMetrics } from '../../src/telemetry/metrics.js';
+import { startFusebox, type RunningFusebox } from '../helpers/fusebox.js';
+import { ensurePromtool, promtool } from '../helpers/promtool.js';
+import { json, startUpstream, type TestUpstream } from '../helpers/upstream.js';
+
+/**
+ * deploy/prometheus and deploy/grafana against the code: promtool checks and unit-tests the rules, and a real
+ * Prometheus scraping a real Fusebox under traffic must return data for every query of the dashboard and every
+ * expression of the rules. A metric or label renamed in src/telemetry/metrics.ts and not in deploy/ fails here.
+ */
+
+const ROOT = resolve(import.meta.dirname, '../..');
+const PROM_DIR = join(ROOT, 'deploy/prometheus');
+const RULES_FILE = join(PROM_DIR, 'fusebox-rules.yaml');
+const DASHBOARD_FILE = join(ROOT, 'deploy/grafana/fusebox.json');
+
+interface Rule {
+  record?: string;
+  alert?: string;
+  expr: string;
+  for?: string;
+  labels?: Record<string, string>;
+  annotations?: Record<string, string>;
+}
+interface RuleGroup {
+  name: string;
+  rules: Rule[];
+}
+interface Target {
+  refId: string;
+  expr: string;
+}
+interface Panel {
+  id: number;
+  type: string;
+  title: string;
+  datasource?: { type: string; uid: string };
+  gridPos: { h: number; w: number; x: number; y: number };
+  targets?: Target[];
+}
+interface Dashboard {
+  schemaVersion: number;
+  panels: Panel[];
+  templating: { list: Array<{ name: string; type: string; query: string | { query: string } }> };
+}
+
+const ruleGroups = (): RuleGroup[] => (parse(readFileSync(RULES_FILE, 'utf8')) as { groups: RuleGroup[] }).groups;
+const rules = (): Rule[] => ruleGroups().flatMap((g) => g.rules);
+const dashboard = (): Dashboard => JSON.parse(readFileSync(DASHBOARD_FILE, 'utf8')) as Dashboard;
+const queryPanels = (): Panel[] => dashboard().panels.filter((p) => p.type !== 'row');
+
+/** Fusebox's own metrics (no process defaults) with their label names, from the one list in metrics.ts. */
+const declaredMetrics = (): Array<{ name: string; labelNames: readonly string[] }> =>
+  createMetrics({ defaultMetrics: false })
+    .registry.getMetricsAsArray()
+    .map((m) => ({ name: m.name, labelNames: (m as unknown as { labelNames?: string[] }).labelNames ?? [] }));
+
+/** Grafana's variables as the test sets them: every route and agent, windows long enough to span the whole test. */
+const GRAFANA_VARS: Record<string, string> = { $__rate_interval: '1m', $__interval: '15s', $__range: '1h', $route: '.*', $agent: '.*' };
+const substitute = (expr: string): string => expr.replace(/\$__rate_interval|\$__interval|\$__range|\$route|\$agent/g, (v) => GRAFANA_VARS[v]!);
+
+/**
+ * The expression with every comparison made a `bool` one: `x > 0.75` keeps its series (0 or 1) instead of
+ * filtering them out, so an alert that is rightly not firing still proves its selectors and arithmetic return data.
+ * Skips what is inside label matchers and strings (`!=`, `=~`).
+ */
+const withBoolComparisons = (expr: string): string => {
+  let out = '';
+  let depth = 0;
+  let quote: string | undefined;
+  for (let i = 0; i < expr.length; i++) {
+    const c = expr[i]!;
+    if (quote !== undefined) {
+      out += c;
+      if (c === '\\') out += expr[++i] ?? '';
+      else if (c === quote) quote = undefined;
+      continue;
+    }
+    if (c === '"' || c === "'" || c === '`') quote = c;
+    else if (c === '{') depth++;
+    else if (c === '}') depth--;
+    const op = depth === 0 && quote === undefined ? /^(==|!=|>=|<=|>|<)/.exec(expr.slice(i))?.[0] : undefined;
+    if (op === undefined) {
+      out += c;
+      continue;
+    }
+    out += op;
+    i += op.length - 1;
+    if (!/^\s*bool\b/.test(expr.slice(i + 1))) out += ' bool';
+  }
+  return out;
+};
+
+/** Every vector selector in an expression (metric name and label matchers, no range). */
+const selectorsOf = (expr: string): string[] => [...expr.matchAll(/(?<![\w:"])(fusebox[\w:]*|up)\b(\{[^}]*\})?/g)].map((m) => `${m[1]}${m[2] ?? ''}`);
+
+/**
+ * Counters that exist only once something rare happened (prom-client creates a labelled series on first use), with
+ * why. For these an empty result is accepted when Prometheus knows the metric from its `# TYPE` line (metadata API),
+ * which a misspelled name never is.
+ */
+const RARE: Record<string, string> = {
+  fusebox_store_errors_total: 'only when the budget store fails in a way its own local fallback does not absorb',
+};
+
+describe('deploy/prometheus, checked by the real promtool', () => {
+  let dir: string;
+  beforeAll(() => {
+    ensurePromtool();
+    dir = mkdtempSync(join(tmpdir(), 'fusebox-prom-rules-'));
+  }, 300_000);
+  afterAll(() => {
+    if (dir) rmSync(dir, { recursive: true, force: true });
+  });
+
+  it('promtool check rules accepts fusebox-rules.yaml', () => {
+    const r = promtool(['check', 'rules', 'fusebox-rules.yaml'], PROM_DIR);
+    expect(r.status, r.output).toBe(0);
+    expect(r.output).toContain('SUCCESS');
+  });
+
+  it('prometheusrule.yaml holds exactly the groups of fusebox-rules.yaml, and promtool accepts them', () => {
+    const doc = parse(readFileSync(join(PROM_DIR, 'prometheusrule.yaml'), 'utf8')) as { apiVersion: string; kind: string; metadata: { name: string }; spec: { groups: RuleGroup[] } };
+    expect(doc).toMatchObject({ apiVersion: 'monitoring.coreos.com/v1', kind: 'PrometheusRule', metadata: { name: 'fusebox' } });
+    expect(doc.spec.groups).toEqual(ruleGroups());
+    writeFileSync(join(dir, 'operator-groups.yaml'), stringify({ groups: doc.spec.groups }));
+    const r = promtool(['check', 'rules', 'operator-groups.yaml'], dir);
+    expect(r.status, r.output).toBe(0);
+  });
+
+  it('promtool test rules: every alert fires on its synthetic series and stays quiet on the look-alikes', () => {
+    const tests = parse(readFileSync(join(PROM_DIR, 'fusebox-rules.test.yaml'), 'utf8')) as { tests: Array<{ alert_rule_test?: Array<{ alertname: string }> }> };
+    const tested = new Set(tests.tests.flatMap((t) => (t.alert_rule_test ?? []).map((a) => a.alertname)));
+    for (const r of rules()) if (r.alert) expect(tested, `${r.alert} has no promtool test`).toContain(r.alert);
+    const r = promtool(['test', 'rules', 'fusebox-rules.test.yaml'], PROM_DIR);
+    expect(r.status, r.output).toBe(0);
+    expect(r.output).toContain('SUCCESS');
+  });
+
+  it('every alert says what happened, what it means and what to do, with a severity', () => {
+    for (const r of rules().filter((x) => x.alert)) {
+      expect(Object.keys(r.annotations ?? {}).sort(), r.alert).toEqual(['description', 'runbook', 'summary']);
+      expect(['page', 'ticket'], r.alert).toContain(r.labels?.severity);
+    }
+  });
+
+  it('fusebox-slo-rules.example.yaml is what `fusebox rules` prints for config/example.yaml, and promtool accepts it', async () => {
+    const stdout = new PassThrough();
+    let out = '';
+    stdout.on('data', (c: Buffer) => (out += c.toString()));
+    const code = await runRules(['--config', 'config/example.yaml'], { stdout, stderr: new PassThrough(), env: {} });
+    expect(code).toBe(0);
+    expect(readFileSync(join(PROM_DIR, 'fusebox-slo-rules.example.yaml'), 'utf8'), 'regenerate: npx tsx src/main.ts rules --config config/example.yaml').toBe(out);
+    const r = promtool(['check', 'rules', 'fusebox-slo-rules.example.yaml'], PROM_DIR);
+    expect(r.status, r.output).toBe(0);
+  });
+});
+
+describe('deploy/grafana/fusebox.json', () => {
+  it('has a Prometheus datasource variable and a route variable, and every panel queries through them', () => {
+    const d = dashboard();
+    expect(d.schemaVersion).toBeGreaterThanOrEqual(39);
+    const vars = Object.fromEntries(d.templating.list.map((v) => [v.name, v]));
+    expect(vars.datasource).toMatchObject({ type: 'datasource', query: 'prometheus' });
+    expect(vars.route).toMatchObject({ type: 'query', query: { query: 'label_values(fusebox_requests_total, route)' } });
+    const ids = new Set<number>();
+    for (const p of d.panels) {
+      expect(ids.has(p.id), `duplicate panel id ${p.id}`).toBe(false);
+      ids.add(p.id);
+      expect(p.gridPos.x + p.gridPos.w, p.title).toBeLessThanOrEqual(24);
+    }
+    for (const p of queryPanels()) {
+      expect(p.datasource, p.title).toEqual({ type: 'prometheus', uid: '${datasource}' });
+      expect(p.targets?.length, p.title).toBeGreaterThan(0);
+      for (const t of p.targets ?? []) {
+        // Ranges follow Grafana's step, never a fixed window that breaks at other zoom levels.
+        for (const [, range] of t.expr.matchAll(/\[([^\]]*)\]/g)) expect(['$__rate_interval', '$__range'], `${p.title}: ${t.expr}`).toContain(range);
+      }
+    }
+  });
+
+  // Budget gauges use route=~"$route|": their agent and fleet scopes have route="" and stay on the panel.
+  it('shows every metric Fusebox declares, filtered by $route wherever the metric has a route label', () => {
+    const exprs = queryPanels().flatMap((p) => (p.targets ?? []).map((t) => ({ title: p.title, expr: t.expr })));
+    const all = exprs.map((e) => e.expr).join('\n');
+    for (const m of declaredMetrics()) {
+      expect(all, `${m.name} is on no panel`).toMatch(new RegExp(`\\b${m.name}(_bucket)?\\b`));
+      if (!m.labelNames.includes('route')) continue;
+      for (const e of exprs) {
+        for (const sel of selectorsOf(e.expr)) {
+          if (sel.replace(/\{.*$/, '').replace(/_bucket$/, '') === m.name) expect(sel, `${e.title}: ${e.expr}`).toContain('route=~"$route');
+        }
+      }
+    }
+  });
+});
+
+// ---------------------------------------------------------------------------------------------------------------
+// End to end
+
+const PRICES = { 'test-model': { inputPerM: 2, outputPerM: 8 } };
+/** 1000 × $2/M + 1000 × $8/M = $0.01 per call. */
+const USAGE = { prompt_tokens: 1000, completion_tokens: 1000, total_tokens: 2000 };
+
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+const freePort = (): Promise<number> =>
+  new Promise((resolvePort, reject) => {
+    const srv = createServer();
+    srv.once('error', reject);
+    srv.listen(0, '127.0.0.1', () => {
+      const addr = srv.address();
+      srv.close(() => (addr && typeof addr === 'object' ? resolvePort(addr.port) : reject(new Error('no port'))));
+    });
+  });
+
+/** An OpenAI-like upstream: JSON answers with usage; streams end with a usage chunk, or break off on `x-test-cut`. */
+const llmUpstream = async (): Promise<TestUpstream> => {
+  const up = await startUpstream();
+  up.on('/v1/chat/completions', (req, res, raw) => {
+    const body = JSON.parse(raw.toString()) as { model: string; stream?: boolean };
+    const base = { id: 'c1', created: 1, model: body.model };
+    if (!body.stream) {
+      json(res, 200, { ...base, object: 'chat.completion', choices: [{ index: 0, message: { role: 'assistant', content: 'ok' }, finish_reason: 'stop', logprobs: null }], usage: USAGE });
+      return;
+    }
+    res.writeHead(200, { 'content-type': 'text/event-stream' });
+    res.write(`data: ${JSON.stringify({ ...base, object: 'chat.completion.chunk', choices: [{ index: 0, delta: { content: 'ok' }, finish_reason: null }] })}\n\n`);
+    if (req.headers['x-test-cut'] !== undefined) {
+      setTimeout(() => res.socket?.destroy(), 10);
+      return;
+    }
+    res.write(`data: ${JSON.stringify({ ...base, object: 'chat.completion.chunk', choices: [], usage: USAGE })}\n\n`);
+    res.end('data: [DONE]\n\n');
+  });
+  return up;
+};
+
+interface Prometheus {
+  url: string;
+  logs(): string;
+  stop(): Promise<void>;
+}
+
+/** The real `prometheus` binary on a free loopback port, scraping `target` every second and evaluating our rules. */
+const startPrometheus = async (dir: string, target: string): Promise<Prometheus> => {
+  const port = await freePort();
+  const config = {
+    global: { scrape_interval: '1s', scrape_timeout: '1s', evaluation_interval: '1s' },
+    rule_files: [RULES_FILE],
+    // `agent` as the PodMonitor sets it (deploy/kubernetes/base/podmonitor.yaml), so the per-agent queries have it.
+    scrape_configs: [{ job_name: 'fusebox', metrics_path: '/metrics', static_configs: [{ targets: [target], labels: { agent: 'e2e-agent' } }] }],
+  };
+  writeFileSync(join(dir, 'prometheus.yml'), stringify(config));
+  let logs = '';
+  const proc: ChildProcess = spawn(
+    'prometheus',
+    [`--config.file=${join(dir, 'prometheus.yml')}`, `--storage.tsdb.path=${join(dir, 'data')}`, `--web.listen-address=127.0.0.1:${port}`, '--log.level=warn'],
+    { stdio: ['ignore', 'pipe', 'pipe'] },
+  );
+  proc.stdout?.on('data', (c: Buffer) => (logs += c.toString()));
+  proc.stderr?.on('data', (c: Buffer) => (logs += c.toString()));
+  const exited = new Promise<void>((r) => proc.once('exit', () => r()));
+  const url = `http://127.0.0.1:${port}`;
+  const stop = async () => {
+    if (proc.exitCode !== null || proc.signalCode !== null) return;
+    proc.kill('SIGTERM');
+    const killer = setTimeout(() => proc.kill('SIGKILL'), 5_000);
+    await exited;
+    clearTimeout(killer);
+  };
+  const deadline = Date.now() + 20_000;
+  for (;;) {
+    if (proc.exitCode !== null) throw new Error(`prometheus exited with ${proc.exitCode}:\n${logs}`);
+    const ready = await request(`${url}/-/ready`)
+      .then(async (r) => (await r.body.dump(), r.statusCode === 200))
+      .catch(() => false);
+    if (ready) break;
+    if (Date.now() > deadline) {
+      await stop();
+      throw new Error(`prometheus not ready on ${url} within 20 s:\n${logs}`);
+    }
+    await sleep(100);
+  }
+  return { url, logs: () => logs, stop };
+};
+
+interface Sample {
+  metric: Record<string, string>;
+  value: [number, string];
+}
+
+const query = async (prom: Prometheus, expr: string): Promise<{ ok: true; result: Sample[] } | { ok: false; error: string }> => {
+  const res = await request(`${prom.url}/api/v1/query?${new URLSearchParams({ query: expr })}`);
+  const body = (await res.body.json()) as { status: string; error?: string; data?: { resultType: string; result: Sample[] | [number, string] } };
+  if (body.status !== 'success') return { ok: false, error: body.error ?? `HTTP ${res.statusCode}` };
+  const data = body.data!;
+  // A scalar result (e.g. `vector(1)` folded) is one value.
+  return { ok: true, result: data.resultType === 'scalar' ? [{ metric: {}, value: data.result as [number, string] }] : (data.result as Sample[]) };
+};
+
+/** An OK query returning at least one series with a finite value: what a panel needs to draw something. */
+const checkHasData = async (prom: Prometheus, expr: string): Promise<string | undefined> => {
+  const r = await query(prom, expr);
+  if (!r.ok) return `query error: ${r.error}`;
+  if (r.result.length === 0) return 'no series';
+  if (!r.result.some((s) => Number.isFinite(Number(s.value[1])))) return `only non-finite values (${r.result.map((s) => s.value[1]).join(', ')})`;
+  return undefined;
+};
+
+const knownByMetadata = async (prom: Prometheus, name: string): Promise<boolean> => {
+  const res = await request(`${prom.url}/api/v1/metadata?${new URLSearchParams({ metric: name })}`);
+  const body = (await res.body.json()) as { data: Record<string, unknown[]> };
+  return (body.data[name]?.length ?? 0) > 0;
+};
+
+interface Check {
+  /** Where the expression comes from, for the failure message: panel title and refId, or rule name. */
+  where: string;
+  expr: string;
+}
+
+/** Run every check: each selector must return series, then the whole expression must return finite data. */
+const runChecks = async (prom: Prometheus, checks: Check[]): Promise<string[]> => {
+  const failures: string[] = [];
+  for (const c of checks) {
+    if (c.expr.includes('$')) {
+      failures.push(`${c.where}: a Grafana variable the test does not know is left in ${c.expr}`);
+      continue;
+    }
+    let rareEmpty = false;
+    for (const sel of new Set(selectorsOf(c.expr))) {
+      const problem = await checkHasData(prom, sel);
+      if (problem === undefined) continue;
+      const name = sel.replace(/\{.*$/, '');
+      if (problem === 'no series' && RARE[name] !== undefined && (await knownByMetadata(prom, name))) {
+        rareEmpty = true;
+        continue;
+      }
+      failures.push(`${c.where}: selector ${sel} → ${problem}`);
+    }
+    if (rareEmpty) continue;
+    const problem = await checkHasData(prom, c.expr);
+    if (problem !== undefined) failures.push(`${c.where}: ${c.expr} → ${problem}`);
+  }
+  return failures;
+};
+
+/** Re-run the checks until they pass or `ms` ran out (a slow machine may scrape or evaluate a beat late). */
+const eventuallyPasses = async (prom: Prometheus, checks: Check[], ms: number): Promise<string[]> => {
+  const deadline = Date.now() + ms;
+  for (;;) {
+    const failures = await runChecks(prom, checks);
+    if (failures.length === 0 || Date.now() > deadline) return failures;
+    await sleep(1_000);
+  }
+};
+
+/** One CONNECT tunnel through the proxy to the tool upstream, with one plain HTTP call through it. */
+const tunnelOnce = (proxyUrl: string, port: number): Promise<string> =>
+  new Promise((resolveTunnel, reject) => {
+    const s = connect(Number(new URL(proxyUrl).port), '127.0.0.1', () => s.write(`CONNECT 127.0.0.1:${port} HTTP/1.1\r\nhost: 127.0.0.1:${port}\r\n\r\n`));
+    let data = '';
+    let sent = false;
+    s.on('data', (c: Buffer) => {
+      data += c.toString();
+      if (!sent && data.includes('\r\n\r\n')) {
+        sent = true;
+        s.write('GET /fast HTTP/1.1\r\nhost: 127.0.0.1\r\nconnection: close\r\n\r\n');
+      }
+    });
+    s.on('error', reject);
+    s.on('close', () => resolveTunnel(data));
+  });
+
+describe('end to end: a real Prometheus scraping a real Fusebox under traffic', () => {
+  let llm: TestUpstream;
+  let tools: TestUpstream;
+  let fb: RunningFusebox;
+  let prom: Prometheus | undefined;
+  let dir: string;
+
+  const post = async (route: string, body: Record<string, unknown>, headers: Record<string, string> = {}): Promise<number> => {
+    const res = await request(`${fb.proxyUrl}/${route}/v1/chat/completions`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json', ...headers },
+      body: JSON.stringify({ max_tokens: 10, messages: [{ role: 'user', content: 'hello' }], ...body }),
+    });
+    // A broken stream rejects while its body is read; that is the point of the call.
+    await res.body.dump().catch(() => undefined);
+    return res.statusCode;
+  };
+  const get = async (path: string, headers: Record<string, string> = {}): Promise<number> => {
+    const res = await request(`${fb.proxyUrl}${path}`, { headers });
+    await res.body.dump();
+    return res.statusCode;
+  };
+
+  /** Traffic that touches every metric: answers with usage, a broken stream, 503s, budget refusals, a tunnel. */
+  const burst = async (cappedCalls: number): Promise<void> => {
+    for (let i = 0; i < 4; i++) await post('chat', { model: 'test-model' });
+    await post('chat', { model: 'mystery-model' });
+    await post('chat', { model: 'test-model', stream: true });
+    await post('chat', { model: 'test-model', stream: true }, { 'x-test-cut': '1' });
+    for (let i = 0; i < cappedCalls; i++) {
+      await post('capped', { model: 'test-model' });
+      // Let the commit of the previous call land before the next reserve.
+      await sleep(20);
+    }
+    for (let i = 0; i < 3; i++) await get('/flaky/status?code=503');
+    for (let i = 0; i < 3; i++) await get('/tool/fast');
+    for (let i = 0; i < 2; i++) await get('/tool/fast', { 'x-fusebox-fault': 'abort=503' });
+    await tunnelOnce(fb.proxyUrl, tools.port);
+    await get('/no-such-route');
+    await fb.app.slo.recorder.flush();
+    await fb.app.slo.evaluator.evaluate();
+  };
+
+  const requestsCounted = async (): Promise<number> =>
+    (await fb.metricsText())
+      .split('\n')
+      .filter((l) => l.startsWith('fusebox_requests_total{'))
+      .reduce((sum, l) => sum + Number(l.slice(l.lastIndexOf(' ') + 1)), 0);
+
+  /** Wait until Prometheus has scraped everything Fusebox counted so far. */
+  const scraped = async (): Promise<void> => {
+    const want = await requestsCounted();
+    const deadline = Date.now() + 15_000;
+    for (;;) {
+      const r = await query(prom!, 'sum(fusebox_requests_total{job="fusebox"})');
+      if (r.ok && Number(r.result[0]?.value[1] ?? 0) >= want) return;
+      if (Date.now() > deadline) throw new Error(`prometheus did not scrape ${want} requests within 15 s: ${JSON.stringify(r)}\n${prom!.logs()}`);
+      await sleep(200);
+    }
+  };
+
+  beforeAll(async () => {
+    dir = mkdtempSync(join(tmpdir(), 'fusebox-prom-e2e-'));
+    llm = await llmUpstream();
+    tools = await startUpstream();
+    const slo = { minEvents: 3 };
+    fb = await startFusebox({
+      agent: { id: 'e2e-agent' },
+      budgets: { agent: { dailyUsd: 100 }, fleet: { dailyUsd: 1000 } },
+      routes: [
+        { name: 'chat', provider: 'openai', match: { pathPrefix: '/chat' }, upstream: { url: llm.url }, retry: { baseMs: 1 }, budget: { prices: PRICES }, slo },
+        // $0.05 a day at $0.01 a call: the 4th call crosses 75 %, the 6th is refused.
+        { name: 'capped', provider: 'openai', match: { pathPrefix: '/capped' }, upstream: { url: llm.url }, budget: { prices: PRICES, dailyUsd: 0.05 }, slo },
+        {
+          // Always 503: one retry, then the retry budget is spent; the breaker opens on the 3rd failure and stays
+          // open; every answer comes from the static fallback.
+          name: 'flaky',
+          match: { pathPrefix: '/flaky' },
+          upstream: { url: tools.url },
+          retry: { maxRetries: 3, baseMs: 1, capMs: 2, budgetPercent: 1, minRetriesPerSecond: 0 },
+          breaker: { consecutiveFailures: 3, resetMs: 600_000 },
+          fallback: [{ type: 'static', name: 'canned', status: 200, body: { canned: true } }],
+          slo,
+        },
+        {
+          // Injected 503s (x-fusebox-fault) are retried, then answered from the last good answer.
+          name: 'tool',
+          match: { pathPrefix: '/tool' },
+          upstream: { url: tools.url },
+          retry: { maxRetries: 1, baseMs: 1, capMs: 2 },
+          breaker: { enabled: false },
+          lastGood: { enabled: true },
+          fallback: [{ type: 'lastGood', name: 'last-good' }],
+          faults: { enabled: true, headerControl: true },
+          slo,
+        },
+        { name: 'tunnel', match: { hosts: ['127.0.0.1'], connectPorts: [tools.port] }, upstream: { url: tools.url }, slo },
+      ],
+    });
+    prom = await startPrometheus(dir, new URL(fb.adminUrl).host);
+    // Two bursts with a scrape in between, so every series has a sample before and after an increase: rates are
+    // above zero and histogram quantiles are numbers, as on a live dashboard.
+    await burst(3);
+    await scraped();
+    await burst(4);
+    await scraped();
+  }, 50_000);
+
+  afterAll(async () => {
+    await prom?.stop();
+    await fb?.stop();
+    await Promise.all([llm?.close(), tools?.close()]);
+    if (dir) rmSync(dir, { recursive: true, force: true });
+  }, 15_000);
+
+  it('every query of the dashboard returns data', async () => {
+    const checks: Check[] = queryPanels().flatMap((p) => (p.targets ?? []).map((t) => ({ where: `panel "${p.title}" [${t.refId}]`, expr: substitute(t.expr) })));
+    // The variables' own queries: label_values(metric, label) lists the values of label on metric.
+    for (const v of dashboard().templating.list) {
+      const q = typeof v.query === 'string' ? v.query : v.query.query;
+      const m = /^label_values\((\w+),\s*(\w+)\)$/.exec(q);
+      if (m) checks.push({ where: `variable $${v.name}`, expr: `count by (${m[2]}) (${m[1]}{${m[2]}!=""})` });
+    }
+    expect(checks.length).toBeGreaterThan(40);
+    expect(await eventuallyPasses(prom!, checks, 10_000)).toEqual([]);
+  }, 30_000);
+
+  it('every expression of the rules returns data: recording rules as written, alerts with their comparisons made bool', async () => {
+    const checks: Check[] = rules().map((r) =>
+      r.record ? { where: `record ${r.record}`, expr: r.record } : { where: `alert ${r.alert}`, expr: withBoolComparisons(r.expr) },
+    );
+    // The recording rules' own expressions too, not only their output.
+    for (const r of rules()) if (r.record) checks.push({ where: `record ${r.record} (expr)`, expr: r.expr });
+    expect(await eventuallyPasses(prom!, checks, 10_000)).toEqual([]);
+  }, 30_000);
+
+  it('Prometheus evaluates every rule without error, and the alerts this traffic should raise are raised', async () => {
+    const res = await request(`${prom!.url}/api/v1/rules`);
+    const body = (await res.body.json()) as {
+      data: { groups: Array<{ rules: Array<{ name: string; health: string; lastError?: string; type: string; alerts?: Array<{ labels: Record<string, string>; state: string }> }> }> };
+    };
+    const loaded = body.data.groups.flatMap((g) => g.rules);
+    expect(loaded.map((r) => r.name).sort()).toEqual(rules().map((r) => r.record ?? r.alert).sort());
+    for (const r of loaded) expect({ rule: r.name, health: r.health, lastError: r.lastError ?? '' }).toEqual({ rule: r.name, health: 'ok', lastError: '' });
+    const alerts = loaded.flatMap((r) => (r.alerts ?? []).map((a) => ({ alertname: a.labels.alertname, route: a.labels.route, state: a.state })));
+    // Route capped spent its whole $0.05 (no `for`: fires at once); the breaker of flaky is open (pending for 5 min).
+    expect(alerts).toContainEqual({ alertname: 'FuseboxBudgetSpent', route: 'capped', state: 'firing' });
+    expect(alerts).toContainEqual({ alertname: 'FuseboxBreakerOpen', route: 'flaky', state: 'pending' });
+    expect(alerts.map((a) => a.alertname)).not.toContain('FuseboxDown');
+  }, 20_000);
+
+  it('the bool rewrite keeps label matchers and strings intact', () => {
+    expect(withBoolComparisons('count(x{a!="b",c=~"d>e"} >= 1) > 0.75 < 1')).toBe('count(x{a!="b",c=~"d>e"} >= bool 1) > bool 0.75 < bool 1');
+    expect(withBoolComparisons('up == bool 0')).toBe('up == bool 0');
+  });
+});
