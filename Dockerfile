@@ -1,7 +1,10 @@
 # Fusebox sidecar image: Node 24 LTS, production dependencies only, non-root, read-only root filesystem friendly
 # (Fusebox writes nothing to disk unless store.snapshotPath points at a mounted volume).
 # Build: docker build -t fusebox:0.1.0 .
-# Run:   docker run --rm -p 4000:4000 -p 9901:9901 -v $PWD/config:/etc/fusebox:ro fusebox:0.1.0 --config /etc/fusebox/example.yaml
+# Run:   docker run --rm -p 127.0.0.1:4000:4000 -p 127.0.0.1:9901:9901 -v $PWD/fusebox.yaml:/etc/fusebox/config.yaml:ro \
+#          fusebox:0.1.0 --config /etc/fusebox/config.yaml
+#        with `listen.*.host: 0.0.0.0` in fusebox.yaml: the default CMD's example config binds 127.0.0.1, which only
+#        processes in the container's own network namespace reach (a Kubernetes sidecar, `--network container:`).
 
 FROM node:24-bookworm-slim AS build
 WORKDIR /app
@@ -24,8 +27,9 @@ COPY --from=prod-deps /app/node_modules ./node_modules
 COPY --from=build /app/dist ./dist
 COPY package.json ./
 COPY config ./config
-# The `node` user (uid 1000) of the official image; Kubernetes may pin runAsUser anyway.
-USER node
+# The `node` user of the official image, by number: the kubelet can verify `runAsNonRoot: true` only for a
+# numeric USER (a name fails the pod with "image has non-numeric user"). `fusebox inject` pins runAsUser anyway.
+USER 1000:1000
 EXPOSE 4000 9901
 HEALTHCHECK --interval=10s --timeout=2s --retries=3 \
   CMD ["node", "-e", "fetch('http://127.0.0.1:9901/healthz').then(r => process.exit(r.ok ? 0 : 1), () => process.exit(1))"]
