@@ -1,0 +1,237 @@
+import { mkdtempSync } from 'node:fs';
+import { cpus, loadavg, tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { throughputTool, type ThroughputTool } from './load/max-throughput.js';
+import { openLoop } from './load/open-loop.js';
+import { parseOptions, type BenchOptions } from './options.js';
+import {
+  canPin,
+  coreTimes,
+  cpuModel,
+  cpuSeconds,
+  killAll,
+  LOAD_CPU,
+  PROXY_CPU,
+  REPO_ROOT,
+  rssBytes,
+  pinSelf,
+  startServer,
+  type ServerChild,
+} from './proc.js';
+import { summarizeProfile } from './profile-summary.js';
+import { renderReport, writeReadme, type Measured, type RunInfo, type Skipped } from './report.js';
+import { OPTIONAL_TARGETS, PREFIX, TARGETS, type Role } from './targets.js';
+
+/**
+ * `npm run bench`: direct, then every target, then direct again, each measured the same way (see bench/README.md
+ * for the method). Every child is pinned, bounded in time, and killed on the way out, whatever happens.
+ */
+
+const opts = parseOptions(process.argv.slice(2), process.env);
+
+// Whatever happens, no child outlives the run.
+process.on('exit', killAll);
+for (const sig of ['SIGINT', 'SIGTERM', 'SIGHUP'] as const) {
+  process.once(sig, () => {
+    console.error(`\n${sig}: stopping every child`);
+    killAll();
+    process.exit(130);
+  });
+}
+const watchdogS = opts.quick ? 120 : 60 + (TARGETS.length + 2) * (opts.durationS * 2 + 30);
+const watchdog = setTimeout(() => {
+  console.error(`bench: still running after ${watchdogS} s; killing every child and giving up`);
+  killAll();
+  process.exit(1);
+}, watchdogS * 1000);
+
+const log = (line: string) => console.error(`[bench] ${line}`);
+const slug = (name: string) => name.replace(/[^A-Za-z0-9]+/g, '-').replace(/^-|-$/g, '').toLowerCase();
+
+interface Phase {
+  name: string;
+  role: Role | 'direct';
+  url: string;
+  /** Path prefix the target routes on ('' for the upstream itself). */
+  prefix: string;
+  /** Process whose CPU and RSS are measured; undefined for direct. */
+  pid?: number;
+  upstreamPid: number;
+  /** With `--profile`: the server to profile during the open-loop phase, and where the profile goes. */
+  profile?: { server: ServerChild; file: string };
+}
+
+interface CpuSample {
+  /** CPU seconds used by the server under test (0 for direct). */
+  server: number;
+  /** Busy and total jiffies summed over every core. */
+  busy: number;
+  total: number;
+  /** CPU seconds used by our own processes: this one (all threads), the upstream, the server. */
+  ours: number;
+  wallS: number;
+}
+
+const sampleCpu = (p: Phase): CpuSample => {
+  const cores = Array.from({ length: cpus().length }, (_, i) => coreTimes(i));
+  const self = process.cpuUsage();
+  const server = p.pid !== undefined ? cpuSeconds(p.pid) : 0;
+  return {
+    server,
+    busy: cores.reduce((a, c) => a + c.busy, 0),
+    total: cores.reduce((a, c) => a + c.total, 0),
+    ours: (self.user + self.system) / 1e6 + cpuSeconds(p.upstreamPid) + server,
+    wallS: performance.now() / 1000,
+  };
+};
+
+/** Server CPU over the interval, and what every other process on the machine used; both in % of one core. */
+const cpuBetween = (a: CpuSample, b: CpuSample) => {
+  const wallS = b.wallS - a.wallS;
+  const jiffiesPerSecond = (b.total - a.total) / Math.max(1e-9, wallS * cpus().length);
+  const allBusyS = (b.busy - a.busy) / Math.max(1, jiffiesPerSecond);
+  return {
+    serverPct: ((b.server - a.server) / wallS) * 100,
+    backgroundPct: Math.max(0, ((allBusyS - (b.ours - a.ours)) / wallS) * 100),
+  };
+};
+
+const mb = (bytes: number) => bytes / (1024 * 1024);
+
+const measure = async (p: Phase, o: BenchOptions, tool: ThroughputTool): Promise<Measured> => {
+  const json = `${p.prefix}/json`;
+  const sse = `${p.prefix}/sse`;
+  log(`${p.name}: warm-up`);
+  await tool.run(`${p.url}${json}`, o.warmupS);
+  await openLoop({ origin: p.url, path: sse, rate: o.sseRate, durationS: Math.min(0.2, o.warmupS), until: 'first-byte' });
+  await openLoop({ origin: p.url, path: json, rate: o.rate, durationS: o.quick ? 0.3 : 1, until: 'response' });
+
+  log(`${p.name}: open loop ${o.rate} req/s × ${o.durationS} s`);
+  await p.profile?.server.command({ cmd: 'profile-start' });
+  const c0 = sampleCpu(p);
+  const ol = await openLoop({ origin: p.url, path: json, rate: o.rate, durationS: o.durationS, until: 'response' });
+  const rated = cpuBetween(c0, sampleCpu(p));
+  if (p.profile !== undefined) await p.profile.server.command({ cmd: 'profile-stop', file: p.profile.file });
+  const rssAtRate = p.pid !== undefined ? rssBytes(p.pid) : undefined;
+
+  log(`${p.name}: SSE first byte × ${o.sseSamples}`);
+  const firstByte = await openLoop({ origin: p.url, path: sse, rate: o.sseRate, durationS: o.sseSamples / o.sseRate, until: 'first-byte' });
+
+  log(`${p.name}: max throughput (${tool.label}) × ${o.durationS} s`);
+  const c1 = sampleCpu(p);
+  const k0 = coreTimes(LOAD_CPU);
+  const max = await tool.run(`${p.url}${json}`, o.durationS);
+  const k1 = coreTimes(LOAD_CPU);
+  const atMax = cpuBetween(c1, sampleCpu(p));
+
+  const rss = p.pid !== undefined ? rssBytes(p.pid) : undefined;
+  const firstError = ol.firstError ?? firstByte.firstError;
+  return {
+    name: p.name,
+    role: p.role,
+    latency: ol.latency,
+    openLoopErrors: ol.errors,
+    ...(firstError !== undefined ? { firstError } : {}),
+    latenessP99Us: Math.max(ol.lateness.p99, firstByte.lateness.p99),
+    backgroundPct: rated.backgroundPct,
+    ...(p.pid !== undefined
+      ? { cpuAtRatePct: rated.serverPct, cpuPerRequestUs: ((rated.serverPct / 100) * ol.elapsedS * 1e6) / Math.max(1, ol.ok) }
+      : {}),
+    sse: firstByte.latency,
+    sseErrors: firstByte.errors,
+    maxRps: max.rps,
+    maxErrors: max.errors,
+    ...(p.pid !== undefined ? { cpuAtMaxPct: atMax.serverPct } : {}),
+    loadCoreAtMaxPct: ((k1.busy - k0.busy) / Math.max(1, k1.total - k0.total)) * 100,
+    ...(rssAtRate !== undefined ? { rssAtRateMb: mb(rssAtRate) } : {}),
+    ...(rss !== undefined ? { rssMb: mb(rss) } : {}),
+  };
+};
+
+const main = async () => {
+  const began = performance.now();
+  const date = new Date().toISOString();
+  const loadAvg = loadavg()
+    .map((n) => n.toFixed(2))
+    .join(' ');
+  pinSelf(LOAD_CPU);
+  const tool = throughputTool(opts.connections);
+  const selected = opts.only.length === 0 ? TARGETS : [...TARGETS, ...OPTIONAL_TARGETS].filter((t) => opts.only.some((s) => t.name.includes(s)));
+  log(
+    `${opts.quick ? 'quick mode, ' : ''}${selected.length} targets + direct ×2; ${canPin ? `pinned: server CPU ${PROXY_CPU}, load CPU ${LOAD_CPU}` : 'NOT pinned'}; throughput: ${tool.label}`,
+  );
+
+  const profileDir = opts.profile ? mkdtempSync(join(tmpdir(), 'fusebox-bench-profiles-')) : undefined;
+  const profiles: Array<{ name: string; file: string }> = [];
+  const upstream = await startServer('upstream.ts', LOAD_CPU, {});
+  const results: Measured[] = [];
+  const skipped: Skipped[] = [];
+  try {
+    results.push(await measure({ name: 'direct (start)', role: 'direct', url: upstream.url, prefix: '', upstreamPid: upstream.pid }, opts, tool));
+    for (const t of selected) {
+      const reason = t.unavailable?.();
+      if (reason !== undefined) {
+        log(`${t.name}: skipped (${reason})`);
+        skipped.push({ name: t.name, reason });
+        continue;
+      }
+      let server: ServerChild | undefined;
+      try {
+        server = await startServer(t.script, PROXY_CPU, t.env(upstream.url));
+        // HAProxy is not a Node process: nothing to profile.
+        const profile = profileDir !== undefined && t.role !== 'reference' ? { server, file: join(profileDir, `${slug(t.name)}.cpuprofile`) } : undefined;
+        results.push(
+          await measure(
+            { name: t.name, role: t.role, url: server.url, prefix: PREFIX, pid: server.pid, upstreamPid: upstream.pid, ...(profile ? { profile } : {}) },
+            opts,
+            tool,
+          ),
+        );
+        if (profile !== undefined) profiles.push({ name: t.name, file: profile.file });
+      } finally {
+        await server?.stop();
+      }
+    }
+    results.push(await measure({ name: 'direct (end)', role: 'direct', url: upstream.url, prefix: '', upstreamPid: upstream.pid }, opts, tool));
+  } finally {
+    await upstream.stop();
+  }
+
+  const info: RunInfo = {
+    date,
+    nproc: cpus().length,
+    cpuModel: cpuModel(),
+    node: process.version,
+    loadAvg,
+    pinned: canPin,
+    quick: opts.quick,
+    rate: opts.rate,
+    durationS: opts.durationS,
+    warmupS: opts.warmupS,
+    throughputTool: tool.label,
+    sseSamples: opts.sseSamples,
+    sseRate: opts.sseRate,
+    elapsedS: (performance.now() - began) / 1000,
+  };
+  const report = renderReport(info, results, skipped);
+  console.log(report);
+  for (const p of profiles) {
+    console.log(`\nCPU profile of ${p.name} during the open-loop phase (${p.file}, open it in Chrome DevTools):\n${summarizeProfile(p.file)}`);
+  }
+  if (opts.writeReadme) {
+    writeReadme(join(REPO_ROOT, 'bench', 'README.md'), report);
+    log('bench/README.md updated');
+  } else {
+    log('bench/README.md not updated (quick mode or --no-readme; pass --readme to write it)');
+  }
+};
+
+try {
+  await main();
+} catch (err) {
+  console.error(`bench failed: ${(err as Error).stack ?? String(err)}`);
+  process.exitCode = 1;
+} finally {
+  clearTimeout(watchdog);
+  killAll();
+}

@@ -1,0 +1,73 @@
+import { writeFileSync } from 'node:fs';
+import type { Session } from 'node:inspector/promises';
+
+/**
+ * The protocol every bench server child speaks: once it accepts connections it sends one IPC message
+ * `{ url, pid }` (`pid` is the process whose CPU and memory are measured, which for HAProxy is not this one).
+ * A child exits as soon as the IPC channel closes, so a killed or crashed orchestrator leaves nothing running.
+ * With `--profile`, the orchestrator brackets the open-loop phase with `profile-start` / `profile-stop`.
+ */
+export interface ReadyMessage {
+  url: string;
+  pid: number;
+}
+
+export type Command = { id: number; cmd: 'profile-start' } | { id: number; cmd: 'profile-stop'; file: string };
+export interface Reply {
+  id: number;
+  error?: string;
+}
+
+/** CPU profiling of this process through the inspector, written as a `.cpuprofile` (Chrome DevTools format). */
+const profiler = () => {
+  let session: Session | undefined;
+  return async (c: Command): Promise<void> => {
+    if (c.cmd === 'profile-start') {
+      // Loaded only when asked, so an unprofiled child carries none of it.
+      const { Session } = await import('node:inspector/promises');
+      session = new Session();
+      session.connect();
+      await session.post('Profiler.enable');
+      // 100 µs: enough samples in 10 s at 1,000 req/s without the sampling itself showing up in the numbers.
+      await session.post('Profiler.setSamplingInterval', { interval: 100 });
+      await session.post('Profiler.start');
+      return;
+    }
+    if (session === undefined) throw new Error('profile-stop without profile-start');
+    const { profile } = await session.post('Profiler.stop');
+    writeFileSync(c.file, JSON.stringify(profile));
+    session.disconnect();
+    session = undefined;
+  };
+};
+
+export const announce = (url: string, pid = process.pid, onExit: () => void = () => {}): void => {
+  if (process.send === undefined) {
+    console.error('this script is started by bench/run.ts (it needs an IPC channel)');
+    process.exit(2);
+  }
+  const bye = () => {
+    onExit();
+    process.exit(0);
+  };
+  process.once('disconnect', bye);
+  process.once('SIGTERM', bye);
+  const profile = profiler();
+  process.on('message', (c: Command) => {
+    profile(c).then(
+      () => process.send?.({ id: c.id } satisfies Reply),
+      (err: Error) => process.send?.({ id: c.id, error: err.message } satisfies Reply),
+    );
+  });
+  process.send({ url, pid } satisfies ReadyMessage);
+};
+
+/** Environment variable a child cannot run without. */
+export const requiredEnv = (name: string): string => {
+  const v = process.env[name];
+  if (v === undefined || v === '') {
+    console.error(`missing ${name}`);
+    process.exit(2);
+  }
+  return v;
+};

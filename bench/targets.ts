@@ -1,0 +1,107 @@
+import { canConnect, hasCommand } from './proc.js';
+
+/** Path prefix the proxies route on; the upstream sees the path without it. */
+export const PREFIX = '/bench';
+
+/**
+ * - `fusebox`: a Fusebox config; the issue's targets (added latency, throughput, SSE, RSS) are checked on it.
+ * - `floor`: the bare Node proxy; Fusebox's throughput target is a ratio to it. Exactly one.
+ * - `reference`: shown for scale only (HAProxy).
+ */
+export type Role = 'fusebox' | 'floor' | 'reference';
+
+export interface Target {
+  name: string;
+  role: Role;
+  /** Child script in bench/servers/. */
+  script: string;
+  /** Environment of the child, given the upstream's URL. */
+  env(upstreamUrl: string): Record<string, string>;
+  /** Why this target cannot run here (missing binary, no Redis...), or undefined when it can. */
+  unavailable?(): string | undefined;
+}
+
+type RawConfig = Record<string, unknown>;
+
+/** The one route every Fusebox target proxies through. Options a target adds go on top of it. */
+export const benchRoute = (upstreamUrl: string, extra: RawConfig = {}): RawConfig => ({
+  name: 'bench',
+  match: { pathPrefix: PREFIX },
+  upstream: { url: upstreamUrl },
+  ...extra,
+});
+
+/**
+ * A Fusebox config as it ships (every default, info-level access log), with `top` merged over the top level
+ * and `route` over the route. Listen ports are forced to 0 by the child.
+ */
+export const fuseboxConfig = (upstreamUrl: string, { top = {}, route = {} }: { top?: RawConfig; route?: RawConfig } = {}): RawConfig => ({
+  log: { level: 'info' },
+  ...top,
+  routes: [benchRoute(upstreamUrl, route)],
+});
+
+/** A Fusebox target: a name and a function from the upstream URL to its config. */
+export const fusebox = (
+  name: string,
+  config: (upstreamUrl: string) => RawConfig,
+  unavailable?: () => string | undefined,
+  extraEnv: Record<string, string> = {},
+): Target => ({
+  name,
+  role: 'fusebox',
+  script: 'fusebox.ts',
+  env: (up) => ({ BENCH_CONFIG: JSON.stringify(config(up)), ...extraEnv }),
+  ...(unavailable !== undefined ? { unavailable } : {}),
+});
+
+/**
+ * An LLM route with caps: every call estimates, reserves in the store, meters the answer's usage and commits its
+ * cost (the upstream answers a Chat Completions body with usage). The caps are high so nothing is refused; the
+ * store's own hot-path cost is what differs between the two.
+ */
+const caps = (store: RawConfig) => (up: string) =>
+  fuseboxConfig(up, {
+    top: { store, budgets: { agent: { dailyUsd: 1e6, dailyTokens: 1e12 }, fleet: { dailyUsd: 1e6 } } },
+    route: { provider: 'openai' },
+  });
+
+const BENCH_REDIS = process.env.BENCH_REDIS_URL ?? 'redis://127.0.0.1:6379';
+
+/** A TCP connect to the Redis the caps(redis) target uses; undefined when it answers. */
+const redisUnavailable = (): string | undefined => {
+  const u = new URL(BENCH_REDIS);
+  return canConnect(u.hostname, Number(u.port || 6379)) ? undefined : `no Redis at ${BENCH_REDIS} (set BENCH_REDIS_URL)`;
+};
+
+/**
+ * The targets of a default run, in run order (direct is measured before the first and after the last). Adding a
+ * Fusebox variant is one line.
+ */
+export const TARGETS: Target[] = [
+  fusebox('fusebox', (up) => fuseboxConfig(up)),
+  fusebox('fusebox+caps(memory)', caps({ kind: 'memory' })),
+  // Its own key prefix per run: a bench never touches a fleet's counters, and leaves keys that expire with their windows.
+  fusebox('fusebox+caps(redis)', caps({ kind: 'redis', url: BENCH_REDIS, keyPrefix: `fusebox-bench-${process.pid}` }), redisUnavailable),
+  {
+    name: '@fastify/http-proxy (floor)',
+    role: 'floor',
+    script: 'floor.ts',
+    env: (up) => ({ BENCH_UPSTREAM: up }),
+  },
+  {
+    name: 'haproxy (reference)',
+    role: 'reference',
+    script: 'haproxy.ts',
+    env: (up) => ({ BENCH_UPSTREAM: up }),
+    unavailable: () => (hasCommand('haproxy') ? undefined : 'haproxy is not installed (apt-get install haproxy)'),
+  },
+];
+
+/** Run only when named with `--targets=` (each costs ~25 s of a full run). */
+export const OPTIONAL_TARGETS: Target[] = [
+  // What the access log costs: the same Fusebox without its one line per request.
+  fusebox('fusebox (access log off)', (up) => fuseboxConfig(up, { top: { log: { level: 'warn' } } })),
+  // V8's young generation capped: what the runtime flag costs in CPU and saves in memory.
+  fusebox('fusebox (semi-space 16 MB)', (up) => fuseboxConfig(up), undefined, { NODE_OPTIONS: '--max-semi-space-size=16' }),
+];
