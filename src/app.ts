@@ -71,8 +71,19 @@ export const REDACT_PATHS = [
   'headers.*.authorization',
 ];
 
-export const createLogger = (level: Config['log']['level']): Logger =>
-  pino({ level, base: { service: 'fusebox' }, redact: { paths: REDACT_PATHS, censor: '[REDACTED]' }, timestamp: pino.stdTimeFunctions.isoTime });
+/**
+ * Lines are written to stdout in batches of 4 KiB or more, flushed at least every second and synchronously when
+ * the process exits (pino's exit hook): one write per call was ~150 µs of the ~550 µs of CPU a call cost at
+ * 1,000 req/s in bench/. What a SIGKILL can lose is the last second of lines.
+ */
+export const createLogger = (level: Config['log']['level']): Logger => {
+  const dest = pino.destination({ dest: 1, minLength: 4096, sync: false });
+  setInterval(() => dest.flush(), 1000).unref();
+  return pino(
+    { level, base: { service: 'fusebox' }, redact: { paths: REDACT_PATHS, censor: '[REDACTED]' }, timestamp: pino.stdTimeFunctions.isoTime },
+    dest,
+  );
+};
 
 const rawErrorResponse = (err: ProxyError): string => {
   const body = JSON.stringify(errorBody(err, { requestId: '-' }));
@@ -207,6 +218,8 @@ export const buildApp = async (config: Config, deps: AppDeps = {}): Promise<Fuse
         { proxy: urlOf(proxy), admin: urlOf(admin), routes: config.routes.map((r) => r.name), agent: config.agent.id, store: config.store.kind },
         'fusebox listening',
       );
+      // Batched lines would otherwise wait for the next second: supervisors and people watch for this one.
+      logger.flush();
       return { proxyUrl: urlOf(proxy), adminUrl: urlOf(admin) };
     },
     shutdown(graceMs = config.shutdown.graceMs) {
@@ -245,6 +258,7 @@ export const buildApp = async (config: Config, deps: AppDeps = {}): Promise<Fuse
         await counterStore.close();
         await store.close();
         logger.info('stopped');
+        logger.flush();
       })();
       return closed;
     },

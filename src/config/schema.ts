@@ -224,6 +224,9 @@ export const FaultsSchema = z.strictObject({
   reset: z.strictObject({ percent: percent }).optional(),
   /** Let the `x-fusebox-fault` request header (`abort=503`, `delay=200`, `reset`) trigger faults. Default false. */
   headerControl: z.boolean().default(false),
+}).refine((f) => !f.headerControl || f.enabled, {
+  message: 'headerControl needs enabled: true (with faults off, the x-fusebox-fault header would be silently ignored)',
+  path: ['headerControl'],
 });
 
 export const PriceSchema = z.strictObject({

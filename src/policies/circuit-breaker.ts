@@ -2,7 +2,7 @@ import type { BreakerConfig } from '../config/schema.js';
 import { isSlowCall } from '../upstream/classify.js';
 
 /*
- * Why our own breaker and not opossum (installed, and the obvious choice):
+ * Why our own breaker and not opossum (the obvious choice, tried first and removed):
  * - opossum counts thrown errors only; we judge *results* (a 503, a slow 200, an MCP `isError` inside a 200,
  *   a stream that broke after the headers) with the shared classifier, and a 4xx must count as neither.
  * - it runs 2 timers per breaker (rolling window + reset); with one breaker per model or MCP tool that is

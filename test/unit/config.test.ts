@@ -32,11 +32,20 @@ describe('config schema', () => {
     expect(problems({ routes: [{ ...route, credential: { env: 'sk-live-123' } }] })[0]).toContain('routes[0].credential.env: must be an environment variable name');
     expect(problems({ store: { kind: 'redis' }, routes: [route] })).toEqual(['store.url: is required when store.kind is "redis" (e.g. redis://127.0.0.1:6379)']);
     expect(problems({ routes: [{ ...route, retyr: {} }] })).toEqual(['routes[0]: unknown key "retyr" (check the spelling; see the README\'s config reference)']);
+    expect(problems({ routes: [{ ...route, faults: { headerControl: true } }] })[0]).toContain('routes[0].faults.headerControl: headerControl needs enabled: true');
+    expect(problems({ routes: [{ ...route, faults: { enabled: true, headerControl: true } }] })).toEqual([]);
   });
 
   it('expands ${VAR} and ${VAR:-default} in identities, and says which variable is missing', () => {
     expect(parseConfig({ agent: { id: '${POD_NAME}' }, routes: [route] }, 't', { POD_NAME: 'pod-1' }).agent.id).toBe('pod-1');
     expect(parseConfig({ agent: { id: '${POD_NAME:-local}' }, routes: [route] }, 't', {}).agent.id).toBe('local');
     expect(problems({ agent: { id: '${POD_NAME}' }, routes: [route] })[0]).toBe('agent.id: environment variable POD_NAME is not set (write ${POD_NAME:-default} to give a default)');
+  });
+
+  it('expands listen hosts, so one config serves a pod (loopback) and a published container', () => {
+    const raw = () => ({ listen: { proxy: { host: '${FUSEBOX_LISTEN_HOST:-127.0.0.1}', port: 4000 }, admin: { host: '${FUSEBOX_LISTEN_HOST:-127.0.0.1}' } }, routes: [route] });
+    expect(parseConfig(raw(), 't', {}).listen.proxy.host).toBe('127.0.0.1');
+    const published = parseConfig(raw(), 't', { FUSEBOX_LISTEN_HOST: '0.0.0.0' });
+    expect([published.listen.proxy.host, published.listen.admin.host]).toEqual(['0.0.0.0', '0.0.0.0']);
   });
 });
