@@ -1,5 +1,6 @@
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
 import { existsSync, readFileSync } from 'node:fs';
+import { createServer, type AddressInfo } from 'node:net';
 import { cpus } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -183,3 +184,29 @@ export const cpuModel = (): string => {
   const m = existsSync('/proc/cpuinfo') ? /model name\s*:\s*(.+)/.exec(readFileSync('/proc/cpuinfo', 'utf8')) : null;
   return m?.[1]?.trim() ?? cpus()[0]?.model ?? 'unknown';
 };
+
+/**
+ * A throwaway redis-server on a free port, pinned to `cpu`, persisting nothing; killed with every other child.
+ * Resolves with its URL once it accepts connections.
+ */
+export const startRedis = async (cpu: number): Promise<string> => {
+  const port = await freePort();
+  const [cmd, args] = pinned(cpu, 'redis-server', ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no']);
+  track(spawn(cmd, args, { stdio: 'ignore' }));
+  const deadline = Date.now() + 10_000;
+  while (!canConnect('127.0.0.1', port)) {
+    if (Date.now() > deadline) throw new Error(`redis-server on port ${port} did not start within 10 s`);
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  return `redis://127.0.0.1:${port}`;
+};
+
+const freePort = () =>
+  new Promise<number>((resolve, reject) => {
+    const s = createServer();
+    s.once('error', reject);
+    s.listen(0, '127.0.0.1', () => {
+      const { port } = s.address() as AddressInfo;
+      s.close(() => resolve(port));
+    });
+  });

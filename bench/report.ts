@@ -59,6 +59,8 @@ export const GOALS = {
   throughputVsFloor: 1.0,
   sseFirstByteMs: 1,
   rssMb: 150,
+  /** Issue 4: the Redis store adds at most this to p99 over the memory store. */
+  redisAddedP99Ms: 1,
 };
 
 const ms = (us: number) => (Number.isFinite(us) ? (us / 1000).toFixed(3) : 'n/a');
@@ -139,6 +141,18 @@ export const renderReport = (info: RunInfo, results: Measured[], skipped: Skippe
     });
     row('RSS after the run (max throughput last)', `≤ ${GOALS.rssMb} MB`, (f) =>
       f.rssMb === undefined ? 'n/a' : `${f.rssMb.toFixed(0)} MB ${verdict(f.rssMb <= GOALS.rssMb)}`,
+    );
+  }
+
+  const mem = results.find((r) => r.name === 'fusebox+caps(memory)');
+  const redis = results.find((r) => r.name === 'fusebox+caps(redis)');
+  if (mem && redis) {
+    const d99 = redis.latency.p99 - mem.latency.p99;
+    out.push(
+      '',
+      `Budget store on the hot path (issue 4: Redis adds ≤ ${GOALS.redisAddedP99Ms} ms p99 over memory): ` +
+        `p50 ${signedMs(redis.latency.p50 - mem.latency.p50)} ms, p99 ${signedMs(d99)} ms ${verdict(d99 / 1000 <= GOALS.redisAddedP99Ms)}; ` +
+        `CPU per request ${int(mem.cpuPerRequestUs)} → ${int(redis.cpuPerRequestUs)} µs.`,
     );
   }
 

@@ -1,3 +1,4 @@
+import { execFileSync } from 'node:child_process';
 import { mkdtempSync } from 'node:fs';
 import { cpus, loadavg, tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -13,14 +14,16 @@ import {
   LOAD_CPU,
   PROXY_CPU,
   REPO_ROOT,
+  hasCommand,
   rssBytes,
+  startRedis,
   pinSelf,
   startServer,
   type ServerChild,
 } from './proc.js';
 import { summarizeProfile } from './profile-summary.js';
 import { renderReport, writeReadme, type Measured, type RunInfo, type Skipped } from './report.js';
-import { OPTIONAL_TARGETS, PREFIX, TARGETS, type Role } from './targets.js';
+import { benchRedis, OPTIONAL_TARGETS, PREFIX, TARGETS, type Role } from './targets.js';
 
 /**
  * `npm run bench`: direct, then every target, then direct again, each measured the same way (see bench/README.md
@@ -155,6 +158,9 @@ const main = async () => {
     .map((n) => n.toFixed(2))
     .join(' ');
   pinSelf(LOAD_CPU);
+  // Fusebox is measured as production runs it: the compiled dist/, not tsx.
+  log('building dist/ (tsc -p tsconfig.build.json)');
+  execFileSync(process.execPath, [join(REPO_ROOT, 'node_modules', 'typescript', 'bin', 'tsc'), '-p', 'tsconfig.build.json'], { cwd: REPO_ROOT, stdio: 'inherit' });
   const tool = throughputTool(opts.connections);
   const selected = opts.only.length === 0 ? TARGETS : [...TARGETS, ...OPTIONAL_TARGETS].filter((t) => opts.only.some((s) => t.name.includes(s)));
   log(
@@ -164,6 +170,10 @@ const main = async () => {
   const profileDir = opts.profile ? mkdtempSync(join(tmpdir(), 'fusebox-bench-profiles-')) : undefined;
   const profiles: Array<{ name: string; file: string }> = [];
   const upstream = await startServer('upstream.ts', LOAD_CPU, {});
+  if (benchRedis.url === undefined && selected.some((t) => t.name.includes('redis')) && hasCommand('redis-server')) {
+    benchRedis.url = await startRedis(LOAD_CPU);
+    log(`redis-server for the caps(redis) target at ${benchRedis.url}, pinned to CPU ${LOAD_CPU}`);
+  }
   const results: Measured[] = [];
   const skipped: Skipped[] = [];
   try {

@@ -1,4 +1,6 @@
-import { canConnect, hasCommand } from './proc.js';
+import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { canConnect, hasCommand, REPO_ROOT } from './proc.js';
 
 /** Path prefix the proxies route on; the upstream sees the path without it. */
 export const PREFIX = '/bench';
@@ -22,6 +24,12 @@ export interface Target {
 }
 
 type RawConfig = Record<string, unknown>;
+
+/** `NODE_OPTIONS` of the image (the Dockerfile's `ENV NODE_OPTIONS=` line): Fusebox is measured as it ships. */
+export const PRODUCTION_NODE_OPTIONS = ((): string => {
+  const m = /^ENV NODE_OPTIONS=(.*)$/m.exec(readFileSync(join(REPO_ROOT, 'Dockerfile'), 'utf8'));
+  return m?.[1]?.replace(/^"|"$/g, '') ?? '';
+})();
 
 /** The one route every Fusebox target proxies through. Options a target adds go on top of it. */
 export const benchRoute = (upstreamUrl: string, extra: RawConfig = {}): RawConfig => ({
@@ -51,7 +59,7 @@ export const fusebox = (
   name,
   role: 'fusebox',
   script: 'fusebox.ts',
-  env: (up) => ({ BENCH_CONFIG: JSON.stringify(config(up)), ...extraEnv }),
+  env: (up) => ({ BENCH_CONFIG: JSON.stringify(config(up)), BENCH_FUSEBOX_DIST: join(REPO_ROOT, 'dist'), NODE_OPTIONS: PRODUCTION_NODE_OPTIONS, ...extraEnv }),
   ...(unavailable !== undefined ? { unavailable } : {}),
 });
 
@@ -66,12 +74,17 @@ const caps = (store: RawConfig) => (up: string) =>
     route: { provider: 'openai' },
   });
 
-const BENCH_REDIS = process.env.BENCH_REDIS_URL ?? 'redis://127.0.0.1:6379';
+/**
+ * The Redis of the caps(redis) target: `BENCH_REDIS_URL` if set, else one run.ts starts for the run on a free
+ * port, pinned to the load core like the upstream (everything that is not under test shares that core; the
+ * machine's own Redis would float onto the proxy's core and be measured as Fusebox's latency).
+ */
+export const benchRedis: { url?: string } = { ...(process.env.BENCH_REDIS_URL ? { url: process.env.BENCH_REDIS_URL } : {}) };
 
-/** A TCP connect to the Redis the caps(redis) target uses; undefined when it answers. */
 const redisUnavailable = (): string | undefined => {
-  const u = new URL(BENCH_REDIS);
-  return canConnect(u.hostname, Number(u.port || 6379)) ? undefined : `no Redis at ${BENCH_REDIS} (set BENCH_REDIS_URL)`;
+  if (benchRedis.url === undefined) return 'redis-server is not installed (apt-get install redis-server) and BENCH_REDIS_URL is not set';
+  const u = new URL(benchRedis.url);
+  return canConnect(u.hostname, Number(u.port || 6379)) ? undefined : `no Redis answers at ${benchRedis.url}`;
 };
 
 /**
@@ -82,7 +95,7 @@ export const TARGETS: Target[] = [
   fusebox('fusebox', (up) => fuseboxConfig(up)),
   fusebox('fusebox+caps(memory)', caps({ kind: 'memory' })),
   // Its own key prefix per run: a bench never touches a fleet's counters, and leaves keys that expire with their windows.
-  fusebox('fusebox+caps(redis)', caps({ kind: 'redis', url: BENCH_REDIS, keyPrefix: `fusebox-bench-${process.pid}` }), redisUnavailable),
+  fusebox('fusebox+caps(redis)', (up) => caps({ kind: 'redis', url: benchRedis.url, keyPrefix: `fusebox-bench-${process.pid}` })(up), redisUnavailable),
   {
     name: '@fastify/http-proxy (floor)',
     role: 'floor',
@@ -102,6 +115,6 @@ export const TARGETS: Target[] = [
 export const OPTIONAL_TARGETS: Target[] = [
   // What the access log costs: the same Fusebox without its one line per request.
   fusebox('fusebox (access log off)', (up) => fuseboxConfig(up, { top: { log: { level: 'warn' } } })),
-  // V8's young generation capped: what the runtime flag costs in CPU and saves in memory.
-  fusebox('fusebox (semi-space 16 MB)', (up) => fuseboxConfig(up), undefined, { NODE_OPTIONS: '--max-semi-space-size=16' }),
+  // Without the image's NODE_OPTIONS (V8's own young-generation sizing): what the flag saves in memory and costs in CPU.
+  fusebox('fusebox (V8 defaults)', (up) => fuseboxConfig(up), undefined, { NODE_OPTIONS: '' }),
 ];

@@ -1,12 +1,18 @@
-import { buildApp } from '../../src/app.js';
-import { parseConfig } from '../../src/config/load.js';
+import { join } from 'node:path';
+import { pathToFileURL } from 'node:url';
 import { announce, requiredEnv } from './announce.js';
 
 /**
  * Fusebox under test, built from `BENCH_CONFIG` (a JSON config object, see bench/targets.ts) exactly as
- * `src/main.ts` would build it from a file; only the listen ports are forced to 0. Logs go to this process's
+ * `src/main.ts` would build it from a file; only the listen ports are forced to 0. The code measured is the
+ * compiled `dist/` that production runs (run.ts builds it first): under tsx every closure made per request
+ * would also pay for esbuild's `__name` wrapper, which production does not. Logs go to this process's
  * stdout, which the orchestrator points at /dev/null: the cost of writing them is part of what is measured.
  */
+const dist = requiredEnv('BENCH_FUSEBOX_DIST');
+const { buildApp } = (await import(pathToFileURL(join(dist, 'src', 'app.js')).href)) as typeof import('../../src/app.js');
+const { parseConfig } = (await import(pathToFileURL(join(dist, 'src', 'config', 'load.js')).href)) as typeof import('../../src/config/load.js');
+
 const raw = JSON.parse(requiredEnv('BENCH_CONFIG')) as Record<string, unknown>;
 const config = parseConfig({ ...raw, listen: { proxy: { port: 0 }, admin: { port: 0 } } }, 'bench config');
 const app = await buildApp(config);
