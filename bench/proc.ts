@@ -201,7 +201,8 @@ export const startRedis = async (cpu: number): Promise<string> => {
   return `redis://127.0.0.1:${port}`;
 };
 
-const freePort = () =>
+/** A port nothing listens on right now (the OS picks it; a race with other processes is possible but harmless here). */
+export const freePort = (): Promise<number> =>
   new Promise<number>((resolve, reject) => {
     const s = createServer();
     s.once('error', reject);

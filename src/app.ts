@@ -207,6 +207,8 @@ export const buildApp = async (config: Config, deps: AppDeps = {}): Promise<Fuse
     state,
     slo: { recorder, evaluator },
     async listen() {
+      // A Redis store still connecting would count as down for the first calls (a `closed` route refuses them).
+      await store.ready?.(Math.max(1_000, config.store.timeoutMs * 4));
       await proxy.listen({ host: config.listen.proxy.host, port: config.listen.proxy.port });
       await admin.listen({ host: config.listen.admin.host, port: config.listen.admin.port });
       state.ownPorts.add((proxy.server.address() as AddressInfo).port);

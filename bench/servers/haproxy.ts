@@ -1,9 +1,9 @@
 import { spawn } from 'node:child_process';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
-import { createServer, connect } from 'node:net';
-import type { AddressInfo } from 'node:net';
+import { connect } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { freePort } from '../proc.js';
 import { announce, requiredEnv } from './announce.js';
 
 /**
@@ -12,16 +12,6 @@ import { announce, requiredEnv } from './announce.js';
  * as the Node children: it inherits the CPU pin, and is killed when the orchestrator's IPC channel closes.
  */
 const upstream = new URL(requiredEnv('BENCH_UPSTREAM'));
-
-const freePort = () =>
-  new Promise<number>((resolve, reject) => {
-    const s = createServer();
-    s.once('error', reject);
-    s.listen(0, '127.0.0.1', () => {
-      const { port } = s.address() as AddressInfo;
-      s.close(() => resolve(port));
-    });
-  });
 
 const accepts = (port: number) =>
   new Promise<boolean>((resolve) => {

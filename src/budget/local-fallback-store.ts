@@ -26,6 +26,8 @@ import { windowAt } from './windows.js';
 /** The store being protected (RedisStore): a BudgetStore that says when it is connected again. */
 export interface SharedStore extends BudgetStore {
   onReady(listener: () => void): void;
+  /** Resolves once connected; rejects after `timeoutMs`. */
+  waitReady(timeoutMs: number): Promise<void>;
 }
 
 /** A commit made while the shared store was away, replayed into it later. */
@@ -201,6 +203,11 @@ export class LocalFallbackStore implements BudgetStore {
       this.replaying = undefined;
     });
     return this.replaying;
+  }
+
+  async ready(timeoutMs: number): Promise<void> {
+    // Down after the wait is not an error here: the first call finds out and serves locally (or refuses).
+    await this.shared.waitReady(timeoutMs).catch(() => {});
   }
 
   async close(): Promise<void> {

@@ -203,6 +203,11 @@ export interface BudgetStore {
   readBuckets(keys: readonly string[]): Promise<BucketValues[]>;
   /** False while the store cannot be reached (a gauge). */
   available(): boolean;
+  /**
+   * Waits at most `timeoutMs` for a store that connects (Redis) to be usable; never rejects. Called before the
+   * sidecar accepts calls, so its first calls do not find a store that is merely still connecting "down".
+   */
+  ready?(timeoutMs: number): Promise<void>;
   close(): Promise<void>;
 }
 

@@ -176,6 +176,83 @@ describe('caps', () => {
     const budgets = (await (await request(`${second.adminUrl}/admin/budgets`)).body.json()) as { scopes: Array<{ scope: string; window: string; spentUsd: number }> };
     expect(budgets.scopes.find((s) => s.scope === 'agent' && s.window === 'day')?.spentUsd).toBeCloseTo(3 * COST_USD, 9);
   });
+
+  it('refuses a request whose estimate is over maxRequestTokens with 402 (scope request, unit tokens), before contacting the upstream', async () => {
+    const fb = await start({ routes: llmRoutes(up, { maxRequestTokens: 200 }) });
+    const before = up.seen.length;
+    const res = await chat(fb, {}, 1000);
+    expect(res.statusCode).toBe(402);
+    expect(res.headers['x-should-retry']).toBe('false');
+    expect(res.headers['x-fusebox-error']).toBe('BUDGET_EXCEEDED');
+    const body = (await res.body.json()) as { requested: number };
+    expect(body).toMatchObject({ code: 'BUDGET_EXCEEDED', scope: 'request', scopeId: 'openai', unit: 'tokens', limit: 200 });
+    // prompt tokens + the 1000 output tokens the call allows itself
+    expect(body.requested).toBeGreaterThan(1000);
+    expect(up.seen.length).toBe(before);
+    // Under the cap the same route calls the upstream: it is the token count that refused, nothing else.
+    const small = await chat(fb, {}, 50);
+    expect(small.statusCode).toBe(200);
+    await small.body.dump();
+    expect(up.seen.length).toBe(before + 1);
+    expect(metricValue(await fb.metricsText(), 'fusebox_budget_rejections_total', { scope_kind: 'request', reason: 'BUDGET_EXCEEDED' })).toBe(1);
+  });
+
+  it('adds Retry-After to a 402 whose window resets within the hour, and leaves it off when the reset is further away', async () => {
+    let clock = Date.parse('2026-11-20T12:00:00.000Z');
+    const fb = await startFusebox(
+      { budgets: { agent: { dailyTokens: 100 }, workflow: { maxCalls: 1, idleTtlMs: 600_000 } }, routes: llmRoutes(up) },
+      { env: { ...process.env }, now: () => clock },
+    );
+    running.push(fb);
+
+    // Day cap at noon: the window resets in 12 h, not worth an agent's wait.
+    const noon = await chat(fb, {}, 1000);
+    expect(noon.statusCode).toBe(402);
+    expect(noon.headers['retry-after']).toBeUndefined();
+    expect(await noon.body.json()).toMatchObject({ code: 'BUDGET_EXCEEDED', scope: 'agent', window: 'day', unit: 'tokens', resetsAt: '2026-11-21T00:00:00.000Z' });
+
+    clock = Date.parse('2026-11-20T23:30:00.000Z');
+    const late = await chat(fb, {}, 1000);
+    expect(late.statusCode).toBe(402);
+    expect(late.headers['retry-after']).toBe('1800');
+    await late.body.dump();
+
+    // A reset under a second away still asks for a whole second (0 would mean "retry now").
+    clock = Date.parse('2026-11-20T23:59:59.400Z');
+    const lastSecond = await chat(fb, {}, 1000);
+    expect(lastSecond.headers['retry-after']).toBe('1');
+    await lastSecond.body.dump();
+
+    // A workflow window ends idleTtlMs after the workflow was last seen (here: 10 min − 1 min idle = 540 s).
+    clock = Date.parse('2026-11-21T08:00:00.000Z');
+    const wf = { 'x-fusebox-workflow': 'wf-ttl' };
+    const first = await request(`${fb.proxyUrl}/tool/fast`, { headers: wf });
+    expect(first.statusCode).toBe(200);
+    await first.body.dump();
+    clock += 60_000;
+    const second = await request(`${fb.proxyUrl}/tool/fast`, { headers: wf });
+    expect(second.statusCode).toBe(402);
+    expect(second.headers['retry-after']).toBe('540');
+    expect(await second.body.json()).toMatchObject({ code: 'CALL_LIMIT', scope: 'workflow', scopeId: 'wf-ttl', resetsAt: '2026-11-21T08:10:00.000Z' });
+  });
+
+  it('passes an OpenAI request body through byte for byte when includeStreamUsage is false', async () => {
+    // Odd spacing, key order and an integer above 2^53: any re-serialisation would change these bytes.
+    const raw = '{ "stream" : true,"model":"test-model","seed":12345678901234567890,\n "messages":[{"role":"user","content":"hi"}],"max_tokens":50}';
+    const send = async (fb: RunningFusebox) => {
+      const res = await request(`${fb.proxyUrl}/openai/v1/chat/completions`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: raw });
+      expect(res.statusCode).toBe(200);
+      await res.body.text();
+      return up.seen.at(-1)!.body;
+    };
+    const off = await start({ routes: llmRoutes(up, { includeStreamUsage: false }) });
+    expect((await send(off)).equals(Buffer.from(raw))).toBe(true);
+    // The default route does rewrite the same body, so the comparison above can tell the two apart.
+    const on = await start({ routes: llmRoutes(up) });
+    const rewritten = (await send(on)).toString('utf8');
+    expect(rewritten).not.toBe(raw);
+    expect(rewritten).toContain('"include_usage":true');
+  });
 });
 
 describe('a fleet sharing one Redis', () => {
@@ -270,5 +347,39 @@ describe('a fleet sharing one Redis', () => {
     await expect.poll(async () => metricValue(await fb.metricsText(), 'fusebox_store_up'), { timeout: 5000, interval: 100 }).toBe(1);
     const budgets = (await (await request(`${fb.adminUrl}/admin/budgets`)).body.json()) as { scopes: Array<{ scope: string; window: string; spentUsd: number }> };
     expect(budgets.scopes.find((s) => s.scope === 'agent' && s.window === 'day')?.spentUsd).toBeCloseTo(5 * COST_USD, 9);
+  });
+
+  it('answers 503 BUDGET_STORE_UNAVAILABLE on a storeUnavailable: closed route while Redis is down, without calling the upstream', async () => {
+    // Its own Redis: this one is killed and never comes back.
+    const own = await startRedis();
+    try {
+      const fb = await start({
+        agent: { id: 'closed' },
+        store: { kind: 'redis', url: own.url, keyPrefix: 'closed', timeoutMs: 100 },
+        routes: [
+          { name: 'strict', match: { pathPrefix: '/strict' }, upstream: { url: up.url }, budget: { storeUnavailable: 'closed' } },
+          { name: 'lenient', match: { pathPrefix: '/lenient' }, upstream: { url: up.url } },
+        ],
+      });
+      // The sidecar waits for Redis before it listens, so even its very first call is served, not refused.
+      const first = await request(`${fb.proxyUrl}/strict/fast`);
+      expect(first.statusCode).toBe(200);
+      await first.body.dump();
+      expect(metricValue(await fb.metricsText(), 'fusebox_store_up')).toBe(1);
+      own.kill();
+      const before = up.count('/fast');
+      const refused = await request(`${fb.proxyUrl}/strict/fast`);
+      expect(refused.statusCode).toBe(503);
+      expect(refused.headers['x-fusebox-error']).toBe('BUDGET_STORE_UNAVAILABLE');
+      expect(await refused.body.json()).toMatchObject({ code: 'BUDGET_STORE_UNAVAILABLE', route: 'strict' });
+      expect(up.count('/fast')).toBe(before);
+      // Same outage, default `local` route: served from the local slice, so the 503 above is the route's choice.
+      const lenient = await request(`${fb.proxyUrl}/lenient/fast`);
+      expect(lenient.statusCode).toBe(200);
+      await lenient.body.dump();
+      expect(up.count('/fast')).toBe(before + 1);
+    } finally {
+      await own.stop();
+    }
   });
 });

@@ -338,3 +338,147 @@ describe('core proxy', () => {
     expect(line?.bytesOut).toBeGreaterThan(0);
   });
 });
+
+describe('logs never carry secrets', () => {
+  let up: TestUpstream;
+  let fb: RunningFusebox;
+  const SECRETS = {
+    upstreamKey: 'sk-ant-upstream-xkey-777',
+    agentKey: 'agent-xkey-secret-555',
+    cookie: 'cookie-session-secret-444',
+    otherCookie: 'cookie-pref-secret-333',
+    token: 'query-token-secret-111',
+    signature: 'query-sig-secret-222',
+    password: 'query-pass-secret-666',
+  };
+  beforeAll(async () => {
+    up = await startUpstream();
+    fb = await startFusebox(
+      {
+        routes: [
+          {
+            name: 'xkey',
+            match: { pathPrefix: '/xkey' },
+            upstream: { url: up.url },
+            credential: { env: 'FUSEBOX_TEST_XKEY', header: 'x-api-key', prefix: '' },
+            retry: { enabled: false },
+            breaker: { enabled: false },
+          },
+          { name: 'plain', match: { pathPrefix: '/plain' }, upstream: { url: up.url }, retry: { enabled: false }, breaker: { enabled: false } },
+        ],
+      },
+      { env: { ...process.env, FUSEBOX_TEST_XKEY: SECRETS.upstreamKey } },
+    );
+  });
+  afterAll(async () => {
+    await fb?.stop();
+    await up?.close();
+  });
+
+  it('sets an x-api-key credential without a prefix, and logs neither it nor the x-api-key and cookie headers the agent sent', async () => {
+    const headers = { 'x-api-key': SECRETS.agentKey, cookie: `session=${SECRETS.cookie}; pref=${SECRETS.otherCookie}` };
+    const res = await request(`${fb.proxyUrl}/xkey/echo`, { headers: { ...headers, 'x-request-id': 'xkey-1' } });
+    const echoed = (await res.body.json()) as { headers: Record<string, string> };
+    expect(echoed.headers['x-api-key']).toBe(SECRETS.upstreamKey);
+    expect(echoed.headers.authorization).toBeUndefined();
+    // A route without a credential forwards the agent's own key; answers that end in warn lines (an upstream
+    // 500, a reset) carry the same headers, so every kind of access line is searched below.
+    await (await request(`${fb.proxyUrl}/plain/echo`, { headers })).body.dump();
+    await (await request(`${fb.proxyUrl}/plain/status?code=500`, { headers })).body.dump();
+    await (await request(`${fb.proxyUrl}/xkey/reset`, { headers })).body.dump();
+    await new Promise((r) => setTimeout(r, 20));
+    expect(fb.logs.filter((l) => l.msg === 'request')).toHaveLength(4);
+    expect(fb.logs.find((l) => l.requestId === 'xkey-1' && l.msg === 'request')).toMatchObject({ route: 'xkey', status: 200 });
+    const text = fb.logText();
+    for (const secret of [SECRETS.upstreamKey, SECRETS.agentKey, SECRETS.cookie, SECRETS.otherCookie]) expect(text).not.toContain(secret);
+  });
+
+  it('redacts the values of key-like query parameters in the access line and keeps the others', async () => {
+    const query = `q=keep-me&token=${SECRETS.token}&X-Amz-Signature=${SECRETS.signature}&password=${SECRETS.password}&page=2`;
+    const res = await request(`${fb.proxyUrl}/plain/echo?${query}`, { headers: { 'x-request-id': 'query-1' } });
+    // The upstream still gets the real query: only the log is censored.
+    expect(((await res.body.json()) as { url: string }).url).toBe(`/echo?${query}`);
+    await new Promise((r) => setTimeout(r, 20));
+    const line = fb.logs.find((l) => l.requestId === 'query-1' && l.msg === 'request');
+    expect(line?.path).toBe('/echo?q=keep-me&token=[REDACTED]&X-Amz-Signature=[REDACTED]&password=[REDACTED]&page=2');
+    const text = fb.logText();
+    for (const secret of [SECRETS.token, SECRETS.signature, SECRETS.password]) expect(text).not.toContain(secret);
+  });
+});
+
+describe('timeouts end to end', () => {
+  let up: TestUpstream;
+  let fb: RunningFusebox;
+  beforeAll(async () => {
+    up = await startUpstream();
+    // Headers and a first chunk, then silence until the connection is closed.
+    up.on('/stall', (_req, res) => {
+      res.writeHead(200, { 'content-type': 'text/plain' });
+      res.write('first part;');
+    });
+    // A failure worth retrying that takes 150 ms to arrive: three of them do not fit in a 400 ms call.
+    up.on('/slow-503', async (_req, res) => {
+      await new Promise((r) => setTimeout(r, 150));
+      if (!res.destroyed) json(res, 503, { slow: true });
+    });
+    fb = await startFusebox({
+      routes: [
+        { name: 'idle', match: { pathPrefix: '/idle' }, upstream: { url: up.url }, timeouts: { bodyIdleMs: 200 }, retry: { enabled: false }, breaker: { enabled: false } },
+        {
+          name: 'total',
+          match: { pathPrefix: '/total' },
+          upstream: { url: up.url },
+          timeouts: { totalMs: 400 },
+          retry: { maxRetries: 5, baseMs: 1 },
+          breaker: { enabled: false },
+        },
+      ],
+    });
+  });
+  afterAll(async () => {
+    await fb?.stop();
+    await up?.close();
+  });
+
+  it('cuts a body that goes silent for bodyIdleMs: the agent sees a broken stream, the access line says stream_broken', async () => {
+    const started = performance.now();
+    const res = await request(`${fb.proxyUrl}/idle/stall`, { headers: { 'x-request-id': 'idle-1' } });
+    expect(res.statusCode).toBe(200);
+    await expect(res.body.text()).rejects.toThrow();
+    const elapsed = performance.now() - started;
+    // undici runs body timeouts on its coarse timers (~0.5–1 s resolution), so only the bounds are exact.
+    expect(elapsed).toBeGreaterThanOrEqual(190);
+    expect(elapsed).toBeLessThan(2500);
+    // The upstream connection is dropped too, not left hanging.
+    await expect(Promise.race([up.seen.at(-1)!.closed.then(() => 'closed'), new Promise((r) => setTimeout(() => r('still open'), 1000))])).resolves.toBe('closed');
+    await new Promise((r) => setTimeout(r, 20));
+    const line = fb.logs.find((l) => l.requestId === 'idle-1' && l.msg === 'request');
+    expect(line).toMatchObject({ route: 'idle', status: 200, outcome: 'stream_broken', level: 40 });
+    expect(String(line?.error)).toMatch(/timeout/i);
+    expect(metricValue(await fb.metricsText(), 'fusebox_requests_total', { route: 'idle', outcome: 'stream_broken' })).toBe(1);
+  });
+
+  it('answers 504 UPSTREAM_TIMEOUT phase total when retries run past timeouts.totalMs', async () => {
+    const started = performance.now();
+    const res = await request(`${fb.proxyUrl}/total/slow-503`);
+    const elapsed = performance.now() - started;
+    expect(res.statusCode).toBe(504);
+    expect(res.headers['x-fusebox-error']).toBe('UPSTREAM_TIMEOUT');
+    expect(await res.body.json()).toMatchObject({ code: 'UPSTREAM_TIMEOUT', phase: 'total', route: 'total' });
+    expect(elapsed).toBeGreaterThanOrEqual(390);
+    expect(elapsed).toBeLessThan(1500);
+    // The deadline covers the whole call: it cut the third attempt, not each attempt on its own.
+    expect(up.count('/slow-503')).toBeGreaterThanOrEqual(2);
+    expect(up.count('/slow-503')).toBeLessThanOrEqual(3);
+  });
+
+  it('cuts a stream still running at timeouts.totalMs', async () => {
+    const res = await request(`${fb.proxyUrl}/total/sse?n=100&every=50`, { headers: { 'x-request-id': 'total-sse' } });
+    expect(res.statusCode).toBe(200);
+    const started = performance.now();
+    await expect(res.body.text()).rejects.toThrow();
+    expect(performance.now() - started).toBeLessThan(1500);
+    await new Promise((r) => setTimeout(r, 20));
+    expect(fb.logs.find((l) => l.requestId === 'total-sse' && l.msg === 'request')).toMatchObject({ outcome: 'stream_broken' });
+  });
+});

@@ -353,3 +353,113 @@ describe('resilience: retries, breakers, fallbacks against a misbehaving upstrea
     expect(metricValue(text, 'fusebox_breaker_rejections_total', { route: 'sdk' })).toBe(1);
   });
 });
+
+describe('fault injection: by percentage with an injected random, and by header', () => {
+  let up: TestUpstream;
+  let fb: RunningFusebox;
+  /** Cycles through 20 evenly spaced values (0.025, 0.075 … 0.975): over 20 rolls exactly p % fall under p. */
+  let draws = 0;
+  const random = () => ((draws++ % 20) + 0.5) / 20;
+  const plain = { retry: { enabled: false }, breaker: { enabled: false } };
+
+  beforeAll(async () => {
+    up = await startUpstream();
+    fb = await startFusebox(
+      {
+        routes: [
+          { name: 'abort30', match: { pathPrefix: '/abort30' }, upstream: { url: up.url }, faults: { enabled: true, abort: { percent: 30, status: 418 } }, ...plain },
+          { name: 'reset20', match: { pathPrefix: '/reset20' }, upstream: { url: up.url }, faults: { enabled: true, reset: { percent: 20 } }, ...plain },
+          { name: 'delay10', match: { pathPrefix: '/delay10' }, upstream: { url: up.url }, faults: { enabled: true, delay: { percent: 10, ms: 300 } }, ...plain },
+          { name: 'chaos', match: { pathPrefix: '/chaos' }, upstream: { url: up.url }, faults: { enabled: true, headerControl: true }, ...plain },
+          { name: 'noheader', match: { pathPrefix: '/noheader' }, upstream: { url: up.url }, faults: { enabled: true }, ...plain },
+        ],
+      },
+      { random },
+    );
+  });
+  afterAll(async () => {
+    await fb?.stop();
+    await up?.close();
+  });
+
+  /** 20 calls in a row; each answer's status and how long it took. */
+  const twenty = async (path: string) => {
+    draws = 0;
+    const out: Array<{ status: number; ms: number; fault: unknown }> = [];
+    for (let i = 0; i < 20; i++) {
+      const started = performance.now();
+      const res = await request(`${fb.proxyUrl}${path}`);
+      await res.body.dump();
+      out.push({ status: res.statusCode, ms: performance.now() - started, fault: res.headers['x-fusebox-fault'] });
+    }
+    return out;
+  };
+  const faults = async (route: string, kind: string) => metricValue(await fb.metricsText(), 'fusebox_faults_injected_total', { route, kind });
+
+  it('aborts the configured percentage of calls with the configured status, without calling the upstream', async () => {
+    const before = up.count('/fast');
+    const results = await twenty('/abort30/fast');
+    expect(results.filter((r) => r.status === 418 && r.fault === 'abort')).toHaveLength(6);
+    expect(results.filter((r) => r.status === 200)).toHaveLength(14);
+    expect(up.count('/fast') - before).toBe(14);
+    expect(await faults('abort30', 'abort')).toBe(6);
+  });
+
+  it('resets the configured percentage of calls (502 UPSTREAM_RESET), without calling the upstream', async () => {
+    const before = up.count('/fast');
+    const results = await twenty('/reset20/fast');
+    expect(results.filter((r) => r.status === 502)).toHaveLength(4);
+    expect(up.count('/fast') - before).toBe(16);
+    expect(await faults('reset20', 'reset')).toBe(4);
+  });
+
+  it('delays the configured percentage of calls by the configured time, then sends them', async () => {
+    const before = up.count('/fast');
+    const results = await twenty('/delay10/fast');
+    expect(results.every((r) => r.status === 200)).toBe(true);
+    expect(results.filter((r) => r.ms >= 295)).toHaveLength(2);
+    expect(up.count('/fast') - before).toBe(20);
+    expect(await faults('delay10', 'delay')).toBe(2);
+  });
+
+  it('obeys x-fusebox-fault delay=<ms>, reset and combined parts, ignores unknown parts, and never forwards the header', async () => {
+    const call = async (fault: string) => {
+      const started = performance.now();
+      const res = await request(`${fb.proxyUrl}/chaos/fast`, { headers: { 'x-fusebox-fault': fault } });
+      const body = (await res.body.json()) as Record<string, unknown>;
+      return { status: res.statusCode, headers: res.headers, body, ms: performance.now() - started };
+    };
+    const before = up.count('/fast');
+
+    const delayed = await call('delay=250');
+    expect(delayed.status).toBe(200);
+    expect(delayed.ms).toBeGreaterThanOrEqual(245);
+    expect(up.count('/fast') - before).toBe(1);
+    expect(up.seen.at(-1)!.headers['x-fusebox-fault']).toBeUndefined();
+
+    const reset = await call('reset');
+    expect(reset.status).toBe(502);
+    expect(reset.body).toMatchObject({ code: 'UPSTREAM_RESET', fault: 'reset' });
+
+    const both = await call('delay=100; abort=429');
+    expect(both.status).toBe(429);
+    expect(both.headers['x-fusebox-fault']).toBe('abort');
+    expect(both.ms).toBeGreaterThanOrEqual(95);
+
+    const junk = await call('bogus=1, abort=42, delay=soon, abort');
+    expect(junk.status).toBe(200);
+    expect(junk.headers['x-fusebox-fault']).toBeUndefined();
+    expect(up.count('/fast') - before).toBe(2);
+
+    expect(await faults('chaos', 'delay')).toBe(2);
+    expect(await faults('chaos', 'reset')).toBe(1);
+    expect(await faults('chaos', 'abort')).toBe(1);
+  });
+
+  it('ignores the header on a route with faults enabled but headerControl off', async () => {
+    const res = await request(`${fb.proxyUrl}/noheader/fast`, { headers: { 'x-fusebox-fault': 'abort=503' } });
+    expect(res.statusCode).toBe(200);
+    await res.body.dump();
+    expect(await faults('noheader', 'abort')).toBe(0);
+  });
+});
