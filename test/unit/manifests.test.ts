@@ -116,8 +116,12 @@ describe('deploy/kubernetes', () => {
   it('the example config is valid for Fusebox and agrees with the sidecar inject builds', () => {
     const cm = one<IConfigMap>('base/configmap.yaml', 'ConfigMap', o.configMapName);
     const text = cm.data?.['config.yaml'] ?? '';
-    const config = parseConfig(parseAllDocuments(text)[0]!.toJS(), 'configmap.yaml', { POD_NAME: 'research-agent-7d9f-abcde' });
-    expect(config.agent.id).toBe('research-agent-7d9f-abcde');
+    // The environment inject gives the sidecar: the agent label, not the pod name, is the budget identity.
+    const env = { POD_NAME: 'research-agent-7d9f-abcde', FUSEBOX_AGENT: 'research-agent' };
+    const config = parseConfig(parseAllDocuments(text)[0]!.toJS(), 'configmap.yaml', env);
+    expect(config.agent.id).toBe('research-agent');
+    // An unlabelled pod gets an empty FUSEBOX_AGENT from the downward API: a shared, visible fallback, not a crash.
+    expect(parseConfig(parseAllDocuments(text)[0]!.toJS(), 'configmap.yaml', { ...env, FUSEBOX_AGENT: '' }).agent.id).toBe('unlabelled');
     expect(config.listen.proxy).toMatchObject({ host: '127.0.0.1', port: o.proxyPort });
     expect(config.listen.admin).toMatchObject({ host: '0.0.0.0', port: o.adminPort, tokenEnv: 'FUSEBOX_ADMIN_TOKEN' });
     expect(config.shutdown.graceMs).toBe(DEFAULT_INJECT_OPTIONS.graceMs);
