@@ -1,6 +1,7 @@
 import { randomBytes } from 'node:crypto';
 import { createServer, type IncomingMessage, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
+import { hostname } from 'node:os';
 import type { Duplex } from 'node:stream';
 import Fastify, { type FastifyInstance } from 'fastify';
 import { pino, type Logger } from 'pino';
@@ -80,7 +81,8 @@ export const createLogger = (level: Config['log']['level']): Logger => {
   const dest = pino.destination({ dest: 1, minLength: 4096, sync: false });
   setInterval(() => dest.flush(), 1000).unref();
   return pino(
-    { level, base: { service: 'fusebox' }, redact: { paths: REDACT_PATHS, censor: '[REDACTED]' }, timestamp: pino.stdTimeFunctions.isoTime },
+    // `host` is the pod name in Kubernetes, where `agent` (the budget identity) is the agent label.
+    { level, base: { service: 'fusebox', host: hostname() }, redact: { paths: REDACT_PATHS, censor: '[REDACTED]' }, timestamp: pino.stdTimeFunctions.isoTime },
     dest,
   );
 };
