@@ -252,12 +252,12 @@ interface Prometheus {
   stop(): Promise<void>;
 }
 
-/** The real `prometheus` binary on a free loopback port, scraping `target` every second and evaluating our rules. */
-const startPrometheus = async (dir: string, target: string): Promise<Prometheus> => {
+/** The real `prometheus` binary on a free loopback port, scraping `target` every second and evaluating these rule files. */
+const startPrometheus = async (dir: string, target: string, ruleFiles: string[]): Promise<Prometheus> => {
   const port = await freePort();
   const config = {
     global: { scrape_interval: '1s', scrape_timeout: '1s', evaluation_interval: '1s' },
-    rule_files: [RULES_FILE],
+    rule_files: ruleFiles,
     // `agent` as the PodMonitor sets it (deploy/kubernetes/base/podmonitor.yaml), so the per-agent queries have it.
     scrape_configs: [{ job_name: 'fusebox', metrics_path: '/metrics', static_configs: [{ targets: [target], labels: { agent: 'e2e-agent' } }] }],
   };
@@ -295,6 +295,30 @@ const startPrometheus = async (dir: string, target: string): Promise<Prometheus>
   return { url, logs: () => logs, stop };
 };
 
+interface LoadedRule {
+  name: string;
+  health: string;
+  lastError?: string;
+  type: string;
+  labels?: Record<string, string>;
+  alerts?: Array<{ labels: Record<string, string>; state: string }>;
+}
+
+/** The rules Prometheus loaded from one rule file, as its rules API reports them. */
+const loadedRules = async (prom: Prometheus, file: string): Promise<LoadedRule[]> => {
+  const res = await request(`${prom.url}/api/v1/rules`);
+  const body = (await res.body.json()) as { data: { groups: Array<{ file: string; rules: LoadedRule[] }> } };
+  return body.data.groups.filter((g) => g.file === file).flatMap((g) => g.rules);
+};
+
+/** A rule's labels as a PromQL matcher, so each generated per-route rule is checked on its own series. */
+const matcherOf = (labels: Record<string, string> = {}): string => {
+  const pairs = Object.entries(labels)
+    .sort(([a], [b]) => a.localeCompare(b))
+    .map(([k, v]) => `${k}="${v}"`);
+  return pairs.length === 0 ? '' : `{${pairs.join(',')}}`;
+};
+
 interface Sample {
   metric: Record<string, string>;
   value: [number, string];
@@ -309,12 +333,15 @@ const query = async (prom: Prometheus, expr: string): Promise<{ ok: true; result
   return { ok: true, result: data.resultType === 'scalar' ? [{ metric: {}, value: data.result as [number, string] }] : (data.result as Sample[]) };
 };
 
-/** An OK query returning at least one series with a finite value: what a panel needs to draw something. */
-const checkHasData = async (prom: Prometheus, expr: string): Promise<string | undefined> => {
+/**
+ * An OK query returning at least one series with a finite value: what a panel needs to draw something. With
+ * `acceptNaN`, series are enough (an error ratio of a route and SLO that counted no event is 0 / 0).
+ */
+const checkHasData = async (prom: Prometheus, expr: string, acceptNaN = false): Promise<string | undefined> => {
   const r = await query(prom, expr);
   if (!r.ok) return `query error: ${r.error}`;
   if (r.result.length === 0) return 'no series';
-  if (!r.result.some((s) => Number.isFinite(Number(s.value[1])))) return `only non-finite values (${r.result.map((s) => s.value[1]).join(', ')})`;
+  if (!acceptNaN && !r.result.some((s) => Number.isFinite(Number(s.value[1])))) return `only non-finite values (${r.result.map((s) => s.value[1]).join(', ')})`;
   return undefined;
 };
 
@@ -328,6 +355,8 @@ interface Check {
   /** Where the expression comes from, for the failure message: panel title and refId, or rule name. */
   where: string;
   expr: string;
+  /** NaN values pass, for the SLO rules of a route and SLO kind this test's traffic counts no event in (0 / 0). */
+  acceptNaN?: boolean;
 }
 
 /** Run every check: each selector must return series, then the whole expression must return finite data. */
@@ -340,7 +369,7 @@ const runChecks = async (prom: Prometheus, checks: Check[]): Promise<string[]> =
     }
     let rareEmpty = false;
     for (const sel of new Set(selectorsOf(c.expr))) {
-      const problem = await checkHasData(prom, sel);
+      const problem = await checkHasData(prom, sel, c.acceptNaN);
       if (problem === undefined) continue;
       const name = sel.replace(/\{.*$/, '');
       if (problem === 'no series' && RARE[name] !== undefined && (await knownByMetadata(prom, name))) {
@@ -350,7 +379,7 @@ const runChecks = async (prom: Prometheus, checks: Check[]): Promise<string[]> =
       failures.push(`${c.where}: selector ${sel} → ${problem}`);
     }
     if (rareEmpty) continue;
-    const problem = await checkHasData(prom, c.expr);
+    const problem = await checkHasData(prom, c.expr, c.acceptNaN);
     if (problem !== undefined) failures.push(`${c.where}: ${c.expr} → ${problem}`);
   }
   return failures;
@@ -389,6 +418,28 @@ describe('end to end: a real Prometheus scraping a real Fusebox under traffic', 
   let fb: RunningFusebox;
   let prom: Prometheus | undefined;
   let dir: string;
+  let sloRuleGroups: RuleGroup[] = [];
+  const sloRulesFile = (): string => join(dir, 'fusebox-slo-rules.yaml');
+
+  /**
+   * `fusebox rules` for this test's own config (deploy/prometheus/fusebox-slo-rules.example.yaml is for
+   * config/example.yaml's routes, which this Fusebox does not have). Its day-window groups run every 5 min, and
+   * Prometheus first evaluates such a group up to 5 min after it starts: here every group follows the 1 s
+   * evaluation_interval instead. The rules themselves are as printed.
+   */
+  const generatedSloRules = async (config: Record<string, unknown>): Promise<RuleGroup[]> => {
+    const configFile = join(dir, 'fusebox.yaml');
+    writeFileSync(configFile, stringify(config));
+    const stdout = new PassThrough();
+    const stderr = new PassThrough();
+    let out = '';
+    let err = '';
+    stdout.on('data', (c: Buffer) => (out += c.toString()));
+    stderr.on('data', (c: Buffer) => (err += c.toString()));
+    const code = await runRules(['--config', configFile], { stdout, stderr, env: {} });
+    if (code !== 0) throw new Error(`fusebox rules exited with ${code}: ${err}`);
+    return (parse(out) as { groups: Array<RuleGroup & { interval?: string }> }).groups.map(({ interval: _interval, ...g }) => g);
+  };
 
   const post = async (route: string, body: Record<string, unknown>, headers: Record<string, string> = {}): Promise<number> => {
     const res = await request(`${fb.proxyUrl}/${route}/v1/chat/completions`, {
@@ -449,7 +500,7 @@ describe('end to end: a real Prometheus scraping a real Fusebox under traffic', 
     llm = await llmUpstream();
     tools = await startUpstream();
     const slo = { minEvents: 3 };
-    fb = await startFusebox({
+    const config = {
       agent: { id: 'e2e-agent' },
       budgets: { agent: { dailyUsd: 100 }, fleet: { dailyUsd: 1000 } },
       routes: [
@@ -481,8 +532,11 @@ describe('end to end: a real Prometheus scraping a real Fusebox under traffic', 
         },
         { name: 'tunnel', match: { hosts: ['127.0.0.1'], connectPorts: [tools.port] }, upstream: { url: tools.url }, slo },
       ],
-    });
-    prom = await startPrometheus(dir, new URL(fb.adminUrl).host);
+    };
+    fb = await startFusebox(config);
+    sloRuleGroups = await generatedSloRules(config);
+    writeFileSync(sloRulesFile(), stringify({ groups: sloRuleGroups }));
+    prom = await startPrometheus(dir, new URL(fb.adminUrl).host, [RULES_FILE, sloRulesFile()]);
     // Two bursts with a scrape in between, so every series has a sample before and after an increase: rates are
     // above zero and histogram quantiles are numbers, as on a live dashboard.
     await burst(3);
@@ -520,11 +574,7 @@ describe('end to end: a real Prometheus scraping a real Fusebox under traffic', 
   }, 30_000);
 
   it('Prometheus evaluates every rule without error, and the alerts this traffic should raise are raised', async () => {
-    const res = await request(`${prom!.url}/api/v1/rules`);
-    const body = (await res.body.json()) as {
-      data: { groups: Array<{ rules: Array<{ name: string; health: string; lastError?: string; type: string; alerts?: Array<{ labels: Record<string, string>; state: string }> }> }> };
-    };
-    const loaded = body.data.groups.flatMap((g) => g.rules);
+    const loaded = await loadedRules(prom!, RULES_FILE);
     expect(loaded.map((r) => r.name).sort()).toEqual(rules().map((r) => r.record ?? r.alert).sort());
     for (const r of loaded) expect({ rule: r.name, health: r.health, lastError: r.lastError ?? '' }).toEqual({ rule: r.name, health: 'ok', lastError: '' });
     const alerts = loaded.flatMap((r) => (r.alerts ?? []).map((a) => ({ alertname: a.labels.alertname, route: a.labels.route, state: a.state })));
@@ -532,6 +582,56 @@ describe('end to end: a real Prometheus scraping a real Fusebox under traffic', 
     expect(alerts).toContainEqual({ alertname: 'FuseboxBudgetSpent', route: 'capped', state: 'firing' });
     expect(alerts).toContainEqual({ alertname: 'FuseboxBreakerOpen', route: 'flaky', state: 'pending' });
     expect(alerts.map((a) => a.alertname)).not.toContain('FuseboxDown');
+  }, 20_000);
+
+  it('every SLO rule `fusebox rules` generates for this config returns data: each recording rule per route and SLO, each alert with its comparisons made bool', async () => {
+    const generated = sloRuleGroups.flatMap((g) => g.rules);
+    const routes = ['chat', 'capped', 'flaky', 'tool', 'tunnel'];
+    // 6 error-ratio windows, then per route and SLO kind (3) an objective, a budget and 4 alerts.
+    expect(generated).toHaveLength(6 + routes.length * 3 * 6);
+    // The route and SLO pairs no call counts in, and why: their ratios are 0 / 0, so NaN is their right value.
+    const counted = await query(prom!, 'sum by (route, slo) (fusebox_slo_events_total{job="fusebox"})');
+    const noEvents = counted.ok ? counted.result.filter((x) => Number(x.value[1]) === 0).map((x) => `${x.metric.route}/${x.metric.slo}`) : ['query failed'];
+    expect(noEvents.sort()).toEqual([
+      // Cost is counted for priced (LLM) calls only; flaky and tool are plain HTTP.
+      'flaky/cost',
+      'tool/cost',
+      // A CONNECT tunnel is end-to-end TLS: it is counted as a tunnel, never as an SLO event.
+      'tunnel/availability',
+      'tunnel/cost',
+      'tunnel/latency',
+    ]);
+    const acceptNaN = (labels: Record<string, string> = {}): boolean => noEvents.includes(`${labels.route}/${labels.slo}`);
+    const checks: Check[] = generated.map((r) =>
+      r.record
+        ? { where: `record ${r.record}${matcherOf(r.labels)}`, expr: `${r.record}${matcherOf(r.labels)}`, acceptNaN: acceptNaN(r.labels) }
+        : { where: `alert ${r.alert}${matcherOf(r.labels)}`, expr: withBoolComparisons(r.expr), acceptNaN: acceptNaN(r.labels) },
+    );
+    for (const r of generated) if (r.record) checks.push({ where: `record ${r.record}${matcherOf(r.labels)} (expr)`, expr: r.expr, acceptNaN: acceptNaN(r.labels) });
+    expect(await eventuallyPasses(prom!, checks, 10_000)).toEqual([]);
+    // Every route of this config has its own series in each error ratio, not only some of them.
+    const ratio = await query(prom!, 'count by (route) (fusebox:slo_errors:ratio_rate5m)');
+    expect(ratio.ok && ratio.result.map((s) => s.metric.route).sort()).toEqual([...routes].sort());
+  }, 30_000);
+
+  it('Prometheus evaluates every generated SLO rule without error', async () => {
+    const loaded = await loadedRules(prom!, sloRulesFile());
+    const generated = sloRuleGroups.flatMap((g) => g.rules);
+    expect(loaded.map((r) => `${r.name}${matcherOf(r.labels)}`).sort()).toEqual(generated.map((r) => `${r.record ?? r.alert}${matcherOf(r.labels)}`).sort());
+    for (const r of loaded) expect({ rule: r.name, health: r.health, lastError: r.lastError ?? '' }).toEqual({ rule: r.name, health: 'ok', lastError: '' });
+    // chat's broken streams (2 of its 14 calls) burn a 0.5 % budget past every threshold (no `for`: firing at once).
+    // flaky's 503s are answered by its fallback, which counts as good; budget refusals on capped burn no budget.
+    // The budget alert reads a record that reads a record of another group: it may fire a couple of evaluations late.
+    const firing = async (): Promise<string[]> =>
+      (await loadedRules(prom!, sloRulesFile())).flatMap((r) => (r.alerts ?? []).map((a) => `${a.labels.alertname} ${a.labels.route}/${a.labels.slo} ${a.state}`)).sort();
+    let alerts = await firing();
+    for (const deadline = Date.now() + 5_000; alerts.length < 4 && Date.now() < deadline; alerts = await firing()) await sleep(250);
+    expect(alerts).toEqual([
+      'FuseboxSloBudgetExhausted chat/availability firing',
+      'FuseboxSloFastBurn chat/availability firing',
+      'FuseboxSloMediumBurn chat/availability firing',
+      'FuseboxSloSlowBurn chat/availability firing',
+    ]);
   }, 20_000);
 
   it('the bool rewrite keeps label matchers and strings intact', () => {

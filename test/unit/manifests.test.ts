@@ -1,5 +1,8 @@
 import { existsSync, readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import { dirname, join, relative } from 'node:path';
+import { PassThrough } from 'node:stream';
+import type { IPodMonitor } from '@kubernetes-models/prometheus-operator/monitoring.coreos.com/v1/PodMonitor';
+import type { IPrometheusRule } from '@kubernetes-models/prometheus-operator/monitoring.coreos.com/v1/PrometheusRule';
 import type { IDeployment } from 'kubernetes-models/apps/v1/Deployment';
 import type { IStatefulSet } from 'kubernetes-models/apps/v1/StatefulSet';
 import type { INetworkPolicy } from 'kubernetes-models/networking.k8s.io/v1/NetworkPolicy';
@@ -9,6 +12,7 @@ import type { ISecret } from 'kubernetes-models/v1/Secret';
 import type { IService } from 'kubernetes-models/v1/Service';
 import { describe, expect, it } from 'vitest';
 import { parseAllDocuments } from 'yaml';
+import { runRules } from '../../src/cli/rules.js';
 import { parseConfig } from '../../src/config/load.js';
 import { inject } from '../../src/deploy/inject.js';
 import { DEFAULT_INJECT_OPTIONS, FUSEBOX_VERSION, resolveInjectOptions } from '../../src/deploy/options.js';
@@ -16,7 +20,11 @@ import { planProxyEnv } from '../../src/deploy/proxy-env.js';
 import { ADMIN_PORT_NAME, configVolume, podAnnotations, podLabels, requiredGraceSeconds, sidecarContainer } from '../../src/deploy/sidecar.js';
 import { validateK8s } from '../fixtures/k8s/k8s-schema.js';
 
-/** Everything deploy/kubernetes ships, checked: Kubernetes objects against the schema, the rest by shape and by what inject() builds. */
+/**
+ * Everything deploy/kubernetes ships, checked: Kubernetes objects against the schema, the rest by shape and by what
+ * inject() builds. The Prometheus Operator objects (the PodMonitor, deploy/prometheus's PrometheusRule and what
+ * `fusebox rules --format prometheus-operator` prints) against the operator's CRD schemas.
+ */
 
 const ROOT = join(import.meta.dirname, '../..');
 const DEPLOY = join(ROOT, 'deploy/kubernetes');
@@ -35,9 +43,6 @@ interface Kustomization extends AnyObject {
   resources?: string[];
   components?: string[];
   patches?: { path?: string; patch?: string; target?: Record<string, string> }[];
-}
-interface PodMonitor extends AnyObject {
-  spec: { selector: { matchLabels: Record<string, string> }; podMetricsEndpoints: { port?: string; path?: string }[] };
 }
 
 const yamlFiles = (dir: string): string[] =>
@@ -93,7 +98,7 @@ describe('deploy/kubernetes', () => {
     for (const file of files) {
       for (const obj of objectsIn(file)) {
         const id = `${obj.apiVersion} ${obj.kind}`;
-        const checked = KUSTOMIZE.has(id) || id === 'monitoring.coreos.com/v1 PodMonitor' || relative(DEPLOY, file) === 'components/fusebox-sidecar/sidecar-patch.yaml';
+        const checked = KUSTOMIZE.has(id) || relative(DEPLOY, file) === 'components/fusebox-sidecar/sidecar-patch.yaml';
         if (!checked) expect(() => validateK8s(obj), `${relative(ROOT, file)}: ${id} ${obj.metadata?.name}`).not.toThrow();
       }
     }
@@ -161,7 +166,7 @@ describe('deploy/kubernetes', () => {
   });
 
   it('the PodMonitor selects the label inject puts on pods and scrapes the named admin port', () => {
-    const pm = one<PodMonitor>('base/podmonitor.yaml', 'PodMonitor', 'fusebox');
+    const pm = one<IPodMonitor>('base/podmonitor.yaml', 'PodMonitor', 'fusebox');
     expect(pm.apiVersion).toBe('monitoring.coreos.com/v1');
     expect(pm.spec.selector).toEqual({ matchLabels: podLabels() });
     expect(pm.spec.podMetricsEndpoints).toEqual([expect.objectContaining({ port: ADMIN_PORT_NAME, path: '/metrics' })]);
@@ -260,5 +265,64 @@ describe('deploy/kubernetes/redis', () => {
       ['REDISCLI_AUTH', { name: 'fusebox-redis-auth', key: 'password' }],
     ]);
     expect(redis.args).toEqual(['/etc/redis/redis.conf', '--requirepass', '$(REDIS_PASSWORD)']);
+  });
+});
+
+describe('Prometheus Operator objects, against the operator\'s CRD schemas', () => {
+  const podMonitor = one<IPodMonitor>('base/podmonitor.yaml', 'PodMonitor', 'fusebox');
+  const prometheusRule = (): IPrometheusRule => {
+    const objects = objectsIn(join(ROOT, 'deploy/prometheus/prometheusrule.yaml'));
+    expect(objects.map((x) => `${x.apiVersion} ${x.kind}`)).toEqual(['monitoring.coreos.com/v1 PrometheusRule']);
+    return objects[0] as unknown as IPrometheusRule;
+  };
+  const copy = <T>(x: T): T => structuredClone(x);
+
+  it('deploy/kubernetes/base/podmonitor.yaml is a valid PodMonitor', () => {
+    expect(() => validateK8s(podMonitor)).not.toThrow();
+  });
+
+  it('deploy/prometheus/prometheusrule.yaml is a valid PrometheusRule', () => {
+    const rule = prometheusRule();
+    expect(rule.spec.groups?.flatMap((g) => g.rules ?? []).length).toBeGreaterThan(10);
+    expect(() => validateK8s(rule)).not.toThrow();
+  });
+
+  it('`fusebox rules --format prometheus-operator` prints a valid PrometheusRule, namespace and labels included', async () => {
+    const stdout = new PassThrough();
+    let out = '';
+    stdout.on('data', (c: Buffer) => (out += c.toString()));
+    const args = ['--config', join(ROOT, 'config/example.yaml'), '--format', 'prometheus-operator', '--namespace', 'monitoring', '--label', 'release=prometheus'];
+    expect(await runRules(args, { stdout, stderr: new PassThrough(), env: {} })).toBe(0);
+    const docs = parseAllDocuments(out).map((d) => d.toJS() as AnyObject);
+    expect(docs).toHaveLength(1);
+    const rule = docs[0] as unknown as IPrometheusRule;
+    expect(rule).toMatchObject({ kind: 'PrometheusRule', metadata: { name: 'fusebox-slo', namespace: 'monitoring', labels: { release: 'prometheus' } } });
+    expect(rule.spec.groups?.flatMap((g) => g.rules ?? []).some((r) => r.alert !== undefined && r.for === undefined)).toBe(true);
+    expect(() => validateK8s(rule)).not.toThrow();
+  });
+
+  // The checks above can fail: the schemas reject a wrong type, a missing required field, a malformed duration.
+  it('the schemas reject a PodMonitor or PrometheusRule the operator would reject', () => {
+    const numericPort = copy(podMonitor);
+    (numericPort.spec.podMetricsEndpoints![0]! as Record<string, unknown>).port = 9091;
+    expect(() => validateK8s(numericPort)).toThrow(/podMetricsEndpoints\/0\/port must be string/);
+    const badInterval = copy(podMonitor);
+    badInterval.spec.podMetricsEndpoints![0]!.interval = '30 seconds';
+    expect(() => validateK8s(badInterval)).toThrow(/podMetricsEndpoints\/0\/interval must match pattern/);
+    const noSelector = copy(podMonitor) as unknown as { spec: Record<string, unknown> };
+    delete noSelector.spec.selector;
+    expect(() => validateK8s(noSelector)).toThrow(/data\/spec must have required property selector/);
+
+    const rule = prometheusRule();
+    const noExpr = copy(rule);
+    delete (noExpr.spec.groups![0]!.rules![0]! as { expr?: unknown }).expr;
+    expect(() => validateK8s(noExpr)).toThrow(/rules\/0 must have required property expr/);
+    const badFor = copy(rule);
+    const alert = badFor.spec.groups!.flatMap((g) => g.rules ?? []).find((r) => r.for !== undefined)!;
+    alert.for = '5 minutes';
+    expect(() => validateK8s(badFor)).toThrow(/for must match pattern/);
+    const numericLabel = copy(rule);
+    (numericLabel.spec.groups!.flatMap((g) => g.rules ?? []).find((r) => r.labels !== undefined)!.labels as Record<string, unknown>).severity = 1;
+    expect(() => validateK8s(numericLabel)).toThrow(/labels\/severity must be string/);
   });
 });
