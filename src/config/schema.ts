@@ -166,6 +166,9 @@ export const BreakerSchema = z.strictObject({
   maxKeys: positiveInt.default(1000),
 });
 
+/** A step's name: its `name`, else `<type>-<index>` (shown in `x-fusebox-fallback` and the `step` label). */
+export const fallbackStepName = (step: { type: string; name?: string | undefined }, index: number): string => step.name ?? `${step.type}-${index}`;
+
 const fallbackCommon = {
   /** Step name: shown in `x-fusebox-fallback` and the `step` metric label. */
   name: routeName.optional(),
@@ -212,6 +215,8 @@ export const LastGoodSchema = z.strictObject({
   maxEntries: positiveInt.default(1000),
   /** Largest answer remembered, bytes. Default 1 MiB. */
   maxBodyBytes: positiveInt.default(1024 * 1024),
+  /** All remembered answers of this route together, bytes (least recently used go first). Default 64 MiB. */
+  maxTotalBytes: positiveInt.default(64 * 1024 * 1024),
   /** Also remember streamed (SSE) answers and answers to non-idempotent tool calls. Default false. */
   includeUnsafe: z.boolean().default(false),
 });
@@ -417,6 +422,15 @@ export const ConfigSchema = z
       } else prefixes.set(p, i);
     });
     cfg.routes.forEach((r, i) => {
+      // Names label metrics and the x-fusebox-fallback header: two steps under one name could not be told apart.
+      const stepNames = new Map<string, number>();
+      r.fallback.forEach((step, j) => {
+        const name = fallbackStepName(step, j);
+        const other = stepNames.get(name);
+        if (other !== undefined) {
+          ctx.addIssue({ code: 'custom', path: ['routes', i, 'fallback', j, 'name'], message: `step name "${name}" is already used by fallback[${other}]` });
+        } else stepNames.set(name, j);
+      });
       r.fallback.forEach((step, j) => {
         if (step.type === 'route' && !seen.has(step.route)) {
           ctx.addIssue({ code: 'custom', path: ['routes', i, 'fallback', j, 'route'], message: `no route named "${step.route}"` });

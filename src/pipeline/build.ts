@@ -1,5 +1,5 @@
 import type { Logger } from 'pino';
-import type { BudgetsConfig, FallbackStep, RouteConfig } from '../config/schema.js';
+import { fallbackStepName, type BudgetsConfig, type RouteConfig } from '../config/schema.js';
 import { PriceBook, type PriceTable } from '../budget/prices.js';
 import type { BudgetStore } from '../budget/store.js';
 import { budgetLayer, type BudgetEvents } from '../policies/budget.js';
@@ -149,7 +149,6 @@ const resilientChain = (route: RouteConfig, terminal: Handler, deps: PipelineDep
 const buildPrimary = (route: RouteConfig, deps: PipelineDeps): Chain =>
   resilientChain(route, upstreamTerminal(route, routeUpstreamSpec(route), deps), deps, { faults: true });
 
-const stepName = (step: FallbackStep, index: number): string => step.name ?? `${step.type}-${index}`;
 
 const buildSteps = (
   route: RouteConfig,
@@ -159,7 +158,7 @@ const buildSteps = (
 ): { steps: FallbackStepHandler[]; registries: BreakerRegistry[] } => {
   const registries: BreakerRegistry[] = [];
   const steps = route.fallback.map((step, index): FallbackStepHandler => {
-    const name = stepName(step, index);
+    const name = fallbackStepName(step, index);
     switch (step.type) {
       case 'upstream': {
         const spec: UpstreamSpec = {

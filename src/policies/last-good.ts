@@ -7,12 +7,6 @@ import { isResendable } from './retry.js';
 
 export type LastGoodConfig = RouteConfig['lastGood'];
 
-/**
- * Most bytes one route's cache holds, whatever `maxEntries × maxBodyBytes` allows (1000 × 1 MiB by default would be
- * 1 GiB in a sidecar). The least recently used answers go first.
- */
-export const LAST_GOOD_MAX_TOTAL_BYTES = 64 * 1024 * 1024;
-
 /** Response headers worth replaying: the ones that say how to read the bytes. */
 const KEPT_HEADERS = ['content-type', 'content-encoding'] as const;
 
@@ -39,7 +33,8 @@ export const lastGoodKey = (req: ProxyRequest): string | undefined => {
 
 /**
  * The last successful answer per (method, path, body) of one route, for the `lastGood` fallback step: bounded in
- * entries (`maxEntries`), in bytes (LAST_GOOD_MAX_TOTAL_BYTES) and in age (`ttlMs`, checked against the injected
+ * entries (`maxEntries`), in bytes (`maxBodyBytes` each; `maxTotalBytes` together, since 1000 × 1 MiB would be
+ * 1 GiB in a sidecar) and in age (`ttlMs`, checked against the injected
  * clock on every read, so tests need no timers).
  */
 export class LastGoodCache {
@@ -51,7 +46,7 @@ export class LastGoodCache {
   ) {
     this.cache = new LRUCache<string, LastGoodEntry>({
       max: config.maxEntries,
-      maxSize: LAST_GOOD_MAX_TOTAL_BYTES,
+      maxSize: config.maxTotalBytes,
       sizeCalculation: (e) => Math.max(1, e.body.length),
     });
   }
@@ -67,7 +62,7 @@ export class LastGoodCache {
   }
 
   set(key: string, entry: LastGoodEntry): void {
-    if (entry.body.length > this.config.maxBodyBytes || entry.body.length > LAST_GOOD_MAX_TOTAL_BYTES) return;
+    if (entry.body.length > this.config.maxBodyBytes || entry.body.length > this.config.maxTotalBytes) return;
     this.cache.set(key, entry);
   }
 

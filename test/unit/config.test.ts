@@ -32,6 +32,14 @@ describe('config schema', () => {
     expect(problems({ routes: [{ ...route, credential: { env: 'sk-live-123' } }] })[0]).toContain('routes[0].credential.env: must be an environment variable name');
     expect(problems({ store: { kind: 'redis' }, routes: [route] })).toEqual(['store.url: is required when store.kind is "redis" (e.g. redis://127.0.0.1:6379)']);
     expect(problems({ routes: [{ ...route, retyr: {} }] })).toEqual(['routes[0]: unknown key "retyr" (check the spelling; see the README\'s config reference)']);
+    // Explicit names may not collide with each other or with a default name (`<type>-<index>`).
+    expect(problems({ routes: [{ ...route, fallback: [{ type: 'upstream', url: 'http://127.0.0.1:2', name: 'cheap' }, { type: 'upstream', url: 'http://127.0.0.1:3', name: 'cheap' }] }] })).toEqual([
+      'routes[0].fallback[1].name: step name "cheap" is already used by fallback[0]',
+    ]);
+    expect(problems({ routes: [{ ...route, fallback: [{ type: 'upstream', url: 'http://127.0.0.1:2' }, { type: 'upstream', url: 'http://127.0.0.1:3', name: 'upstream-0' }] }] })).toEqual([
+      'routes[0].fallback[1].name: step name "upstream-0" is already used by fallback[0]',
+    ]);
+    expect(problems({ routes: [{ ...route, fallback: [{ type: 'upstream', url: 'http://127.0.0.1:2' }, { type: 'upstream', url: 'http://127.0.0.1:3' }] }] })).toEqual([]);
     expect(problems({ routes: [{ ...route, faults: { headerControl: true } }] })[0]).toContain('routes[0].faults.headerControl: headerControl needs enabled: true');
     expect(problems({ routes: [{ ...route, faults: { enabled: true, headerControl: true } }] })).toEqual([]);
   });

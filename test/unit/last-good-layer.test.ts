@@ -80,6 +80,17 @@ describe('last-good answers', () => {
     expect(await serve(call('GET', 'x'))).toBeUndefined();
   });
 
+  it('holds at most maxTotalBytes per route, dropping the least recently used answers first', async () => {
+    const route = routeOf({}, { maxBodyBytes: 100, maxTotalBytes: 250 });
+    const { record, serve, cache } = setup(route);
+    const body = 'x'.repeat(100);
+    for (const q of ['a', 'b', 'c']) play(await record({ ...call('GET'), path: `/v1/${q}` }, ctxOf(route)), [body]);
+    // 300 bytes offered, 250 allowed: the oldest answer went.
+    expect(cache.size).toBe(2);
+    expect(await serve({ ...call('GET'), path: '/v1/a' })).toBeUndefined();
+    expect((await serve({ ...call('GET'), path: '/v1/c' }))?.body.toString()).toBe(body);
+  });
+
   it('forgets an answer older than ttlMs', async () => {
     const route = routeOf();
     const { record, serve } = setup(route);
