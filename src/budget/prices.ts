@@ -121,11 +121,21 @@ const MILLION = 1_000_000n;
 /**
  * Cost of `usage` at `price`, in integer micro-dollars, rounded up once on the total (never undercount).
  * Exact: token counts and prices are integers in BigInt, so no float drift whatever the volume.
- * Cached input is priced at `cachedInputPerM`, or the input price when the model has none.
+ * Cached input is priced at `cachedInputPerM`, or the input price when the model has none. Cache writes (part of
+ * `inputTokens`) at `cacheWritePerM` / `cacheWrite1hPerM`, by default Anthropic's 1.25× and 2× the input price.
  */
-export const costMicroUsd = (usage: Pick<Usage, 'inputTokens' | 'cachedInputTokens' | 'outputTokens'>, price: Price): number => {
+export const costMicroUsd = (
+  usage: Pick<Usage, 'inputTokens' | 'cachedInputTokens' | 'outputTokens' | 'cacheWriteInputTokens' | 'cacheWrite1hInputTokens'>,
+  price: Price,
+): number => {
+  const input = tokens(usage.inputTokens);
+  const write5m = tokens(usage.cacheWriteInputTokens ?? 0);
+  const write1h = tokens(usage.cacheWrite1hInputTokens ?? 0);
+  const plainInput = input > write5m + write1h ? input - write5m - write1h : 0n;
   const total =
-    tokens(usage.inputTokens) * microUsdPerMillion(price.inputPerM) +
+    plainInput * microUsdPerMillion(price.inputPerM) +
+    write5m * microUsdPerMillion(price.cacheWritePerM ?? price.inputPerM * 1.25) +
+    write1h * microUsdPerMillion(price.cacheWrite1hPerM ?? price.inputPerM * 2) +
     tokens(usage.cachedInputTokens) * microUsdPerMillion(price.cachedInputPerM ?? price.inputPerM) +
     tokens(usage.outputTokens) * microUsdPerMillion(price.outputPerM);
   return Number((total + MILLION - 1n) / MILLION);

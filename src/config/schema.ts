@@ -241,6 +241,10 @@ export const PriceSchema = z.strictObject({
   outputPerM: z.number().nonnegative(),
   /** USD per 1M cached input tokens. Default: the input price. */
   cachedInputPerM: z.number().nonnegative().optional(),
+  /** USD per 1M prompt tokens written to the cache, 5-minute TTL (Anthropic). Default: 1.25 × the input price. */
+  cacheWritePerM: z.number().nonnegative().optional(),
+  /** USD per 1M prompt tokens written to the cache, 1-hour TTL (Anthropic). Default: 2 × the input price. */
+  cacheWrite1hPerM: z.number().nonnegative().optional(),
 });
 
 export const RouteBudgetSchema = z.strictObject({

@@ -12,13 +12,15 @@ import {
 
 /*
  * Anthropic Messages usage: `input_tokens` (cache reads NOT included), `cache_read_input_tokens`,
- * `cache_creation_input_tokens`, `output_tokens` (thinking included). Streamed, `message_start` carries
+ * `cache_creation_input_tokens` (split by TTL in `cache_creation`), `output_tokens` (thinking included). Streamed, `message_start` carries
  * `message.usage` (input known, output ~1) and `message_delta` carries the cumulative `usage` at the end.
  */
 
 interface Counts {
   input?: number;
   cacheWrite?: number;
+  /** Of `cacheWrite`, the 1-hour-TTL part (`cache_creation.ephemeral_1h_input_tokens`). */
+  cacheWrite1h?: number;
   cacheRead?: number;
   output?: number;
 }
@@ -27,6 +29,9 @@ interface Counts {
 const applyCounts = (counts: Counts, u: Record<string, unknown>): void => {
   if ('input_tokens' in u) counts.input = tokenCount(u.input_tokens);
   if ('cache_creation_input_tokens' in u) counts.cacheWrite = tokenCount(u.cache_creation_input_tokens);
+  if (isRecord(u.cache_creation) && 'ephemeral_1h_input_tokens' in u.cache_creation) {
+    counts.cacheWrite1h = tokenCount(u.cache_creation.ephemeral_1h_input_tokens);
+  }
   if ('cache_read_input_tokens' in u) counts.cacheRead = tokenCount(u.cache_read_input_tokens);
   if ('output_tokens' in u) counts.output = tokenCount(u.output_tokens);
 };
@@ -35,13 +40,16 @@ const hasCounts = (u: Record<string, unknown>): boolean => 'input_tokens' in u |
 
 const toUsage = (c: Counts, model: string | undefined): Usage => {
   const usage: Usage = {
-    // Cache writes are billed as (more expensive) input; see Usage.inputTokens.
+    // Cache writes count as prompt tokens, and are priced at their own (higher) rate; see Usage.inputTokens.
     inputTokens: (c.input ?? 0) + (c.cacheWrite ?? 0),
     outputTokens: c.output ?? 0,
     cachedInputTokens: c.cacheRead ?? 0,
     reasoningTokens: 0,
     estimated: false,
   };
+  const write1h = Math.min(c.cacheWrite1h ?? 0, c.cacheWrite ?? 0);
+  if ((c.cacheWrite ?? 0) - write1h > 0) usage.cacheWriteInputTokens = (c.cacheWrite ?? 0) - write1h;
+  if (write1h > 0) usage.cacheWrite1hInputTokens = write1h;
   if (model !== undefined) usage.model = model;
   return usage;
 };

@@ -6,10 +6,14 @@ export interface Usage {
   /**
    * Prompt tokens billed at the full input price: cache reads are NOT included. OpenAI counts cached
    * tokens inside `prompt_tokens`/`input_tokens`, so they are subtracted here. Anthropic's `input_tokens`
-   * already excludes cache reads; its cache writes (`cache_creation_input_tokens`) are added here, priced
-   * as plain input although Anthropic bills them 1.25× (5 min TTL) or 2× (1 h TTL).
+   * already excludes cache reads; its cache writes (`cache_creation_input_tokens`) are added here and also
+   * reported below, so pricing can charge them at the cache-write rate instead of the input rate.
    */
   inputTokens: number;
+  /** Of `inputTokens`, prompt tokens written to the provider's cache with the 5-minute TTL (Anthropic: 1.25× input). */
+  cacheWriteInputTokens?: number;
+  /** Of `inputTokens`, prompt tokens written to the cache with the 1-hour TTL (Anthropic: 2× input). */
+  cacheWrite1hInputTokens?: number;
   /** Output tokens, reasoning/thinking tokens included. */
   outputTokens: number;
   /** Prompt tokens read from the provider's prompt cache, billed at the cached-input price. */

@@ -166,6 +166,17 @@ describe('costMicroUsd', () => {
     expect(costMicroUsd({ inputTokens: 123_456_789, cachedInputTokens: 0, outputTokens: 2_000_000_000 }, price)).toBe(150_000_000_000 + 9_259_260);
   });
 
+  it('charges cache writes (part of the input) at 1.25× (5 min) and 2× (1 h) the input price unless priced', () => {
+    const sonnet = { inputPerM: 3, cachedInputPerM: 0.3, outputPerM: 15 };
+    // 1000 plain input × 3 + 2000 × 3.75 + 1000 × 6 + 4000 cached × 0.3 + 100 × 15 = 3000 + 7500 + 6000 + 1200 + 1500.
+    const u = { inputTokens: 4000, cacheWriteInputTokens: 2000, cacheWrite1hInputTokens: 1000, cachedInputTokens: 4000, outputTokens: 100 };
+    expect(costMicroUsd(u, sonnet)).toBe(19_200);
+    // Before, every cache write was plain input: 4000 × 3 + 1200 + 1500 = 14,700 — $0.0045 a call left uncounted.
+    expect(costMicroUsd({ ...u, cacheWriteInputTokens: 0, cacheWrite1hInputTokens: 0 }, sonnet)).toBe(14_700);
+    // A price table's own rates win.
+    expect(costMicroUsd(u, { ...sonnet, cacheWritePerM: 4, cacheWrite1hPerM: 5 })).toBe(3000 + 8000 + 5000 + 1200 + 1500);
+  });
+
   it('is zero for no tokens and ignores nonsense counts', () => {
     expect(costMicroUsd({ inputTokens: 0, cachedInputTokens: 0, outputTokens: 0 }, gpt4o)).toBe(0);
     expect(costMicroUsd({ inputTokens: Number.NaN, cachedInputTokens: -5, outputTokens: Infinity }, gpt4o)).toBe(0);

@@ -284,9 +284,14 @@ describe('usage from JSON bodies', () => {
     expect(whole('openai', JSON_TYPE, JSON.stringify(embeddingsBody))).toEqual(usage({ inputTokens: 5, model: 'text-embedding-3-small' }));
   });
 
-  it('Anthropic: cache writes count as input, cache reads as cached input', () => {
+  it('Anthropic: cache writes count as input and are reported for their own price, cache reads as cached input', () => {
     expect(whole('anthropic', JSON_TYPE, JSON.stringify(anthropicMessage))).toEqual(
-      usage({ inputTokens: 2060, cachedInputTokens: 4096, outputTokens: 6, model: 'claude-sonnet-4-5-20250929' }),
+      usage({ inputTokens: 2060, cacheWriteInputTokens: 2048, cachedInputTokens: 4096, outputTokens: 6, model: 'claude-sonnet-4-5-20250929' }),
+    );
+    // Writes with the 1-hour TTL are told apart (Anthropic bills them 2× input, 5-minute ones 1.25×).
+    const oneHour = { ...anthropicMessage, usage: { ...anthropicMessage.usage, cache_creation: { ephemeral_5m_input_tokens: 48, ephemeral_1h_input_tokens: 2000 } } };
+    expect(whole('anthropic', JSON_TYPE, JSON.stringify(oneHour))).toEqual(
+      usage({ inputTokens: 2060, cacheWriteInputTokens: 48, cacheWrite1hInputTokens: 2000, cachedInputTokens: 4096, outputTokens: 6, model: 'claude-sonnet-4-5-20250929' }),
     );
   });
 
@@ -443,7 +448,7 @@ describe('usage from Anthropic streams', () => {
       usage: { input_tokens: 500, cache_creation_input_tokens: 100, cache_read_input_tokens: 1200, output_tokens: 89 },
     });
     expect(whole('anthropic', SSE, sse([...anthropicBeforeDelta, ['message_delta', end]]))).toEqual(
-      usage({ inputTokens: 600, cachedInputTokens: 1200, outputTokens: 89, model: 'claude-sonnet-4-5-20250929' }),
+      usage({ inputTokens: 600, cacheWriteInputTokens: 100, cachedInputTokens: 1200, outputTokens: 89, model: 'claude-sonnet-4-5-20250929' }),
     );
   });
 
