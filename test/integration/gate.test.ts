@@ -2,7 +2,6 @@ import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { PassThrough } from 'node:stream';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { runGate } from '../../src/cli/gate.js';
 import { SloSchema } from '../../src/config/schema.js';
@@ -11,6 +10,7 @@ import { RedisCounterStore } from '../../src/slo/counter-store.js';
 import { SloRecorder, type SloEvent } from '../../src/slo/recorder.js';
 import { sloSpecOf } from '../../src/slo/spec.js';
 import { startRedis, type TestRedis } from '../helpers/redis.js';
+import { runCaptured } from '../helpers/cli.js';
 
 // 2025-01-15 12:30:30 UTC
 const T = Date.UTC(2025, 0, 15, 12, 30, 30);
@@ -50,15 +50,8 @@ const good: SloEvent = { availability: 'good', latencyMs: 800, costUsdMicros: 40
 const bad: SloEvent = { availability: 'bad', latencyMs: 800 };
 
 const gate = async (args: string[], opts: { store?: boolean } = {}) => {
-  const stdout = new PassThrough();
-  const stderr = new PassThrough();
-  let out = '';
-  let err = '';
-  stdout.on('data', (c: Buffer) => (out += c.toString()));
-  stderr.on('data', (c: Buffer) => (err += c.toString()));
   const storeArgs = opts.store === false ? [] : ['--store', redis.url, '--key-prefix', 'gate'];
-  const code = await runGate([...storeArgs, ...args], { stdout, stderr, env: {}, now: () => T });
-  return { code, out, err };
+  return runCaptured(runGate, [...storeArgs, ...args], { env: {}, now: () => T });
 };
 
 describe('fusebox gate on real fleet counters', () => {

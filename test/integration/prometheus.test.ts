@@ -3,7 +3,6 @@ import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { connect, createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
-import { PassThrough } from 'node:stream';
 import { request } from 'undici';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { parse, stringify } from 'yaml';
@@ -12,6 +11,7 @@ import { createMetrics } from '../../src/telemetry/metrics.js';
 import { startFusebox, type RunningFusebox } from '../helpers/fusebox.js';
 import { ensurePromtool, promtool } from '../helpers/promtool.js';
 import { json, startUpstream, type TestUpstream } from '../helpers/upstream.js';
+import { runCaptured } from '../helpers/cli.js';
 
 /**
  * deploy/prometheus and deploy/grafana against the code: promtool checks and unit-tests the rules, and a real
@@ -155,10 +155,7 @@ describe('deploy/prometheus, checked by the real promtool', () => {
   });
 
   it('fusebox-slo-rules.example.yaml is what `fusebox rules` prints for config/example.yaml, and promtool accepts it', async () => {
-    const stdout = new PassThrough();
-    let out = '';
-    stdout.on('data', (c: Buffer) => (out += c.toString()));
-    const code = await runRules(['--config', 'config/example.yaml'], { stdout, stderr: new PassThrough(), env: {} });
+    const { code, out } = await runCaptured(runRules, ['--config', 'config/example.yaml'], { env: {} });
     expect(code).toBe(0);
     expect(readFileSync(join(PROM_DIR, 'fusebox-slo-rules.example.yaml'), 'utf8'), 'regenerate: npx tsx src/main.ts rules --config config/example.yaml').toBe(out);
     const r = promtool(['check', 'rules', 'fusebox-slo-rules.example.yaml'], PROM_DIR);
@@ -430,13 +427,7 @@ describe('end to end: a real Prometheus scraping a real Fusebox under traffic', 
   const generatedSloRules = async (config: Record<string, unknown>): Promise<RuleGroup[]> => {
     const configFile = join(dir, 'fusebox.yaml');
     writeFileSync(configFile, stringify(config));
-    const stdout = new PassThrough();
-    const stderr = new PassThrough();
-    let out = '';
-    let err = '';
-    stdout.on('data', (c: Buffer) => (out += c.toString()));
-    stderr.on('data', (c: Buffer) => (err += c.toString()));
-    const code = await runRules(['--config', configFile], { stdout, stderr, env: {} });
+    const { code, out, err } = await runCaptured(runRules, ['--config', configFile], { env: {} });
     if (code !== 0) throw new Error(`fusebox rules exited with ${code}: ${err}`);
     return (parse(out) as { groups: Array<RuleGroup & { interval?: string }> }).groups.map(({ interval: _interval, ...g }) => g);
   };

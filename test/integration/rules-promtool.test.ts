@@ -1,12 +1,12 @@
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { PassThrough } from 'node:stream';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { parse, stringify } from 'yaml';
 import { runRules } from '../../src/cli/rules.js';
 import type { AlertingRule, RuleGroup } from '../../src/slo/rules.js';
 import { ensurePromtool, promtool } from '../helpers/promtool.js';
+import { runCaptured } from '../helpers/cli.js';
 
 const CONFIG = `
 routes:
@@ -24,14 +24,7 @@ routes:
 let dir: string;
 
 const rules = async (args: string[]): Promise<{ code: number; out: string; err: string }> => {
-  const stdout = new PassThrough();
-  const stderr = new PassThrough();
-  let out = '';
-  let err = '';
-  stdout.on('data', (c: Buffer) => (out += c.toString()));
-  stderr.on('data', (c: Buffer) => (err += c.toString()));
-  const code = await runRules(args, { stdout, stderr, env: {} });
-  return { code, out, err };
+  return runCaptured(runRules, args, { env: {} });
 };
 
 beforeAll(() => {

@@ -1,13 +1,13 @@
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { PassThrough } from 'node:stream';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { parse } from 'yaml';
 import { runRules } from '../../src/cli/rules.js';
 import { SloSchema } from '../../src/config/schema.js';
 import { sloRuleGroups, type AlertingRule, type RecordingRule } from '../../src/slo/rules.js';
 import { sloSpecOf } from '../../src/slo/spec.js';
+import { runCaptured } from '../helpers/cli.js';
 
 let dir: string;
 beforeAll(() => {
@@ -30,14 +30,7 @@ beforeAll(() => {
 afterAll(() => rmSync(dir, { recursive: true, force: true }));
 
 const run = async (args: string[]) => {
-  const stdout = new PassThrough();
-  const stderr = new PassThrough();
-  let out = '';
-  let err = '';
-  stdout.on('data', (c: Buffer) => (out += c.toString()));
-  stderr.on('data', (c: Buffer) => (err += c.toString()));
-  const code = await runRules(args, { stdout, stderr, env: {} });
-  return { code, out, err };
+  return runCaptured(runRules, args, { env: {} });
 };
 
 describe('sloRuleGroups', () => {
