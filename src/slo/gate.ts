@@ -76,9 +76,20 @@ export const judgeSlo = (a: SloAssessment, t: GateThresholds, minEvents: number)
   return { verdict: 'PROCEED', reasons: [] };
 };
 
-/** Several SLOs of one route: the worst verdict, with every reason behind it. */
+const eventsOver = (a: SloAssessment): number => a.events.budget.good + a.events.budget.bad;
+
+/**
+ * Several SLOs of one route: the worst verdict, with every reason behind it. A cost SLO without a single priced
+ * call over its window, next to SLOs that have data, is a route whose calls have no price (a tool API): it is not
+ * judged, rather than turning every `--slo all` verdict on such a route into "not enough data".
+ */
 export const judgeSlos = (list: readonly SloAssessment[], t: GateThresholds, minEvents: number): SloJudgement & { perSlo: SloJudgement[] } => {
-  const perSlo = list.map((a) => judgeSlo(a, t, minEvents));
+  const othersHaveData = (a: SloAssessment) => list.some((o) => o !== a && eventsOver(o) > 0);
+  const perSlo = list.map((a) =>
+    a.kind === 'cost' && list.length > 1 && eventsOver(a) === 0 && othersHaveData(a)
+      ? { verdict: 'PROCEED' as const, reasons: ['cost: no priced call over the SLO window (calls without LLM usage): not judged'] }
+      : judgeSlo(a, t, minEvents),
+  );
   const verdict = perSlo.reduce<GateVerdict>((v, j) => worstVerdict(v, j.verdict), 'PROCEED');
   return { verdict, reasons: perSlo.filter((j) => j.verdict === verdict).flatMap((j) => j.reasons), perSlo };
 };

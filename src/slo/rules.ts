@@ -67,7 +67,8 @@ export const sloRuleGroups = (specs: readonly SloRouteSpec[]): RuleGroup[] => {
   const budgets: RecordingRule[] = [];
   const alerts: AlertingRule[] = [];
   for (const spec of specs) {
-    for (const kind of SLO_KINDS) {
+    // A route whose calls have no price never counts a cost event: its cost rules could only ever be NaN.
+    for (const kind of SLO_KINDS.filter((k) => k !== 'cost' || spec.priced !== false)) {
       const objective = objectiveOf(spec, kind).objectivePercent;
       const allowed = allowedErrorRate(objective);
       const sel = selector(spec.route, kind);

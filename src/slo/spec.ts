@@ -16,6 +16,11 @@ export interface SloRouteSpec {
   readonly onFastBurn: SloConfig['onFastBurn'];
   readonly throttleRps: number;
   readonly degradeToStep: number;
+  /**
+   * Whether the route's calls have a price (an LLM provider route): only those count cost events, so only those
+   * get cost rules from `fusebox rules`. Unset: assumed priced.
+   */
+  readonly priced?: boolean;
 }
 
 export const sloSpecOf = (name: string, slo: SloConfig): SloRouteSpec => ({
@@ -35,7 +40,7 @@ export const sloSpecOf = (name: string, slo: SloConfig): SloRouteSpec => ({
 
 /** Specs of the routes with SLOs enabled. */
 export const sloSpecsOf = (routes: readonly RouteConfig[]): SloRouteSpec[] =>
-  routes.filter((r) => r.slo.enabled).map((r) => sloSpecOf(r.name, r.slo));
+  routes.filter((r) => r.slo.enabled).map((r) => ({ ...sloSpecOf(r.name, r.slo), priced: r.provider === 'openai' || r.provider === 'anthropic' }));
 
 export const objectiveOf = (spec: SloRouteSpec, kind: SloKind): SloObjective => ({
   kind,

@@ -166,6 +166,18 @@ routes:
     expect(out).toContain('cost SLO: 98 %');
   });
 
+  it('--slo all on a healthy tool route (no priced calls) proceeds: the empty cost SLO is reported, not judged', async () => {
+    const r = route();
+    const toolCall: SloEvent = { availability: 'good', latencyMs: 120 };
+    await r.at(T - 2 * HOUR_MS, 2000, toolCall);
+    await r.at(T - 2 * MINUTE_MS, 600, toolCall);
+    const { code, out } = await gate(['--route', r.name, '--slo', 'all']);
+    expect(code).toBe(0);
+    expect(out).toContain('cost: no priced call over the SLO window (calls without LLM usage): not judged');
+    // Asked for alone, the same empty cost SLO is still "not enough data": nothing is assumed.
+    expect((await gate(['--route', r.name, '--slo', 'cost'])).code).toBe(30);
+  });
+
   it('--compare canary=R1,stable=R2: ROLLBACK when the canary fails more often', async () => {
     const stable = route();
     const canary = route();
