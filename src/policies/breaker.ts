@@ -21,7 +21,7 @@ export interface BreakerDeps {
   now: () => number;
   random: () => number;
   logger: Logger;
-  metrics: Pick<Metrics, 'breakerState' | 'breakerTransitions' | 'breakerRejections'>;
+  metrics: Pick<Metrics, 'breakerState' | 'breakerForced' | 'breakerTransitions' | 'breakerRejections'>;
 }
 
 export interface Breakers {
@@ -48,7 +48,7 @@ export const breakerKeyBy = (route: Pick<RouteConfig, 'breaker' | 'provider'>) =
 export const makeBreakers = (route: RouteConfig, deps: BreakerDeps, fixedKey?: string): Breakers => {
   const cfg = route.breaker;
   const policy = classifyPolicy(route);
-  const { breakerState: gauge, breakerTransitions: transitions } = deps.metrics;
+  const { breakerState: gauge, breakerForced: forced, breakerTransitions: transitions } = deps.metrics;
   const rejections = deps.metrics.breakerRejections.labels(route.name);
   const log = deps.logger;
 
@@ -59,13 +59,17 @@ export const makeBreakers = (route: RouteConfig, deps: BreakerDeps, fixedKey?: s
     random: deps.random,
     onTransition: (key, from, to, reason, lastFailure) => {
       gauge.labels(route.name, key).set(BREAKER_STATE_VALUE[to]);
+      forced.labels(route.name, key).set(to === 'forced_open' || to === 'forced_closed' ? 1 : 0);
       transitions.labels(route.name, to).inc();
       const line = { route: route.name, key, from, to, reason, lastFailure };
       if (to === 'open' || to === 'forced_open') log.warn(line, 'breaker transition');
       else log.info(line, 'breaker transition');
     },
     // The gauge's key label is bounded only because evicted keys leave it too.
-    onEvict: (key) => gauge.remove(route.name, key),
+    onEvict: (key) => {
+      gauge.remove(route.name, key);
+      forced.remove(route.name, key);
+    },
   });
   if (!cfg.enabled) return { registry, layer: (next) => next };
 
@@ -85,7 +89,10 @@ export const makeBreakers = (route: RouteConfig, deps: BreakerDeps, fixedKey?: s
     const key = keyOf(req);
     const fresh = registry.peek(key) === undefined;
     const admission = registry.get(key).tryAcquire();
-    if (fresh) gauge.labels(route.name, key).set(0);
+    if (fresh) {
+      gauge.labels(route.name, key).set(0);
+      forced.labels(route.name, key).set(0);
+    }
     if (!admission.allowed) {
       rejections.inc();
       const err = new CircuitOpenError(

@@ -100,6 +100,12 @@ export const createMetrics = (opts: { defaultMetrics?: boolean } = {}) => {
       labelNames: ['route', 'key'] as const,
       registers: [registry],
     }),
+    breakerForced: new Gauge({
+      name: 'fusebox_breaker_forced',
+      help: '1 while an operator override (POST /admin/breakers/open|close) holds this breaker, else 0: tells a breaker forced open from one that opened by itself.',
+      labelNames: ['route', 'key'] as const,
+      registers: [registry],
+    }),
     breakerTransitions: new Counter({
       name: 'fusebox_breaker_transitions_total',
       help: 'Circuit breaker state changes, by route and new state (closed, open, half_open, forced_open, forced_closed).',

@@ -307,6 +307,7 @@ describe('resilience: retries, breakers, fallbacks against a misbehaving upstrea
 
   it('lets the admin force a breaker open, close and reset it, with the token', async () => {
     await (await get('/breaker/fast')).body.dump();
+    expect(metricValue(await fb.metricsText(), 'fusebox_breaker_forced', { route: 'breaker', key: 'breaker' })).toBe(0);
     const denied = await admin('/admin/breakers/open', { route: 'breaker', key: 'breaker' }, null);
     expect(denied.statusCode).toBe(401);
     await denied.body.dump();
@@ -324,11 +325,14 @@ describe('resilience: retries, breakers, fallbacks against a misbehaving upstrea
     expect(refused.headers['x-fusebox-error']).toBe('CIRCUIT_OPEN');
     await refused.body.dump();
     expect(metricValue(await fb.metricsText(), 'fusebox_breaker_state', { route: 'breaker', key: 'breaker' })).toBe(2);
+    // An alert can tell this from a breaker the upstream's failures opened.
+    expect(metricValue(await fb.metricsText(), 'fusebox_breaker_forced', { route: 'breaker', key: 'breaker' })).toBe(1);
 
     const closed = await admin('/admin/breakers/close', { route: 'breaker', key: 'breaker' });
     expect(await closed.body.json()).toMatchObject({ state: 'forced_closed' });
     const reset = await admin('/admin/breakers/reset', { route: 'breaker', key: 'breaker' });
     expect(await reset.body.json()).toMatchObject({ state: 'closed', calls: 0 });
+    expect(metricValue(await fb.metricsText(), 'fusebox_breaker_forced', { route: 'breaker', key: 'breaker' })).toBe(0);
     const ok = await get('/breaker/fast');
     expect(ok.statusCode).toBe(200);
     await ok.body.dump();
