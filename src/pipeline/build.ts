@@ -149,7 +149,6 @@ const resilientChain = (route: RouteConfig, terminal: Handler, deps: PipelineDep
 const buildPrimary = (route: RouteConfig, deps: PipelineDeps): Chain =>
   resilientChain(route, upstreamTerminal(route, routeUpstreamSpec(route), deps), deps, { faults: true });
 
-
 const buildSteps = (
   route: RouteConfig,
   primaries: ReadonlyMap<string, Chain>,

@@ -34,8 +34,8 @@ export const lastGoodKey = (req: ProxyRequest): string | undefined => {
 /**
  * The last successful answer per (method, path, body) of one route, for the `lastGood` fallback step: bounded in
  * entries (`maxEntries`), in bytes (`maxBodyBytes` each; `maxTotalBytes` together, since 1000 × 1 MiB would be
- * 1 GiB in a sidecar) and in age (`ttlMs`, checked against the injected
- * clock on every read, so tests need no timers).
+ * 1 GiB in a sidecar) and in age (`ttlMs`, checked against the injected clock on every read, so tests need no
+ * timers).
  */
 export class LastGoodCache {
   private readonly cache: LRUCache<string, LastGoodEntry>;

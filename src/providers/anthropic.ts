@@ -12,8 +12,9 @@ import {
 
 /*
  * Anthropic Messages usage: `input_tokens` (cache reads NOT included), `cache_read_input_tokens`,
- * `cache_creation_input_tokens` (split by TTL in `cache_creation`), `output_tokens` (thinking included). Streamed, `message_start` carries
- * `message.usage` (input known, output ~1) and `message_delta` carries the cumulative `usage` at the end.
+ * `cache_creation_input_tokens` (split by TTL in `cache_creation`), `output_tokens` (thinking included).
+ * Streamed, `message_start` carries `message.usage` (input known, output ~1) and `message_delta` carries the
+ * cumulative `usage` at the end.
  */
 
 interface Counts {
