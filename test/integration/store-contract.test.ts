@@ -5,6 +5,7 @@ import { MemoryStore } from '../../src/budget/memory-store.js';
 import { RedisStore } from '../../src/budget/redis-store.js';
 import type { Actual, BudgetStore, Estimate, Reservation, ScopeBudget } from '../../src/budget/store.js';
 import { startRedis, type TestRedis } from '../helpers/redis.js';
+import { seeded } from '../helpers/pipeline.js';
 
 /** A clock the test moves by hand. Starts an hour before a month end (and a day end). */
 interface TestClock {
@@ -49,14 +50,6 @@ async function usage(store: BudgetStore, scope: ScopeBudget) {
   if (!u) throw new Error('no usage');
   return u;
 }
-
-/** Seeded PRNG (mulberry32) so a failing run can be replayed. */
-const seeded = (seed: number) => () => {
-  seed = (seed + 0x6d2b79f5) | 0;
-  let x = Math.imul(seed ^ (seed >>> 15), 1 | seed);
-  x = (x + Math.imul(x ^ (x >>> 7), 61 | x)) ^ x;
-  return ((x ^ (x >>> 14)) >>> 0) / 4294967296;
-};
 
 /** The one contract every BudgetStore keeps. */
 function describeStoreContract(name: string, factory: Factory): void {

@@ -1,16 +1,9 @@
 import { describe, expect, it } from 'vitest';
 import { backoffDelay, retryDelay } from '../../src/policies/backoff.js';
+import { seeded } from '../helpers/pipeline.js';
 
 const config = { baseMs: 500, capMs: 30_000, retryAfterMaxMs: 60_000 };
 const fixed = (r: number) => () => r;
-
-/** mulberry32: a tiny seeded PRNG, so "random" tests are repeatable. */
-const seeded = (seed: number) => () => {
-  seed = (seed + 0x6d2b79f5) | 0;
-  let t = Math.imul(seed ^ (seed >>> 15), 1 | seed);
-  t = (t + Math.imul(t ^ (t >>> 7), 61 | t)) ^ t;
-  return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-};
 
 describe('backoffDelay', () => {
   it('doubles the ceiling per attempt: random 0.5 gives 250, 500, 1000, 2000 ms', () => {

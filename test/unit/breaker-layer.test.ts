@@ -7,6 +7,7 @@ import { discardResponse } from '../../src/http/respond.js';
 import type { BodyEnd, CallContext, Handler, ProxyRequest, ProxyResponse } from '../../src/pipeline/types.js';
 import { makeBreakers } from '../../src/policies/breaker.js';
 import { createMetrics, type Metrics } from '../../src/telemetry/metrics.js';
+import { callContext } from '../helpers/pipeline.js';
 
 const routeOf = (over: Record<string, unknown> = {}): RouteConfig =>
   RouteSchema.parse({
@@ -17,18 +18,7 @@ const routeOf = (over: Record<string, unknown> = {}): RouteConfig =>
     breaker: { consecutiveFailures: 3, resetMs: 10_000, resetJitterPercent: 0, ...((over.breaker as object | undefined) ?? {}) },
   });
 
-const ctxOf = (route: RouteConfig): CallContext => ({
-  requestId: 'req-1',
-  route,
-  agent: 'a',
-  workflow: undefined,
-  startedAt: 0,
-  deadline: 1e12,
-  signal: new AbortController().signal,
-  log: pino({ level: 'silent' }),
-  attempts: 0,
-  annotations: {},
-});
+const ctxOf = (route: RouteConfig): CallContext => callContext(route);
 
 const get: ProxyRequest = { method: 'GET', path: '/x', headers: {}, body: { kind: 'none' } };
 const jsonReq = (obj: unknown): ProxyRequest => ({ method: 'POST', path: '/x', headers: {}, body: { kind: 'buffered', bytes: Buffer.from(JSON.stringify(obj)) } });

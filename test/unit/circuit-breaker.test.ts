@@ -6,6 +6,7 @@ import {
   type BreakerPermit,
   type CircuitBreakerOptions,
 } from '../../src/policies/circuit-breaker.js';
+import { seeded } from '../helpers/pipeline.js';
 
 const defaults: CircuitBreakerOptions = {
   errorRatePercent: 50,
@@ -306,14 +307,6 @@ describe('CircuitBreaker: half-open', () => {
 });
 
 describe('CircuitBreaker: many callers', () => {
-  /** mulberry32: a tiny seeded PRNG, so the schedule is repeatable. */
-  const seeded = (seed: number) => () => {
-    seed = (seed + 0x6d2b79f5) | 0;
-    let t = Math.imul(seed ^ (seed >>> 15), 1 | seed);
-    t = (t + Math.imul(t ^ (t >>> 7), 61 | t)) ^ t;
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-
   it('never has two live probes out, whatever order callers acquire, settle, release or vanish in', () => {
     const rnd = seeded(99);
     const clock = { t: 0 };

@@ -13,22 +13,13 @@ import {
 import type { CallContext, Handler, ProxyRequest, ProxyResponse } from '../../src/pipeline/types.js';
 import { fallbackLayer, withModel, type FallbackStepHandler } from '../../src/policies/fallback.js';
 import { createMetrics, type Metrics } from '../../src/telemetry/metrics.js';
+import { callContext } from '../helpers/pipeline.js';
 
 const routeOf = (over: Record<string, unknown> = {}): RouteConfig =>
   RouteSchema.parse({ name: 'r', match: { pathPrefix: '/r' }, upstream: { url: 'http://127.0.0.1:1' }, ...over });
 
-const ctxOf = (route: RouteConfig, signal = new AbortController().signal, log = pino({ level: 'silent' })): CallContext => ({
-  requestId: 'req-1',
-  route,
-  agent: 'a',
-  workflow: undefined,
-  startedAt: 0,
-  deadline: 1e12,
-  signal,
-  log,
-  attempts: 0,
-  annotations: {},
-});
+const ctxOf = (route: RouteConfig, signal = new AbortController().signal, log = pino({ level: 'silent' })): CallContext =>
+  callContext(route, { signal, log });
 
 const req: ProxyRequest = {
   method: 'POST',

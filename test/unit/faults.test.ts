@@ -1,32 +1,13 @@
 import { PassThrough } from 'node:stream';
-import { pino } from 'pino';
 import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
 import { FaultsSchema, RouteSchema } from '../../src/config/schema.js';
 import { UpstreamResetError } from '../../src/errors.js';
 import type { CallContext, Handler, ProxyRequest } from '../../src/pipeline/types.js';
 import { faultsLayer, parseFaultHeader, type FaultKind } from '../../src/policies/faults.js';
-
-/** mulberry32: a tiny seeded PRNG, so "random" tests are repeatable. */
-const seeded = (seed: number) => () => {
-  seed = (seed + 0x6d2b79f5) | 0;
-  let t = Math.imul(seed ^ (seed >>> 15), 1 | seed);
-  t = (t + Math.imul(t ^ (t >>> 7), 61 | t)) ^ t;
-  return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-};
+import { callContext, seeded } from '../helpers/pipeline.js';
 
 const route = RouteSchema.parse({ name: 'r', match: { pathPrefix: '/r' }, upstream: { url: 'http://127.0.0.1:1' } });
-const ctxOf = (faultHeader?: string): CallContext => ({
-  requestId: 'req-1',
-  route,
-  agent: 'a',
-  workflow: undefined,
-  startedAt: Date.now(),
-  deadline: Date.now() + 600_000,
-  signal: new AbortController().signal,
-  log: pino({ level: 'silent' }),
-  attempts: 0,
-  annotations: faultHeader === undefined ? {} : { faultHeader },
-});
+const ctxOf = (faultHeader?: string): CallContext => callContext(route, faultHeader === undefined ? {} : { annotations: { faultHeader } });
 const get: ProxyRequest = { method: 'GET', path: '/x', headers: {}, body: { kind: 'none' } };
 
 /** The layer over a terminal that answers 200 and counts the calls that reached it. */

@@ -1,11 +1,11 @@
 import { PassThrough } from 'node:stream';
-import { pino } from 'pino';
 import { beforeEach, describe, expect, it } from 'vitest';
 import { RouteSchema, type RouteConfig } from '../../src/config/schema.js';
 import { discardResponse } from '../../src/http/respond.js';
 import type { BodyEnd, CallContext, HeaderMap, ProxyRequest, ProxyResponse } from '../../src/pipeline/types.js';
 import { LastGoodCache, lastGoodKey, lastGoodRecordLayer, lastGoodStep } from '../../src/policies/last-good.js';
 import { createMetrics, type Metrics } from '../../src/telemetry/metrics.js';
+import { callContext } from '../helpers/pipeline.js';
 
 const routeOf = (over: Record<string, unknown> = {}, lastGood: Record<string, unknown> = {}): RouteConfig =>
   RouteSchema.parse({
@@ -16,18 +16,7 @@ const routeOf = (over: Record<string, unknown> = {}, lastGood: Record<string, un
     ...over,
   });
 
-const ctxOf = (route: RouteConfig): CallContext => ({
-  requestId: 'req-1',
-  route,
-  agent: 'a',
-  workflow: undefined,
-  startedAt: 0,
-  deadline: 1e12,
-  signal: new AbortController().signal,
-  log: pino({ level: 'silent' }),
-  attempts: 0,
-  annotations: {},
-});
+const ctxOf = (route: RouteConfig): CallContext => callContext(route);
 
 const call = (method: string, body?: string, headers: HeaderMap = {}): ProxyRequest => ({
   method,

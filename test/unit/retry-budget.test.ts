@@ -1,18 +1,11 @@
 import { describe, expect, it } from 'vitest';
 import { backoffDelay } from '../../src/policies/backoff.js';
 import { RetryBudget } from '../../src/policies/retry-budget.js';
+import { seeded } from '../helpers/pipeline.js';
 
 const clock = (start = 0) => {
   const c = { t: start, now: () => c.t };
   return c;
-};
-
-/** mulberry32: a tiny seeded PRNG, so "random" tests are repeatable. */
-const seeded = (seed: number) => () => {
-  seed = (seed + 0x6d2b79f5) | 0;
-  let t = Math.imul(seed ^ (seed >>> 15), 1 | seed);
-  t = (t + Math.imul(t ^ (t >>> 7), 61 | t)) ^ t;
-  return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
 };
 
 const defaults = { budgetPercent: 20, minRetriesPerSecond: 3, budgetWindowMs: 10_000 };

@@ -1,28 +1,16 @@
 import { PassThrough } from 'node:stream';
-import { pino } from 'pino';
 import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
 import { RouteSchema, type RouteConfig } from '../../src/config/schema.js';
 import { CircuitOpenError, UpstreamConnectError, UpstreamResetError } from '../../src/errors.js';
 import type { CallContext, Handler, ProxyRequest, ProxyResponse } from '../../src/pipeline/types.js';
 import { isResendable, retryLayer } from '../../src/policies/retry.js';
 import { createMetrics, type Metrics } from '../../src/telemetry/metrics.js';
+import { callContext } from '../helpers/pipeline.js';
 
 const routeOf = (over: Record<string, unknown> = {}): RouteConfig =>
   RouteSchema.parse({ name: 'r', match: { pathPrefix: '/r' }, upstream: { url: 'http://127.0.0.1:1' }, ...over });
 
-const ctxOf = (route: RouteConfig, over: Partial<CallContext> = {}): CallContext => ({
-  requestId: 'req-1',
-  route,
-  agent: 'a',
-  workflow: undefined,
-  startedAt: Date.now(),
-  deadline: Date.now() + 600_000,
-  signal: new AbortController().signal,
-  log: pino({ level: 'silent' }),
-  attempts: 0,
-  annotations: {},
-  ...over,
-});
+const ctxOf = (route: RouteConfig, over: Partial<CallContext> = {}): CallContext => callContext(route, over);
 
 const get = (path = '/x'): ProxyRequest => ({ method: 'GET', path, headers: {}, body: { kind: 'none' } });
 const post = (headers: Record<string, string> = {}): ProxyRequest => ({
