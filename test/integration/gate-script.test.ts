@@ -7,13 +7,12 @@ import { join } from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { parse } from 'yaml';
-import { SloSchema } from '../../src/config/schema.js';
 import { DAY_MS, HOUR_MS, MINUTE_MS } from '../../src/slo/buckets.js';
 import { RedisCounterStore } from '../../src/slo/counter-store.js';
 import { GATE_EXIT } from '../../src/slo/gate.js';
-import { SloRecorder, type SloEvent } from '../../src/slo/recorder.js';
-import { sloSpecOf } from '../../src/slo/spec.js';
+import type { SloEvent } from '../../src/slo/recorder.js';
 import { startRedis, type TestRedis } from '../helpers/redis.js';
+import { badCall as bad, goodCall as good, sloRoutes } from '../helpers/slo.js';
 
 const ROOT = fileURLToPath(new URL('../..', import.meta.url));
 const SCRIPT = join(ROOT, 'deploy/ci/fusebox-gate.sh');
@@ -26,12 +25,12 @@ let redis: TestRedis;
 let seeder: RedisCounterStore;
 let dir: string;
 let bin: string;
-let seq = 0;
 
 beforeAll(async () => {
   redis = await startRedis();
   seeder = new RedisCounterStore({ url: redis.url, keyPrefix: PREFIX, timeoutMs: 1000 });
   await seeder.ready();
+  newRoute = sloRoutes(seeder);
   dir = mkdtempSync(join(tmpdir(), 'fusebox-gate-sh-'));
   // The script runs `fusebox` from PATH by default, as on a runner with the CLI installed.
   bin = join(dir, 'bin');
@@ -48,19 +47,11 @@ afterAll(async () => {
  * A fresh route with traffic at times relative to now: the CLI reads the counters with the real clock, a second
  * or two after they were written, so every window below is chosen far from its edges.
  */
+let newRoute: ReturnType<typeof sloRoutes>;
 const route = () => {
-  const name = `r${seq++}`;
-  const clock = { t: Date.now() };
-  const rec = new SloRecorder({ store: seeder, routes: [sloSpecOf(name, SloSchema.parse({}))], now: () => clock.t, flushIntervalMs: 1000 });
-  const at = async (agoMs: number, n: number, event: SloEvent) => {
-    clock.t = Date.now() - agoMs;
-    for (let i = 0; i < n; i++) rec.record(name, event);
-    await rec.flush();
-  };
-  return { name, at };
+  const r = newRoute();
+  return { name: r.name, at: (agoMs: number, n: number, event: SloEvent) => r.at(Date.now() - agoMs, n, event) };
 };
-const good: SloEvent = { availability: 'good', latencyMs: 800, costUsdMicros: 40_000 };
-const bad: SloEvent = { availability: 'bad', latencyMs: 800 };
 
 interface ScriptRun {
   code: number | null;
@@ -194,7 +185,7 @@ describe('deploy/ci/fusebox-gate.sh against real fleet counters', () => {
 
   it('passes --compare through and maps a CLI usage error to 3', async () => {
     const [compare, usage] = await Promise.all([
-      script(['--compare', `canary=none-${seq},stable=none-${seq + 1}`, '--key-prefix', PREFIX], { GATE_ON_NO_DATA: 'proceed' }),
+      script(['--compare', 'canary=never-written-a,stable=never-written-b', '--key-prefix', PREFIX], { GATE_ON_NO_DATA: 'proceed' }),
       script(['chat', '--slo', 'speed']),
     ]);
     expect(compare.code).toBe(0);

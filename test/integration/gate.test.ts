@@ -4,13 +4,12 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { runGate } from '../../src/cli/gate.js';
-import { SloSchema } from '../../src/config/schema.js';
 import { DAY_MS, HOUR_MS, MINUTE_MS } from '../../src/slo/buckets.js';
 import { RedisCounterStore } from '../../src/slo/counter-store.js';
-import { SloRecorder, type SloEvent } from '../../src/slo/recorder.js';
-import { sloSpecOf } from '../../src/slo/spec.js';
+import type { SloEvent } from '../../src/slo/recorder.js';
 import { startRedis, type TestRedis } from '../helpers/redis.js';
 import { runCaptured } from '../helpers/cli.js';
+import { badCall as bad, goodCall as good, sloRoutes } from '../helpers/slo.js';
 
 // 2025-01-15 12:30:30 UTC
 const T = Date.UTC(2025, 0, 15, 12, 30, 30);
@@ -18,12 +17,12 @@ const T = Date.UTC(2025, 0, 15, 12, 30, 30);
 let redis: TestRedis;
 let seeder: RedisCounterStore;
 let dir: string;
-let seq = 0;
 
 beforeAll(async () => {
   redis = await startRedis();
   seeder = new RedisCounterStore({ url: redis.url, keyPrefix: 'gate', timeoutMs: 1000 });
   await seeder.ready();
+  route = sloRoutes(seeder);
   dir = mkdtempSync(join(tmpdir(), 'fusebox-gate-'));
 });
 afterAll(async () => {
@@ -33,21 +32,7 @@ afterAll(async () => {
 });
 
 /** A fresh route name (the tests share one Redis and prefix) and a way to put traffic on it at any time. */
-const route = () => {
-  const name = `r${seq++}`;
-  const clock = { t: T };
-  const spec = sloSpecOf(name, SloSchema.parse({}));
-  const rec = new SloRecorder({ store: seeder, routes: [spec], now: () => clock.t, flushIntervalMs: 1000 });
-  const at = async (t: number, n: number, event: SloEvent) => {
-    clock.t = t;
-    for (let i = 0; i < n; i++) rec.record(name, event);
-    await rec.flush();
-  };
-  return { name, at };
-};
-
-const good: SloEvent = { availability: 'good', latencyMs: 800, costUsdMicros: 40_000 };
-const bad: SloEvent = { availability: 'bad', latencyMs: 800 };
+let route: ReturnType<typeof sloRoutes>;
 
 const gate = async (args: string[], opts: { store?: boolean } = {}) => {
   const storeArgs = opts.store === false ? [] : ['--store', redis.url, '--key-prefix', 'gate'];
