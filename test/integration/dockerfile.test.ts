@@ -3,13 +3,13 @@
 // stage, each standing for that stage's `/`) and the image's ENTRYPOINT + CMD run from the production stage.
 import { execFile, spawn, type ChildProcess } from 'node:child_process';
 import { cpSync, existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, realpathSync, rmSync, writeFileSync } from 'node:fs';
-import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { delimiter, dirname, join, posix, relative, resolve } from 'node:path';
 import { promisify } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { parseDocument } from 'yaml';
 import { loadConfigFile, parseConfig } from '../../src/config/load.js';
+import { freePort } from '../helpers/net.js';
 
 const REPO = resolve(import.meta.dirname, '../..');
 const run = promisify(execFile);
@@ -266,16 +266,6 @@ const replay = async (base: string): Promise<Built> => {
   }
   return built;
 };
-
-const freePort = (): Promise<number> =>
-  new Promise((resolvePort, reject) => {
-    const srv = createServer();
-    srv.once('error', reject);
-    srv.listen(0, '127.0.0.1', () => {
-      const { port } = srv.address() as { port: number };
-      srv.close(() => resolvePort(port));
-    });
-  });
 
 const exited = (child: ChildProcess): Promise<{ code: number | null; signal: NodeJS.Signals | null }> =>
   new Promise((resolveExit) => {

@@ -1,7 +1,6 @@
 import { spawn } from 'node:child_process';
 import { accessSync, constants, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
-import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
@@ -13,6 +12,7 @@ import { GATE_EXIT } from '../../src/slo/gate.js';
 import type { SloEvent } from '../../src/slo/recorder.js';
 import { startRedis, type TestRedis } from '../helpers/redis.js';
 import { badCall as bad, goodCall as good, sloRoutes } from '../helpers/slo.js';
+import { freePort } from '../helpers/net.js';
 
 const ROOT = fileURLToPath(new URL('../..', import.meta.url));
 const SCRIPT = join(ROOT, 'deploy/ci/fusebox-gate.sh');
@@ -88,14 +88,6 @@ const script = (args: string[], env: Record<string, string | undefined> = {}, sh
     ),
   );
 };
-
-const freePort = (): Promise<number> =>
-  new Promise((resolve) => {
-    const srv = createServer().listen(0, '127.0.0.1', () => {
-      const p = (srv.address() as { port: number }).port;
-      srv.close(() => resolve(p));
-    });
-  });
 
 describe('deploy/ci/fusebox-gate.sh against real fleet counters', () => {
   it('PROCEED: exits 0, prints and saves the one JSON verdict it acted on, and does not roll back', async () => {
