@@ -1,6 +1,6 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import { connect, createServer } from 'node:net';
+import { connect } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { request } from 'undici';
@@ -12,6 +12,7 @@ import { startFusebox, type RunningFusebox } from '../helpers/fusebox.js';
 import { ensurePromtool, promtool } from '../helpers/promtool.js';
 import { json, startUpstream, type TestUpstream } from '../helpers/upstream.js';
 import { runCaptured } from '../helpers/cli.js';
+import { freePort } from '../helpers/net.js';
 
 /**
  * deploy/prometheus and deploy/grafana against the code: promtool checks and unit-tests the rules, and a real
@@ -210,16 +211,6 @@ const PRICES = { 'test-model': { inputPerM: 2, outputPerM: 8 } };
 const USAGE = { prompt_tokens: 1000, completion_tokens: 1000, total_tokens: 2000 };
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
-
-const freePort = (): Promise<number> =>
-  new Promise((resolvePort, reject) => {
-    const srv = createServer();
-    srv.once('error', reject);
-    srv.listen(0, '127.0.0.1', () => {
-      const addr = srv.address();
-      srv.close(() => (addr && typeof addr === 'object' ? resolvePort(addr.port) : reject(new Error('no port'))));
-    });
-  });
 
 /** An OpenAI-like upstream: JSON answers with usage; streams end with a usage chunk, or break off on `x-test-cut`. */
 const llmUpstream = async (): Promise<TestUpstream> => {
@@ -565,7 +556,12 @@ describe('end to end: a real Prometheus scraping a real Fusebox under traffic', 
   }, 30_000);
 
   it('Prometheus evaluates every rule without error, and the alerts this traffic should raise are raised', async () => {
-    const loaded = await loadedRules(prom!, RULES_FILE);
+    // Alerts that read recording rules of another group show up an evaluation or two after their inputs: wait
+    // (bounded) until both expected alerts are there, then judge the state Prometheus reports.
+    const expected = (rs: Awaited<ReturnType<typeof loadedRules>>) =>
+      rs.flatMap((r) => r.alerts ?? []).filter((a) => (a.labels.alertname === 'FuseboxBudgetSpent' || a.labels.alertname === 'FuseboxBreakerOpen') && a.state !== 'inactive').length >= 2;
+    let loaded = await loadedRules(prom!, RULES_FILE);
+    for (const deadline = Date.now() + 5_000; !expected(loaded) && Date.now() < deadline; loaded = await loadedRules(prom!, RULES_FILE)) await sleep(250);
     expect(loaded.map((r) => r.name).sort()).toEqual(rules().map((r) => r.record ?? r.alert).sort());
     for (const r of loaded) expect({ rule: r.name, health: r.health, lastError: r.lastError ?? '' }).toEqual({ rule: r.name, health: 'ok', lastError: '' });
     const alerts = loaded.flatMap((r) => (r.alerts ?? []).map((a) => ({ alertname: a.labels.alertname, route: a.labels.route, state: a.state })));
