@@ -421,7 +421,9 @@ describe('fault injection: by percentage with an injected random, and by header'
     const before = up.count('/fast');
     const results = await twenty('/delay10/fast');
     expect(results.every((r) => r.status === 200)).toBe(true);
-    expect(results.filter((r) => r.ms >= 295)).toHaveLength(2);
+    // The random cycle puts the two draws under 10 % first: those calls waited. Which others were fast is a
+    // question of speed, never asserted here; how many were delayed is the metric's, exactly.
+    expect(results.slice(0, 2).map((r) => r.ms >= 295)).toEqual([true, true]);
     expect(up.count('/fast') - before).toBe(20);
     expect(await faults('delay10', 'delay')).toBe(2);
   });
