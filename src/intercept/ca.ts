@@ -402,7 +402,8 @@ function checkOptions(opts: PodCaOptions): Host[] {
 
 /** What every leaf of one PodCa shares. */
 interface LeafTemplate {
-  publicKey: webcrypto.CryptoKey;
+  /** Encoded once: handing @peculiar/x509 a CryptoKey makes it export the SPKI again at every mint. */
+  publicKey: x509.PublicKey;
   /** PKCS#8 PEM of the shared leaf key, for OpenSSL (tls.createSecureContext). */
   keyPem: string;
   /** basicConstraints, keyUsage, EKU serverAuth, AKI, SKI. */
@@ -484,7 +485,7 @@ export class PodCa {
       info,
       ca,
       new Map(hosts.map((h) => [h.name, h])),
-      { publicKey: leafKeys.publicKey, keyPem: leafKeyPem, extensions: leafExtensions },
+      { publicKey: await x509.PublicKey.create(leafKeys.publicKey, webcrypto), keyPem: leafKeyPem, extensions: leafExtensions },
       opts.leafValidityHours * HOUR_MS,
       opts.maxLeaves,
       now,
