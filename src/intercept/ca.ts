@@ -100,7 +100,7 @@ const MAX_CN_LENGTH = 64;
 const EC_P256 = { name: 'ECDSA', namedCurve: 'P-256' } as const;
 
 /** A host after normalization: the form leaves, constraints and the allow-list all use. */
-interface Host {
+export interface NormalizedHost {
   kind: 'dns' | 'ip';
   /** Lower-case A-label DNS name, or IP literal (v6 compressed, no brackets). */
   name: string;
@@ -113,7 +113,7 @@ const DNS_LABEL = /^(?!-)[a-z0-9_-]{1,63}(?<!-)$/;
  * trailing dot, IPv6 without brackets and in its canonical compressed form. `undefined` for anything else
  * (wildcards, zone ids, IPv4 shorthand like `127.1`).
  */
-export function normalizeHost(raw: string): Host | undefined {
+export function normalizeHost(raw: string): NormalizedHost | undefined {
   let s = raw.toLowerCase();
   if (s.startsWith('[') && s.endsWith(']')) s = s.slice(1, -1);
   if (isIPv4(s)) return { kind: 'ip', name: s };
@@ -134,7 +134,7 @@ export function normalizeHost(raw: string): Host | undefined {
   return { kind: 'dns', name: ascii };
 }
 
-const prefixOf = (h: Host): string => (h.kind === 'dns' ? `DNS:${h.name}` : `IP:${h.name}/${isIPv4(h.name) ? 32 : 128}`);
+const prefixOf = (h: NormalizedHost): string => (h.kind === 'dns' ? `DNS:${h.name}` : `IP:${h.name}/${isIPv4(h.name) ? 32 : 128}`);
 
 /**
  * The name constraints extension (RFC 5280 §4.2.1.10) of a generated CA: a leaked pod CA key then signs
@@ -146,7 +146,7 @@ const prefixOf = (h: Host): string => (h.kind === 'dns' ? `DNS:${h.name}` : `IP:
  * every DNS name, 0.0.0.0/0 and ::/0 every address. This is what the CA/Browser Forum Baseline Requirements
  * (§7.1.2.5.2, technically constrained CAs) demand for the same reason.
  */
-function nameConstraintsFor(hosts: Host[]): { extension: x509.Extension; permitted: string[]; excluded: string[] } {
+function nameConstraintsFor(hosts: NormalizedHost[]): { extension: x509.Extension; permitted: string[]; excluded: string[] } {
   const permitted = hosts.map((h) =>
     h.kind === 'dns'
       ? new AsnGeneralName({ dNSName: h.name })
@@ -193,7 +193,7 @@ export function nameConstraintsExtension(hosts: string[]): x509.Extension {
 function readNameConstraints(cert: x509.X509Certificate): {
   permitted: string[];
   excluded: string[];
-  allows: (h: Host) => boolean;
+  allows: (h: NormalizedHost) => boolean;
 } {
   const ext = cert.getExtension(id_ce_nameConstraints);
   if (ext === null) return { permitted: [], excluded: [], allows: () => true };
@@ -211,7 +211,7 @@ function readNameConstraints(cert: x509.X509Certificate): {
   const excluded = read(nc.excludedSubtrees);
   const label: Record<string, string> = { dns: 'DNS', ip: 'IP' };
   const text = (n: { type: string; value: string }) => `${label[n.type] ?? n.type.toUpperCase()}:${n.value}`;
-  const matches = (h: Host, n: { type: string; value: string }): boolean => {
+  const matches = (h: NormalizedHost, n: { type: string; value: string }): boolean => {
     if (h.kind === 'dns' && n.type === 'dns') {
       const base = n.value.toLowerCase();
       if (base === '') return true;
@@ -232,7 +232,7 @@ function readNameConstraints(cert: x509.X509Certificate): {
     }
     return false;
   };
-  const allows = (h: Host): boolean => {
+  const allows = (h: NormalizedHost): boolean => {
     if (excluded.some((n) => matches(h, n))) return false;
     const sameType = permitted.filter((n) => n.type === h.kind);
     return sameType.length === 0 || sameType.some((n) => matches(h, n));
@@ -281,7 +281,7 @@ interface CaMaterial {
   excluded: string[];
 }
 
-async function generateCa(hosts: Host[], validityDays: number, now: number): Promise<CaMaterial> {
+async function generateCa(hosts: NormalizedHost[], validityDays: number, now: number): Promise<CaMaterial> {
   // Not extractable: the generated CA key lives in this process only and can never be exported or written.
   const keys = (await webcrypto.subtle.generateKey(EC_P256, false, ['sign', 'verify'])) as webcrypto.CryptoKeyPair;
   const nc = nameConstraintsFor(hosts);
@@ -305,7 +305,7 @@ async function generateCa(hosts: Host[], validityDays: number, now: number): Pro
   return { source: 'generated', cert, signingKey: keys.privateKey, signingHash: 'SHA-256', permitted: nc.permitted, excluded: nc.excluded };
 }
 
-async function loadCa(certFile: string, keyFile: string, hosts: Host[], now: number): Promise<CaMaterial> {
+async function loadCa(certFile: string, keyFile: string, hosts: NormalizedHost[], now: number): Promise<CaMaterial> {
   const [certPem, keyPem] = await Promise.all([readPem(certFile, 'certificate'), readPem(keyFile, 'key')]);
   const invalid = (message: string, details: Record<string, unknown> = {}, cause?: unknown) =>
     new CaError('CA_INVALID', message, { certFile, keyFile, ...details }, cause === undefined ? undefined : { cause });
@@ -379,7 +379,7 @@ async function loadCa(certFile: string, keyFile: string, hosts: Host[], now: num
   };
 }
 
-function checkOptions(opts: PodCaOptions): Host[] {
+function checkOptions(opts: PodCaOptions): NormalizedHost[] {
   const problems: string[] = [];
   if ((opts.certFile === undefined) !== (opts.keyFile === undefined)) {
     problems.push('certFile and keyFile go together: set both to load a CA, or neither to generate one');
@@ -390,7 +390,7 @@ function checkOptions(opts: PodCaOptions): Host[] {
   }
   if (!(Number.isInteger(opts.maxLeaves) && opts.maxLeaves >= 1)) problems.push(`maxLeaves must be an integer ≥ 1 (got ${opts.maxLeaves})`);
   if (opts.hosts.length === 0) problems.push('hosts is empty: list the hosts whose TLS Fusebox terminates');
-  const hosts: Host[] = [];
+  const hosts: NormalizedHost[] = [];
   opts.hosts.forEach((raw, i) => {
     const h = normalizeHost(raw);
     if (h === undefined) problems.push(`hosts[${i}] '${raw}' is neither a DNS name nor an IP literal (wildcards are not supported)`);
@@ -431,7 +431,7 @@ export class PodCa {
   private constructor(
     readonly info: CaInfo,
     private readonly ca: CaMaterial,
-    private readonly allowed: ReadonlyMap<string, Host>,
+    private readonly allowed: ReadonlyMap<string, NormalizedHost>,
     private readonly leaf: LeafTemplate,
     private readonly leafValidityMs: number,
     maxLeaves: number,
@@ -563,7 +563,7 @@ export class PodCa {
     return { certFile, bundleFile };
   }
 
-  private async mint(host: Host): Promise<tls.SecureContext> {
+  private async mint(host: NormalizedHost): Promise<tls.SecureContext> {
     const started = performance.now();
     const now = this.now();
     const caNotAfter = this.info.notAfter.getTime();
