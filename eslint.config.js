@@ -15,4 +15,6 @@ export default tseslint.config(
     },
   },
   { files: ['bench/**', 'test/**'], rules: { 'no-console': 'off' } },
+  // Agent scripts the tests run as child processes: plain Node ESM.
+  { files: ['test/fixtures/**/*.mjs'], languageOptions: { globals: { process: 'readonly', fetch: 'readonly', console: 'readonly' } } },
 );

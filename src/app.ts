@@ -2,6 +2,7 @@ import { randomBytes } from 'node:crypto';
 import { createServer, type IncomingMessage, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { hostname } from 'node:os';
+import { resolve } from 'node:path';
 import type { Duplex } from 'node:stream';
 import Fastify, { type FastifyInstance } from 'fastify';
 import { pino, type Logger } from 'pino';
@@ -14,12 +15,17 @@ import { createBudgetStore, loadPrices } from './budget/factory.js';
 import type { BudgetStore } from './budget/store.js';
 import { warmTokenizer } from './budget/estimate.js';
 import { registerAdminSlo } from './http/admin-slo.js';
+import { registerAdminCa } from './http/admin-ca.js';
 import { MemoryCounterStore, RedisCounterStore } from './slo/counter-store.js';
 import { SloEvaluator } from './slo/evaluator.js';
 import { applySloGauges, zeroSloEventSeries } from './slo/exports.js';
 import { SloRecorder } from './slo/recorder.js';
 import { sloSpecsOf } from './slo/spec.js';
 import { handleConnect } from './http/connect.js';
+import { Interceptor } from './http/intercept.js';
+import { createPodCa } from './intercept/setup.js';
+import type { PodCa } from './intercept/ca.js';
+import { configWarnings } from './config/warnings.js';
 import { FORWARD_TARGET, handleProxyRequest, type ForwardRequest, type ProxyState } from './http/proxy.js';
 import { errorBody } from './http/respond.js';
 import { RouteTable } from './http/route-table.js';
@@ -41,6 +47,8 @@ export interface AppDeps {
 
 export interface Fusebox {
   config: Config;
+  /** The pod CA intercepted tunnels are served with; undefined when no route intercepts. */
+  ca: PodCa | undefined;
   proxy: FastifyInstance;
   admin: FastifyInstance;
   metrics: Metrics;
@@ -95,6 +103,17 @@ const rawErrorResponse = (err: ProxyError): string => {
   );
 };
 
+/** A CA close to its end is said at startup and once a day after, while there is time to replace it. */
+const watchCaExpiry = (ca: PodCa, warningDays: number, logger: Logger): void => {
+  const check = () => {
+    const days = ca.daysLeft();
+    if (days <= 0) logger.error({ notAfter: ca.info.notAfter.toISOString() }, 'the pod CA has expired: intercepted calls fail their TLS handshake and /readyz answers 503; restart the sidecar (a generated CA) or renew intercept.ca.certFile');
+    else if (days < warningDays) logger.warn({ notAfter: ca.info.notAfter.toISOString(), daysLeft: Math.floor(days) }, 'the pod CA expires soon: restart the sidecar (a generated CA) or renew intercept.ca.certFile');
+  };
+  check();
+  setInterval(check, 86_400_000).unref();
+};
+
 /** Build (but do not bind) a Fusebox from a validated config. Tests build one per case on port 0. */
 export const buildApp = async (config: Config, deps: AppDeps = {}): Promise<Fusebox> => {
   const logger = deps.logger ?? createLogger(config.log.level);
@@ -130,6 +149,8 @@ export const buildApp = async (config: Config, deps: AppDeps = {}): Promise<Fuse
   const pipelineDeps: PipelineDeps = { pools, metrics, logger, env, now, random, via, store, prices, budgets: config.budgets, slo: { recorder, evaluator } };
   const built: BuiltRoute[] = buildRoutes(config.routes, pipelineDeps);
   const routes = new RouteTable(built);
+  for (const warning of configWarnings(config)) logger.warn(warning);
+  const ca = await createPodCa(config, { baseDir: deps.baseDir ?? process.cwd(), now, metrics });
   metrics.configInfo.labels(String(config.routes.length), config.store.kind, config.agent.id).set(1);
   // Present from the first scrape, so rate() sees the first failure and alerts have a series to watch.
   for (const op of ['reserve', 'commit', 'release']) metrics.storeErrors.labels(op).inc(0);
@@ -138,6 +159,24 @@ export const buildApp = async (config: Config, deps: AppDeps = {}): Promise<Fuse
   // walk, the largest single cost of a proxied call in bench/ profiles; every other line keeps it.
   const accessLog = logger.child({}, { redact: [] });
   const proxyDeps = { config, routes, metrics, logger, accessLog, now, state, via };
+  const clientError = (err: Error & { code?: string }, socket: Duplex) => {
+    if (!socket.writable) return socket.destroy();
+    const e =
+      err.code === 'HPE_HEADER_OVERFLOW'
+        ? new HeadersTooLargeError(`request headers are larger than the limit of ${config.limits.maxHeaderBytes} bytes (limits.maxHeaderBytes)`)
+        : new BadRequestError(`malformed HTTP request: ${err.code ?? err.message}`);
+    metrics.refusals.labels(e.code).inc();
+    socket.end(rawErrorResponse(e));
+  };
+  const interceptor = new Interceptor({
+    config: config.intercept,
+    maxHeaderBytes: config.limits.maxHeaderBytes,
+    ca,
+    metrics,
+    logger,
+    handle: (req, res) => void handleProxyRequest(req, res, proxyDeps),
+    rawError: clientError,
+  });
   const proxy = Fastify({
     logger: false,
     exposeHeadRoutes: false,
@@ -149,7 +188,7 @@ export const buildApp = async (config: Config, deps: AppDeps = {}): Promise<Fuse
       const url = req.url ?? '/';
       if (url.startsWith('/')) return url;
       try {
-        (req as ForwardRequest)[FORWARD_TARGET] = new URL(url);
+        (req as ForwardRequest)[FORWARD_TARGET] = { url: new URL(url), mode: 'proxy' };
       } catch {
         return '/';
       }
@@ -157,15 +196,7 @@ export const buildApp = async (config: Config, deps: AppDeps = {}): Promise<Fuse
     },
     serverFactory: (handler) =>
       createServer({ maxHeaderSize: config.limits.maxHeaderBytes, noDelay: true }, (req: IncomingMessage, res: ServerResponse) => handler(req, res)),
-    clientErrorHandler: (err: Error & { code?: string }, socket) => {
-      if (!socket.writable) return socket.destroy();
-      const e =
-        err.code === 'HPE_HEADER_OVERFLOW'
-          ? new HeadersTooLargeError(`request headers are larger than the limit of ${config.limits.maxHeaderBytes} bytes (limits.maxHeaderBytes)`)
-          : new BadRequestError(`malformed HTTP request: ${err.code ?? err.message}`);
-      metrics.refusals.labels(e.code).inc();
-      socket.end(rawErrorResponse(e));
-    },
+    clientErrorHandler: clientError,
   });
   // Bodies stay unread streams: the proxy decides whether to buffer (for replay) or stream.
   proxy.removeAllContentTypeParsers();
@@ -175,7 +206,7 @@ export const buildApp = async (config: Config, deps: AppDeps = {}): Promise<Fuse
     return handleProxyRequest(req.raw as ForwardRequest, reply.raw, proxyDeps);
   });
   proxy.server.on('connect', (req: IncomingMessage, socket: Duplex, head: Buffer) =>
-    handleConnect(req, socket, head, { routes, metrics, logger, state, tunnels }),
+    handleConnect(req, socket, head, { routes, metrics, logger, state, tunnels, interceptor }),
   );
 
   const admin = Fastify({ logger: false, forceCloseConnections: true });
@@ -184,7 +215,8 @@ export const buildApp = async (config: Config, deps: AppDeps = {}): Promise<Fuse
     metrics,
     token: token !== undefined && token !== '' ? token : undefined,
     tokenEnv: config.listen.admin.tokenEnv,
-    isReady: () => state.accepting && proxy.server.listening,
+    // An expired pod CA makes every intercepted call fail its handshake: not ready, so the rollout shows it.
+    isReady: () => state.accepting && proxy.server.listening && (ca === undefined || ca.daysLeft() > 0),
     beforeScrape: async () => {
       applySloGauges({ budgetRemaining: metrics.sloBudgetRemaining, burnRate: metrics.sloBurnRate, action: metrics.sloAction }, evaluator.all());
       await refreshBudgetGauges(config, store, metrics);
@@ -193,6 +225,7 @@ export const buildApp = async (config: Config, deps: AppDeps = {}): Promise<Fuse
   registerAdminBreakers(admin, built);
   registerAdminBudgets(admin, { config, store, logger });
   registerAdminSlo(admin, evaluator);
+  registerAdminCa(admin, ca);
 
   const urlOf = (app: FastifyInstance) => {
     const a = app.server.address() as AddressInfo;
@@ -202,6 +235,7 @@ export const buildApp = async (config: Config, deps: AppDeps = {}): Promise<Fuse
   let closed: Promise<void> | undefined;
   const fusebox: Fusebox = {
     config,
+    ca,
     proxy,
     admin,
     metrics,
@@ -211,6 +245,13 @@ export const buildApp = async (config: Config, deps: AppDeps = {}): Promise<Fuse
     async listen() {
       // A Redis store still connecting would count as down for the first calls (a `closed` route refuses them).
       await store.ready?.(Math.max(1_000, config.store.timeoutMs * 4));
+      // Before the port opens, so /readyz (the native sidecar's startup gate) never says ready without the file agents trust.
+      const caDir = env.FUSEBOX_CA_DIR || config.intercept.ca.outDir;
+      if (ca !== undefined && caDir !== undefined) {
+        const files = await ca.writeFiles(resolve(deps.baseDir ?? process.cwd(), caDir));
+        logger.info({ ...files, fingerprintSha256: ca.info.fingerprintSha256, notAfter: ca.info.notAfter.toISOString() }, 'pod CA certificate written');
+      }
+      if (ca !== undefined) watchCaExpiry(ca, config.intercept.ca.expiryWarningDays, logger);
       await proxy.listen({ host: config.listen.proxy.host, port: config.listen.proxy.port });
       await admin.listen({ host: config.listen.admin.host, port: config.listen.admin.port });
       state.ownPorts.add((proxy.server.address() as AddressInfo).port);
@@ -248,9 +289,11 @@ export const buildApp = async (config: Config, deps: AppDeps = {}): Promise<Fuse
         if (timedOut) {
           logger.warn({ inflight: state.inflight, tunnels: tunnels.size }, 'grace period over: cutting the calls still running');
           for (const t of tunnels) t.destroy();
+          interceptor.closeAll();
           proxy.server.closeAllConnections();
           await pools.destroy();
         } else {
+          interceptor.closeAll();
           proxy.server.closeAllConnections();
           await pools.close();
         }

@@ -29,6 +29,8 @@ const make = (code: string, statusCode: number) =>
 export class NoRouteError extends make('NO_ROUTE', 404) {}
 export class DestinationNotAllowedError extends make('DESTINATION_NOT_ALLOWED', 403) {}
 export class ProxyLoopError extends make('PROXY_LOOP', 403) {}
+/** A request inside an intercepted tunnel names another host than the tunnel (RFC 9110 §15.5.20). */
+export class MisdirectedRequestError extends make('MISDIRECTED_REQUEST', 421) {}
 export class BodyTooLargeError extends make('BODY_TOO_LARGE', 413) {}
 export class HeadersTooLargeError extends make('HEADERS_TOO_LARGE', 431) {}
 export class BadRequestError extends make('BAD_REQUEST', 400) {}

@@ -1,4 +1,5 @@
 import { z } from 'zod';
+import { parseHostEntry } from '../net/address.js';
 
 /**
  * The one schema for Fusebox's config file. Every field says its unit and default; the README's
@@ -102,14 +103,34 @@ export const MatchSchema = z
       .string()
       .regex(/^\/[^?#]*$/, 'must start with "/" and have no query')
       .optional(),
-    /** Proxy mode (HTTP_PROXY / HTTPS_PROXY): request hosts this route serves, e.g. `api.openai.com`. */
+    /**
+     * Proxy mode (HTTP_PROXY / HTTPS_PROXY): destinations this route serves, `host` or `host:port`
+     * (`api.openai.com`, `tools.internal:8443`, `[::1]:9000`). A host without a port allows 80 and 443. Absolute-form
+     * requests and CONNECT tunnels reach a route only on a listed host and port; spellings of one address
+     * (`127.1`, `[::ffff:127.0.0.1]`) are normalized before they are compared.
+     */
     hosts: z
-      .array(z.string().regex(/^[A-Za-z0-9.-]+$|^\[[0-9a-fA-F:.]+\]$/, 'must be a host name or address, no scheme or port'))
+      .array(
+        z.string().superRefine((s, ctx) => {
+          const parsed = parseHostEntry(s);
+          if (typeof parsed === 'string') ctx.addIssue({ code: 'custom', message: parsed });
+        }),
+      )
       .optional(),
     /** Proxy mode: only absolute-form requests whose path starts with this take the route. Default `/`. */
     hostPathPrefix: z.string().regex(/^\//, 'must start with "/"').default('/'),
-    /** Ports a CONNECT tunnel to one of `hosts` may use. Default [443]. Empty list: no tunnels. */
-    connectPorts: z.array(z.number().int().min(1).max(65535)).default([443]),
+    /**
+     * What a CONNECT tunnel to one of `hosts` gets. `intercept` (default): Fusebox serves the requests inside it
+     * (TLS terminated with a leaf from the pod CA, or plain HTTP), so every policy applies. `tunnel`: bytes are
+     * spliced end to end, for certificate-pinned clients or mutual TLS to the destination; no cap, credential,
+     * retry or usage meter can apply then.
+     */
+    connect: z.enum(['intercept', 'tunnel']).default('intercept'),
+    /** Replaced by ports in `hosts` entries. */
+    connectPorts: z
+      .unknown()
+      .refine((v) => v === undefined, 'was replaced by ports in match.hosts: write "host:8443"; a host without a port allows 80 and 443')
+      .optional(),
   })
   .refine((m) => m.pathPrefix !== undefined || (m.hosts !== undefined && m.hosts.length > 0), {
     message: 'needs `pathPrefix` (base-URL mode) or `hosts` (proxy mode), or both',
@@ -370,6 +391,44 @@ export const LimitsSchema = z.strictObject({
   maxHeaderBytes: z.number().int().min(1024).default(32 * 1024),
 });
 
+export const InterceptSchema = z
+  .strictObject({
+    ca: z
+      .strictObject({
+        /**
+         * PEM certificate of the CA leaves are signed with, instead of one generated at startup: for a fleet that
+         * wants one CA (mounted from a Secret). Needs `keyFile`. Relative paths resolve from the config file.
+         */
+        certFile: z.string().min(1).optional(),
+        /** PEM (PKCS#8) private key of `certFile`. */
+        keyFile: z.string().min(1).optional(),
+        /** Validity of the CA generated at startup (its key lives in memory only), days. Default 365. */
+        validityDays: positiveInt.default(365),
+        /**
+         * Folder the CA certificate (`ca.crt`, for NODE_EXTRA_CA_CERTS) and a bundle of the system roots plus the CA
+         * (`ca-bundle.crt`, for SSL_CERT_FILE and friends) are written to before /readyz turns ready. The
+         * environment variable FUSEBOX_CA_DIR (set by `fusebox inject`) takes precedence. Unset: nothing is written.
+         */
+        outDir: z.string().min(1).optional(),
+        /** A CA with fewer days left than this is logged at startup and daily, so it is replaced before it expires. Default 14. */
+        expiryWarningDays: z.number().int().min(0).default(14),
+      })
+      .prefault({}),
+    /** Lifetime of a leaf certificate, hours. Default 24. */
+    leafValidityHours: z.number().int().min(1).max(24 * 7).default(24),
+    /** Most leaf certificates kept minted (least recently used go first). Default 1000. */
+    maxLeaves: positiveInt.default(1000),
+    /**
+     * How long a new tunnel may take to send its first byte, and then to finish its TLS handshake, ms. Default 10000.
+     * A client that rejects the certificate without a TLS alert (Node's) is counted when this runs out.
+     */
+    handshakeTimeoutMs: positiveInt.default(10_000),
+  })
+  .refine((i) => (i.ca.certFile === undefined) === (i.ca.keyFile === undefined), {
+    message: 'ca.certFile and ca.keyFile go together: give both (a CA of your own) or neither (one generated at startup)',
+    path: ['ca'],
+  });
+
 export const ConfigSchema = z
   .strictObject({
     /** Config format version. Must be 1. */
@@ -406,6 +465,8 @@ export const ConfigSchema = z
       })
       .prefault({}),
     budgets: BudgetsSchema.prefault({}),
+    /** TLS interception of CONNECT tunnels to routed hosts (routes with `match.connect: intercept`, the default). */
+    intercept: InterceptSchema.prefault({}),
     routes: z.array(RouteSchema).min(1, 'needs at least one route: Fusebox forwards only to allow-listed destinations'),
   })
   .superRefine((cfg, ctx) => {
@@ -424,6 +485,27 @@ export const ConfigSchema = z
       if (other !== undefined) {
         ctx.addIssue({ code: 'custom', path: ['routes', i, 'match', 'pathPrefix'], message: `"${p}" is already taken by routes[${other}]` });
       } else prefixes.set(p, i);
+    });
+    // Proxy mode: one host:port (under one hostPathPrefix) is one route; a second would never be reached. And a
+    // tunnel is intercepted or spliced as a whole, before any path is seen, so routes sharing a destination agree.
+    const destinations = new Map<string, { index: number; connect: string }>();
+    cfg.routes.forEach((r, i) => {
+      (r.match.hosts ?? []).forEach((text, j) => {
+        const entry = parseHostEntry(text);
+        if (typeof entry === 'string') return;
+        for (const port of entry.ports) {
+          const at = `${entry.host}:${port}`;
+          const pathKey = `${at}${r.match.hostPathPrefix}`;
+          const same = destinations.get(pathKey);
+          if (same !== undefined && same.index !== i) {
+            ctx.addIssue({ code: 'custom', path: ['routes', i, 'match', 'hosts', j], message: `${at} (hostPathPrefix ${r.match.hostPathPrefix}) is already served by routes[${same.index}] (name "${cfg.routes[same.index]!.name}"): this route would never be reached` });
+          } else destinations.set(pathKey, { index: i, connect: r.match.connect });
+          const other = destinations.get(at);
+          if (other !== undefined && other.index !== i && other.connect !== r.match.connect) {
+            ctx.addIssue({ code: 'custom', path: ['routes', i, 'match', 'connect'], message: `${at} is also listed by routes[${other.index}] (name "${cfg.routes[other.index]!.name}") with connect: ${other.connect}; routes sharing a host and port must agree` });
+          } else if (other === undefined) destinations.set(at, { index: i, connect: r.match.connect });
+        }
+      });
     });
     cfg.routes.forEach((r, i) => {
       // Names label metrics and the x-fusebox-fallback header: two steps under one name could not be told apart.
@@ -468,3 +550,4 @@ export type TimeoutsConfig = z.infer<typeof TimeoutsSchema>;
 export type CredentialConfig = z.infer<typeof CredentialSchema>;
 export type SloConfig = z.infer<typeof SloSchema>;
 export type TlsConfig = z.infer<typeof TlsSchema>;
+export type InterceptConfig = z.infer<typeof InterceptSchema>;

@@ -8,26 +8,20 @@ import type { Metrics } from '../telemetry/metrics.js';
 import { errorBody } from './respond.js';
 import type { ProxyState } from './proxy.js';
 import type { RouteTable } from './route-table.js';
+import type { Interceptor } from './intercept.js';
+import { bareHost, isLocalHost, parseConnectAuthority, type Authority } from '../net/address.js';
 
 export interface ConnectDeps {
   routes: RouteTable<BuiltRoute>;
   metrics: Metrics;
   logger: Logger;
   state: ProxyState;
-  /** Open tunnels, so a drain can wait for them and the end of the grace period can cut them. */
+  /** Open spliced tunnels, so a drain can wait for them and the end of the grace period can cut them. */
   tunnels: Set<Duplex>;
+  /** Serves tunnels of `intercept` routes. */
+  interceptor: Interceptor;
 }
 
-const LOOPBACK = /^(127\.\d+\.\d+\.\d+|localhost|::1|0\.0\.0\.0|::)$/i;
-
-/** `host:port` or `[v6]:port` → parts; undefined when malformed. */
-export const parseAuthority = (authority: string): { host: string; port: number } | undefined => {
-  const m = /^(?:\[([0-9a-fA-F:.]+)\]|([A-Za-z0-9.-]+)):(\d{1,5})$/.exec(authority);
-  if (!m) return undefined;
-  const port = Number(m[3]);
-  if (port < 1 || port > 65535) return undefined;
-  return { host: (m[1] ?? m[2])!, port };
-};
 
 const refuseTunnel = (socket: Duplex, err: ProxyError): void => {
   const body = JSON.stringify(errorBody(err, { requestId: '-' }));
@@ -38,63 +32,74 @@ const refuseTunnel = (socket: Duplex, err: ProxyError): void => {
 };
 
 /**
- * HTTPS_PROXY mode: `CONNECT host:port` opens a TCP tunnel, only to hosts and ports a route allows. Fusebox sees
- * only bytes here (the TLS is end to end between agent and destination), so the policies that need the request
- * (retries, budgets) do not apply: the tunnel is counted (connect time, bytes, errors) per route. TLS interception
- * would plug in here, by terminating TLS on `clientSocket` and feeding requests into the route's pipeline.
+ * HTTPS_PROXY mode: `CONNECT host:port`, only to a host and port a route lists. A route in `intercept` mode (the
+ * default) has its tunnels served by Fusebox (src/http/intercept.ts): every policy applies to the requests inside.
+ * A route in `tunnel` mode gets the bytes spliced end to end: only the tunnel is counted (connect time, bytes, errors).
  */
 export const handleConnect = (req: IncomingMessage, clientSocket: Duplex, head: Buffer, deps: ConnectDeps): void => {
   const m = deps.metrics;
   clientSocket.on('error', () => clientSocket.destroy());
-  const target = parseAuthority(req.url ?? '');
+  const target = parseConnectAuthority(req.url ?? '');
   if (!deps.state.accepting) {
     refuseTunnel(clientSocket, new ShuttingDownError('Fusebox is shutting down'));
     return;
   }
   if (target === undefined) {
-    m.tunnels.labels('', 'refused').inc();
+    m.tunnels.labels('', '', 'refused').inc();
     refuseTunnel(clientSocket, new DestinationNotAllowedError('CONNECT needs host:port', { destination: req.url }));
     return;
   }
-  if (LOOPBACK.test(target.host) && deps.state.ownPorts.has(target.port)) {
-    m.tunnels.labels('', 'refused').inc();
+  const destination = `${target.host}:${target.port}`;
+  if (isLocalHost(target.host) && deps.state.ownPorts.has(target.port)) {
+    m.tunnels.labels('', '', 'refused').inc();
     refuseTunnel(clientSocket, new ProxyLoopError(`refusing to tunnel to Fusebox's own port ${target.port}`));
     return;
   }
   const built = deps.routes.forConnect(target.host, target.port);
   if (built === undefined) {
-    m.tunnels.labels('', 'refused').inc();
-    deps.logger.info({ destination: req.url }, 'tunnel refused: destination not allowed');
+    m.tunnels.labels('', '', 'refused').inc();
+    deps.logger.info({ destination }, 'tunnel refused: destination not allowed');
     refuseTunnel(
       clientSocket,
-      new DestinationNotAllowedError(`tunnel to ${req.url} is not allowed: no route lists this host with this port (match.hosts, match.connectPorts)`, {
-        destination: req.url,
+      new DestinationNotAllowedError(`tunnel to ${destination} is not allowed: no route lists this host and port (match.hosts; a host without a port allows 80 and 443)`, {
+        destination,
       }),
     );
     return;
   }
+  if (built.config.match.connect === 'intercept') {
+    deps.interceptor.accept(clientSocket as Socket, head, target, built.config.name);
+    return;
+  }
+  splice(clientSocket, head, target, built, deps);
+};
+
+/** `tunnel` mode: a TCP connection to the destination, bytes copied both ways, counted. */
+const splice = (clientSocket: Duplex, head: Buffer, target: Authority, built: BuiltRoute, deps: ConnectDeps): void => {
+  const m = deps.metrics;
+  const destination = `${target.host}:${target.port}`;
   const route = built.config.name;
   const connectMs = built.config.timeouts.connectMs;
   const startedHr = process.hrtime.bigint();
-  const upstream: Socket = connect({ host: target.host, port: target.port, timeout: connectMs || undefined });
+  const upstream: Socket = connect({ host: bareHost(target.host), port: target.port, timeout: connectMs || undefined });
   let opened = false;
   let up = 0;
   let down = 0;
 
   const onConnectFailure = (err: ProxyError) => {
-    m.tunnels.labels(route, 'connect_failed').inc();
-    deps.logger.warn({ route, destination: req.url, code: err.code, error: err.message }, 'tunnel connect failed');
+    m.tunnels.labels(route, 'tunnel', 'connect_failed').inc();
+    deps.logger.warn({ route, destination: destination, code: err.code, error: err.message }, 'tunnel connect failed');
     upstream.destroy();
     refuseTunnel(clientSocket, err);
   };
   upstream.once('timeout', () => {
-    if (!opened) onConnectFailure(new UpstreamTimeoutError(`connecting to ${req.url} timed out`, { phase: 'connect', route }));
+    if (!opened) onConnectFailure(new UpstreamTimeoutError(`connecting to ${destination} timed out`, { phase: 'connect', route }));
   });
   upstream.once('connect', () => {
     opened = true;
     upstream.setTimeout(0);
     m.tunnelConnectSeconds.labels(route).observe(Number(process.hrtime.bigint() - startedHr) / 1e9);
-    m.tunnels.labels(route, 'opened').inc();
+    m.tunnels.labels(route, 'tunnel', 'opened').inc();
     m.tunnelsOpen.labels(route).inc();
     deps.tunnels.add(clientSocket);
     clientSocket.write('HTTP/1.1 200 Connection Established\r\n\r\n');
@@ -106,10 +111,10 @@ export const handleConnect = (req: IncomingMessage, clientSocket: Duplex, head: 
   });
   upstream.on('error', (err: NodeJS.ErrnoException) => {
     if (!opened) {
-      onConnectFailure(new UpstreamConnectError(`cannot connect to ${req.url}: ${err.code ?? err.message}`, { route, errno: err.code }));
+      onConnectFailure(new UpstreamConnectError(`cannot connect to ${destination}: ${err.code ?? err.message}`, { route, errno: err.code }));
       return;
     }
-    m.tunnels.labels(route, 'error').inc();
+    m.tunnels.labels(route, 'tunnel', 'error').inc();
     clientSocket.destroy();
   });
   let closed = false;
@@ -126,7 +131,7 @@ export const handleConnect = (req: IncomingMessage, clientSocket: Duplex, head: 
     m.tunnelBytes.labels(route, 'downstream').inc(down);
     upstream.destroy();
     clientSocket.destroy();
-    deps.logger.info({ route, destination: req.url, bytesUp: up + head.length, bytesDown: down, durationMs: Number(process.hrtime.bigint() - startedHr) / 1e6 }, 'tunnel closed');
+    deps.logger.info({ route, destination: destination, bytesUp: up + head.length, bytesDown: down, durationMs: Number(process.hrtime.bigint() - startedHr) / 1e6 }, 'tunnel closed');
   };
   clientSocket.once('close', close);
   upstream.once('close', close);

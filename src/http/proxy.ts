@@ -19,13 +19,22 @@ import type { BuiltRoute } from '../pipeline/build.js';
 import type { BodyEnd, CallContext, ProxyRequest } from '../pipeline/types.js';
 import { codeClass, methodLabel, type Metrics } from '../telemetry/metrics.js';
 import { readRequestBody } from './body.js';
+import { isLocalHost, normalizeHost, urlPort } from '../net/address.js';
 import { redactPath, splitRequestHeaders } from './headers.js';
 import { sendError, sendResponse } from './respond.js';
 import type { RouteTable } from './route-table.js';
 
-/** Set on absolute-form requests (HTTP_PROXY mode) by the server's URL rewrite. */
+/** How a call reached Fusebox: a label on metrics and access-log lines. */
+export type CallMode = 'base-url' | 'proxy' | 'intercept';
+
+/** Where a proxy-mode request goes: set by the server's URL rewrite (absolute-form) or by the tunnel that carried it. */
+export interface ForwardTarget {
+  url: URL;
+  mode: 'proxy' | 'intercept';
+}
+
 export const FORWARD_TARGET = Symbol('fusebox.forwardTarget');
-export type ForwardRequest = IncomingMessage & { [FORWARD_TARGET]?: URL };
+export type ForwardRequest = IncomingMessage & { [FORWARD_TARGET]?: ForwardTarget };
 
 export interface ProxyState {
   /** false once draining: new calls get 503 SHUTTING_DOWN. */
@@ -49,7 +58,6 @@ export interface ProxyDeps {
 
 type Outcome = 'success' | 'upstream_error' | 'failed' | 'refused' | 'aborted' | 'stream_broken';
 
-const LOOPBACK = /^(127\.\d+\.\d+\.\d+|localhost|\[?::1\]?|0\.0\.0\.0|\[?::\]?)$/i;
 const REQUEST_ID = /^[A-Za-z0-9._:-]{1,128}$/;
 
 const errorOutcome = (err: ProxyError): Outcome =>
@@ -94,7 +102,8 @@ export const handleProxyRequest = async (raw: ForwardRequest, res: ServerRespons
   const startedHr = process.hrtime.bigint();
   const incomingId = raw.headers['x-request-id'];
   const requestId = typeof incomingId === 'string' && REQUEST_ID.test(incomingId) ? incomingId : randomUUID();
-  const forward = raw[FORWARD_TARGET];
+  const forward = raw[FORWARD_TARGET]?.url;
+  const mode: CallMode = raw[FORWARD_TARGET]?.mode ?? 'base-url';
   const method = raw.method ?? 'GET';
 
   const refuse = (err: ProxyError, closeConnection = false) => {
@@ -116,16 +125,17 @@ export const handleProxyRequest = async (raw: ForwardRequest, res: ServerRespons
   let built: BuiltRoute | undefined;
   let path: string;
   if (forward !== undefined) {
-    const port = Number(forward.port || (forward.protocol === 'https:' ? 443 : 80));
-    if (LOOPBACK.test(forward.hostname) && deps.state.ownPorts.has(port)) {
+    const port = urlPort(forward);
+    const host = normalizeHost(forward.hostname) ?? forward.hostname;
+    if (isLocalHost(host) && deps.state.ownPorts.has(port)) {
       return refuse(new ProxyLoopError(`refusing to proxy to Fusebox's own port ${port}`));
     }
     path = forward.pathname + forward.search;
-    built = deps.routes.byHost(forward.hostname, path);
+    built = deps.routes.byHost(host, port, path);
     if (built === undefined) {
       return refuse(
-        new DestinationNotAllowedError(`destination ${forward.host} is not allowed: no route lists this host (match.hosts)`, {
-          destination: forward.host,
+        new DestinationNotAllowedError(`destination ${host}:${port} is not allowed: no route lists this host and port (match.hosts; a host without a port allows 80 and 443)`, {
+          destination: `${host}:${port}`,
         }),
       );
     }
@@ -203,7 +213,7 @@ export const handleProxyRequest = async (raw: ForwardRequest, res: ServerRespons
   }
 
   const seconds = Number(process.hrtime.bigint() - startedHr) / 1e9;
-  m.requests.labels(route.name, methodLabel(method), codeClass(status), outcome).inc();
+  m.requests.labels(route.name, methodLabel(method), codeClass(status), outcome, mode).inc();
   m.requestDuration.labels(route.name).observe(seconds);
   if (bytesIn > 0) m.requestBytes.labels(route.name).inc(bytesIn);
   if (end !== undefined && end.bytes > 0) m.responseBytes.labels(route.name).inc(end.bytes);
@@ -215,7 +225,7 @@ export const handleProxyRequest = async (raw: ForwardRequest, res: ServerRespons
     workflow: ctx.workflow,
     method,
     path: redactPath(path),
-    mode: forward ? 'proxy' : 'base-url',
+    mode,
     status,
     outcome,
     code: errCode,

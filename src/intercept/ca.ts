@@ -1,5 +1,5 @@
 // Must stay the first import: @peculiar/x509 throws at import time without a Reflect metadata API.
-import './reflect-metadata.js';
+import 'reflect-metadata';
 import * as x509 from '@peculiar/x509';
 import { AsnConvert } from '@peculiar/asn1-schema';
 import {

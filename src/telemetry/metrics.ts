@@ -15,8 +15,10 @@ export const createMetrics = (opts: { defaultMetrics?: boolean } = {}) => {
     // --- core (every call) ---
     requests: new Counter({
       name: 'fusebox_requests_total',
-      help: 'Calls answered, by route, method, status class and outcome (success, upstream_error, failed, refused, aborted, stream_broken).',
-      labelNames: ['route', 'method', 'code_class', 'outcome'] as const,
+      help:
+        'Calls answered, by route, method, status class, outcome (success, upstream_error, failed, refused, aborted, stream_broken) ' +
+        'and mode (base-url: SDK base URL; proxy: HTTP_PROXY absolute-form; intercept: inside a CONNECT tunnel Fusebox serves).',
+      labelNames: ['route', 'method', 'code_class', 'outcome', 'mode'] as const,
       registers: [registry],
     }),
     requestDuration: new Histogram({
@@ -61,8 +63,30 @@ export const createMetrics = (opts: { defaultMetrics?: boolean } = {}) => {
     // --- CONNECT tunnels (HTTPS_PROXY) ---
     tunnels: new Counter({
       name: 'fusebox_tunnels_total',
-      help: 'CONNECT tunnels, by route and outcome (opened, refused, connect_failed, error).',
-      labelNames: ['route', 'outcome'] as const,
+      help:
+        'CONNECT tunnels, by route, mode (intercept: Fusebox serves the requests inside; tunnel: bytes spliced end to end) and outcome ' +
+        '(opened, refused, connect_failed, error, tls_failed, handshake_timeout).',
+      labelNames: ['route', 'mode', 'outcome'] as const,
+      registers: [registry],
+    }),
+    interceptTlsFailures: new Counter({
+      name: 'fusebox_intercept_tls_failures_total',
+      help:
+        'TLS handshakes inside intercepted tunnels that failed, by route and reason (client_rejected_certificate: the client does not trust ' +
+        'the pod CA or pins certificates, said by a TLS alert; closed_without_request: closed right after the handshake, how a Node client ' +
+        'that rejects the certificate looks; sni_mismatch; not_allowed; tls_error).',
+      labelNames: ['route', 'reason'] as const,
+      registers: [registry],
+    }),
+    interceptLeafMintSeconds: new Histogram({
+      name: 'fusebox_intercept_leaf_mint_seconds',
+      help: 'Time to mint a leaf certificate for an intercepted host (once per host and leaf lifetime).',
+      buckets: [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1],
+      registers: [registry],
+    }),
+    interceptCaExpiry: new Gauge({
+      name: 'fusebox_intercept_ca_expiry_timestamp_seconds',
+      help: 'When the pod CA used for interception expires (Unix time): alert well before it passes.',
       registers: [registry],
     }),
     tunnelConnectSeconds: new Histogram({

@@ -83,6 +83,12 @@ export interface SendHooks {
   onAttempt?(target: UpstreamTarget, result: number | ProxyError, ctx: CallContext): void;
 }
 
+/** Base path + the rest of the agent's path; an empty rest reaches the base path itself (`/mcp`, not `/mcp/`). */
+const upstreamPath = (basePath: string, rest: string): string => {
+  const path = basePath + rest;
+  return path === '' || path.charCodeAt(0) !== 47 /* / */ ? `/${path}` : path;
+};
+
 /**
  * The terminal handler: one request to one upstream, streamed both ways, never retried here.
  * Uses `dispatcher.request` (not fetch/Web Streams): the benchmark showed fetch costing milliseconds per call.
@@ -98,7 +104,7 @@ export const makeSend = (target: UpstreamTarget, pools: PoolSet, hooks: SendHook
     try {
       const res = await pool.request({
         method: req.method as Dispatcher.HttpMethod,
-        path: target.basePath + req.path,
+        path: upstreamPath(target.basePath, req.path),
         headers: req.headers,
         body,
         signal: ctx.signal,

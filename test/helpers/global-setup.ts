@@ -6,6 +6,9 @@ const has = (cmd: string): boolean => spawnSync('sh', ['-c', `command -v ${cmd}`
 const NEEDED: Array<{ binary: string; pkg: string }> = [
   { binary: 'redis-server', pkg: 'redis-server' },
   { binary: 'promtool', pkg: 'prometheus' },
+  // Real agents' clients in the interception tests (curl and Python urllib through HTTPS_PROXY).
+  { binary: 'curl', pkg: 'curl' },
+  { binary: 'python3', pkg: 'python3' },
 ];
 
 /**

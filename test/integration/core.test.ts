@@ -73,7 +73,7 @@ describe('core proxy', () => {
           },
           { name: 'based', match: { pathPrefix: '/based' }, upstream: { url: `${up.url}/v1` } },
           { name: 'tls-origination', match: { hosts: ['plain.example.test'] }, upstream: { url: tlsUp.url, tls: { caFile: testCertificate().caFile } } },
-          { name: 'tunnel', match: { hosts: ['127.0.0.1'], connectPorts: [tlsUp.port] }, upstream: { url: tlsUp.url } },
+          { name: 'tunnel', match: { hosts: [`127.0.0.1:${tlsUp.port}`], connect: 'tunnel' }, upstream: { url: tlsUp.url } },
           { name: 'dead', match: { pathPrefix: '/dead' }, upstream: { url: 'http://127.0.0.1:1' }, retry: { enabled: false } },
           { name: 'nocred', match: { pathPrefix: '/nocred' }, upstream: { url: up.url }, credential: { env: 'FUSEBOX_TEST_UNSET_KEY' } },
         ],

@@ -90,7 +90,7 @@ describe('the proxy variables in Fusebox’s own environment', () => {
         'routes:',
         `  - { name: base, match: { pathPrefix: /up }, upstream: { url: "${up.url}" }, retry: { enabled: false } }`,
         `  - { name: byhost, match: { hosts: [upstream.test] }, upstream: { url: "${up.url}" }, retry: { enabled: false } }`,
-        `  - { name: tunnel, match: { hosts: ["127.0.0.1"], connectPorts: [${up.port}] }, upstream: { url: "${up.url}" } }`,
+        `  - { name: tunnel, match: { hosts: ["127.0.0.1:${up.port}"] }, upstream: { url: "${up.url}" } }`,
       ].join('\n'),
     );
     const child = spawn(process.execPath, ['--import', 'tsx', join(ROOT, 'src/main.ts'), '--config', file], { cwd: ROOT, env, stdio: ['ignore', 'pipe', 'pipe'] });

@@ -1,9 +1,10 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import { connect } from 'node:net';
+import { connect, type Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
-import { request } from 'undici';
+import { connect as tlsConnect } from 'node:tls';
+import { ProxyAgent, request } from 'undici';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { parse, stringify } from 'yaml';
 import { runRules } from '../../src/cli/rules.js';
@@ -439,6 +440,23 @@ describe('end to end: a real Prometheus scraping a real Fusebox under traffic', 
     return res.statusCode;
   };
 
+  /** One call through an intercepted tunnel (a leaf is minted on the first), and one client asking for the wrong name. */
+  const interceptOnce = async (): Promise<void> => {
+    const agent = new ProxyAgent({ uri: fb.proxyUrl, requestTls: { ca: fb.app.ca!.info.pem } });
+    const res = await request('https://tools.test/fast', { dispatcher: agent });
+    await res.body.dump();
+    await agent.close();
+    const tunnel = await new Promise<Socket>((resolve, reject) => {
+      const s = connect(Number(new URL(fb.proxyUrl).port), '127.0.0.1', () => s.write('CONNECT tools.test:443 HTTP/1.1\r\nhost: tools.test:443\r\n\r\n'));
+      s.once('data', () => resolve(s));
+      s.once('error', reject);
+    });
+    await new Promise<void>((resolve) => {
+      const t = tlsConnect({ socket: tunnel, servername: 'not-tools.test', ca: fb.app.ca!.info.pem }, () => resolve());
+      t.once('error', () => resolve());
+    });
+  };
+
   /** Traffic that touches every metric: answers with usage, a broken stream, 503s, budget refusals, a tunnel. */
   const burst = async (cappedCalls: number): Promise<void> => {
     for (let i = 0; i < 4; i++) await post('chat', { model: 'test-model' });
@@ -454,6 +472,7 @@ describe('end to end: a real Prometheus scraping a real Fusebox under traffic', 
     for (let i = 0; i < 3; i++) await get('/tool/fast');
     for (let i = 0; i < 2; i++) await get('/tool/fast', { 'x-fusebox-fault': 'abort=503' });
     await tunnelOnce(fb.proxyUrl, tools.port);
+    await interceptOnce();
     await get('/no-such-route');
     await fb.app.slo.recorder.flush();
     await fb.app.slo.evaluator.evaluate();
@@ -503,7 +522,8 @@ describe('end to end: a real Prometheus scraping a real Fusebox under traffic', 
         {
           // Injected 503s (x-fusebox-fault) are retried, then answered from the last good answer.
           name: 'tool',
-          match: { pathPrefix: '/tool' },
+          // Also reached as https://tools.test through HTTPS_PROXY: an intercepted tunnel.
+          match: { pathPrefix: '/tool', hosts: ['tools.test'] },
           upstream: { url: tools.url },
           retry: { maxRetries: 1, baseMs: 1, capMs: 2 },
           breaker: { enabled: false },
@@ -512,7 +532,7 @@ describe('end to end: a real Prometheus scraping a real Fusebox under traffic', 
           faults: { enabled: true, headerControl: true },
           slo,
         },
-        { name: 'tunnel', match: { hosts: ['127.0.0.1'], connectPorts: [tools.port] }, upstream: { url: tools.url }, slo },
+        { name: 'tunnel', match: { hosts: [`127.0.0.1:${tools.port}`], connect: 'tunnel' }, upstream: { url: tools.url }, slo },
       ],
     };
     fb = await startFusebox(config);

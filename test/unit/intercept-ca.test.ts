@@ -1,5 +1,5 @@
 // Must stay the first import: the test signs its own certificates with @peculiar/x509.
-import '../../src/intercept/reflect-metadata.js';
+import 'reflect-metadata';
 import * as x509 from '@peculiar/x509';
 import { execFile } from 'node:child_process';
 import { KeyObject, X509Certificate, webcrypto } from 'node:crypto';

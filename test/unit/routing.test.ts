@@ -2,6 +2,7 @@ import { describe, expect, it } from 'vitest';
 import { parseConfig } from '../../src/config/load.js';
 import { redactPath, splitRequestHeaders } from '../../src/http/headers.js';
 import { RouteTable } from '../../src/http/route-table.js';
+import { normalizeHost, parseConnectAuthority, parseHostEntry } from '../../src/net/address.js';
 
 const table = () => {
   const cfg = parseConfig({
@@ -9,7 +10,8 @@ const table = () => {
       { name: 'openai', match: { pathPrefix: '/openai', hosts: ['api.openai.com'] }, upstream: { url: 'https://api.openai.com' } },
       { name: 'openai-files', match: { pathPrefix: '/openai/v1/files', hosts: ['api.openai.com'], hostPathPrefix: '/v1/files' }, upstream: { url: 'https://api.openai.com' } },
       { name: 'keep', match: { pathPrefix: '/keep/' }, stripPrefix: false, upstream: { url: 'http://127.0.0.1:1' } },
-      { name: 'gh', match: { hosts: ['API.GitHub.com'], connectPorts: [443, 8443] }, upstream: { url: 'https://api.github.com' } },
+      { name: 'gh', match: { hosts: ['API.GitHub.com', 'api.github.com:8443'] }, upstream: { url: 'https://api.github.com' } },
+      { name: 'local', match: { hosts: ['127.0.0.1:9000', '[::1]:9001'] }, upstream: { url: 'http://127.0.0.1:9000' } },
     ],
   });
   return new RouteTable(cfg.routes.map((config) => ({ config })));
@@ -20,26 +22,72 @@ describe('route table', () => {
     const t = table();
     expect(t.byPrefix('/openai/v1/chat?x=1')).toMatchObject({ route: { config: { name: 'openai' } }, path: '/v1/chat?x=1' });
     expect(t.byPrefix('/openai/v1/files/abc')).toMatchObject({ route: { config: { name: 'openai-files' } }, path: '/abc' });
-    expect(t.byPrefix('/openai')).toMatchObject({ path: '/' });
-    expect(t.byPrefix('/openai?k=v')).toMatchObject({ path: '/?k=v' });
+    // The rest after the prefix is appended as is: the prefix alone reaches the upstream URL's own path exactly.
+    expect(t.byPrefix('/openai')).toMatchObject({ path: '' });
+    expect(t.byPrefix('/openai?k=v')).toMatchObject({ path: '?k=v' });
     expect(t.byPrefix('/openaiX/v1')).toBeUndefined();
     expect(t.byPrefix('/keep/a/b')).toMatchObject({ route: { config: { name: 'keep' } }, path: '/keep/a/b' });
   });
 
-  it('matches proxy-mode hosts case-insensitively with the host path prefix', () => {
+  it('matches proxy-mode hosts and ports with the host path prefix', () => {
     const t = table();
-    expect(t.byHost('api.github.com', '/repos')?.config.name).toBe('gh');
-    expect(t.byHost('API.OPENAI.COM', '/v1/files/1')?.config.name).toBe('openai-files');
-    expect(t.byHost('api.openai.com', '/v1/chat')?.config.name).toBe('openai');
-    expect(t.byHost('evil.com', '/')).toBeUndefined();
+    expect(t.byHost('api.github.com', 443, '/repos')?.config.name).toBe('gh');
+    expect(t.byHost('api.github.com', 80, '/repos')?.config.name).toBe('gh');
+    expect(t.byHost('api.github.com', 8443, '/repos')?.config.name).toBe('gh');
+    expect(t.byHost('api.openai.com', 443, '/v1/files/1')?.config.name).toBe('openai-files');
+    expect(t.byHost('api.openai.com', 443, '/v1/chat')?.config.name).toBe('openai');
+    expect(t.byHost('evil.com', 443, '/')).toBeUndefined();
   });
 
-  it('allows CONNECT only to listed hosts on listed ports', () => {
+  it('refuses a listed host on a port it does not list', () => {
+    const t = table();
+    expect(t.byHost('api.openai.com', 8080, '/v1/chat')).toBeUndefined();
+    expect(t.byHost('127.0.0.1', 9000, '/')?.config.name).toBe('local');
+    expect(t.byHost('127.0.0.1', 9001, '/')).toBeUndefined();
+    expect(t.byHost('127.0.0.1', 80, '/')).toBeUndefined();
+  });
+
+  it('allows CONNECT only to listed hosts on listed ports, IPv6 included', () => {
     const t = table();
     expect(t.forConnect('api.github.com', 8443)?.config.name).toBe('gh');
     expect(t.forConnect('api.openai.com', 443)?.config.name).toBe('openai');
     expect(t.forConnect('api.openai.com', 22)).toBeUndefined();
     expect(t.forConnect('example.com', 443)).toBeUndefined();
+    expect(t.forConnect('[::1]', 9001)?.config.name).toBe('local');
+  });
+});
+
+describe('host normalization', () => {
+  it('gives every spelling of an address one form', () => {
+    for (const spelling of ['127.1', '0x7f000001', '2130706433', '0177.0.0.1', '[::ffff:127.0.0.1]', '::ffff:127.0.0.1', '127.0.0.1']) {
+      expect(normalizeHost(spelling), spelling).toBe('127.0.0.1');
+    }
+    expect(normalizeHost('::1')).toBe('[::1]');
+    expect(normalizeHost('[::1]')).toBe('[::1]');
+    expect(normalizeHost('API.Example.COM.')).toBe('api.example.com');
+    for (const bad of ['', 'a b', 'x/y', 'u@h', '256.1.1.1', '[::1']) expect(normalizeHost(bad), bad).toBeUndefined();
+  });
+
+  it('parses CONNECT authorities (port required) and match.hosts entries (port optional: 80 and 443)', () => {
+    expect(parseConnectAuthority('[::1]:443')).toEqual({ host: '[::1]', port: 443 });
+    expect(parseConnectAuthority('127.1:80')).toEqual({ host: '127.0.0.1', port: 80 });
+    expect(parseConnectAuthority('api.x')).toBeUndefined();
+    expect(parseConnectAuthority('api.x:0')).toBeUndefined();
+    expect(parseConnectAuthority('::1:443')).toBeUndefined();
+    expect(parseHostEntry('api.x')).toEqual({ host: 'api.x', ports: [80, 443] });
+    expect(parseHostEntry('API.x:8443')).toEqual({ host: 'api.x', ports: [8443] });
+    expect(parseHostEntry('[::1]:9')).toEqual({ host: '[::1]', ports: [9] });
+    expect(parseHostEntry('https://api.x')).toMatch(/without a scheme/);
+    expect(parseHostEntry('api.x:99999')).toMatch(/not a port/);
+  });
+
+  it('refuses a config where two routes list one host and port, or disagree on connect mode', () => {
+    const route = (name: string, hosts: string[], extra: Record<string, unknown> = {}) => ({ name, match: { hosts, ...extra }, upstream: { url: 'http://127.0.0.1:1' } });
+    expect(() => parseConfig({ routes: [route('a', ['api.x']), route('b', ['API.x:443'])] })).toThrow(/api\.x:443 \(hostPathPrefix \/\) is already served by routes\[0\] \(name "a"\)/);
+    expect(() => parseConfig({ routes: [route('a', ['127.0.0.1:9']), route('b', ['127.1:9'])] })).toThrow(/127\.0\.0\.1:9 .* already served/);
+    expect(() => parseConfig({ routes: [route('a', ['api.x']), route('b', ['api.x'], { hostPathPrefix: '/v2', connect: 'tunnel' })] })).toThrow(/must agree/);
+    expect(() => parseConfig({ routes: [route('a', ['api.x']), route('b', ['api.x'], { hostPathPrefix: '/v2' })] })).not.toThrow();
+    expect(() => parseConfig({ routes: [route('a', ['api.x'], { connectPorts: [443] })] })).toThrow(/replaced by ports in match.hosts/);
   });
 });
 
