@@ -1,4 +1,5 @@
 import { isMap, isScalar, isSeq, type Document, type YAMLMap } from 'yaml';
+import { isJsonText, jsonIndent, printJson } from './json-print.js';
 import { resolveInjectOptions, type InjectOptions } from './options.js';
 import { injectPodTemplate } from './pod-template.js';
 import { workloadShape } from './workloads.js';
@@ -36,6 +37,7 @@ export interface InjectOutput {
  * Job, CronJob and Pod of a (multi-document) YAML stream; `kind: List` items too. Everything else passes through.
  * A document that is refused (malformed, unknown shape, `hostNetwork`, conflicting proxy env) is written back
  * unchanged and reported; the others are still injected. Injecting an injected stream changes nothing.
+ * A document written in JSON comes out in JSON, its unchanged parts as written; YAML comes out as YAML, comments kept.
  *
  * @throws InjectOptionsError when an option value is invalid.
  */
@@ -46,7 +48,9 @@ export const inject = (input: string, options: Partial<InjectOptions> = {}): Inj
   let output = '';
   stream.documents.forEach((d, i) => {
     const changed = injectDocument(d, i, input, o, results);
-    output += changed ? printDocument(d, stream.style) : printSource(d);
+    if (!changed) output += printSource(d);
+    else if (isJsonText(d.source)) output += d.prefix + (d.explicitStart ? '---\n' : '') + printJson(d.doc, input, jsonIndent(d.source)) + d.suffix;
+    else output += printDocument(d, stream.style);
   });
   return { output: output + stream.trailer, results };
 };

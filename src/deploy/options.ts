@@ -25,10 +25,28 @@ export interface InjectOptions {
   clusterDomain: string;
   /** More NO_PROXY entries (hosts, domain suffixes, IPs) the agent must reach directly. Default none. */
   noProxy: string[];
-  /** Replace proxy variables an agent container already sets, instead of refusing the workload. Default false. */
+  /**
+   * Replace the variables inject sets (proxy, CA trust, SDK base URLs) when an agent container already sets them to
+   * something else, instead of refusing the workload. Default false.
+   */
   overrideProxyEnv: boolean;
   /** Also set NODE_USE_ENV_PROXY=1 so Node's built-in fetch and http honour HTTP_PROXY. Default true. */
   nodeUseEnvProxy: boolean;
+  /**
+   * Wire the pod-local CA: a memory-backed emptyDir the sidecar writes `ca.crt` and `ca-bundle.crt` into
+   * (FUSEBOX_CA_DIR), mounted read-only in the proxied containers, whose trust variables point at it. Default true.
+   */
+  ca: boolean;
+  /**
+   * Names of the containers to proxy, when no `fusebox.io/containers` annotation says otherwise. Default [] meaning
+   * every container except known sidecars of other tools (containers.ts).
+   */
+  containers: string[];
+  /**
+   * SDK base URLs to set on proxied containers: provider → path on the proxy port, e.g. `{ openai: '/openai/v1' }`
+   * gives OPENAI_BASE_URL=http://127.0.0.1:<proxyPort>/openai/v1. Default none.
+   */
+  baseUrls: BaseUrls;
   /** Sidecar CPU request. Default `50m`. */
   cpuRequest: string;
   /** Sidecar CPU limit; '' sets none. Default `500m`. */
@@ -43,6 +61,11 @@ export interface InjectOptions {
   preStopSeconds: number;
 }
 
+/** The SDKs whose base URL inject can set, and the variable each reads. */
+export const BASE_URL_VARS = { openai: 'OPENAI_BASE_URL', anthropic: 'ANTHROPIC_BASE_URL' } as const;
+export type BaseUrlProvider = keyof typeof BASE_URL_VARS;
+export type BaseUrls = Partial<Record<BaseUrlProvider, string>>;
+
 export const DEFAULT_INJECT_OPTIONS: Readonly<InjectOptions> = Object.freeze({
   image: `ghcr.io/fusebox/fusebox:${FUSEBOX_VERSION}`,
   version: FUSEBOX_VERSION,
@@ -55,6 +78,9 @@ export const DEFAULT_INJECT_OPTIONS: Readonly<InjectOptions> = Object.freeze({
   noProxy: [],
   overrideProxyEnv: false,
   nodeUseEnvProxy: true,
+  ca: true,
+  containers: [],
+  baseUrls: {},
   cpuRequest: '50m',
   cpuLimit: '500m',
   memoryRequest: '160Mi',
@@ -77,6 +103,10 @@ const LABEL_NAME = /^[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$/;
 const QUANTITY = /^[+]?([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][-+]?[0-9]+|[numkMGTPE]|[KMGTPE]i)?$/;
 /** What curl, Go and Python accept in NO_PROXY: a host, a `.suffix`, an IP or a CIDR; no scheme, no spaces, no commas. */
 const NO_PROXY_ENTRY = /^[A-Za-z0-9.:\-_/[\]*]+$/;
+/** A container name: an RFC 1123 label. */
+const DNS_LABEL = /^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$/;
+/** A path on the proxy port: starts with "/", no query, fragment or spaces. */
+const URL_PATH = /^\/[^?#\s]*$/;
 
 const isLabelKey = (key: string): boolean => {
   const slash = key.indexOf('/');
@@ -90,7 +120,13 @@ const isPort = (n: number): boolean => Number.isInteger(n) && n >= 1 && n <= 655
 /** Fill in defaults and check every value; throws InjectOptionsError listing every problem. */
 export const resolveInjectOptions = (partial: Partial<InjectOptions> = {}): InjectOptions => {
   const defined = Object.fromEntries(Object.entries(partial).filter(([, v]) => v !== undefined));
-  const o: InjectOptions = { ...DEFAULT_INJECT_OPTIONS, ...defined, noProxy: [...(partial.noProxy ?? DEFAULT_INJECT_OPTIONS.noProxy)] };
+  const o: InjectOptions = {
+    ...DEFAULT_INJECT_OPTIONS,
+    ...defined,
+    noProxy: [...(partial.noProxy ?? DEFAULT_INJECT_OPTIONS.noProxy)],
+    containers: [...(partial.containers ?? DEFAULT_INJECT_OPTIONS.containers)],
+    baseUrls: { ...(partial.baseUrls ?? DEFAULT_INJECT_OPTIONS.baseUrls) },
+  };
   const problems: string[] = [];
   if (o.image.trim() === '' || /\s/.test(o.image)) problems.push(`image: "${o.image}" is not an image reference`);
   if (o.version.trim() === '') problems.push('version: must not be empty');
@@ -108,6 +144,13 @@ export const resolveInjectOptions = (partial: Partial<InjectOptions> = {}): Inje
   for (const entry of o.noProxy) {
     if (!NO_PROXY_ENTRY.test(entry)) problems.push(`noProxy: "${entry}" is not a host, .domain suffix, IP or CIDR`);
     if (entry === '*') problems.push('noProxy: "*" would send every call around Fusebox');
+  }
+  for (const name of o.containers) {
+    if (!DNS_LABEL.test(name)) problems.push(`containers: "${name}" is not a container name (lower-case RFC 1123 label)`);
+  }
+  for (const [provider, path] of Object.entries(o.baseUrls)) {
+    if (!(provider in BASE_URL_VARS)) problems.push(`baseUrls: unknown provider "${provider}" (${Object.keys(BASE_URL_VARS).join(', ')})`);
+    else if (path === undefined || !URL_PATH.test(path)) problems.push(`baseUrls.${provider}: "${path ?? ''}" is not a path (like /openai/v1)`);
   }
   for (const [key, q] of [
     ['cpuRequest', o.cpuRequest],

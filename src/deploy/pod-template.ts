@@ -1,10 +1,17 @@
+import { isDeepStrictEqual } from 'node:util';
 import { isMap, isSeq, type Document, type YAMLMap, type YAMLSeq } from 'yaml';
 import type { InjectOptions } from './options.js';
-import { planProxyEnv, type EnvEdit } from './proxy-env.js';
+import { planAgentEnv, type EnvEdit } from './agent-env.js';
+import { selectContainers } from './containers.js';
 import {
   ADMIN_PORT_NAME,
+  agentCaMount,
+  CA_MOUNT_PATH,
+  CA_VOLUME_NAME,
+  caVolume,
   CONFIG_VOLUME_NAME,
   configVolume,
+  CONTAINERS_ANNOTATION,
   INJECT_ANNOTATION,
   INJECTED_ANNOTATION,
   podAnnotations,
@@ -85,6 +92,20 @@ export const injectPodTemplate = (doc: Document, obj: YAMLMap, templatePath: rea
     return { status: 'already' };
   }
 
+  const agents = podSpec.containers as ContainerView[];
+  // Nearest to the pod first: the pod template's annotation wins over the workload's.
+  const annotation = [...optOutPaths]
+    .reverse()
+    .map((path) => ({ on: path.join('.'), value: plainAt(obj, [...path, 'annotations', CONTAINERS_ANNOTATION]) }))
+    .find((a) => a.value !== undefined && a.value !== null);
+  const selection = selectContainers(
+    agents.map((c) => ({ name: String(c.name), image: c.image })),
+    annotation === undefined ? undefined : { on: annotation.on, value: String(annotation.value) },
+    o.containers,
+  );
+  if (!selection.ok) return { status: selection.status, reason: selection.reason };
+  const proxied = (c: ContainerView) => selection.selected.has(String(c.name));
+
   const reasons: string[] = [];
   if (podSpec.hostNetwork === true) {
     reasons.push(
@@ -93,7 +114,6 @@ export const injectPodTemplate = (doc: Document, obj: YAMLMap, templatePath: rea
         'any process on the node could spend through it',
     );
   }
-  const agents = podSpec.containers as ContainerView[];
   if (agents.some((c) => c.name === SIDECAR_NAME)) {
     reasons.push(`a regular container is already named "${SIDECAR_NAME}" (a hand-written sidecar?); remove it or opt the workload out`);
   }
@@ -113,22 +133,48 @@ export const injectPodTemplate = (doc: Document, obj: YAMLMap, templatePath: rea
   if (sameNameVolume !== undefined && !reuseVolume) {
     reasons.push(`the pod already has a volume named ${CONFIG_VOLUME_NAME} that is not the ConfigMap ${o.configMapName}`);
   }
+  const sameNameCaVolume = volumes.find((v) => v.name === CA_VOLUME_NAME);
+  const reuseCaVolume = sameNameCaVolume !== undefined && isDeepStrictEqual(sameNameCaVolume, caVolume());
+  if (o.ca && sameNameCaVolume !== undefined && !reuseCaVolume) {
+    reasons.push(`the pod already has a volume named ${CA_VOLUME_NAME} that is not Fusebox's CA emptyDir; rename it, or pass --no-ca`);
+  }
+  // Which proxied containers still need the CA mount; one that has exactly it already keeps it.
+  const needsCaMount = new Set<number>();
+  if (o.ca) {
+    agents.forEach((c, i) => {
+      if (!proxied(c)) return;
+      if (c.volumeMounts !== undefined && c.volumeMounts !== null && !Array.isArray(c.volumeMounts)) {
+        reasons.push(`container "${String(c.name)}": volumeMounts is not a list`);
+        return;
+      }
+      const mounts = Array.isArray(c.volumeMounts) ? c.volumeMounts.filter(isRecord) : [];
+      const clashing = mounts.filter((m) => m.name === CA_VOLUME_NAME || m.mountPath === CA_MOUNT_PATH);
+      if (clashing.length === 0) needsCaMount.add(i);
+      else if (!clashing.every((m) => isDeepStrictEqual(m, agentCaMount()))) {
+        reasons.push(
+          `container "${String(c.name)}" already mounts ${clashing.map((m) => `${String(m.name)} at ${String(m.mountPath)}`).join(', ')}, ` +
+            `where the pod CA goes (${CA_VOLUME_NAME} at ${CA_MOUNT_PATH}); move it, or pass --no-ca`,
+        );
+      }
+    });
+  }
   const grace = podSpec.terminationGracePeriodSeconds;
   if (grace !== undefined && grace !== null && !Number.isInteger(grace)) {
     reasons.push('terminationGracePeriodSeconds is not a whole number');
   }
 
-  const warnings: string[] = [];
+  const warnings: string[] = [...selection.notes];
   const envEdits = new Map<number, EnvEdit[]>();
   agents.forEach((c, i) => {
-    const plan = planProxyEnv(String(c.name), c.env, o);
+    if (!proxied(c)) return;
+    const plan = planAgentEnv(String(c.name), c.env, o);
     if (!plan.ok) reasons.push(...plan.reasons);
     else {
       envEdits.set(i, plan.edits);
       warnings.push(...plan.warnings);
     }
     if (Array.isArray(c.envFrom) && c.envFrom.length > 0) {
-      warnings.push(`container "${String(c.name)}" also reads envFrom; a proxy variable set there is overridden by the injected env`);
+      warnings.push(`container "${String(c.name)}" also reads envFrom; a proxy, CA or base-URL variable set there is overridden by the injected env`);
     }
   });
   if (reasons.length > 0) return refuse(reasons.join('; '));
@@ -139,7 +185,7 @@ export const injectPodTemplate = (doc: Document, obj: YAMLMap, templatePath: rea
   const labels = shaped(ensureMap(doc, metadata, 'labels'));
   // Written before `containers`, the order the kubelet starts them in.
   const initSeq = shaped(ensureSeq(doc, spec, 'initContainers', 'containers'));
-  const volumeSeq = reuseVolume ? undefined : shaped(ensureSeq(doc, spec, 'volumes'));
+  const volumeSeq = reuseVolume && (!o.ca || reuseCaVolume) ? undefined : shaped(ensureSeq(doc, spec, 'volumes'));
 
   const want = podAnnotations(o);
   const promKeys = Object.keys(want).filter((k) => k.startsWith('prometheus.io/'));
@@ -163,14 +209,16 @@ export const injectPodTemplate = (doc: Document, obj: YAMLMap, templatePath: rea
   }
 
   initSeq.items.unshift(doc.createNode(sidecarContainer(o)));
-  volumeSeq?.items.push(doc.createNode(configVolume(o)));
+  if (!reuseVolume) volumeSeq?.items.push(doc.createNode(configVolume(o)));
+  if (o.ca && !reuseCaVolume) volumeSeq?.items.push(doc.createNode(caVolume()));
   const required = requiredGraceSeconds(o);
   if (typeof grace !== 'number' || grace < required) spec.set('terminationGracePeriodSeconds', required);
 
   containers.items.forEach((node, i) => {
+    if (!isMap(node)) return;
     const edits = envEdits.get(i);
-    if (!isMap(node) || !edits || edits.length === 0) return;
-    applyEnvEdits(doc, shaped(ensureSeq(doc, node, 'env')), edits);
+    if (edits && edits.length > 0) applyEnvEdits(doc, shaped(ensureSeq(doc, node, 'env')), edits);
+    if (needsCaMount.has(i)) shaped(ensureSeq(doc, node, 'volumeMounts')).items.push(doc.createNode(agentCaMount()));
   });
 
   return { status: 'injected', ...(warnings.length > 0 ? { warnings } : {}) };
@@ -206,7 +254,9 @@ interface PodSpecView {
 
 interface ContainerView {
   name?: unknown;
+  image?: unknown;
   env?: unknown;
+  volumeMounts?: unknown;
   envFrom?: unknown;
   ports?: unknown;
 }

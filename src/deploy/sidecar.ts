@@ -1,5 +1,6 @@
 import type { IContainer } from 'kubernetes-models/v1/Container';
 import type { IVolume } from 'kubernetes-models/v1/Volume';
+import type { IVolumeMount } from 'kubernetes-models/v1/VolumeMount';
 import type { InjectOptions } from './options.js';
 
 /**
@@ -12,10 +13,43 @@ import type { InjectOptions } from './options.js';
 export const SIDECAR_NAME = 'fusebox';
 export const CONFIG_VOLUME_NAME = 'fusebox-config';
 export const CONFIG_MOUNT_PATH = '/etc/fusebox';
+/**
+ * The pod-local CA. The sidecar writes `ca.crt` (the pod CA alone) and `ca-bundle.crt` (system roots + pod CA) into
+ * FUSEBOX_CA_DIR before /readyz turns ready; its startupProbe on /readyz is what keeps the agents from starting
+ * before the files exist (Node reads NODE_EXTRA_CA_CERTS once, at start: a file missing then is never read).
+ */
+export const CA_VOLUME_NAME = 'fusebox-ca';
+export const CA_MOUNT_PATH = '/var/run/fusebox-ca';
+export const CA_DIR_ENV = 'FUSEBOX_CA_DIR';
+export const CA_FILE = `${CA_MOUNT_PATH}/ca.crt`;
+export const CA_BUNDLE_FILE = `${CA_MOUNT_PATH}/ca-bundle.crt`;
+/**
+ * Two certificates and ~150 roots are ~250 KB. A memory-backed emptyDir costs only what is written; going over the
+ * limit gets the pod evicted, so it is generous.
+ */
+export const CA_VOLUME_SIZE_LIMIT = '4Mi';
+
+/**
+ * What points each runtime's TLS client at the pod CA. Node adds NODE_EXTRA_CA_CERTS to its own roots, so it gets
+ * the CA alone; the others replace their roots with the file named, so they get the bundle.
+ */
+export const TRUST_VARS: readonly { name: string; value: string; readBy: string }[] = [
+  { name: 'NODE_EXTRA_CA_CERTS', value: CA_FILE, readBy: 'Node.js, Bun (read once, at start)' },
+  // OpenSSL's default verify paths, which Python's ssl (aiohttp), httpx, Ruby and .NET use; Go reads it on Linux.
+  { name: 'SSL_CERT_FILE', value: CA_BUNDLE_FILE, readBy: 'OpenSSL, Python ssl/httpx, Go' },
+  // requests verifies against certifi's bundle, never OpenSSL's defaults.
+  { name: 'REQUESTS_CA_BUNDLE', value: CA_BUNDLE_FILE, readBy: 'Python requests' },
+  { name: 'CURL_CA_BUNDLE', value: CA_BUNDLE_FILE, readBy: 'curl' },
+  // libcurl sets its compiled-in CA path itself, so git (and anything on libcurl) never reads SSL_CERT_FILE.
+  { name: 'GIT_SSL_CAINFO', value: CA_BUNDLE_FILE, readBy: 'git' },
+];
+
 /** Port names are what probes and the PodMonitor refer to; prefixed so they do not clash with the agent's own. */
 export const PROXY_PORT_NAME = 'fusebox-proxy';
 export const ADMIN_PORT_NAME = 'fusebox-admin';
 
+/** Annotation (on the pod template or the workload) naming the containers to proxy, comma-separated. */
+export const CONTAINERS_ANNOTATION = 'fusebox.io/containers';
 /** Annotation on the pod template: the Fusebox version injected. */
 export const INJECTED_ANNOTATION = 'fusebox.io/injected';
 /** Annotation (on the workload or its pod template) that opts out: "false" or "disabled". */
@@ -24,7 +58,7 @@ export const INJECT_ANNOTATION = 'fusebox.io/inject';
 export const SIDECAR_LABEL = 'fusebox.io/sidecar';
 export const SIDECAR_LABEL_VALUE = 'true';
 
-/** The proxy variables set on every agent container. */
+/** The proxy variables set on every proxied container. */
 export const PROXY_VARS = ['HTTP_PROXY', 'HTTPS_PROXY', 'http_proxy', 'https_proxy'] as const;
 /** NO_PROXY is read upper-case by some tools and lower-case by others (curl); both get the same value. */
 export const NO_PROXY_VARS = ['NO_PROXY', 'no_proxy'] as const;
@@ -70,6 +104,18 @@ export const configVolume = (o: InjectOptions): IVolume => ({
   configMap: { name: o.configMapName },
 });
 
+/** The memory-backed volume the sidecar writes the CA certificates into. */
+export const caVolume = (): IVolume => ({
+  name: CA_VOLUME_NAME,
+  emptyDir: { medium: 'Memory', sizeLimit: CA_VOLUME_SIZE_LIMIT },
+});
+
+/** Every volume an injected pod gets. */
+export const podVolumes = (o: InjectOptions): IVolume[] => [configVolume(o), ...(o.ca ? [caVolume()] : [])];
+
+/** The CA directory in a proxied container: read-only, so an agent cannot swap the CA for the next process. */
+export const agentCaMount = (): IVolumeMount => ({ name: CA_VOLUME_NAME, mountPath: CA_MOUNT_PATH, readOnly: true });
+
 /**
  * Fusebox as a native sidecar: an init container with `restartPolicy: Always` (Kubernetes ≥ 1.29). The kubelet
  * starts it before the agent containers, waits for its startupProbe, and stops it only after they have exited,
@@ -91,14 +137,18 @@ export const sidecarContainer = (o: InjectOptions): IContainer => {
       { name: 'POD_NAME', valueFrom: { fieldRef: { fieldPath: 'metadata.name' } } },
       { name: 'POD_NAMESPACE', valueFrom: { fieldRef: { fieldPath: 'metadata.namespace' } } },
       { name: 'FUSEBOX_AGENT', valueFrom: { fieldRef: { fieldPath: `metadata.labels['${o.agentLabel}']` } } },
+      ...(o.ca ? [{ name: CA_DIR_ENV, value: CA_MOUNT_PATH }] : []),
     ],
     // optional: a missing Secret must not keep the pod from starting; the calls needing a key answer
     // CREDENTIAL_MISSING instead, which says exactly what is wrong.
     envFrom: [{ secretRef: { name: o.secretName, optional: true } }],
     resources: { requests: { cpu: o.cpuRequest, memory: o.memoryRequest }, limits },
-    volumeMounts: [{ name: CONFIG_VOLUME_NAME, mountPath: CONFIG_MOUNT_PATH, readOnly: true }],
+    volumeMounts: [
+      { name: CONFIG_VOLUME_NAME, mountPath: CONFIG_MOUNT_PATH, readOnly: true },
+      ...(o.ca ? [{ name: CA_VOLUME_NAME, mountPath: CA_MOUNT_PATH }] : []),
+    ],
     // For a native sidecar the startupProbe is the gate before the agent starts: ask for readiness, not mere
-    // liveness, so the agent's first call finds a proxy that can route it.
+    // liveness, so the agent's first call finds a proxy that can route it, and the CA files it trusts exist.
     startupProbe: { ...adminProbe('/readyz'), periodSeconds: 1, timeoutSeconds: 2, failureThreshold: 30 },
     readinessProbe: { ...adminProbe('/readyz'), periodSeconds: 5, timeoutSeconds: 2, failureThreshold: 2 },
     livenessProbe: { ...adminProbe('/healthz'), periodSeconds: 10, timeoutSeconds: 2, failureThreshold: 3 },

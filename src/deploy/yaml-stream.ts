@@ -32,6 +32,8 @@ export interface PrintStyle {
   indent: number;
   /** `key:\n  - item` (true) or kubectl's `key:\n- item` (false). */
   indentSeq: boolean;
+  /** `{ a: 1 }` (true) or `{a: 1}` (false): how the file writes its flow collections, so untouched ones stay as written. */
+  flowPadding: boolean;
 }
 
 /** Cut `text` into documents. Never throws for bad YAML: a broken document carries its errors in `doc.errors`. */
@@ -69,16 +71,48 @@ export const readYamlStream = (text: string): YamlStream => {
 export const printDocument = (d: StreamDocument, style: PrintStyle): string =>
   d.prefix +
   (d.explicitStart ? '---\n' : '') +
-  d.doc.toString({ directives: false, lineWidth: 0, indent: style.indent, indentSeq: style.indentSeq }) +
+  alignComments(
+    d.doc.toString({ directives: false, lineWidth: 0, indent: style.indent, indentSeq: style.indentSeq, flowCollectionPadding: style.flowPadding }),
+    d.source,
+  ) +
   d.suffix;
+
+/** `key: value   # note` with the spaces before the `#` folded to one: what the printer makes of an inline comment. */
+const INLINE_COMMENT = /^(.*\S)[ \t]+(#.*)$/;
+const foldComment = (line: string): string | undefined => {
+  const m = INLINE_COMMENT.exec(line);
+  return m ? `${m[1]} ${m[2]}` : undefined;
+};
+
+/**
+ * The printer keeps comments but not the spaces before an inline one, so a column of aligned comments would come
+ * out ragged. A printed line that differs from a line of the source only there gets the source line back.
+ */
+const alignComments = (printed: string, source: string): string => {
+  const original = new Map<string, string>();
+  for (const line of source.split('\n')) {
+    const folded = foldComment(line);
+    if (folded !== undefined && folded !== line) original.set(folded, line);
+  }
+  if (original.size === 0) return printed;
+  return printed
+    .split('\n')
+    .map((line) => original.get(line) ?? line)
+    .join('\n');
+};
 
 export const printSource = (d: StreamDocument): string => d.prefix + d.source + d.suffix;
 
 /** `key:` followed by `- item` at the same indentation: the kubectl / `kubectl create --dry-run -o yaml` habit. */
 const COMPACT_SEQ = /^( *)[^\s#-][^\n]*:[ \t]*\n\1- /m;
 const NESTED_KEY = /^[^\s#][^\n]*:[ \t]*\n( +)[^\s#-]/m;
+/** A non-empty flow collection opening a value (`key: {`, `- [`), padded inside or not. */
+const FLOW_OPEN = /(?:^|:|-)[ \t]+[{[]( ?)[^\s\]}]/gm;
 
 const detectStyle = (text: string): PrintStyle => {
   const indent = NESTED_KEY.exec(text)?.[1]?.length ?? 2;
-  return { indent: indent >= 1 && indent <= 8 ? indent : 2, indentSeq: !COMPACT_SEQ.test(text) };
+  const flows = [...text.matchAll(FLOW_OPEN)];
+  // The majority decides; without flow collections in the file, yaml's default (padded) stays.
+  const padded = flows.filter((m) => m[1] === ' ').length;
+  return { indent: indent >= 1 && indent <= 8 ? indent : 2, indentSeq: !COMPACT_SEQ.test(text), flowPadding: flows.length === 0 || padded * 2 >= flows.length };
 };

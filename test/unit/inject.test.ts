@@ -4,7 +4,7 @@ import { describe, expect, it } from 'vitest';
 import { parseAllDocuments } from 'yaml';
 import { inject, type InjectResult } from '../../src/deploy/inject.js';
 import { InjectOptionsError, resolveInjectOptions, type InjectOptions } from '../../src/deploy/options.js';
-import { sidecarContainer } from '../../src/deploy/sidecar.js';
+import { agentCaMount, caVolume, sidecarContainer, TRUST_VARS } from '../../src/deploy/sidecar.js';
 import type { IDeployment } from 'kubernetes-models/apps/v1/Deployment';
 import type { ICronJob } from 'kubernetes-models/batch/v1/CronJob';
 import type { IContainer } from 'kubernetes-models/v1/Container';
@@ -68,7 +68,12 @@ interface GoldenCase {
   expect: string[];
   /** Objects of the input that are deliberately not valid built-in Kubernetes objects (by name); everything else must validate. */
   invalid?: string[];
+  /** Containers (by name) of injected pods that are deliberately not proxied: known sidecars, or not selected. */
+  unproxied?: string[];
 }
+
+/** A JSON input has a JSON golden output. */
+const outFile = (c: GoldenCase): string => `${c.name}.out.${c.input.endsWith('.json') ? 'json' : 'yaml'}`;
 
 const CASES: GoldenCase[] = [
   { name: 'deployment-basic', input: 'deployment-basic.in.yaml', expect: ['Deployment/support-agent: injected', 'Service/support-agent: skipped'] },
@@ -157,18 +162,55 @@ const CASES: GoldenCase[] = [
     },
     expect: ['Deployment/support-agent: injected', 'Service/support-agent: skipped'],
   },
+  {
+    name: 'no-ca',
+    input: 'deployment-basic.in.yaml',
+    options: { ca: false },
+    expect: ['Deployment/support-agent: injected', 'Service/support-agent: skipped'],
+  },
+  {
+    name: 'base-url',
+    input: 'deployment-basic.in.yaml',
+    options: { ca: false, baseUrls: { openai: '/openai/v1', anthropic: '/anthropic' } },
+    expect: ['Deployment/support-agent: injected', 'Service/support-agent: skipped'],
+  },
+  {
+    name: 'sidecars',
+    input: 'sidecars.in.yaml',
+    expect: ['Deployment/logged-agent: injected', 'Deployment/planner-worker: injected', 'DaemonSet/node-logs: skipped', 'Deployment/misnamed: refused'],
+    unproxied: ['logs', 'planner', 'vector'],
+  },
+  {
+    name: 'sidecars-containers-option',
+    input: 'sidecars.in.yaml',
+    options: { containers: ['agent', 'logs', 'fluent-bit'] },
+    expect: ['Deployment/logged-agent: injected', 'Deployment/planner-worker: injected', 'DaemonSet/node-logs: injected', 'Deployment/misnamed: refused'],
+    unproxied: ['planner', 'vector'],
+  },
+  {
+    name: 'ca-conflict',
+    input: 'ca-conflict.in.yaml',
+    expect: ['Deployment/corp-ca-agent: refused', 'Deployment/path-taken: refused', 'Pod/hand-wired: injected'],
+  },
+  {
+    name: 'ca-conflict-no-ca',
+    input: 'ca-conflict.in.yaml',
+    options: { ca: false },
+    expect: ['Deployment/corp-ca-agent: injected', 'Deployment/path-taken: injected', 'Pod/hand-wired: injected'],
+  },
+  { name: 'json', input: 'deployment.in.json', expect: ['Deployment/json-agent: injected'] },
 ];
 
 describe('inject golden files (UPDATE_GOLDEN=1 rewrites them)', () => {
   for (const c of CASES) {
-    it(`${c.name}: matches ${c.name}.out.yaml and reports ${c.expect.length} object(s) as reviewed`, () => {
+    it(`${c.name}: matches ${outFile(c)} and reports ${c.expect.length} object(s) as reviewed`, () => {
       const { output, results } = inject(read(c.input), c.options);
       if (UPDATE) {
-        writeFileSync(join(FIXTURES, `${c.name}.out.yaml`), output);
+        writeFileSync(join(FIXTURES, outFile(c)), output);
         writeFileSync(join(FIXTURES, `${c.name}.results.json`), `${JSON.stringify(results, null, 2)}\n`);
       }
       expect(statuses(results)).toEqual(c.expect);
-      expect(output).toBe(read(`${c.name}.out.yaml`));
+      expect(output).toBe(read(outFile(c)));
       expect(results).toEqual(JSON.parse(read(`${c.name}.results.json`)));
     });
   }
@@ -201,13 +243,26 @@ describe('inject output', () => {
         expect(metadata.annotations?.['fusebox.io/injected']).toBe(o.version);
         expect(metadata.labels?.['fusebox.io/sidecar']).toBe('true');
         expect(spec.terminationGracePeriodSeconds).toBeGreaterThanOrEqual(o.preStopSeconds + Math.ceil(o.graceMs / 1000));
+        // Without the CA, inject adds no CA volume (a pod may have wired one by hand: ca-conflict-no-ca).
+        if (o.ca) expect(spec.volumes?.filter((v) => v.name === 'fusebox-ca')).toEqual([caVolume()]);
         for (const agent of spec.containers) {
           const env = envOf(agent);
+          if (c.unproxied?.includes(agent.name)) {
+            expect(env.HTTP_PROXY, `${agent.name} is left out`).toBeUndefined();
+            expect(agent.volumeMounts?.some((m) => m.name === 'fusebox-ca') ?? false, `${agent.name} is left out`).toBe(false);
+            continue;
+          }
           for (const v of ['HTTP_PROXY', 'HTTPS_PROXY', 'http_proxy', 'https_proxy']) {
             expect(env[v], `${agent.name} ${v}`).toMatch(new RegExp(`^http://(127\\.0\\.0\\.1|localhost):${o.proxyPort}/?$`));
           }
           expect(env.NO_PROXY).toBe(env.no_proxy);
           expect(env.NO_PROXY?.split(',')).toEqual(expect.arrayContaining(['localhost', '127.0.0.1', '::1', '.svc', `.${o.clusterDomain}`]));
+          if (o.ca) {
+            expect(agent.volumeMounts?.filter((m) => m.name === 'fusebox-ca' || m.mountPath === '/var/run/fusebox-ca'), agent.name).toEqual([agentCaMount()]);
+            for (const v of TRUST_VARS) expect(agent.env?.filter((e) => e.name === v.name), `${agent.name} ${v.name}`).toEqual([{ name: v.name, value: v.value }]);
+          }
+          if (o.baseUrls.openai) expect(env.OPENAI_BASE_URL).toBe(`http://127.0.0.1:${o.proxyPort}${o.baseUrls.openai}`);
+          if (o.baseUrls.anthropic) expect(env.ANTHROPIC_BASE_URL).toBe(`http://127.0.0.1:${o.proxyPort}${o.baseUrls.anthropic}`);
         }
       }
     });
@@ -238,7 +293,7 @@ describe('inject behaviour', () => {
     const { spec } = podOf(named(output, 'memory-agent'));
     expect(spec.initContainers?.map((x) => x.name)).toEqual(['fusebox', 'migrate']);
     expect(spec.terminationGracePeriodSeconds).toBe(90);
-    expect(spec.volumes?.map((v) => v.name)).toEqual(['cache', 'fusebox-config']);
+    expect(spec.volumes?.map((v) => v.name)).toEqual(['cache', 'fusebox-config', 'fusebox-ca']);
   });
 
   it('raises a short grace period to preStop + drain + 5 s', () => {
@@ -403,6 +458,179 @@ describe('inject behaviour', () => {
     expect(sidecarOf(named(output, 'triage-agent')).resources?.limits).toEqual({ memory: '512Mi' });
     expect(sidecarOf(named(output, 'triage-agent')).lifecycle).toBeUndefined();
     expect(spec.terminationGracePeriodSeconds).toBe(60);
+  });
+
+  it('wires the pod CA: a memory emptyDir, read-write in the sidecar with FUSEBOX_CA_DIR, read-only in each proxied container with the trust variables', () => {
+    const { output } = inject(read('pod-multi-container.in.yaml'));
+    const { spec } = podOf(named(output, 'coder-agent-0'));
+    expect(spec.volumes).toContainEqual({ name: 'fusebox-ca', emptyDir: { medium: 'Memory', sizeLimit: '4Mi' } });
+    const sidecar = spec.initContainers![0]!;
+    expect(sidecar.volumeMounts).toContainEqual({ name: 'fusebox-ca', mountPath: '/var/run/fusebox-ca' });
+    expect(envOf(sidecar).FUSEBOX_CA_DIR).toBe('/var/run/fusebox-ca');
+    for (const agent of spec.containers) {
+      expect(agent.volumeMounts).toContainEqual({ name: 'fusebox-ca', mountPath: '/var/run/fusebox-ca', readOnly: true });
+      expect(envOf(agent)).toMatchObject({
+        NODE_EXTRA_CA_CERTS: '/var/run/fusebox-ca/ca.crt',
+        SSL_CERT_FILE: '/var/run/fusebox-ca/ca-bundle.crt',
+        REQUESTS_CA_BUNDLE: '/var/run/fusebox-ca/ca-bundle.crt',
+        CURL_CA_BUNDLE: '/var/run/fusebox-ca/ca-bundle.crt',
+        GIT_SSL_CAINFO: '/var/run/fusebox-ca/ca-bundle.crt',
+      });
+    }
+  });
+
+  it('starts the sidecar first, as a native sidecar whose startupProbe waits for /readyz, so agents start only once the CA files exist', () => {
+    const { output } = inject(read('statefulset-init-containers.in.yaml'));
+    const { spec } = podOf(named(output, 'memory-agent'));
+    // The kubelet starts init containers in order and moves past a restartPolicy: Always one only once its
+    // startupProbe succeeds; Fusebox answers /readyz only after writing ca.crt and ca-bundle.crt.
+    const [first, ...rest] = spec.initContainers ?? [];
+    expect(first).toMatchObject({ name: 'fusebox', restartPolicy: 'Always', startupProbe: { httpGet: { path: '/readyz', port: 'fusebox-admin' } } });
+    expect(rest.map((c) => c.name)).toEqual(['migrate']);
+    const caDir = envOf(first).FUSEBOX_CA_DIR;
+    expect(first?.volumeMounts?.find((m) => m.name === 'fusebox-ca')?.mountPath).toBe(caDir);
+    const agentMount = spec.containers[0]?.volumeMounts?.find((m) => m.name === 'fusebox-ca');
+    expect(agentMount?.mountPath).toBe(caDir);
+    for (const v of TRUST_VARS) expect(envOf(spec.containers[0])[v.name]?.startsWith(`${caDir}/`), v.name).toBe(true);
+    // The agent's own init containers run after the sidecar is ready, but are not proxied.
+    expect(rest[0]?.volumeMounts?.some((m) => m.name === 'fusebox-ca') ?? false).toBe(false);
+  });
+
+  it('adds the CA volume, mounts and variables once, whatever the number of runs', () => {
+    const once = inject(read('pod-multi-container.in.yaml')).output;
+    const thrice = inject(inject(once).output).output;
+    expect(thrice).toBe(once);
+    const { spec } = podOf(named(thrice, 'coder-agent-0'));
+    expect(spec.volumes?.filter((v) => v.name === 'fusebox-ca')).toHaveLength(1);
+    for (const agent of spec.containers) {
+      expect(agent.volumeMounts?.filter((m) => m.name === 'fusebox-ca')).toHaveLength(1);
+      expect(agent.env?.filter((e) => e.name === 'SSL_CERT_FILE')).toHaveLength(1);
+    }
+  });
+
+  it('keeps a CA volume, mount and variable wired by hand exactly as inject would, adding only what is missing', () => {
+    const { output } = inject(read('ca-conflict.in.yaml'));
+    const { spec } = podOf(named(output, 'hand-wired'));
+    expect(spec.volumes?.map((v) => v.name)).toEqual(['fusebox-ca', 'fusebox-config']);
+    expect(spec.containers[0]?.volumeMounts).toEqual([{ name: 'fusebox-ca', mountPath: '/var/run/fusebox-ca', readOnly: true }]);
+    expect(spec.containers[0]?.env?.filter((e) => e.name === 'NODE_EXTRA_CA_CERTS')).toHaveLength(1);
+  });
+
+  it('refuses to replace a CA bundle the agent trusts, and a volume or mount already at the CA\'s name or path', () => {
+    const { output, results } = inject(read('ca-conflict.in.yaml'));
+    expect(results[0]?.reason).toContain('container "agent" already sets SSL_CERT_FILE to "/etc/ssl/corp/bundle.pem"');
+    expect(results[0]?.reason).toContain('--no-ca');
+    expect(results[1]?.reason).toContain('a volume named fusebox-ca that is not Fusebox\'s CA emptyDir');
+    expect(results[1]?.reason).toContain('container "agent" already mounts run at /var/run/fusebox-ca');
+    expect(podOf(named(output, 'corp-ca-agent')).spec.initContainers).toBeUndefined();
+  });
+
+  it('with ca off adds no CA volume, mount or trust variable, and leaves the agent\'s own trust variables alone', () => {
+    const { output } = inject(read('deployment-basic.in.yaml'), { ca: false });
+    expect(output).not.toContain('fusebox-ca');
+    for (const v of TRUST_VARS) expect(output).not.toContain(v.name);
+    const corp = podOf(named(inject(read('ca-conflict.in.yaml'), { ca: false }).output, 'corp-ca-agent')).spec.containers[0];
+    expect(envOf(corp).SSL_CERT_FILE).toBe('/etc/ssl/corp/bundle.pem');
+    expect(envOf(corp).HTTPS_PROXY).toBe('http://127.0.0.1:4000');
+  });
+
+  it('sets the SDK base URLs on the proxy port when asked, next to the proxy variables', () => {
+    const { output } = inject(read('list.in.yaml'), { proxyPort: 14000, baseUrls: { openai: '/oai/v1', anthropic: '/claude' } });
+    const env = envOf(podOf(named(output, 'triage-agent')).spec.containers[0]);
+    expect(env.OPENAI_BASE_URL).toBe('http://127.0.0.1:14000/oai/v1');
+    expect(env.ANTHROPIC_BASE_URL).toBe('http://127.0.0.1:14000/claude');
+    expect(env.HTTPS_PROXY).toBe('http://127.0.0.1:14000');
+  });
+
+  it('by default proxies every container but known sidecars of other tools, and reports each one left out', () => {
+    const { output, results } = inject(read('sidecars.in.yaml'));
+    const { spec } = podOf(named(output, 'logged-agent'));
+    expect(envOf(spec.containers[0]).HTTP_PROXY).toBe('http://127.0.0.1:4000');
+    expect(spec.containers[1]?.env).toBeUndefined();
+    expect(spec.containers[1]?.volumeMounts).toEqual([{ name: 'varlog', mountPath: '/var/log/agent' }]);
+    expect(results[0]?.warnings).toEqual([expect.stringMatching(/^left out container "logs" \(Fluent Bit, by its image cr\.fluentbit\.io\/fluent\/fluent-bit:3\.1\.4\)/)]);
+    expect(results[2]).toMatchObject({ kind: 'DaemonSet', status: 'skipped', reason: expect.stringContaining('every container is a known sidecar') });
+  });
+
+  it('proxies only the containers the fusebox.io/containers annotation names, and refuses one naming a container the pod lacks', () => {
+    const { output, results } = inject(read('sidecars.in.yaml'));
+    const { spec } = podOf(named(output, 'planner-worker'));
+    expect(spec.containers.map((c) => [c.name, envOf(c).HTTP_PROXY !== undefined])).toEqual([
+      ['planner', false],
+      ['worker', true],
+      ['vector', false],
+    ]);
+    expect(results[1]?.warnings).toBeUndefined();
+    expect(results[3]?.reason).toBe('the annotation fusebox.io/containers on metadata names "worker", not a container of the pod (it has agent)');
+  });
+
+  it('with the containers option proxies the named containers (a known sidecar too), the annotation still winning', () => {
+    const { output, results } = inject(read('sidecars.in.yaml'), { containers: ['agent', 'logs', 'fluent-bit'] });
+    expect(podOf(named(output, 'logged-agent')).spec.containers.every((c) => envOf(c).HTTP_PROXY !== undefined)).toBe(true);
+    expect(podOf(named(output, 'node-logs')).spec.containers[0]?.volumeMounts).toEqual([agentCaMount()]);
+    expect(podOf(named(output, 'planner-worker')).spec.containers.map((c) => envOf(c).HTTP_PROXY !== undefined)).toEqual([false, true, false]);
+    expect(results.map((r) => r.warnings)).toEqual([undefined, undefined, undefined, undefined]);
+  });
+
+  it('refuses a pod that has none of the containers the option names, and takes the pod template\'s annotation over the workload\'s', () => {
+    const { results } = inject(read('deployment-basic.in.yaml'), { containers: ['worker'] });
+    expect(results[0]).toMatchObject({ status: 'refused', reason: "--containers names none of the pod's containers (it has agent); name them, or set the annotation fusebox.io/containers" });
+    const input = [
+      'apiVersion: v1',
+      'kind: List',
+      'items:',
+      '- apiVersion: apps/v1',
+      '  kind: Deployment',
+      '  metadata: {name: two, annotations: {fusebox.io/containers: a}}',
+      '  spec:',
+      '    template:',
+      '      metadata: {annotations: {fusebox.io/containers: b}}',
+      '      spec: {containers: [{name: a, image: a}, {name: b, image: b}]}',
+      '',
+    ].join('\n');
+    const { spec } = podOf(objectsOf(inject(input).output)[0]!);
+    expect(spec.containers.map((c) => envOf(c).HTTP_PROXY !== undefined)).toEqual([false, true]);
+  });
+
+  it('writes JSON out for JSON in: valid JSON, the file\'s indentation, untouched members exactly as written', () => {
+    const input = read('deployment.in.json');
+    const { output } = inject(input);
+    const parsed = JSON.parse(output) as IDeployment;
+    expect(parsed.spec?.template.spec?.initContainers?.[0]?.name).toBe('fusebox');
+    expect(output).toContain('\n    "apiVersion": "apps/v1",\n');
+    for (const line of [
+      '"selector": {"matchLabels": {"app.kubernetes.io/name": "json-agent"}},',
+      '"args": ["--workers", "4", "--greeting", "gr\\u00fc\\u00dfe"],',
+      '{"name": "LOG_LEVEL", "value": "info"},',
+      '"resources": {"requests": {"cpu": "200m", "memory": "256Mi"}, "limits": {"memory": "512Mi"}}',
+      '"terminationGracePeriodSeconds": 60',
+    ]) {
+      expect(output).toContain(line);
+    }
+    expect(output.endsWith('}\n')).toBe(true);
+  });
+
+  it('writes minified JSON input back as 2-space JSON, a JSON List included', () => {
+    const list = { apiVersion: 'v1', kind: 'List', items: [JSON.parse(read('deployment.in.json')) as unknown] };
+    const { output, results } = inject(JSON.stringify(list));
+    expect(results.map((r) => r.status)).toEqual(['injected']);
+    const parsed = JSON.parse(output) as { items: IDeployment[] };
+    expect(parsed.items[0]?.spec?.template.spec?.volumes?.map((v) => v.name)).toEqual(['fusebox-config', 'fusebox-ca']);
+    expect(output.startsWith('{\n  "apiVersion": "v1",\n  "kind": "List",\n  "items": [\n    {\n')).toBe(true);
+  });
+
+  it('writes a refused or untouched JSON document back byte for byte', () => {
+    const refused = JSON.stringify({ apiVersion: 'v1', kind: 'Pod', metadata: { name: 'p' }, spec: { hostNetwork: true, containers: [{ name: 'a', image: 'a' }] } });
+    expect(inject(refused).output).toBe(refused);
+    const service = '{"apiVersion": "v1", "kind": "Service", "metadata": {"name": "s"}}\n';
+    expect(inject(service).output).toBe(service);
+  });
+
+  it('keeps YAML flow collections and aligned comments of an injected document as written', () => {
+    const { output } = inject(read('deployment-basic.in.yaml'));
+    expect(output).toContain('    rollingUpdate: {maxSurge: 1, maxUnavailable: 0}\n');
+    expect(output).toContain('        args: ["--workers", "4"]\n');
+    expect(output).toContain('        - name: TICKETS_URL   # in-cluster, must not go through the proxy\n');
   });
 
   it('returns empty output and no results for empty input', () => {

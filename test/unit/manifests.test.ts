@@ -16,8 +16,8 @@ import { runRules } from '../../src/cli/rules.js';
 import { parseConfig } from '../../src/config/load.js';
 import { inject } from '../../src/deploy/inject.js';
 import { DEFAULT_INJECT_OPTIONS, FUSEBOX_VERSION, resolveInjectOptions } from '../../src/deploy/options.js';
-import { planProxyEnv } from '../../src/deploy/proxy-env.js';
-import { ADMIN_PORT_NAME, configVolume, podAnnotations, podLabels, requiredGraceSeconds, sidecarContainer } from '../../src/deploy/sidecar.js';
+import { planAgentEnv } from '../../src/deploy/agent-env.js';
+import { ADMIN_PORT_NAME, podAnnotations, podLabels, podVolumes, requiredGraceSeconds, sidecarContainer } from '../../src/deploy/sidecar.js';
 import { validateK8s } from '../fixtures/k8s/k8s-schema.js';
 
 /**
@@ -190,7 +190,7 @@ describe('deploy/kubernetes/components/fusebox-sidecar', () => {
 
   it('patches in the very sidecar container, volume, labels, annotations and grace period inject() builds', () => {
     expect(template.spec?.initContainers).toEqual([sidecarContainer(o)]);
-    expect(template.spec?.volumes).toEqual([configVolume(o)]);
+    expect(template.spec?.volumes).toEqual(podVolumes(o));
     expect(template.metadata).toEqual({ labels: podLabels(), annotations: podAnnotations(o) });
     expect(template.spec?.terminationGracePeriodSeconds).toBe(requiredGraceSeconds(o));
     expect(template.metadata?.annotations?.['fusebox.io/injected']).toBe(FUSEBOX_VERSION);
@@ -198,7 +198,7 @@ describe('deploy/kubernetes/components/fusebox-sidecar', () => {
 
   it('its proxy-env ConfigMap holds the env inject() sets on an agent container without env of its own', () => {
     const cm = one<IConfigMap>('components/fusebox-sidecar/proxy-env.yaml', 'ConfigMap', 'fusebox-proxy-env');
-    const plan = planProxyEnv('agent', [], o);
+    const plan = planAgentEnv('agent', [], o);
     if (!plan.ok) throw new Error('plan refused');
     expect(cm.data).toEqual(Object.fromEntries(plan.edits.map((e) => (e.op === 'append' ? [e.name, e.value] : []))));
   });
@@ -219,6 +219,7 @@ describe('deploy/kubernetes/components/fusebox-sidecar', () => {
     expect(pod.metadata).toEqual(want.metadata);
     expect(pod.spec?.terminationGracePeriodSeconds).toBe(want.spec?.terminationGracePeriodSeconds);
     expect(pod.spec?.containers[0]?.envFrom).toEqual([{ configMapRef: { name: 'fusebox-proxy-env' } }]);
+    expect(pod.spec?.containers[0]?.volumeMounts).toEqual(want.spec?.containers[0]?.volumeMounts);
   });
 });
 

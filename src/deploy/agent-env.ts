@@ -1,5 +1,5 @@
-import type { InjectOptions } from './options.js';
-import { dedupe, NO_PROXY_VARS, PROXY_VARS, proxyUrl, requiredNoProxy } from './sidecar.js';
+import { BASE_URL_VARS, type BaseUrlProvider, type InjectOptions } from './options.js';
+import { dedupe, NO_PROXY_VARS, PROXY_VARS, proxyUrl, requiredNoProxy, TRUST_VARS } from './sidecar.js';
 
 /** One change to a container's `env` list. `index` points into the list as it was read. */
 export type EnvEdit = { op: 'set'; index: number; value: string } | { op: 'append'; name: string; value: string };
@@ -31,8 +31,11 @@ const readEnv = (env: unknown): EnvEntry[] | undefined => {
   return entries;
 };
 
-/** `http://127.0.0.1:4000`, `http://localhost:4000/` and the like all reach the sidecar. */
-const pointsAtSidecar = (value: string, port: number): boolean => {
+/**
+ * `http://127.0.0.1:4000`, `http://localhost:4000/` and the like all reach the sidecar; with `path`, at that path
+ * (a trailing slash aside).
+ */
+const pointsAtSidecar = (value: string, port: number, path = ''): boolean => {
   try {
     const u = new URL(value);
     const host = u.hostname;
@@ -40,13 +43,17 @@ const pointsAtSidecar = (value: string, port: number): boolean => {
       u.protocol === 'http:' &&
       u.port === String(port) &&
       (host === '127.0.0.1' || host === 'localhost' || host === '[::1]') &&
-      (u.pathname === '/' || u.pathname === '') &&
+      u.pathname.replace(/\/+$/, '') === path.replace(/\/+$/, '') &&
+      u.search === '' &&
       u.username === ''
     );
   } catch {
     return false;
   }
 };
+
+/** The SDK base URL for a path on the sidecar's proxy port. */
+export const baseUrl = (o: InjectOptions, path: string): string => `${proxyUrl(o)}${path}`;
 
 const splitNoProxy = (value: string): string[] =>
   value
@@ -55,13 +62,16 @@ const splitNoProxy = (value: string): string[] =>
     .filter((s) => s !== '');
 
 /**
- * Decide how one agent container's env must change so its HTTP clients go through Fusebox.
+ * Decide how one proxied container's env must change so its HTTP clients go through Fusebox: the proxy variables,
+ * then (with `ca`) the variables that make its TLS clients trust the pod CA, then the SDK base URLs asked for.
  *
- * Never silently replaces a proxy the container already names: that proxy may be a corporate egress the agent
- * depends on, so the answer is a refusal with the reason, unless `overrideProxyEnv`. NO_PROXY is merged, not
- * replaced: the entries already there are destinations the agent must keep reaching directly.
+ * Never silently replaces a value the container already sets to something else: a proxy may be a corporate egress
+ * the agent depends on, a CA file may hold the corporate CA its calls need (the pod's bundle has only the system
+ * roots and the pod CA), a base URL may be a gateway. The answer is a refusal with the reason, unless
+ * `overrideProxyEnv`. NO_PROXY is merged, not replaced: the entries already there are destinations the agent must
+ * keep reaching directly.
  */
-export const planProxyEnv = (containerName: string, env: unknown, o: InjectOptions): EnvPlan => {
+export const planAgentEnv = (containerName: string, env: unknown, o: InjectOptions): EnvPlan => {
   const entries = readEnv(env);
   if (entries === undefined) return { ok: false, reasons: [`container "${containerName}": env is not a list`] };
   const url = proxyUrl(o);
@@ -70,23 +80,30 @@ export const planProxyEnv = (containerName: string, env: unknown, o: InjectOptio
   const reasons: string[] = [];
   const byName = (name: string) => entries.filter((e) => e.name === name);
 
-  const conflicts: string[] = [];
-  for (const name of PROXY_VARS) {
+  /**
+   * One variable inject owns, one policy for all of them: appended when missing, kept when it already says the
+   * same, otherwise replaced with `overrideProxyEnv` (and reported) or added to `conflicts`.
+   */
+  const own = (name: string, want: string, same: (value: string) => boolean, conflicts: string[]): void => {
     const existing = byName(name);
-    if (existing.length === 0) edits.push({ op: 'append', name, value: url });
+    if (existing.length === 0) edits.push({ op: 'append', name, value: want });
     for (const e of existing) {
-      if (!e.fromRef && e.value !== undefined && pointsAtSidecar(e.value, o.proxyPort)) continue;
+      if (!e.fromRef && e.value !== undefined && same(e.value)) continue;
       const what = `${name} ${e.fromRef ? 'from valueFrom (its value is unknown here)' : `to "${e.value ?? ''}"`}`;
       if (o.overrideProxyEnv) {
-        edits.push({ op: 'set', index: e.index, value: url });
+        edits.push({ op: 'set', index: e.index, value: want });
         warnings.push(`container "${containerName}": replaced ${what.replace(' to ', ' set to ')}`);
       } else conflicts.push(what);
     }
-  }
+  };
+  const it = (n: number) => (n === 1 ? 'it' : 'them');
+
+  const conflicts: string[] = [];
+  for (const name of PROXY_VARS) own(name, url, (value) => pointsAtSidecar(value, o.proxyPort), conflicts);
   if (conflicts.length > 0) {
     reasons.push(
       `container "${containerName}" already sets ${conflicts.join(', ')}; Fusebox will not silently replace ` +
-        `${conflicts.length === 1 ? 'it' : 'them'} (re-run with --override-proxy-env to replace, or opt the workload out ` +
+        `${it(conflicts.length)} (re-run with --override-proxy-env to replace, or opt the workload out ` +
         'with the annotation fusebox.io/inject: "false")',
     );
   }
@@ -121,6 +138,32 @@ export const planProxyEnv = (containerName: string, env: unknown, o: InjectOptio
 
   if (o.nodeUseEnvProxy && byName('NODE_USE_ENV_PROXY').length === 0) {
     edits.push({ op: 'append', name: 'NODE_USE_ENV_PROXY', value: '1' });
+  }
+
+  if (o.ca) {
+    const trustConflicts: string[] = [];
+    for (const v of TRUST_VARS) own(v.name, v.value, (value) => value === v.value, trustConflicts);
+    if (trustConflicts.length > 0) {
+      reasons.push(
+        `container "${containerName}" already sets ${trustConflicts.join(', ')}; Fusebox will not silently replace ` +
+          `${it(trustConflicts.length)}: the pod's CA bundle holds only the system roots and the pod CA, so a CA of yours would ` +
+          'stop being trusted (re-run with --override-proxy-env to replace, with --no-ca to leave the trust variables alone, ' +
+          'or opt the workload out with the annotation fusebox.io/inject: "false")',
+      );
+    }
+  }
+
+  const baseUrlConflicts: string[] = [];
+  for (const [provider, path] of Object.entries(o.baseUrls) as [BaseUrlProvider, string | undefined][]) {
+    if (path === undefined) continue;
+    own(BASE_URL_VARS[provider], baseUrl(o, path), (value) => pointsAtSidecar(value, o.proxyPort, path), baseUrlConflicts);
+  }
+  if (baseUrlConflicts.length > 0) {
+    reasons.push(
+      `container "${containerName}" already sets ${baseUrlConflicts.join(', ')}; Fusebox will not silently replace ` +
+        `${it(baseUrlConflicts.length)} (re-run with --override-proxy-env to replace, leave that provider out of --base-url, ` +
+        'or opt the workload out with the annotation fusebox.io/inject: "false")',
+    );
   }
 
   if (reasons.length > 0) return { ok: false, reasons };
