@@ -2,7 +2,7 @@ import Anthropic from '@anthropic-ai/sdk';
 import OpenAI from 'openai';
 import { request } from 'undici';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { startFusebox, type RunningFusebox } from '../helpers/fusebox.js';
+import { metricValue, startFusebox, type RunningFusebox } from '../helpers/fusebox.js';
 import { json, startUpstream, type TestUpstream } from '../helpers/upstream.js';
 
 /*
@@ -15,17 +15,20 @@ import { json, startUpstream, type TestUpstream } from '../helpers/upstream.js';
 const PRICES = { 'test-model': { inputPerM: 2, outputPerM: 8, cachedInputPerM: 1 } };
 /** Every answer reports 1000 prompt (200 cached) and 500 completion tokens: 800·2 + 200·1 + 500·8 = 5800 µUSD. */
 const USAGE = { prompt_tokens: 1000, completion_tokens: 500, total_tokens: 1500, prompt_tokens_details: { cached_tokens: 200 } };
+const COST_USD = 0.0058;
 
 interface FakeLlm extends TestUpstream {
   /** Answer every LLM call with this status and an error body in the provider's shape, while set. */
   failWith: number | undefined;
   /** Request bodies as received, in order. */
   bodies: Array<Record<string, unknown>>;
+  /** Cut the connection after the first streamed chunk, while set. */
+  cutStreams: boolean;
 }
 
 const fakeLlm = async (): Promise<FakeLlm> => {
   const up = await startUpstream();
-  const llm = Object.assign(up, { failWith: undefined as number | undefined, bodies: [] as Array<Record<string, unknown>> });
+  const llm = Object.assign(up, { failWith: undefined as number | undefined, bodies: [] as Array<Record<string, unknown>>, cutStreams: false });
   up.on('/v1/chat/completions', (_req, res, raw) => {
     const body = JSON.parse(raw.toString()) as { model: string; stream?: boolean; stream_options?: { include_usage?: boolean } };
     llm.bodies.push(body);
@@ -36,7 +39,13 @@ const fakeLlm = async (): Promise<FakeLlm> => {
     }
     res.writeHead(200, { 'content-type': 'text/event-stream' });
     for (const word of ['hello', ' world']) {
-      res.write(`data: ${JSON.stringify({ ...base, object: 'chat.completion.chunk', choices: [{ index: 0, delta: { content: word }, finish_reason: null }], usage: null })}\n\n`);
+      const data = `data: ${JSON.stringify({ ...base, object: 'chat.completion.chunk', choices: [{ index: 0, delta: { content: word }, finish_reason: null }], usage: null })}\n\n`;
+      if (llm.cutStreams) {
+        // Cut once the headers and this chunk are on the wire: a failure after the commit point.
+        res.write(data, () => res.socket?.destroy());
+        return undefined;
+      }
+      res.write(data);
     }
     if (body.stream_options?.include_usage) {
       res.write(`data: ${JSON.stringify({ ...base, object: 'chat.completion.chunk', choices: [], usage: USAGE })}\n\n`);
@@ -53,6 +62,16 @@ const fakeLlm = async (): Promise<FakeLlm> => {
   });
   up.on('/v1/models', (_req, res) => json(res, 200, { object: 'list', data: [{ id: 'test-model', object: 'model', created: 1, owned_by: 'test' }] }));
   return llm;
+};
+
+/** Polls the metrics until `ok` holds (bounded): settlement runs when the body ends, which the client may see first. */
+const waitForMetrics = async (fb: RunningFusebox, ok: (text: string) => boolean, ms = 5_000): Promise<string> => {
+  const until = Date.now() + ms;
+  for (;;) {
+    const text = await fb.metricsText();
+    if (ok(text) || Date.now() > until) return text;
+    await new Promise((r) => setImmediate(r));
+  }
 };
 
 type OpenAIError = InstanceType<typeof OpenAI.APIError>;
@@ -177,5 +196,82 @@ describe("Fusebox's own answers in the provider's error envelope", () => {
     const res = await request(`${fb.proxyUrl}/tool/fast`, { headers: wf });
     expect(res.statusCode).toBe(402);
     expect(await res.body.json()).toMatchObject({ statusCode: 402, code: 'CALL_LIMIT', route: 'tool', scopeId: 'tool-loop' });
+  });
+});
+
+describe('the usage chunk Fusebox asks for stays with Fusebox', () => {
+  let llm: FakeLlm;
+  let fb: RunningFusebox;
+  beforeAll(async () => {
+    llm = await fakeLlm();
+    fb = await startFusebox({ routes: [{ name: 'oa', provider: 'openai', match: { pathPrefix: '/openai' }, upstream: { url: llm.url }, budget: { prices: PRICES } }] });
+  });
+  afterAll(async () => {
+    await fb?.stop();
+    await llm?.close();
+  });
+
+  const client = () => new OpenAI({ apiKey: 'x', baseURL: `${fb.proxyUrl}/openai/v1`, maxRetries: 0 });
+  const cost = (text: string) => metricValue(text, 'fusebox_cost_usd_total', { route: 'oa', model: 'test-model' });
+
+  it('the loop written against OpenAI directly works unchanged, and the call is still metered from the removed chunk', async () => {
+    const before = cost(await fb.metricsText());
+    const stream = await client().chat.completions.create({ model: 'test-model', messages: hi, stream: true });
+    let text = '';
+    // Exactly what works against api.openai.com when the agent did not ask for usage: every chunk has a choice.
+    for await (const c of stream) text += c.choices[0]!.delta.content ?? '';
+    expect(text).toBe('hello world');
+    expect(llm.bodies.at(-1)).toMatchObject({ stream: true, stream_options: { include_usage: true } });
+
+    const metrics = await waitForMetrics(fb, (t) => cost(t) > before);
+    expect(cost(metrics) - before).toBeCloseTo(COST_USD, 9);
+    expect(metricValue(metrics, 'fusebox_tokens_total', { route: 'oa', model: 'test-model', type: 'output' })).toBe(500);
+    expect(metricValue(metrics, 'fusebox_usage_estimated_total', { route: 'oa' })).toBe(0);
+  });
+
+  it('sends the agent the upstream stream byte for byte without that one event: framing intact, [DONE] kept', async () => {
+    const res = await request(`${fb.proxyUrl}/openai/v1/chat/completions`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+      body: JSON.stringify({ model: 'test-model', messages: hi, stream: true }),
+    });
+    expect(res.headers['content-type']).toBe('text/event-stream');
+    const body = await res.body.text();
+    const events = body.split('\n\n');
+    expect(events.at(-1)).toBe('');
+    expect(events.at(-2)).toBe('data: [DONE]');
+    expect(events.slice(0, -2).map((e) => (JSON.parse(e.slice('data: '.length)) as { choices: unknown[] }).choices.length)).toEqual([1, 1]);
+    expect(body).not.toContain('"prompt_tokens"');
+  });
+
+  it('passes the usage chunk to an agent that asked for it, and sends its stream_options as written', async () => {
+    const before = cost(await fb.metricsText());
+    const stream = await client().chat.completions.create({ model: 'test-model', messages: hi, stream: true, stream_options: { include_usage: true } });
+    const usage: unknown[] = [];
+    for await (const c of stream) if (c.usage) usage.push({ choices: c.choices, usage: c.usage });
+    expect(usage).toEqual([{ choices: [], usage: USAGE }]);
+    expect(llm.bodies.at(-1)).toMatchObject({ stream_options: { include_usage: true } });
+    const metrics = await waitForMetrics(fb, (t) => cost(t) > before);
+    expect(cost(metrics) - before).toBeCloseTo(COST_USD, 9);
+  });
+
+  it('a stream the upstream cuts is still cut for the agent, and settled from the bytes seen', async () => {
+    const estimated = (t: string) => metricValue(t, 'fusebox_usage_estimated_total', { route: 'oa' });
+    const before = estimated(await fb.metricsText());
+    llm.cutStreams = true;
+    try {
+      const res = await request(`${fb.proxyUrl}/openai/v1/chat/completions`, {
+        method: 'POST',
+        headers: { 'content-type': 'application/json' },
+        body: JSON.stringify({ model: 'test-model', messages: hi, stream: true }),
+      });
+      expect(res.statusCode).toBe(200);
+      await expect(res.body.text()).rejects.toThrow();
+    } finally {
+      llm.cutStreams = false;
+    }
+    const metrics = await waitForMetrics(fb, (t) => estimated(t) > before);
+    expect(estimated(metrics) - before).toBe(1);
+    expect(metricValue(metrics, 'fusebox_requests_total', { route: 'oa', outcome: 'stream_broken' })).toBe(1);
   });
 });
