@@ -1,6 +1,6 @@
 import { pipeline, Transform } from 'node:stream';
 import type { BudgetsConfig, RouteConfig } from '../config/schema.js';
-import { estimateRequest, type RequestEstimate } from '../budget/estimate.js';
+import { asksForTokens, estimateRequest, type RequestEstimate } from '../budget/estimate.js';
 import { costMicroUsd, type PriceBook } from '../budget/prices.js';
 import {
   budgetScopes,
@@ -9,6 +9,7 @@ import {
   type BudgetStore,
   type Refusal,
   type Reservation,
+  type ScopeBudget,
 } from '../budget/store.js';
 import { ProxyError } from '../errors.js';
 import { createUsageMeter, DEFAULT_MAX_JSON_BYTES, isEventStream, type UsageMeter } from '../providers/meter.js';
@@ -114,11 +115,16 @@ export const budgetLayer = (route: RouteConfig, deps: BudgetLayerDeps): Layer =>
 
   return (next) => async (req, ctx) => {
     const estimate = estimateCall(route, req);
+    // An LLM call with no model, no prompt and no body left unread cannot be billed (GET /v1/models): it holds no
+    // money and no money or token cap refuses it; call caps still count it. (A tool call is another matter: it is
+    // work the agent does, so a spent scope refuses it, see store.ts.)
+    const unbillable = estimate !== undefined && req.body.kind !== 'stream' && !asksForTokens(estimate);
     const model = estimate?.model;
     const price = prices.lookup(model);
-    const estTokens = estimate ? estimate.inputTokens + estimate.maxOutputTokens : 0;
-    const estMicros = estimate ? costMicroUsd({ inputTokens: estimate.inputTokens, cachedInputTokens: 0, outputTokens: estimate.maxOutputTokens }, price.price) : 0;
-    if (estimate) {
+    const priced = estimate !== undefined && !unbillable;
+    const estTokens = priced ? estimate.inputTokens + estimate.maxOutputTokens : 0;
+    const estMicros = priced ? costMicroUsd({ inputTokens: estimate.inputTokens, cachedInputTokens: 0, outputTokens: estimate.maxOutputTokens }, price.price) : 0;
+    if (priced) {
       ctx.annotations.model = model;
       ctx.annotations.estimatedUsd = usd(estMicros);
     }
@@ -136,7 +142,8 @@ export const budgetLayer = (route: RouteConfig, deps: BudgetLayerDeps): Layer =>
       refuseRequest('tokens', perRequest.maxRequestTokens, estTokens);
     }
 
-    const scopes = budgetScopes(budgets, route, { agent: ctx.agent, route: route.name, ...(ctx.workflow !== undefined ? { workflow: ctx.workflow } : {}) });
+    const allScopes = budgetScopes(budgets, route, { agent: ctx.agent, route: route.name, ...(ctx.workflow !== undefined ? { workflow: ctx.workflow } : {}) });
+    const scopes = unbillable ? callCapsOnly(allScopes) : allScopes;
     let reservation: Reservation;
     const reserveStart = process.hrtime.bigint();
     try {
@@ -200,7 +207,8 @@ export const budgetLayer = (route: RouteConfig, deps: BudgetLayerDeps): Layer =>
           r.crossed.forEach((c) => events.alert(route.name, c, ctx));
         })
         .catch((e: unknown) => events.storeError(route.name, 'commit', e, ctx));
-      if (metered) {
+      // A call that could not be billed and whose answer reported nothing to bill is no unknown model's call.
+      if (metered && !(unbillable && billsNothing(charged))) {
         events.settled(route.name, { model: match.label, modelKnown: match.known, usage: charged, costMicros }, ctx);
       }
     };
@@ -244,6 +252,12 @@ const withoutUsageChunk = (answer: ProxyResponse, meter: UsageMeter): ProxyRespo
   pipeline(answer.body, strip, () => {});
   return { ...answer, headers, body: strip };
 };
+
+/** The scopes with only their call caps: what a call that cannot be billed is checked against. */
+const callCapsOnly = (scopes: readonly ScopeBudget[]): ScopeBudget[] =>
+  scopes.map((s) => ({ ...s, caps: s.caps.calls === undefined ? {} : { calls: s.caps.calls } }));
+
+const billsNothing = (u: Usage): boolean => u.model === undefined && u.inputTokens + u.cachedInputTokens + u.outputTokens === 0;
 
 const ZERO_USAGE: Usage = Object.freeze({ inputTokens: 0, outputTokens: 0, cachedInputTokens: 0, reasoningTokens: 0, estimated: false });
 

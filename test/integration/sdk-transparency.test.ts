@@ -64,15 +64,20 @@ const fakeLlm = async (): Promise<FakeLlm> => {
   return llm;
 };
 
-/** Polls the metrics until `ok` holds (bounded): settlement runs when the body ends, which the client may see first. */
-const waitForMetrics = async (fb: RunningFusebox, ok: (text: string) => boolean, ms = 5_000): Promise<string> => {
+/**
+ * Reads until `ok` holds, for at most `ms`, and returns the last reading (the caller's assertion then says what
+ * was wrong). Settlement runs when the upstream body ends, which the client may see after it has every byte.
+ */
+const eventually = async <T>(read: () => Promise<T>, ok: (value: T) => boolean, ms = 5_000): Promise<T> => {
   const until = Date.now() + ms;
   for (;;) {
-    const text = await fb.metricsText();
-    if (ok(text) || Date.now() > until) return text;
+    const value = await read();
+    if (ok(value) || Date.now() > until) return value;
     await new Promise((r) => setImmediate(r));
   }
 };
+
+const waitForMetrics = (fb: RunningFusebox, ok: (text: string) => boolean): Promise<string> => eventually(() => fb.metricsText(), ok);
 
 type OpenAIError = InstanceType<typeof OpenAI.APIError>;
 type AnthropicError = InstanceType<typeof Anthropic.APIError>;
@@ -273,5 +278,60 @@ describe('the usage chunk Fusebox asks for stays with Fusebox', () => {
     const metrics = await waitForMetrics(fb, (t) => estimated(t) > before);
     expect(estimated(metrics) - before).toBe(1);
     expect(metricValue(metrics, 'fusebox_requests_total', { route: 'oa', outcome: 'stream_broken' })).toBe(1);
+  });
+});
+
+describe('calls that cannot be billed', () => {
+  let llm: FakeLlm;
+  let fb: RunningFusebox;
+  beforeAll(async () => {
+    llm = await fakeLlm();
+    fb = await startFusebox({
+      budgets: { workflow: { maxCalls: 3 } },
+      // 5000 µUSD: one chat call's estimate (~450 µUSD) fits, its real cost (5800 µUSD) spends the cap.
+      routes: [{ name: 'oa', provider: 'openai', match: { pathPrefix: '/openai' }, upstream: { url: llm.url }, budget: { prices: PRICES, dailyUsd: 0.005 } }],
+    });
+  });
+  afterAll(async () => {
+    await fb?.stop();
+    await llm?.close();
+  });
+
+  const client = (headers: Record<string, string> = {}) => new OpenAI({ apiKey: 'x', baseURL: `${fb.proxyUrl}/openai/v1`, maxRetries: 0, defaultHeaders: headers });
+  const routeDay = async () => {
+    const res = await request(`${fb.adminUrl}/admin/budgets`);
+    const all = (await res.body.json()) as { scopes: Array<{ scope: string; window: string; spentUsd: number; inFlightUsd: number; calls: number }> };
+    return all.scopes.find((s) => s.scope === 'route' && s.window === 'day')!;
+  };
+
+  it('GET /v1/models answers 200 again and again under a small usd cap, holds nothing, and is no unknown model, even once the cap is spent', async () => {
+    for (let i = 0; i < 5; i++) expect((await client().models.list()).data.map((m) => m.id)).toEqual(['test-model']);
+    expect(await eventually(routeDay, (d) => d.calls === 5)).toMatchObject({ spentUsd: 0, inFlightUsd: 0, calls: 5 });
+
+    // Spend the cap for real: the next chat call is refused, a models list still is not.
+    await client().chat.completions.create({ model: 'test-model', max_tokens: 50, messages: hi });
+    const cost = (t: string) => metricValue(t, 'fusebox_cost_usd_total', { route: 'oa', model: 'test-model' });
+    expect(cost(await waitForMetrics(fb, (t) => cost(t) > 0))).toBeCloseTo(COST_USD, 9);
+    const refused = (await client().chat.completions.create({ model: 'test-model', max_tokens: 50, messages: hi }).catch((e: unknown) => e)) as OpenAIError;
+    expect(refused.status).toBe(402);
+    expect(refused.code).toBe('BUDGET_EXCEEDED');
+    expect((await client().models.list()).data).toHaveLength(1);
+
+    const text = await fb.metricsText();
+    expect(metricValue(text, 'fusebox_unknown_model_total', { route: 'oa' })).toBe(0);
+    expect(metricValue(text, 'fusebox_cost_usd_total', { route: 'oa', model: 'other' })).toBe(0);
+    expect(fb.logText()).not.toContain('is not in the price table');
+    expect(fb.logs.filter((l) => l.msg === 'request' && l.path === '/v1/models').map((l) => l.status)).toEqual([200, 200, 200, 200, 200, 200]);
+  });
+
+  it('a call cap still counts them: the 4th GET /v1/models of a workflow capped at 3 calls gets 402 CALL_LIMIT', async () => {
+    const wf = client({ 'x-fusebox-workflow': 'lister' });
+    for (let i = 0; i < 3; i++) await wf.models.list();
+    const err = (await wf.models.list().catch((e: unknown) => e)) as OpenAIError;
+    expect(err).toBeInstanceOf(OpenAI.APIError);
+    expect(err.status).toBe(402);
+    expect(err.code).toBe('CALL_LIMIT');
+    expect(err.message).toBe('402 workflow "lister" reached its limit of 3 calls');
+    expect(llm.count('/v1/models')).toBe(6 + 3);
   });
 });
