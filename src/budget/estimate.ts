@@ -206,6 +206,12 @@ export const estimateRequest = (
   return estimate;
 };
 
+/**
+ * Does the request ask for anything billable? One with no model and no prompt (a models list, a file download,
+ * a DELETE) asks for no tokens: pricing it at the default price would charge a made-up model for nothing.
+ */
+export const asksForTokens = (estimate: RequestEstimate): boolean => estimate.model !== undefined || estimate.inputTokens > 0;
+
 /** The estimate as a Usage (output at its maximum, nothing cached), to price a reservation with `costMicroUsd`. */
 export const usageFromEstimate = (estimate: RequestEstimate): Usage => {
   const usage: Usage = {

@@ -204,7 +204,7 @@ export const handleProxyRequest = async (raw: ForwardRequest, res: ServerRespons
     outcome = errorOutcome(err);
     if (err instanceof InternalError) ctx.log.error({ err: caught }, 'internal error while proxying');
     // 413 with the body unread: close, or Node would read the rest of a huge upload to reuse the socket.
-    sendError(res, err, { requestId, route: route.name }, err.statusCode === 413);
+    sendError(res, err, { requestId, route: route.name, provider: route.provider }, err.statusCode === 413);
   } finally {
     if (deadlineTimer !== undefined) clearTimeout(deadlineTimer);
     res.off('close', onClientGone);

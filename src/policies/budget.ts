@@ -1,5 +1,6 @@
+import { pipeline, Transform } from 'node:stream';
 import type { BudgetsConfig, RouteConfig } from '../config/schema.js';
-import { estimateRequest, type RequestEstimate } from '../budget/estimate.js';
+import { asksForTokens, estimateRequest, type RequestEstimate } from '../budget/estimate.js';
 import { costMicroUsd, type PriceBook } from '../budget/prices.js';
 import {
   budgetScopes,
@@ -8,12 +9,14 @@ import {
   type BudgetStore,
   type Refusal,
   type Reservation,
+  type ScopeBudget,
 } from '../budget/store.js';
 import { ProxyError } from '../errors.js';
-import { createUsageMeter } from '../providers/meter.js';
+import { createUsageMeter, DEFAULT_MAX_JSON_BYTES, isEventStream, type UsageMeter } from '../providers/meter.js';
+import { createUsageChunkFilter } from '../providers/openai.js';
 import { withStreamUsage } from '../providers/request.js';
 import type { Usage } from '../providers/usage.js';
-import type { BodyEnd, CallContext, Layer, ProxyRequest } from '../pipeline/types.js';
+import type { BodyEnd, CallContext, Layer, ProxyRequest, ProxyResponse } from '../pipeline/types.js';
 
 /** A budget refusal: 402 (not 429, which every SDK retries), never retried by the agent's SDK. */
 export class BudgetRefusedError extends ProxyError {
@@ -112,11 +115,16 @@ export const budgetLayer = (route: RouteConfig, deps: BudgetLayerDeps): Layer =>
 
   return (next) => async (req, ctx) => {
     const estimate = estimateCall(route, req);
+    // An LLM call with no model, no prompt and no body left unread cannot be billed (GET /v1/models): it holds no
+    // money and no money or token cap refuses it; call caps still count it. (A tool call is another matter: it is
+    // work the agent does, so a spent scope refuses it, see store.ts.)
+    const unbillable = estimate !== undefined && req.body.kind !== 'stream' && !asksForTokens(estimate);
     const model = estimate?.model;
     const price = prices.lookup(model);
-    const estTokens = estimate ? estimate.inputTokens + estimate.maxOutputTokens : 0;
-    const estMicros = estimate ? costMicroUsd({ inputTokens: estimate.inputTokens, cachedInputTokens: 0, outputTokens: estimate.maxOutputTokens }, price.price) : 0;
-    if (estimate) {
+    const priced = estimate !== undefined && !unbillable;
+    const estTokens = priced ? estimate.inputTokens + estimate.maxOutputTokens : 0;
+    const estMicros = priced ? costMicroUsd({ inputTokens: estimate.inputTokens, cachedInputTokens: 0, outputTokens: estimate.maxOutputTokens }, price.price) : 0;
+    if (priced) {
       ctx.annotations.model = model;
       ctx.annotations.estimatedUsd = usd(estMicros);
     }
@@ -134,7 +142,8 @@ export const budgetLayer = (route: RouteConfig, deps: BudgetLayerDeps): Layer =>
       refuseRequest('tokens', perRequest.maxRequestTokens, estTokens);
     }
 
-    const scopes = budgetScopes(budgets, route, { agent: ctx.agent, route: route.name, ...(ctx.workflow !== undefined ? { workflow: ctx.workflow } : {}) });
+    const allScopes = budgetScopes(budgets, route, { agent: ctx.agent, route: route.name, ...(ctx.workflow !== undefined ? { workflow: ctx.workflow } : {}) });
+    const scopes = unbillable ? callCapsOnly(allScopes) : allScopes;
     let reservation: Reservation;
     const reserveStart = process.hrtime.bigint();
     try {
@@ -161,10 +170,12 @@ export const budgetLayer = (route: RouteConfig, deps: BudgetLayerDeps): Layer =>
     }
 
     let request = req;
+    let usageAdded = false;
     if (metered && req.body.kind === 'buffered') {
       // Usage is read from the bytes as they pass, so they must not be compressed.
       const headers = { ...req.headers, 'accept-encoding': 'identity' };
       const withUsage = route.provider === 'openai' && route.budget.includeStreamUsage ? withStreamUsage(req.body.bytes) : undefined;
+      usageAdded = withUsage !== undefined;
       request = { ...req, headers, body: withUsage ? { kind: 'buffered', bytes: withUsage } : req.body };
     } else if (metered) {
       request = { ...req, headers: { ...req.headers, 'accept-encoding': 'identity' } };
@@ -178,7 +189,8 @@ export const budgetLayer = (route: RouteConfig, deps: BudgetLayerDeps): Layer =>
       throw err;
     }
 
-    const meter = metered ? createUsageMeter(provider, firstHeader(answer.headers['content-type'])) : undefined;
+    const contentType = firstHeader(answer.headers['content-type']);
+    const meter = metered ? createUsageMeter(provider, contentType) : undefined;
     const settle = (end: BodyEnd) => {
       const usage = meter?.finish(estimate?.inputTokens) ?? ZERO_USAGE;
       // An answer that broke off with no usage reported is charged from what was seen; a clean answer without
@@ -195,14 +207,57 @@ export const budgetLayer = (route: RouteConfig, deps: BudgetLayerDeps): Layer =>
           r.crossed.forEach((c) => events.alert(route.name, c, ctx));
         })
         .catch((e: unknown) => events.storeError(route.name, 'commit', e, ctx));
-      if (metered) {
+      // A call that could not be billed and whose answer reported nothing to bill is no unknown model's call.
+      if (metered && !(unbillable && billsNothing(charged))) {
         events.settled(route.name, { model: match.label, modelKnown: match.known, usage: charged, costMicros }, ctx);
       }
     };
+    // The usage chunk is the agent's only when the agent asked for it; one Fusebox added is read, then removed.
+    if (meter && usageAdded && answer.statusCode < 300 && isEventStream(contentType)) {
+      const stripped = withoutUsageChunk(answer, meter);
+      stripped.observers.push({ onEnd: settle });
+      return stripped;
+    }
     answer.observers.push(meter ? { onChunk: (c) => meter.push(c), onEnd: settle } : { onEnd: settle });
     return answer;
   };
 };
+
+/**
+ * The answer with the usage-only chunk removed from its event stream; `meter` still reads every byte as the
+ * upstream sent it. The length changes, so any `content-length` goes (the stream is sent chunked).
+ */
+const withoutUsageChunk = (answer: ProxyResponse, meter: UsageMeter): ProxyResponse => {
+  const filter = createUsageChunkFilter(DEFAULT_MAX_JSON_BYTES);
+  const headers = { ...answer.headers };
+  delete headers['content-length'];
+  if (Buffer.isBuffer(answer.body)) {
+    meter.push(answer.body);
+    return { ...answer, headers, body: Buffer.concat([filter.push(answer.body), filter.end()]) };
+  }
+  const strip = new Transform({
+    transform(chunk: Buffer, _encoding, done) {
+      meter.push(chunk);
+      const kept = filter.push(chunk);
+      done(null, kept.length > 0 ? kept : undefined);
+    },
+    flush(done) {
+      const rest = filter.end();
+      done(null, rest.length > 0 ? rest : undefined);
+    },
+  });
+  // pipeline, not pipe: an upstream error reaches the reader as this stream's 'error', and destroying this stream
+  // (agent gone, answer discarded) destroys the upstream body, so its socket is not left hanging. Errors are
+  // reported through the streams' own 'error' events; the callback only keeps pipeline from rethrowing.
+  pipeline(answer.body, strip, () => {});
+  return { ...answer, headers, body: strip };
+};
+
+/** The scopes with only their call caps: what a call that cannot be billed is checked against. */
+const callCapsOnly = (scopes: readonly ScopeBudget[]): ScopeBudget[] =>
+  scopes.map((s) => ({ ...s, caps: s.caps.calls === undefined ? {} : { calls: s.caps.calls } }));
+
+const billsNothing = (u: Usage): boolean => u.model === undefined && u.inputTokens + u.cachedInputTokens + u.outputTokens === 0;
 
 const ZERO_USAGE: Usage = Object.freeze({ inputTokens: 0, outputTokens: 0, cachedInputTokens: 0, reasoningTokens: 0, estimated: false });
 

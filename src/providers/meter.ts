@@ -24,8 +24,13 @@ export const DEFAULT_MAX_JSON_BYTES = 4 * 1024 * 1024;
 
 type Mode = 'sse' | 'json' | 'sniff' | 'ignore';
 
+const mediaType = (contentType: string | undefined): string | undefined => contentType?.split(';', 1)[0]?.trim().toLowerCase();
+
+/** Is this `content-type` an SSE stream? */
+export const isEventStream = (contentType: string | undefined): boolean => mediaType(contentType) === 'text/event-stream';
+
 const modeOf = (contentType: string | undefined): Mode => {
-  const media = contentType?.split(';', 1)[0]?.trim().toLowerCase();
+  const media = mediaType(contentType);
   if (media === undefined || media === '') return 'sniff';
   if (media === 'text/event-stream') return 'sse';
   if (media === 'application/json' || media.endsWith('+json')) return 'json';

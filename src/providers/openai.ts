@@ -1,4 +1,5 @@
 import { objectKey, stringKeys, stringValueBytes } from './json-scan.js';
+import { createSseEventFilter, type SseEventFilter } from './sse-filter.js';
 import {
   estimateUsageFromBytes,
   isRecord,
@@ -60,6 +61,24 @@ const DELTA_TEXT = stringKeys('delta');
 const USAGE_OBJECT = objectKey('usage');
 const RESPONSES_EVENT_TYPE = /"type"\s*:\s*"(response\.[A-Za-z0-9_.]+)"/;
 const MODEL_PARSE_TRIES = 3;
+
+/**
+ * The chunk `stream_options.include_usage` adds at the end of a Chat Completions (or legacy Completions) stream:
+ * `choices: []` and a `usage` object. Chunks that carry usage beside choices (some compatible servers) are not it.
+ */
+const isUsageOnlyChunk = (data: string): boolean => {
+  if (!USAGE_OBJECT.test(data)) return false;
+  const json = tryParseJson(data);
+  return isRecord(json) && Array.isArray(json.choices) && json.choices.length === 0 && isRecord(json.usage);
+};
+
+/**
+ * Removes that usage-only chunk from a stream whose `include_usage` Fusebox added (see `withStreamUsage`): code
+ * written against OpenAI directly (`for await (const c of stream) c.choices[0].delta`) throws on a chunk it never
+ * asked for. Every other event, `[DONE]` included, passes byte for byte.
+ */
+export const createUsageChunkFilter = (maxEventBytes: number): SseEventFilter =>
+  createSseEventFilter({ mayDrop: (event) => event.includes('"usage"'), drop: isUsageOnlyChunk, maxEventBytes });
 
 /** Reads an OpenAI SSE stream (Chat Completions, legacy Completions or Responses API). */
 export const createOpenAIStreamReader = (): StreamUsageReader => {

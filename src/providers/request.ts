@@ -48,7 +48,8 @@ export const requestInfo = (body: Buffer | JsonObject | undefined): RequestInfo 
  * an explicit false is respected and the call's usage is then estimated).
  *
  * Not applied to Responses API bodies (`input`): they always report usage and reject `include_usage`.
- * The agent's SDK must tolerate the extra final chunk (`choices: []`); the official SDKs do.
+ * The agent never asked for the extra final chunk (`choices: []`) this adds, so the budget layer reads it and
+ * removes it from the stream (`createUsageChunkFilter`).
  */
 export const withStreamUsage = (body: Buffer): Buffer | undefined => {
   const obj = parseJsonObject(body);

@@ -1,6 +1,6 @@
 import { countTokens } from 'gpt-tokenizer/encoding/o200k_base';
 import { beforeAll, describe, expect, it } from 'vitest';
-import { countOpenAITokens, estimateRequest, TOKENIZE_MAX_CHARS, usageFromEstimate, warmTokenizer } from '../../src/budget/estimate.js';
+import { asksForTokens, countOpenAITokens, estimateRequest, TOKENIZE_MAX_CHARS, usageFromEstimate, warmTokenizer } from '../../src/budget/estimate.js';
 
 const OPTS = { defaultMaxOutputTokens: 1024 };
 const body = (o: object) => Buffer.from(JSON.stringify(o));
@@ -211,5 +211,20 @@ describe('usageFromEstimate', () => {
       model: 'gpt-4o',
       estimated: true,
     });
+  });
+});
+
+describe('asksForTokens', () => {
+  it('is false only for a request with no model and no prompt: no body, an empty body, an empty object', () => {
+    expect(asksForTokens(estimateRequest('openai', undefined, OPTS))).toBe(false);
+    expect(asksForTokens(estimateRequest('openai', Buffer.alloc(0), OPTS))).toBe(false);
+    expect(asksForTokens(estimateRequest('anthropic', body({}), OPTS))).toBe(false);
+  });
+
+  it('is true with a model, or with a prompt and no model (Azure names the deployment in the URL), or any other bytes', () => {
+    expect(asksForTokens(estimateRequest('openai', body({ model: 'gpt-4o' }), OPTS))).toBe(true);
+    expect(asksForTokens(estimateRequest('openai', body({ messages: [{ role: 'user', content: 'hi' }] }), OPTS))).toBe(true);
+    expect(asksForTokens(estimateRequest('openai', Buffer.from('--boundary\r\nfile'), OPTS))).toBe(true);
+    expect(asksForTokens(estimateRequest('openai', undefined, { ...OPTS, contentLength: 10_000 }))).toBe(true);
   });
 });
