@@ -14,6 +14,7 @@ import { faultsLayer } from '../policies/faults.js';
 import { LastGoodCache, lastGoodRecordLayer, lastGoodStep } from '../policies/last-good.js';
 import { retryLayer } from '../policies/retry.js';
 import { codeClass, type Metrics } from '../telemetry/metrics.js';
+import { classifyPolicy } from '../upstream/classify.js';
 import type { PoolSet } from '../upstream/pool.js';
 import { makeUpstreamHandler, routeUpstreamSpec, type UpstreamSpec } from '../upstream/target.js';
 import { compose } from './compose.js';
@@ -110,6 +111,8 @@ const upstreamTerminal = (route: RouteConfig, spec: UpstreamSpec, deps: Pipeline
     pools: deps.pools,
     env: deps.env,
     via: deps.via,
+    // A fallback upstream is judged by its route's settings, like the primary.
+    classifier: { policy: classifyPolicy(route), now: deps.now },
     hooks: {
       onAttempt: (target, result) =>
         attempts.labels(route.name, target.name, typeof result === 'number' ? codeClass(result) : (result as ProxyError).code).inc(),

@@ -5,7 +5,7 @@ import type { BodyObserver, Layer, ProxyRequest } from '../pipeline/types.js';
 import { mcpToolName } from '../providers/mcp.js';
 import { requestInfo } from '../providers/request.js';
 import type { Metrics } from '../telemetry/metrics.js';
-import { classifyBodyEnd, classifyError, classifyMcpResponse, classifyPolicy, classifyResponse } from '../upstream/classify.js';
+import { classifyBodyEnd, classifyError, classifyMcpResponse, classifyPolicy, verdictOf } from '../upstream/classify.js';
 import { BreakerRegistry } from './breaker-registry.js';
 import { settlePermit, type BreakerPermit, type BreakerState } from './circuit-breaker.js';
 
@@ -111,7 +111,7 @@ export const makeBreakers = (route: RouteConfig, deps: BreakerDeps, fixedKey?: s
       settlePermit(permit, classifyError(err), deps.now() - started);
       throw err;
     }
-    const verdict = classifyResponse(res.statusCode, res.headers, policy, { now: deps.now() });
+    const verdict = verdictOf(res, policy, deps.now());
     if (verdict.breakerFailure) permit.failure(verdict.reason);
     else res.observers.push(settleAtBodyEnd(permit, started, mcp));
     return res;

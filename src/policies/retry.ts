@@ -4,7 +4,7 @@ import { discardResponse } from '../http/respond.js';
 import { sleep } from '../pipeline/sleep.js';
 import type { HeaderMap, Layer, ProxyRequest, ProxyResponse } from '../pipeline/types.js';
 import type { Metrics } from '../telemetry/metrics.js';
-import { classifyError, classifyPolicy, classifyResponse, type Verdict } from '../upstream/classify.js';
+import { classifyError, classifyPolicy, verdictOf, type Verdict } from '../upstream/classify.js';
 import { retryDelay } from './backoff.js';
 import { RetryBudget } from './retry-budget.js';
 
@@ -77,8 +77,7 @@ export const retryLayer = (route: RouteConfig, deps: RetryDeps): Layer => {
         if (err instanceof CircuitOpenError) throw err;
         error = err;
       }
-      const verdict: Verdict =
-        res !== undefined ? classifyResponse(res.statusCode, res.headers, policy, { now: deps.now(), retriesOn500 }) : classifyError(error);
+      const verdict: Verdict = res !== undefined ? verdictOf(res, policy, deps.now()) : classifyError(error);
       const status = res?.statusCode;
 
       const stop = (outcome: RetryOutcome): ProxyResponse => {
@@ -89,11 +88,12 @@ export const retryLayer = (route: RouteConfig, deps: RetryDeps): Layer => {
       };
 
       if (verdict.outcome !== 'retryable' || ctx.signal.aborted) {
-        // A 500 whose retries (maxRetriesOn500) are spent is classified fatal; count it as the limit it is.
-        if (status === 500 && retriesOn500 > 0 && !ctx.signal.aborted) return stop('limit_reached');
         if (res !== undefined) return res;
         throw error;
       }
+      // A 500 is often a deterministic bug upstream: retried at most maxRetriesOn500 times, whatever the status list
+      // says. The verdict stays retryable, so the fallback chain still takes over; 0 means "never", not a limit hit.
+      if (res?.statusCode === 500 && retriesOn500 >= cfg.maxRetriesOn500) return retriesOn500 > 0 ? stop('limit_reached') : res;
       if (attempt >= cfg.maxRetries) return stop('limit_reached');
       // A streamed body was consumed by the first attempt: there is nothing left to send again.
       if (req.body.kind === 'stream') return stop('not_replayable');

@@ -99,6 +99,14 @@ describe('resilience: retries, breakers, fallbacks against a misbehaving upstrea
             fallback: [{ type: 'lastGood' }, { type: 'static', name: 'default', status: 200, body: { answer: 'default' } }],
           },
           {
+            name: 'no500retry',
+            match: { pathPrefix: '/no500retry' },
+            upstream: { url: up.url },
+            retry: { maxRetriesOn500: 0, baseMs: 1 },
+            breaker: { enabled: false },
+            fallback: [{ type: 'static', name: 'default', status: 200, body: { answer: 'default' } }],
+          },
+          {
             name: 'sdk',
             provider: 'openai',
             match: { pathPrefix: '/sdk' },
@@ -281,6 +289,21 @@ describe('resilience: retries, breakers, fallbacks against a misbehaving upstrea
       { step: 'dead', outcome: 'error', code: 'UPSTREAM_CONNECT_FAILED' },
       { step: 'lastGood-1', outcome: 'miss' },
     ]);
+  });
+
+  it('starts the fallback chain on a final 500 with maxRetriesOn500: 0, as on a 502', async () => {
+    up.on('/e500', (_req, res) => json(res, 500, { bug: true }));
+    up.on('/e502', (_req, res) => json(res, 502, { bad: 'gateway' }));
+    for (const path of ['/e500', '/e502']) {
+      const res = await get(`/no500retry${path}`);
+      expect(res.statusCode).toBe(200);
+      expect(res.headers['x-fusebox-fallback']).toBe('default');
+      expect(await res.body.json()).toEqual({ answer: 'default' });
+    }
+    // The 500 was not retried; the 502 was, maxRetries (3) times.
+    expect(up.count('/e500')).toBe(1);
+    expect(up.count('/e502')).toBe(4);
+    expect(metricValue(await fb.metricsText(), 'fusebox_fallbacks_total', { route: 'no500retry', step: 'default', reason: 'retries_exhausted' })).toBe(2);
   });
 
   it('serves the last good answer for the same request when the upstream fails, then the static answer', async () => {
