@@ -133,7 +133,8 @@ const upstreamTerminal = (route: RouteConfig, spec: UpstreamSpec, deps: Pipeline
 /**
  * Retries and breaker around one upstream. The order, outermost first:
  * - retry: outside the breaker, so every attempt asks the breaker again and an open breaker ends the retries
- *   (never retry through an open breaker);
+ *   (never retry through an open breaker); it peeks at the breaker before backing off, so the attempt that opens
+ *   it is answered with its own result, not a CIRCUIT_OPEN after a pointless wait;
  * - breaker: counts each attempt, and refuses without a socket while open;
  * - faults (primary only): per attempt, just above the send, so an injected failure is classified, retried and
  *   counted by the breaker exactly like a real one. Fallback upstreams get none, or a fault meant to test the
@@ -144,7 +145,7 @@ const resilientChain = (route: RouteConfig, terminal: Handler, deps: PipelineDep
   const faults = opts.faults
     ? faultsLayer(route.faults, { random: deps.random, onFault: (kind) => deps.metrics.faultsInjected.labels(route.name, kind).inc() })
     : (next: Handler) => next;
-  const handler = compose(retryLayer(route, deps), breakers.layer, faults)(terminal);
+  const handler = compose(retryLayer(route, { ...deps, breakers }), breakers.layer, faults)(terminal);
   return { handler, registry: breakers.registry };
 };
 

@@ -1,6 +1,6 @@
 import type { Logger } from 'pino';
 import type { RouteConfig } from '../config/schema.js';
-import { CircuitOpenError } from '../errors.js';
+import { CircuitOpenError, ProxyError } from '../errors.js';
 import type { BodyObserver, Layer, ProxyRequest } from '../pipeline/types.js';
 import { mcpToolName } from '../providers/mcp.js';
 import { requestInfo } from '../providers/request.js';
@@ -28,7 +28,15 @@ export interface Breakers {
   /** The route's breakers, for the admin API. */
   registry: BreakerRegistry;
   layer: Layer;
+  /**
+   * Would the breaker of this request admit a call at clock time `at`? Takes no probe and changes nothing: the retry
+   * layer asks before it backs off, so it never waits for (or counts) a retry the breaker will refuse.
+   */
+  wouldAdmit(req: ProxyRequest, at: number): boolean;
 }
+
+/** Response header naming the state of the breaker that answered, when it no longer admits every call. */
+export const BREAKER_HEADER = 'x-fusebox-breaker';
 
 /** What one breaker of a route guards, as configured (`breaker.keyBy`); MCP routes default to one breaker per tool. */
 export const breakerKeyBy = (route: Pick<RouteConfig, 'breaker' | 'provider'>) => route.breaker.keyBy ?? (route.provider === 'mcp' ? 'tool' : 'route');
@@ -71,7 +79,7 @@ export const makeBreakers = (route: RouteConfig, deps: BreakerDeps, fixedKey?: s
       forced.remove(route.name, key);
     },
   });
-  if (!cfg.enabled) return { registry, layer: (next) => next };
+  if (!cfg.enabled) return { registry, layer: (next) => next, wouldAdmit: () => true };
 
   const keyBy = breakerKeyBy(route);
   const keyOf = (req: ProxyRequest): string => {
@@ -88,7 +96,8 @@ export const makeBreakers = (route: RouteConfig, deps: BreakerDeps, fixedKey?: s
   const layer: Layer = (next) => async (req, ctx) => {
     const key = keyOf(req);
     const fresh = registry.peek(key) === undefined;
-    const admission = registry.get(key).tryAcquire();
+    const breaker = registry.get(key);
+    const admission = breaker.tryAcquire();
     if (fresh) {
       gauge.labels(route.name, key).set(0);
       forced.labels(route.name, key).set(0);
@@ -99,7 +108,11 @@ export const makeBreakers = (route: RouteConfig, deps: BreakerDeps, fixedKey?: s
         `the circuit breaker "${key}" of route "${route.name}" is ${admission.state.replace('_', '-')}: the upstream was not called`,
         { breaker: key, state: admission.state, retryAfterMs: admission.retryAfterMs },
       );
-      err.headers = { 'retry-after': String(Math.max(1, Math.ceil(admission.retryAfterMs / 1000))), 'x-should-retry': 'false' };
+      err.headers = {
+        'retry-after': String(Math.max(1, Math.ceil(admission.retryAfterMs / 1000))),
+        'x-should-retry': 'false',
+        [BREAKER_HEADER]: admission.state,
+      };
       throw err;
     }
     const { permit } = admission;
@@ -109,13 +122,19 @@ export const makeBreakers = (route: RouteConfig, deps: BreakerDeps, fixedKey?: s
       res = await next(req, ctx);
     } catch (err) {
       settlePermit(permit, classifyError(err), deps.now() - started);
+      // This attempt opened the breaker: the agent gets the upstream's failure, told the breaker is now open.
+      if (err instanceof ProxyError && breaker.state() === 'open') err.headers = { ...err.headers, [BREAKER_HEADER]: 'open' };
       throw err;
     }
     const verdict = verdictOf(res, policy, deps.now());
-    if (verdict.breakerFailure) permit.failure(verdict.reason);
-    else res.observers.push(settleAtBodyEnd(permit, started, mcp));
+    if (verdict.breakerFailure) {
+      permit.failure(verdict.reason);
+      if (breaker.state() === 'open') res.headers[BREAKER_HEADER] = 'open';
+    } else res.observers.push(settleAtBodyEnd(permit, started, mcp));
     return res;
   };
+
+  const wouldAdmit = (req: ProxyRequest, at: number): boolean => registry.peek(keyOf(req))?.wouldAdmit(at) ?? true;
 
   const settleAtBodyEnd = (permit: BreakerPermit, started: number, scanMcp: boolean): BodyObserver => {
     let chunks: Buffer[] = [];
@@ -144,5 +163,5 @@ export const makeBreakers = (route: RouteConfig, deps: BreakerDeps, fixedKey?: s
     };
   };
 
-  return { registry, layer };
+  return { registry, layer, wouldAdmit };
 };

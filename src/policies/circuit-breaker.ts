@@ -163,6 +163,24 @@ export class CircuitBreaker {
     return this.current;
   }
 
+  /**
+   * Would a call at clock time `at` (default now) be admitted? Changes nothing: no transition, no probe taken.
+   * The retry layer asks it before it backs off, so that it never waits for a retry the breaker will refuse.
+   */
+  wouldAdmit(at = this.deps.now()): boolean {
+    switch (this.current) {
+      case 'closed':
+      case 'forced_closed':
+        return true;
+      case 'forced_open':
+        return false;
+      case 'open':
+        return at >= this.probeAt;
+      case 'half_open':
+        return this.probeToken === undefined || at >= this.probeLeaseEnd;
+    }
+  }
+
   stats(): BreakerStats {
     const now = this.deps.now();
     this.advance(now);

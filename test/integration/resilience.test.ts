@@ -99,6 +99,13 @@ describe('resilience: retries, breakers, fallbacks against a misbehaving upstrea
             fallback: [{ type: 'lastGood' }, { type: 'static', name: 'default', status: 200, body: { answer: 'default' } }],
           },
           {
+            name: 'opens',
+            match: { pathPrefix: '/opens' },
+            upstream: { url: up.url },
+            retry: { maxRetries: 3, baseMs: 1 },
+            breaker: { consecutiveFailures: 3, resetMs: 60_000, resetJitterPercent: 0 },
+          },
+          {
             name: 'no500retry',
             match: { pathPrefix: '/no500retry' },
             upstream: { url: up.url },
@@ -227,6 +234,32 @@ describe('resilience: retries, breakers, fallbacks against a misbehaving upstrea
     const lines = fb.logs.filter((l) => l.msg === 'breaker transition' && l.route === 'breaker');
     expect(lines.map((l) => `${String(l.from)}->${String(l.to)}`)).toEqual(['closed->open', 'open->half_open', 'half_open->closed']);
     expect(lines[0]).toMatchObject({ key: 'breaker', reason: 'consecutive_failures', lastFailure: 'status_5xx' });
+  });
+
+  it('answers the call that opens the breaker with the upstream’s own error and x-fusebox-breaker: open, not CIRCUIT_OPEN', async () => {
+    up.on('/opening', (_req, res) => json(res, 503, { error: { message: 'primary is down', type: 'server_error' } }));
+    const res = await get('/opens/opening');
+    expect(res.statusCode).toBe(503);
+    expect(res.headers['x-fusebox-breaker']).toBe('open');
+    expect(res.headers['x-fusebox-error']).toBeUndefined();
+    expect(await res.body.json()).toEqual({ error: { message: 'primary is down', type: 'server_error' } });
+    expect(up.count('/opening')).toBe(3);
+
+    const line = fb.logs.find((l) => l.msg === 'request' && l.route === 'opens');
+    expect(line).toMatchObject({ status: 503, outcome: 'upstream_error', attempts: 3 });
+    expect(fb.logs.filter((l) => l.msg === 'retrying' && l.route === 'opens')).toHaveLength(2);
+    const text = await fb.metricsText();
+    expect(metricValue(text, 'fusebox_retries_total', { route: 'opens', outcome: 'retried' })).toBe(2);
+    expect(metricValue(text, 'fusebox_retries_total', { route: 'opens', outcome: 'circuit_open' })).toBe(1);
+    expect(metricValue(text, 'fusebox_breaker_rejections_total', { route: 'opens' })).toBe(0);
+
+    // The next call is refused without a socket, and says so.
+    const refused = await get('/opens/opening');
+    expect(refused.statusCode).toBe(503);
+    expect(refused.headers['x-fusebox-error']).toBe('CIRCUIT_OPEN');
+    expect(refused.headers['x-fusebox-breaker']).toBe('open');
+    await refused.body.dump();
+    expect(up.count('/opening')).toBe(3);
   });
 
   it('counts a stream the upstream cuts after the headers as a broken stream and a breaker failure', async () => {
