@@ -45,8 +45,9 @@ export const breakerKeyBy = (route: Pick<RouteConfig, 'breaker' | 'provider'>) =
  * Circuit breakers for one chain (a route's primary, or one fallback upstream): a registry of breakers keyed per
  * `breaker.keyBy`, and the layer that asks the request's breaker before each attempt.
  *
- * Refused: 503 CIRCUIT_OPEN at once (no upstream socket) with `Retry-After` (time until the probe) and
- * `x-should-retry: false`, which the OpenAI and Anthropic SDKs obey instead of retrying on their own.
+ * Refused: 503 CIRCUIT_OPEN at once (no upstream socket) with `Retry-After` (time until the probe; none when an
+ * operator forced it open, since nothing will probe) and `x-should-retry: false`, which the OpenAI and Anthropic
+ * SDKs obey instead of retrying on their own.
  * Admitted: the attempt's status settles the permit when it is a failure (5xx, 429); anything else is settled when
  * its body ends, so a stream that breaks after the commit point, a slow call, or an MCP tool failure inside a 200
  * still counts. A body the pipeline discards (a retry or fallback replaced it) releases the permit without a verdict.
@@ -104,14 +105,16 @@ export const makeBreakers = (route: RouteConfig, deps: BreakerDeps, fixedKey?: s
     }
     if (!admission.allowed) {
       rejections.inc();
+      const { state, retryAfterMs } = admission;
       const err = new CircuitOpenError(
-        `the circuit breaker "${key}" of route "${route.name}" is ${admission.state.replace('_', '-')}: the upstream was not called`,
-        { breaker: key, state: admission.state, retryAfterMs: admission.retryAfterMs },
+        `the circuit breaker "${key}" of route "${route.name}" is ${state.replace('_', '-')}: the upstream was not called`,
+        { breaker: key, state, ...(retryAfterMs !== undefined ? { retryAfterMs } : {}) },
       );
+      // Forced open (an operator's override) has no probe to wait for: no Retry-After.
       err.headers = {
-        'retry-after': String(Math.max(1, Math.ceil(admission.retryAfterMs / 1000))),
+        ...(retryAfterMs !== undefined ? { 'retry-after': String(Math.max(1, Math.ceil(retryAfterMs / 1000))) } : {}),
         'x-should-retry': 'false',
-        [BREAKER_HEADER]: admission.state,
+        [BREAKER_HEADER]: state,
       };
       throw err;
     }

@@ -379,6 +379,9 @@ describe('resilience: retries, breakers, fallbacks against a misbehaving upstrea
     const refused = await get('/breaker/fast');
     expect(refused.statusCode).toBe(503);
     expect(refused.headers['x-fusebox-error']).toBe('CIRCUIT_OPEN');
+    // Nothing will probe a forced breaker: no Retry-After promising a time.
+    expect(refused.headers['retry-after']).toBeUndefined();
+    expect(refused.headers['x-fusebox-breaker']).toBe('forced_open');
     await refused.body.dump();
     expect(metricValue(await fb.metricsText(), 'fusebox_breaker_state', { route: 'breaker', key: 'breaker' })).toBe(2);
     // An alert can tell this from a breaker the upstream's failures opened.

@@ -118,6 +118,19 @@ describe('breaker layer', () => {
     expect(registry.peek('r')?.stats()).toMatchObject({ calls: 2, failures: 2, lastFailure: 'reset' });
   });
 
+  it('refuses a forced-open breaker without Retry-After: an operator’s override is never probed', async () => {
+    const route = routeOf();
+    const { handler, registry } = setup(route, async () => response(200));
+    finish(await handler(get, ctxOf(route)));
+    registry.peek('r')?.forceOpen();
+    clock.t += 60_000;
+    const err = (await handler(get, ctxOf(route)).catch((e: unknown) => e)) as CircuitOpenError;
+    expect(err).toBeInstanceOf(CircuitOpenError);
+    expect(err.forced).toBe(true);
+    expect(err.headers).toEqual({ 'x-should-retry': 'false', 'x-fusebox-breaker': 'forced_open' });
+    expect(err.details).toEqual({ breaker: 'r', state: 'forced_open' });
+  });
+
   it('marks an upstream error that opened the breaker with x-fusebox-breaker: open', async () => {
     const route = routeOf();
     const { handler } = setup(route, async () => {

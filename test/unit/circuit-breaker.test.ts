@@ -368,11 +368,11 @@ describe('CircuitBreaker: many callers', () => {
 });
 
 describe('CircuitBreaker: admin', () => {
-  it('forceOpen refuses every call, even after resetMs, until reset', () => {
+  it('forceOpen refuses every call, even after resetMs, until reset, and promises no time (nothing will probe)', () => {
     const { breaker, clock, transitions } = setup();
     breaker.forceOpen();
     clock.t += 10 * 60_000;
-    expect(breaker.tryAcquire()).toEqual({ allowed: false, state: 'forced_open', retryAfterMs: 30_000 });
+    expect(breaker.tryAcquire()).toEqual({ allowed: false, state: 'forced_open', retryAfterMs: undefined });
     breaker.reset();
     expect(breaker.tryAcquire().allowed).toBe(true);
     expect(transitions).toEqual(['closed->forced_open forced', 'forced_open->closed reset']);
