@@ -47,7 +47,12 @@ export class AdminDisabledError extends make('ADMIN_DISABLED', 403) {}
 export class NotFoundError extends make('NOT_FOUND', 404) {}
 export class InternalError extends make('INTERNAL', 500) {}
 /** The route's (or its MCP tool's, model's...) circuit breaker is open and there is no fallback to take: answered at once, no upstream socket. */
-export class CircuitOpenError extends make('CIRCUIT_OPEN', 503) {}
+export class CircuitOpenError extends make('CIRCUIT_OPEN', 503) {
+  /** An operator forced the breaker open (admin API): Fusebox's own decision, not an upstream that is failing. */
+  get forced(): boolean {
+    return this.details.state === 'forced_open';
+  }
+}
 /** The primary failed and so did every fallback step; `details.attempts` lists what each one did. */
 export class FallbackExhaustedError extends make('FALLBACK_EXHAUSTED', 502) {}
 

@@ -153,9 +153,9 @@ export const RetrySchema = z.strictObject({
   maxRetriesOn500: z.number().int().min(0).max(10).default(1),
   /** Retry budget: retries may add at most this percent of recent requests. Default 20. */
   budgetPercent: percent.default(20),
-  /** Retry budget floor: retries per second always allowed. Default 3 (Envoy's min_retry_concurrency). */
+  /** Retry budget floor: retries per second always allowed, accrued per second with a burst of one second's worth. Default 3 (Envoy's min_retry_concurrency). */
   minRetriesPerSecond: z.number().nonnegative().default(3),
-  /** Retry budget window, ms. Default 10000 (Linkerd's ttl). */
+  /** Retry budget window, ms: how long a call's deposit (budgetPercent of a retry) lasts. Default 10000 (Linkerd's ttl). */
   budgetWindowMs: ms(10_000),
   /** Request bodies up to this size are buffered so they can be replayed; larger ones stream and are never retried. Default 1 MiB. */
   bufferBytes: z.number().int().nonnegative().default(1024 * 1024),

@@ -91,18 +91,26 @@ const limitedStream = (raw: IncomingMessage, head: Buffer[], headSize: number, m
     return out;
   }
   for (const c of head) out.write(c);
-  raw.on('data', (chunk: Buffer) => {
+  const onData = (chunk: Buffer) => {
     size += chunk.length;
     if (size > maxBytes) {
+      // Stop forwarding but leave the socket alone: the 413 is answered with a staged close (lingering-close.ts);
+      // destroying the request here would reset the connection before the agent can read it.
+      raw.pause();
+      raw.off('data', onData);
+      raw.off('end', onEnd);
+      raw.off('error', onError);
       out.destroy(tooLarge(maxBytes));
-      raw.destroy();
       return;
     }
     if (!out.write(chunk)) raw.pause();
-  });
+  };
+  const onEnd = () => out.end();
+  const onError = (err: Error) => out.destroy(err);
+  raw.on('data', onData);
   out.on('drain', () => raw.resume());
-  raw.on('end', () => out.end());
-  raw.on('error', (err) => out.destroy(err));
+  raw.on('end', onEnd);
+  raw.on('error', onError);
   raw.resume();
   return out;
 };

@@ -20,6 +20,7 @@ import type { BodyEnd, CallContext, ProxyRequest } from '../pipeline/types.js';
 import { codeClass, methodLabel, type Metrics } from '../telemetry/metrics.js';
 import { readRequestBody } from './body.js';
 import { isLocalHost, normalizeHost, urlPort } from '../net/address.js';
+import { lingeringClose } from './lingering-close.js';
 import { redactPath, splitRequestHeaders } from './headers.js';
 import { sendError, sendResponse } from './respond.js';
 import type { RouteTable } from './route-table.js';
@@ -203,7 +204,9 @@ export const handleProxyRequest = async (raw: ForwardRequest, res: ServerRespons
     errCode = err.code;
     outcome = errorOutcome(err);
     if (err instanceof InternalError) ctx.log.error({ err: caught }, 'internal error while proxying');
-    // 413 with the body unread: close, or Node would read the rest of a huge upload to reuse the socket.
+    // 413 with the body unread: close, or Node would read the rest of a huge upload to reuse the socket; a staged
+    // close, so the agent reads the 413 rather than a reset.
+    if (err.statusCode === 413) lingeringClose(raw, res);
     sendError(res, err, { requestId, route: route.name, provider: route.provider }, err.statusCode === 413);
   } finally {
     if (deadlineTimer !== undefined) clearTimeout(deadlineTimer);

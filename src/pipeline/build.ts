@@ -14,6 +14,7 @@ import { faultsLayer } from '../policies/faults.js';
 import { LastGoodCache, lastGoodRecordLayer, lastGoodStep } from '../policies/last-good.js';
 import { retryLayer } from '../policies/retry.js';
 import { codeClass, type Metrics } from '../telemetry/metrics.js';
+import { classifyPolicy } from '../upstream/classify.js';
 import type { PoolSet } from '../upstream/pool.js';
 import { makeUpstreamHandler, routeUpstreamSpec, type UpstreamSpec } from '../upstream/target.js';
 import { compose } from './compose.js';
@@ -110,6 +111,8 @@ const upstreamTerminal = (route: RouteConfig, spec: UpstreamSpec, deps: Pipeline
     pools: deps.pools,
     env: deps.env,
     via: deps.via,
+    // A fallback upstream is judged by its route's settings, like the primary.
+    classifier: { policy: classifyPolicy(route), now: deps.now },
     hooks: {
       onAttempt: (target, result) =>
         attempts.labels(route.name, target.name, typeof result === 'number' ? codeClass(result) : (result as ProxyError).code).inc(),
@@ -130,7 +133,8 @@ const upstreamTerminal = (route: RouteConfig, spec: UpstreamSpec, deps: Pipeline
 /**
  * Retries and breaker around one upstream. The order, outermost first:
  * - retry: outside the breaker, so every attempt asks the breaker again and an open breaker ends the retries
- *   (never retry through an open breaker);
+ *   (never retry through an open breaker); it peeks at the breaker before backing off, so the attempt that opens
+ *   it is answered with its own result, not a CIRCUIT_OPEN after a pointless wait;
  * - breaker: counts each attempt, and refuses without a socket while open;
  * - faults (primary only): per attempt, just above the send, so an injected failure is classified, retried and
  *   counted by the breaker exactly like a real one. Fallback upstreams get none, or a fault meant to test the
@@ -141,7 +145,7 @@ const resilientChain = (route: RouteConfig, terminal: Handler, deps: PipelineDep
   const faults = opts.faults
     ? faultsLayer(route.faults, { random: deps.random, onFault: (kind) => deps.metrics.faultsInjected.labels(route.name, kind).inc() })
     : (next: Handler) => next;
-  const handler = compose(retryLayer(route, deps), breakers.layer, faults)(terminal);
+  const handler = compose(retryLayer(route, { ...deps, breakers }), breakers.layer, faults)(terminal);
   return { handler, registry: breakers.registry };
 };
 

@@ -41,6 +41,48 @@ export interface BodyObserver {
   onEnd?(end: BodyEnd): void;
 }
 
+/** How an attempt ended, in the classifier's words (`upstream/classify.ts` makes them; the table is there). */
+export type AttemptOutcome = 'success' | 'retryable' | 'fatal';
+
+/** A bounded metric label: why an attempt ended as it did. */
+export type AttemptReason =
+  | 'ok'
+  | 'slow'
+  | 'status_429'
+  | 'status_5xx'
+  | 'status_4xx'
+  | 'connect'
+  | 'dns'
+  | 'tls'
+  | 'reset'
+  | 'timeout'
+  | 'protocol'
+  | 'stream_broken'
+  | 'tool_error'
+  | 'rpc_error'
+  | 'aborted'
+  | 'local'
+  | 'internal';
+
+/** The classifier's verdict on one attempt: what every layer reads, so that none of them disagree. */
+export interface Verdict {
+  /**
+   * `retryable`: a transient failure, one that another attempt (or another upstream) may not meet. Whether this
+   * call may still be retried (limits, `maxRetriesOn500`, idempotency, budget, deadline) is the retry layer's call.
+   */
+  readonly outcome: AttemptOutcome;
+  /**
+   * Counts against the breaker. True for upstream trouble (5xx, 429, network, timeouts, slow calls, broken
+   * streams, MCP tool failures); false for the caller's own faults and for aborts.
+   */
+  readonly breakerFailure: boolean;
+  readonly reason: AttemptReason;
+  /** The failure happened before any request byte could reach the upstream: retrying is safe for any method. */
+  readonly beforeSend: boolean;
+  /** Wait the upstream asked for (Retry-After & co.), uncapped; the caller applies `retryAfterMaxMs`. */
+  readonly retryAfterMs?: number;
+}
+
 export interface ProxyResponse {
   statusCode: number;
   headers: HeaderMap;
@@ -48,6 +90,13 @@ export interface ProxyResponse {
   body: Readable | Buffer;
   /** Observers are called in order for every chunk and once at the end. */
   observers: BodyObserver[];
+  /**
+   * The verdict on the attempt that produced this response, made once where it arose (the upstream send) with the
+   * route's classifier settings. Retry, breaker and fallback read it (`verdictOf` in upstream/classify.ts) and never
+   * classify the status again, so they cannot disagree. A response made without one (a static or cached answer, an
+   * injected fault) gets it from the first layer that asks, and keeps it.
+   */
+  verdict?: Verdict;
 }
 
 /** Per-request state shared by the layers. Long-lived state belongs in layer closures, never here. */

@@ -1,11 +1,11 @@
 import type { Logger } from 'pino';
 import type { RouteConfig } from '../config/schema.js';
-import { CircuitOpenError } from '../errors.js';
+import { CircuitOpenError, ProxyError } from '../errors.js';
 import type { BodyObserver, Layer, ProxyRequest } from '../pipeline/types.js';
 import { mcpToolName } from '../providers/mcp.js';
 import { requestInfo } from '../providers/request.js';
 import type { Metrics } from '../telemetry/metrics.js';
-import { classifyBodyEnd, classifyError, classifyMcpResponse, classifyPolicy, classifyResponse } from '../upstream/classify.js';
+import { classifyBodyEnd, classifyError, classifyMcpResponse, classifyPolicy, verdictOf } from '../upstream/classify.js';
 import { BreakerRegistry } from './breaker-registry.js';
 import { settlePermit, type BreakerPermit, type BreakerState } from './circuit-breaker.js';
 
@@ -28,7 +28,15 @@ export interface Breakers {
   /** The route's breakers, for the admin API. */
   registry: BreakerRegistry;
   layer: Layer;
+  /**
+   * Would the breaker of this request admit a call at clock time `at`? Takes no probe and changes nothing: the retry
+   * layer asks before it backs off, so it never waits for (or counts) a retry the breaker will refuse.
+   */
+  wouldAdmit(req: ProxyRequest, at: number): boolean;
 }
+
+/** Response header naming the state of the breaker that answered, when it no longer admits every call. */
+export const BREAKER_HEADER = 'x-fusebox-breaker';
 
 /** What one breaker of a route guards, as configured (`breaker.keyBy`); MCP routes default to one breaker per tool. */
 export const breakerKeyBy = (route: Pick<RouteConfig, 'breaker' | 'provider'>) => route.breaker.keyBy ?? (route.provider === 'mcp' ? 'tool' : 'route');
@@ -37,8 +45,9 @@ export const breakerKeyBy = (route: Pick<RouteConfig, 'breaker' | 'provider'>) =
  * Circuit breakers for one chain (a route's primary, or one fallback upstream): a registry of breakers keyed per
  * `breaker.keyBy`, and the layer that asks the request's breaker before each attempt.
  *
- * Refused: 503 CIRCUIT_OPEN at once (no upstream socket) with `Retry-After` (time until the probe) and
- * `x-should-retry: false`, which the OpenAI and Anthropic SDKs obey instead of retrying on their own.
+ * Refused: 503 CIRCUIT_OPEN at once (no upstream socket) with `Retry-After` (time until the probe; none when an
+ * operator forced it open, since nothing will probe) and `x-should-retry: false`, which the OpenAI and Anthropic
+ * SDKs obey instead of retrying on their own.
  * Admitted: the attempt's status settles the permit when it is a failure (5xx, 429); anything else is settled when
  * its body ends, so a stream that breaks after the commit point, a slow call, or an MCP tool failure inside a 200
  * still counts. A body the pipeline discards (a retry or fallback replaced it) releases the permit without a verdict.
@@ -71,7 +80,7 @@ export const makeBreakers = (route: RouteConfig, deps: BreakerDeps, fixedKey?: s
       forced.remove(route.name, key);
     },
   });
-  if (!cfg.enabled) return { registry, layer: (next) => next };
+  if (!cfg.enabled) return { registry, layer: (next) => next, wouldAdmit: () => true };
 
   const keyBy = breakerKeyBy(route);
   const keyOf = (req: ProxyRequest): string => {
@@ -88,18 +97,25 @@ export const makeBreakers = (route: RouteConfig, deps: BreakerDeps, fixedKey?: s
   const layer: Layer = (next) => async (req, ctx) => {
     const key = keyOf(req);
     const fresh = registry.peek(key) === undefined;
-    const admission = registry.get(key).tryAcquire();
+    const breaker = registry.get(key);
+    const admission = breaker.tryAcquire();
     if (fresh) {
       gauge.labels(route.name, key).set(0);
       forced.labels(route.name, key).set(0);
     }
     if (!admission.allowed) {
       rejections.inc();
+      const { state, retryAfterMs } = admission;
       const err = new CircuitOpenError(
-        `the circuit breaker "${key}" of route "${route.name}" is ${admission.state.replace('_', '-')}: the upstream was not called`,
-        { breaker: key, state: admission.state, retryAfterMs: admission.retryAfterMs },
+        `the circuit breaker "${key}" of route "${route.name}" is ${state.replace('_', '-')}: the upstream was not called`,
+        { breaker: key, state, ...(retryAfterMs !== undefined ? { retryAfterMs } : {}) },
       );
-      err.headers = { 'retry-after': String(Math.max(1, Math.ceil(admission.retryAfterMs / 1000))), 'x-should-retry': 'false' };
+      // Forced open (an operator's override) has no probe to wait for: no Retry-After.
+      err.headers = {
+        ...(retryAfterMs !== undefined ? { 'retry-after': String(Math.max(1, Math.ceil(retryAfterMs / 1000))) } : {}),
+        'x-should-retry': 'false',
+        [BREAKER_HEADER]: state,
+      };
       throw err;
     }
     const { permit } = admission;
@@ -109,13 +125,19 @@ export const makeBreakers = (route: RouteConfig, deps: BreakerDeps, fixedKey?: s
       res = await next(req, ctx);
     } catch (err) {
       settlePermit(permit, classifyError(err), deps.now() - started);
+      // This attempt opened the breaker: the agent gets the upstream's failure, told the breaker is now open.
+      if (err instanceof ProxyError && breaker.state() === 'open') err.headers = { ...err.headers, [BREAKER_HEADER]: 'open' };
       throw err;
     }
-    const verdict = classifyResponse(res.statusCode, res.headers, policy, { now: deps.now() });
-    if (verdict.breakerFailure) permit.failure(verdict.reason);
-    else res.observers.push(settleAtBodyEnd(permit, started, mcp));
+    const verdict = verdictOf(res, policy, deps.now());
+    if (verdict.breakerFailure) {
+      permit.failure(verdict.reason);
+      if (breaker.state() === 'open') res.headers[BREAKER_HEADER] = 'open';
+    } else res.observers.push(settleAtBodyEnd(permit, started, mcp));
     return res;
   };
+
+  const wouldAdmit = (req: ProxyRequest, at: number): boolean => registry.peek(keyOf(req))?.wouldAdmit(at) ?? true;
 
   const settleAtBodyEnd = (permit: BreakerPermit, started: number, scanMcp: boolean): BodyObserver => {
     let chunks: Buffer[] = [];
@@ -144,5 +166,5 @@ export const makeBreakers = (route: RouteConfig, deps: BreakerDeps, fixedKey?: s
     };
   };
 
-  return { registry, layer };
+  return { registry, layer, wouldAdmit };
 };

@@ -82,7 +82,15 @@ export interface BreakerPermit {
 
 export type Admission =
   | { readonly allowed: true; readonly permit: BreakerPermit }
-  | { readonly allowed: false; readonly state: BreakerState; /** A hint for Retry-After: when a probe may be admitted. */ readonly retryAfterMs: number };
+  | {
+      readonly allowed: false;
+      readonly state: BreakerState;
+      /**
+       * A hint for Retry-After: when a probe may be admitted. Undefined when forced open: an operator's override is
+       * never probed, so no wait would end it.
+       */
+      readonly retryAfterMs: number | undefined;
+    };
 
 export interface BreakerStats {
   readonly state: BreakerState;
@@ -145,7 +153,7 @@ export class CircuitBreaker {
       case 'forced_closed':
         return this.admit(false);
       case 'forced_open':
-        return { allowed: false, state: this.current, retryAfterMs: this.options.resetMs };
+        return { allowed: false, state: this.current, retryAfterMs: undefined };
       case 'open':
         if (now < this.probeAt) return { allowed: false, state: 'open', retryAfterMs: this.probeAt - now };
         this.transition('half_open', 'probe_admitted');
@@ -161,6 +169,24 @@ export class CircuitBreaker {
 
   state(): BreakerState {
     return this.current;
+  }
+
+  /**
+   * Would a call at clock time `at` (default now) be admitted? Changes nothing: no transition, no probe taken.
+   * The retry layer asks it before it backs off, so that it never waits for a retry the breaker will refuse.
+   */
+  wouldAdmit(at = this.deps.now()): boolean {
+    switch (this.current) {
+      case 'closed':
+      case 'forced_closed':
+        return true;
+      case 'forced_open':
+        return false;
+      case 'open':
+        return at >= this.probeAt;
+      case 'half_open':
+        return this.probeToken === undefined || at >= this.probeLeaseEnd;
+    }
   }
 
   stats(): BreakerStats {

@@ -12,7 +12,7 @@ import {
 import type { CallContext, Layer, ProxyRequest, ProxyResponse } from '../pipeline/types.js';
 import { requestInfo, rewriteModel } from '../providers/request.js';
 import type { Metrics } from '../telemetry/metrics.js';
-import { classifyPolicy, classifyResponse } from '../upstream/classify.js';
+import { classifyPolicy, verdictOf } from '../upstream/classify.js';
 import { discardResponse } from '../http/respond.js';
 
 /** Why the chain ran: the `reason` label of `fusebox_fallbacks_total`. */
@@ -77,7 +77,9 @@ export const fallbackLayer = (route: RouteConfig, steps: readonly FallbackStepHa
   if (steps.length === 0) return (next) => next;
   const policy = classifyPolicy(route);
   const fallbackOn = new Set(route.fallbackOn);
-  const retryable = (res: ProxyResponse) => classifyResponse(res.statusCode, res.headers, policy, { now: deps.now() }).outcome === 'retryable';
+  // The verdict made where the answer arose, as the retry layer left it: a transient failure its retries did not
+  // cure. Classifying the status again here, without the retry settings, once disagreed with them (issue 11, item 9).
+  const retryable = (res: ProxyResponse) => verdictOf(res, policy, deps.now()).outcome === 'retryable';
   const primaryFailure = (res: ProxyResponse): FallbackReason | undefined =>
     fallbackOn.has(res.statusCode) ? 'fallback_on' : retryable(res) ? 'retries_exhausted' : undefined;
   const stepFailed = (res: ProxyResponse) => res.statusCode >= 500 || fallbackOn.has(res.statusCode) || retryable(res);

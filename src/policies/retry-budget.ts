@@ -4,12 +4,12 @@ import type { RetryConfig } from '../config/schema.js';
 export type RetryBudgetConfig = Pick<RetryConfig, 'budgetPercent' | 'minRetriesPerSecond' | 'budgetWindowMs'>;
 
 export interface RetryBudgetStats {
-  /** Requests recorded in the current window. */
+  /** Calls recorded in the current window. */
   readonly requests: number;
-  /** Retries granted in the current window. */
+  /** Retries granted in the current window (from either source). */
   readonly retries: number;
-  /** Retries the window allows in total: budgetPercent% of requests + minRetriesPerSecond × windowSeconds. */
-  readonly allowance: number;
+  /** Retries that would be granted right now, one after the other: whole unspent deposits plus whole reserve tokens. */
+  readonly available: number;
   /** Retries refused since the budget was made (the `retry_overflow` counter). */
   readonly refused: number;
   /** Whole seconds the window spans. */
@@ -17,79 +17,123 @@ export interface RetryBudgetStats {
 }
 
 /**
- * A retry budget in the style of Finagle / Linkerd (Envoy's `retry_budget` is the concurrency variant): retries may
- * add at most `budgetPercent`% of the requests seen in the last `budgetWindowMs`, plus a reserve of
- * `minRetriesPerSecond` × window seconds so that quiet routes can still retry. It stops retry storms: when an
- * upstream fails every call, the load it sees stays near (1 + budgetPercent/100) × offered instead of
- * (1 + maxRetries) × offered.
+ * A retry budget in the style of Finagle's `RetryBudget` (Linkerd's is the same; Envoy's `retry_budget` is the
+ * concurrency variant). Retries draw on two sources, the deposits first:
  *
- * A retry is granted while `retries < budgetPercent/100 · requests + minRetriesPerSecond · windowSeconds` over the
- * window, and the grant itself counts as a retry. Call `recordRequest()` once per incoming call (not per attempt)
- * and `tryAcquireRetry()` before each retry.
+ * - **Deposits**: every call deposits `budgetPercent`/100 of a retry. A deposit expires `budgetWindowMs` after the
+ *   second it was made, and a retry spends the oldest live deposits (a whole retry's worth). So retries add at most
+ *   `budgetPercent`% to the calls of the last window, and a long healthy spell cannot bank retries for a storm.
+ * - **The floor** (`minRetriesPerSecond`), so that a quiet route can still retry: a token bucket that accrues
+ *   `minRetriesPerSecond` tokens a second and holds at most max(1, `minRetriesPerSecond`) — one second's worth, the
+ *   small burst a quiet route needs. It starts full.
  *
- * The window is a ring of one-second buckets, so it covers the current second and the `windowSeconds − 1` before it
- * (ceil(budgetWindowMs / 1000), at least 1). No timers: time comes from `now()`. Each call does O(1) work, at most
- * `windowSeconds` bucket clears after an idle gap.
+ * Why the floor is a bucket and not Finagle's reserve: Finagle adds `minRetriesPerSec × ttl` to the balance as one
+ * lump, so with 10/s over 10 s a failing upstream got 101 retries in its first second and 1.4× the offered load
+ * (issue 11, item 6). A floor "per second" has to accrue per second.
+ *
+ * **The bound.** With the budget made at time 0 (or a window after its last call), under a total outage, at every
+ * time t (ms): retries(0..t) ≤ budgetPercent/100 · calls(0..t) + minRetriesPerSecond · t/1000 + max(1,
+ * minRetriesPerSecond). So the upstream sees at most 1.2 × the offered load plus the floor times the elapsed seconds,
+ * plus one second's burst (defaults: 20 %, 3/s). Each retry spends a deposit of a distinct call, or a token the
+ * bucket accrued; nothing else. When the outage follows healthy traffic, the deposits of the last window's calls
+ * (up to budgetPercent % of them) come on top, as in Finagle and Linkerd.
+ *
+ * Call `recordRequest()` once per incoming call (not per attempt) and `tryAcquireRetry()` right before each retry.
+ * No timers: time comes from `now()`; deposits live in a ring of one-second buckets covering the current second and
+ * the `windowSeconds − 1` before it (ceil(budgetWindowMs / 1000), at least 1). Each call is O(windowSeconds) at most.
  */
 export class RetryBudget {
   private readonly windowSeconds: number;
-  private readonly requests: Float64Array;
-  private readonly retries: Float64Array;
-  private requestSum = 0;
-  private retrySum = 0;
+  /** Per second of the window: calls recorded, deposits not yet spent (hundredths of a retry), retries granted. */
+  private readonly calls: Float64Array;
+  private readonly deposits: Float64Array;
+  private readonly granted: Float64Array;
+  private callSum = 0;
+  private depositSum = 0;
+  private grantedSum = 0;
   private refusedTotal = 0;
   /** The second (floor(now/1000)) the newest bucket belongs to. */
   private headSecond: number;
+  /** The floor's bucket, in thousandths of a retry (exact for a whole-number floor on a millisecond clock). */
+  private reserve: number;
+  private readonly reserveCap: number;
+  private reserveAt: number;
 
   constructor(
     private readonly config: RetryBudgetConfig,
     private readonly now: () => number,
   ) {
     this.windowSeconds = Math.max(1, Math.ceil(config.budgetWindowMs / 1000));
-    this.requests = new Float64Array(this.windowSeconds);
-    this.retries = new Float64Array(this.windowSeconds);
-    this.headSecond = Math.floor(now() / 1000);
+    this.calls = new Float64Array(this.windowSeconds);
+    this.deposits = new Float64Array(this.windowSeconds);
+    this.granted = new Float64Array(this.windowSeconds);
+    const t = now();
+    this.headSecond = Math.floor(t / 1000);
+    this.reserveCap = config.minRetriesPerSecond > 0 ? Math.max(1, config.minRetriesPerSecond) * 1000 : 0;
+    this.reserve = this.reserveCap;
+    this.reserveAt = t;
   }
 
-  /** Count one incoming call (the first attempt). */
+  /** Count one incoming call (the first attempt), and make its deposit. */
   recordRequest(): void {
     const i = this.advance();
-    this.requests[i] = (this.requests[i] ?? 0) + 1;
-    this.requestSum += 1;
+    this.calls[i] = (this.calls[i] ?? 0) + 1;
+    this.callSum += 1;
+    this.deposits[i] = (this.deposits[i] ?? 0) + this.config.budgetPercent;
+    this.depositSum += this.config.budgetPercent;
   }
 
-  /** Take one retry from the budget: true (and counted) when the window allows it, false when it is spent. */
+  /** Take one retry from the budget: true (and counted) when a deposit or a reserve token pays for it. */
   tryAcquireRetry(): boolean {
     const i = this.advance();
-    // Integer arithmetic (×100) so that e.g. 20% of 50 requests is exactly 10, not 9.999...
-    if (this.retrySum * 100 >= this.allowanceX100()) {
+    this.refill();
+    if (this.depositSum >= 100) this.spendDeposits(100);
+    else if (this.reserve >= 1000) this.reserve -= 1000;
+    else {
       this.refusedTotal += 1;
       return false;
     }
-    this.retries[i] = (this.retries[i] ?? 0) + 1;
-    this.retrySum += 1;
+    this.granted[i] = (this.granted[i] ?? 0) + 1;
+    this.grantedSum += 1;
     return true;
   }
 
   stats(): RetryBudgetStats {
     this.advance();
+    this.refill();
     return {
-      requests: this.requestSum,
-      retries: this.retrySum,
-      allowance: this.allowanceX100() / 100,
+      requests: this.callSum,
+      retries: this.grantedSum,
+      available: Math.floor(this.depositSum / 100) + Math.floor(this.reserve / 1000),
       refused: this.refusedTotal,
       windowSeconds: this.windowSeconds,
     };
   }
 
-  private allowanceX100(): number {
-    return this.config.budgetPercent * this.requestSum + this.config.minRetriesPerSecond * this.windowSeconds * 100;
+  /** Spend `units` hundredths of a retry from the oldest live deposits. */
+  private spendDeposits(units: number): void {
+    for (let k = 1; k <= this.windowSeconds && units > 0; k++) {
+      // headSecond + 1 is the oldest second still in the ring (headSecond − windowSeconds + 1).
+      const j = this.index(this.headSecond + k);
+      const take = Math.min(this.deposits[j] ?? 0, units);
+      this.deposits[j] = (this.deposits[j] ?? 0) - take;
+      this.depositSum -= take;
+      units -= take;
+    }
+  }
+
+  private refill(): void {
+    const t = this.now();
+    // A clock that steps back (it should not) accrues nothing until it passes the last refill again.
+    if (t <= this.reserveAt) return;
+    this.reserve = Math.min(this.reserveCap, this.reserve + (t - this.reserveAt) * this.config.minRetriesPerSecond);
+    this.reserveAt = t;
   }
 
   /** Drop buckets that left the window; return the index of the current second's bucket. */
   private advance(): number {
     const second = Math.floor(this.now() / 1000);
-    // A clock that steps back (it should not) keeps writing into the newest bucket rather than reviving old ones.
+    // A clock that steps back keeps writing into the newest bucket rather than reviving old ones.
     if (second > this.headSecond) {
       const gap = Math.min(second - this.headSecond, this.windowSeconds);
       for (let s = second - gap + 1; s <= second; s++) this.clear(this.index(s));
@@ -99,10 +143,12 @@ export class RetryBudget {
   }
 
   private clear(i: number): void {
-    this.requestSum -= this.requests[i] ?? 0;
-    this.retrySum -= this.retries[i] ?? 0;
-    this.requests[i] = 0;
-    this.retries[i] = 0;
+    this.callSum -= this.calls[i] ?? 0;
+    this.depositSum -= this.deposits[i] ?? 0;
+    this.grantedSum -= this.granted[i] ?? 0;
+    this.calls[i] = 0;
+    this.deposits[i] = 0;
+    this.granted[i] = 0;
   }
 
   private index(second: number): number {

@@ -4,8 +4,9 @@ import { discardResponse } from '../http/respond.js';
 import { sleep } from '../pipeline/sleep.js';
 import type { HeaderMap, Layer, ProxyRequest, ProxyResponse } from '../pipeline/types.js';
 import type { Metrics } from '../telemetry/metrics.js';
-import { classifyError, classifyPolicy, classifyResponse, type Verdict } from '../upstream/classify.js';
+import { classifyError, classifyPolicy, verdictOf, type Verdict } from '../upstream/classify.js';
 import { retryDelay } from './backoff.js';
+import type { Breakers } from './breaker.js';
 import { RetryBudget } from './retry-budget.js';
 
 /** Why a retryable failure was, or was not, retried: the `outcome` label of `fusebox_retries_total`. */
@@ -16,7 +17,9 @@ export type RetryOutcome =
   | 'retry_after_too_long'
   | 'not_replayable'
   | 'not_idempotent'
-  | 'limit_reached';
+  | 'limit_reached'
+  /** The breaker (opened by this very attempt, or by others meanwhile) would refuse the retry. */
+  | 'circuit_open';
 
 // RFC 9110 §9.2.2: these methods are idempotent by definition; sending them twice is the client's stated intent.
 const IDEMPOTENT_METHODS = new Set(['GET', 'HEAD', 'PUT', 'DELETE', 'OPTIONS', 'TRACE']);
@@ -44,11 +47,15 @@ export interface RetryDeps {
   now: () => number;
   random: () => number;
   metrics: Pick<Metrics, 'retries'>;
+  /** The breakers of the chain this layer retries through, asked (never charged) before each retry. */
+  breakers?: Pick<Breakers, 'wouldAdmit'>;
 }
 
 /**
  * Retries with full-jitter backoff, Retry-After, a per-route retry budget and the deadline. It sits outside the
- * breaker, so each attempt asks the breaker again and an open breaker (CIRCUIT_OPEN) ends the retries at once.
+ * breaker: before each retry it asks the breaker whether the retry would be admitted (without taking a probe), and
+ * stops with the answer in hand when not; each attempt still asks the breaker again, and a CIRCUIT_OPEN thrown
+ * by it (the breaker opened meanwhile) ends the retries at once.
  *
  * When it stops with a response in hand it returns that response (the fallback layer above decides what to do
  * with a failure); when it stops on an error it throws it. Every body it does not return is discarded, so its
@@ -77,8 +84,7 @@ export const retryLayer = (route: RouteConfig, deps: RetryDeps): Layer => {
         if (err instanceof CircuitOpenError) throw err;
         error = err;
       }
-      const verdict: Verdict =
-        res !== undefined ? classifyResponse(res.statusCode, res.headers, policy, { now: deps.now(), retriesOn500 }) : classifyError(error);
+      const verdict: Verdict = res !== undefined ? verdictOf(res, policy, deps.now()) : classifyError(error);
       const status = res?.statusCode;
 
       const stop = (outcome: RetryOutcome): ProxyResponse => {
@@ -89,11 +95,12 @@ export const retryLayer = (route: RouteConfig, deps: RetryDeps): Layer => {
       };
 
       if (verdict.outcome !== 'retryable' || ctx.signal.aborted) {
-        // A 500 whose retries (maxRetriesOn500) are spent is classified fatal; count it as the limit it is.
-        if (status === 500 && retriesOn500 > 0 && !ctx.signal.aborted) return stop('limit_reached');
         if (res !== undefined) return res;
         throw error;
       }
+      // A 500 is often a deterministic bug upstream: retried at most maxRetriesOn500 times, whatever the status list
+      // says. The verdict stays retryable, so the fallback chain still takes over; 0 means "never", not a limit hit.
+      if (res?.statusCode === 500 && retriesOn500 >= cfg.maxRetriesOn500) return retriesOn500 > 0 ? stop('limit_reached') : res;
       if (attempt >= cfg.maxRetries) return stop('limit_reached');
       // A streamed body was consumed by the first attempt: there is nothing left to send again.
       if (req.body.kind === 'stream') return stop('not_replayable');
@@ -102,6 +109,10 @@ export const retryLayer = (route: RouteConfig, deps: RetryDeps): Layer => {
       if (delayMs === undefined) return stop('retry_after_too_long');
       // Waiting past the deadline would only end in a timeout; answer now so the fallback chain can still run.
       if (deps.now() + delayMs >= ctx.deadline) return stop('deadline');
+      // Never retry through an open breaker, nor wait for it: this attempt may have opened it. The agent then gets
+      // this answer (the upstream's own error), or the fallback chain does, instead of a CIRCUIT_OPEN that would say
+      // the upstream was not called.
+      if (deps.breakers?.wouldAdmit(req, deps.now() + delayMs) === false) return stop('circuit_open');
       // Asked last, so that a retry refused for another reason does not spend the budget.
       if (!budget.tryAcquireRetry()) return stop('budget_exhausted');
 

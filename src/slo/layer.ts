@@ -1,4 +1,4 @@
-import { ProxyError } from '../errors.js';
+import { CircuitOpenError, ProxyError } from '../errors.js';
 import type { BodyEnd, CallContext, Layer } from '../pipeline/types.js';
 import { classifyError } from '../upstream/classify.js';
 import type { SloEvaluator } from './evaluator.js';
@@ -8,7 +8,7 @@ import type { SloEvent, SloRecorder } from './recorder.js';
  * How one finished call counts for the availability SLO (the issue's rules):
  * upstream 5xx, 429, timeouts, resets, connect failures and broken streams are `bad`; client 4xx and calls the agent
  * abandoned are `skip`; Fusebox's own refusals (budget, kill switch, SLO shed/throttle...) are `refused` and never
- * burn the budget. An open breaker is the upstream's failure, not a refusal.
+ * burn the budget. An open breaker is the upstream's failure, not a refusal; one an operator forced open is a refusal.
  */
 export type SloOutcome = 'good' | 'bad' | 'skip' | 'refused';
 
@@ -19,6 +19,8 @@ export const sloOutcomeOfStatus = (statusCode: number): SloOutcome =>
   statusCode >= 500 || statusCode === 429 ? 'bad' : statusCode >= 400 ? 'skip' : 'good';
 
 export const sloOutcomeOfError = (err: unknown, upstreamFailureCodes: ReadonlySet<string> = UPSTREAM_FAILURE_CODES): SloOutcome => {
+  // A breaker an operator forced open says nothing about the upstream: a refusal, like a kill switch.
+  if (err instanceof CircuitOpenError && err.forced) return 'refused';
   if (err instanceof ProxyError && (err.code.startsWith('UPSTREAM_') || upstreamFailureCodes.has(err.code))) return 'bad';
   const v = classifyError(err);
   if (v.reason === 'aborted') return 'skip';

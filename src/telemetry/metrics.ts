@@ -114,7 +114,7 @@ export const createMetrics = (opts: { defaultMetrics?: boolean } = {}) => {
       name: 'fusebox_retries_total',
       help:
         'Retry decisions after a retryable failure, by route, reason (classifier reason: status_429, status_5xx, connect, reset, timeout...) ' +
-        'and outcome (retried, budget_exhausted, deadline, retry_after_too_long, not_replayable, not_idempotent, limit_reached).',
+        'and outcome (retried, budget_exhausted, deadline, retry_after_too_long, not_replayable, not_idempotent, limit_reached, circuit_open).',
       labelNames: ['route', 'reason', 'outcome'] as const,
       registers: [registry],
     }),

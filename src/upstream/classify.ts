@@ -1,18 +1,21 @@
 import type { BreakerConfig, RetryConfig } from '../config/schema.js';
 import { isBeforeSend, ProxyError, UpstreamConnectError, UpstreamError, UpstreamResetError, UpstreamTimeoutError } from '../errors.js';
-import type { BodyEnd } from '../pipeline/types.js';
+import type { AttemptOutcome, AttemptReason, BodyEnd, ProxyResponse, Verdict } from '../pipeline/types.js';
 import { parseRetryDelay, type ResponseHeaders } from '../policies/retry-after.js';
 
+export type { AttemptOutcome, AttemptReason, Verdict } from '../pipeline/types.js';
+
 /**
- * The one classifier of upstream attempts, shared by retry, breaker and metrics (Linkerd's response classifier),
- * so the three never disagree about what a failure is.
+ * The one classifier of upstream attempts (Linkerd's response classifier). A response is classified once, where it
+ * arises (the upstream send attaches the verdict to it), and retry, breaker and fallback read that verdict; none of
+ * them classifies a status again, so they never disagree.
  *
  * Defaults, from the issue's status matrix:
  * | what                                   | outcome    | breaker failure | reason                |
  * |----------------------------------------|------------|-----------------|-----------------------|
  * | 1xx-3xx                                | success    | no (yes if slow)| ok / slow             |
  * | status in `retryableStatuses` (429...) | retryable  | yes             | status_429/5xx/4xx    |
- * | 500                                    | retryable `maxRetriesOn500` times, then fatal | yes | status_5xx |
+ * | 500                                    | retryable (the retry layer retries it at most `maxRetriesOn500` times) | yes | status_5xx |
  * | other 5xx                              | fatal      | yes             | status_5xx            |
  * | other 4xx                              | fatal      | no: the caller's fault | status_4xx     |
  * | connect refused / unreachable          | retryable  | yes             | connect (beforeSend)  |
@@ -30,61 +33,24 @@ import { parseRetryDelay, type ResponseHeaders } from '../policies/retry-after.j
  * | anything else (a bug)                  | fatal      | no              | internal              |
  *
  * `retryable` says the failure is transient; whether the request may be sent again (method, idempotency,
- * replayable body, retry budget, deadline) is the retry layer's call. `beforeSend` tells it the upstream cannot
- * have seen a byte, so any method is safe.
+ * replayable body, `maxRetriesOn500`, retry budget, deadline) is the retry layer's call, and a transient failure the
+ * retries did not cure is what starts the fallback chain. `beforeSend` tells it the upstream cannot have seen a byte,
+ * so any method is safe.
  */
-
-export type AttemptOutcome = 'success' | 'retryable' | 'fatal';
-
-/** A bounded metric label: why an attempt ended as it did. */
-export type AttemptReason =
-  | 'ok'
-  | 'slow'
-  | 'status_429'
-  | 'status_5xx'
-  | 'status_4xx'
-  | 'connect'
-  | 'dns'
-  | 'tls'
-  | 'reset'
-  | 'timeout'
-  | 'protocol'
-  | 'stream_broken'
-  | 'tool_error'
-  | 'rpc_error'
-  | 'aborted'
-  | 'local'
-  | 'internal';
-
-export interface Verdict {
-  readonly outcome: AttemptOutcome;
-  /**
-   * Counts against the breaker. True for upstream trouble (5xx, 429, network, timeouts, slow calls, broken
-   * streams, MCP tool failures); false for the caller's own faults and for aborts.
-   */
-  readonly breakerFailure: boolean;
-  readonly reason: AttemptReason;
-  /** The failure happened before any request byte could reach the upstream: retrying is safe for any method. */
-  readonly beforeSend: boolean;
-  /** Wait the upstream asked for (Retry-After & co.), uncapped; the caller applies `retryAfterMaxMs`. */
-  readonly retryAfterMs?: number;
-}
 
 /** The route settings the classifier reads; build once per route with `classifyPolicy`. */
 export interface ClassifyPolicy {
   readonly retryableStatuses: ReadonlySet<number>;
-  readonly maxRetriesOn500: number;
   /** A call slower than this (ms) is a breaker failure even when it succeeded; undefined: never. */
   readonly slowCallMs: number | undefined;
 }
 
 /** The classifier settings of a route (`route.retry`, `route.breaker`), made once at startup. */
 export const classifyPolicy = (config: {
-  retry: Pick<RetryConfig, 'retryableStatuses' | 'maxRetriesOn500'>;
+  retry: Pick<RetryConfig, 'retryableStatuses'>;
   breaker: Pick<BreakerConfig, 'slowCallMs'>;
 }): ClassifyPolicy => ({
   retryableStatuses: new Set(config.retry.retryableStatuses),
-  maxRetriesOn500: config.retry.maxRetriesOn500,
   slowCallMs: config.breaker.slowCallMs,
 });
 
@@ -94,8 +60,6 @@ export interface AttemptFacts {
   readonly now: number;
   /** How long the attempt took (ms), for the slow-call rule. */
   readonly durationMs?: number;
-  /** Retries already spent on 500s in this call; 500 stays retryable while this is below `maxRetriesOn500`. */
-  readonly retriesOn500?: number;
 }
 
 /** True when `durationMs` is over the slow-call threshold. The breaker uses the same rule for `permit.success(ms)`. */
@@ -115,7 +79,7 @@ const succeeded = (policy: ClassifyPolicy, durationMs: number | undefined): Verd
 const statusReason = (status: number): AttemptReason =>
   status === 429 ? 'status_429' : status >= 500 ? 'status_5xx' : 'status_4xx';
 
-/** Classify an attempt that got response headers. */
+/** Classify an attempt that got response headers. Layers read `verdictOf(res)` instead of calling this again. */
 export const classifyResponse = (
   statusCode: number,
   headers: ResponseHeaders,
@@ -126,28 +90,61 @@ export const classifyResponse = (
   const reason = statusReason(statusCode);
   // 429 and 5xx say the upstream cannot serve; any status the operator declared retryable is treated as such too.
   const breakerFailure = statusCode >= 500 || statusCode === 429 || policy.retryableStatuses.has(statusCode);
-  let retryable = policy.retryableStatuses.has(statusCode);
-  // A 500 is often a deterministic bug upstream: retried at most maxRetriesOn500 times, whatever the list says.
-  if (statusCode === 500) retryable = (facts.retriesOn500 ?? 0) < policy.maxRetriesOn500;
+  // A 500 is transient as far as the fallback chain is concerned, whatever the list says; how often this call may
+  // retry it is `maxRetriesOn500`, counted by the retry layer.
+  const retryable = statusCode === 500 || policy.retryableStatuses.has(statusCode);
   if (!retryable) return verdict('fatal', breakerFailure, reason);
   const retryAfterMs = parseRetryDelay(headers, facts.now);
   const v = verdict('retryable', breakerFailure, reason);
   return retryAfterMs === undefined ? v : { ...v, retryAfterMs };
 };
 
-const CONNECT_CODES = new Set(['ECONNREFUSED', 'EHOSTUNREACH', 'ENETUNREACH', 'EADDRNOTAVAIL', 'EHOSTDOWN', 'ENETDOWN']);
-const DNS_CODES = new Set(['ENOTFOUND', 'EAI_AGAIN', 'EAI_FAIL', 'EAI_NONAME']);
-const RESET_CODES = new Set(['ECONNRESET', 'EPIPE', 'ECONNABORTED', 'UND_ERR_SOCKET', 'UND_ERR_CLOSED', 'UND_ERR_DESTROYED']);
-const TIMEOUT_CODES = new Set(['UND_ERR_CONNECT_TIMEOUT', 'UND_ERR_HEADERS_TIMEOUT', 'UND_ERR_BODY_TIMEOUT', 'ETIMEDOUT']);
-const PROTOCOL_CODES = new Set(['UND_ERR_RES_CONTENT_LENGTH_MISMATCH', 'UND_ERR_HEADERS_OVERFLOW', 'UND_ERR_INFO', 'ERR_STREAM_PREMATURE_CLOSE']);
-const ABORT_CODES = new Set(['ABORT_ERR', 'UND_ERR_ABORTED', 'UND_ERR_ABORT']);
-// Our side got the request wrong (a request body shorter than its content-length...): not the upstream's fault.
-const LOCAL_CODES = new Set(['UND_ERR_REQ_CONTENT_LENGTH_MISMATCH', 'UND_ERR_INVALID_ARG', 'UND_ERR_NOT_SUPPORTED']);
+/**
+ * The verdict a response carries. One made without a verdict (a static or cached answer, an injected fault, a
+ * test's) is classified by the first layer that asks, and keeps that verdict for every layer after it.
+ */
+export const verdictOf = (res: ProxyResponse, policy: ClassifyPolicy, now: number): Verdict =>
+  (res.verdict ??= classifyResponse(res.statusCode, res.headers, policy, { now }));
+
+/** What a transport error code says happened: the one table of undici and socket error codes, for send and classify. */
+export type TransportKind = 'connect' | 'dns' | 'tls' | 'reset' | 'timeout' | 'protocol' | 'aborted' | 'local';
+
+export interface TransportFailure {
+  readonly kind: TransportKind;
+  /** For a timeout: which phase undici timed out in; `connect` means nothing was sent. */
+  readonly phase?: 'connect' | 'headers' | 'body';
+}
+
+const TRANSPORT_CODES: ReadonlyMap<string, TransportFailure> = new Map<string, TransportFailure>([
+  ...['ECONNREFUSED', 'EHOSTUNREACH', 'ENETUNREACH', 'EADDRNOTAVAIL', 'EHOSTDOWN', 'ENETDOWN'].map((c) => [c, { kind: 'connect' }] as const),
+  ...['ENOTFOUND', 'EAI_AGAIN', 'EAI_FAIL', 'EAI_NONAME'].map((c) => [c, { kind: 'dns' }] as const),
+  ...['ECONNRESET', 'EPIPE', 'ECONNABORTED', 'UND_ERR_SOCKET', 'UND_ERR_CLOSED', 'UND_ERR_DESTROYED'].map((c) => [c, { kind: 'reset' }] as const),
+  ['UND_ERR_CONNECT_TIMEOUT', { kind: 'timeout', phase: 'connect' }],
+  ['UND_ERR_HEADERS_TIMEOUT', { kind: 'timeout', phase: 'headers' }],
+  ['UND_ERR_BODY_TIMEOUT', { kind: 'timeout', phase: 'body' }],
+  ['ETIMEDOUT', { kind: 'timeout' }],
+  // The upstream broke HTTP: a body shorter or longer than its content-length, headers too large, a bad 1xx.
+  ...['UND_ERR_RES_CONTENT_LENGTH_MISMATCH', 'UND_ERR_HEADERS_OVERFLOW', 'UND_ERR_INFO', 'ERR_STREAM_PREMATURE_CLOSE'].map(
+    (c) => [c, { kind: 'protocol' }] as const,
+  ),
+  ...['ABORT_ERR', 'UND_ERR_ABORTED', 'UND_ERR_ABORT'].map((c) => [c, { kind: 'aborted' }] as const),
+  // Our side got the request wrong (a request body shorter than its content-length...): not the upstream's fault.
+  ...['UND_ERR_REQ_CONTENT_LENGTH_MISMATCH', 'UND_ERR_INVALID_ARG', 'UND_ERR_NOT_SUPPORTED'].map((c) => [c, { kind: 'local' }] as const),
+]);
 // A rejected certificate does not heal on retry; it still says the upstream (or our trust config) is unusable.
 const TLS_CODE = /^(?:CERT_|DEPTH_ZERO_|SELF_SIGNED_|UNABLE_TO_|ERR_TLS_|ERR_SSL_)/;
 
+/** What one error code means, or undefined for a code not in the table. */
+export const transportFailure = (code: string): TransportFailure | undefined => {
+  const known = TRANSPORT_CODES.get(code);
+  if (known !== undefined) return known;
+  if (TLS_CODE.test(code)) return { kind: 'tls' };
+  if (code.startsWith('HPE_')) return { kind: 'protocol' };
+  return undefined;
+};
+
 /** `code`s of an error and its causes, outermost first (undici wraps the errno of a socket error in `cause`). */
-const codesOf = (err: unknown): string[] => {
+export const codesOf = (err: unknown): string[] => {
   const codes: string[] = [];
   let e: unknown = err;
   for (let depth = 0; depth < 5 && typeof e === 'object' && e !== null; depth++) {
@@ -162,23 +159,32 @@ const codesOf = (err: unknown): string[] => {
 };
 
 const fromCode = (code: string): Verdict | undefined => {
-  if (code === 'UND_ERR_CONNECT_TIMEOUT') return verdict('retryable', true, 'timeout', true);
-  if (CONNECT_CODES.has(code)) return verdict('retryable', true, 'connect', true);
-  if (DNS_CODES.has(code)) return verdict('retryable', true, 'dns', true);
-  if (TLS_CODE.test(code)) return verdict('fatal', true, 'tls', true);
-  if (TIMEOUT_CODES.has(code)) return verdict('retryable', true, 'timeout');
-  if (RESET_CODES.has(code)) return verdict('retryable', true, 'reset');
-  if (PROTOCOL_CODES.has(code) || code.startsWith('HPE_')) return verdict('retryable', true, 'protocol');
-  if (ABORT_CODES.has(code)) return verdict('fatal', false, 'aborted');
-  if (LOCAL_CODES.has(code)) return verdict('fatal', false, 'local');
-  return undefined;
+  const failure = transportFailure(code);
+  switch (failure?.kind) {
+    case undefined:
+      return undefined;
+    case 'connect':
+    case 'dns':
+      return verdict('retryable', true, failure.kind, true);
+    case 'tls':
+      return verdict('fatal', true, 'tls', true);
+    case 'timeout':
+      return verdict('retryable', true, 'timeout', failure.phase === 'connect');
+    case 'reset':
+    case 'protocol':
+      return verdict('retryable', true, failure.kind);
+    case 'aborted':
+      return verdict('fatal', false, 'aborted');
+    case 'local':
+      return verdict('fatal', false, 'local');
+  }
 };
 
 const isAbort = (err: unknown): boolean => {
   // send.ts answers a client that went away with Fusebox's ClientClosedError (undici has a class of the same name
   // for a closed pool, which is not an abort); a ProxyError's name is its class name.
   if (err instanceof ProxyError) return err.name === 'ClientClosedError';
-  return (err as { name?: unknown } | null)?.name === 'AbortError' || codesOf(err).some((c) => ABORT_CODES.has(c));
+  return (err as { name?: unknown } | null)?.name === 'AbortError' || codesOf(err).some((c) => transportFailure(c)?.kind === 'aborted');
 };
 
 /**

@@ -8,36 +8,24 @@ import {
   UpstreamTimeoutError,
 } from '../errors.js';
 import type { CallContext, Handler, HeaderMap } from '../pipeline/types.js';
+import { classifyResponse, codesOf, transportFailure, type ClassifyPolicy } from './classify.js';
 import type { PoolSet, UpstreamTarget } from './pool.js';
 
-const CONNECT_FAILURES = new Set([
-  'ECONNREFUSED',
-  'ENOTFOUND',
-  'EAI_AGAIN',
-  'EHOSTUNREACH',
-  'ENETUNREACH',
-  'EADDRNOTAVAIL',
-  'CERT_HAS_EXPIRED',
-  'DEPTH_ZERO_SELF_SIGNED_CERT',
-  'SELF_SIGNED_CERT_IN_CHAIN',
-  'UNABLE_TO_VERIFY_LEAF_SIGNATURE',
-  'UNABLE_TO_GET_ISSUER_CERT_LOCALLY',
-  'ERR_TLS_CERT_ALTNAME_INVALID',
-]);
-const RESETS = new Set(['ECONNRESET', 'EPIPE', 'UND_ERR_SOCKET', 'UND_ERR_CLOSED', 'UND_ERR_RES_CONTENT_LENGTH_MISMATCH']);
-
+/**
+ * The code an error is named by: the first one the transport table knows, preferring undici's wrapped errno
+ * (ECONNRESET...) over its generic UND_ERR_SOCKET.
+ */
 const errCode = (err: unknown): string | undefined => {
-  const e = err as { code?: unknown; cause?: { code?: unknown } } | undefined;
-  if (typeof e?.code === 'string' && e.code !== 'UND_ERR_SOCKET') return e.code;
-  // undici wraps socket errors; the cause holds the errno (ECONNRESET...).
-  if (typeof e?.cause?.code === 'string') return e.cause.code;
-  return typeof e?.code === 'string' ? e.code : undefined;
+  const codes = codesOf(err);
+  const known = codes.filter((c) => transportFailure(c) !== undefined);
+  return known.find((c) => c !== 'UND_ERR_SOCKET') ?? known[0] ?? codes[0];
 };
 
 /**
- * The one place undici and socket errors become Fusebox errors: connect failures → 502 UPSTREAM_CONNECT_FAILED
- * (nothing was sent, safe to retry any method), resets → 502 UPSTREAM_RESET, timeouts → 504 UPSTREAM_TIMEOUT
- * with the phase that timed out.
+ * The one place undici and socket errors become Fusebox errors, by the transport table of upstream/classify.ts (so
+ * the answer's code and the classifier's verdict always agree): connect, DNS and TLS failures → 502
+ * UPSTREAM_CONNECT_FAILED (nothing was sent, safe to retry any method), resets → 502 UPSTREAM_RESET, timeouts → 504
+ * UPSTREAM_TIMEOUT with the phase that timed out, anything else (a malformed response...) → 502 UPSTREAM_ERROR.
  */
 export const mapUpstreamError = (err: unknown, ctx: Pick<CallContext, 'signal'>, upstream: string): ProxyError => {
   if (err instanceof ProxyError) return err;
@@ -48,22 +36,29 @@ export const mapUpstreamError = (err: unknown, ctx: Pick<CallContext, 'signal'>,
   }
   const code = errCode(err) ?? 'UNKNOWN';
   const cause = { cause: err };
-  if (code === 'UND_ERR_CONNECT_TIMEOUT') {
-    return new UpstreamTimeoutError(`connecting to ${upstream} timed out`, { upstream, phase: 'connect' }, cause);
+  const failure = transportFailure(code);
+  switch (failure?.kind) {
+    case 'timeout': {
+      const { phase } = failure;
+      const message =
+        phase === 'connect'
+          ? `connecting to ${upstream} timed out`
+          : phase === 'headers'
+            ? `${upstream} sent no response headers in time`
+            : phase === 'body'
+              ? `${upstream} went silent mid-body`
+              : `${upstream} timed out: ${code}`;
+      return new UpstreamTimeoutError(message, { upstream, ...(phase !== undefined ? { phase } : { errno: code }) }, cause);
+    }
+    case 'connect':
+    case 'dns':
+    case 'tls':
+      return new UpstreamConnectError(`cannot connect to ${upstream}: ${code}`, { upstream, errno: code }, cause);
+    case 'reset':
+      return new UpstreamResetError(`${upstream} closed the connection: ${code}`, { upstream, errno: code }, cause);
+    default:
+      return new UpstreamError(`request to ${upstream} failed: ${code}`, { upstream, errno: code }, cause);
   }
-  if (code === 'UND_ERR_HEADERS_TIMEOUT') {
-    return new UpstreamTimeoutError(`${upstream} sent no response headers in time`, { upstream, phase: 'headers' }, cause);
-  }
-  if (code === 'UND_ERR_BODY_TIMEOUT') {
-    return new UpstreamTimeoutError(`${upstream} went silent mid-body`, { upstream, phase: 'body' }, cause);
-  }
-  if (CONNECT_FAILURES.has(code)) {
-    return new UpstreamConnectError(`cannot connect to ${upstream}: ${code}`, { upstream, errno: code }, cause);
-  }
-  if (RESETS.has(code)) {
-    return new UpstreamResetError(`${upstream} closed the connection: ${code}`, { upstream, errno: code }, cause);
-  }
-  return new UpstreamError(`request to ${upstream} failed: ${code}`, { upstream, errno: code }, cause);
 };
 
 const flattenHeaders = (h: Record<string, string | string[] | undefined>): HeaderMap => {
@@ -89,11 +84,18 @@ const upstreamPath = (basePath: string, rest: string): string => {
   return path === '' || path.charCodeAt(0) !== 47 /* / */ ? `/${path}` : path;
 };
 
+/** How the send classifies the answers it gets: the route's classifier settings and the clock (Retry-After dates). */
+export interface SendClassifier {
+  readonly policy: ClassifyPolicy;
+  readonly now: () => number;
+}
+
 /**
- * The terminal handler: one request to one upstream, streamed both ways, never retried here.
+ * The terminal handler: one request to one upstream, streamed both ways, never retried here. Each response leaves
+ * with its verdict (`ProxyResponse.verdict`).
  * Uses `dispatcher.request` (not fetch/Web Streams): the benchmark showed fetch costing milliseconds per call.
  */
-export const makeSend = (target: UpstreamTarget, pools: PoolSet, hooks: SendHooks = {}): Handler => {
+export const makeSend = (target: UpstreamTarget, pools: PoolSet, classifier: SendClassifier, hooks: SendHooks = {}): Handler => {
   const pool: Dispatcher = pools.get(target);
   const timeouts = target.timeouts;
   return async (req, ctx) => {
@@ -115,7 +117,10 @@ export const makeSend = (target: UpstreamTarget, pools: PoolSet, hooks: SendHook
         blocking: true,
       });
       hooks.onAttempt?.(target, res.statusCode, ctx);
-      return { statusCode: res.statusCode, headers: flattenHeaders(res.headers), body: res.body, observers: [] };
+      const headers = flattenHeaders(res.headers);
+      // Classified here, once, where the answer arises; every layer above reads this verdict.
+      const verdict = classifyResponse(res.statusCode, headers, classifier.policy, { now: classifier.now() });
+      return { statusCode: res.statusCode, headers, body: res.body, observers: [], verdict };
     } catch (err) {
       const mapped = mapUpstreamError(err, ctx, target.origin);
       hooks.onAttempt?.(target, mapped, ctx);

@@ -3,7 +3,7 @@ import { CredentialMissingError } from '../errors.js';
 import type { Handler } from '../pipeline/types.js';
 import type { PoolSet } from './pool.js';
 import { parseUpstreamUrl } from './pool.js';
-import { makeSend, type SendHooks } from './send.js';
+import { makeSend, type SendClassifier, type SendHooks } from './send.js';
 
 export interface UpstreamSpec {
   /** Label for metrics and logs: the route name, or `<route>/<step>` for a fallback upstream. */
@@ -33,12 +33,13 @@ export const routeUpstreamSpec = (route: RouteConfig): UpstreamSpec => ({
  */
 export const makeUpstreamHandler = (
   spec: UpstreamSpec,
-  deps: { pools: PoolSet; env: NodeJS.ProcessEnv; hooks?: SendHooks; via: string },
+  deps: { pools: PoolSet; env: NodeJS.ProcessEnv; hooks?: SendHooks; via: string; classifier: SendClassifier },
 ): { handler: Handler; credentialMissing?: string } => {
   const { origin, basePath } = parseUpstreamUrl(spec.url);
   const send = makeSend(
     { origin, basePath, tls: spec.tls, connections: spec.connections, timeouts: spec.timeouts, name: spec.name },
     deps.pools,
+    deps.classifier,
     deps.hooks,
   );
   const set: Record<string, string> = { ...spec.headers.add };

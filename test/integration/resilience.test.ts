@@ -99,6 +99,21 @@ describe('resilience: retries, breakers, fallbacks against a misbehaving upstrea
             fallback: [{ type: 'lastGood' }, { type: 'static', name: 'default', status: 200, body: { answer: 'default' } }],
           },
           {
+            name: 'opens',
+            match: { pathPrefix: '/opens' },
+            upstream: { url: up.url },
+            retry: { maxRetries: 3, baseMs: 1 },
+            breaker: { consecutiveFailures: 3, resetMs: 60_000, resetJitterPercent: 0 },
+          },
+          {
+            name: 'no500retry',
+            match: { pathPrefix: '/no500retry' },
+            upstream: { url: up.url },
+            retry: { maxRetriesOn500: 0, baseMs: 1 },
+            breaker: { enabled: false },
+            fallback: [{ type: 'static', name: 'default', status: 200, body: { answer: 'default' } }],
+          },
+          {
             name: 'sdk',
             provider: 'openai',
             match: { pathPrefix: '/sdk' },
@@ -221,6 +236,32 @@ describe('resilience: retries, breakers, fallbacks against a misbehaving upstrea
     expect(lines[0]).toMatchObject({ key: 'breaker', reason: 'consecutive_failures', lastFailure: 'status_5xx' });
   });
 
+  it('answers the call that opens the breaker with the upstream’s own error and x-fusebox-breaker: open, not CIRCUIT_OPEN', async () => {
+    up.on('/opening', (_req, res) => json(res, 503, { error: { message: 'primary is down', type: 'server_error' } }));
+    const res = await get('/opens/opening');
+    expect(res.statusCode).toBe(503);
+    expect(res.headers['x-fusebox-breaker']).toBe('open');
+    expect(res.headers['x-fusebox-error']).toBeUndefined();
+    expect(await res.body.json()).toEqual({ error: { message: 'primary is down', type: 'server_error' } });
+    expect(up.count('/opening')).toBe(3);
+
+    const line = fb.logs.find((l) => l.msg === 'request' && l.route === 'opens');
+    expect(line).toMatchObject({ status: 503, outcome: 'upstream_error', attempts: 3 });
+    expect(fb.logs.filter((l) => l.msg === 'retrying' && l.route === 'opens')).toHaveLength(2);
+    const text = await fb.metricsText();
+    expect(metricValue(text, 'fusebox_retries_total', { route: 'opens', outcome: 'retried' })).toBe(2);
+    expect(metricValue(text, 'fusebox_retries_total', { route: 'opens', outcome: 'circuit_open' })).toBe(1);
+    expect(metricValue(text, 'fusebox_breaker_rejections_total', { route: 'opens' })).toBe(0);
+
+    // The next call is refused without a socket, and says so.
+    const refused = await get('/opens/opening');
+    expect(refused.statusCode).toBe(503);
+    expect(refused.headers['x-fusebox-error']).toBe('CIRCUIT_OPEN');
+    expect(refused.headers['x-fusebox-breaker']).toBe('open');
+    await refused.body.dump();
+    expect(up.count('/opening')).toBe(3);
+  });
+
   it('counts a stream the upstream cuts after the headers as a broken stream and a breaker failure', async () => {
     const res = await get('/stream/sse?n=2&every=5&cut=1');
     expect(res.statusCode).toBe(200);
@@ -283,6 +324,21 @@ describe('resilience: retries, breakers, fallbacks against a misbehaving upstrea
     ]);
   });
 
+  it('starts the fallback chain on a final 500 with maxRetriesOn500: 0, as on a 502', async () => {
+    up.on('/e500', (_req, res) => json(res, 500, { bug: true }));
+    up.on('/e502', (_req, res) => json(res, 502, { bad: 'gateway' }));
+    for (const path of ['/e500', '/e502']) {
+      const res = await get(`/no500retry${path}`);
+      expect(res.statusCode).toBe(200);
+      expect(res.headers['x-fusebox-fallback']).toBe('default');
+      expect(await res.body.json()).toEqual({ answer: 'default' });
+    }
+    // The 500 was not retried; the 502 was, maxRetries (3) times.
+    expect(up.count('/e500')).toBe(1);
+    expect(up.count('/e502')).toBe(4);
+    expect(metricValue(await fb.metricsText(), 'fusebox_fallbacks_total', { route: 'no500retry', step: 'default', reason: 'retries_exhausted' })).toBe(2);
+  });
+
   it('serves the last good answer for the same request when the upstream fails, then the static answer', async () => {
     let status = 200;
     up.on('/item', (req, res) => json(res, status, { item: req.url }));
@@ -323,6 +379,9 @@ describe('resilience: retries, breakers, fallbacks against a misbehaving upstrea
     const refused = await get('/breaker/fast');
     expect(refused.statusCode).toBe(503);
     expect(refused.headers['x-fusebox-error']).toBe('CIRCUIT_OPEN');
+    // Nothing will probe a forced breaker: no Retry-After promising a time.
+    expect(refused.headers['retry-after']).toBeUndefined();
+    expect(refused.headers['x-fusebox-breaker']).toBe('forced_open');
     await refused.body.dump();
     expect(metricValue(await fb.metricsText(), 'fusebox_breaker_state', { route: 'breaker', key: 'breaker' })).toBe(2);
     // An alert can tell this from a breaker the upstream's failures opened.

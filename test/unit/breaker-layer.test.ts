@@ -57,18 +57,22 @@ describe('breaker layer', () => {
       calls += 1;
       return terminal(req, ctx);
     };
-    return { handler: breakers.layer(counted), registry: breakers.registry };
+    return { handler: breakers.layer(counted), registry: breakers.registry, wouldAdmit: breakers.wouldAdmit };
   };
   const gauge = async (key: string) => (await metrics.breakerState.get()).values.find((v) => v.labels.key === key)?.value;
 
   it('opens after consecutive 5xx, then refuses at once with 503 CIRCUIT_OPEN, Retry-After and x-should-retry: false', async () => {
     const route = routeOf();
     const { handler } = setup(route, async () => response(503));
-    for (let i = 0; i < 3; i++) expect((await handler(get, ctxOf(route))).statusCode).toBe(503);
+    const answers = [];
+    for (let i = 0; i < 3; i++) answers.push(await handler(get, ctxOf(route)));
+    expect(answers.map((a) => a.statusCode)).toEqual([503, 503, 503]);
+    // The answer of the attempt that opened it says so; the ones before do not.
+    expect(answers.map((a) => a.headers['x-fusebox-breaker'])).toEqual([undefined, undefined, 'open']);
     const err = (await handler(get, ctxOf(route)).catch((e: unknown) => e)) as CircuitOpenError;
     expect(err).toBeInstanceOf(CircuitOpenError);
     expect(err.statusCode).toBe(503);
-    expect(err.headers).toEqual({ 'retry-after': '10', 'x-should-retry': 'false' });
+    expect(err.headers).toEqual({ 'retry-after': '10', 'x-should-retry': 'false', 'x-fusebox-breaker': 'open' });
     expect(err.details).toMatchObject({ breaker: 'r', state: 'open', retryAfterMs: 10_000 });
     expect(calls).toBe(3);
     expect(await gauge('r')).toBe(2);
@@ -112,6 +116,43 @@ describe('breaker layer', () => {
     mode = 'reset';
     await expect(handler(get, ctxOf(route))).rejects.toBeInstanceOf(UpstreamResetError);
     expect(registry.peek('r')?.stats()).toMatchObject({ calls: 2, failures: 2, lastFailure: 'reset' });
+  });
+
+  it('refuses a forced-open breaker without Retry-After: an operator’s override is never probed', async () => {
+    const route = routeOf();
+    const { handler, registry } = setup(route, async () => response(200));
+    finish(await handler(get, ctxOf(route)));
+    registry.peek('r')?.forceOpen();
+    clock.t += 60_000;
+    const err = (await handler(get, ctxOf(route)).catch((e: unknown) => e)) as CircuitOpenError;
+    expect(err).toBeInstanceOf(CircuitOpenError);
+    expect(err.forced).toBe(true);
+    expect(err.headers).toEqual({ 'x-should-retry': 'false', 'x-fusebox-breaker': 'forced_open' });
+    expect(err.details).toEqual({ breaker: 'r', state: 'forced_open' });
+  });
+
+  it('marks an upstream error that opened the breaker with x-fusebox-breaker: open', async () => {
+    const route = routeOf();
+    const { handler } = setup(route, async () => {
+      throw new UpstreamResetError('reset', { errno: 'ECONNRESET' });
+    });
+    const errors: UpstreamResetError[] = [];
+    for (let i = 0; i < 3; i++) errors.push((await handler(get, ctxOf(route)).catch((e: unknown) => e)) as UpstreamResetError);
+    expect(errors.map((e) => e.headers['x-fusebox-breaker'])).toEqual([undefined, undefined, 'open']);
+  });
+
+  it('wouldAdmit peeks at the request’s breaker without making one or taking the probe', async () => {
+    const route = routeOf({ breaker: { keyBy: 'model' } });
+    const { handler, registry, wouldAdmit } = setup(route, async () => response(503));
+    expect(wouldAdmit(jsonReq({ model: 'm' }), clock.t)).toBe(true);
+    expect(registry.size).toBe(0);
+    for (let i = 0; i < 3; i++) await handler(jsonReq({ model: 'm' }), ctxOf(route));
+    expect(wouldAdmit(jsonReq({ model: 'm' }), clock.t)).toBe(false);
+    expect(wouldAdmit(jsonReq({ model: 'm' }), clock.t + 10_000)).toBe(true);
+    expect(wouldAdmit(jsonReq({ model: 'other' }), clock.t)).toBe(true);
+    clock.t += 10_000;
+    expect(wouldAdmit(jsonReq({ model: 'm' }), clock.t)).toBe(true);
+    expect(registry.peek('m')?.state()).toBe('open');
   });
 
   it('gives no verdict for a discarded body or an agent that went away', async () => {

@@ -294,6 +294,29 @@ describe('CircuitBreaker: half-open', () => {
     expect(breaker.stats().msUntilProbe).toBe(0);
   });
 
+  it('wouldAdmit answers for a moment without taking the probe or changing state', () => {
+    const { breaker, clock, transitions } = setup({ resetJitterPercent: 0 });
+    expect(breaker.wouldAdmit()).toBe(true);
+    fail(breaker, 5);
+    expect(breaker.wouldAdmit()).toBe(false);
+    expect(breaker.wouldAdmit(clock.t + 29_999)).toBe(false);
+    expect(breaker.wouldAdmit(clock.t + 30_000)).toBe(true);
+    clock.t += 30_000;
+    expect(breaker.wouldAdmit()).toBe(true);
+    expect(breaker.state()).toBe('open');
+    // Asking took nothing: the next caller is still the probe, and while it is out nobody else would be admitted.
+    const probe = permitOf(breaker.tryAcquire());
+    expect(probe.probe).toBe(true);
+    expect(breaker.wouldAdmit()).toBe(false);
+    probe.success(1);
+    expect(breaker.wouldAdmit()).toBe(true);
+    expect(transitions).toEqual(['closed->open consecutive_failures (status_5xx)', 'open->half_open probe_admitted', 'half_open->closed probe_succeeded']);
+    breaker.forceOpen();
+    expect(breaker.wouldAdmit(clock.t + 3_600_000)).toBe(false);
+    breaker.forceClose();
+    expect(breaker.wouldAdmit()).toBe(true);
+  });
+
   it('spreads probes: jitter is random() × resetJitterPercent of resetMs', () => {
     const probeDelay = (r: number) => {
       const { breaker } = setup({ resetMs: 10_000, resetJitterPercent: 50 }, [r]);
@@ -345,11 +368,11 @@ describe('CircuitBreaker: many callers', () => {
 });
 
 describe('CircuitBreaker: admin', () => {
-  it('forceOpen refuses every call, even after resetMs, until reset', () => {
+  it('forceOpen refuses every call, even after resetMs, until reset, and promises no time (nothing will probe)', () => {
     const { breaker, clock, transitions } = setup();
     breaker.forceOpen();
     clock.t += 10 * 60_000;
-    expect(breaker.tryAcquire()).toEqual({ allowed: false, state: 'forced_open', retryAfterMs: 30_000 });
+    expect(breaker.tryAcquire()).toEqual({ allowed: false, state: 'forced_open', retryAfterMs: undefined });
     breaker.reset();
     expect(breaker.tryAcquire().allowed).toBe(true);
     expect(transitions).toEqual(['closed->forced_open forced', 'forced_open->closed reset']);

@@ -17,18 +17,21 @@ import {
   classifyPolicy,
   classifyResponse,
   isMcpToolFailure,
+  verdictOf,
   isSlowCall,
   mcpResult,
   type Verdict,
 } from '../../src/upstream/classify.js';
+import { mapUpstreamError } from '../../src/upstream/send.js';
+import type { ProxyResponse } from '../../src/pipeline/types.js';
 
 const NOW = Date.parse('2025-03-01T12:00:00.000Z');
 const policy = classifyPolicy({
-  retry: { retryableStatuses: [429, 502, 503, 504], maxRetriesOn500: 1 },
+  retry: { retryableStatuses: [429, 502, 503, 504] },
   breaker: { slowCallMs: undefined },
 });
 const slowPolicy = classifyPolicy({
-  retry: { retryableStatuses: [429, 502, 503, 504], maxRetriesOn500: 1 },
+  retry: { retryableStatuses: [429, 502, 503, 504] },
   breaker: { slowCallMs: 1_000 },
 });
 const facts = { now: NOW };
@@ -68,17 +71,10 @@ describe('classifyResponse', () => {
     expect(status(429)).not.toHaveProperty('retryAfterMs');
   });
 
-  it('500 is retryable once (maxRetriesOn500 1), then fatal, a breaker failure either way', () => {
-    expect(status(500, {}, policy, { now: NOW, retriesOn500: 0 })).toEqual(v('retryable', true, 'status_5xx'));
-    expect(status(500, {}, policy, { now: NOW, retriesOn500: 1 })).toEqual(v('fatal', true, 'status_5xx'));
-  });
-
-  it('500 follows maxRetriesOn500 even when listed in retryableStatuses', () => {
-    const p = classifyPolicy({ retry: { retryableStatuses: [500], maxRetriesOn500: 0 }, breaker: { slowCallMs: undefined } });
-    expect(status(500, {}, p).outcome).toBe('fatal');
-    const p2 = classifyPolicy({ retry: { retryableStatuses: [], maxRetriesOn500: 2 }, breaker: { slowCallMs: undefined } });
-    expect(status(500, {}, p2, { now: NOW, retriesOn500: 1 }).outcome).toBe('retryable');
-    expect(status(500, {}, p2, { now: NOW, retriesOn500: 2 }).outcome).toBe('fatal');
+  it('500 is retryable and a breaker failure, whatever retryableStatuses says: maxRetriesOn500 is the retry layer’s count', () => {
+    expect(status(500)).toEqual(v('retryable', true, 'status_5xx'));
+    const none = classifyPolicy({ retry: { retryableStatuses: [] }, breaker: { slowCallMs: undefined } });
+    expect(status(500, {}, none)).toEqual(v('retryable', true, 'status_5xx'));
   });
 
   it.each([400, 401, 402, 403, 404, 409, 413, 422])('%i is fatal and not a breaker failure (the caller’s fault)', (code) => {
@@ -90,14 +86,14 @@ describe('classifyResponse', () => {
   });
 
   it('a route can narrow retryableStatuses: 502 and 429 become fatal yet stay breaker failures', () => {
-    const p = classifyPolicy({ retry: { retryableStatuses: [503], maxRetriesOn500: 1 }, breaker: { slowCallMs: undefined } });
+    const p = classifyPolicy({ retry: { retryableStatuses: [503] }, breaker: { slowCallMs: undefined } });
     expect(status(502, {}, p)).toEqual(v('fatal', true, 'status_5xx'));
     expect(status(429, { 'retry-after': '1' }, p)).toEqual(v('fatal', true, 'status_429'));
     expect(status(503, {}, p).outcome).toBe('retryable');
   });
 
   it('a route can add a 4xx (408) to retryableStatuses, which then also counts against the breaker', () => {
-    const p = classifyPolicy({ retry: { retryableStatuses: [408], maxRetriesOn500: 1 }, breaker: { slowCallMs: undefined } });
+    const p = classifyPolicy({ retry: { retryableStatuses: [408] }, breaker: { slowCallMs: undefined } });
     expect(status(408, {}, p)).toEqual(v('retryable', true, 'status_4xx'));
   });
 
@@ -109,6 +105,56 @@ describe('classifyResponse', () => {
 
   it('a slow 4xx is still only the caller’s fault', () => {
     expect(status(404, {}, slowPolicy, { now: NOW, durationMs: 60_000 })).toEqual(v('fatal', false, 'status_4xx'));
+  });
+});
+
+describe('verdictOf', () => {
+  it('reads the verdict a response carries and never classifies it again', () => {
+    const carried = v('retryable', true, 'status_5xx');
+    const res: ProxyResponse = { statusCode: 200, headers: {}, body: Buffer.alloc(0), observers: [], verdict: carried };
+    expect(verdictOf(res, policy, NOW)).toBe(carried);
+  });
+
+  it('classifies a response made without one once, and leaves the verdict on it', () => {
+    const res: ProxyResponse = { statusCode: 503, headers: {}, body: Buffer.alloc(0), observers: [] };
+    const first = verdictOf(res, policy, NOW);
+    expect(first).toEqual(v('retryable', true, 'status_5xx'));
+    expect(res.verdict).toBe(first);
+    expect(verdictOf(res, slowPolicy, NOW + 1)).toBe(first);
+  });
+});
+
+describe('one table of transport error codes: the answer’s code (mapUpstreamError) and the verdict agree', () => {
+  const ctx = { signal: new AbortController().signal };
+  it.each([
+    ['ECONNREFUSED', 'UPSTREAM_CONNECT_FAILED', v('retryable', true, 'connect', true)],
+    ['EHOSTDOWN', 'UPSTREAM_CONNECT_FAILED', v('retryable', true, 'connect', true)],
+    ['ENETDOWN', 'UPSTREAM_CONNECT_FAILED', v('retryable', true, 'connect', true)],
+    ['ENOTFOUND', 'UPSTREAM_CONNECT_FAILED', v('retryable', true, 'dns', true)],
+    ['EAI_FAIL', 'UPSTREAM_CONNECT_FAILED', v('retryable', true, 'dns', true)],
+    ['CERT_HAS_EXPIRED', 'UPSTREAM_CONNECT_FAILED', v('fatal', true, 'tls', true)],
+    ['ERR_TLS_CERT_ALTNAME_INVALID', 'UPSTREAM_CONNECT_FAILED', v('fatal', true, 'tls', true)],
+    ['ECONNRESET', 'UPSTREAM_RESET', v('retryable', true, 'reset')],
+    ['ECONNABORTED', 'UPSTREAM_RESET', v('retryable', true, 'reset')],
+    ['UND_ERR_CLOSED', 'UPSTREAM_RESET', v('retryable', true, 'reset')],
+    ['UND_ERR_DESTROYED', 'UPSTREAM_RESET', v('retryable', true, 'reset')],
+    ['UND_ERR_CONNECT_TIMEOUT', 'UPSTREAM_TIMEOUT', v('retryable', true, 'timeout', true)],
+    ['UND_ERR_HEADERS_TIMEOUT', 'UPSTREAM_TIMEOUT', v('retryable', true, 'timeout')],
+    ['ETIMEDOUT', 'UPSTREAM_TIMEOUT', v('retryable', true, 'timeout')],
+    ['UND_ERR_RES_CONTENT_LENGTH_MISMATCH', 'UPSTREAM_ERROR', v('retryable', true, 'protocol')],
+    ['HPE_INVALID_CONSTANT', 'UPSTREAM_ERROR', v('retryable', true, 'protocol')],
+    ['UND_ERR_REQ_CONTENT_LENGTH_MISMATCH', 'UPSTREAM_ERROR', v('fatal', false, 'local')],
+  ] as const)('%s → %s', (code, answer, verdict) => {
+    const raw = withCode(code);
+    const mapped = mapUpstreamError(raw, ctx, 'http://u');
+    expect(mapped.code).toBe(answer);
+    expect(classifyError(raw)).toEqual(verdict);
+    expect(classifyError(mapped)).toEqual(verdict);
+  });
+
+  it('names a socket error by the errno undici wrapped in it', () => {
+    const err = Object.assign(new undiciErrors.SocketError('other side closed'), { cause: withCode('EPIPE') });
+    expect(mapUpstreamError(err, ctx, 'http://u').details).toMatchObject({ errno: 'EPIPE' });
   });
 });
 

@@ -11,7 +11,9 @@ import {
   UpstreamTimeoutError,
 } from '../../src/errors.js';
 import type { CallContext, Handler, ProxyRequest, ProxyResponse } from '../../src/pipeline/types.js';
+import { compose } from '../../src/pipeline/compose.js';
 import { fallbackLayer, withModel, type FallbackStepHandler } from '../../src/policies/fallback.js';
+import { retryLayer } from '../../src/policies/retry.js';
 import { createMetrics, type Metrics } from '../../src/telemetry/metrics.js';
 import { callContext } from '../helpers/pipeline.js';
 
@@ -115,6 +117,35 @@ describe('fallback layer', () => {
       expect(ctx.fallbackStep).toBe('a');
       expect(await count(metrics.fallbacks, { step: 'a', reason })).toBeGreaterThan(0);
     }
+  });
+
+  it('falls back on a final 500 with maxRetriesOn500: 0 exactly as on a 502: it reads the verdict, not the status again', async () => {
+    const route = routeOf({ idempotent: true, retry: { maxRetriesOn500: 0, baseMs: 1 } });
+    for (const status of [500, 502]) {
+      const ctx = ctxOf(route);
+      const attempts: number[] = [];
+      const terminal: Handler = async () => {
+        attempts.push(status);
+        return response(status);
+      };
+      const chain = compose(layerOf(route, [stepOf('a', 200, order).step]), retryLayer(route, { now: () => 0, random: () => 0, metrics }));
+      const res = await chain(terminal)(req, ctx);
+      expect(res.statusCode).toBe(200);
+      expect(ctx.fallbackStep).toBe('a');
+      // The 500 is never retried (maxRetriesOn500: 0); the 502 is, maxRetries times.
+      expect(attempts).toHaveLength(status === 500 ? 1 : 4);
+    }
+    expect(await count(metrics.fallbacks, { step: 'a', reason: 'retries_exhausted' })).toBe(2);
+  });
+
+  it('judges an answer by the verdict it carries, made where it arose', async () => {
+    const route = routeOf();
+    // A route whose send classified this 503 as final (say, a narrowed retryableStatuses): no fallback.
+    const fatal = response(503);
+    fatal.verdict = { outcome: 'fatal', breakerFailure: true, reason: 'status_5xx', beforeSend: false };
+    const res = await layerOf(route, [stepOf('a', 200, order).step])(async () => fatal)(req, ctxOf(route));
+    expect(res).toBe(fatal);
+    expect(order).not.toContain('a');
   });
 
   it('falls back on a final status listed in fallbackOn, and not on other 4xx', async () => {

@@ -21,16 +21,41 @@ const recordRequests = (budget: RetryBudget, n: number) => {
 };
 
 describe('RetryBudget arithmetic', () => {
-  it('allows exactly minRetriesPerSecond × windowSeconds retries with no traffic (3 × 10 = 30)', () => {
-    const budget = new RetryBudget(defaults, clock().now);
-    expect(grantsUntilRefused(budget)).toBe(30);
-    expect(budget.stats()).toEqual({ requests: 0, retries: 30, allowance: 30, refused: 1, windowSeconds: 10 });
+  it('gives a quiet route a burst of minRetriesPerSecond at once, then one retry every 1/floor s — not the whole window’s floor as a lump', () => {
+    const c = clock();
+    const budget = new RetryBudget({ ...defaults, minRetriesPerSecond: 10 }, c.now);
+    expect(grantsUntilRefused(budget)).toBe(10);
+    c.t = 99;
+    expect(budget.tryAcquireRetry()).toBe(false);
+    c.t = 100;
+    expect(grantsUntilRefused(budget)).toBe(1);
+    c.t = 1_000;
+    expect(grantsUntilRefused(budget)).toBe(9);
+    expect(budget.stats()).toEqual({ requests: 0, retries: 20, available: 0, refused: 4, windowSeconds: 10 });
   });
 
-  it('adds budgetPercent of recent requests: 100 requests → 20 + 30 = 50 retries', () => {
+  it('never holds more than one second of floor, however long the route was idle', () => {
+    const c = clock();
+    const budget = new RetryBudget(defaults, c.now);
+    c.t = 3_600_000;
+    expect(grantsUntilRefused(budget)).toBe(3);
+  });
+
+  it('holds one whole retry for a floor below 1/s, and refills it at the floor’s pace', () => {
+    const c = clock();
+    const budget = new RetryBudget({ ...defaults, budgetPercent: 0, minRetriesPerSecond: 0.5 }, c.now);
+    expect(grantsUntilRefused(budget)).toBe(1);
+    c.t = 1_999;
+    expect(budget.tryAcquireRetry()).toBe(false);
+    c.t = 2_000;
+    expect(grantsUntilRefused(budget)).toBe(1);
+  });
+
+  it('adds budgetPercent of each call as a deposit, spent before the floor: 100 calls → 20 + 3 = 23 retries', () => {
     const budget = new RetryBudget(defaults, clock().now);
     recordRequests(budget, 100);
-    expect(grantsUntilRefused(budget)).toBe(50);
+    expect(budget.stats().available).toBe(23);
+    expect(grantsUntilRefused(budget)).toBe(23);
   });
 
   it('gives exactly 20% of 50 requests (10) when there is no floor', () => {
@@ -39,10 +64,10 @@ describe('RetryBudget arithmetic', () => {
     expect(grantsUntilRefused(budget)).toBe(10);
   });
 
-  it('admits a fractional allowance up to its ceiling: 20% of 7 = 1.4 → 2 retries', () => {
+  it('pays only with whole retries: 20% of 7 calls = 1.4 → 1 retry', () => {
     const budget = new RetryBudget({ ...defaults, minRetriesPerSecond: 0 }, clock().now);
     recordRequests(budget, 7);
-    expect(grantsUntilRefused(budget)).toBe(2);
+    expect(grantsUntilRefused(budget)).toBe(1);
   });
 
   it('refuses every retry with a 0% budget and no floor', () => {
@@ -57,7 +82,9 @@ describe('RetryBudget arithmetic', () => {
     recordRequests(budget, 10);
     expect(grantsUntilRefused(budget)).toBe(2);
     recordRequests(budget, 4);
-    // 20% of 14 = 2.8: one more retry, then spent again.
+    expect(budget.tryAcquireRetry()).toBe(false);
+    // 0.8 left over from the 4, plus 0.2: one whole retry.
+    budget.recordRequest();
     expect(grantsUntilRefused(budget)).toBe(1);
   });
 
@@ -66,9 +93,9 @@ describe('RetryBudget arithmetic', () => {
     const budget = new RetryBudget({ ...defaults, minRetriesPerSecond: 0 }, c.now);
     recordRequests(budget, 10);
     c.t = 9_999;
-    expect(budget.stats().requests).toBe(10);
+    expect(budget.stats()).toMatchObject({ requests: 10, available: 2 });
     c.t = 10_000;
-    expect(budget.stats().requests).toBe(0);
+    expect(budget.stats()).toMatchObject({ requests: 0, available: 0 });
   });
 
   it('keeps whole seconds: a request at t=999 also leaves at t=10000', () => {
@@ -81,14 +108,30 @@ describe('RetryBudget arithmetic', () => {
     expect(budget.stats().requests).toBe(0);
   });
 
-  it('returns retries to the budget when they leave the window', () => {
+  it('spends the oldest deposits first, so the fresher ones outlive the retry', () => {
+    const c = clock();
+    const budget = new RetryBudget({ ...defaults, minRetriesPerSecond: 0 }, c.now);
+    recordRequests(budget, 5);
+    c.t = 5_000;
+    recordRequests(budget, 5);
+    c.t = 6_000;
+    expect(grantsUntilRefused(budget, 1)).toBe(1);
+    c.t = 10_000;
+    // The t=0 deposit paid for the retry and has expired; the t=5000 one is still there.
+    expect(budget.stats()).toMatchObject({ requests: 5, retries: 1, available: 1 });
+    c.t = 16_000;
+    expect(budget.stats()).toMatchObject({ requests: 0, retries: 0, available: 0 });
+  });
+
+  it('banks nothing past the window: a healthy hour leaves only the last 10 s of deposits and the floor', () => {
     const c = clock();
     const budget = new RetryBudget(defaults, c.now);
-    expect(grantsUntilRefused(budget)).toBe(30);
-    c.t = 5_000;
-    expect(budget.tryAcquireRetry()).toBe(false);
-    c.t = 10_000;
-    expect(grantsUntilRefused(budget)).toBe(30);
+    for (let s = 0; s < 3_600; s++) {
+      c.t = s * 1_000;
+      recordRequests(budget, 100);
+    }
+    // 100 calls/s × 10 s × 20% + 3.
+    expect(budget.stats().available).toBe(203);
   });
 
   it('slides second by second: only the expired second is dropped', () => {
@@ -111,25 +154,29 @@ describe('RetryBudget arithmetic', () => {
     recordRequests(budget, 500);
     grantsUntilRefused(budget);
     c.t = 3_600_000;
-    expect(budget.stats()).toMatchObject({ requests: 0, retries: 0, allowance: 30 });
+    expect(budget.stats()).toMatchObject({ requests: 0, retries: 0, available: 3 });
   });
 
   it('rounds a window up to whole seconds and never below one', () => {
     expect(new RetryBudget({ ...defaults, budgetWindowMs: 1_500 }, clock().now).stats().windowSeconds).toBe(2);
-    const tiny = new RetryBudget({ ...defaults, budgetWindowMs: 0 }, clock().now);
+    const tiny = new RetryBudget({ ...defaults, budgetWindowMs: 0, minRetriesPerSecond: 0 }, clock().now);
     expect(tiny.stats().windowSeconds).toBe(1);
-    expect(grantsUntilRefused(tiny)).toBe(3);
+    recordRequests(tiny, 10);
+    expect(grantsUntilRefused(tiny)).toBe(2);
   });
 
-  it('does not revive expired buckets when the clock steps back', () => {
+  it('does not revive expired buckets, nor accrue floor, when the clock steps back', () => {
     const c = clock(20_000);
-    const budget = new RetryBudget({ ...defaults, minRetriesPerSecond: 0 }, c.now);
+    const budget = new RetryBudget({ ...defaults, minRetriesPerSecond: 1 }, c.now);
     recordRequests(budget, 10);
+    expect(grantsUntilRefused(budget)).toBe(3);
     c.t = 5_000;
     budget.recordRequest();
     expect(budget.stats().requests).toBe(11);
+    c.t = 19_000;
+    expect(budget.tryAcquireRetry()).toBe(false);
     c.t = 30_000;
-    expect(budget.stats().requests).toBe(0);
+    expect(budget.stats()).toMatchObject({ requests: 0, available: 1 });
   });
 });
 
@@ -137,10 +184,12 @@ describe('RetryBudget against a 100%-failing upstream', () => {
   /**
    * Discrete-event simulation: `rate` new calls per second for `seconds`, every attempt fails, each call retries up
    * to maxRetries times with full-jitter backoff (seeded), asking the budget right before each retry is sent.
+   * After every attempt it notes how far the retries so far are from the bound 0.2 × calls + floor × t + burst.
    */
-  const simulate = (opts: { rate: number; seconds: number; maxRetries: number; budget: boolean }) => {
+  const simulate = (opts: { rate: number; seconds: number; maxRetries: number; budget: boolean; floor?: number }) => {
     const c = clock();
-    const budget = new RetryBudget(defaults, c.now);
+    const floor = opts.floor ?? defaults.minRetriesPerSecond;
+    const budget = new RetryBudget({ ...defaults, minRetriesPerSecond: floor }, c.now);
     const random = seeded(1234);
     const backoff = { baseMs: 500, capMs: 30_000 };
     // Events sorted by time; each is a retry `n` (0-based) of some call.
@@ -151,18 +200,23 @@ describe('RetryBudget against a 100%-failing upstream', () => {
       queue.splice(i, 0, { t, n });
     };
     const endMs = opts.seconds * 1_000;
+    let calls = 0;
     let attempts = 0;
     let attemptsInRun = 0;
+    let retriesInFirstSecond = 0;
+    /** Smallest slack seen: bound − retries so far (negative means the bound was broken). */
+    let slack = Number.POSITIVE_INFINITY;
     const attempt = (n: number) => {
       attempts++;
       if (c.t < endMs) attemptsInRun++;
+      if (n > 0 && c.t < 1_000) retriesInFirstSecond++;
+      slack = Math.min(slack, 0.2 * calls + (floor * c.t) / 1_000 + Math.max(1, floor) - (attempts - calls));
       if (n < opts.maxRetries) schedule(c.t + backoffDelay(n, backoff, random), n);
     };
     const gap = 1_000 / opts.rate;
     const offered = opts.rate * opts.seconds;
-    let next = 0;
-    while (next < offered || queue.length > 0) {
-      const arrival = next < offered ? next * gap : Number.POSITIVE_INFINITY;
+    while (calls < offered || queue.length > 0) {
+      const arrival = calls < offered ? calls * gap : Number.POSITIVE_INFINITY;
       const head = queue[0];
       if (head !== undefined && head.t < arrival) {
         queue.shift();
@@ -170,12 +224,12 @@ describe('RetryBudget against a 100%-failing upstream', () => {
         if (!opts.budget || budget.tryAcquireRetry()) attempt(head.n + 1);
       } else {
         c.t = arrival;
-        next++;
+        calls++;
         budget.recordRequest();
         attempt(0);
       }
     }
-    return { offered, attempts, attemptsInRun };
+    return { offered, attempts, attemptsInRun, retriesInFirstSecond, slack };
   };
 
   it('without a budget, 3 retries quadruple the load (the storm the budget prevents)', () => {
@@ -183,15 +237,24 @@ describe('RetryBudget against a 100%-failing upstream', () => {
     expect(r.attempts).toBe(4 * r.offered);
   });
 
-  it('at 50 req/s for 60 s with maxRetries 3, attempts stay ≤ 1.2 × offered + 3/s floor × 60 s', () => {
+  it('floor 10/s over a 10 s window: at most 0.2 × calls + 10 + 10 retries in the first second (not 101), and the bound holds at every instant', () => {
+    const r = simulate({ rate: 50, seconds: 60, maxRetries: 3, budget: true, floor: 10 });
+    expect(r.retriesInFirstSecond).toBeLessThanOrEqual(0.2 * 50 + 10 + 10);
+    expect(r.slack).toBeGreaterThanOrEqual(0);
+  });
+
+  it('at 50 req/s for 60 s with maxRetries 3 and the default floor, attempts stay ≤ 1.2 × offered + 3/s × 60 s + 3 at every instant, and the budget is used', () => {
     const r = simulate({ rate: 50, seconds: 60, maxRetries: 3, budget: true });
-    // The bound: every aligned 10 s window holds ≤ 20% × (≤ 500 requests in any 10 s) + 3 × 10 = 130 retries,
-    // so the 60 s run holds ≤ 6 × 130 = 780 retries = 0.2 × 3000 + 3 × 60.
-    const bound = 1.2 * r.offered + 3 * 60;
+    expect(r.slack).toBeGreaterThanOrEqual(0);
+    const bound = 1.2 * r.offered + 3 * 60 + 3;
     expect(r.attemptsInRun).toBeLessThanOrEqual(bound);
     // ...and the budget is used, not merely refusing: within 5% of the bound.
     expect(r.attemptsInRun).toBeGreaterThan(bound - 0.05 * (bound - r.offered));
-    // Backed-off retries of the last calls land after the run; they fit in one more window's allowance.
-    expect(r.attempts).toBeLessThanOrEqual(bound + (0.2 * 500 + 3 * 10));
+  });
+
+  it('a quiet route (1 call/s, 2 retries each) gets every retry: the floor pays what its deposits cannot', () => {
+    const r = simulate({ rate: 1, seconds: 60, maxRetries: 2, budget: true });
+    expect(r.slack).toBeGreaterThanOrEqual(0);
+    expect(r.attempts).toBe(3 * r.offered);
   });
 });

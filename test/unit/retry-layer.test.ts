@@ -1,8 +1,11 @@
-import { PassThrough } from 'node:stream';
+import { PassThrough, Writable } from 'node:stream';
+import { pino } from 'pino';
 import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
 import { RouteSchema, type RouteConfig } from '../../src/config/schema.js';
 import { CircuitOpenError, UpstreamConnectError, UpstreamResetError } from '../../src/errors.js';
 import type { CallContext, Handler, ProxyRequest, ProxyResponse } from '../../src/pipeline/types.js';
+import { compose } from '../../src/pipeline/compose.js';
+import { makeBreakers } from '../../src/policies/breaker.js';
 import { isResendable, retryLayer } from '../../src/policies/retry.js';
 import { createMetrics, type Metrics } from '../../src/telemetry/metrics.js';
 import { callContext } from '../helpers/pipeline.js';
@@ -171,6 +174,51 @@ describe('retry layer', () => {
     const settled = pending.catch((e: unknown) => e);
     await vi.runAllTimersAsync();
     expect(await settled).toBeInstanceOf(CircuitOpenError);
+    expect(t.calls).toHaveLength(2);
+  });
+
+  it('stops with the upstream’s own answer when the attempt opens the breaker: no backoff, no retry counted, no CIRCUIT_OPEN', async () => {
+    const route = routeOf({ breaker: { consecutiveFailures: 3, resetMs: 30_000, resetJitterPercent: 0 } });
+    const lines: Array<Record<string, unknown>> = [];
+    const log = pino(
+      new Writable({
+        write(c: Buffer, _e, cb) {
+          lines.push(JSON.parse(c.toString()) as Record<string, unknown>);
+          cb();
+        },
+      }),
+    );
+    const breakers = makeBreakers(route, { now: () => Date.now(), random: () => 0, logger: pino({ level: 'silent' }), metrics });
+    const upstreamError = Buffer.from('{"error":{"message":"primary is down"}}');
+    const t = scripted([() => ({ statusCode: 503, headers: { 'content-type': 'application/json' }, body: upstreamError, observers: [] })]);
+    const chain = compose(retryLayer(route, { now: () => Date.now(), random: () => 0.5, metrics, breakers }), breakers.layer)(t.handler);
+    const started = Date.now();
+    const pending = chain(get(), ctxOf(route, { log }));
+    await vi.runAllTimersAsync();
+    const res = await pending;
+
+    expect(t.calls).toHaveLength(3);
+    expect(res.statusCode).toBe(503);
+    expect(res.body).toBe(upstreamError);
+    expect(res.headers['x-fusebox-breaker']).toBe('open');
+    // Backed off 250 and 500 ms before the 2nd and 3rd attempts, and not at all after the 3rd.
+    expect(Date.now() - started).toBe(750);
+    expect(await retriesCount(metrics, 'retried')).toBe(2);
+    expect(await retriesCount(metrics, 'circuit_open', 'status_5xx')).toBe(1);
+    expect(lines.filter((l) => l.msg === 'retrying')).toHaveLength(2);
+    expect(lines.find((l) => l.msg === 'not retrying')).toMatchObject({ attempt: 3, outcome: 'circuit_open', status: 503 });
+    expect((await metrics.breakerRejections.get()).values.reduce((n, v) => n + v.value, 0)).toBe(0);
+  });
+
+  it('asks the breaker about the moment the retry would be sent: a probe due before the backoff ends is still taken', async () => {
+    const route = routeOf({ breaker: { consecutiveFailures: 1, resetMs: 100, resetJitterPercent: 0 } });
+    const breakers = makeBreakers(route, { now: () => Date.now(), random: () => 0, logger: pino({ level: 'silent' }), metrics });
+    const t = scripted([503, 200]);
+    // random 0.5 → a 250 ms backoff, past the breaker's 100 ms reset: the retry is the half-open probe.
+    const chain = compose(retryLayer(route, { now: () => Date.now(), random: () => 0.5, metrics, breakers }), breakers.layer)(t.handler);
+    const pending = chain(get(), ctxOf(route));
+    await vi.runAllTimersAsync();
+    expect((await pending).statusCode).toBe(200);
     expect(t.calls).toHaveLength(2);
   });
 

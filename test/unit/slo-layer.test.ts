@@ -2,7 +2,14 @@ import { pino } from 'pino';
 import { describe, expect, it } from 'vitest';
 import { parseConfig } from '../../src/config/load.js';
 import type { RouteConfig } from '../../src/config/schema.js';
-import { BadRequestError, ClientClosedError, ProxyError, UpstreamResetError, UpstreamTimeoutError } from '../../src/errors.js';
+import {
+  BadRequestError,
+  CircuitOpenError as RealCircuitOpenError,
+  ClientClosedError,
+  ProxyError,
+  UpstreamResetError,
+  UpstreamTimeoutError,
+} from '../../src/errors.js';
 import type { BodyEnd, CallContext, Handler, ProxyResponse } from '../../src/pipeline/types.js';
 import { minuteIndex } from '../../src/slo/buckets.js';
 import { MemoryCounterStore } from '../../src/slo/counter-store.js';
@@ -105,6 +112,21 @@ describe('SLO layer: how calls count', () => {
     expect(await counts()).toEqual({ ab: 3, lg: 3, l0: 3, r: 1, s: 1 });
     expect(sloOutcomeOfError(new BadRequestError('bad'))).toBe('refused');
     expect(sloOutcomeOfError(new Error('a bug'))).toBe('bad');
+  });
+});
+
+describe('SLO layer: breakers', () => {
+  it('counts a breaker the upstream’s failures opened bad, and one an operator forced open as a refusal', async () => {
+    const { call, upstream, counts } = setup();
+    const opened = new RealCircuitOpenError('open', { breaker: 'chat', state: 'open', retryAfterMs: 1000 });
+    const forced = new RealCircuitOpenError('forced', { breaker: 'chat', state: 'forced_open' });
+    for (const err of [opened, forced]) {
+      upstream.throws = err;
+      await expect(call()).rejects.toBe(err);
+    }
+    expect(await counts()).toEqual({ ab: 1, lg: 1, l0: 1, r: 1 });
+    expect(sloOutcomeOfError(forced)).toBe('refused');
+    expect(sloOutcomeOfError(opened)).toBe('bad');
   });
 });
 
