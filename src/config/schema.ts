@@ -33,8 +33,8 @@ const envVarName = z.string().regex(/^[A-Za-z_][A-Za-z0-9_]*$/, 'must be an envi
 export const ListenSchema = z.strictObject({
   /** Address to bind. Default 127.0.0.1: a sidecar shares the pod's network namespace, loopback is enough. */
   host: z.string().min(1).default('127.0.0.1'),
-  /** TCP port; 0 picks a free one (tests). */
-  port: z.number().int().min(0).max(65535),
+  /** TCP port; 0 picks a free one (tests). Default 4000. */
+  port: z.number().int().min(0).max(65535).default(4000),
 });
 
 export const AdminSchema = z.strictObject({
@@ -382,7 +382,7 @@ export const ConfigSchema = z
       .prefault({}),
     listen: z
       .strictObject({
-        proxy: ListenSchema.prefault({ port: 4000 }),
+        proxy: ListenSchema.prefault({}),
         admin: AdminSchema.prefault({}),
       })
       .prefault({}),

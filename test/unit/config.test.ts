@@ -22,6 +22,12 @@ describe('config schema', () => {
     expect(cfg.store.kind).toBe('memory');
   });
 
+  it('listen.proxy.port defaults to 4000 when only the host is given, as the README documents', () => {
+    expect(parseConfig({ listen: { proxy: { host: '0.0.0.0' } }, routes: [route] }, 'test', {}).listen.proxy).toEqual({ host: '0.0.0.0', port: 4000 });
+    expect(parseConfig({ listen: { proxy: {} }, routes: [route] }, 'test', {}).listen.proxy).toEqual({ host: '127.0.0.1', port: 4000 });
+    expect(parseConfig({ listen: { proxy: { port: 0 } }, routes: [route] }, 'test', {}).listen.proxy.port).toBe(0);
+  });
+
   it('names the common mistakes with their paths', () => {
     expect(problems({ routes: [] })).toEqual(['routes: needs at least one route: Fusebox forwards only to allow-listed destinations']);
     expect(problems({ routes: [{ ...route, upstream: { url: 'http://user:pw@host' } }] })[0]).toContain('routes[0].upstream.url: must be an absolute http:// or https:// URL without credentials');
