@@ -50,6 +50,35 @@ describe('config schema', () => {
     expect(problems({ routes: [{ ...route, faults: { enabled: true, headerControl: true } }] })).toEqual([]);
   });
 
+  it('refuses an SLO action "degrade" with no fallback step to degrade to, and a degradeToStep past the last step', () => {
+    const steps = [{ type: 'static', body: 'a' }, { type: 'static', body: 'b' }];
+    expect(problems({ routes: [{ ...route, slo: { onBudgetExhausted: 'degrade' } }] })).toEqual([
+      'routes[0].slo.onBudgetExhausted: "degrade" starts the fallback chain at step degradeToStep, but this route has no `fallback` steps: add some (e.g. a cheaper model) or choose alert, throttle or shed',
+    ]);
+    expect(problems({ routes: [{ ...route, slo: { onFastBurn: 'degrade' } }] })[0]).toMatch(/^routes\[0\]\.slo\.onFastBurn: "degrade" starts the fallback chain/);
+    expect(problems({ routes: [{ ...route, fallback: steps, slo: { onFastBurn: 'degrade', degradeToStep: 2 } }] })).toEqual([
+      'routes[0].slo.degradeToStep: is 2, but the route has 2 fallback steps (degradeToStep counts from 0, so at most 1)',
+    ]);
+    expect(problems({ routes: [{ ...route, fallback: steps, slo: { onFastBurn: 'degrade', degradeToStep: 1 } }] })).toEqual([]);
+    // Not degrading, or no SLOs at all: degradeToStep is never read.
+    expect(problems({ routes: [{ ...route, slo: { onFastBurn: 'shed', degradeToStep: 4 } }] })).toEqual([]);
+    expect(problems({ routes: [{ ...route, slo: { enabled: false, onBudgetExhausted: 'degrade' } }] })).toEqual([]);
+  });
+
+  it('reports cross-references (a fallback to an unknown route) in the same pass as unrelated mistakes', () => {
+    const found = problems({
+      listen: { proxy: { port: 'x' } },
+      routes: [{ ...route, retry: { baseMs: 'fast' }, fallback: [{ type: 'bogus' }, { type: 'route', route: 'nope' }] }, 5],
+    });
+    expect(found).toContain('listen.proxy.port: expected number, got string');
+    expect(found).toContain('routes[1]: expected object, got number');
+    expect(found).toContain('routes[0].fallback[1].route: no route named "nope"');
+    // A route whose own name is malformed is reported there; a fallback to it is not called dangling.
+    const misnamed = problems({ routes: [{ ...route, fallback: [{ type: 'route', route: 'bad name' }] }, { ...route, name: 'bad name', match: { pathPrefix: '/b' } }] });
+    expect(misnamed).toContain('routes[1].name: must be 1-64 letters, digits, "_", "-" or "." (it becomes a metric label)');
+    expect(misnamed.join('\n')).not.toContain('no route named');
+  });
+
   it('expands ${VAR} and ${VAR:-default} in identities, and says which variable is missing', () => {
     expect(parseConfig({ agent: { id: '${POD_NAME}' }, routes: [route] }, 't', { POD_NAME: 'pod-1' }).agent.id).toBe('pod-1');
     expect(parseConfig({ agent: { id: '${POD_NAME:-local}' }, routes: [route] }, 't', {}).agent.id).toBe('local');
