@@ -487,7 +487,7 @@ export const ConfigSchema = z
         steps.forEach((step, j) => {
           if (!typed('routes', i, 'fallback', j)) return;
           if (step.type === 'route' && !named.has(step.route)) {
-            ctx.addIssue({ code: 'custom', path: ['routes', i, 'fallback', j, 'route'], message: `no route named "${step.route}"` });
+            ctx.addIssue({ code: 'custom', path: ['routes', i, 'fallback', j, 'route'], message: `no route named "${step.route}" (routes: ${[...named].join(', ')})` });
           }
           if (step.type === 'route' && step.route === r.name) {
             ctx.addIssue({ code: 'custom', path: ['routes', i, 'fallback', j, 'route'], message: 'a route cannot fall back to itself' });

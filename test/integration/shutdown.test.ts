@@ -59,11 +59,11 @@ describe('fusebox CLI', () => {
     );
     const r = await collect(cli(['check-config', file]));
     expect(r.code).toBe(1);
-    expect(r.err).toContain('routes[0].name: must be 1-64 letters');
-    expect(r.err).toContain('routes[0].match: needs `pathPrefix`');
-    expect(r.err).toContain('routes[0].upstream.url: must be an absolute http:// or https:// URL');
-    expect(r.err).toContain('routes[0].retry.baseMs: expected number, got string');
-    expect(r.err).toContain('routes[0]: unknown key "tiemouts"');
+    expect(r.err).toContain(`${file}:2:11: routes[0].name: must be 1-64 letters`);
+    expect(r.err).toContain(`${file}:3:5: routes[0] (name "bad name").match: needs \`pathPrefix\``);
+    expect(r.err).toContain(`${file}:4:22: routes[0] (name "bad name").upstream.url: must be an absolute http:// or https:// URL`);
+    expect(r.err).toContain(`${file}:5:22: routes[0] (name "bad name").retry.baseMs: expected number, got string`);
+    expect(r.err).toContain(`${file}:6:5: routes[0] (name "bad name"): unknown key "tiemouts" (did you mean "timeouts"?)`);
   });
 
   it('check-config accepts the example config', async () => {
