@@ -1,7 +1,7 @@
-import { spawn } from 'node:child_process';
-import { mkdtempSync, writeFileSync } from 'node:fs';
+import { spawn, spawnSync } from 'node:child_process';
+import { existsSync, mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { delimiter, join } from 'node:path';
 import { request } from 'undici';
 import { afterEach, describe, expect, it } from 'vitest';
 import { startFusebox } from '../helpers/fusebox.js';
@@ -37,6 +37,20 @@ describe('graceful shutdown', () => {
     expect(fb.logs.some((l) => l.msg === 'grace period over: cutting the calls still running')).toBe(true);
   });
 });
+
+/**
+ * A Node older than 24 on this machine, if any: the first `node` on PATH outside node_modules (npm puts the project's
+ * own Node 24, the `node` dev dependency, first on PATH).
+ */
+const OLD_NODE = (() => {
+  for (const dir of (process.env.PATH ?? '').split(delimiter)) {
+    const bin = join(dir, 'node');
+    if (dir.includes('node_modules') || !existsSync(bin)) continue;
+    const version = spawnSync(bin, ['--version'], { encoding: 'utf8' }).stdout?.trim() ?? '';
+    if (Number(/^v(\d+)\./.exec(version)?.[1] ?? 99) < 24) return { bin, version };
+  }
+  return undefined;
+})();
 
 describe('fusebox CLI', () => {
   const cli = (args: string[], env: NodeJS.ProcessEnv = {}) =>
@@ -94,5 +108,19 @@ describe('fusebox CLI', () => {
     const r = await done;
     expect(r.code).toBe(0);
     expect(r.out).toContain('"msg":"stopped"');
+  });
+
+  it('check-config --help prints its usage instead of reading a file named --help', async () => {
+    const r = await collect(cli(['check-config', '--help']));
+    expect(r).toMatchObject({ code: 0, err: '' });
+    expect(r.out).toMatch(/^Usage: fusebox check-config FILE\n/);
+  });
+
+  it.skipIf(OLD_NODE === undefined)(`on an older Node (${OLD_NODE?.version ?? 'none on PATH'}) says which Node it needs and exits 1, before loading anything`, async () => {
+    const child = spawn(OLD_NODE!.bin, ['--import', 'tsx', 'src/main.ts', 'check-config', 'config/example.yaml'], { stdio: ['ignore', 'pipe', 'pipe'] });
+    const r = await collect(child);
+    expect(r.err).toMatch(new RegExp(`^Fusebox needs Node ≥ 24; you have ${OLD_NODE!.version.replaceAll('.', '\\.')}\\.\n`));
+    expect(r.err).not.toContain('TypeError');
+    expect(r).toMatchObject({ code: 1, out: '' });
   });
 });
