@@ -10,12 +10,15 @@ Runs the sidecar: agent traffic on listen.proxy (default 127.0.0.1:4000), metric
 listen.admin (default 127.0.0.1:9901). An invalid config is refused before listening, with every problem listed.
 
 Signals: SIGTERM and SIGINT turn the sidecar not-ready, let calls in flight finish for shutdown.graceMs, then exit 0.
+SIGHUP is logged and ignored: the config is not reloaded yet, restart to apply a new one.
 
 Options:
   -c, --config FILE   the config file (required)
   -h, --help          this text
 
 Exit status: 0 stopped by SIGTERM or SIGINT, 1 invalid config, cannot listen or failed shutdown, 2 usage error.`;
+
+export const SIGHUP_IGNORED = 'SIGHUP ignored: reload is not supported yet; restart to apply a new config';
 
 /**
  * `fusebox run` (and `fusebox --config FILE`). Resolves once listening, with undefined: the process lives on until a
@@ -60,6 +63,12 @@ export const runSidecar = async (argv: string[], io: CliIo): Promise<number | un
   };
   process.on('SIGTERM', () => stop('SIGTERM'));
   process.on('SIGINT', () => stop('SIGINT'));
+  // Node's default for SIGHUP is to die at once (exit 129): no drain, no log line. Supervisors and terminals send it
+  // expecting a reload; until there is one, say so and keep serving.
+  process.on('SIGHUP', () => {
+    logger.warn({ signal: 'SIGHUP' }, SIGHUP_IGNORED);
+    logger.flush();
+  });
   try {
     await app.listen();
   } catch (err) {

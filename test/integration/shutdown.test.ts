@@ -1,9 +1,11 @@
-import { spawn, spawnSync } from 'node:child_process';
+import { spawn, spawnSync, type ChildProcessByStdio } from 'node:child_process';
 import { existsSync, mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
+import type { Readable } from 'node:stream';
 import { delimiter, join } from 'node:path';
 import { request } from 'undici';
 import { afterEach, describe, expect, it } from 'vitest';
+import { SIGHUP_IGNORED } from '../../src/cli/run.js';
 import { startFusebox } from '../helpers/fusebox.js';
 import { startUpstream, type TestUpstream } from '../helpers/upstream.js';
 
@@ -51,6 +53,42 @@ const OLD_NODE = (() => {
   }
   return undefined;
 })();
+
+type Log = Record<string, unknown>;
+
+/**
+ * The child's JSON log lines as they arrive. `next(match)` resolves with the first line (already seen or to come)
+ * that matches, and rejects when the child exits without writing one: tests wait on the line, never on a delay.
+ */
+const logsOf = (child: ChildProcessByStdio<null, Readable, Readable>) => {
+  const lines: Log[] = [];
+  const waiters = new Set<() => void>();
+  let partial = '';
+  let exited = false;
+  child.stdout.on('data', (c: Buffer) => {
+    const parts = (partial + c.toString()).split('\n');
+    partial = parts.pop()!;
+    for (const line of parts) if (line.startsWith('{')) lines.push(JSON.parse(line) as Log);
+    for (const w of [...waiters]) w();
+  });
+  child.on('exit', () => {
+    exited = true;
+    for (const w of [...waiters]) w();
+  });
+  const next = (match: (l: Log) => boolean, what: string) =>
+    new Promise<Log>((resolve, reject) => {
+      const check = () => {
+        const hit = lines.find(match);
+        if (hit === undefined && !exited) return;
+        waiters.delete(check);
+        if (hit !== undefined) resolve(hit);
+        else reject(new Error(`the process exited (${String(child.exitCode ?? child.signalCode)}) without logging ${what}`));
+      };
+      waiters.add(check);
+      check();
+    });
+  return { next };
+};
 
 describe('fusebox CLI', () => {
   const cli = (args: string[], env: NodeJS.ProcessEnv = {}) =>
@@ -104,6 +142,25 @@ describe('fusebox CLI', () => {
     const child = cli(['--config', file]);
     const done = collect(child);
     await new Promise<void>((resolve) => child.stdout.on('data', (c: Buffer) => c.toString().includes('fusebox listening') && resolve()));
+    child.kill('SIGTERM');
+    const r = await done;
+    expect(r.code).toBe(0);
+    expect(r.out).toContain('"msg":"stopped"');
+  });
+
+  it('logs and ignores SIGHUP (no reload yet): keeps serving, then drains and exits 0 on SIGTERM', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'fusebox-cfg-'));
+    const file = join(dir, 'ok.yaml');
+    writeFileSync(file, 'listen: { proxy: { port: 0 }, admin: { port: 0 } }\nroutes:\n  - { name: r, match: { pathPrefix: /r }, upstream: { url: "http://127.0.0.1:9" } }\n');
+    const child = cli(['--config', file]);
+    const done = collect(child);
+    const logs = logsOf(child);
+    const listening = await logs.next((l) => l.msg === 'fusebox listening', 'that it listens');
+    child.kill('SIGHUP');
+    expect(await logs.next((l) => l.msg === SIGHUP_IGNORED, 'that SIGHUP is ignored')).toMatchObject({ level: 40, signal: 'SIGHUP' });
+    const health = await request(`${String(listening.admin)}/healthz`);
+    expect(health.statusCode).toBe(200);
+    await health.body.dump();
     child.kill('SIGTERM');
     const r = await done;
     expect(r.code).toBe(0);
