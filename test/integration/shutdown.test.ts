@@ -141,7 +141,8 @@ describe('fusebox CLI', () => {
     writeFileSync(file, 'listen: { proxy: { port: 0 }, admin: { port: 0 } }\nroutes:\n  - { name: r, match: { pathPrefix: /r }, upstream: { url: "http://127.0.0.1:9" } }\n');
     const child = cli(['--config', file]);
     const done = collect(child);
-    await new Promise<void>((resolve) => child.stdout.on('data', (c: Buffer) => c.toString().includes('fusebox listening') && resolve()));
+    // A whole line, not a chunk: the text could be split across two reads.
+    await logsOf(child).next((l) => l.msg === 'fusebox listening', 'that it listens');
     child.kill('SIGTERM');
     const r = await done;
     expect(r.code).toBe(0);
