@@ -1,7 +1,8 @@
 import { parseArgs } from 'node:util';
 import { ConfigError, loadConfigFile } from '../config/load.js';
+import { closest } from '../config/problems.js';
 import { SloSchema, type Config } from '../config/schema.js';
-import { MINUTE_MS } from '../slo/buckets.js';
+import { MINUTE_MS, type BucketFields } from '../slo/buckets.js';
 import { assessSlo, BURN_WINDOWS, SLO_KINDS, type BurnWindow, type GoodBad, type SloAssessment, type SloKind } from '../slo/burn.js';
 import { compareSamples, DEFAULT_COMPARE_THRESHOLDS, sampleOf, type CompareThresholds, type Comparison } from '../slo/compare.js';
 import { RedisCounterStore } from '../slo/counter-store.js';
@@ -30,6 +31,8 @@ PROCEED, HALT or ROLLBACK with the numbers behind the verdict.
   SLO window or the last 6 h.
   --compare canary=R1,stable=R2: compares error rate, p99 latency and cost per call of the two routes over
   the last --compare-minutes, each against a halt and a rollback threshold.
+  A route is known from --config, else by its counters in the store: a route with none is a usage error (exit 2)
+  listing the routes the store has; give a new route without traffic yet with --config.
 
 Options:
       --store URL                 redis:// or rediss:// URL of the shared store (default: store.url of --config)
@@ -55,7 +58,7 @@ Options:
       --json                      print the verdict and the numbers as JSON
   -h, --help                      this text
 
-Exit status: ${GATE_EXIT.PROCEED} PROCEED, ${GATE_EXIT.HALT} HALT, ${GATE_EXIT.ROLLBACK} ROLLBACK, ${GATE_EXIT.INSUFFICIENT_DATA} not enough data, ${GATE_EXIT.STORE_UNREACHABLE} store unreachable, ${GATE_EXIT.USAGE} usage error or invalid config.`;
+Exit status: ${GATE_EXIT.PROCEED} PROCEED, ${GATE_EXIT.HALT} HALT, ${GATE_EXIT.ROLLBACK} ROLLBACK, ${GATE_EXIT.INSUFFICIENT_DATA} not enough data, ${GATE_EXIT.STORE_UNREACHABLE} store unreachable, ${GATE_EXIT.USAGE} usage error (unknown route included) or invalid config.`;
 
 const OPTIONS = {
   store: { type: 'string' },
@@ -118,6 +121,8 @@ interface Plan {
   timeoutMs: number;
   json: boolean;
   minEvents: number | undefined;
+  /** The routes were checked against --config; without one, a route is known only by its counters in the store. */
+  routesFromConfig: boolean;
   single?: { spec: SloRouteSpec; kinds: SloKind[]; thresholds: GateThresholds };
   compare?: { canary: string; stable: string; minutes: number; thresholds: CompareThresholds };
 }
@@ -138,6 +143,7 @@ const plan = (values: Values, env: NodeJS.ProcessEnv): Plan => {
     timeoutMs: numberOpt(values, 'timeout-ms', positiveInt, 'a whole number of milliseconds') ?? 2000,
     json: values.json ?? false,
     minEvents: numberOpt(values, 'min-events', positiveInt, 'a whole number above 0'),
+    routesFromConfig: config !== undefined,
   };
   const routeSpec = (name: string): SloRouteSpec => {
     if (!config) return sloSpecOf(name, DEFAULT_SLO);
@@ -188,6 +194,32 @@ const plan = (values: Values, env: NodeJS.ProcessEnv): Plan => {
     haltBudgetPercent: numberOpt(values, 'halt-budget-percent', (n) => n >= 0 && n <= 100, 'a percentage from 0 to 100') ?? t.haltBudgetPercent,
   };
   return { ...common, minEvents: common.minEvents ?? spec.minEvents, single: { spec, kinds, thresholds } };
+};
+
+// ---------- unknown routes ----------
+
+const isEmpty = (fields: Readonly<BucketFields>): boolean => Object.values(fields).every((v) => v === 0);
+
+/**
+ * Without --config a route is known by its counters alone. A route with no counters in the windows read is either a
+ * typo (a usage error: "not enough data" would let a pipeline wait on a route that never gets any) or a route whose
+ * counters are older than the windows: the store's day buckets tell which.
+ */
+const mustBeInStore = async (store: RedisCounterStore, routes: readonly string[], p: Plan): Promise<void> => {
+  if (routes.length === 0) return;
+  const known = await store.routes();
+  const missing = routes.filter((r) => !known.includes(r));
+  if (missing.length === 0) return;
+  const names = missing.map((r) => {
+    const guess = closest(r, known);
+    return `"${r}"${guess === undefined ? '' : ` (did you mean "${guess}"?)`}`;
+  });
+  const shown = known.length > 30 ? `${known.slice(0, 30).join(', ')} and ${known.length - 30} more` : known.join(', ');
+  throw new UsageError(
+    `no SLO counters for route ${names.join(' or ')} in ${redactUrl(p.url)} under key prefix "${p.keyPrefix}"; ` +
+      (known.length > 0 ? `routes there: ${shown}.` : 'no route has counters under this prefix (check --key-prefix).') +
+      ' A route without traffic yet is known from its config: add --config FILE.',
+  );
 };
 
 // ---------- output ----------
@@ -307,6 +339,7 @@ export const runGate = async (argv: string[], io: GateIo): Promise<number> => {
         const { canary, stable, minutes, thresholds } = p.compare;
         const windows = { w: minutes * MINUTE_MS };
         const [c, s] = await Promise.all([readWindows(store, canary, windows, now), readWindows(store, stable, windows, now)]);
+        if (!p.routesFromConfig) await mustBeInStore(store, [c, s].flatMap((w, i) => (isEmpty(w.w) ? [i === 0 ? canary : stable] : [])), p);
         const comparison = compareSamples(sampleOf('canary', canary, c.w), sampleOf('stable', stable, s.w), thresholds, p.minEvents!);
         verdict = comparison.verdict;
         text = `${verdictLine(verdict, GATE_EXIT[verdict], `canary "${canary}" vs stable "${stable}"`, comparison.reasons)}\n${compareText(comparison, minutes)}`;
@@ -314,6 +347,7 @@ export const runGate = async (argv: string[], io: GateIo): Promise<number> => {
       } else {
         const { spec, kinds, thresholds } = p.single!;
         const windows = await readSloWindows(store, spec.route, spec.windowDays, now);
+        if (!p.routesFromConfig && Object.values(windows).every(isEmpty)) await mustBeInStore(store, [spec.route], p);
         const minEvents = p.minEvents!;
         const list = kinds.map((k) => assessSlo(windows, { ...objectiveOf(spec, k), minEvents }));
         const judged = judgeSlos(list, thresholds, minEvents);
@@ -322,6 +356,10 @@ export const runGate = async (argv: string[], io: GateIo): Promise<number> => {
         json = singleJson(spec, list, judged, thresholds, minEvents, now);
       }
     } catch (err) {
+      if (err instanceof UsageError) {
+        await write(io.stderr, `fusebox gate: ${err.message}\nRun "fusebox gate --help" for the options.\n`);
+        return GATE_EXIT.USAGE;
+      }
       if (!(err instanceof CounterStoreUnavailableError)) throw err;
       const cause = err.cause instanceof Error ? err.cause.message : err.message;
       const message = `cannot read the SLO counters from ${redactUrl(p.url)}: ${cause}`;

@@ -34,8 +34,8 @@ const envVarName = z.string().regex(/^[A-Za-z_][A-Za-z0-9_]*$/, 'must be an envi
 export const ListenSchema = z.strictObject({
   /** Address to bind. Default 127.0.0.1: a sidecar shares the pod's network namespace, loopback is enough. */
   host: z.string().min(1).default('127.0.0.1'),
-  /** TCP port; 0 picks a free one (tests). */
-  port: z.number().int().min(0).max(65535),
+  /** TCP port; 0 picks a free one (tests). Default 4000. */
+  port: z.number().int().min(0).max(65535).default(4000),
 });
 
 export const AdminSchema = z.strictObject({
@@ -429,6 +429,42 @@ export const InterceptSchema = z
     path: ['ca'],
   });
 
+const isObject = (v: unknown): v is Record<string, unknown> => typeof v === 'object' && v !== null;
+
+/**
+ * Whether the value at `path` came out of parsing with its declared type, given the issues found so far. An issue
+ * inside the value breaks it; one on an ancestor only when the ancestor is not even the right kind of container.
+ * Unknown keys and failed refinements leave a value typed.
+ */
+const typedAt = (issues: readonly z.core.$ZodRawIssue[], path: readonly PropertyKey[]): boolean =>
+  !issues.some((issue) => {
+    if (issue.code === 'custom' || issue.code === 'unrecognized_keys') return false;
+    const at = issue.path ?? [];
+    for (let k = 0; k < Math.min(at.length, path.length); k++) if (at[k] !== path[k]) return false;
+    return at.length >= path.length || issue.code === 'invalid_type' || issue.code === 'invalid_union';
+  });
+
+/** `degrade` starts the fallback chain at `degradeToStep`: without that step it would silently do nothing. */
+const checkDegrade = (slo: SloConfig, steps: number, path: PropertyKey[], ctx: z.core.$RefinementCtx): void => {
+  const triggers = (['onBudgetExhausted', 'onFastBurn'] as const).filter((k) => slo[k] === 'degrade');
+  if (triggers.length === 0) return;
+  if (steps === 0) {
+    for (const k of triggers) {
+      ctx.addIssue({
+        code: 'custom',
+        path: [...path, k],
+        message: '"degrade" starts the fallback chain at step degradeToStep, but this route has no `fallback` steps: add some (e.g. a cheaper model) or choose alert, throttle or shed',
+      });
+    }
+  } else if (slo.degradeToStep >= steps) {
+    ctx.addIssue({
+      code: 'custom',
+      path: [...path, 'degradeToStep'],
+      message: `is ${slo.degradeToStep}, but the route has ${steps} fallback step${steps === 1 ? '' : 's'} (degradeToStep counts from 0, so at most ${steps - 1})`,
+    });
+  }
+};
+
 export const ConfigSchema = z
   .strictObject({
     /** Config format version. Must be 1. */
@@ -441,7 +477,7 @@ export const ConfigSchema = z
       .prefault({}),
     listen: z
       .strictObject({
-        proxy: ListenSchema.prefault({ port: 4000 }),
+        proxy: ListenSchema.prefault({}),
         admin: AdminSchema.prefault({}),
       })
       .prefault({}),
@@ -469,73 +505,92 @@ export const ConfigSchema = z
     intercept: InterceptSchema.prefault({}),
     routes: z.array(RouteSchema).min(1, 'needs at least one route: Fusebox forwards only to allow-listed destinations'),
   })
-  .superRefine((cfg, ctx) => {
-    const seen = new Map<string, number>();
-    cfg.routes.forEach((r, i) => {
-      const first = seen.get(r.name);
-      if (first !== undefined) {
-        ctx.addIssue({ code: 'custom', path: ['routes', i, 'name'], message: `duplicate route name "${r.name}" (also routes[${first}])` });
-      } else seen.set(r.name, i);
-    });
-    const prefixes = new Map<string, number>();
-    cfg.routes.forEach((r, i) => {
-      const p = r.match.pathPrefix;
-      if (p === undefined) return;
-      const other = prefixes.get(p);
-      if (other !== undefined) {
-        ctx.addIssue({ code: 'custom', path: ['routes', i, 'match', 'pathPrefix'], message: `"${p}" is already taken by routes[${other}]` });
-      } else prefixes.set(p, i);
-    });
-    // Proxy mode: one host:port (under one hostPathPrefix) is one route; a second would never be reached. And a
-    // tunnel is intercepted or spliced as a whole, before any path is seen, so routes sharing a destination agree.
-    const destinations = new Map<string, { index: number; connect: string }>();
-    cfg.routes.forEach((r, i) => {
-      (r.match.hosts ?? []).forEach((text, j) => {
-        const entry = parseHostEntry(text);
-        if (typeof entry === 'string') return;
-        for (const port of entry.ports) {
-          const at = `${entry.host}:${port}`;
-          const pathKey = `${at}${r.match.hostPathPrefix}`;
-          const same = destinations.get(pathKey);
-          if (same !== undefined && same.index !== i) {
-            ctx.addIssue({ code: 'custom', path: ['routes', i, 'match', 'hosts', j], message: `${at} (hostPathPrefix ${r.match.hostPathPrefix}) is already served by routes[${same.index}] (name "${cfg.routes[same.index]!.name}"): this route would never be reached` });
-          } else destinations.set(pathKey, { index: i, connect: r.match.connect });
-          const other = destinations.get(at);
-          if (other !== undefined && other.index !== i && other.connect !== r.match.connect) {
-            ctx.addIssue({ code: 'custom', path: ['routes', i, 'match', 'connect'], message: `${at} is also listed by routes[${other.index}] (name "${cfg.routes[other.index]!.name}") with connect: ${other.connect}; routes sharing a host and port must agree` });
-          } else if (other === undefined) destinations.set(at, { index: i, connect: r.match.connect });
-        }
+  .superRefine(
+    (cfg, ctx) => {
+      // This runs even when other fields failed (see `when` below), so a dangling reference is reported in the same
+      // pass as a misspelled key. A field that failed holds its raw input: each check reads only fields `typed` vouches for.
+      const typed = (...path: PropertyKey[]) => typedAt(ctx.issues, path);
+      // Lists are read item by item: one bad route (or step) must not hide the references of the others.
+      const routes = Array.isArray(cfg.routes) ? cfg.routes : [];
+      const seen = new Map<string, number>();
+      routes.forEach((r, i) => {
+        if (!typed('routes', i, 'name')) return;
+        const first = seen.get(r.name);
+        if (first !== undefined) {
+          ctx.addIssue({ code: 'custom', path: ['routes', i, 'name'], message: `duplicate route name "${r.name}" (also routes[${first}])` });
+        } else seen.set(r.name, i);
       });
-    });
-    cfg.routes.forEach((r, i) => {
-      // Names label metrics and the x-fusebox-fallback header: two steps under one name could not be told apart.
-      const stepNames = new Map<string, number>();
-      r.fallback.forEach((step, j) => {
-        const name = fallbackStepName(step, j);
-        const other = stepNames.get(name);
+      // A fallback to a route whose name breaks the naming rule is that route's problem (reported there), not a dangling reference.
+      const named = new Set(routes.map((r) => (isObject(r) ? r.name : undefined)).filter((n) => typeof n === 'string'));
+      const prefixes = new Map<string, number>();
+      routes.forEach((r, i) => {
+        if (!typed('routes', i, 'match', 'pathPrefix')) return;
+        const p = r.match.pathPrefix;
+        if (p === undefined) return;
+        const other = prefixes.get(p);
         if (other !== undefined) {
-          ctx.addIssue({ code: 'custom', path: ['routes', i, 'fallback', j, 'name'], message: `step name "${name}" is already used by fallback[${other}]` });
-        } else stepNames.set(name, j);
+          ctx.addIssue({ code: 'custom', path: ['routes', i, 'match', 'pathPrefix'], message: `"${p}" is already taken by routes[${other}]` });
+        } else prefixes.set(p, i);
       });
-      r.fallback.forEach((step, j) => {
-        if (step.type === 'route' && !seen.has(step.route)) {
-          ctx.addIssue({ code: 'custom', path: ['routes', i, 'fallback', j, 'route'], message: `no route named "${step.route}"` });
-        }
-        if (step.type === 'route' && step.route === r.name) {
-          ctx.addIssue({ code: 'custom', path: ['routes', i, 'fallback', j, 'route'], message: 'a route cannot fall back to itself' });
-        }
-        if (step.type === 'lastGood' && !r.lastGood.enabled) {
-          ctx.addIssue({ code: 'custom', path: ['routes', i, 'fallback', j], message: 'a lastGood step needs `lastGood.enabled: true` on the route' });
-        }
+      // Proxy mode: one host:port (under one hostPathPrefix) is one route; a second would never be reached. And a
+      // tunnel is intercepted or spliced as a whole, before any path is seen, so routes sharing a destination agree.
+      const destinations = new Map<string, { index: number; connect: string }>();
+      routes.forEach((r, i) => {
+        if (!typed('routes', i, 'match')) return;
+        (r.match.hosts ?? []).forEach((text, j) => {
+          const entry = parseHostEntry(text);
+          if (typeof entry === 'string') return;
+          for (const port of entry.ports) {
+            const at = `${entry.host}:${port}`;
+            const pathKey = `${at}${r.match.hostPathPrefix}`;
+            const same = destinations.get(pathKey);
+            const nameOf = (k: number) => (isObject(routes[k]) ? `"${String(routes[k].name)}"` : '?');
+            if (same !== undefined && same.index !== i) {
+              ctx.addIssue({ code: 'custom', path: ['routes', i, 'match', 'hosts', j], message: `${at} (hostPathPrefix ${r.match.hostPathPrefix}) is already served by routes[${same.index}] (name ${nameOf(same.index)}): this route would never be reached` });
+            } else destinations.set(pathKey, { index: i, connect: r.match.connect });
+            const other = destinations.get(at);
+            if (other !== undefined && other.index !== i && other.connect !== r.match.connect) {
+              ctx.addIssue({ code: 'custom', path: ['routes', i, 'match', 'connect'], message: `${at} is also listed by routes[${other.index}] (name ${nameOf(other.index)}) with connect: ${other.connect}; routes sharing a host and port must agree` });
+            } else if (other === undefined) destinations.set(at, { index: i, connect: r.match.connect });
+          }
+        });
       });
-      if (r.retry.capMs < r.retry.baseMs) {
-        ctx.addIssue({ code: 'custom', path: ['routes', i, 'retry', 'capMs'], message: `must be ≥ baseMs (${r.retry.baseMs})` });
+      routes.forEach((r, i) => {
+        if (!isObject(r)) return;
+        const steps = Array.isArray(r.fallback) ? r.fallback : [];
+        // Names label metrics and the x-fusebox-fallback header: two steps under one name could not be told apart.
+        const stepNames = new Map<string, number>();
+        steps.forEach((step, j) => {
+          if (!typed('routes', i, 'fallback', j)) return;
+          const name = fallbackStepName(step, j);
+          const other = stepNames.get(name);
+          if (other !== undefined) {
+            ctx.addIssue({ code: 'custom', path: ['routes', i, 'fallback', j, 'name'], message: `step name "${name}" is already used by fallback[${other}]` });
+          } else stepNames.set(name, j);
+        });
+        steps.forEach((step, j) => {
+          if (!typed('routes', i, 'fallback', j)) return;
+          if (step.type === 'route' && !named.has(step.route)) {
+            ctx.addIssue({ code: 'custom', path: ['routes', i, 'fallback', j, 'route'], message: `no route named "${step.route}" (routes: ${[...named].join(', ')})` });
+          }
+          if (step.type === 'route' && step.route === r.name) {
+            ctx.addIssue({ code: 'custom', path: ['routes', i, 'fallback', j, 'route'], message: 'a route cannot fall back to itself' });
+          }
+          if (step.type === 'lastGood' && typed('routes', i, 'lastGood', 'enabled') && !r.lastGood.enabled) {
+            ctx.addIssue({ code: 'custom', path: ['routes', i, 'fallback', j], message: 'a lastGood step needs `lastGood.enabled: true` on the route' });
+          }
+        });
+        if (typed('routes', i, 'retry', 'capMs') && typed('routes', i, 'retry', 'baseMs') && r.retry.capMs < r.retry.baseMs) {
+          ctx.addIssue({ code: 'custom', path: ['routes', i, 'retry', 'capMs'], message: `must be ≥ baseMs (${r.retry.baseMs})` });
+        }
+        if (typed('routes', i, 'slo') && r.slo.enabled) checkDegrade(r.slo, steps.length, ['routes', i, 'slo'], ctx);
+      });
+      if (typed('store') && cfg.store.kind === 'redis' && !cfg.store.url) {
+        ctx.addIssue({ code: 'custom', path: ['store', 'url'], message: 'is required when store.kind is "redis" (e.g. redis://127.0.0.1:6379)' });
       }
-    });
-    if (cfg.store.kind === 'redis' && !cfg.store.url) {
-      ctx.addIssue({ code: 'custom', path: ['store', 'url'], message: 'is required when store.kind is "redis" (e.g. redis://127.0.0.1:6379)' });
-    }
-  });
+    },
+    { when: () => true },
+  );
 
 export type Config = z.infer<typeof ConfigSchema>;
 export type RouteConfig = z.infer<typeof RouteSchema>;

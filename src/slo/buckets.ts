@@ -58,6 +58,15 @@ export type BucketFields = Record<string, number>;
 
 export const bucketKey = (prefix: string, ref: BucketRef): string => `{${prefix}}:slo:${ref.route}:${ref.tier}:${ref.index}`;
 
+/** The route of a bucket key under `prefix`, or undefined for any other key (a writer's mark, another prefix). */
+export const routeOfBucketKey = (prefix: string, key: string): string | undefined => {
+  const head = `{${prefix}}:slo:`;
+  return key.startsWith(head) ? /^(.+):[mhd]:\d+$/.exec(key.slice(head.length))?.[1] : undefined;
+};
+
+/** A Redis SCAN pattern for the day buckets of every route under `prefix` (the longest-lived buckets: one per route-day). */
+export const dayBucketPattern = (prefix: string): string => `{${prefix}}:slo:*:d:*`;
+
 /** The key holding the last batch sequence number a writer (one recorder) had applied. */
 export const writerKey = (prefix: string, writerId: string): string => `{${prefix}}:slo:w:${writerId}`;
 

@@ -1,5 +1,5 @@
 import { Redis, type RedisOptions } from 'ioredis';
-import { bucketKey, writerKey, type BucketFields, type BucketRef } from './buckets.js';
+import { bucketKey, dayBucketPattern, routeOfBucketKey, writerKey, type BucketFields, type BucketRef } from './buckets.js';
 import { CounterStoreUnavailableError } from './errors.js';
 
 /** Counts to add to one bucket, and how long the bucket lives from now. */
@@ -245,6 +245,28 @@ export class RedisCounterStore implements CounterStore {
       for (const [k, v] of Object.entries((value ?? {}) as Record<string, string>)) out[k] = Number(v);
       return out;
     });
+  }
+
+  /**
+   * The routes with a day bucket in the store, i.e. SLO counters within their window plus a day, sorted. SCANs the
+   * whole keyspace, in steps: for a CLI's error message (an unknown route), never for a request.
+   */
+  async routes(): Promise<string[]> {
+    const found = new Set<string>();
+    let cursor = '0';
+    try {
+      do {
+        const [next, keys] = await this.client.scan(cursor, 'MATCH', dayBucketPattern(this.prefix), 'COUNT', 1000);
+        cursor = next;
+        for (const key of keys) {
+          const route = routeOfBucketKey(this.prefix, key);
+          if (route !== undefined) found.add(route);
+        }
+      } while (cursor !== '0');
+    } catch (err) {
+      throw this.unavailable(err);
+    }
+    return [...found].sort();
   }
 
   async close(): Promise<void> {

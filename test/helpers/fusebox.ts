@@ -11,6 +11,11 @@ export interface RunningFusebox {
   logs: Array<Record<string, unknown>>;
   /** The raw log text (for "never contains the secret" checks). */
   logText(): string;
+  /**
+   * The first log line that matches, written already or to come. A call is settled (metrics, breaker, budget,
+   * last-good) when its `request` access line is written: wait for that line, never for a delay.
+   */
+  waitForLog(match: (line: Record<string, unknown>) => boolean): Promise<Record<string, unknown>>;
   metricsText(): Promise<string>;
   stop(): Promise<void>;
 }
@@ -26,12 +31,29 @@ export const startFusebox = async (raw: Record<string, unknown>, deps: AppDeps =
     log: { level: 'info' },
   }, 'test config', deps.env ?? process.env);
   const lines: string[] = [];
+  const waiters = new Set<() => void>();
   const sink = new Writable({
     write(chunk: Buffer, _enc, cb) {
       lines.push(...chunk.toString('utf8').split('\n').filter(Boolean));
+      for (const wake of [...waiters]) wake();
       cb();
     },
   });
+  const waitForLog = (match: (line: Record<string, unknown>) => boolean) =>
+    new Promise<Record<string, unknown>>((resolve) => {
+      let checked = 0;
+      const check = () => {
+        for (; checked < lines.length; checked++) {
+          const line = JSON.parse(lines[checked]!) as Record<string, unknown>;
+          if (!match(line)) continue;
+          waiters.delete(check);
+          resolve(line);
+          return;
+        }
+      };
+      waiters.add(check);
+      check();
+    });
   const logger = pino({ level: 'info', redact: { paths: REDACT_PATHS, censor: '[REDACTED]' } }, sink);
   const app = await buildApp(config, { logger, ...deps });
   const { proxyUrl, adminUrl } = await app.listen();
@@ -43,6 +65,7 @@ export const startFusebox = async (raw: Record<string, unknown>, deps: AppDeps =
       return lines.map((l) => JSON.parse(l) as Record<string, unknown>);
     },
     logText: () => lines.join('\n'),
+    waitForLog,
     metricsText: async () => (await fetch(`${adminUrl}/metrics`)).text(),
     stop: () => app.shutdown(1000),
   };

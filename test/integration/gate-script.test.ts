@@ -176,8 +176,11 @@ describe('deploy/ci/fusebox-gate.sh against real fleet counters', () => {
   });
 
   it('passes --compare through and maps a CLI usage error to 3', async () => {
+    const [canary, stable] = [route(), route()];
+    await canary.at(0, 5, good);
+    await stable.at(0, 5, good);
     const [compare, usage] = await Promise.all([
-      script(['--compare', 'canary=never-written-a,stable=never-written-b', '--key-prefix', PREFIX], { GATE_ON_NO_DATA: 'proceed' }),
+      script(['--compare', `canary=${canary.name},stable=${stable.name}`, '--key-prefix', PREFIX], { GATE_ON_NO_DATA: 'proceed' }),
       script(['chat', '--slo', 'speed']),
     ]);
     expect(compare.code).toBe(0);

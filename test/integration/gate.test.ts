@@ -99,6 +99,37 @@ describe('fusebox gate on real fleet counters', () => {
     expect(out).toContain('availability: 5 events over the SLO window, fewer than 10');
   });
 
+  it('an unknown route is a usage error (exit 2) naming the routes the store has counters for; one known only by older counters is not enough data', async () => {
+    // A prefix of its own, so the list of known routes is exactly what this test wrote.
+    const store = new RedisCounterStore({ url: redis.url, keyPrefix: 'gate-known', timeoutMs: 1000 });
+    try {
+      await store.ready();
+      const svc = sloRoutes(store, 'svc');
+      const [a, b] = [svc(), svc()];
+      await a.at(T - HOUR_MS, 50, good);
+      // Older than the 30-day window, yet its day bucket is kept one more day.
+      await b.at(T - 30 * DAY_MS - 12 * HOUR_MS, 50, good);
+      const known = (args: string[]) => gate(['--key-prefix', 'gate-known', ...args]);
+
+      const typo = await known(['--route', 'scv0']);
+      expect(typo).toMatchObject({ code: 2, out: '' });
+      expect(typo.err).toContain(`fusebox gate: no SLO counters for route "scv0" (did you mean "svc0"?) in ${redis.url} under key prefix "gate-known"; routes there: svc0, svc1.`);
+      expect(typo.err).toContain('A route without traffic yet is known from its config: add --config FILE.');
+      expect((await known(['--route', 'scv0', '--json'])).code).toBe(2);
+      expect((await known(['--compare', 'canary=svc-canary,stable=svc0'])).err).toContain('no SLO counters for route "svc-canary"');
+
+      const old = await known(['--route', b.name]);
+      expect(old.code).toBe(30);
+      expect(old.out).toMatch(/^INSUFFICIENT_DATA \(exit 30\)/);
+      expect((await known(['--route', a.name])).code).toBe(0);
+
+      // A wrong prefix: nothing is known there, and the message says where to look.
+      expect((await gate(['--key-prefix', 'gate-nothing', '--route', 'svc0'])).err).toContain('no route has counters under this prefix (check --key-prefix)');
+    } finally {
+      await store.close();
+    }
+  });
+
   it('store unreachable (exit 31) with a clear error, fast', async () => {
     const port = await new Promise<number>((resolve) => {
       const srv = createServer().listen(0, '127.0.0.1', () => {
@@ -138,6 +169,10 @@ routes:
     const unknown = await gate(['--config', file, '--route', 'nope'], { store: false });
     expect(unknown.code).toBe(2);
     expect(unknown.err).toContain(`no route "nope" in ${file} (routes: ${r.name})`);
+    // A route of the config without traffic yet is known all the same: not enough data, not a usage error.
+    const fresh = join(dir, `${r.name}-fresh.yaml`);
+    writeFileSync(fresh, `store: { kind: redis, url: "${redis.url}", keyPrefix: gate }\nroutes:\n  - { name: ${r.name}-new, match: { pathPrefix: /x }, upstream: { url: http://x } }\n`);
+    expect((await gate(['--config', fresh, '--route', `${r.name}-new`], { store: false })).code).toBe(30);
   });
 
   it('judges every SLO with --slo all: slow calls make the latency SLO roll back', async () => {

@@ -263,10 +263,11 @@ describe('resilience: retries, breakers, fallbacks against a misbehaving upstrea
   });
 
   it('counts a stream the upstream cuts after the headers as a broken stream and a breaker failure', async () => {
-    const res = await get('/stream/sse?n=2&every=5&cut=1');
+    const res = await get('/stream/sse?n=2&every=5&cut=1', { 'x-request-id': 'stream-cut-1' });
     expect(res.statusCode).toBe(200);
     await expect(res.body.text()).rejects.toThrow();
-    await sleep(20);
+    // The agent may see the cut before Fusebox has counted it: its access line says it has.
+    await fb.waitForLog((l) => l.requestId === 'stream-cut-1' && l.msg === 'request');
     const text = await fb.metricsText();
     expect(metricValue(text, 'fusebox_requests_total', { route: 'stream', outcome: 'stream_broken' })).toBe(1);
     // Headers were sent: nothing may retry it.
@@ -342,9 +343,10 @@ describe('resilience: retries, breakers, fallbacks against a misbehaving upstrea
   it('serves the last good answer for the same request when the upstream fails, then the static answer', async () => {
     let status = 200;
     up.on('/item', (req, res) => json(res, status, { item: req.url }));
-    const first = await get('/cached/item?id=1');
+    const first = await get('/cached/item?id=1', { 'x-request-id': 'cached-first' });
     expect(await first.body.json()).toEqual({ item: '/item?id=1' });
-    await sleep(10);
+    // The answer is remembered when Fusebox has sent all of it, which the agent can see before: wait for its access line.
+    await fb.waitForLog((l) => l.requestId === 'cached-first' && l.msg === 'request');
     status = 503;
     const cached = await get('/cached/item?id=1');
     expect(cached.statusCode).toBe(200);

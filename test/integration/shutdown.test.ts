@@ -1,9 +1,11 @@
-import { spawn } from 'node:child_process';
-import { mkdtempSync, writeFileSync } from 'node:fs';
+import { spawn, spawnSync, type ChildProcessByStdio } from 'node:child_process';
+import { existsSync, mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import type { Readable } from 'node:stream';
+import { delimiter, join } from 'node:path';
 import { request } from 'undici';
 import { afterEach, describe, expect, it } from 'vitest';
+import { SIGHUP_IGNORED } from '../../src/cli/run.js';
 import { startFusebox } from '../helpers/fusebox.js';
 import { startUpstream, type TestUpstream } from '../helpers/upstream.js';
 
@@ -38,6 +40,56 @@ describe('graceful shutdown', () => {
   });
 });
 
+/**
+ * A Node older than 24 on this machine, if any: the first `node` on PATH outside node_modules (npm puts the project's
+ * own Node 24, the `node` dev dependency, first on PATH).
+ */
+const OLD_NODE = (() => {
+  for (const dir of (process.env.PATH ?? '').split(delimiter)) {
+    const bin = join(dir, 'node');
+    if (dir.includes('node_modules') || !existsSync(bin)) continue;
+    const version = spawnSync(bin, ['--version'], { encoding: 'utf8' }).stdout?.trim() ?? '';
+    if (Number(/^v(\d+)\./.exec(version)?.[1] ?? 99) < 24) return { bin, version };
+  }
+  return undefined;
+})();
+
+type Log = Record<string, unknown>;
+
+/**
+ * The child's JSON log lines as they arrive. `next(match)` resolves with the first line (already seen or to come)
+ * that matches, and rejects when the child exits without writing one: tests wait on the line, never on a delay.
+ */
+const logsOf = (child: ChildProcessByStdio<null, Readable, Readable>) => {
+  const lines: Log[] = [];
+  const waiters = new Set<() => void>();
+  let partial = '';
+  let exited = false;
+  child.stdout.on('data', (c: Buffer) => {
+    const parts = (partial + c.toString()).split('\n');
+    partial = parts.pop()!;
+    for (const line of parts) if (line.startsWith('{')) lines.push(JSON.parse(line) as Log);
+    for (const w of [...waiters]) w();
+  });
+  child.on('exit', () => {
+    exited = true;
+    for (const w of [...waiters]) w();
+  });
+  const next = (match: (l: Log) => boolean, what: string) =>
+    new Promise<Log>((resolve, reject) => {
+      const check = () => {
+        const hit = lines.find(match);
+        if (hit === undefined && !exited) return;
+        waiters.delete(check);
+        if (hit !== undefined) resolve(hit);
+        else reject(new Error(`the process exited (${String(child.exitCode ?? child.signalCode)}) without logging ${what}`));
+      };
+      waiters.add(check);
+      check();
+    });
+  return { next };
+};
+
 describe('fusebox CLI', () => {
   const cli = (args: string[], env: NodeJS.ProcessEnv = {}) =>
     spawn(process.execPath, ['--import', 'tsx', 'src/main.ts', ...args], { env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
@@ -59,11 +111,11 @@ describe('fusebox CLI', () => {
     );
     const r = await collect(cli(['check-config', file]));
     expect(r.code).toBe(1);
-    expect(r.err).toContain('routes[0].name: must be 1-64 letters');
-    expect(r.err).toContain('routes[0].match: needs `pathPrefix`');
-    expect(r.err).toContain('routes[0].upstream.url: must be an absolute http:// or https:// URL');
-    expect(r.err).toContain('routes[0].retry.baseMs: expected number, got string');
-    expect(r.err).toContain('routes[0]: unknown key "tiemouts"');
+    expect(r.err).toContain(`${file}:2:11: routes[0].name: must be 1-64 letters`);
+    expect(r.err).toContain(`${file}:3:5: routes[0] (name "bad name").match: needs \`pathPrefix\``);
+    expect(r.err).toContain(`${file}:4:22: routes[0] (name "bad name").upstream.url: must be an absolute http:// or https:// URL`);
+    expect(r.err).toContain(`${file}:5:22: routes[0] (name "bad name").retry.baseMs: expected number, got string`);
+    expect(r.err).toContain(`${file}:6:5: routes[0] (name "bad name"): unknown key "tiemouts" (did you mean "timeouts"?)`);
   });
 
   it('check-config accepts the example config', async () => {
@@ -89,10 +141,44 @@ describe('fusebox CLI', () => {
     writeFileSync(file, 'listen: { proxy: { port: 0 }, admin: { port: 0 } }\nroutes:\n  - { name: r, match: { pathPrefix: /r }, upstream: { url: "http://127.0.0.1:9" } }\n');
     const child = cli(['--config', file]);
     const done = collect(child);
-    await new Promise<void>((resolve) => child.stdout.on('data', (c: Buffer) => c.toString().includes('fusebox listening') && resolve()));
+    // A whole line, not a chunk: the text could be split across two reads.
+    await logsOf(child).next((l) => l.msg === 'fusebox listening', 'that it listens');
     child.kill('SIGTERM');
     const r = await done;
     expect(r.code).toBe(0);
     expect(r.out).toContain('"msg":"stopped"');
+  });
+
+  it('logs and ignores SIGHUP (no reload yet): keeps serving, then drains and exits 0 on SIGTERM', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'fusebox-cfg-'));
+    const file = join(dir, 'ok.yaml');
+    writeFileSync(file, 'listen: { proxy: { port: 0 }, admin: { port: 0 } }\nroutes:\n  - { name: r, match: { pathPrefix: /r }, upstream: { url: "http://127.0.0.1:9" } }\n');
+    const child = cli(['--config', file]);
+    const done = collect(child);
+    const logs = logsOf(child);
+    const listening = await logs.next((l) => l.msg === 'fusebox listening', 'that it listens');
+    child.kill('SIGHUP');
+    expect(await logs.next((l) => l.msg === SIGHUP_IGNORED, 'that SIGHUP is ignored')).toMatchObject({ level: 40, signal: 'SIGHUP' });
+    const health = await request(`${String(listening.admin)}/healthz`);
+    expect(health.statusCode).toBe(200);
+    await health.body.dump();
+    child.kill('SIGTERM');
+    const r = await done;
+    expect(r.code).toBe(0);
+    expect(r.out).toContain('"msg":"stopped"');
+  });
+
+  it('check-config --help prints its usage instead of reading a file named --help', async () => {
+    const r = await collect(cli(['check-config', '--help']));
+    expect(r).toMatchObject({ code: 0, err: '' });
+    expect(r.out).toMatch(/^Usage: fusebox check-config FILE\n/);
+  });
+
+  it.skipIf(OLD_NODE === undefined)(`on an older Node (${OLD_NODE?.version ?? 'none on PATH'}) says which Node it needs and exits 1, before loading anything`, async () => {
+    const child = spawn(OLD_NODE!.bin, ['--import', 'tsx', 'src/main.ts', 'check-config', 'config/example.yaml'], { stdio: ['ignore', 'pipe', 'pipe'] });
+    const r = await collect(child);
+    expect(r.err).toMatch(new RegExp(`^Fusebox needs Node ≥ 24; you have ${OLD_NODE!.version.replaceAll('.', '\\.')}\\.\n`));
+    expect(r.err).not.toContain('TypeError');
+    expect(r).toMatchObject({ code: 1, out: '' });
   });
 });

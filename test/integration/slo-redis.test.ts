@@ -1,4 +1,5 @@
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { once } from 'node:events';
+import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { SloSchema } from '../../src/config/schema.js';
 import { bucketKey, minuteIndex, retentionMs } from '../../src/slo/buckets.js';
 import { assessSlo } from '../../src/slo/burn.js';
@@ -36,12 +37,9 @@ const sidecar = (keyPrefix: string, clock: { t: number }, name: string) => {
   return { store, recorder };
 };
 
+/** Resolves when the client is (back) in `ready`: on its event, not on a polling deadline. */
 const waitReady = async (s: RedisCounterStore) => {
-  const deadline = Date.now() + 8000;
-  while (s.client.status !== 'ready') {
-    if (Date.now() > deadline) throw new Error(`client not ready: ${s.client.status}`);
-    await new Promise((r) => setTimeout(r, 20));
-  }
+  if (s.client.status !== 'ready') await once(s.client, 'ready');
 };
 
 describe('SLO counters in a shared Redis', () => {
@@ -118,8 +116,9 @@ describe('SLO counters in a shared Redis', () => {
     await store.ready();
     recorder.record('chat', { availability: 'good' });
     await recorder.flush();
+    const closed = once(store.client, 'close');
     redis.kill();
-    await new Promise((r) => setTimeout(r, 50));
+    await closed;
     recorder.record('chat', { availability: 'bad' });
     const started = Date.now();
     await recorder.flush();
@@ -150,9 +149,11 @@ describe('SLO counters in a shared Redis', () => {
     } finally {
       redis.resume();
     }
-    // Redis now runs the timed-out script; the retry carries the same sequence number and is skipped.
-    await new Promise((r) => setTimeout(r, 100));
+    // Redis now runs the timed-out script (wait until its count shows); the retry carries the same sequence number
+    // and is skipped.
     await waitReady(store);
+    const ref = { route: 'chat', tier: 'm', index: minuteIndex(T) } as const;
+    await vi.waitFor(async () => expect(await store.read([ref])).toEqual([{ ab: 1 }]), { timeout: 10_000, interval: 20 });
     await recorder.flush();
     expect(recorder.stats()).toMatchObject({ pendingBatches: 0, lastFlushOk: true });
     expect((await store.read([{ route: 'chat', tier: 'm', index: minuteIndex(T) }]))[0]).toEqual({ ab: 1 });

@@ -1,5 +1,5 @@
 import { Redis } from 'ioredis';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { LocalFallbackStore } from '../../src/budget/local-fallback-store.js';
 import { MemoryStore } from '../../src/budget/memory-store.js';
 import { RedisStore } from '../../src/budget/redis-store.js';
@@ -421,14 +421,17 @@ describeStoreContract('local fallback over redis (redis up)', async (clock) => {
 });
 
 describe('RedisStore', () => {
-  it('returns an unsettled hold after a real 300 ms TTL', async () => {
+  it('returns an unsettled hold after a real TTL, not before', async () => {
     const store = await redisStore(Date.now, 'ttl');
     try {
       const day = agentDay('a1', { usdMicros: usd(1) });
-      await mustReserve(store, [day], est(usd(1)), 300);
+      // A TTL a stalled machine cannot outlast between the two calls below; then wait for the hold to go, not for a delay.
+      const ttlMs = 1_000;
+      const heldAt = Date.now();
+      await mustReserve(store, [day], est(usd(1)), ttlMs);
       expect((await store.reserve({ scopes: [day], estimate: est(1) })).ok).toBe(false);
-      await new Promise((r) => setTimeout(r, 350));
-      expect((await store.reserve({ scopes: [day], estimate: est(1) })).ok).toBe(true);
+      await vi.waitFor(async () => expect((await store.reserve({ scopes: [day], estimate: est(1) })).ok).toBe(true), { timeout: 10_000, interval: 25 });
+      expect(Date.now() - heldAt).toBeGreaterThanOrEqual(ttlMs);
     } finally {
       await store.close();
     }
@@ -485,10 +488,12 @@ describe('RedisStore', () => {
   it('expires buckets after their TTL', async () => {
     const store = await redisStore(Date.now, 'buckets');
     try {
-      await store.incrBuckets([{ key: 'b', by: 1, ttlMs: 100 }]);
+      const ttlMs = 1_000;
+      const writtenAt = Date.now();
+      await store.incrBuckets([{ key: 'b', by: 1, ttlMs }]);
       expect(await store.readBuckets(['b'])).toEqual([{ n: 1 }]);
-      await new Promise((r) => setTimeout(r, 150));
-      expect(await store.readBuckets(['b'])).toEqual([{}]);
+      await vi.waitFor(async () => expect(await store.readBuckets(['b'])).toEqual([{}]), { timeout: 10_000, interval: 25 });
+      expect(Date.now() - writtenAt).toBeGreaterThanOrEqual(ttlMs);
     } finally {
       await store.close();
     }

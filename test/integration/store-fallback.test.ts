@@ -100,7 +100,7 @@ describe('LocalFallbackStore over a Redis that goes away', () => {
   });
 
   it('counts a commit that timed out but ran anyway exactly once, when its journal entry is replayed', async () => {
-    const { fb, reader, redis } = await setup({ persist: false, timeoutMs: 100 });
+    const { fb, reader, events, redis } = await setup({ persist: false, timeoutMs: 100 });
     const held = await admit(fb, usd(1));
     redis.pause();
     try {
@@ -110,8 +110,8 @@ describe('LocalFallbackStore over a Redis that goes away', () => {
       expect(fb.journal()).toHaveLength(1);
       const local = await admit(fb, usd(0.1));
       await fb.commit(local, { usdMicros: usd(0.05), tokens: 0 });
-      // Let a replay attempt or two time out too: each one is queued in the hung Redis.
-      await new Promise((r) => setTimeout(r, 250));
+      // Let two replay attempts time out too: each one is queued in the hung Redis.
+      await waitFor('two replay attempts to time out', () => events.filter((e) => e.type === 'replayFailed').length >= 2);
     } finally {
       redis.resume();
     }

@@ -29,13 +29,13 @@ class BudgetExceededError extends ProxyError {
   readonly statusCode = 402;
 }
 
-const routeOf = (slo: Record<string, unknown>): RouteConfig =>
-  parseConfig({ routes: [{ name: 'chat', match: { pathPrefix: '/chat' }, upstream: { url: 'http://127.0.0.1:9' }, slo }] }, 'test', {}).routes[0]!;
+const routeOf = (slo: Record<string, unknown>, extra: Record<string, unknown> = {}): RouteConfig =>
+  parseConfig({ routes: [{ name: 'chat', match: { pathPrefix: '/chat' }, upstream: { url: 'http://127.0.0.1:9' }, slo, ...extra }] }, 'test', {}).routes[0]!;
 
-const setup = (slo: Record<string, unknown> = {}) => {
+const setup = (slo: Record<string, unknown> = {}, extra: Record<string, unknown> = {}) => {
   const clock = { t: T };
   const now = () => clock.t;
-  const route = routeOf(slo);
+  const route = routeOf(slo, extra);
   const specs = sloSpecsOf([route]);
   const store = new MemoryCounterStore({ now });
   const recorder = new SloRecorder({ store, routes: specs, now, flushIntervalMs: 1000 });
@@ -167,7 +167,8 @@ describe('SLO actions end to end (layer + recorder + store + evaluator)', () => 
   });
 
   it('degrade: calls pass with the fallback step to start at, for the fallback layer', async () => {
-    const s = setup({ onFastBurn: 'degrade', degradeToStep: 1 });
+    const steps = [{ type: 'static', body: 'first' }, { type: 'static', body: 'cheaper' }];
+    const s = setup({ onFastBurn: 'degrade', degradeToStep: 1 }, { fallback: steps });
     await burn(s, 20);
     const c = s.ctx();
     await s.call({}, c);

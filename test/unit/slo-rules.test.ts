@@ -78,7 +78,7 @@ describe('fusebox rules', () => {
     expect((await run(['--config', join(dir, 'ok.yaml'), '--label', 'novalue'])).code).toBe(2);
     const bad = await run(['--config', join(dir, 'bad.yaml')]);
     expect(bad.code).toBe(1);
-    expect(bad.err).toContain('routes[0].slo.windowDays');
+    expect(bad.err).toContain('routes[0] (name "x").slo.windowDays');
     const none = await run(['--config', join(dir, 'none.yaml')]);
     expect(none).toMatchObject({ code: 1, out: '' });
     expect(none.err).toMatch(/no route .* has SLOs enabled/);
