@@ -32,6 +32,7 @@ import { RouteTable } from './http/route-table.js';
 import { buildRoutes, type BuiltRoute, type PipelineDeps } from './pipeline/build.js';
 import { createMetrics, type Metrics } from './telemetry/metrics.js';
 import { PoolSet } from './upstream/pool.js';
+import { PendingWork } from './pipeline/pending.js';
 
 export interface AppDeps {
   logger?: Logger;
@@ -56,6 +57,11 @@ export interface Fusebox {
   state: ProxyState;
   /** The SLO counters and their evaluator (the admin API and tests drive them). */
   slo: { recorder: SloRecorder; evaluator: SloEvaluator };
+  /**
+   * Resolves once no call is in flight and every budget commit has reached the store: what a test waits on
+   * instead of sleeping, and what shutdown waits on before closing the store.
+   */
+  idle(): Promise<void>;
   /** Bind both listeners. Resolves to their URLs (`http://127.0.0.1:4000`). */
   listen(): Promise<{ proxyUrl: string; adminUrl: string }>;
   /**
@@ -125,6 +131,7 @@ export const buildApp = async (config: Config, deps: AppDeps = {}): Promise<Fuse
   const pools = new PoolSet(deps.baseDir ?? process.cwd());
   const state: ProxyState = { accepting: true, inflight: 0, ownPorts: new Set() };
   const tunnels = new Set<Duplex>();
+  const pending = new PendingWork();
 
   const store = deps.store ?? createBudgetStore(config, { now, logger, metrics });
   metrics.storeUp.set(1);
@@ -146,7 +153,7 @@ export const buildApp = async (config: Config, deps: AppDeps = {}): Promise<Fuse
   });
   const evaluator = new SloEvaluator({ store: counterStore, routes: sloSpecs, now, logger });
   zeroSloEventSeries(metrics.sloEvents, sloSpecs);
-  const pipelineDeps: PipelineDeps = { pools, metrics, logger, env, now, random, via, store, prices, budgets: config.budgets, slo: { recorder, evaluator } };
+  const pipelineDeps: PipelineDeps = { pools, metrics, logger, env, now, random, via, store, prices, budgets: config.budgets, slo: { recorder, evaluator }, pending };
   const built: BuiltRoute[] = buildRoutes(config.routes, pipelineDeps);
   const routes = new RouteTable(built);
   for (const warning of configWarnings(config)) logger.warn(warning);
@@ -158,7 +165,7 @@ export const buildApp = async (config: Config, deps: AppDeps = {}): Promise<Fuse
   // The access line is built field by field from redacted values (no headers), so it skips pino's redaction
   // walk, the largest single cost of a proxied call in bench/ profiles; every other line keeps it.
   const accessLog = logger.child({}, { redact: [] });
-  const proxyDeps = { config, routes, metrics, logger, accessLog, now, state, via };
+  const proxyDeps = { config, routes, metrics, logger, accessLog, now, state, via, pending };
   const clientError = (err: Error & { code?: string }, socket: Duplex) => {
     if (!socket.writable) return socket.destroy();
     const e =
@@ -242,6 +249,7 @@ export const buildApp = async (config: Config, deps: AppDeps = {}): Promise<Fuse
     logger,
     state,
     slo: { recorder, evaluator },
+    idle: () => pending.idle(),
     async listen() {
       // A Redis store still connecting would count as down for the first calls (a `closed` route refuses them).
       await store.ready?.(Math.max(1_000, config.store.timeoutMs * 4));
@@ -298,6 +306,10 @@ export const buildApp = async (config: Config, deps: AppDeps = {}): Promise<Fuse
           await pools.close();
         }
         await serverClosed;
+        // Commits of the calls that just ended are still on their way to the store: let them land before closing it.
+        let idleTimer: NodeJS.Timeout | undefined;
+        await Promise.race([pending.idle(), new Promise<void>((r) => (idleTimer = setTimeout(r, 5_000)))]);
+        clearTimeout(idleTimer);
         await proxy.close();
         await admin.close();
         await recorder.close();

@@ -17,6 +17,7 @@ import {
 } from '../errors.js';
 import type { BuiltRoute } from '../pipeline/build.js';
 import type { BodyEnd, CallContext, ProxyRequest } from '../pipeline/types.js';
+import type { PendingWork } from '../pipeline/pending.js';
 import { codeClass, methodLabel, type Metrics } from '../telemetry/metrics.js';
 import { readRequestBody } from './body.js';
 import { isLocalHost, normalizeHost, urlPort } from '../net/address.js';
@@ -55,6 +56,8 @@ export interface ProxyDeps {
   now: () => number;
   state: ProxyState;
   via: string;
+  /** A call counts as pending from routing until its access line is written (`Fusebox.idle()`). */
+  pending: PendingWork;
 }
 
 type Outcome = 'success' | 'upstream_error' | 'failed' | 'refused' | 'aborted' | 'stream_broken';
@@ -177,6 +180,7 @@ export const handleProxyRequest = async (raw: ForwardRequest, res: ServerRespons
   const inflight = m.inflight.labels(route.name);
   inflight.inc();
   deps.state.inflight += 1;
+  deps.pending.begin();
 
   let status: number | undefined;
   let outcome: Outcome;
@@ -242,4 +246,5 @@ export const handleProxyRequest = async (raw: ForwardRequest, res: ServerRespons
   };
   if (outcome === 'success' || outcome === 'refused') deps.accessLog.info(line, 'request');
   else deps.accessLog.warn({ ...line, error: end?.error?.message }, 'request');
+  deps.pending.end();
 };

@@ -19,6 +19,7 @@ import type { PoolSet } from '../upstream/pool.js';
 import { makeUpstreamHandler, routeUpstreamSpec, type UpstreamSpec } from '../upstream/target.js';
 import { compose } from './compose.js';
 import type { Handler, ProxyResponse } from './types.js';
+import type { PendingWork } from './pending.js';
 
 export interface PipelineDeps {
   pools: PoolSet;
@@ -35,6 +36,8 @@ export interface PipelineDeps {
   prices: PriceTable;
   budgets: BudgetsConfig;
   slo: { recorder: SloRecorder; evaluator: SloEvaluator };
+  /** Work that outlives an answer (budget commits): `Fusebox.idle()` and shutdown wait for it. */
+  pending: PendingWork;
 }
 
 /** Budget decisions → metrics and one log line each. Unknown models are logged once per route and model. */
@@ -218,7 +221,7 @@ export const buildRoutes = (routes: readonly RouteConfig[], deps: PipelineDeps):
       sloLayer({ ...deps.slo, now: deps.now, costOf: (ctx) => (typeof ctx.annotations.costUsd === 'number' ? Math.round(ctx.annotations.costUsd * 1e6) : undefined) }),
       // Caps next: a call over budget (or killed) is refused before anything can spend money, and the one
       // reservation covers the whole call however many retries and fallback hops it takes.
-      budgetLayer(route, { store: deps.store, prices: new PriceBook(deps.prices, route.budget.prices, deps.budgets.defaultPrice), budgets: deps.budgets, now: deps.now, events }),
+      budgetLayer(route, { store: deps.store, prices: new PriceBook(deps.prices, route.budget.prices, deps.budgets.defaultPrice), budgets: deps.budgets, now: deps.now, events, pending: deps.pending }),
       // Fallback outside everything that can fail: an open breaker, exhausted retries or a fallbackOn status of the
       // primary all end here, before the commit point.
       fallbackLayer(route, steps, deps),

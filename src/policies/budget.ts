@@ -17,6 +17,7 @@ import { createUsageChunkFilter } from '../providers/openai.js';
 import { withStreamUsage } from '../providers/request.js';
 import type { Usage } from '../providers/usage.js';
 import type { BodyEnd, CallContext, Layer, ProxyRequest, ProxyResponse } from '../pipeline/types.js';
+import type { PendingWork } from '../pipeline/pending.js';
 
 /** A budget refusal: 402 (not 429, which every SDK retries), never retried by the agent's SDK. */
 export class BudgetRefusedError extends ProxyError {
@@ -67,6 +68,8 @@ export interface BudgetLayerDeps {
   now: () => number;
   /** Every decision of this layer, for metrics and logs (wired in build.ts). */
   events: BudgetEvents;
+  /** Commits and releases still on their way to the store: shutdown waits for them before closing it. */
+  pending: PendingWork;
 }
 
 export interface Settlement {
@@ -108,7 +111,7 @@ const estimateCall = (route: RouteConfig, req: ProxyRequest): RequestEstimate | 
  * the bytes seen, marked estimated). An error before any answer returns the hold.
  */
 export const budgetLayer = (route: RouteConfig, deps: BudgetLayerDeps): Layer => {
-  const { store, prices, budgets, now, events } = deps;
+  const { store, prices, budgets, now, events, pending } = deps;
   const metered = isLlm(route);
   const provider = route.provider === 'anthropic' ? 'anthropic' : 'openai';
   const perRequest = route.budget;
@@ -185,7 +188,7 @@ export const budgetLayer = (route: RouteConfig, deps: BudgetLayerDeps): Layer =>
     try {
       answer = await next(request, ctx);
     } catch (err) {
-      store.release(reservation).catch((e: unknown) => events.storeError(route.name, 'release', e, ctx));
+      pending.track(store.release(reservation)).catch((e: unknown) => events.storeError(route.name, 'release', e, ctx));
       throw err;
     }
 
@@ -200,8 +203,8 @@ export const budgetLayer = (route: RouteConfig, deps: BudgetLayerDeps): Layer =>
       const costMicros = costMicroUsd(charged, match.price);
       const tokens = charged.inputTokens + charged.cachedInputTokens + charged.outputTokens;
       const commitStart = process.hrtime.bigint();
-      store
-        .commit(reservation, { usdMicros: costMicros, tokens })
+      pending
+        .track(store.commit(reservation, { usdMicros: costMicros, tokens }))
         .then((r) => {
           events.storeOp('commit', since(commitStart));
           r.crossed.forEach((c) => events.alert(route.name, c, ctx));

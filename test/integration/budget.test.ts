@@ -92,7 +92,7 @@ describe('token and cost metering', () => {
     for await (const chunk of stream) if (chunk.usage) sawUsage = true;
     expect(sawUsage).toBe(false);
     expect(up.bodies.at(-1)).toMatchObject({ stream_options: { include_usage: true } });
-    await new Promise((r) => setTimeout(r, 30));
+    await fb.app.idle();
     const text = await fb.metricsText();
     expect(metricValue(text, 'fusebox_cost_usd_total', { route: 'openai', model: 'test-model' })).toBeCloseTo(2 * COST_USD, 9);
     expect(metricValue(text, 'fusebox_tokens_total', { route: 'openai', model: 'test-model', type: 'input' })).toBe(1600);
@@ -106,7 +106,7 @@ describe('token and cost metering', () => {
     const stream = client.messages.stream({ model: 'test-model', max_tokens: 600, messages: [{ role: 'user', content: 'hi' }] });
     const final = await stream.finalMessage();
     expect(final.usage.output_tokens).toBe(500);
-    await new Promise((r) => setTimeout(r, 30));
+    await fb.app.idle();
     expect(metricValue(await fb.metricsText(), 'fusebox_cost_usd_total', { route: 'anthropic', model: 'test-model' })).toBeCloseTo(2 * COST_USD, 9);
   });
 
@@ -117,7 +117,7 @@ describe('token and cost metering', () => {
       body: JSON.stringify({ model: 'mystery-model-9', messages: [{ role: 'user', content: 'hi' }] }),
     });
     await res.body.dump();
-    await new Promise((r) => setTimeout(r, 30));
+    await fb.app.idle();
     const text = await fb.metricsText();
     // Default price $15 / $75 per 1M: 1000 × 15 + 500 × 75 = 52,500 µUSD (cached priced as input when no cached price).
     expect(metricValue(text, 'fusebox_cost_usd_total', { route: 'openai', model: 'other' })).toBeCloseTo(0.0525, 9);
@@ -173,7 +173,7 @@ describe('caps', () => {
     const cfg = { store: { snapshotPath }, budgets: { agent: { dailyUsd: 1 } }, routes: llmRoutes(up) };
     const first = await start(cfg);
     for (let i = 0; i < 3; i++) await (await chat(first)).body.dump();
-    await new Promise((r) => setTimeout(r, 30));
+    await first.app.idle();
     await first.stop();
     running.splice(running.indexOf(first), 1);
     const second = await start(cfg);
@@ -293,7 +293,7 @@ describe('a fleet sharing one Redis', () => {
         return res.statusCode;
       }),
     );
-    await new Promise((r) => setTimeout(r, 100));
+    await Promise.all([a.app.idle(), b.app.idle()]);
     const ok = results.filter((s) => s === 200).length;
     const refused = results.filter((s) => s === 402).length;
     expect(ok + refused).toBe(50);

@@ -159,9 +159,11 @@ const CLIENTS: Array<[string, Client]> = [
   ['Python urllib (HTTPS_PROXY, SSL_CERT_FILE = the written bundle)', pythonUrllib],
 ];
 
-/** Money is settled when a body ends, a moment after the client has read it: wait for the figure, not for time. */
-const waitForMetric = (fb: RunningFusebox, name: string, labels: Record<string, string>, expected: number) =>
-  vi.waitFor(async () => expect(metricValue(await fb.metricsText(), name, labels)).toBeCloseTo(expected, 9), { timeout: 10_000, interval: 25 });
+/** Money is settled when a body ends, a moment after the client has read it: wait for that, then read the figure. */
+const settledCost = async (fb: RunningFusebox): Promise<number> => {
+  await fb.app.idle();
+  return metricValue(await fb.metricsText(), 'fusebox_cost_usd_total', { route: 'openai', model: 'test-model' });
+};
 
 describe.each(CLIENTS)('%s through the proxy variables only', (_name, client) => {
   let rig: Rig | undefined;
@@ -188,7 +190,7 @@ describe.each(CLIENTS)('%s through the proxy variables only', (_name, client) =>
     const text = await rig.fb.metricsText();
     expect(metricValue(text, 'fusebox_requests_total', { route: 'openai', code_class: '2xx', mode })).toBe(3);
     expect(metricValue(text, 'fusebox_retries_total', { route: 'openai', outcome: 'retried' })).toBe(1);
-    await waitForMetric(rig.fb, 'fusebox_cost_usd_total', { route: 'openai', model: 'test-model' }, 3 * COST_USD);
+    expect(await settledCost(rig.fb)).toBeCloseTo(3 * COST_USD, 9);
     expect(metricValue(await rig.fb.metricsText(), 'fusebox_tokens_total', { route: 'openai', type: 'output' })).toBe(1500);
     // Fusebox asked for the stream's usage itself.
     expect(rig.llm.bodies.find((b) => b.stream === true)).toMatchObject({ stream_options: { include_usage: true } });
@@ -212,7 +214,7 @@ describe('the openai SDK with its default https:// base URL and its own key', ()
     expect(out.broken2).toMatchObject({ status: 503, fuseboxError: 'CIRCUIT_OPEN' });
     expect(rig.llm.bodies.filter((b) => b.model === 'broken-model')).toHaveLength(2);
     expect(rig.llm.seen.map((s) => s.headers.authorization)).toEqual(Array(6).fill(`Bearer ${SIDECAR_KEY}`));
-    await waitForMetric(rig.fb, 'fusebox_cost_usd_total', { route: 'openai', model: 'test-model' }, 3 * COST_USD);
+    expect(await settledCost(rig.fb)).toBeCloseTo(3 * COST_USD, 9);
     const text = await rig.fb.metricsText();
     // The first call was answered 503 once and retried: the upstream saw it twice.
     expect(rig.llm.seen.filter((s) => s.headers['x-test-fail-once'] === 'wf-sdk-json')).toHaveLength(2);
