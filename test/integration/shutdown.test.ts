@@ -34,7 +34,8 @@ describe('graceful shutdown', () => {
     const text = res.body.text();
     const t0 = Date.now();
     await fb.app.shutdown(300);
-    expect(Date.now() - t0).toBeLessThan(2000);
+    // The stream would run 20 s: ending well before that is the grace period cutting it (margin for a loaded machine).
+    expect(Date.now() - t0).toBeLessThan(10_000);
     await expect(text).rejects.toThrow();
     expect(fb.logs.some((l) => l.msg === 'grace period over: cutting the calls still running')).toBe(true);
   });
