@@ -16,7 +16,7 @@ import {
   UpstreamTimeoutError,
 } from '../errors.js';
 import type { BuiltRoute } from '../pipeline/build.js';
-import type { BodyEnd, CallContext, ProxyRequest } from '../pipeline/types.js';
+import type { BodyEnd, CallContext, CallFacts, ProxyRequest } from '../pipeline/types.js';
 import type { PendingWork } from '../pipeline/pending.js';
 import { codeClass, methodLabel, type Metrics } from '../telemetry/metrics.js';
 import { readRequestBody } from './body.js';
@@ -74,11 +74,32 @@ const errorOutcome = (err: ProxyError): Outcome =>
 const toProxyError = (err: unknown): ProxyError =>
   err instanceof ProxyError ? err : new InternalError('Fusebox failed to handle this request; see its logs', {}, { cause: err });
 
+/** The facts of a call that go on its access line (the settlement's usage and cost, the decisions that shaped it). */
+const accessFacts = (f: CallFacts) => {
+  const s = f.settlement;
+  return {
+    model: s?.model ?? f.model,
+    estimatedUsd: f.estimatedUsd,
+    fallbackModel: f.fallbackModel,
+    sloAction: f.sloAction,
+    faultHeader: f.faultHeader,
+    ...(s !== undefined
+      ? {
+          inputTokens: s.inputTokens,
+          cachedInputTokens: s.cachedInputTokens,
+          outputTokens: s.outputTokens,
+          costUsd: s.costUsdMicros / 1e6,
+          usageEstimated: s.estimated || undefined,
+        }
+      : {}),
+  };
+};
+
 /** Lazily made child logger: most calls never log a decision, and a pino child costs a serialization. */
 class Context implements CallContext {
   attempts = 0;
   fallbackStep?: string;
-  readonly annotations: Record<string, unknown> = {};
+  readonly facts: CallFacts = {};
   private child?: Logger;
   constructor(
     readonly requestId: string,
@@ -174,7 +195,7 @@ export const handleProxyRequest = async (raw: ForwardRequest, res: ServerRespons
   res.once('close', onClientGone);
 
   const ctx = new Context(requestId, route, deps.config.agent.id, control.workflow, started, started + (totalMs || 1e12), controller.signal, deps.logger);
-  if (control.fault !== undefined) ctx.annotations.faultHeader = control.fault;
+  if (control.fault !== undefined) ctx.facts.faultHeader = control.fault;
 
   const m = deps.metrics;
   const inflight = m.inflight.labels(route.name);
@@ -242,7 +263,7 @@ export const handleProxyRequest = async (raw: ForwardRequest, res: ServerRespons
     bytesIn,
     bytesOut: end?.bytes ?? 0,
     traceparent: raw.headers.traceparent,
-    ...ctx.annotations,
+    ...accessFacts(ctx.facts),
   };
   if (outcome === 'success' || outcome === 'refused') deps.accessLog.info(line, 'request');
   else deps.accessLog.warn({ ...line, error: end?.error?.message }, 'request');

@@ -73,7 +73,6 @@ const budgetEvents = (deps: PipelineDeps): BudgetEvents => {
           ctx.log.warn({ model: u.model }, `model "${u.model ?? '(none)'}" is not in the price table: charged at budgets.defaultPrice`);
         }
       }
-      Object.assign(ctx.annotations, { model: u.model, inputTokens: u.inputTokens, cachedInputTokens: u.cachedInputTokens, outputTokens: u.outputTokens, costUsd: s.costMicros / 1e6, usageEstimated: u.estimated || undefined });
     },
     storeOp: (op, seconds) => m.storeSeconds.labels(op).observe(seconds),
     storeError: (route, op, err, ctx) => {
@@ -218,7 +217,7 @@ export const buildRoutes = (routes: readonly RouteConfig[], deps: PipelineDeps):
     const handler = compose(
       // SLOs outermost: they count the call as the agent saw it (a fallback's good answer is good), see the
       // refusals of the layers below apart (they never burn the budget), and shed/throttle before anything else.
-      sloLayer({ ...deps.slo, now: deps.now, costOf: (ctx) => (typeof ctx.annotations.costUsd === 'number' ? Math.round(ctx.annotations.costUsd * 1e6) : undefined) }),
+      sloLayer({ ...deps.slo, now: deps.now }),
       // Caps next: a call over budget (or killed) is refused before anything can spend money, and the one
       // reservation covers the whole call however many retries and fallback hops it takes.
       budgetLayer(route, { store: deps.store, prices: new PriceBook(deps.prices, route.budget.prices, deps.budgets.defaultPrice), budgets: deps.budgets, now: deps.now, events, pending: deps.pending }),

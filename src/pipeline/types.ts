@@ -99,6 +99,43 @@ export interface ProxyResponse {
   verdict?: Verdict;
 }
 
+/** What the budget layer settled for a call: the usage read from the answer and what it cost. */
+export interface CallSettlement {
+  model: string | undefined;
+  inputTokens: number;
+  cachedInputTokens: number;
+  outputTokens: number;
+  /** Integer micro-dollars, as the store counts them. */
+  costUsdMicros: number;
+  /** The answer reported no usage (it broke off): charged from what was seen. */
+  estimated: boolean;
+}
+
+/**
+ * What layers tell each other about one call, each field with its one writer, so the compiler shows who writes
+ * and who reads. The access log line prints them.
+ */
+export interface CallFacts {
+  /** `x-fusebox-fault` as the agent sent it. Writer: the HTTP adapter. Reader: the faults layer. */
+  faultHeader?: string;
+  /** The SLO action in force for this call. Writer: the SLO layer. Reader: the access log. */
+  sloAction?: 'alert' | 'throttle' | 'degrade' | 'shed';
+  /** `degrade`: the fallback step the chain starts at. Writer: the SLO layer. Reader: the fallback layer. */
+  degradeToStep?: number;
+  /** The model the call asked for and its pre-call estimate. Writer: the budget layer. */
+  model?: string;
+  estimatedUsd?: number;
+  /** The model a fallback step rewrote the request to. Writer: the fallback layer. */
+  fallbackModel?: string;
+  /** Set when the answer's body has ended and its cost is known. Writer: the budget layer. */
+  settlement?: CallSettlement;
+  /**
+   * Resolves (with the settlement, or undefined when there is nothing to bill) once the budget layer has settled the
+   * call: the SLO layer reads the call's cost from it, whatever order the layers' body observers run in.
+   */
+  settled?: Promise<CallSettlement | undefined>;
+}
+
 /** Per-request state shared by the layers. Long-lived state belongs in layer closures, never here. */
 export interface CallContext {
   readonly requestId: string;
@@ -118,8 +155,7 @@ export interface CallContext {
   attempts: number;
   /** Name of the fallback step that produced the answer, when it was not the primary. */
   fallbackStep?: string;
-  /** Free-form facts layers leave for the access log line (model, tokens, cost...). */
-  readonly annotations: Record<string, unknown>;
+  readonly facts: CallFacts;
 }
 
 export type Handler = (req: ProxyRequest, ctx: CallContext) => Promise<ProxyResponse>;

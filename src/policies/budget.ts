@@ -16,7 +16,7 @@ import { createUsageMeter, DEFAULT_MAX_JSON_BYTES, isEventStream, type UsageMete
 import { createUsageChunkFilter } from '../providers/openai.js';
 import { withStreamUsage } from '../providers/request.js';
 import type { Usage } from '../providers/usage.js';
-import type { BodyEnd, CallContext, Layer, ProxyRequest, ProxyResponse } from '../pipeline/types.js';
+import type { BodyEnd, CallContext, CallSettlement, Layer, ProxyRequest, ProxyResponse } from '../pipeline/types.js';
 import type { PendingWork } from '../pipeline/pending.js';
 
 /** A budget refusal: 402 (not 429, which every SDK retries), never retried by the agent's SDK. */
@@ -128,8 +128,8 @@ export const budgetLayer = (route: RouteConfig, deps: BudgetLayerDeps): Layer =>
     const estTokens = priced ? estimate.inputTokens + estimate.maxOutputTokens : 0;
     const estMicros = priced ? costMicroUsd({ inputTokens: estimate.inputTokens, cachedInputTokens: 0, outputTokens: estimate.maxOutputTokens }, price.price) : 0;
     if (priced) {
-      ctx.annotations.model = model;
-      ctx.annotations.estimatedUsd = usd(estMicros);
+      ctx.facts.model = model;
+      ctx.facts.estimatedUsd = usd(estMicros);
     }
 
     const refuseRequest = (metric: 'usdMicros' | 'tokens', limit: number, requested: number) => {
@@ -184,11 +184,16 @@ export const budgetLayer = (route: RouteConfig, deps: BudgetLayerDeps): Layer =>
       request = { ...req, headers: { ...req.headers, 'accept-encoding': 'identity' } };
     }
 
+    // The SLO layer reads the call's cost from this, whenever the settlement happens.
+    let settled: (s: CallSettlement | undefined) => void = () => {};
+    if (metered) ctx.facts.settled = new Promise((resolve) => (settled = resolve));
+
     let answer;
     try {
       answer = await next(request, ctx);
     } catch (err) {
       pending.track(store.release(reservation)).catch((e: unknown) => events.storeError(route.name, 'release', e, ctx));
+      settled(undefined);
       throw err;
     }
 
@@ -212,8 +217,18 @@ export const budgetLayer = (route: RouteConfig, deps: BudgetLayerDeps): Layer =>
         .catch((e: unknown) => events.storeError(route.name, 'commit', e, ctx));
       // A call that could not be billed and whose answer reported nothing to bill is no unknown model's call.
       if (metered && !(unbillable && billsNothing(charged))) {
+        const settlement: CallSettlement = {
+          model: charged.model,
+          inputTokens: charged.inputTokens,
+          cachedInputTokens: charged.cachedInputTokens,
+          outputTokens: charged.outputTokens,
+          costUsdMicros: costMicros,
+          estimated: charged.estimated,
+        };
+        ctx.facts.settlement = settlement;
         events.settled(route.name, { model: match.label, modelKnown: match.known, usage: charged, costMicros }, ctx);
-      }
+        settled(settlement);
+      } else settled(undefined);
     };
     // The usage chunk is the agent's only when the agent asked for it; one Fusebox added is read, then removed.
     if (meter && usageAdded && answer.statusCode < 300 && isEventStream(contentType)) {

@@ -92,7 +92,7 @@ export const fallbackLayer = (route: RouteConfig, steps: readonly FallbackStepHa
     // A streamed body can be sent once. Only a breaker refusal is sure to have left it unread.
     let bodyUsed = true;
     // SLO `degrade`: the route's error budget is burning, so the chain starts at a later (cheaper) step.
-    const degradeTo = ctx.annotations.sloDegradeToStep;
+    const degradeTo = ctx.facts.degradeToStep;
     const firstStep = typeof degradeTo === 'number' ? Math.min(degradeTo, steps.length - 1) : -1;
     if (firstStep >= 0) {
       reason = 'slo_degrade';
@@ -182,6 +182,6 @@ export const withModel = (req: ProxyRequest, model: string | undefined, ctx: Cal
   const headers = { ...req.headers };
   // The agent's content-length describes the old body; undici refuses a mismatch.
   if (headers['content-length'] !== undefined) headers['content-length'] = String(rewritten.length);
-  ctx.annotations.fallbackModel = model;
+  ctx.facts.fallbackModel = model;
   return { ...req, headers, body: { kind: 'buffered', bytes: rewritten } };
 };

@@ -42,7 +42,7 @@ export const faultsLayer = (config: FaultsConfig, deps: FaultDeps): Layer => {
   const roll = (percent: number | undefined) => percent !== undefined && deps.random() * 100 < percent;
   return (next) => async (req, ctx) => {
     const fromHeader =
-      config.headerControl && typeof ctx.annotations.faultHeader === 'string' ? parseFaultHeader(ctx.annotations.faultHeader) : {};
+      config.headerControl && ctx.facts.faultHeader !== undefined ? parseFaultHeader(ctx.facts.faultHeader) : {};
     const delayMs = fromHeader.delayMs ?? (roll(config.delay?.percent) ? config.delay!.ms : undefined);
     if (delayMs !== undefined) {
       deps.onFault('delay');

@@ -1,5 +1,5 @@
 import { CircuitOpenError, ProxyError } from '../errors.js';
-import type { BodyEnd, CallContext, Layer } from '../pipeline/types.js';
+import type { BodyEnd, Layer } from '../pipeline/types.js';
 import { classifyError } from '../upstream/classify.js';
 import type { SloEvaluator } from './evaluator.js';
 import type { SloEvent, SloRecorder } from './recorder.js';
@@ -38,19 +38,12 @@ export interface SloLayerDeps {
   recorder: Pick<SloRecorder, 'record'>;
   evaluator: Pick<SloEvaluator, 'admit'>;
   now: () => number;
-  /** Settled cost of the call, µUSD, read when the call ends. Default: `ctx.annotations.costUsdMicros` when a number. */
-  costOf?: (ctx: CallContext) => number | undefined;
   upstreamFailureCodes?: ReadonlySet<string>;
 }
 
-const defaultCostOf = (ctx: CallContext): number | undefined => {
-  const c = ctx.annotations.costUsdMicros;
-  return typeof c === 'number' && Number.isFinite(c) ? c : undefined;
-};
-
 /**
  * The SLO layer: asks the evaluator whether to admit the call (shed → 503 SLO_BUDGET_EXHAUSTED, throttle → 429
- * SLO_THROTTLED past `throttleRps`, degrade → `ctx.annotations.sloDegradeToStep` for the fallback layer), then counts
+ * SLO_THROTTLED past `throttleRps`, degrade → `ctx.facts.degradeToStep` for the fallback layer), then counts
  * how the call ended. Sits outermost in a route's pipeline, so a fallback's answer counts as the agent saw it, and
  * the refusals of inner layers (budget, kill switch) are seen and counted apart.
  */
@@ -61,20 +54,21 @@ export const sloLayer =
     const route = ctx.route.name;
     if (!ctx.route.slo.enabled) return next(req, ctx);
     const admission = deps.evaluator.admit(route);
-    if (admission.action !== 'none') ctx.annotations.sloAction = admission.action;
+    if (admission.action !== 'none') ctx.facts.sloAction = admission.action;
     if (!admission.admit) {
       deps.recorder.record(route, { availability: 'skip', refused: true });
       throw admission.error;
     }
-    if (admission.degradeToStep !== undefined) ctx.annotations.sloDegradeToStep = admission.degradeToStep;
+    if (admission.degradeToStep !== undefined) ctx.facts.degradeToStep = admission.degradeToStep;
 
-    const costOf = deps.costOf ?? defaultCostOf;
     const record = (outcome: SloOutcome) => {
-      const event: SloEvent =
-        outcome === 'refused'
-          ? { availability: 'skip', refused: true }
-          : { availability: outcome, latencyMs: deps.now() - ctx.startedAt, costUsdMicros: costOf(ctx) };
-      deps.recorder.record(route, event);
+      if (outcome === 'refused') return deps.recorder.record(route, { availability: 'skip', refused: true });
+      const latencyMs = deps.now() - ctx.startedAt;
+      const event = (costUsdMicros: number | undefined): SloEvent => ({ availability: outcome, latencyMs, costUsdMicros });
+      // The cost is known once the budget layer has settled the call (an LLM route); other calls have none.
+      const settled = ctx.facts.settled;
+      if (settled === undefined) return deps.recorder.record(route, event(undefined));
+      void settled.then((s) => deps.recorder.record(route, event(s?.costUsdMicros)));
     };
 
     let res;

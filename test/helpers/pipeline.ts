@@ -24,6 +24,6 @@ export const callContext = (route: RouteConfig, over: Partial<CallContext> = {})
   signal: new AbortController().signal,
   log: pino({ level: 'silent' }),
   attempts: 0,
-  annotations: {},
+  facts: {},
   ...over,
 });

@@ -247,7 +247,7 @@ describe('model rewrite for fallback steps', () => {
     expect(out.body.kind === 'buffered' && out.body.bytes.toString()).toBe('{"model":"gpt-4o-mini","messages":[],"n":1}');
     expect(out.headers['content-length']).toBe('43');
     expect(req.headers['content-length']).toBe('36');
-    expect(ctx.annotations.fallbackModel).toBe('gpt-4o-mini');
+    expect(ctx.facts.fallbackModel).toBe('gpt-4o-mini');
   });
 
   it('leaves a body that is not JSON (or streamed) unchanged', () => {

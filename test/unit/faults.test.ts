@@ -7,7 +7,7 @@ import { faultsLayer, parseFaultHeader, type FaultKind } from '../../src/policie
 import { callContext, seeded } from '../helpers/pipeline.js';
 
 const route = RouteSchema.parse({ name: 'r', match: { pathPrefix: '/r' }, upstream: { url: 'http://127.0.0.1:1' } });
-const ctxOf = (faultHeader?: string): CallContext => callContext(route, faultHeader === undefined ? {} : { annotations: { faultHeader } });
+const ctxOf = (faultHeader?: string): CallContext => callContext(route, faultHeader === undefined ? {} : { facts: { faultHeader } });
 const get: ProxyRequest = { method: 'GET', path: '/x', headers: {}, body: { kind: 'none' } };
 
 /** The layer over a terminal that answers 200 and counts the calls that reached it. */

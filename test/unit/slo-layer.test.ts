@@ -59,7 +59,7 @@ const setup = (slo: Record<string, unknown> = {}, extra: Record<string, unknown>
     signal: new AbortController().signal,
     log: pino({ level: 'silent' }),
     attempts: 0,
-    annotations: {},
+    facts: {},
   });
   /** One call through the layer, its body ending as `end` says (the HTTP layer's job). */
   const call = async (end: Partial<BodyEnd> = {}, c = ctx()): Promise<ProxyResponse> => {
@@ -79,7 +79,9 @@ describe('SLO layer: how calls count', () => {
     const { call, upstream, counts, ctx } = setup();
     upstream.durationMs = 6000;
     const c = ctx();
-    c.annotations.costUsdMicros = 200_000;
+    // What the budget layer settles for an LLM call; the SLO layer reads the cost from it.
+    const settlement = { model: 'm', inputTokens: 1, cachedInputTokens: 0, outputTokens: 1, costUsdMicros: 200_000, estimated: false };
+    c.facts.settled = Promise.resolve(settlement);
     await call({}, c);
     upstream.durationMs = 0;
     for (const status of [503, 429, 404]) {
@@ -172,7 +174,7 @@ describe('SLO actions end to end (layer + recorder + store + evaluator)', () => 
     await burn(s, 20);
     const c = s.ctx();
     await s.call({}, c);
-    expect(c.annotations).toMatchObject({ sloAction: 'degrade', sloDegradeToStep: 1 });
+    expect(c.facts).toMatchObject({ sloAction: 'degrade', degradeToStep: 1 });
   });
 
   it('passes calls untouched on a route with SLOs disabled', async () => {
