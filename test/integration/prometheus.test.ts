@@ -1,4 +1,4 @@
-import { spawn, type ChildProcess } from 'node:child_process';
+import { execFile, spawn, type ChildProcess } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { connect, type Socket } from 'node:net';
 import { tmpdir } from 'node:os';
@@ -455,6 +455,10 @@ describe('end to end: a real Prometheus scraping a real Fusebox under traffic', 
       const t = tlsConnect({ socket: tunnel, servername: 'not-tools.test', ca: fb.app.ca!.info.pem }, () => resolve());
       t.once('error', () => resolve());
     });
+    // curl without the pod CA: OpenSSL rejects the certificate with an alert (exit 60).
+    await new Promise<void>((resolve) =>
+      execFile('curl', ['-s', '-o', '/dev/null', 'https://tools.test/fast'], { env: { PATH: process.env.PATH, HTTPS_PROXY: fb.proxyUrl } }, () => resolve()),
+    );
   };
 
   /** Traffic that touches every metric: answers with usage, a broken stream, 503s, budget refusals, a tunnel. */
