@@ -157,7 +157,7 @@ export const buildApp = async (config: Config, deps: AppDeps = {}): Promise<Fuse
   const built: BuiltRoute[] = buildRoutes(config.routes, pipelineDeps);
   const routes = new RouteTable(built);
   for (const warning of configWarnings(config)) logger.warn(warning);
-  const ca = await createPodCa(config, { baseDir: deps.baseDir ?? process.cwd(), now, metrics });
+  const ca = await createPodCa(config, { baseDir: deps.baseDir ?? process.cwd(), now, metrics, env, logger });
   metrics.configInfo.labels(String(config.routes.length), config.store.kind, config.agent.id).set(1);
   // Present from the first scrape, so rate() sees the first failure and alerts have a series to watch.
   for (const op of ['reserve', 'commit', 'release']) metrics.storeErrors.labels(op).inc(0);

@@ -410,6 +410,12 @@ export const InterceptSchema = z
          * environment variable FUSEBOX_CA_DIR (set by `fusebox inject`) takes precedence. Unset: nothing is written.
          */
         outDir: z.string().min(1).optional(),
+        /**
+         * Folder on a memory-backed volume only the sidecar mounts, where a generated CA's key and certificate are kept
+         * so a restarted sidecar serves the CA its agents already trust. The environment variable FUSEBOX_CA_KEEP_DIR
+         * (set by `fusebox inject`) takes precedence. Unset: a restart makes a new CA.
+         */
+        keepDir: z.string().min(1).optional(),
         /** A CA with fewer days left than this is logged at startup and daily, so it is replaced before it expires. Default 14. */
         expiryWarningDays: z.number().int().min(0).default(14),
       })

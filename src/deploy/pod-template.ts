@@ -8,6 +8,8 @@ import {
   agentCaMount,
   CA_MOUNT_PATH,
   CA_VOLUME_NAME,
+  CA_KEEP_VOLUME_NAME,
+  caKeepVolume,
   caVolume,
   CONFIG_VOLUME_NAME,
   configVolume,
@@ -138,6 +140,11 @@ export const injectPodTemplate = (doc: Document, obj: YAMLMap, templatePath: rea
   if (o.ca && sameNameCaVolume !== undefined && !reuseCaVolume) {
     reasons.push(`the pod already has a volume named ${CA_VOLUME_NAME} that is not Fusebox's CA emptyDir; rename it, or pass --no-ca`);
   }
+  const sameNameKeepVolume = volumes.find((v) => v.name === CA_KEEP_VOLUME_NAME);
+  const reuseKeepVolume = sameNameKeepVolume !== undefined && isDeepStrictEqual(sameNameKeepVolume, caKeepVolume());
+  if (o.ca && sameNameKeepVolume !== undefined && !reuseKeepVolume) {
+    reasons.push(`the pod already has a volume named ${CA_KEEP_VOLUME_NAME} that is not Fusebox's CA key emptyDir; rename it, or pass --no-ca`);
+  }
   // Which proxied containers still need the CA mount; one that has exactly it already keeps it.
   const needsCaMount = new Set<number>();
   if (o.ca) {
@@ -185,7 +192,7 @@ export const injectPodTemplate = (doc: Document, obj: YAMLMap, templatePath: rea
   const labels = shaped(ensureMap(doc, metadata, 'labels'));
   // Written before `containers`, the order the kubelet starts them in.
   const initSeq = shaped(ensureSeq(doc, spec, 'initContainers', 'containers'));
-  const volumeSeq = reuseVolume && (!o.ca || reuseCaVolume) ? undefined : shaped(ensureSeq(doc, spec, 'volumes'));
+  const volumeSeq = reuseVolume && (!o.ca || (reuseCaVolume && reuseKeepVolume)) ? undefined : shaped(ensureSeq(doc, spec, 'volumes'));
 
   const want = podAnnotations(o);
   const promKeys = Object.keys(want).filter((k) => k.startsWith('prometheus.io/'));
@@ -211,6 +218,7 @@ export const injectPodTemplate = (doc: Document, obj: YAMLMap, templatePath: rea
   initSeq.items.unshift(doc.createNode(sidecarContainer(o)));
   if (!reuseVolume) volumeSeq?.items.push(doc.createNode(configVolume(o)));
   if (o.ca && !reuseCaVolume) volumeSeq?.items.push(doc.createNode(caVolume()));
+  if (o.ca && !reuseKeepVolume) volumeSeq?.items.push(doc.createNode(caKeepVolume()));
   const required = requiredGraceSeconds(o);
   if (typeof grace !== 'number' || grace < required) spec.set('terminationGracePeriodSeconds', required);
 

@@ -28,6 +28,14 @@ export const CA_BUNDLE_FILE = `${CA_MOUNT_PATH}/ca-bundle.crt`;
  * limit gets the pod evicted, so it is generous.
  */
 export const CA_VOLUME_SIZE_LIMIT = '4Mi';
+/**
+ * Where the sidecar keeps the generated CA's key across its own restarts (FUSEBOX_CA_KEEP_DIR): memory-backed, and
+ * mounted in the sidecar only. A restarted sidecar then serves the CA its agents trust (they read it once, at their
+ * start); without it, a sidecar restart would fail every intercepted call until the agents restart too.
+ */
+export const CA_KEEP_VOLUME_NAME = 'fusebox-ca-key';
+export const CA_KEEP_MOUNT_PATH = '/var/run/fusebox-ca-key';
+export const CA_KEEP_ENV = 'FUSEBOX_CA_KEEP_DIR';
 
 /**
  * What points each runtime's TLS client at the pod CA. Node adds NODE_EXTRA_CA_CERTS to its own roots, so it gets
@@ -110,8 +118,14 @@ export const caVolume = (): IVolume => ({
   emptyDir: { medium: 'Memory', sizeLimit: CA_VOLUME_SIZE_LIMIT },
 });
 
+/** The memory-backed volume, the sidecar's alone, that keeps the generated CA key across sidecar restarts. */
+export const caKeepVolume = (): IVolume => ({
+  name: CA_KEEP_VOLUME_NAME,
+  emptyDir: { medium: 'Memory', sizeLimit: '1Mi' },
+});
+
 /** Every volume an injected pod gets. */
-export const podVolumes = (o: InjectOptions): IVolume[] => [configVolume(o), ...(o.ca ? [caVolume()] : [])];
+export const podVolumes = (o: InjectOptions): IVolume[] => [configVolume(o), ...(o.ca ? [caVolume(), caKeepVolume()] : [])];
 
 /** The CA directory in a proxied container: read-only, so an agent cannot swap the CA for the next process. */
 export const agentCaMount = (): IVolumeMount => ({ name: CA_VOLUME_NAME, mountPath: CA_MOUNT_PATH, readOnly: true });
@@ -137,7 +151,12 @@ export const sidecarContainer = (o: InjectOptions): IContainer => {
       { name: 'POD_NAME', valueFrom: { fieldRef: { fieldPath: 'metadata.name' } } },
       { name: 'POD_NAMESPACE', valueFrom: { fieldRef: { fieldPath: 'metadata.namespace' } } },
       { name: 'FUSEBOX_AGENT', valueFrom: { fieldRef: { fieldPath: `metadata.labels['${o.agentLabel}']` } } },
-      ...(o.ca ? [{ name: CA_DIR_ENV, value: CA_MOUNT_PATH }] : []),
+      ...(o.ca
+        ? [
+            { name: CA_DIR_ENV, value: CA_MOUNT_PATH },
+            { name: CA_KEEP_ENV, value: CA_KEEP_MOUNT_PATH },
+          ]
+        : []),
     ],
     // optional: a missing Secret must not keep the pod from starting; the calls needing a key answer
     // CREDENTIAL_MISSING instead, which says exactly what is wrong.
@@ -145,7 +164,12 @@ export const sidecarContainer = (o: InjectOptions): IContainer => {
     resources: { requests: { cpu: o.cpuRequest, memory: o.memoryRequest }, limits },
     volumeMounts: [
       { name: CONFIG_VOLUME_NAME, mountPath: CONFIG_MOUNT_PATH, readOnly: true },
-      ...(o.ca ? [{ name: CA_VOLUME_NAME, mountPath: CA_MOUNT_PATH }] : []),
+      ...(o.ca
+        ? [
+            { name: CA_VOLUME_NAME, mountPath: CA_MOUNT_PATH },
+            { name: CA_KEEP_VOLUME_NAME, mountPath: CA_KEEP_MOUNT_PATH },
+          ]
+        : []),
     ],
     // For a native sidecar the startupProbe is the gate before the agent starts: ask for readiness, not mere
     // liveness, so the agent's first call finds a proxy that can route it, and the CA files it trusts exist.

@@ -293,7 +293,7 @@ describe('inject behaviour', () => {
     const { spec } = podOf(named(output, 'memory-agent'));
     expect(spec.initContainers?.map((x) => x.name)).toEqual(['fusebox', 'migrate']);
     expect(spec.terminationGracePeriodSeconds).toBe(90);
-    expect(spec.volumes?.map((v) => v.name)).toEqual(['cache', 'fusebox-config', 'fusebox-ca']);
+    expect(spec.volumes?.map((v) => v.name)).toEqual(['cache', 'fusebox-config', 'fusebox-ca', 'fusebox-ca-key']);
   });
 
   it('raises a short grace period to preStop + drain + 5 s', () => {
@@ -511,7 +511,7 @@ describe('inject behaviour', () => {
   it('keeps a CA volume, mount and variable wired by hand exactly as inject would, adding only what is missing', () => {
     const { output } = inject(read('ca-conflict.in.yaml'));
     const { spec } = podOf(named(output, 'hand-wired'));
-    expect(spec.volumes?.map((v) => v.name)).toEqual(['fusebox-ca', 'fusebox-config']);
+    expect(spec.volumes?.map((v) => v.name)).toEqual(['fusebox-ca', 'fusebox-config', 'fusebox-ca-key']);
     expect(spec.containers[0]?.volumeMounts).toEqual([{ name: 'fusebox-ca', mountPath: '/var/run/fusebox-ca', readOnly: true }]);
     expect(spec.containers[0]?.env?.filter((e) => e.name === 'NODE_EXTRA_CA_CERTS')).toHaveLength(1);
   });
@@ -615,7 +615,7 @@ describe('inject behaviour', () => {
     const { output, results } = inject(JSON.stringify(list));
     expect(results.map((r) => r.status)).toEqual(['injected']);
     const parsed = JSON.parse(output) as { items: IDeployment[] };
-    expect(parsed.items[0]?.spec?.template.spec?.volumes?.map((v) => v.name)).toEqual(['fusebox-config', 'fusebox-ca']);
+    expect(parsed.items[0]?.spec?.template.spec?.volumes?.map((v) => v.name)).toEqual(['fusebox-config', 'fusebox-ca', 'fusebox-ca-key']);
     expect(output.startsWith('{\n  "apiVersion": "v1",\n  "kind": "List",\n  "items": [\n    {\n')).toBe(true);
   });
 

@@ -559,3 +559,30 @@ describe('PodCa: trust files for the agent container', () => {
     expect(err.message).toContain(join(file, 'sub'));
   });
 });
+
+describe('PodCa: kept across sidecar restarts (keepDir)', () => {
+  it('keeps a generated CA (key mode 0600) and serves the same CA on the next start, whose leaves verify', async () => {
+    const keepDir = join(dir, 'keep');
+    const first = await PodCa.create(optionsOf({ keepDir }));
+    expect(first.info.source).toBe('generated');
+    expect((await stat(join(keepDir, 'ca.key'))).mode & 0o777).toBe(0o600);
+    const second = await PodCa.create(optionsOf({ keepDir }));
+    expect(second.info).toMatchObject({ source: 'kept', fingerprintSha256: first.info.fingerprintSha256 });
+    expect(second.info.replaced).toBeUndefined();
+    // A client that trusted the first start's CA accepts what the second start mints.
+    const out = await connect(await sniServer(second), { caPem: first.info.pem, servername: 'api.example.test' });
+    expect(out.error).toBeUndefined();
+    expect(out.cert?.subjectAltName).toBe('DNS:api.example.test');
+  });
+
+  it('replaces a kept CA that cannot sign for the hosts now configured, and says why', async () => {
+    const keepDir = join(dir, 'keep-other');
+    const first = await PodCa.create(optionsOf({ keepDir }));
+    const second = await PodCa.create(optionsOf({ keepDir, hosts: ['other.example.test'] }));
+    expect(second.info.source).toBe('generated');
+    expect(second.info.fingerprintSha256).not.toBe(first.info.fingerprintSha256);
+    expect(second.info.replaced).toMatch(/other\.example\.test/);
+    // The new one is kept in its place.
+    expect((await PodCa.create(optionsOf({ keepDir, hosts: ['other.example.test'] }))).info.fingerprintSha256).toBe(second.info.fingerprintSha256);
+  });
+});
