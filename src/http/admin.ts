@@ -2,7 +2,7 @@ import { timingSafeEqual } from 'node:crypto';
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import { AdminDisabledError, BadRequestError, BodyTooLargeError, InternalError, NotFoundError, ProxyError, UnauthorizedError } from '../errors.js';
 import type { Metrics } from '../telemetry/metrics.js';
-import { errorBody } from './respond.js';
+import { replyError } from './error-answer.js';
 
 export interface AdminDeps {
   metrics: Metrics;
@@ -40,15 +40,10 @@ const frameworkError = (err: { code?: string; statusCode?: number; message: stri
 export const registerAdmin = (app: FastifyInstance, deps: AdminDeps): void => {
   app.setErrorHandler((err, req, reply) => {
     const e = err instanceof ProxyError ? err : frameworkError(err as { code?: string; statusCode?: number; message: string });
-    void reply
-      .code(e.statusCode)
-      .header('x-fusebox-error', e.code)
-      .headers(e.headers)
-      .send(errorBody(e, { requestId: String(req.id) }));
+    void replyError(reply, e, { requestId: String(req.id) });
   });
   app.setNotFoundHandler((req, reply) => {
-    const e = new NotFoundError(`no admin endpoint ${req.method} ${req.url}`);
-    void reply.code(404).header('x-fusebox-error', e.code).send(errorBody(e, { requestId: String(req.id) }));
+    void replyError(reply, new NotFoundError(`no admin endpoint ${req.method} ${req.url}`), { requestId: String(req.id) });
   });
 
   app.get('/healthz', async () => ({ status: 'ok' }));
