@@ -56,8 +56,8 @@ const SPECS = {
     status: 403,
     when: 'admin call that changes state while the variable `listen.admin.tokenEnv` names (default `FUSEBOX_ADMIN_TOKEN`) is unset or empty',
   },
-  NOT_FOUND: { status: 404, when: 'admin API: no such endpoint, or no such route or breaker (a breaker exists once a call used it)' },
-  INTERNAL: { status: 500, when: 'Fusebox itself failed (a bug; logged with its cause)' },
+  NOT_FOUND: { status: 404, when: 'admin API: no such endpoint, route or breaker (a breaker exists once a call used it), or no pod CA' },
+  INTERNAL: { status: 500, when: 'Fusebox itself failed: a bug (on a proxied call, logged with its cause)' },
 } as const satisfies Record<string, ErrorSpec>;
 
 /** Every code Fusebox answers with: stable, SCREAMING_SNAKE, part of the API (`code` and `x-fusebox-error`). */
