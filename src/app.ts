@@ -7,7 +7,7 @@ import type { Duplex } from 'node:stream';
 import Fastify, { type FastifyInstance } from 'fastify';
 import { pino, type Logger } from 'pino';
 import type { Config } from './config/schema.js';
-import { BadRequestError, HeadersTooLargeError, type ProxyError } from './errors.js';
+import { BadRequestError, HeadersTooLargeError } from './errors.js';
 import { registerAdmin } from './http/admin.js';
 import { registerAdminBreakers } from './http/admin-breakers.js';
 import { refreshBudgetGauges, registerAdminBudgets } from './http/admin-budgets.js';
@@ -22,12 +22,12 @@ import { applySloGauges, zeroSloEventSeries } from './slo/exports.js';
 import { SloRecorder } from './slo/recorder.js';
 import { sloSpecsOf } from './slo/spec.js';
 import { handleConnect } from './http/connect.js';
+import { endWithError } from './http/error-answer.js';
 import { Interceptor } from './http/intercept.js';
 import { createPodCa } from './intercept/setup.js';
 import type { PodCa } from './intercept/ca.js';
 import { configWarnings } from './config/warnings.js';
 import { FORWARD_TARGET, handleProxyRequest, type ForwardRequest, type ProxyState } from './http/proxy.js';
-import { errorBody } from './http/respond.js';
 import { RouteTable } from './http/route-table.js';
 import { buildRoutes, type BuiltRoute, type PipelineDeps } from './pipeline/build.js';
 import { createMetrics, type Metrics } from './telemetry/metrics.js';
@@ -101,14 +101,6 @@ export const createLogger = (level: Config['log']['level']): Logger => {
   );
 };
 
-const rawErrorResponse = (err: ProxyError): string => {
-  const body = JSON.stringify(errorBody(err, { requestId: '-' }));
-  return (
-    `HTTP/1.1 ${err.statusCode} ${err.statusCode === 431 ? 'Request Header Fields Too Large' : 'Bad Request'}\r\n` +
-    `content-type: application/json\r\ncontent-length: ${Buffer.byteLength(body)}\r\nx-fusebox-error: ${err.code}\r\nconnection: close\r\n\r\n${body}`
-  );
-};
-
 /** A CA close to its end is said at startup and once a day after, while there is time to replace it. */
 const watchCaExpiry = (ca: PodCa, warningDays: number, logger: Logger): void => {
   const check = () => {
@@ -173,7 +165,7 @@ export const buildApp = async (config: Config, deps: AppDeps = {}): Promise<Fuse
         ? new HeadersTooLargeError(`request headers are larger than the limit of ${config.limits.maxHeaderBytes} bytes (limits.maxHeaderBytes)`)
         : new BadRequestError(`malformed HTTP request: ${err.code ?? err.message}`);
     metrics.refusals.labels(e.code).inc();
-    socket.end(rawErrorResponse(e));
+    endWithError(socket, e);
   };
   const interceptor = new Interceptor({
     config: config.intercept,

@@ -1,8 +1,8 @@
+import { StoreUnavailableError } from '../errors.js';
 import { MemoryStore } from './memory-store.js';
 import {
   METRICS,
   scopeKey,
-  StoreUnavailableError,
   type Actual,
   type Amounts,
   type BucketIncrement,

@@ -1,5 +1,5 @@
 import type { BudgetsConfig, RouteConfig } from '../config/schema.js';
-import { ProxyError } from '../errors.js';
+import type { BudgetRefusalCode } from '../errors.js';
 import { microUsdFromUsd } from './prices.js';
 import { windowAt, windowEndFromId, type WindowKind } from './windows.js';
 
@@ -103,7 +103,7 @@ export interface Reservation {
   readonly local?: boolean;
 }
 
-export type RefusalReason = 'BUDGET_EXCEEDED' | 'KILLED' | 'CALL_LIMIT';
+export type RefusalReason = BudgetRefusalCode;
 
 /** Why a reserve was refused; amounts in the metric's unit. */
 export interface Refusal {
@@ -225,12 +225,6 @@ export interface StoreCommonOptions {
 
 export const DEFAULT_ALERT_PERCENT = 75;
 export const DEFAULT_RESERVATION_TTL_MS = 660_000;
-
-/** The shared store cannot be reached and the route says `storeUnavailable: closed`. */
-export class StoreUnavailableError extends ProxyError {
-  readonly code = 'BUDGET_STORE_UNAVAILABLE';
-  readonly statusCode = 503;
-}
 
 /** The counters key of a scope window, without the store prefix: `agent:a1:day:2026-11-22`. */
 export const scopeKey = (s: { scope: ScopeRef; window: WindowKind }, windowId: string): string =>

@@ -1,8 +1,8 @@
 import { timingSafeEqual } from 'node:crypto';
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
-import { AdminDisabledError, FrameworkError, NotFoundError, ProxyError, UnauthorizedError } from '../errors.js';
+import { AdminDisabledError, BadRequestError, BodyTooLargeError, InternalError, NotFoundError, ProxyError, UnauthorizedError } from '../errors.js';
 import type { Metrics } from '../telemetry/metrics.js';
-import { errorBody } from './respond.js';
+import { replyError } from './error-answer.js';
 
 export interface AdminDeps {
   metrics: Metrics;
@@ -21,24 +21,29 @@ const sameSecret = (a: string, b: string): boolean => {
 };
 
 /**
+ * An error fastify raised itself (malformed JSON, a body over its limit...) as one of our codes, its own code kept
+ * as `details.fastifyCode`: an admin client reads the same closed list of codes as an agent.
+ */
+const frameworkError = (err: { code?: string; statusCode?: number; message: string }): ProxyError => {
+  const status = err.statusCode ?? 500;
+  const details = err.code !== undefined ? { fastifyCode: err.code } : {};
+  if (status === 404) return new NotFoundError(err.message, details);
+  if (status === 413) return new BodyTooLargeError(err.message, details);
+  if (status >= 400 && status < 500) return new BadRequestError(err.message, details);
+  return new InternalError(err.message, details, { cause: err });
+};
+
+/**
  * The admin listener: read-only endpoints (`/healthz`, `/readyz`, `/metrics`, `GET /admin/*`) are open so kubelet
  * and Prometheus need no secret; anything that changes state needs `Authorization: Bearer <token>`.
  */
 export const registerAdmin = (app: FastifyInstance, deps: AdminDeps): void => {
   app.setErrorHandler((err, req, reply) => {
-    const e =
-      err instanceof ProxyError
-        ? err
-        : new FrameworkError((err as { code?: string }).code ?? 'INTERNAL', (err as { statusCode?: number }).statusCode ?? 500, (err as Error).message);
-    void reply
-      .code(e.statusCode)
-      .header('x-fusebox-error', e.code)
-      .headers(e.headers)
-      .send(errorBody(e, { requestId: String(req.id) }));
+    const e = err instanceof ProxyError ? err : frameworkError(err as { code?: string; statusCode?: number; message: string });
+    void replyError(reply, e, { requestId: String(req.id) });
   });
   app.setNotFoundHandler((req, reply) => {
-    const e = new NotFoundError(`no admin endpoint ${req.method} ${req.url}`);
-    void reply.code(404).header('x-fusebox-error', e.code).send(errorBody(e, { requestId: String(req.id) }));
+    void replyError(reply, new NotFoundError(`no admin endpoint ${req.method} ${req.url}`), { requestId: String(req.id) });
   });
 
   app.get('/healthz', async () => ({ status: 'ok' }));
@@ -62,9 +67,7 @@ export const registerAdmin = (app: FastifyInstance, deps: AdminDeps): void => {
     const auth = req.headers.authorization ?? '';
     const given = auth.startsWith('Bearer ') ? auth.slice(7) : '';
     if (!sameSecret(given, deps.token)) {
-      const e = new UnauthorizedError('missing or wrong admin token (Authorization: Bearer <token>)');
-      e.headers['www-authenticate'] = 'Bearer';
-      throw e;
+      throw new UnauthorizedError('missing or wrong admin token (Authorization: Bearer <token>)', {}, { headers: { 'www-authenticate': 'Bearer' } });
     }
   });
 };

@@ -1,11 +1,11 @@
-import { STATUS_CODES, type IncomingMessage } from 'node:http';
+import type { IncomingMessage } from 'node:http';
 import { connect, type Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
 import type { Logger } from 'pino';
 import { DestinationNotAllowedError, ProxyLoopError, ShuttingDownError, UpstreamConnectError, UpstreamTimeoutError, type ProxyError } from '../errors.js';
 import type { BuiltRoute } from '../pipeline/build.js';
 import type { Metrics } from '../telemetry/metrics.js';
-import { errorBody } from './respond.js';
+import { endWithError } from './error-answer.js';
 import type { ProxyState } from './proxy.js';
 import type { RouteTable } from './route-table.js';
 import type { Interceptor } from './intercept.js';
@@ -23,14 +23,6 @@ export interface ConnectDeps {
 }
 
 
-const refuseTunnel = (socket: Duplex, err: ProxyError): void => {
-  const body = JSON.stringify(errorBody(err, { requestId: '-' }));
-  socket.end(
-    `HTTP/1.1 ${err.statusCode} ${STATUS_CODES[err.statusCode] ?? 'Error'}\r\n` +
-      `content-type: application/json\r\ncontent-length: ${Buffer.byteLength(body)}\r\nx-fusebox-error: ${err.code}\r\nconnection: close\r\n\r\n${body}`,
-  );
-};
-
 /**
  * HTTPS_PROXY mode: `CONNECT host:port`, only to a host and port a route lists. A route in `intercept` mode (the
  * default) has its tunnels served by Fusebox (src/http/intercept.ts): every policy applies to the requests inside.
@@ -41,25 +33,25 @@ export const handleConnect = (req: IncomingMessage, clientSocket: Duplex, head: 
   clientSocket.on('error', () => clientSocket.destroy());
   const target = parseConnectAuthority(req.url ?? '');
   if (!deps.state.accepting) {
-    refuseTunnel(clientSocket, new ShuttingDownError('Fusebox is shutting down'));
+    endWithError(clientSocket, new ShuttingDownError('Fusebox is shutting down'));
     return;
   }
   if (target === undefined) {
     m.tunnels.labels('', '', 'refused').inc();
-    refuseTunnel(clientSocket, new DestinationNotAllowedError('CONNECT needs host:port', { destination: req.url }));
+    endWithError(clientSocket, new DestinationNotAllowedError('CONNECT needs host:port', { destination: req.url }));
     return;
   }
   const destination = `${target.host}:${target.port}`;
   if (isLocalHost(target.host) && deps.state.ownPorts.has(target.port)) {
     m.tunnels.labels('', '', 'refused').inc();
-    refuseTunnel(clientSocket, new ProxyLoopError(`refusing to tunnel to Fusebox's own port ${target.port}`));
+    endWithError(clientSocket, new ProxyLoopError(`refusing to tunnel to Fusebox's own port ${target.port}`));
     return;
   }
   const built = deps.routes.forConnect(target.host, target.port);
   if (built === undefined) {
     m.tunnels.labels('', '', 'refused').inc();
     deps.logger.info({ destination }, 'tunnel refused: destination not allowed');
-    refuseTunnel(
+    endWithError(
       clientSocket,
       new DestinationNotAllowedError(`tunnel to ${destination} is not allowed: no route lists this host and port (match.hosts; a host without a port allows 80 and 443)`, {
         destination,
@@ -90,7 +82,7 @@ const splice = (clientSocket: Duplex, head: Buffer, target: Authority, built: Bu
     m.tunnels.labels(route, 'tunnel', 'connect_failed').inc();
     deps.logger.warn({ route, destination: destination, code: err.code, error: err.message }, 'tunnel connect failed');
     upstream.destroy();
-    refuseTunnel(clientSocket, err);
+    endWithError(clientSocket, err);
   };
   upstream.once('timeout', () => {
     if (!opened) onConnectFailure(new UpstreamTimeoutError(`connecting to ${destination} timed out`, { phase: 'connect', route }));

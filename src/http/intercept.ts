@@ -8,7 +8,7 @@ import { BadRequestError, MisdirectedRequestError, type ProxyError } from '../er
 import { bareHost, normalizeHost, type Authority } from '../net/address.js';
 import type { Metrics } from '../telemetry/metrics.js';
 import { FORWARD_TARGET, type ForwardRequest } from './proxy.js';
-import { sendError } from './respond.js';
+import { sendError } from './error-answer.js';
 
 /** What the interceptor needs of the pod CA (src/intercept/ca.ts). */
 export interface LeafSource {
@@ -194,7 +194,7 @@ export class Interceptor {
     const tunnel = this.tunnelOf.get(req.socket);
     const refuse = (err: ProxyError) => {
       this.deps.metrics.refusals.labels(err.code).inc();
-      sendError(res, err, { requestId: '-' }, true);
+      sendError(res, err, {}, true);
     };
     if (tunnel === undefined) return refuse(new BadRequestError('request on a socket that is not an intercepted tunnel'));
     tunnel.requests += 1;

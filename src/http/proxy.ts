@@ -23,7 +23,8 @@ import { readRequestBody } from './body.js';
 import { isLocalHost, normalizeHost, urlPort } from '../net/address.js';
 import { lingeringClose } from './lingering-close.js';
 import { redactPath, splitRequestHeaders } from './headers.js';
-import { sendError, sendResponse } from './respond.js';
+import { sendError } from './error-answer.js';
+import { sendResponse } from './respond.js';
 import type { RouteTable } from './route-table.js';
 
 /** How a call reached Fusebox: a label on metrics and access-log lines. */

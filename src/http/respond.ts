@@ -1,54 +1,6 @@
-import { STATUS_CODES, type ServerResponse } from 'node:http';
+import type { ServerResponse } from 'node:http';
 import type { Readable } from 'node:stream';
-import type { RouteConfig } from '../config/schema.js';
-import { ProxyError } from '../errors.js';
-import { providerErrorBody } from '../providers/errors.js';
 import type { BodyEnd, BodyObserver, HeaderMap, ProxyResponse } from '../pipeline/types.js';
-
-export interface ErrorScope {
-  requestId: string;
-  route?: string;
-  /** The route's API family: an LLM provider's SDK is answered in that provider's error envelope. */
-  provider?: RouteConfig['provider'];
-}
-
-/** The JSON body of every answer Fusebox makes itself. Details never carry secrets (they are built from config names). */
-export const errorBody = (err: ProxyError, scope: ErrorScope) => ({
-  statusCode: err.statusCode,
-  error: STATUS_CODES[err.statusCode] ?? 'Error',
-  code: err.code,
-  message: err.message,
-  ...(scope.route !== undefined ? { route: scope.route } : {}),
-  requestId: scope.requestId,
-  ...err.details,
-});
-
-/** The body of a Fusebox error as sent: Fusebox's shape, or on an LLM route that provider's envelope around it. */
-const answerBody = (err: ProxyError, scope: ErrorScope): Record<string, unknown> => {
-  const body = errorBody(err, scope);
-  return providerErrorBody(scope.provider, { statusCode: err.statusCode, code: err.code, message: err.message, requestId: scope.requestId, body }) ?? body;
-};
-
-/**
- * Write a Fusebox error as JSON with `x-fusebox-error`, unless the response has already started. With
- * `scope.provider` set, the body is in that provider's error envelope (see providers/errors.ts).
- */
-export const sendError = (res: ServerResponse, err: ProxyError, scope: ErrorScope, closeConnection = false): void => {
-  if (res.headersSent || res.destroyed) {
-    res.destroy();
-    return;
-  }
-  const payload = JSON.stringify(answerBody(err, scope));
-  res.writeHead(err.statusCode, {
-    'content-type': 'application/json; charset=utf-8',
-    'content-length': Buffer.byteLength(payload),
-    'x-fusebox-error': err.code,
-    'x-request-id': scope.requestId,
-    ...err.headers,
-    ...(closeConnection ? { connection: 'close' } : {}),
-  });
-  res.end(payload);
-};
 
 const notify = (observers: BodyObserver[], end: BodyEnd): void => {
   for (const o of observers) {

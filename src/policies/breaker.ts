@@ -1,6 +1,6 @@
 import type { Logger } from 'pino';
 import type { RouteConfig } from '../config/schema.js';
-import { CircuitOpenError, ProxyError } from '../errors.js';
+import { BREAKER_HEADER, CircuitOpenError, ProxyError } from '../errors.js';
 import type { BodyObserver, Layer, ProxyRequest } from '../pipeline/types.js';
 import { mcpToolName } from '../providers/mcp.js';
 import { requestInfo } from '../providers/request.js';
@@ -34,9 +34,6 @@ export interface Breakers {
    */
   wouldAdmit(req: ProxyRequest, at: number): boolean;
 }
-
-/** Response header naming the state of the breaker that answered, when it no longer admits every call. */
-export const BREAKER_HEADER = 'x-fusebox-breaker';
 
 /** What one breaker of a route guards, as configured (`breaker.keyBy`); MCP routes default to one breaker per tool. */
 export const breakerKeyBy = (route: Pick<RouteConfig, 'breaker' | 'provider'>) => route.breaker.keyBy ?? (route.provider === 'mcp' ? 'tool' : 'route');
@@ -106,17 +103,11 @@ export const makeBreakers = (route: RouteConfig, deps: BreakerDeps, fixedKey?: s
     if (!admission.allowed) {
       rejections.inc();
       const { state, retryAfterMs } = admission;
-      const err = new CircuitOpenError(
+      // Forced open (an operator's override) has no probe to wait for: no retryAfterMs, so no Retry-After.
+      throw new CircuitOpenError(
         `the circuit breaker "${key}" of route "${route.name}" is ${state.replace('_', '-')}: the upstream was not called`,
         { breaker: key, state, ...(retryAfterMs !== undefined ? { retryAfterMs } : {}) },
       );
-      // Forced open (an operator's override) has no probe to wait for: no Retry-After.
-      err.headers = {
-        ...(retryAfterMs !== undefined ? { 'retry-after': String(Math.max(1, Math.ceil(retryAfterMs / 1000))) } : {}),
-        'x-should-retry': 'false',
-        [BREAKER_HEADER]: state,
-      };
-      throw err;
     }
     const { permit } = admission;
     const started = deps.now();
@@ -126,7 +117,7 @@ export const makeBreakers = (route: RouteConfig, deps: BreakerDeps, fixedKey?: s
     } catch (err) {
       settlePermit(permit, classifyError(err), deps.now() - started);
       // This attempt opened the breaker: the agent gets the upstream's failure, told the breaker is now open.
-      if (err instanceof ProxyError && breaker.state() === 'open') err.headers = { ...err.headers, [BREAKER_HEADER]: 'open' };
+      if (err instanceof ProxyError && breaker.state() === 'open') throw err.withHeaders({ [BREAKER_HEADER]: 'open' });
       throw err;
     }
     const verdict = verdictOf(res, policy, deps.now());

@@ -4,33 +4,19 @@ import { asksForTokens, estimateRequest, type RequestEstimate } from '../budget/
 import { costMicroUsd, type PriceBook } from '../budget/prices.js';
 import {
   budgetScopes,
-  StoreUnavailableError,
   type AlertCrossing,
   type BudgetStore,
   type Refusal,
   type Reservation,
   type ScopeBudget,
 } from '../budget/store.js';
-import { ProxyError } from '../errors.js';
+import { BudgetRefusedError, ProxyError, StoreUnavailableError } from '../errors.js';
 import { createUsageMeter, DEFAULT_MAX_JSON_BYTES, isEventStream, type UsageMeter } from '../providers/meter.js';
 import { createUsageChunkFilter } from '../providers/openai.js';
 import { withStreamUsage } from '../providers/request.js';
 import type { Usage } from '../providers/usage.js';
 import type { BodyEnd, CallContext, CallSettlement, Layer, ProxyRequest, ProxyResponse } from '../pipeline/types.js';
 import type { PendingWork } from '../pipeline/pending.js';
-
-/** A budget refusal: 402 (not 429, which every SDK retries), never retried by the agent's SDK. */
-export class BudgetRefusedError extends ProxyError {
-  readonly statusCode = 402;
-  constructor(
-    readonly code: 'BUDGET_EXCEEDED' | 'KILLED' | 'CALL_LIMIT',
-    message: string,
-    details: Record<string, unknown>,
-  ) {
-    super(message, details);
-    this.headers['x-should-retry'] = 'false';
-  }
-}
 
 /** Windows resetting within this long get a Retry-After; a day away is not worth an agent's wait. */
 const RETRY_AFTER_HORIZON_MS = 3_600_000;
@@ -39,7 +25,10 @@ const usd = (micros: number) => Math.round(micros) / 1e6;
 const unitOf = (metric: Refusal['metric']) => (metric === 'usdMicros' ? 'usd' : (metric ?? 'usd'));
 const inUnit = (metric: Refusal['metric'], n: number) => (metric === 'usdMicros' ? usd(n) : n);
 
-export const refusalError = (r: Refusal, now: number): BudgetRefusedError => {
+/** A refusal of the store, or of the route's per-request caps (scope `request`, the route's name as id). */
+type RefusalOf = Omit<Refusal, 'scope'> & { readonly scope: { readonly kind: Refusal['scope']['kind'] | 'request'; readonly id: string } };
+
+export const refusalError = (r: RefusalOf, now: number): BudgetRefusedError => {
   const unit = unitOf(r.metric);
   const where = r.scope.kind === 'global' ? 'everything' : `${r.scope.kind} "${r.scope.id}"`;
   const message =
@@ -48,17 +37,16 @@ export const refusalError = (r: Refusal, now: number): BudgetRefusedError => {
       : r.reason === 'CALL_LIMIT'
         ? `${where} reached its limit of ${r.limit} calls`
         : `${where} ${r.window ?? ''} ${unit} budget is spent: limit ${inUnit(r.metric, r.limit)}, spent ${inUnit(r.metric, r.spent)}, held by calls in flight ${inUnit(r.metric, r.reserved)}, this call needs up to ${inUnit(r.metric, r.requested)}`;
-  const err = new BudgetRefusedError(r.reason, message.replace(/\s+/g, ' '), {
+  const details = {
     scope: r.scope.kind,
     scopeId: r.scope.id,
     ...(r.window ? { window: r.window } : {}),
     ...(r.reason !== 'KILLED' ? { unit, limit: inUnit(r.metric, r.limit), spent: inUnit(r.metric, r.spent), reserved: inUnit(r.metric, r.reserved), requested: inUnit(r.metric, r.requested) } : {}),
     resetsAt: r.resetAt === null ? null : new Date(r.resetAt).toISOString(),
-  });
-  if (r.resetAt !== null && r.resetAt - now <= RETRY_AFTER_HORIZON_MS) {
-    err.headers['retry-after'] = String(Math.max(1, Math.ceil((r.resetAt - now) / 1000)));
-  }
-  return err;
+  };
+  const waitMs = r.resetAt === null ? undefined : r.resetAt - now;
+  const retry = waitMs !== undefined && waitMs <= RETRY_AFTER_HORIZON_MS ? { afterMs: waitMs } : {};
+  return new BudgetRefusedError(r.reason, message.replace(/\s+/g, ' '), details, { retry });
 };
 
 export interface BudgetLayerDeps {
@@ -133,8 +121,7 @@ export const budgetLayer = (route: RouteConfig, deps: BudgetLayerDeps): Layer =>
     }
 
     const refuseRequest = (metric: 'usdMicros' | 'tokens', limit: number, requested: number) => {
-      const err = refusalError({ reason: 'BUDGET_EXCEEDED', scope: { kind: 'request' as never, id: route.name }, metric, limit, spent: 0, reserved: 0, requested, resetAt: null }, now());
-      err.details.scope = 'request';
+      const err = refusalError({ reason: 'BUDGET_EXCEEDED', scope: { kind: 'request', id: route.name }, metric, limit, spent: 0, reserved: 0, requested, resetAt: null }, now());
       events.refused(route.name, { scopeKind: 'request', reason: 'BUDGET_EXCEEDED' }, ctx, err);
       throw err;
     };

@@ -84,7 +84,7 @@ export type Admission =
   | { readonly allowed: true; readonly permit: BreakerPermit }
   | {
       readonly allowed: false;
-      readonly state: BreakerState;
+      readonly state: Extract<BreakerState, 'open' | 'half_open' | 'forced_open'>;
       /**
        * A hint for Retry-After: when a probe may be admitted. Undefined when forced open: an operator's override is
        * never probed, so no wait would end it.

@@ -3,6 +3,7 @@ import {
   CircuitOpenError,
   ClientClosedError,
   FallbackExhaustedError,
+  type ErrorCode,
   ProxyError,
   UpstreamConnectError,
   UpstreamError,
@@ -46,7 +47,7 @@ export interface FallbackAttempt {
   /** The upstream status, for a step that answered. */
   status?: number;
   /** The Fusebox error code, for a step that threw (UPSTREAM_CONNECT_FAILED, CIRCUIT_OPEN...). */
-  code?: string;
+  code?: ErrorCode;
 }
 
 export interface FallbackDeps {
@@ -88,7 +89,7 @@ export const fallbackLayer = (route: RouteConfig, steps: readonly FallbackStepHa
   return (next) => async (req, ctx) => {
     const attempts: FallbackAttempt[] = [];
     let reason: FallbackReason;
-    let retryAfter: string | undefined;
+    let retryAfterMs: number | undefined;
     // A streamed body can be sent once. Only a breaker refusal is sure to have left it unread.
     let bodyUsed = true;
     // SLO `degrade`: the route's error budget is burning, so the chain starts at a later (cheaper) step.
@@ -110,7 +111,7 @@ export const fallbackLayer = (route: RouteConfig, steps: readonly FallbackStepHa
       const open = err instanceof CircuitOpenError;
       reason = open ? 'circuit_open' : 'retries_exhausted';
       if (open) {
-        retryAfter = err.headers['retry-after'];
+        retryAfterMs = err.retry.afterMs;
         bodyUsed = false;
       }
       attempts.push({ step: 'primary', outcome: open ? 'circuit_open' : 'error', code: err.code });
@@ -156,12 +157,12 @@ export const fallbackLayer = (route: RouteConfig, steps: readonly FallbackStepHa
     }
 
     ctx.log.warn({ reason, attempts }, 'fallback exhausted');
-    const err = new FallbackExhaustedError(
+    // The primary's breaker said when it lets a probe through: the chain's answer says so too.
+    throw new FallbackExhaustedError(
       `route "${route.name}": the primary failed (${reason.replaceAll('_', ' ')}) and so did every fallback step`,
       { reason, attempts },
+      retryAfterMs !== undefined ? { retry: { afterMs: retryAfterMs } } : {},
     );
-    err.headers = { 'x-should-retry': 'false', ...(retryAfter !== undefined ? { 'retry-after': retryAfter } : {}) };
-    throw err;
   };
 };
 

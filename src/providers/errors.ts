@@ -1,4 +1,5 @@
 import type { RouteConfig } from '../config/schema.js';
+import type { ErrorCode } from '../errors.js';
 
 /*
  * Fusebox's own answers in the provider's error envelope. The OpenAI and Anthropic SDKs build `err.message`
@@ -20,7 +21,7 @@ import type { RouteConfig } from '../config/schema.js';
 /** What the envelope is built from: the refusal's status, code and message, and Fusebox's own body for it. */
 export interface FuseboxAnswer {
   readonly statusCode: number;
-  readonly code: string;
+  readonly code: ErrorCode;
   readonly message: string;
   readonly requestId: string;
   /** Fusebox's own shape of the answer (`errorBody`), carried whole as `error.fusebox`. */
@@ -49,9 +50,9 @@ const ANTHROPIC_TYPES: ReadonlyMap<number, string> = new Map([
 ]);
 
 /** 503s that are a broken setup rather than a reason to back off. */
-const NOT_OVERLOAD = new Set(['CREDENTIAL_MISSING', 'BUDGET_STORE_UNAVAILABLE']);
+const NOT_OVERLOAD: ReadonlySet<ErrorCode> = new Set(['CREDENTIAL_MISSING', 'BUDGET_STORE_UNAVAILABLE']);
 
-const anthropicType = (status: number, code: string): string =>
+const anthropicType = (status: number, code: ErrorCode): string =>
   (NOT_OVERLOAD.has(code) ? undefined : ANTHROPIC_TYPES.get(status)) ?? (status < 500 ? 'invalid_request_error' : 'api_error');
 
 /** The answer in `provider`'s error envelope; undefined for routes whose SDKs have none (mcp, none): Fusebox's shape stays. */

@@ -1,6 +1,17 @@
 import { Redis, type RedisOptions } from 'ioredis';
 import { bucketKey, dayBucketPattern, routeOfBucketKey, writerKey, type BucketFields, type BucketRef } from './buckets.js';
-import { CounterStoreUnavailableError } from './errors.js';
+
+/**
+ * The SLO counter store could not be reached (or did not answer in time). Never reaches an agent: the recorder keeps
+ * its counts and the evaluator its last verdict, and `fusebox gate` says it could not judge.
+ */
+export class CounterStoreUnavailableError extends Error {
+  readonly code = 'SLO_STORE_UNAVAILABLE';
+  constructor(message: string, options?: ErrorOptions) {
+    super(message, options);
+    this.name = 'CounterStoreUnavailableError';
+  }
+}
 
 /** Counts to add to one bucket, and how long the bucket lives from now. */
 export interface BucketWrite {

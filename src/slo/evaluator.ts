@@ -1,6 +1,6 @@
+import { SloBudgetExhaustedError, SloThrottledError } from '../errors.js';
 import { assessSlo, SLO_KINDS, type SloAssessment, type SloKind } from './burn.js';
 import type { CounterStore } from './counter-store.js';
-import { SloBudgetExhaustedError, SloThrottledError } from './errors.js';
 import { objectiveOf, type SloRouteSpec } from './spec.js';
 import { TokenBucket } from './token-bucket.js';
 import { BucketCache, readSloWindows } from './windows.js';

@@ -1,4 +1,4 @@
-import { CircuitOpenError, ProxyError } from '../errors.js';
+import { CircuitOpenError, ProxyError, type ErrorCode } from '../errors.js';
 import type { BodyEnd, Layer } from '../pipeline/types.js';
 import { classifyError } from '../upstream/classify.js';
 import type { SloEvaluator } from './evaluator.js';
@@ -13,12 +13,12 @@ import type { SloEvent, SloRecorder } from './recorder.js';
 export type SloOutcome = 'good' | 'bad' | 'skip' | 'refused';
 
 /** Codes of Fusebox errors that report an upstream failure rather than a decision of Fusebox's own. */
-export const UPSTREAM_FAILURE_CODES: ReadonlySet<string> = new Set(['CIRCUIT_OPEN']);
+export const UPSTREAM_FAILURE_CODES: ReadonlySet<ErrorCode> = new Set(['CIRCUIT_OPEN']);
 
 export const sloOutcomeOfStatus = (statusCode: number): SloOutcome =>
   statusCode >= 500 || statusCode === 429 ? 'bad' : statusCode >= 400 ? 'skip' : 'good';
 
-export const sloOutcomeOfError = (err: unknown, upstreamFailureCodes: ReadonlySet<string> = UPSTREAM_FAILURE_CODES): SloOutcome => {
+export const sloOutcomeOfError = (err: unknown, upstreamFailureCodes: ReadonlySet<ErrorCode> = UPSTREAM_FAILURE_CODES): SloOutcome => {
   // A breaker an operator forced open says nothing about the upstream: a refusal, like a kill switch.
   if (err instanceof CircuitOpenError && err.forced) return 'refused';
   if (err instanceof ProxyError && (err.code.startsWith('UPSTREAM_') || upstreamFailureCodes.has(err.code))) return 'bad';
@@ -38,7 +38,7 @@ export interface SloLayerDeps {
   recorder: Pick<SloRecorder, 'record'>;
   evaluator: Pick<SloEvaluator, 'admit'>;
   now: () => number;
-  upstreamFailureCodes?: ReadonlySet<string>;
+  upstreamFailureCodes?: ReadonlySet<ErrorCode>;
 }
 
 /**

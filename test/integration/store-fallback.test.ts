@@ -1,7 +1,8 @@
 import { afterEach, describe, expect, it } from 'vitest';
 import { LocalFallbackStore, type FallbackEvent, type JournalEntry } from '../../src/budget/local-fallback-store.js';
 import { RedisStore } from '../../src/budget/redis-store.js';
-import { StoreUnavailableError, type BudgetStore, type Reservation, type ScopeBudget } from '../../src/budget/store.js';
+import type { BudgetStore, Reservation, ScopeBudget } from '../../src/budget/store.js';
+import { StoreUnavailableError } from '../../src/errors.js';
 import { startRedis, type TestRedis } from '../helpers/redis.js';
 
 const usd = (n: number) => Math.round(n * 1_000_000);

@@ -214,8 +214,9 @@ describe('classifyError: Fusebox errors', () => {
 
   it('a client that went away (ClientClosedError) is an abort: fatal, no breaker verdict', () => {
     class ClientClosedError extends ProxyError {
-      readonly code = 'CLIENT_CLOSED';
-      readonly statusCode = 499;
+      constructor(message: string) {
+        super('CLIENT_CLOSED', message);
+      }
     }
     expect(classifyError(new ClientClosedError('gone'))).toEqual(v('fatal', false, 'aborted'));
   });

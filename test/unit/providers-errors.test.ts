@@ -1,7 +1,8 @@
 import { describe, expect, it } from 'vitest';
+import type { ErrorCode } from '../../src/errors.js';
 import { providerErrorBody, type FuseboxAnswer } from '../../src/providers/errors.js';
 
-const answer = (statusCode: number, code: string): FuseboxAnswer => ({
+const answer = (statusCode: number, code: ErrorCode): FuseboxAnswer => ({
   statusCode,
   code,
   message: `why ${code}`,
@@ -9,8 +10,8 @@ const answer = (statusCode: number, code: string): FuseboxAnswer => ({
   body: { statusCode, code, message: `why ${code}`, requestId: 'r1', route: 'chat' },
 });
 
-const openaiType = (status: number, code: string) => (providerErrorBody('openai', answer(status, code)) as { error: { type: string } }).error.type;
-const anthropicType = (status: number, code: string) => (providerErrorBody('anthropic', answer(status, code)) as { error: { type: string } }).error.type;
+const openaiType = (status: number, code: ErrorCode) => (providerErrorBody('openai', answer(status, code)) as { error: { type: string } }).error.type;
+const anthropicType = (status: number, code: ErrorCode) => (providerErrorBody('anthropic', answer(status, code)) as { error: { type: string } }).error.type;
 
 describe('providerErrorBody', () => {
   it('writes the OpenAI envelope with Fusebox’s code in error.code and its whole body in error.fusebox', () => {

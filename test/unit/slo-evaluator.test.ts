@@ -1,8 +1,8 @@
 import { describe, expect, it } from 'vitest';
 import { SloSchema } from '../../src/config/schema.js';
+import { SloBudgetExhaustedError, SloThrottledError } from '../../src/errors.js';
 import { DAY_MS, MINUTE_MS, type BucketFields, type BucketRef } from '../../src/slo/buckets.js';
-import { MemoryCounterStore, type CounterBatch, type CounterStore } from '../../src/slo/counter-store.js';
-import { CounterStoreUnavailableError, SloBudgetExhaustedError, SloThrottledError } from '../../src/slo/errors.js';
+import { CounterStoreUnavailableError, MemoryCounterStore, type CounterBatch, type CounterStore } from '../../src/slo/counter-store.js';
 import { SloEvaluator } from '../../src/slo/evaluator.js';
 import { applySloGauges, sloStatusJson, zeroSloEventSeries } from '../../src/slo/exports.js';
 import { SloRecorder } from '../../src/slo/recorder.js';

@@ -21,12 +21,14 @@ import { sloSpecsOf } from '../../src/slo/spec.js';
 const T = Date.UTC(2025, 0, 15, 12, 30, 30);
 
 class CircuitOpenError extends ProxyError {
-  readonly code = 'CIRCUIT_OPEN';
-  readonly statusCode = 503;
+  constructor(message: string) {
+    super('CIRCUIT_OPEN', message);
+  }
 }
 class BudgetExceededError extends ProxyError {
-  readonly code = 'BUDGET_EXCEEDED';
-  readonly statusCode = 402;
+  constructor(message: string) {
+    super('BUDGET_EXCEEDED', message);
+  }
 }
 
 const routeOf = (slo: Record<string, unknown>, extra: Record<string, unknown> = {}): RouteConfig =>

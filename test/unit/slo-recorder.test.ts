@@ -1,8 +1,7 @@
 import { afterEach, describe, expect, it, vi } from 'vitest';
 import { SloSchema } from '../../src/config/schema.js';
 import { minuteIndex, type BucketFields, type BucketRef } from '../../src/slo/buckets.js';
-import { MemoryCounterStore, type CounterBatch, type CounterStore } from '../../src/slo/counter-store.js';
-import { CounterStoreUnavailableError } from '../../src/slo/errors.js';
+import { CounterStoreUnavailableError, MemoryCounterStore, type CounterBatch, type CounterStore } from '../../src/slo/counter-store.js';
 import { SloRecorder } from '../../src/slo/recorder.js';
 import { sloSpecOf } from '../../src/slo/spec.js';
 
