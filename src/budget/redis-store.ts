@@ -17,8 +17,6 @@ import {
   type Actual,
   type AlertCrossing,
   type Amounts,
-  type BucketIncrement,
-  type BucketValues,
   type BudgetStore,
   type CommitResult,
   type Kill,
@@ -225,26 +223,6 @@ export class RedisStore implements BudgetStore {
     return (await this.client.hdel(`${this.prefix}kills`, killField(target))) > 0;
   }
 
-  async incrBuckets(entries: readonly BucketIncrement[]): Promise<void> {
-    if (entries.length === 0) return;
-    const p = this.client.pipeline();
-    for (const e of entries) {
-      if (!Number.isSafeInteger(e.by)) throw new TypeError(`bucket increment must be an integer, got ${e.by}`);
-      const key = `${this.prefix}b:${e.key}`;
-      p.hincrby(key, e.field ?? 'n', e.by);
-      p.pexpire(key, e.ttlMs);
-    }
-    await failOnAny(await p.exec());
-  }
-
-  async readBuckets(keys: readonly string[]): Promise<BucketValues[]> {
-    if (keys.length === 0) return [];
-    const p = this.client.pipeline();
-    for (const k of keys) p.hgetall(`${this.prefix}b:${k}`);
-    const results = await failOnAny(await p.exec());
-    return results.map((r) => Object.fromEntries(Object.entries((r ?? {}) as Record<string, string>).map(([f, v]) => [f, Number(v)])));
-  }
-
   /** True while connected and ready. */
   available(): boolean {
     return this.client.status === 'ready';
@@ -323,10 +301,4 @@ const parseKillValue = (value: string): { reason: string; at: number } => {
     // Someone set the kill by hand with redis-cli; the kill itself stands.
     return { reason: value, at: 0 };
   }
-};
-
-const failOnAny = async (results: [Error | null, unknown][] | null): Promise<unknown[]> => {
-  if (!results) throw new Error('Redis pipeline was not executed');
-  for (const [err] of results) if (err) throw err;
-  return results.map(([, v]) => v);
 };
