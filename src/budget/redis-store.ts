@@ -1,5 +1,6 @@
 import { randomUUID } from 'node:crypto';
-import { Redis } from 'ioredis';
+import type { Redis } from 'ioredis';
+import type { RedisConnection } from '../store/redis-connection.js';
 import { COMMIT_LUA, RELEASE_LUA, RESERVE_LUA, SNAPSHOT_LUA } from './redis-scripts.js';
 import {
   assertAmounts,
@@ -33,14 +34,8 @@ import {
 import { windowEndFromId } from './windows.js';
 
 export interface RedisStoreOptions extends StoreCommonOptions {
-  /** Redis URL (config `store.url`). Ignored when `client` is given. */
-  url?: string;
-  /** A client to use instead of one made from `url` (it is not closed by close()). */
-  client?: Redis;
-  /** Prefix of every key, used as the hash tag `{prefix}` (config `store.keyPrefix`). Default `fusebox`. */
-  keyPrefix?: string;
-  /** Per-command timeout, ms (config `store.timeoutMs`). Default 250. */
-  timeoutMs?: number;
+  /** The process's Redis connection (its key prefix names every key); RedisStore never closes it. */
+  redis: RedisConnection;
   /**
    * How long a settled reservation (or replayed journal entry) id is remembered against double charging, ms.
    * Default 600000. It only has to outlive a retry of the same commit: a journal replay after a reply was lost
@@ -48,8 +43,6 @@ export interface RedisStoreOptions extends StoreCommonOptions {
    * 86 M keys per sidecar at 1,000 req/s; ten minutes costs 600 k at that rate, 30 k at a realistic 50 req/s.
    */
   settledTtlMs?: number;
-  /** Connection errors (the client reconnects by itself); log them. Without it they are dropped. */
-  onError?: (err: Error) => void;
 }
 
 /** Calendar windows are kept this long after they end so "yesterday" can still be read and late commits land. */
@@ -71,8 +64,8 @@ const capsArray = (s: ScopeBudget) => METRICS.flatMap((m) => (s.caps[m] === unde
  * (LocalFallbackStore) decides what a failure means.
  */
 export class RedisStore implements BudgetStore {
-  readonly client: Redis;
-  private readonly ownsClient: boolean;
+  private readonly redis: RedisConnection;
+  private readonly client: Redis;
   private readonly prefix: string;
   private readonly now: () => number;
   private readonly alertPercent: number;
@@ -86,26 +79,9 @@ export class RedisStore implements BudgetStore {
     this.reservationTtlMs = opts.reservationTtlMs ?? DEFAULT_RESERVATION_TTL_MS;
     this.settledTtlMs = opts.settledTtlMs ?? 600_000;
     this.newId = opts.newId ?? randomUUID;
-    this.prefix = `{${opts.keyPrefix ?? 'fusebox'}}:`;
-    if (opts.client) {
-      this.client = opts.client;
-      this.ownsClient = false;
-    } else {
-      if (!opts.url) throw new TypeError('RedisStore needs `url` or `client`');
-      const timeoutMs = opts.timeoutMs ?? 250;
-      this.client = new Redis(opts.url, {
-        commandTimeout: timeoutMs,
-        connectTimeout: Math.max(1_000, timeoutMs * 4),
-        maxRetriesPerRequest: 1,
-        enableOfflineQueue: false,
-        autoResendUnfulfilledCommands: false,
-        // Reconnect soon after an outage; the cap keeps a dead Redis from being hammered.
-        retryStrategy: (times) => Math.min(50 * 2 ** times, 1_000),
-      });
-      this.ownsClient = true;
-    }
-    // ioredis prints unhandled 'error' events itself; route them to the caller's log instead.
-    this.client.on('error', (err: Error) => opts.onError?.(err));
+    this.redis = opts.redis;
+    this.client = opts.redis.client;
+    this.prefix = `{${opts.redis.keyPrefix}}:`;
     for (const [name, lua] of Object.entries(SCRIPTS)) this.client.defineCommand(name, { lua });
   }
 
@@ -225,38 +201,21 @@ export class RedisStore implements BudgetStore {
 
   /** True while connected and ready. */
   available(): boolean {
-    return this.client.status === 'ready';
+    return this.redis.available();
   }
 
   /** Calls `listener` every time the connection becomes ready (again). */
   onReady(listener: () => void): void {
-    this.client.on('ready', listener);
+    this.redis.onReady(listener);
   }
 
-  /** Resolves once connected, or rejects after `timeoutMs`. */
+  /** Resolves once connected; rejects after `timeoutMs`. */
   waitReady(timeoutMs: number): Promise<void> {
-    if (this.available()) return Promise.resolve();
-    return new Promise((resolve, reject) => {
-      const timer = setTimeout(() => {
-        this.client.off('ready', ready);
-        reject(new Error(`Redis not ready after ${timeoutMs} ms`));
-      }, timeoutMs);
-      const ready = () => {
-        clearTimeout(timer);
-        resolve();
-      };
-      this.client.once('ready', ready);
-    });
+    return this.redis.ready(timeoutMs);
   }
 
-  async close(): Promise<void> {
-    if (!this.ownsClient) return;
-    if (this.client.status === 'ready') {
-      await this.client.quit().catch(() => this.client.disconnect());
-    } else {
-      this.client.disconnect();
-    }
-  }
+  /** Nothing to do: the connection belongs to whoever made it. */
+  async close(): Promise<void> {}
 
   private windowKeys(scopes: readonly ReservedScope[]): string[] {
     return scopes.flatMap((s) => {

@@ -1,4 +1,5 @@
-import { Redis, type RedisOptions } from 'ioredis';
+import type { Redis } from 'ioredis';
+import type { RedisConnection } from '../store/redis-connection.js';
 import { bucketKey, writerKey, type BucketFields, type BucketRef } from './buckets.js';
 import { CounterStoreUnavailableError } from './errors.js';
 
@@ -119,85 +120,28 @@ return applied
 
 type ApplyCommand = (numKeys: number, ...args: Array<string | number>) => Promise<number>;
 
-export interface RedisCounterStoreOptions {
-  /** A `redis://` or `rediss://` URL; ignored when `client` is given. */
-  url?: string;
-  /** Share an existing client (the budget store's); it is not closed by `close()`. */
-  client?: Redis;
-  keyPrefix?: string;
-  /** Per-command timeout, ms (config `store.timeoutMs`). */
-  timeoutMs: number;
-  /** Reconnect after a lost connection (the sidecar: yes; a one-shot CLI: no). Default true. */
-  reconnect?: boolean;
-}
-
 /**
- * Counters in Redis, shared by a fleet. Fails fast: no offline queue, no per-command retries, a command timeout,
- * so a flush or a read against a down Redis rejects at once and the caller keeps its counts.
+ * Counters in Redis, shared by a fleet. Fails fast (see RedisConnection): a flush or a read against a down Redis
+ * rejects at once and the caller keeps its counts. The connection (and its key prefix) belongs to the caller, who
+ * closes it.
  */
 export class RedisCounterStore implements CounterStore {
-  readonly client: Redis;
-  private readonly ownsClient: boolean;
+  private readonly client: Redis;
   private readonly prefix: string;
-  private lastError: Error | undefined;
 
-  constructor(opts: RedisCounterStoreOptions) {
-    this.prefix = opts.keyPrefix ?? 'fusebox';
-    if (opts.client) {
-      this.client = opts.client;
-      this.ownsClient = false;
-    } else {
-      if (!opts.url) throw new Error('RedisCounterStore needs a url or a client');
-      const options: RedisOptions = {
-        lazyConnect: true,
-        enableOfflineQueue: false,
-        maxRetriesPerRequest: 0,
-        commandTimeout: opts.timeoutMs,
-        connectTimeout: Math.max(opts.timeoutMs, 1000),
-        retryStrategy: opts.reconnect === false ? () => null : (times: number) => Math.min(100 * 2 ** times, 5000),
-      };
-      this.client = new Redis(opts.url, options);
-      this.ownsClient = true;
-      // Without a listener ioredis prints every failed reconnect; callers see failures as rejected commands.
-      this.client.on('error', (err: Error) => {
-        this.lastError = err;
-      });
-      this.client.connect().catch((err: unknown) => {
-        this.lastError = err as Error;
-      });
-    }
+  constructor(readonly redis: RedisConnection) {
+    this.client = redis.client;
+    this.prefix = redis.keyPrefix;
     this.client.defineCommand('fuseboxSloApply', { lua: APPLY_LUA });
   }
 
-  /** Resolves once connected; rejects with CounterStoreUnavailableError when the connection fails (a CLI's first step). */
-  async ready(): Promise<void> {
-    if (this.client.status === 'ready') return;
-    await new Promise<void>((resolve, reject) => {
-      const cleanup = () => {
-        this.client.off('ready', onReady);
-        this.client.off('end', onEnd);
-        this.client.off('error', onError);
-      };
-      const onReady = () => {
-        cleanup();
-        resolve();
-      };
-      const onEnd = () => {
-        cleanup();
-        reject(this.unavailable(this.lastError ?? new Error('connection closed')));
-      };
-      const onError = (err: Error) => {
-        // With reconnects off, the error is followed by `end`; with reconnects on, one failed attempt is enough to say so.
-        cleanup();
-        reject(this.unavailable(err));
-      };
-      this.client.once('ready', onReady);
-      this.client.once('end', onEnd);
-      this.client.once('error', onError);
-      if (this.client.status === 'end' || this.client.status === 'wait') {
-        this.client.connect().catch(() => undefined);
-      }
-    });
+  /** Resolves once connected; rejects with CounterStoreUnavailableError when the connection fails or `timeoutMs` passes (a CLI's first step). */
+  async ready(timeoutMs: number): Promise<void> {
+    try {
+      await this.redis.ready(timeoutMs);
+    } catch (err) {
+      throw this.unavailable(err);
+    }
   }
 
   async write(writerId: string, batches: readonly CounterBatch[]): Promise<void> {
@@ -247,14 +191,8 @@ export class RedisCounterStore implements CounterStore {
     });
   }
 
-  async close(): Promise<void> {
-    if (!this.ownsClient) return;
-    if (this.client.status === 'ready') {
-      await this.client.quit().catch(() => this.client.disconnect());
-    } else {
-      this.client.disconnect();
-    }
-  }
+  /** Nothing to do: the connection belongs to whoever made it. */
+  async close(): Promise<void> {}
 
   private unavailable(err: unknown): CounterStoreUnavailableError {
     const reason = err instanceof Error ? err.message : String(err);

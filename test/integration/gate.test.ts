@@ -6,6 +6,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { runGate } from '../../src/cli/gate.js';
 import { DAY_MS, HOUR_MS, MINUTE_MS } from '../../src/slo/buckets.js';
 import { RedisCounterStore } from '../../src/slo/counter-store.js';
+import { RedisConnection } from '../../src/store/redis-connection.js';
 import type { SloEvent } from '../../src/slo/recorder.js';
 import { startRedis, type TestRedis } from '../helpers/redis.js';
 import { runCaptured } from '../helpers/cli.js';
@@ -20,13 +21,13 @@ let dir: string;
 
 beforeAll(async () => {
   redis = await startRedis();
-  seeder = new RedisCounterStore({ url: redis.url, keyPrefix: 'gate', timeoutMs: 1000 });
-  await seeder.ready();
+  seeder = new RedisCounterStore(new RedisConnection({ url: redis.url, keyPrefix: 'gate', timeoutMs: 1000 }));
+  await seeder.ready(2_000);
   route = sloRoutes(seeder);
   dir = mkdtempSync(join(tmpdir(), 'fusebox-gate-'));
 });
 afterAll(async () => {
-  await seeder?.close();
+  await seeder?.redis.close();
   await redis?.stop();
   if (dir) rmSync(dir, { recursive: true, force: true });
 });

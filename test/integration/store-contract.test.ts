@@ -3,6 +3,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { LocalFallbackStore } from '../../src/budget/local-fallback-store.js';
 import { MemoryStore } from '../../src/budget/memory-store.js';
 import { RedisStore } from '../../src/budget/redis-store.js';
+import { RedisConnection } from '../../src/store/redis-connection.js';
 import type { Actual, BudgetStore, Estimate, Reservation, ScopeBudget } from '../../src/budget/store.js';
 import { startRedis, type TestRedis } from '../helpers/redis.js';
 import { seeded } from '../helpers/pipeline.js';
@@ -380,12 +381,17 @@ let prefixes = 0;
 beforeAll(async () => {
   redis = await startRedis();
 });
+const connections: RedisConnection[] = [];
 afterAll(async () => {
+  await Promise.all(connections.map((c) => c.close()));
   await redis?.stop();
 });
 
-const redisStore = async (now: () => number, keyPrefix: string, extra: Partial<ConstructorParameters<typeof RedisStore>[0]> = {}) => {
-  const store = new RedisStore({ url: redis.url, keyPrefix, now, ...extra });
+/** A RedisStore on its own connection, as each sidecar has one; the connections are closed after all tests. */
+const redisStore = async (now: () => number, keyPrefix: string) => {
+  const connection = new RedisConnection({ url: redis.url, keyPrefix });
+  connections.push(connection);
+  const store = new RedisStore({ redis: connection, now });
   await store.waitReady(2_000);
   return store;
 };
