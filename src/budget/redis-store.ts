@@ -1,7 +1,8 @@
 import { randomUUID } from 'node:crypto';
 import type { Redis } from 'ioredis';
 import type { RedisConnection } from '../store/redis-connection.js';
-import { COMMIT_LUA, RELEASE_LUA, RESERVE_LUA, SNAPSHOT_LUA } from './redis-scripts.js';
+import { RedisReplyError, type RedisScript } from '../store/redis-script.js';
+import { COMMIT, RELEASE, RESERVE, SNAPSHOT, type CrossingReply } from './redis-scripts.js';
 import {
   assertAmounts,
   DEFAULT_ALERT_PERCENT,
@@ -47,20 +48,16 @@ export interface RedisStoreOptions extends StoreCommonOptions {
 
 /** Calendar windows are kept this long after they end so "yesterday" can still be read and late commits land. */
 const CALENDAR_GRACE_MS = 2 * 86_400_000;
-const SCRIPTS = { fuseboxReserve: RESERVE_LUA, fuseboxCommit: COMMIT_LUA, fuseboxRelease: RELEASE_LUA, fuseboxSnapshot: SNAPSHOT_LUA };
-type ScriptName = keyof typeof SCRIPTS;
-type ScriptFn = (numKeys: number, ...args: string[]) => Promise<unknown>;
 
 const metricIndex = (m: Metric) => METRICS.indexOf(m) + 1;
-const metricAt = (i: number): Metric => METRICS[i - 1] ?? 'usdMicros';
 const amountsArray = (a: Amounts) => METRICS.map((m) => a[m]);
 const capsArray = (s: ScopeBudget) => METRICS.flatMap((m) => (s.caps[m] === undefined ? [] : [[metricIndex(m), s.caps[m]]]));
 
 /**
  * The fleet's store: every sidecar reserves against the same Redis with one atomic Lua script per
  * operation (see redis-scripts.ts for the data layout and the invariant). Keys carry their window
- * (`{fusebox}:agent:a1:day:2026-11-22`) and expire after it. Commands fail fast when Redis is away (no
- * offline queue, short timeout, no resend after reconnect, which could apply a script twice); the caller
+ * (`{fusebox}:agent:a1:day:2026-11-22`) and expire after it. Commands fail fast when Redis is away (see
+ * RedisConnection), and a reply of the wrong shape rejects with a RedisReplyError; the caller
  * (LocalFallbackStore) decides what a failure means.
  */
 export class RedisStore implements BudgetStore {
@@ -82,7 +79,6 @@ export class RedisStore implements BudgetStore {
     this.redis = opts.redis;
     this.client = opts.redis.client;
     this.prefix = `{${opts.redis.keyPrefix}}:`;
-    for (const [name, lua] of Object.entries(SCRIPTS)) this.client.defineCommand(name, { lua });
   }
 
   async reserve(req: ReserveRequest): Promise<ReserveResult> {
@@ -96,7 +92,7 @@ export class RedisStore implements BudgetStore {
       estimate: { usdMicros: req.estimate.usdMicros, tokens: req.estimate.tokens, calls: req.estimate.calls },
       expiresAt: now + ttlMs,
     };
-    const reply = (await this.run('fuseboxReserve', [`${this.prefix}kills`, ...this.windowKeys(scopes)], {
+    const r = await this.run(RESERVE, [`${this.prefix}kills`, ...this.windowKeys(scopes)], {
       now,
       m: member(reservation),
       exp: reservation.expiresAt,
@@ -104,36 +100,31 @@ export class RedisStore implements BudgetStore {
       alert: this.alertPercent,
       kill: killFieldsFor(scopes),
       win: scopes.map((s) => ({ caps: capsArray(s), idle: s.idleTtlMs ?? 0, gc: this.gcMs(s, now, ttlMs) })),
-    })) as (number | string)[];
-    if (reply[0] === 1) {
-      const n = scopes.length * 3;
-      const v = reply.slice(1, 1 + n).map(Number);
-      const used = scopes.map((_, i) => ({ usdMicros: v[i * 3] ?? 0, tokens: v[i * 3 + 1] ?? 0, calls: v[i * 3 + 2] ?? 0 }));
-      return { ok: true, reservation, used, crossed: this.crossings(scopes, reply.slice(1 + n)) };
+    });
+    if (r.admitted) {
+      if (r.used.length !== scopes.length) throw new RedisReplyError(RESERVE.name, `${r.used.length} windows used for ${scopes.length} given`);
+      return { ok: true, reservation, used: r.used, crossed: this.crossings(RESERVE.name, scopes, r.crossed) };
     }
-    if (reply[1] === 'KILLED') {
-      const kill = parseKillValue(String(reply[3]));
+    if (r.refusal === 'KILLED') {
+      const kill = parseKillValue(r.killValue);
       return {
         ok: false,
-        refusal: { reason: 'KILLED', scope: refusalScopeOfKill(String(reply[2])), limit: 0, spent: 0, reserved: 0, requested: 0, resetAt: null, killReason: kill.reason },
+        refusal: { reason: 'KILLED', scope: refusalScopeOfKill(r.killField), limit: 0, spent: 0, reserved: 0, requested: 0, resetAt: null, killReason: kill.reason },
       };
     }
-    const [, , w, m, limit, spent, held, seen] = reply;
-    const s = scopes[Number(w) - 1];
-    if (!s) throw new Error(`budget reserve script answered an unknown window ${String(w)}`);
-    const metric = metricAt(Number(m));
+    const s = scopeAt(RESERVE.name, scopes, r.window);
     return {
       ok: false,
       refusal: {
-        reason: refusalReasonFor(metric),
+        reason: refusalReasonFor(r.metric),
         scope: s.scope,
         window: s.window,
-        metric,
-        limit: Number(limit),
-        spent: Number(spent),
-        reserved: Number(held),
-        requested: reservation.estimate[metric],
-        resetAt: resetTimeOf(s, s.windowId, seen === '' || seen === undefined ? null : Number(seen)),
+        metric: r.metric,
+        limit: r.limit,
+        spent: r.spent,
+        reserved: r.reserved,
+        requested: reservation.estimate[r.metric],
+        resetAt: resetTimeOf(s, s.windowId, r.lastSeen),
       },
     };
   }
@@ -142,7 +133,7 @@ export class RedisStore implements BudgetStore {
     assertAmounts('actual', actual);
     const now = this.now();
     const holdLeftMs = Math.max(0, reservation.expiresAt - now);
-    const reply = (await this.run('fuseboxCommit', [`${this.prefix}settled:${reservation.id}`, ...this.windowKeys(reservation.scopes)], {
+    const r = await this.run(COMMIT, [`${this.prefix}settled:${reservation.id}`, ...this.windowKeys(reservation.scopes)], {
       now,
       m: member(reservation),
       est: amountsArray(reservation.estimate),
@@ -150,33 +141,29 @@ export class RedisStore implements BudgetStore {
       alert: this.alertPercent,
       ttl: this.settledTtlMs,
       win: reservation.scopes.map((s) => ({ caps: capsArray(s), idle: s.idleTtlMs ?? 0, gc: this.gcMs(s, now, holdLeftMs) })),
-    })) as number[];
-    return { crossed: reply[0] === 1 ? this.crossings(reservation.scopes, reply.slice(1)) : [] };
+    });
+    return { crossed: this.crossings(COMMIT.name, reservation.scopes, r.crossed) };
   }
 
   async release(reservation: Reservation): Promise<void> {
-    await this.run('fuseboxRelease', this.windowKeys(reservation.scopes), { m: member(reservation), est: amountsArray(reservation.estimate) });
+    await this.run(RELEASE, this.windowKeys(reservation.scopes), { m: member(reservation), est: amountsArray(reservation.estimate) });
   }
 
   async snapshot(scopes: readonly ScopeBudget[]): Promise<ScopeUsage[]> {
     const now = this.now();
     const reserved = reservedScopes(scopes, now);
-    const reply = (await this.run('fuseboxSnapshot', this.windowKeys(reserved), {
-      now,
-      win: reserved.map((s) => ({ idle: s.idleTtlMs ?? 0 })),
-    })) as number[];
+    const windows = await this.run(SNAPSHOT, this.windowKeys(reserved), { now, win: reserved.map((s) => ({ idle: s.idleTtlMs ?? 0 })) });
+    if (windows.length !== reserved.length) throw new RedisReplyError(SNAPSHOT.name, `${windows.length} windows for ${reserved.length} given`);
     return reserved.map((s, i) => {
-      const v = reply.slice(i * 7, i * 7 + 7).map(Number);
-      const at = (j: number) => v[j] ?? 0;
-      const seen = at(6);
+      const w = windows[i]!;
       return {
         scope: s.scope,
         window: s.window,
         windowId: s.windowId,
         caps: s.caps,
-        spent: { usdMicros: at(0), tokens: at(1), calls: at(2) },
-        reserved: { usdMicros: at(3), tokens: at(4), calls: at(5) },
-        resetAt: resetTimeOf(s, s.windowId, seen < 0 ? null : seen),
+        spent: w.spent,
+        reserved: w.reserved,
+        resetAt: resetTimeOf(s, s.windowId, w.lastSeen),
       };
     });
   }
@@ -231,23 +218,27 @@ export class RedisStore implements BudgetStore {
     return Math.max(1_000, Math.ceil(ms));
   }
 
-  private crossings(scopes: readonly ReservedScope[], flat: readonly (number | string)[]): AlertCrossing[] {
-    const out: AlertCrossing[] = [];
-    for (let i = 0; i + 2 < flat.length; i += 3) {
-      const s = scopes[Number(flat[i]) - 1];
-      const metric = metricAt(Number(flat[i + 1]));
-      const limit = s?.caps[metric];
-      if (!s || limit === undefined) continue;
-      out.push({ scope: s.scope, window: s.window, windowId: s.windowId, metric, percent: this.alertPercent, used: Number(flat[i + 2]), limit });
-    }
-    return out;
+  private crossings(script: string, scopes: readonly ReservedScope[], crossed: readonly CrossingReply[]): AlertCrossing[] {
+    return crossed.map((c) => {
+      const s = scopeAt(script, scopes, c.window);
+      const limit = s.caps[c.metric];
+      if (limit === undefined) throw new RedisReplyError(script, `an alert on ${c.metric}, which window ${c.window} does not cap`);
+      return { scope: s.scope, window: s.window, windowId: s.windowId, metric: c.metric, percent: this.alertPercent, used: c.used, limit };
+    });
   }
 
-  private run(name: ScriptName, keys: string[], args: unknown): Promise<unknown> {
-    const fn = (this.client as unknown as Record<ScriptName, ScriptFn>)[name];
-    return fn.call(this.client, keys.length, ...keys, JSON.stringify(args));
+  /** Every script takes its arguments as one JSON document. */
+  private run<R>(script: RedisScript<R>, keys: string[], args: unknown): Promise<R> {
+    return this.redis.run(script, keys, [JSON.stringify(args)]);
   }
 }
+
+/** The scope window a reply names by index; an index out of range is a reply of the wrong shape. */
+const scopeAt = (script: string, scopes: readonly ReservedScope[], i: number): ReservedScope => {
+  const s = scopes[i];
+  if (!s) throw new RedisReplyError(script, `window ${i} of ${scopes.length}`);
+  return s;
+};
 
 /** A hold's zset member carries its amounts so the reaper can return them without another lookup. */
 const member = (r: Reservation) => `${r.id}|${r.estimate.usdMicros}|${r.estimate.tokens}|${r.estimate.calls}`;

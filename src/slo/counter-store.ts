@@ -1,5 +1,5 @@
-import type { Redis } from 'ioredis';
 import type { RedisConnection } from '../store/redis-connection.js';
+import { defineScript, reply } from '../store/redis-script.js';
 import { bucketKey, writerKey, type BucketFields, type BucketRef } from './buckets.js';
 import { CounterStoreUnavailableError } from './errors.js';
 
@@ -93,9 +93,9 @@ export class MemoryCounterStore implements CounterStore {
 /**
  * KEYS[1] the writer's mark, KEYS[2..] bucket keys. ARGV: mark TTL, batch count, then per batch `seq, writes`,
  * then per write `key index, ttl, field count, field, delta, ...`. Atomic, so a batch is applied whole or not at all,
- * and the mark moves with it.
+ * and the mark moves with it. Reply: how many batches were applied (the others were already).
  */
-const APPLY_LUA = `
+const APPLY = defineScript('fuseboxSloApply', `
 local last = tonumber(redis.call('GET', KEYS[1]) or '0')
 local a = 1
 local markTtl = ARGV[a]; a = a + 1
@@ -116,9 +116,7 @@ for b = 1, batches do
 end
 redis.call('SET', KEYS[1], last, 'EX', markTtl)
 return applied
-`;
-
-type ApplyCommand = (numKeys: number, ...args: Array<string | number>) => Promise<number>;
+`, (raw) => ({ applied: reply.int(raw, 'applied batches') }));
 
 /**
  * Counters in Redis, shared by a fleet. Fails fast (see RedisConnection): a flush or a read against a down Redis
@@ -126,13 +124,10 @@ type ApplyCommand = (numKeys: number, ...args: Array<string | number>) => Promis
  * closes it.
  */
 export class RedisCounterStore implements CounterStore {
-  private readonly client: Redis;
   private readonly prefix: string;
 
   constructor(readonly redis: RedisConnection) {
-    this.client = redis.client;
     this.prefix = redis.keyPrefix;
-    this.client.defineCommand('fuseboxSloApply', { lua: APPLY_LUA });
   }
 
   /** Resolves once connected; rejects with CounterStoreUnavailableError when the connection fails or `timeoutMs` passes (a CLI's first step). */
@@ -164,9 +159,8 @@ export class RedisCounterStore implements CounterStore {
         for (const [f, v] of fields) args.push(f, v);
       }
     }
-    const apply = (this.client as unknown as { fuseboxSloApply: ApplyCommand }).fuseboxSloApply.bind(this.client);
     try {
-      await apply(keys.length, ...keys, ...args);
+      await this.redis.run(APPLY, keys, args);
     } catch (err) {
       throw this.unavailable(err);
     }
@@ -174,7 +168,7 @@ export class RedisCounterStore implements CounterStore {
 
   async read(refs: readonly BucketRef[]): Promise<BucketFields[]> {
     if (refs.length === 0) return [];
-    const pipeline = this.client.pipeline();
+    const pipeline = this.redis.client.pipeline();
     for (const ref of refs) pipeline.hgetall(bucketKey(this.prefix, ref));
     let replies: Array<[Error | null, unknown]> | null;
     try {

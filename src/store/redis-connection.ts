@@ -1,4 +1,5 @@
 import { Redis } from 'ioredis';
+import { RedisReplyError, type RedisScript } from './redis-script.js';
 
 /** How to reach the Redis every shared store of a process uses (config `store`). */
 export interface RedisConnectionOptions {
@@ -19,6 +20,8 @@ export interface RedisConnectionOptions {
   readonly onError?: (err: Error) => void;
 }
 
+type ScriptCommand = (numKeys: number, ...keysThenArgs: Array<string | number>) => Promise<unknown>;
+
 export const DEFAULT_KEY_PREFIX = 'fusebox';
 export const DEFAULT_TIMEOUT_MS = 250;
 
@@ -34,6 +37,8 @@ export class RedisConnection {
   readonly keyPrefix: string;
   private error: Error | undefined;
   private closing: Promise<void> | undefined;
+  /** Scripts defined on the client so far: name → Lua. */
+  private readonly scripts = new Map<string, string>();
 
   constructor(opts: RedisConnectionOptions) {
     const timeoutMs = opts.timeoutMs ?? DEFAULT_TIMEOUT_MS;
@@ -94,6 +99,28 @@ export class RedisConnection {
       this.client.once('ready', onReady);
       this.client.once('end', onEnd);
     });
+  }
+
+  /**
+   * Runs a script and decodes its reply. ioredis sends EVALSHA and falls back to EVAL when Redis does not know the
+   * script (a restart, SCRIPT FLUSH). Rejects with the command's error (connection, timeout, a Lua error), or with a
+   * RedisReplyError when the reply does not decode.
+   */
+  async run<R>(script: RedisScript<R>, keys: readonly string[], args: ReadonlyArray<string | number>): Promise<R> {
+    const known = this.scripts.get(script.name);
+    if (known === undefined) {
+      this.client.defineCommand(script.name, { lua: script.lua });
+      this.scripts.set(script.name, script.lua);
+    } else if (known !== script.lua) {
+      throw new TypeError(`two different Redis scripts are named ${script.name}`);
+    }
+    const command = (this.client as unknown as Record<string, ScriptCommand>)[script.name]!;
+    const raw = await command.call(this.client, keys.length, ...keys, ...args);
+    try {
+      return script.decode(raw);
+    } catch (err) {
+      throw new RedisReplyError(script.name, err instanceof Error ? err.message : String(err), { cause: err });
+    }
   }
 
   /** Quits when connected (pending replies arrive first), otherwise stops reconnecting. Safe to call more than once. */

@@ -4,6 +4,7 @@ import { LocalFallbackStore } from '../../src/budget/local-fallback-store.js';
 import { MemoryStore } from '../../src/budget/memory-store.js';
 import { RedisStore } from '../../src/budget/redis-store.js';
 import { RedisConnection } from '../../src/store/redis-connection.js';
+import { RedisReplyError } from '../../src/store/redis-script.js';
 import type { Actual, BudgetStore, Estimate, Reservation, ScopeBudget } from '../../src/budget/store.js';
 import { startRedis, type TestRedis } from '../helpers/redis.js';
 import { seeded } from '../helpers/pipeline.js';
@@ -453,6 +454,31 @@ describe('RedisStore', () => {
     } finally {
       raw.disconnect();
       await store.close();
+    }
+  });
+
+  it('answers a reply it cannot decode with a RedisReplyError (a store failure: the fallback store serves locally), never a NaN', async () => {
+    const clock = makeClock();
+    const store = await redisStore(clock.now, 'corrupt');
+    const raw = new Redis(redis.url);
+    try {
+      const day = agentDay('a1', { usdMicros: usd(1) });
+      await store.commit(await mustReserve(store, [day], est(usd(1))), act(usd(1)));
+      // The script hands `seen` back as it finds it; something other than a clock time used to become a NaN resetAt.
+      await raw.hset('{corrupt}:agent:a1:day:2026-11-30', 'seen', 'yesterday');
+      const refused = store.reserve({ scopes: [day], estimate: est(1) });
+      await expect(refused).rejects.toBeInstanceOf(RedisReplyError);
+      await expect(refused).rejects.toThrow('Redis script fuseboxReserve gave an unexpected reply: seen: expected a number, got "yesterday"');
+      const fallback = new LocalFallbackStore({ shared: store, now: clock.now });
+      try {
+        const local = await fallback.reserve({ scopes: [day], estimate: est(1) });
+        expect(local.ok && local.reservation.local).toBe(true);
+        expect(fallback.available()).toBe(false);
+      } finally {
+        await fallback.close();
+      }
+    } finally {
+      raw.disconnect();
     }
   });
 
