@@ -60,6 +60,17 @@ local function reap(h, z, now)
   redis.call('ZREMRANGEBYSCORE', z, '-inf', now)
 end
 
+-- Returns a hold to the window, if it is still held: only the caller whose ZREM removed it subtracts it.
+local function unhold(h, z, member, est)
+  if redis.call('ZREM', z, member) == 1 then
+    for i = 1, 3 do
+      if est[i] > 0 then
+        redis.call('HINCRBY', h, 'r_' .. M[i], -est[i])
+      end
+    end
+  end
+end
+
 -- spent + held per metric.
 local function usedOf(h)
   local v = redis.call('HMGET', h, 'usd', 'tokens', 'calls', 'r_usd', 'r_tokens', 'r_calls')
@@ -150,13 +161,7 @@ for w, win in ipairs(a.win) do
   local h, z = KEYS[2 * w], KEYS[2 * w + 1]
   idleReset(h, z, win.idle, now)
   reap(h, z, now)
-  if redis.call('ZREM', z, a.m) == 1 then
-    for i = 1, 3 do
-      if a.est[i] > 0 then
-        redis.call('HINCRBY', h, 'r_' .. M[i], -a.est[i])
-      end
-    end
-  end
+  unhold(h, z, a.m, a.est)
   for i = 1, 3 do
     if a.act[i] > 0 then
       redis.call('HINCRBY', h, M[i], a.act[i])
@@ -173,13 +178,7 @@ const RELEASE_LUA = `${COMMON}
 local a = cjson.decode(ARGV[1])
 for w = 1, #KEYS / 2 do
   local h, z = KEYS[2 * w - 1], KEYS[2 * w]
-  if redis.call('ZREM', z, a.m) == 1 then
-    for i = 1, 3 do
-      if a.est[i] > 0 then
-        redis.call('HINCRBY', h, 'r_' .. M[i], -a.est[i])
-      end
-    end
-  end
+  unhold(h, z, a.m, a.est)
 end
 return 1
 `;
