@@ -20,6 +20,7 @@ import { MemoryCounterStore, RedisCounterStore } from './slo/counter-store.js';
 import { SloEvaluator } from './slo/evaluator.js';
 import { applySloGauges, zeroSloEventSeries } from './slo/exports.js';
 import { SloRecorder } from './slo/recorder.js';
+import { RedisConnection } from './store/redis-connection.js';
 import { sloSpecsOf } from './slo/spec.js';
 import { handleConnect } from './http/connect.js';
 import { endWithError } from './http/error-answer.js';
@@ -125,16 +126,23 @@ export const buildApp = async (config: Config, deps: AppDeps = {}): Promise<Fuse
   const tunnels = new Set<Duplex>();
   const pending = new PendingWork();
 
-  const store = deps.store ?? createBudgetStore(config, { now, logger, metrics });
+  // One Redis client for every shared store (budgets and SLO counters); closed after both, in shutdown().
+  const redis =
+    config.store.kind === 'redis'
+      ? new RedisConnection({
+          url: config.store.url!,
+          keyPrefix: config.store.keyPrefix,
+          timeoutMs: config.store.timeoutMs,
+          onError: (err) => logger.warn({ error: err.message }, 'redis connection problem'),
+        })
+      : undefined;
+  const store = deps.store ?? createBudgetStore(config, { now, logger, metrics, redis });
   metrics.storeUp.set(1);
   const prices = loadPrices(config, deps.baseDir ?? process.cwd());
   if (config.routes.some((r) => r.provider === 'openai')) warmTokenizer();
   // SLO counters go to the same kind of store as budgets, so a fleet shares its error budgets too.
   const sloSpecs = sloSpecsOf(config.routes);
-  const counterStore =
-    config.store.kind === 'redis'
-      ? new RedisCounterStore({ url: config.store.url!, keyPrefix: config.store.keyPrefix, timeoutMs: config.store.timeoutMs })
-      : new MemoryCounterStore({ now, keyPrefix: config.store.keyPrefix });
+  const counterStore = redis ? new RedisCounterStore(redis) : new MemoryCounterStore({ now, keyPrefix: config.store.keyPrefix });
   const recorder = new SloRecorder({
     store: counterStore,
     routes: sloSpecs,
@@ -308,6 +316,8 @@ export const buildApp = async (config: Config, deps: AppDeps = {}): Promise<Fuse
         evaluator.close();
         await counterStore.close();
         await store.close();
+        // Last: the budget store's close replays its journal through it.
+        await redis?.close();
         logger.info('stopped');
         logger.flush();
       })();

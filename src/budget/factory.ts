@@ -3,6 +3,7 @@ import { resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { Logger } from 'pino';
 import type { Config } from '../config/schema.js';
+import type { RedisConnection } from '../store/redis-connection.js';
 import type { Metrics } from '../telemetry/metrics.js';
 import { LocalFallbackStore } from './local-fallback-store.js';
 import { MemoryStore } from './memory-store.js';
@@ -22,10 +23,11 @@ export const loadPrices = (config: Config, baseDir: string): PriceTable =>
 
 /**
  * The store the config asks for: memory (one sidecar, optional snapshot file), or Redis wrapped in the local
- * fallback so an outage follows each route's `budget.storeUnavailable` instead of failing every call.
+ * fallback so an outage follows each route's `budget.storeUnavailable` instead of failing every call. A `redis`
+ * store runs on `deps.redis`, the process's one connection, which the caller closes after the store.
  */
-export const createBudgetStore = (config: Config, deps: { now: () => number; logger: Logger; metrics: Metrics }): BudgetStore => {
-  const { now, logger, metrics } = deps;
+export const createBudgetStore = (config: Config, deps: { now: () => number; logger: Logger; metrics: Metrics; redis?: RedisConnection }): BudgetStore => {
+  const { now, logger, metrics, redis } = deps;
   const alertPercent = config.budgets.alertPercent;
   // Holds outlive the longest call by a minute; a dead sidecar's holds return after that.
   const reservationTtlMs = Math.max(...config.routes.map((r) => r.timeouts.totalMs)) + 60_000;
@@ -41,15 +43,8 @@ export const createBudgetStore = (config: Config, deps: { now: () => number; log
     if (store.snapshotLoadError) logger.error({ error: store.snapshotLoadError.message }, 'budget snapshot unreadable: starting with empty counters');
     return store;
   }
-  const shared = new RedisStore({
-    url: config.store.url!,
-    keyPrefix: config.store.keyPrefix,
-    timeoutMs: config.store.timeoutMs,
-    now,
-    alertPercent,
-    reservationTtlMs,
-    onError: (err) => logger.warn({ error: err.message }, 'redis connection problem'),
-  });
+  if (!redis) throw new TypeError('a redis budget store needs the Redis connection (deps.redis)');
+  const shared = new RedisStore({ redis, now, alertPercent, reservationTtlMs });
   return new LocalFallbackStore({
     shared,
     now,

@@ -5,8 +5,6 @@ import {
   scopeKey,
   type Actual,
   type Amounts,
-  type BucketIncrement,
-  type BucketValues,
   type BudgetStore,
   type CommitResult,
   type Kill,
@@ -174,14 +172,6 @@ export class LocalFallbackStore implements BudgetStore {
     const cleared = await this.viaShared(() => this.shared.clearKill(target));
     this.killsReadAt = -Infinity;
     return cleared;
-  }
-
-  incrBuckets(entries: readonly BucketIncrement[]): Promise<void> {
-    return this.viaShared(() => this.shared.incrBuckets(entries));
-  }
-
-  readBuckets(keys: readonly string[]): Promise<BucketValues[]> {
-    return this.viaShared(() => this.shared.readBuckets(keys));
   }
 
   /** False from the first failed call until the shared store is back and the journal replayed. */

@@ -21,8 +21,6 @@ import {
   type Actual,
   type AlertCrossing,
   type Amounts,
-  type BucketIncrement,
-  type BucketValues,
   type BudgetStore,
   type CommitResult,
   type Kill,
@@ -92,7 +90,9 @@ const snapshotSchema = z.strictObject({
     ]),
   ),
   kills: z.array(z.tuple([z.string(), z.strictObject({ reason: z.string(), at: z.number() })])),
-  buckets: z.array(z.tuple([z.string(), z.strictObject({ fields: z.record(z.string(), z.number().int()), expiresAt: z.number() })])),
+  // Generic counters of an interface nothing called (issue 12): still read so files written before stay usable
+  // (ignored), and still written (empty) so a sidecar rolled back to such a version accepts the file.
+  buckets: z.array(z.unknown()).optional(),
 });
 type SnapshotFile = z.infer<typeof snapshotSchema>;
 
@@ -115,8 +115,8 @@ const add = (to: Mutable, a: Amounts, sign: 1 | -1) => {
 
 /**
  * The default store for one sidecar: exact (plain maps, every operation runs to completion before the next,
- * so reserve is atomic) behind the async interface. With `snapshotPath`, settled counters, kills and
- * buckets are saved (tmp file + rename, on an interval and on close) so a restarted sidecar keeps its spend.
+ * so reserve is atomic) behind the async interface. With `snapshotPath`, settled counters and
+ * kills are saved (tmp file + rename, on an interval and on close) so a restarted sidecar keeps its spend.
  * Holds are not saved: the requests they belonged to died with the process.
  */
 export class MemoryStore implements BudgetStore {
@@ -126,7 +126,6 @@ export class MemoryStore implements BudgetStore {
   private readonly newId: () => string;
   private readonly counters = new Map<string, Counter>();
   private readonly kills = new Map<string, { reason: string; at: number }>();
-  private readonly buckets = new Map<string, { fields: Map<string, number>; expiresAt: number }>();
   /**
    * Reservations already committed, so committing one twice charges once. Held weakly: in one process a
    * reservation is the object `reserve` returned (no reply can be lost between us and ourselves), so nothing
@@ -277,34 +276,11 @@ export class MemoryStore implements BudgetStore {
     return this.kills.delete(killField(target));
   }
 
-  async incrBuckets(entries: readonly BucketIncrement[]): Promise<void> {
-    const now = this.now();
-    for (const e of entries) {
-      if (!Number.isSafeInteger(e.by)) throw new TypeError(`bucket increment must be an integer, got ${e.by}`);
-      let b = this.buckets.get(e.key);
-      if (!b || b.expiresAt <= now) {
-        b = { fields: new Map(), expiresAt: 0 };
-        this.buckets.set(e.key, b);
-      }
-      const field = e.field ?? 'n';
-      b.fields.set(field, (b.fields.get(field) ?? 0) + e.by);
-      b.expiresAt = now + e.ttlMs;
-    }
-  }
-
-  async readBuckets(keys: readonly string[]): Promise<BucketValues[]> {
-    const now = this.now();
-    return keys.map((k) => {
-      const b = this.buckets.get(k);
-      return b && b.expiresAt > now ? Object.fromEntries(b.fields) : {};
-    });
-  }
-
   available(): boolean {
     return true;
   }
 
-  /** Forgets every counter and hold (kills and buckets stay). LocalFallbackStore starts each outage's slice with it. */
+  /** Forgets every counter and hold (kills stay). LocalFallbackStore starts each outage's slice with it. */
   resetCounters(): void {
     this.counters.clear();
   }
@@ -390,11 +366,10 @@ export class MemoryStore implements BudgetStore {
     if (now - this.lastSweep >= SWEEP_EVERY_MS) this.sweep(now);
   }
 
-  /** Drops windows past their grace, idle workflows (with their holds: those are past their TTL too), and expired buckets. */
+  /** Drops windows past their grace, idle workflows (with their holds: those are past their TTL too). */
   private sweep(now: number): void {
     this.lastSweep = now;
     for (const [k, c] of this.counters) if (c.gcAt !== 0 && c.gcAt <= now) this.counters.delete(k);
-    for (const [k, b] of this.buckets) if (b.expiresAt <= now) this.buckets.delete(k);
   }
 
   private toFile(): SnapshotFile {
@@ -403,7 +378,7 @@ export class MemoryStore implements BudgetStore {
       savedAt: this.now(),
       counters: [...this.counters].map(([k, c]) => [k, { spent: { ...c.spent }, alerted: [...c.alerted], lastSeen: c.lastSeen, gcAt: c.gcAt }]),
       kills: [...this.kills],
-      buckets: [...this.buckets].map(([k, b]) => [k, { fields: Object.fromEntries(b.fields), expiresAt: b.expiresAt }]),
+      buckets: [],
     };
   }
 
@@ -440,7 +415,6 @@ export class MemoryStore implements BudgetStore {
       this.counters.set(k, { spent: { ...c.spent }, reserved: zero(), alerted: new Set(c.alerted), holds: new Map(), nextExpiry: Infinity, lastSeen: c.lastSeen, gcAt: c.gcAt });
     }
     for (const [field, k] of file.kills) this.kills.set(field, k);
-    for (const [k, b] of file.buckets) this.buckets.set(k, { fields: new Map(Object.entries(b.fields)), expiresAt: b.expiresAt });
     return undefined;
   }
 }

@@ -1,6 +1,8 @@
 import { randomUUID } from 'node:crypto';
-import { Redis } from 'ioredis';
-import { COMMIT_LUA, RELEASE_LUA, RESERVE_LUA, SNAPSHOT_LUA } from './redis-scripts.js';
+import type { Redis } from 'ioredis';
+import type { RedisConnection } from '../store/redis-connection.js';
+import { RedisReplyError, type RedisScript } from '../store/redis-script.js';
+import { COMMIT, RELEASE, RESERVE, SNAPSHOT, type CrossingReply } from './redis-scripts.js';
 import {
   assertAmounts,
   DEFAULT_ALERT_PERCENT,
@@ -17,8 +19,6 @@ import {
   type Actual,
   type AlertCrossing,
   type Amounts,
-  type BucketIncrement,
-  type BucketValues,
   type BudgetStore,
   type CommitResult,
   type Kill,
@@ -35,14 +35,8 @@ import {
 import { windowEndFromId } from './windows.js';
 
 export interface RedisStoreOptions extends StoreCommonOptions {
-  /** Redis URL (config `store.url`). Ignored when `client` is given. */
-  url?: string;
-  /** A client to use instead of one made from `url` (it is not closed by close()). */
-  client?: Redis;
-  /** Prefix of every key, used as the hash tag `{prefix}` (config `store.keyPrefix`). Default `fusebox`. */
-  keyPrefix?: string;
-  /** Per-command timeout, ms (config `store.timeoutMs`). Default 250. */
-  timeoutMs?: number;
+  /** The process's Redis connection (its key prefix names every key); RedisStore never closes it. */
+  redis: RedisConnection;
   /**
    * How long a settled reservation (or replayed journal entry) id is remembered against double charging, ms.
    * Default 600000. It only has to outlive a retry of the same commit: a journal replay after a reply was lost
@@ -50,31 +44,25 @@ export interface RedisStoreOptions extends StoreCommonOptions {
    * 86 M keys per sidecar at 1,000 req/s; ten minutes costs 600 k at that rate, 30 k at a realistic 50 req/s.
    */
   settledTtlMs?: number;
-  /** Connection errors (the client reconnects by itself); log them. Without it they are dropped. */
-  onError?: (err: Error) => void;
 }
 
 /** Calendar windows are kept this long after they end so "yesterday" can still be read and late commits land. */
 const CALENDAR_GRACE_MS = 2 * 86_400_000;
-const SCRIPTS = { fuseboxReserve: RESERVE_LUA, fuseboxCommit: COMMIT_LUA, fuseboxRelease: RELEASE_LUA, fuseboxSnapshot: SNAPSHOT_LUA };
-type ScriptName = keyof typeof SCRIPTS;
-type ScriptFn = (numKeys: number, ...args: string[]) => Promise<unknown>;
 
 const metricIndex = (m: Metric) => METRICS.indexOf(m) + 1;
-const metricAt = (i: number): Metric => METRICS[i - 1] ?? 'usdMicros';
 const amountsArray = (a: Amounts) => METRICS.map((m) => a[m]);
 const capsArray = (s: ScopeBudget) => METRICS.flatMap((m) => (s.caps[m] === undefined ? [] : [[metricIndex(m), s.caps[m]]]));
 
 /**
  * The fleet's store: every sidecar reserves against the same Redis with one atomic Lua script per
  * operation (see redis-scripts.ts for the data layout and the invariant). Keys carry their window
- * (`{fusebox}:agent:a1:day:2026-11-22`) and expire after it. Commands fail fast when Redis is away (no
- * offline queue, short timeout, no resend after reconnect, which could apply a script twice); the caller
+ * (`{fusebox}:agent:a1:day:2026-11-22`) and expire after it. Commands fail fast when Redis is away (see
+ * RedisConnection), and a reply of the wrong shape rejects with a RedisReplyError; the caller
  * (LocalFallbackStore) decides what a failure means.
  */
 export class RedisStore implements BudgetStore {
-  readonly client: Redis;
-  private readonly ownsClient: boolean;
+  private readonly redis: RedisConnection;
+  private readonly client: Redis;
   private readonly prefix: string;
   private readonly now: () => number;
   private readonly alertPercent: number;
@@ -88,27 +76,9 @@ export class RedisStore implements BudgetStore {
     this.reservationTtlMs = opts.reservationTtlMs ?? DEFAULT_RESERVATION_TTL_MS;
     this.settledTtlMs = opts.settledTtlMs ?? 600_000;
     this.newId = opts.newId ?? randomUUID;
-    this.prefix = `{${opts.keyPrefix ?? 'fusebox'}}:`;
-    if (opts.client) {
-      this.client = opts.client;
-      this.ownsClient = false;
-    } else {
-      if (!opts.url) throw new TypeError('RedisStore needs `url` or `client`');
-      const timeoutMs = opts.timeoutMs ?? 250;
-      this.client = new Redis(opts.url, {
-        commandTimeout: timeoutMs,
-        connectTimeout: Math.max(1_000, timeoutMs * 4),
-        maxRetriesPerRequest: 1,
-        enableOfflineQueue: false,
-        autoResendUnfulfilledCommands: false,
-        // Reconnect soon after an outage; the cap keeps a dead Redis from being hammered.
-        retryStrategy: (times) => Math.min(50 * 2 ** times, 1_000),
-      });
-      this.ownsClient = true;
-    }
-    // ioredis prints unhandled 'error' events itself; route them to the caller's log instead.
-    this.client.on('error', (err: Error) => opts.onError?.(err));
-    for (const [name, lua] of Object.entries(SCRIPTS)) this.client.defineCommand(name, { lua });
+    this.redis = opts.redis;
+    this.client = opts.redis.client;
+    this.prefix = `{${opts.redis.keyPrefix}}:`;
   }
 
   async reserve(req: ReserveRequest): Promise<ReserveResult> {
@@ -122,7 +92,7 @@ export class RedisStore implements BudgetStore {
       estimate: { usdMicros: req.estimate.usdMicros, tokens: req.estimate.tokens, calls: req.estimate.calls },
       expiresAt: now + ttlMs,
     };
-    const reply = (await this.run('fuseboxReserve', [`${this.prefix}kills`, ...this.windowKeys(scopes)], {
+    const r = await this.run(RESERVE, [`${this.prefix}kills`, ...this.windowKeys(scopes)], {
       now,
       m: member(reservation),
       exp: reservation.expiresAt,
@@ -130,36 +100,31 @@ export class RedisStore implements BudgetStore {
       alert: this.alertPercent,
       kill: killFieldsFor(scopes),
       win: scopes.map((s) => ({ caps: capsArray(s), idle: s.idleTtlMs ?? 0, gc: this.gcMs(s, now, ttlMs) })),
-    })) as (number | string)[];
-    if (reply[0] === 1) {
-      const n = scopes.length * 3;
-      const v = reply.slice(1, 1 + n).map(Number);
-      const used = scopes.map((_, i) => ({ usdMicros: v[i * 3] ?? 0, tokens: v[i * 3 + 1] ?? 0, calls: v[i * 3 + 2] ?? 0 }));
-      return { ok: true, reservation, used, crossed: this.crossings(scopes, reply.slice(1 + n)) };
+    });
+    if (r.admitted) {
+      if (r.used.length !== scopes.length) throw new RedisReplyError(RESERVE.name, `${r.used.length} windows used for ${scopes.length} given`);
+      return { ok: true, reservation, used: r.used, crossed: this.crossings(RESERVE.name, scopes, r.crossed) };
     }
-    if (reply[1] === 'KILLED') {
-      const kill = parseKillValue(String(reply[3]));
+    if (r.refusal === 'KILLED') {
+      const kill = parseKillValue(r.killValue);
       return {
         ok: false,
-        refusal: { reason: 'KILLED', scope: refusalScopeOfKill(String(reply[2])), limit: 0, spent: 0, reserved: 0, requested: 0, resetAt: null, killReason: kill.reason },
+        refusal: { reason: 'KILLED', scope: refusalScopeOfKill(r.killField), limit: 0, spent: 0, reserved: 0, requested: 0, resetAt: null, killReason: kill.reason },
       };
     }
-    const [, , w, m, limit, spent, held, seen] = reply;
-    const s = scopes[Number(w) - 1];
-    if (!s) throw new Error(`budget reserve script answered an unknown window ${String(w)}`);
-    const metric = metricAt(Number(m));
+    const s = scopeAt(RESERVE.name, scopes, r.window);
     return {
       ok: false,
       refusal: {
-        reason: refusalReasonFor(metric),
+        reason: refusalReasonFor(r.metric),
         scope: s.scope,
         window: s.window,
-        metric,
-        limit: Number(limit),
-        spent: Number(spent),
-        reserved: Number(held),
-        requested: reservation.estimate[metric],
-        resetAt: resetTimeOf(s, s.windowId, seen === '' || seen === undefined ? null : Number(seen)),
+        metric: r.metric,
+        limit: r.limit,
+        spent: r.spent,
+        reserved: r.reserved,
+        requested: reservation.estimate[r.metric],
+        resetAt: resetTimeOf(s, s.windowId, r.lastSeen),
       },
     };
   }
@@ -168,7 +133,7 @@ export class RedisStore implements BudgetStore {
     assertAmounts('actual', actual);
     const now = this.now();
     const holdLeftMs = Math.max(0, reservation.expiresAt - now);
-    const reply = (await this.run('fuseboxCommit', [`${this.prefix}settled:${reservation.id}`, ...this.windowKeys(reservation.scopes)], {
+    const r = await this.run(COMMIT, [`${this.prefix}settled:${reservation.id}`, ...this.windowKeys(reservation.scopes)], {
       now,
       m: member(reservation),
       est: amountsArray(reservation.estimate),
@@ -176,33 +141,29 @@ export class RedisStore implements BudgetStore {
       alert: this.alertPercent,
       ttl: this.settledTtlMs,
       win: reservation.scopes.map((s) => ({ caps: capsArray(s), idle: s.idleTtlMs ?? 0, gc: this.gcMs(s, now, holdLeftMs) })),
-    })) as number[];
-    return { crossed: reply[0] === 1 ? this.crossings(reservation.scopes, reply.slice(1)) : [] };
+    });
+    return { crossed: this.crossings(COMMIT.name, reservation.scopes, r.crossed) };
   }
 
   async release(reservation: Reservation): Promise<void> {
-    await this.run('fuseboxRelease', this.windowKeys(reservation.scopes), { m: member(reservation), est: amountsArray(reservation.estimate) });
+    await this.run(RELEASE, this.windowKeys(reservation.scopes), { m: member(reservation), est: amountsArray(reservation.estimate) });
   }
 
   async snapshot(scopes: readonly ScopeBudget[]): Promise<ScopeUsage[]> {
     const now = this.now();
     const reserved = reservedScopes(scopes, now);
-    const reply = (await this.run('fuseboxSnapshot', this.windowKeys(reserved), {
-      now,
-      win: reserved.map((s) => ({ idle: s.idleTtlMs ?? 0 })),
-    })) as number[];
+    const windows = await this.run(SNAPSHOT, this.windowKeys(reserved), { now, win: reserved.map((s) => ({ idle: s.idleTtlMs ?? 0 })) });
+    if (windows.length !== reserved.length) throw new RedisReplyError(SNAPSHOT.name, `${windows.length} windows for ${reserved.length} given`);
     return reserved.map((s, i) => {
-      const v = reply.slice(i * 7, i * 7 + 7).map(Number);
-      const at = (j: number) => v[j] ?? 0;
-      const seen = at(6);
+      const w = windows[i]!;
       return {
         scope: s.scope,
         window: s.window,
         windowId: s.windowId,
         caps: s.caps,
-        spent: { usdMicros: at(0), tokens: at(1), calls: at(2) },
-        reserved: { usdMicros: at(3), tokens: at(4), calls: at(5) },
-        resetAt: resetTimeOf(s, s.windowId, seen < 0 ? null : seen),
+        spent: w.spent,
+        reserved: w.reserved,
+        resetAt: resetTimeOf(s, s.windowId, w.lastSeen),
       };
     });
   }
@@ -225,60 +186,23 @@ export class RedisStore implements BudgetStore {
     return (await this.client.hdel(`${this.prefix}kills`, killField(target))) > 0;
   }
 
-  async incrBuckets(entries: readonly BucketIncrement[]): Promise<void> {
-    if (entries.length === 0) return;
-    const p = this.client.pipeline();
-    for (const e of entries) {
-      if (!Number.isSafeInteger(e.by)) throw new TypeError(`bucket increment must be an integer, got ${e.by}`);
-      const key = `${this.prefix}b:${e.key}`;
-      p.hincrby(key, e.field ?? 'n', e.by);
-      p.pexpire(key, e.ttlMs);
-    }
-    await failOnAny(await p.exec());
-  }
-
-  async readBuckets(keys: readonly string[]): Promise<BucketValues[]> {
-    if (keys.length === 0) return [];
-    const p = this.client.pipeline();
-    for (const k of keys) p.hgetall(`${this.prefix}b:${k}`);
-    const results = await failOnAny(await p.exec());
-    return results.map((r) => Object.fromEntries(Object.entries((r ?? {}) as Record<string, string>).map(([f, v]) => [f, Number(v)])));
-  }
-
   /** True while connected and ready. */
   available(): boolean {
-    return this.client.status === 'ready';
+    return this.redis.available();
   }
 
   /** Calls `listener` every time the connection becomes ready (again). */
   onReady(listener: () => void): void {
-    this.client.on('ready', listener);
+    this.redis.onReady(listener);
   }
 
-  /** Resolves once connected, or rejects after `timeoutMs`. */
+  /** Resolves once connected; rejects after `timeoutMs`. */
   waitReady(timeoutMs: number): Promise<void> {
-    if (this.available()) return Promise.resolve();
-    return new Promise((resolve, reject) => {
-      const timer = setTimeout(() => {
-        this.client.off('ready', ready);
-        reject(new Error(`Redis not ready after ${timeoutMs} ms`));
-      }, timeoutMs);
-      const ready = () => {
-        clearTimeout(timer);
-        resolve();
-      };
-      this.client.once('ready', ready);
-    });
+    return this.redis.ready(timeoutMs);
   }
 
-  async close(): Promise<void> {
-    if (!this.ownsClient) return;
-    if (this.client.status === 'ready') {
-      await this.client.quit().catch(() => this.client.disconnect());
-    } else {
-      this.client.disconnect();
-    }
-  }
+  /** Nothing to do: the connection belongs to whoever made it. */
+  async close(): Promise<void> {}
 
   private windowKeys(scopes: readonly ReservedScope[]): string[] {
     return scopes.flatMap((s) => {
@@ -294,23 +218,27 @@ export class RedisStore implements BudgetStore {
     return Math.max(1_000, Math.ceil(ms));
   }
 
-  private crossings(scopes: readonly ReservedScope[], flat: readonly (number | string)[]): AlertCrossing[] {
-    const out: AlertCrossing[] = [];
-    for (let i = 0; i + 2 < flat.length; i += 3) {
-      const s = scopes[Number(flat[i]) - 1];
-      const metric = metricAt(Number(flat[i + 1]));
-      const limit = s?.caps[metric];
-      if (!s || limit === undefined) continue;
-      out.push({ scope: s.scope, window: s.window, windowId: s.windowId, metric, percent: this.alertPercent, used: Number(flat[i + 2]), limit });
-    }
-    return out;
+  private crossings(script: string, scopes: readonly ReservedScope[], crossed: readonly CrossingReply[]): AlertCrossing[] {
+    return crossed.map((c) => {
+      const s = scopeAt(script, scopes, c.window);
+      const limit = s.caps[c.metric];
+      if (limit === undefined) throw new RedisReplyError(script, `an alert on ${c.metric}, which window ${c.window} does not cap`);
+      return { scope: s.scope, window: s.window, windowId: s.windowId, metric: c.metric, percent: this.alertPercent, used: c.used, limit };
+    });
   }
 
-  private run(name: ScriptName, keys: string[], args: unknown): Promise<unknown> {
-    const fn = (this.client as unknown as Record<ScriptName, ScriptFn>)[name];
-    return fn.call(this.client, keys.length, ...keys, JSON.stringify(args));
+  /** Every script takes its arguments as one JSON document. */
+  private run<R>(script: RedisScript<R>, keys: string[], args: unknown): Promise<R> {
+    return this.redis.run(script, keys, [JSON.stringify(args)]);
   }
 }
+
+/** The scope window a reply names by index; an index out of range is a reply of the wrong shape. */
+const scopeAt = (script: string, scopes: readonly ReservedScope[], i: number): ReservedScope => {
+  const s = scopes[i];
+  if (!s) throw new RedisReplyError(script, `window ${i} of ${scopes.length}`);
+  return s;
+};
 
 /** A hold's zset member carries its amounts so the reaper can return them without another lookup. */
 const member = (r: Reservation) => `${r.id}|${r.estimate.usdMicros}|${r.estimate.tokens}|${r.estimate.calls}`;
@@ -323,10 +251,4 @@ const parseKillValue = (value: string): { reason: string; at: number } => {
     // Someone set the kill by hand with redis-cli; the kill itself stands.
     return { reason: value, at: 0 };
   }
-};
-
-const failOnAny = async (results: [Error | null, unknown][] | null): Promise<unknown[]> => {
-  if (!results) throw new Error('Redis pipeline was not executed');
-  for (const [err] of results) if (err) throw err;
-  return results.map(([, v]) => v);
 };

@@ -173,19 +173,6 @@ export interface Kill {
   readonly at: number;
 }
 
-/** One counter bump for the generic buckets (SLO windows). `by` is an integer. */
-export interface BucketIncrement {
-  readonly key: string;
-  /** Hash field; default `n`. */
-  readonly field?: string;
-  readonly by: number;
-  /** The bucket expires this long after its last increment, ms. */
-  readonly ttlMs: number;
-}
-
-/** Field → value of one bucket; `{}` when missing or expired. */
-export type BucketValues = Record<string, number>;
-
 export interface BudgetStore {
   /** Checks kills and every cap of every scope, and holds the estimate, in one atomic step. */
   reserve(req: ReserveRequest): Promise<ReserveResult>;
@@ -198,9 +185,6 @@ export interface BudgetStore {
   setKill(target: KillTarget, reason?: string): Promise<void>;
   /** Lifts a kill; true if there was one. */
   clearKill(target: KillTarget): Promise<boolean>;
-  /** Batched integer increments of generic counters (SLO buckets); each bucket's TTL restarts. */
-  incrBuckets(entries: readonly BucketIncrement[]): Promise<void>;
-  readBuckets(keys: readonly string[]): Promise<BucketValues[]>;
   /** False while the store cannot be reached (a gauge). */
   available(): boolean;
   /**

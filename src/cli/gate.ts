@@ -6,6 +6,7 @@ import { MINUTE_MS, type BucketFields } from '../slo/buckets.js';
 import { assessSlo, BURN_WINDOWS, SLO_KINDS, type BurnWindow, type GoodBad, type SloAssessment, type SloKind } from '../slo/burn.js';
 import { compareSamples, DEFAULT_COMPARE_THRESHOLDS, sampleOf, type CompareThresholds, type Comparison } from '../slo/compare.js';
 import { CounterStoreUnavailableError, RedisCounterStore } from '../slo/counter-store.js';
+import { RedisConnection } from '../store/redis-connection.js';
 import { DEFAULT_GATE_THRESHOLDS, GATE_EXIT, judgeSlos, type GateThresholds, type GateVerdict, type SloJudgement } from '../slo/gate.js';
 import { objectiveOf, sloSpecOf, type SloRouteSpec } from '../slo/spec.js';
 import { readSloWindows, readWindows } from '../slo/windows.js';
@@ -327,13 +328,17 @@ export const runGate = async (argv: string[], io: GateIo): Promise<number> => {
     return GATE_EXIT.USAGE;
   }
   const now = (io.now ?? Date.now)();
-  const store = new RedisCounterStore({ url: p.url, keyPrefix: p.keyPrefix, timeoutMs: p.timeoutMs, reconnect: false });
+  // One connection attempt: a gate that cannot read the counters says so (exit 31) instead of waiting for Redis.
+  const connectTimeoutMs = Math.max(p.timeoutMs, 1_000);
+  const redis = new RedisConnection({ url: p.url, keyPrefix: p.keyPrefix, timeoutMs: p.timeoutMs, connectTimeoutMs, reconnect: false });
+  const store = new RedisCounterStore(redis);
   try {
     let verdict: GateVerdict;
     let text: string;
     let json: unknown;
     try {
-      await store.ready();
+      // The attempt ends by itself (ready, or failed within connectTimeoutMs); the bound only backs that up.
+      await store.ready(connectTimeoutMs + p.timeoutMs);
       if (p.compare) {
         const { canary, stable, minutes, thresholds } = p.compare;
         const windows = { w: minutes * MINUTE_MS };
@@ -370,5 +375,6 @@ export const runGate = async (argv: string[], io: GateIo): Promise<number> => {
     return GATE_EXIT[verdict];
   } finally {
     await store.close();
+    await redis.close();
   }
 };

@@ -1,4 +1,5 @@
-import { Redis, type RedisOptions } from 'ioredis';
+import type { RedisConnection } from '../store/redis-connection.js';
+import { defineScript, reply } from '../store/redis-script.js';
 import { bucketKey, dayBucketPattern, routeOfBucketKey, writerKey, type BucketFields, type BucketRef } from './buckets.js';
 
 /**
@@ -103,9 +104,9 @@ export class MemoryCounterStore implements CounterStore {
 /**
  * KEYS[1] the writer's mark, KEYS[2..] bucket keys. ARGV: mark TTL, batch count, then per batch `seq, writes`,
  * then per write `key index, ttl, field count, field, delta, ...`. Atomic, so a batch is applied whole or not at all,
- * and the mark moves with it.
+ * and the mark moves with it. Reply: how many batches were applied (the others were already).
  */
-const APPLY_LUA = `
+const APPLY = defineScript('fuseboxSloApply', `
 local last = tonumber(redis.call('GET', KEYS[1]) or '0')
 local a = 1
 local markTtl = ARGV[a]; a = a + 1
@@ -126,89 +127,27 @@ for b = 1, batches do
 end
 redis.call('SET', KEYS[1], last, 'EX', markTtl)
 return applied
-`;
-
-type ApplyCommand = (numKeys: number, ...args: Array<string | number>) => Promise<number>;
-
-export interface RedisCounterStoreOptions {
-  /** A `redis://` or `rediss://` URL; ignored when `client` is given. */
-  url?: string;
-  /** Share an existing client (the budget store's); it is not closed by `close()`. */
-  client?: Redis;
-  keyPrefix?: string;
-  /** Per-command timeout, ms (config `store.timeoutMs`). */
-  timeoutMs: number;
-  /** Reconnect after a lost connection (the sidecar: yes; a one-shot CLI: no). Default true. */
-  reconnect?: boolean;
-}
+`, (raw) => ({ applied: reply.int(raw, 'applied batches') }));
 
 /**
- * Counters in Redis, shared by a fleet. Fails fast: no offline queue, no per-command retries, a command timeout,
- * so a flush or a read against a down Redis rejects at once and the caller keeps its counts.
+ * Counters in Redis, shared by a fleet. Fails fast (see RedisConnection): a flush or a read against a down Redis
+ * rejects at once and the caller keeps its counts. The connection (and its key prefix) belongs to the caller, who
+ * closes it.
  */
 export class RedisCounterStore implements CounterStore {
-  readonly client: Redis;
-  private readonly ownsClient: boolean;
   private readonly prefix: string;
-  private lastError: Error | undefined;
 
-  constructor(opts: RedisCounterStoreOptions) {
-    this.prefix = opts.keyPrefix ?? 'fusebox';
-    if (opts.client) {
-      this.client = opts.client;
-      this.ownsClient = false;
-    } else {
-      if (!opts.url) throw new Error('RedisCounterStore needs a url or a client');
-      const options: RedisOptions = {
-        lazyConnect: true,
-        enableOfflineQueue: false,
-        maxRetriesPerRequest: 0,
-        commandTimeout: opts.timeoutMs,
-        connectTimeout: Math.max(opts.timeoutMs, 1000),
-        retryStrategy: opts.reconnect === false ? () => null : (times: number) => Math.min(100 * 2 ** times, 5000),
-      };
-      this.client = new Redis(opts.url, options);
-      this.ownsClient = true;
-      // Without a listener ioredis prints every failed reconnect; callers see failures as rejected commands.
-      this.client.on('error', (err: Error) => {
-        this.lastError = err;
-      });
-      this.client.connect().catch((err: unknown) => {
-        this.lastError = err as Error;
-      });
-    }
-    this.client.defineCommand('fuseboxSloApply', { lua: APPLY_LUA });
+  constructor(readonly redis: RedisConnection) {
+    this.prefix = redis.keyPrefix;
   }
 
-  /** Resolves once connected; rejects with CounterStoreUnavailableError when the connection fails (a CLI's first step). */
-  async ready(): Promise<void> {
-    if (this.client.status === 'ready') return;
-    await new Promise<void>((resolve, reject) => {
-      const cleanup = () => {
-        this.client.off('ready', onReady);
-        this.client.off('end', onEnd);
-        this.client.off('error', onError);
-      };
-      const onReady = () => {
-        cleanup();
-        resolve();
-      };
-      const onEnd = () => {
-        cleanup();
-        reject(this.unavailable(this.lastError ?? new Error('connection closed')));
-      };
-      const onError = (err: Error) => {
-        // With reconnects off, the error is followed by `end`; with reconnects on, one failed attempt is enough to say so.
-        cleanup();
-        reject(this.unavailable(err));
-      };
-      this.client.once('ready', onReady);
-      this.client.once('end', onEnd);
-      this.client.once('error', onError);
-      if (this.client.status === 'end' || this.client.status === 'wait') {
-        this.client.connect().catch(() => undefined);
-      }
-    });
+  /** Resolves once connected; rejects with CounterStoreUnavailableError when the connection fails or `timeoutMs` passes (a CLI's first step). */
+  async ready(timeoutMs: number): Promise<void> {
+    try {
+      await this.redis.ready(timeoutMs);
+    } catch (err) {
+      throw this.unavailable(err);
+    }
   }
 
   async write(writerId: string, batches: readonly CounterBatch[]): Promise<void> {
@@ -231,9 +170,8 @@ export class RedisCounterStore implements CounterStore {
         for (const [f, v] of fields) args.push(f, v);
       }
     }
-    const apply = (this.client as unknown as { fuseboxSloApply: ApplyCommand }).fuseboxSloApply.bind(this.client);
     try {
-      await apply(keys.length, ...keys, ...args);
+      await this.redis.run(APPLY, keys, args);
     } catch (err) {
       throw this.unavailable(err);
     }
@@ -241,7 +179,7 @@ export class RedisCounterStore implements CounterStore {
 
   async read(refs: readonly BucketRef[]): Promise<BucketFields[]> {
     if (refs.length === 0) return [];
-    const pipeline = this.client.pipeline();
+    const pipeline = this.redis.client.pipeline();
     for (const ref of refs) pipeline.hgetall(bucketKey(this.prefix, ref));
     let replies: Array<[Error | null, unknown]> | null;
     try {
@@ -267,7 +205,7 @@ export class RedisCounterStore implements CounterStore {
     let cursor = '0';
     try {
       do {
-        const [next, keys] = await this.client.scan(cursor, 'MATCH', dayBucketPattern(this.prefix), 'COUNT', 1000);
+        const [next, keys] = await this.redis.client.scan(cursor, 'MATCH', dayBucketPattern(this.prefix), 'COUNT', 1000);
         cursor = next;
         for (const key of keys) {
           const route = routeOfBucketKey(this.prefix, key);
@@ -280,14 +218,8 @@ export class RedisCounterStore implements CounterStore {
     return [...found].sort();
   }
 
-  async close(): Promise<void> {
-    if (!this.ownsClient) return;
-    if (this.client.status === 'ready') {
-      await this.client.quit().catch(() => this.client.disconnect());
-    } else {
-      this.client.disconnect();
-    }
-  }
+  /** Nothing to do: the connection belongs to whoever made it. */
+  async close(): Promise<void> {}
 
   private unavailable(err: unknown): CounterStoreUnavailableError {
     const reason = err instanceof Error ? err.message : String(err);

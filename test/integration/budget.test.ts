@@ -2,6 +2,7 @@ import { mkdtempSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import Anthropic from '@anthropic-ai/sdk';
+import { Redis } from 'ioredis';
 import OpenAI from 'openai';
 import { request } from 'undici';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
@@ -332,6 +333,26 @@ describe('a fleet sharing one Redis', () => {
     });
     expect(await lift.body.json()).toMatchObject({ lifted: true });
     expect((await request(`${a.proxyUrl}/tool/fast`)).statusCode).toBe(200);
+  });
+
+  it('keeps budgets and SLO counters on one Redis connection per sidecar, and closes it at shutdown', async () => {
+    const raw = new Redis(redis.url);
+    const connections = async () => String(await raw.call('CLIENT', 'LIST')).trim().split('\n').length;
+    try {
+      const before = await connections();
+      const fb = await start({ agent: { id: 'one-conn' }, store: { kind: 'redis', url: redis.url, keyPrefix: 'oneconn' }, routes: llmRoutes(up) });
+      await (await chat(fb)).body.dump();
+      await fb.app.slo.recorder.flush();
+      expect(await raw.keys('{oneconn}:agent:one-conn:*')).not.toEqual([]);
+      expect(await raw.keys('{oneconn}:slo:*')).not.toEqual([]);
+      expect(await connections()).toBe(before + 1);
+      await fb.stop();
+      // The server drops a connection just after answering its QUIT.
+      for (let i = 0; i < 50 && (await connections()) > before; i++) await new Promise((r) => setTimeout(r, 10));
+      expect(await connections()).toBe(before);
+    } finally {
+      raw.disconnect();
+    }
   });
 
   it('keeps serving within caps while Redis is down (local mode), then replays every charge', async () => {

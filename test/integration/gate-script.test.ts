@@ -8,6 +8,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { parse } from 'yaml';
 import { DAY_MS, HOUR_MS, MINUTE_MS } from '../../src/slo/buckets.js';
 import { RedisCounterStore } from '../../src/slo/counter-store.js';
+import { RedisConnection } from '../../src/store/redis-connection.js';
 import { GATE_EXIT } from '../../src/slo/gate.js';
 import type { SloEvent } from '../../src/slo/recorder.js';
 import { startRedis, type TestRedis } from '../helpers/redis.js';
@@ -28,8 +29,8 @@ let bin: string;
 
 beforeAll(async () => {
   redis = await startRedis();
-  seeder = new RedisCounterStore({ url: redis.url, keyPrefix: PREFIX, timeoutMs: 1000 });
-  await seeder.ready();
+  seeder = new RedisCounterStore(new RedisConnection({ url: redis.url, keyPrefix: PREFIX, timeoutMs: 1000 }));
+  await seeder.ready(2_000);
   newRoute = sloRoutes(seeder);
   dir = mkdtempSync(join(tmpdir(), 'fusebox-gate-sh-'));
   // The script runs `fusebox` from PATH by default, as on a runner with the CLI installed.
@@ -38,7 +39,7 @@ beforeAll(async () => {
   writeFileSync(join(bin, 'fusebox'), `#!/bin/sh\nexec ${CLI.map((a) => `'${a}'`).join(' ')} "$@"\n`, { mode: 0o755 });
 });
 afterAll(async () => {
-  await seeder?.close();
+  await seeder?.redis.close();
   await redis?.stop();
   if (dir) rmSync(dir, { recursive: true, force: true });
 });

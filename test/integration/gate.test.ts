@@ -6,6 +6,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { runGate } from '../../src/cli/gate.js';
 import { DAY_MS, HOUR_MS, MINUTE_MS } from '../../src/slo/buckets.js';
 import { RedisCounterStore } from '../../src/slo/counter-store.js';
+import { RedisConnection } from '../../src/store/redis-connection.js';
 import type { SloEvent } from '../../src/slo/recorder.js';
 import { startRedis, type TestRedis } from '../helpers/redis.js';
 import { runCaptured } from '../helpers/cli.js';
@@ -20,13 +21,13 @@ let dir: string;
 
 beforeAll(async () => {
   redis = await startRedis();
-  seeder = new RedisCounterStore({ url: redis.url, keyPrefix: 'gate', timeoutMs: 1000 });
-  await seeder.ready();
+  seeder = new RedisCounterStore(new RedisConnection({ url: redis.url, keyPrefix: 'gate', timeoutMs: 1000 }));
+  await seeder.ready(2_000);
   route = sloRoutes(seeder);
   dir = mkdtempSync(join(tmpdir(), 'fusebox-gate-'));
 });
 afterAll(async () => {
-  await seeder?.close();
+  await seeder?.redis.close();
   await redis?.stop();
   if (dir) rmSync(dir, { recursive: true, force: true });
 });
@@ -101,9 +102,9 @@ describe('fusebox gate on real fleet counters', () => {
 
   it('an unknown route is a usage error (exit 2) naming the routes the store has counters for; one known only by older counters is not enough data', async () => {
     // A prefix of its own, so the list of known routes is exactly what this test wrote.
-    const store = new RedisCounterStore({ url: redis.url, keyPrefix: 'gate-known', timeoutMs: 1000 });
+    const store = new RedisCounterStore(new RedisConnection({ url: redis.url, keyPrefix: 'gate-known', timeoutMs: 1000 }));
     try {
-      await store.ready();
+      await store.ready(2_000);
       const svc = sloRoutes(store, 'svc');
       const [a, b] = [svc(), svc()];
       await a.at(T - HOUR_MS, 50, good);
@@ -126,7 +127,7 @@ describe('fusebox gate on real fleet counters', () => {
       // A wrong prefix: nothing is known there, and the message says where to look.
       expect((await gate(['--key-prefix', 'gate-nothing', '--route', 'svc0'])).err).toContain('no route has counters under this prefix (check --key-prefix)');
     } finally {
-      await store.close();
+      await store.redis.close();
     }
   });
 

@@ -3,8 +3,9 @@ import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { SloSchema } from '../../src/config/schema.js';
 import { bucketKey, minuteIndex, retentionMs } from '../../src/slo/buckets.js';
 import { assessSlo } from '../../src/slo/burn.js';
-import { MemoryCounterStore, RedisCounterStore, type CounterStore } from '../../src/slo/counter-store.js';
+import { MemoryCounterStore, RedisCounterStore } from '../../src/slo/counter-store.js';
 import { SloRecorder, type SloEvent } from '../../src/slo/recorder.js';
+import { RedisConnection } from '../../src/store/redis-connection.js';
 import { objectiveOf, sloSpecOf } from '../../src/slo/spec.js';
 import { readSloWindows } from '../../src/slo/windows.js';
 import { startRedis, type TestRedis } from '../helpers/redis.js';
@@ -13,21 +14,21 @@ const T = Date.UTC(2025, 0, 15, 12, 30, 30);
 const specs = [sloSpecOf('chat', SloSchema.parse({})), sloSpecOf('tools', SloSchema.parse({}))];
 
 let redis: TestRedis;
-const opened: CounterStore[] = [];
+const opened: RedisConnection[] = [];
 let prefixSeq = 0;
 
 beforeAll(async () => {
   redis = await startRedis();
 });
 afterAll(async () => {
-  await Promise.all(opened.map((s) => s.close()));
+  await Promise.all(opened.map((c) => c.close()));
   await redis?.stop();
 });
 
 const redisStore = (keyPrefix: string, timeoutMs = 500) => {
-  const s = new RedisCounterStore({ url: redis.url, keyPrefix, timeoutMs });
-  opened.push(s);
-  return s;
+  const connection = new RedisConnection({ url: redis.url, keyPrefix, timeoutMs });
+  opened.push(connection);
+  return new RedisCounterStore(connection);
 };
 
 /** A sidecar: its own Redis client and recorder, on a shared clock. */
@@ -39,7 +40,7 @@ const sidecar = (keyPrefix: string, clock: { t: number }, name: string) => {
 
 /** Resolves when the client is (back) in `ready`: on its event, not on a polling deadline. */
 const waitReady = async (s: RedisCounterStore) => {
-  if (s.client.status !== 'ready') await once(s.client, 'ready');
+  if (s.redis.client.status !== 'ready') await once(s.redis.client, 'ready');
 };
 
 describe('SLO counters in a shared Redis', () => {
@@ -50,7 +51,7 @@ describe('SLO counters in a shared Redis', () => {
     const b = sidecar(prefix, clock, 'b');
     const both = new MemoryCounterStore({ now: () => clock.t });
     const reference = new SloRecorder({ store: both, routes: specs, now: () => clock.t, flushIntervalMs: 1000 });
-    await Promise.all([a.store.ready(), b.store.ready()]);
+    await Promise.all([a.store.ready(2_000), b.store.ready(2_000)]);
 
     const traffic: Array<[typeof a, string, SloEvent, number]> = [
       [a, 'chat', { availability: 'good', latencyMs: 800, costUsdMicros: 40_000 }, 300],
@@ -73,7 +74,7 @@ describe('SLO counters in a shared Redis', () => {
     expect(a.recorder.stats()).toMatchObject({ pendingBatches: 0, lastFlushOk: true });
 
     const reader = redisStore(prefix);
-    await reader.ready();
+    await reader.ready(2_000);
     const fleet = await readSloWindows(reader, 'chat', 30, clock.t);
     const expected = await readSloWindows(both, 'chat', 30, clock.t);
     expect(fleet).toEqual(expected);
@@ -87,12 +88,12 @@ describe('SLO counters in a shared Redis', () => {
     const prefix = `ttl${prefixSeq++}`;
     const clock = { t: T };
     const { recorder, store } = sidecar(prefix, clock, 'a');
-    await store.ready();
+    await store.ready(2_000);
     recorder.record('chat', { availability: 'good' });
     await recorder.flush();
-    const ttl = await store.client.ttl(bucketKey(prefix, { route: 'chat', tier: 'm', index: minuteIndex(T) }));
+    const ttl = await store.redis.client.ttl(bucketKey(prefix, { route: 'chat', tier: 'm', index: minuteIndex(T) }));
     expect(ttl).toBe(30 + retentionMs('m', 30) / 1000);
-    const dayTtl = await store.client.ttl(bucketKey(prefix, { route: 'chat', tier: 'd', index: Math.floor(T / 86_400_000) }));
+    const dayTtl = await store.redis.client.ttl(bucketKey(prefix, { route: 'chat', tier: 'd', index: Math.floor(T / 86_400_000) }));
     expect(dayTtl).toBeGreaterThan(30 * 86_400);
     expect(dayTtl).toBeLessThanOrEqual(32 * 86_400);
   });
@@ -100,7 +101,7 @@ describe('SLO counters in a shared Redis', () => {
   it('applies a batch once even when it is sent twice, per writer', async () => {
     const prefix = `once${prefixSeq++}`;
     const store = redisStore(prefix);
-    await store.ready();
+    await store.ready(2_000);
     const ref = { route: 'chat', tier: 'm', index: minuteIndex(T) } as const;
     const batch = { seq: 1, writes: [{ ref, ttlSeconds: 600, fields: { ag: 5, ab: 1 } }] };
     await store.write('w1', [batch]);
@@ -113,10 +114,10 @@ describe('SLO counters in a shared Redis', () => {
     const prefix = `down${prefixSeq++}`;
     const clock = { t: T };
     const { recorder, store } = sidecar(prefix, clock, 'a');
-    await store.ready();
+    await store.ready(2_000);
     recorder.record('chat', { availability: 'good' });
     await recorder.flush();
-    const closed = once(store.client, 'close');
+    const closed = once(store.redis.client, 'close');
     redis.kill();
     await closed;
     recorder.record('chat', { availability: 'bad' });
@@ -139,7 +140,7 @@ describe('SLO counters in a shared Redis', () => {
     const clock = { t: T };
     const store = redisStore(prefix, 200);
     const recorder = new SloRecorder({ store, routes: specs, now: () => clock.t, flushIntervalMs: 1000, writerId: 'hung-a' });
-    await store.ready();
+    await store.ready(2_000);
     recorder.record('chat', { availability: 'bad' });
     redis.pause();
     try {

@@ -3,6 +3,8 @@ import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { LocalFallbackStore } from '../../src/budget/local-fallback-store.js';
 import { MemoryStore } from '../../src/budget/memory-store.js';
 import { RedisStore } from '../../src/budget/redis-store.js';
+import { RedisConnection } from '../../src/store/redis-connection.js';
+import { RedisReplyError } from '../../src/store/redis-script.js';
 import type { Actual, BudgetStore, Estimate, Reservation, ScopeBudget } from '../../src/budget/store.js';
 import { startRedis, type TestRedis } from '../helpers/redis.js';
 import { seeded } from '../helpers/pipeline.js';
@@ -357,22 +359,6 @@ function describeStoreContract(name: string, factory: Factory): void {
       }
     });
 
-    it('counts buckets: batched integer increments per field, read back per key', async () => {
-      const store = await setup();
-      try {
-        await store.incrBuckets([
-          { key: 'slo:r1:100', field: 'ok', by: 3, ttlMs: 60_000 },
-          { key: 'slo:r1:100', field: 'err', by: 1, ttlMs: 60_000 },
-          { key: 'slo:r1:100', field: 'ok', by: 2, ttlMs: 60_000 },
-          { key: 'slo:r1:101', by: 7, ttlMs: 60_000 },
-        ]);
-        expect(await store.readBuckets(['slo:r1:100', 'slo:r1:101', 'slo:r1:999'])).toEqual([{ ok: 5, err: 1 }, { n: 7 }, {}]);
-        await expect(store.incrBuckets([{ key: 'x', by: 0.5, ttlMs: 1_000 }])).rejects.toThrow(TypeError);
-      } finally {
-        await teardown();
-      }
-    });
-
     it('rejects amounts that are not non-negative integers', async () => {
       const store = await setup();
       try {
@@ -396,12 +382,17 @@ let prefixes = 0;
 beforeAll(async () => {
   redis = await startRedis();
 });
+const connections: RedisConnection[] = [];
 afterAll(async () => {
+  await Promise.all(connections.map((c) => c.close()));
   await redis?.stop();
 });
 
-const redisStore = async (now: () => number, keyPrefix: string, extra: Partial<ConstructorParameters<typeof RedisStore>[0]> = {}) => {
-  const store = new RedisStore({ url: redis.url, keyPrefix, now, ...extra });
+/** A RedisStore on its own connection, as each sidecar has one; the connections are closed after all tests. */
+const redisStore = async (now: () => number, keyPrefix: string) => {
+  const connection = new RedisConnection({ url: redis.url, keyPrefix });
+  connections.push(connection);
+  const store = new RedisStore({ redis: connection, now });
   await store.waitReady(2_000);
   return store;
 };
@@ -469,6 +460,31 @@ describe('RedisStore', () => {
     }
   });
 
+  it('answers a reply it cannot decode with a RedisReplyError (a store failure: the fallback store serves locally), never a NaN', async () => {
+    const clock = makeClock();
+    const store = await redisStore(clock.now, 'corrupt');
+    const raw = new Redis(redis.url);
+    try {
+      const day = agentDay('a1', { usdMicros: usd(1) });
+      await store.commit(await mustReserve(store, [day], est(usd(1))), act(usd(1)));
+      // The script hands `seen` back as it finds it; something other than a clock time used to become a NaN resetAt.
+      await raw.hset('{corrupt}:agent:a1:day:2026-11-30', 'seen', 'yesterday');
+      const refused = store.reserve({ scopes: [day], estimate: est(1) });
+      await expect(refused).rejects.toBeInstanceOf(RedisReplyError);
+      await expect(refused).rejects.toThrow('Redis script fuseboxReserve gave an unexpected reply: seen: expected a number, got "yesterday"');
+      const fallback = new LocalFallbackStore({ shared: store, now: clock.now });
+      try {
+        const local = await fallback.reserve({ scopes: [day], estimate: est(1) });
+        expect(local.ok && local.reservation.local).toBe(true);
+        expect(fallback.available()).toBe(false);
+      } finally {
+        await fallback.close();
+      }
+    } finally {
+      raw.disconnect();
+    }
+  });
+
   it('still runs its scripts after Redis forgot them (SCRIPT FLUSH)', async () => {
     const clock = makeClock();
     const store = await redisStore(clock.now, 'flush');
@@ -481,20 +497,6 @@ describe('RedisStore', () => {
       expect((await usage(store, day)).spent.usdMicros).toBe(usd(0.5));
     } finally {
       raw.disconnect();
-      await store.close();
-    }
-  });
-
-  it('expires buckets after their TTL', async () => {
-    const store = await redisStore(Date.now, 'buckets');
-    try {
-      const ttlMs = 1_000;
-      const writtenAt = Date.now();
-      await store.incrBuckets([{ key: 'b', by: 1, ttlMs }]);
-      expect(await store.readBuckets(['b'])).toEqual([{ n: 1 }]);
-      await vi.waitFor(async () => expect(await store.readBuckets(['b'])).toEqual([{}]), { timeout: 10_000, interval: 25 });
-      expect(Date.now() - writtenAt).toBeGreaterThanOrEqual(ttlMs);
-    } finally {
       await store.close();
     }
   });

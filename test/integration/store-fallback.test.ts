@@ -3,6 +3,7 @@ import { LocalFallbackStore, type FallbackEvent, type JournalEntry } from '../..
 import { RedisStore } from '../../src/budget/redis-store.js';
 import type { BudgetStore, Reservation, ScopeBudget } from '../../src/budget/store.js';
 import { StoreUnavailableError } from '../../src/errors.js';
+import { RedisConnection } from '../../src/store/redis-connection.js';
 import { startRedis, type TestRedis } from '../helpers/redis.js';
 
 const usd = (n: number) => Math.round(n * 1_000_000);
@@ -30,9 +31,12 @@ async function admit(store: BudgetStore, e: number): Promise<Reservation> {
 describe('LocalFallbackStore over a Redis that goes away', () => {
   let redis: TestRedis | undefined;
   let stores: BudgetStore[] = [];
+  let connections: RedisConnection[] = [];
   afterEach(async () => {
     await Promise.all(stores.map((s) => s.close()));
     stores = [];
+    await Promise.all(connections.map((c) => c.close()));
+    connections = [];
     await redis?.stop();
     redis = undefined;
   });
@@ -42,12 +46,15 @@ describe('LocalFallbackStore over a Redis that goes away', () => {
     // A frozen clock: windows and hold expiry stay put while real outages come and go.
     const t = Date.now();
     const now = () => t;
-    const shared = new RedisStore({ url: redis.url, keyPrefix: 'fb', now, timeoutMs: opts.timeoutMs ?? 200 });
+    const connection = new RedisConnection({ url: redis.url, keyPrefix: 'fb', timeoutMs: opts.timeoutMs ?? 200 });
+    const shared = new RedisStore({ redis: connection, now });
     const events: FallbackEvent[] = [];
     const fb = new LocalFallbackStore({ shared, now, replayIntervalMs: 50, onEvent: (e) => events.push(e) });
     // A second sidecar's view of Redis, to read the fleet totals.
-    const reader = new RedisStore({ url: redis.url, keyPrefix: 'fb', now });
+    const readerConnection = new RedisConnection({ url: redis.url, keyPrefix: 'fb' });
+    const reader = new RedisStore({ redis: readerConnection, now });
     stores.push(fb, reader);
+    connections.push(connection, readerConnection);
     await shared.waitReady(2_000);
     await reader.waitReady(2_000);
     return { fb, shared, reader, events, redis };

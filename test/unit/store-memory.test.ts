@@ -1,4 +1,4 @@
-import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
@@ -20,14 +20,13 @@ describe('MemoryStore snapshots', () => {
   });
   afterEach(() => rmSync(dir, { recursive: true, force: true }));
 
-  it('keeps spend, kills and buckets across a restart, but not the holds of requests that died with it', async () => {
+  it('keeps spend and kills across a restart, but not the holds of requests that died with it', async () => {
     const first = new MemoryStore({ now, snapshotPath: path });
     const r = await first.reserve({ scopes: [day], estimate: est(400_000) });
     if (!r.ok) throw new Error('refused');
     await first.commit(r.reservation, { usdMicros: 600_000, tokens: 10 });
     await first.reserve({ scopes: [day], estimate: est(100_000) });
     await first.setKill({ kind: 'workflow', id: 'w9' }, 'runaway');
-    await first.incrBuckets([{ key: 'k', field: 'ok', by: 4, ttlMs: 60_000 }]);
     await first.close();
 
     const second = new MemoryStore({ now, snapshotPath: path });
@@ -36,7 +35,6 @@ describe('MemoryStore snapshots', () => {
     expect(u?.spent).toEqual({ usdMicros: 600_000, tokens: 10, calls: 1 });
     expect(u?.reserved).toEqual({ usdMicros: 0, tokens: 0, calls: 0 });
     expect(await second.getKills()).toEqual([{ target: { kind: 'workflow', id: 'w9' }, reason: 'runaway', at: t }]);
-    expect(await second.readBuckets(['k'])).toEqual([{ ok: 4 }]);
     const over = await second.reserve({ scopes: [day], estimate: est(500_000) });
     expect(over.ok).toBe(false);
     await second.close();
@@ -91,17 +89,26 @@ describe('MemoryStore snapshots', () => {
     expect((seen[0] as NodeJS.ErrnoException).code).toMatch(/EEXIST|ENOTDIR/);
   });
 
-  it('drops windows two days past their end and expired buckets from the snapshot', async () => {
+  it('drops windows two days past their end from the snapshot', async () => {
     const store = new MemoryStore({ now, snapshotPath: path });
     const r = await store.reserve({ scopes: [day], estimate: est(1) });
     if (r.ok) await store.commit(r.reservation, { usdMicros: 1, tokens: 0 });
-    await store.incrBuckets([{ key: 'k', by: 1, ttlMs: 1_000 }]);
-    t += 1_000;
-    expect(await store.readBuckets(['k'])).toEqual([{}]);
     t = Date.parse('2026-11-25T00:00:00Z');
     await store.close();
     const file = JSON.parse(readFileSync(path, 'utf8'));
     expect(file.counters).toEqual([]);
-    expect(file.buckets).toEqual([]);
+  });
+
+  it('reads a snapshot that still holds the generic buckets of earlier versions, and writes one they can read', async () => {
+    const bucket = ['slo:r1:100', { fields: { ok: 4 }, expiresAt: t + 60_000 }];
+    const spent = { usdMicros: 5, tokens: 0, calls: 1 };
+    const counter = ['agent:a1:day:2026-11-22', { spent, alerted: [], lastSeen: t, gcAt: t + 86_400_000 }];
+    mkdirSync(join(dir, 'state'));
+    writeFileSync(path, JSON.stringify({ version: 1, savedAt: t, counters: [counter], kills: [], buckets: [bucket] }));
+    const store = new MemoryStore({ now, snapshotPath: path });
+    expect(store.snapshotLoadError).toBeUndefined();
+    expect((await store.snapshot([day]))[0]?.spent).toEqual(spent);
+    await store.close();
+    expect(JSON.parse(readFileSync(path, 'utf8')).buckets).toEqual([]);
   });
 });
