@@ -126,6 +126,9 @@ export const buildApp = async (config: Config, deps: AppDeps = {}): Promise<Fuse
   const tunnels = new Set<Duplex>();
   const pending = new PendingWork();
 
+  // First of what can fail at start (an unreadable CA file): nothing is open yet that would need closing.
+  const ca = await createPodCa(config, { baseDir: deps.baseDir ?? process.cwd(), now, metrics, env, logger });
+
   // One Redis client for every shared store (budgets and SLO counters); closed after both, in shutdown().
   const redis =
     config.store.kind === 'redis'
@@ -157,7 +160,6 @@ export const buildApp = async (config: Config, deps: AppDeps = {}): Promise<Fuse
   const built: BuiltRoute[] = buildRoutes(config.routes, pipelineDeps);
   const routes = new RouteTable(built);
   for (const warning of configWarnings(config)) logger.warn(warning);
-  const ca = await createPodCa(config, { baseDir: deps.baseDir ?? process.cwd(), now, metrics, env, logger });
   metrics.configInfo.labels(String(config.routes.length), config.store.kind, config.agent.id).set(1);
   // Present from the first scrape, so rate() sees the first failure and alerts have a series to watch.
   for (const op of ['reserve', 'commit', 'release']) metrics.storeErrors.labels(op).inc(0);
