@@ -1,5 +1,5 @@
 import { randomBytes } from 'node:crypto';
-import { createServer, type IncomingMessage, type ServerResponse } from 'node:http';
+import type { Server, ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { hostname } from 'node:os';
 import { resolve } from 'node:path';
@@ -7,7 +7,6 @@ import type { Duplex } from 'node:stream';
 import Fastify, { type FastifyInstance } from 'fastify';
 import { pino, type Logger } from 'pino';
 import type { Config } from './config/schema.js';
-import { BadRequestError, HeadersTooLargeError } from './errors.js';
 import { registerAdmin } from './http/admin.js';
 import { registerAdminBreakers } from './http/admin-breakers.js';
 import { refreshBudgetGauges, registerAdminBudgets } from './http/admin-budgets.js';
@@ -23,12 +22,12 @@ import { SloRecorder } from './slo/recorder.js';
 import { RedisConnection } from './store/redis-connection.js';
 import { sloSpecsOf } from './slo/spec.js';
 import { handleConnect } from './http/connect.js';
-import { endWithError } from './http/error-answer.js';
+import { clientErrorAnswer, createProxyServer } from './http/proxy-server.js';
 import { Interceptor } from './http/intercept.js';
 import { createPodCa } from './intercept/setup.js';
 import type { PodCa } from './intercept/ca.js';
 import { configWarnings } from './config/warnings.js';
-import { FORWARD_TARGET, handleProxyRequest, type ForwardRequest, type ProxyState } from './http/proxy.js';
+import { handleProxyRequest, type ForwardRequest, type ProxyState } from './http/proxy.js';
 import { RouteTable } from './http/route-table.js';
 import { buildRoutes, type BuiltRoute, type PipelineDeps } from './pipeline/build.js';
 import { createMetrics, type Metrics } from './telemetry/metrics.js';
@@ -51,7 +50,8 @@ export interface Fusebox {
   config: Config;
   /** The pod CA intercepted tunnels are served with; undefined when no route intercepts. */
   ca: PodCa | undefined;
-  proxy: FastifyInstance;
+  /** The proxy listener (node:http: every request is a proxied call, see src/http/proxy-server.ts). */
+  proxy: Server;
   admin: FastifyInstance;
   metrics: Metrics;
   logger: Logger;
@@ -113,23 +113,16 @@ const watchCaExpiry = (ca: PodCa, warningDays: number, logger: Logger): void => 
   setInterval(check, 86_400_000).unref();
 };
 
-/** Build (but do not bind) a Fusebox from a validated config. Tests build one per case on port 0. */
-export const buildApp = async (config: Config, deps: AppDeps = {}): Promise<Fusebox> => {
-  const logger = deps.logger ?? createLogger(config.log.level);
-  const metrics = deps.metrics ?? createMetrics();
-  const env = deps.env ?? process.env;
-  const now = deps.now ?? Date.now;
-  const random = deps.random ?? Math.random;
-  const via = `1.1 fusebox-${randomBytes(4).toString('hex')}`;
-  const pools = new PoolSet(deps.baseDir ?? process.cwd());
-  const state: ProxyState = { accepting: true, inflight: 0, ownPorts: new Set() };
-  const tunnels = new Set<Duplex>();
-  const pending = new PendingWork();
+interface Stores {
+  /** One Redis client for every shared store (budgets and SLO counters); closed after both. */
+  redis: RedisConnection | undefined;
+  store: BudgetStore;
+  counterStore: MemoryCounterStore | RedisCounterStore;
+}
 
-  // First of what can fail at start (an unreadable CA file): nothing is open yet that would need closing.
-  const ca = await createPodCa(config, { baseDir: deps.baseDir ?? process.cwd(), now, metrics, env, logger });
-
-  // One Redis client for every shared store (budgets and SLO counters); closed after both, in shutdown().
+/** The budget store and the SLO counter store: the same kind, so a fleet shares its error budgets as its caps. */
+const buildStores = (config: Config, deps: { store?: BudgetStore | undefined; now: () => number; logger: Logger; metrics: Metrics }): Stores => {
+  const { now, logger, metrics } = deps;
   const redis =
     config.store.kind === 'redis'
       ? new RedisConnection({
@@ -141,105 +134,133 @@ export const buildApp = async (config: Config, deps: AppDeps = {}): Promise<Fuse
       : undefined;
   const store = deps.store ?? createBudgetStore(config, { now, logger, metrics, redis });
   metrics.storeUp.set(1);
-  const prices = loadPrices(config, deps.baseDir ?? process.cwd());
-  if (config.routes.some((r) => r.provider === 'openai')) warmTokenizer();
-  // SLO counters go to the same kind of store as budgets, so a fleet shares its error budgets too.
-  const sloSpecs = sloSpecsOf(config.routes);
+  // Present from the first scrape, so rate() sees the first failure and alerts have a series to watch.
+  for (const op of ['reserve', 'commit', 'release']) metrics.storeErrors.labels(op).inc(0);
   const counterStore = redis ? new RedisCounterStore(redis) : new MemoryCounterStore({ now, keyPrefix: config.store.keyPrefix });
+  return { redis, store, counterStore };
+};
+
+/** The SLO counters each call feeds, and the evaluator that turns the fleet's counts into budgets and actions. */
+const buildSlo = (config: Config, counterStore: Stores['counterStore'], deps: { now: () => number; logger: Logger; metrics: Metrics }) => {
+  const { now, logger, metrics } = deps;
+  const specs = sloSpecsOf(config.routes);
   const recorder = new SloRecorder({
     store: counterStore,
-    routes: sloSpecs,
+    routes: specs,
     now,
     flushIntervalMs: config.sloCounters.flushIntervalMs,
     logger,
     counters: { events: metrics.sloEvents, refused: metrics.sloRefused },
   });
-  const evaluator = new SloEvaluator({ store: counterStore, routes: sloSpecs, now, logger });
-  zeroSloEventSeries(metrics.sloEvents, sloSpecs);
-  const pipelineDeps: PipelineDeps = { pools, metrics, logger, env, now, random, via, store, prices, budgets: config.budgets, slo: { recorder, evaluator }, pending };
-  const built: BuiltRoute[] = buildRoutes(config.routes, pipelineDeps);
-  const routes = new RouteTable(built);
-  for (const warning of configWarnings(config)) logger.warn(warning);
-  metrics.configInfo.labels(String(config.routes.length), config.store.kind, config.agent.id).set(1);
-  // Present from the first scrape, so rate() sees the first failure and alerts have a series to watch.
-  for (const op of ['reserve', 'commit', 'release']) metrics.storeErrors.labels(op).inc(0);
+  const evaluator = new SloEvaluator({ store: counterStore, routes: specs, now, logger });
+  zeroSloEventSeries(metrics.sloEvents, specs);
+  return { recorder, evaluator };
+};
+
+/** The admin listener: health, readiness, metrics, and the admin API (state changes need the token). */
+const buildAdmin = (
+  config: Config,
+  deps: { env: NodeJS.ProcessEnv; metrics: Metrics; logger: Logger; isReady: () => boolean; built: BuiltRoute[]; store: BudgetStore; evaluator: SloEvaluator; ca: PodCa | undefined },
+): FastifyInstance => {
+  const { metrics, store, evaluator } = deps;
+  const admin = Fastify({ logger: false, forceCloseConnections: true });
+  const token = deps.env[config.listen.admin.tokenEnv];
+  registerAdmin(admin, {
+    metrics,
+    token: token !== undefined && token !== '' ? token : undefined,
+    tokenEnv: config.listen.admin.tokenEnv,
+    isReady: deps.isReady,
+    beforeScrape: async () => {
+      applySloGauges({ budgetRemaining: metrics.sloBudgetRemaining, burnRate: metrics.sloBurnRate, action: metrics.sloAction }, evaluator.all());
+      await refreshBudgetGauges(config, store, metrics);
+    },
+  });
+  registerAdminBreakers(admin, deps.built);
+  registerAdminBudgets(admin, { config, store, logger: deps.logger });
+  registerAdminSlo(admin, evaluator);
+  registerAdminCa(admin, deps.ca);
+  return admin;
+};
+
+const urlOf = (server: Server) => {
+  const a = server.address() as AddressInfo;
+  return `http://${a.family === 'IPv6' ? `[${a.address}]` : a.address}:${a.port}`;
+};
+
+/** Build (but do not bind) a Fusebox from a validated config. Tests build one per case on port 0. */
+export const buildApp = async (config: Config, deps: AppDeps = {}): Promise<Fusebox> => {
+  const logger = deps.logger ?? createLogger(config.log.level);
+  const metrics = deps.metrics ?? createMetrics();
+  const env = deps.env ?? process.env;
+  const now = deps.now ?? Date.now;
+  const random = deps.random ?? Math.random;
+  const baseDir = deps.baseDir ?? process.cwd();
+  const via = `1.1 fusebox-${randomBytes(4).toString('hex')}`;
+  const state: ProxyState = { accepting: true, ownPorts: new Set() };
+  const inflight = { count: 0 };
+  const tunnels = new Set<Duplex>();
+  const pending = new PendingWork();
+
+  // First of what can fail at start (an unreadable CA file): nothing is open yet that would need closing.
+  const ca = await createPodCa(config, { baseDir, now, metrics, env, logger });
+  const { redis, store, counterStore } = buildStores(config, { store: deps.store, now, logger, metrics });
+  const { recorder, evaluator } = buildSlo(config, counterStore, { now, logger, metrics });
+  if (config.routes.some((r) => r.provider === 'openai')) warmTokenizer();
 
   // The access line is built field by field from redacted values (no headers), so it skips pino's redaction
   // walk, the largest single cost of a proxied call in bench/ profiles; every other line keeps it.
   const accessLog = logger.child({}, { redact: [] });
-  const proxyDeps = { config, routes, metrics, logger, accessLog, now, state, via, pending };
-  const clientError = (err: Error & { code?: string }, socket: Duplex) => {
-    if (!socket.writable) return socket.destroy();
-    const e =
-      err.code === 'HPE_HEADER_OVERFLOW'
-        ? new HeadersTooLargeError(`request headers are larger than the limit of ${config.limits.maxHeaderBytes} bytes (limits.maxHeaderBytes)`)
-        : new BadRequestError(`malformed HTTP request: ${err.code ?? err.message}`);
-    metrics.refusals.labels(e.code).inc();
-    endWithError(socket, e);
+  const pools = new PoolSet(baseDir);
+  const pipelineDeps: PipelineDeps = {
+    pools,
+    metrics,
+    logger,
+    accessLog,
+    env,
+    now,
+    random,
+    via,
+    store,
+    prices: loadPrices(config, baseDir),
+    budgets: config.budgets,
+    slo: { recorder, evaluator },
+    pending,
+    inflight,
+    maxRequestBodyBytes: config.limits.maxRequestBodyBytes,
   };
+  const built: BuiltRoute[] = buildRoutes(config.routes, pipelineDeps);
+  const routes = new RouteTable(built);
+  for (const warning of configWarnings(config)) logger.warn(warning);
+  metrics.configInfo.labels(String(config.routes.length), config.store.kind, config.agent.id).set(1);
+
+  const proxyDeps = { config, routes, metrics, logger, now, state, via };
+  const handle = (req: ForwardRequest, res: ServerResponse) => void handleProxyRequest(req, res, proxyDeps);
   const interceptor = new Interceptor({
     config: config.intercept,
     maxHeaderBytes: config.limits.maxHeaderBytes,
     ca,
     metrics,
     logger,
-    handle: (req, res) => void handleProxyRequest(req, res, proxyDeps),
-    rawError: clientError,
+    handle,
+    rawError: clientErrorAnswer(config.limits.maxHeaderBytes, metrics),
   });
-  const proxy = Fastify({
-    logger: false,
-    exposeHeadRoutes: false,
-    return503OnClosing: false,
-    forceCloseConnections: false,
-    // HTTP_PROXY mode sends absolute-form targets (`GET http://host/x`); the router only knows paths, so the
-    // target is parked on the request and routing happens in the proxy handler by host.
-    rewriteUrl(req) {
-      const url = req.url ?? '/';
-      if (url.startsWith('/')) return url;
-      try {
-        (req as ForwardRequest)[FORWARD_TARGET] = { url: new URL(url), mode: 'proxy' };
-      } catch {
-        return '/';
-      }
-      return '/';
-    },
-    serverFactory: (handler) =>
-      createServer({ maxHeaderSize: config.limits.maxHeaderBytes, noDelay: true }, (req: IncomingMessage, res: ServerResponse) => handler(req, res)),
-    clientErrorHandler: clientError,
-  });
-  // Bodies stay unread streams: the proxy decides whether to buffer (for replay) or stream.
-  proxy.removeAllContentTypeParsers();
-  proxy.addContentTypeParser('*', (_req, _payload, done) => done(null));
-  proxy.all('*', (req, reply) => {
-    reply.hijack();
-    return handleProxyRequest(req.raw as ForwardRequest, reply.raw, proxyDeps);
-  });
-  proxy.server.on('connect', (req: IncomingMessage, socket: Duplex, head: Buffer) =>
-    handleConnect(req, socket, head, { routes, metrics, logger, state, tunnels, interceptor }),
-  );
-
-  const admin = Fastify({ logger: false, forceCloseConnections: true });
-  const token = env[config.listen.admin.tokenEnv];
-  registerAdmin(admin, {
+  const proxy = createProxyServer({
+    maxHeaderBytes: config.limits.maxHeaderBytes,
     metrics,
-    token: token !== undefined && token !== '' ? token : undefined,
-    tokenEnv: config.listen.admin.tokenEnv,
-    // An expired pod CA makes every intercepted call fail its handshake: not ready, so the rollout shows it.
-    isReady: () => state.accepting && proxy.server.listening && (ca === undefined || ca.daysLeft() > 0),
-    beforeScrape: async () => {
-      applySloGauges({ budgetRemaining: metrics.sloBudgetRemaining, burnRate: metrics.sloBurnRate, action: metrics.sloAction }, evaluator.all());
-      await refreshBudgetGauges(config, store, metrics);
-    },
+    handle,
+    connect: (req, socket, head) => handleConnect(req, socket, head, { routes, metrics, logger, state, tunnels, interceptor }),
   });
-  registerAdminBreakers(admin, built);
-  registerAdminBudgets(admin, { config, store, logger });
-  registerAdminSlo(admin, evaluator);
-  registerAdminCa(admin, ca);
-
-  const urlOf = (app: FastifyInstance) => {
-    const a = app.server.address() as AddressInfo;
-    return `http://${a.family === 'IPv6' ? `[${a.address}]` : a.address}:${a.port}`;
-  };
+  const admin = buildAdmin(config, {
+    env,
+    metrics,
+    logger,
+    built,
+    store,
+    evaluator,
+    ca,
+    // An expired pod CA makes every intercepted call fail its handshake: not ready, so the rollout shows it.
+    isReady: () => state.accepting && proxy.listening && (ca === undefined || ca.daysLeft() > 0),
+  });
 
   let closed: Promise<void> | undefined;
   const fusebox: Fusebox = {
@@ -258,36 +279,42 @@ export const buildApp = async (config: Config, deps: AppDeps = {}): Promise<Fuse
       // Before the port opens, so /readyz (the native sidecar's startup gate) never says ready without the file agents trust.
       const caDir = env.FUSEBOX_CA_DIR || config.intercept.ca.outDir;
       if (ca !== undefined && caDir !== undefined) {
-        const files = await ca.writeFiles(resolve(deps.baseDir ?? process.cwd(), caDir));
+        const files = await ca.writeFiles(resolve(baseDir, caDir));
         logger.info({ ...files, fingerprintSha256: ca.info.fingerprintSha256, notAfter: ca.info.notAfter.toISOString() }, 'pod CA certificate written');
       }
       if (ca !== undefined) watchCaExpiry(ca, config.intercept.ca.expiryWarningDays, logger);
-      await proxy.listen({ host: config.listen.proxy.host, port: config.listen.proxy.port });
+      await new Promise<void>((resolveListen, reject) => {
+        proxy.once('error', reject);
+        proxy.listen({ host: config.listen.proxy.host, port: config.listen.proxy.port }, () => {
+          proxy.off('error', reject);
+          resolveListen();
+        });
+      });
       await admin.listen({ host: config.listen.admin.host, port: config.listen.admin.port });
-      state.ownPorts.add((proxy.server.address() as AddressInfo).port);
+      state.ownPorts.add((proxy.address() as AddressInfo).port);
       state.ownPorts.add((admin.server.address() as AddressInfo).port);
       recorder.start();
       evaluator.start();
       metrics.ready.set(1);
       logger.info(
-        { proxy: urlOf(proxy), admin: urlOf(admin), routes: config.routes.map((r) => r.name), agent: config.agent.id, store: config.store.kind },
+        { proxy: urlOf(proxy), admin: urlOf(admin.server), routes: config.routes.map((r) => r.name), agent: config.agent.id, store: config.store.kind },
         'fusebox listening',
       );
       // Batched lines would otherwise wait for the next second: supervisors and people watch for this one.
       logger.flush();
-      return { proxyUrl: urlOf(proxy), adminUrl: urlOf(admin) };
+      return { proxyUrl: urlOf(proxy), adminUrl: urlOf(admin.server) };
     },
     shutdown(graceMs = config.shutdown.graceMs) {
       closed ??= (async () => {
         state.accepting = false;
         metrics.ready.set(0);
-        logger.info({ inflight: state.inflight, tunnels: tunnels.size, graceMs }, 'draining');
+        logger.info({ inflight: inflight.count, tunnels: tunnels.size, graceMs }, 'draining');
         // Stop accepting connections; idle keep-alive sockets are closed, busy ones end after their response.
-        const serverClosed = new Promise<void>((resolve) => proxy.server.close(() => resolve()));
-        proxy.server.closeIdleConnections();
+        const serverClosed = proxy.listening ? new Promise<void>((r) => proxy.close(() => r())) : Promise.resolve();
+        proxy.closeIdleConnections();
         let waiting = true;
         const drained = (async () => {
-          while (waiting && (state.inflight > 0 || tunnels.size > 0)) await new Promise((r) => setTimeout(r, 25));
+          while (waiting && (inflight.count > 0 || tunnels.size > 0)) await new Promise((r) => setTimeout(r, 25));
         })();
         let timer: NodeJS.Timeout | undefined;
         const timedOut = await Promise.race([
@@ -297,14 +324,14 @@ export const buildApp = async (config: Config, deps: AppDeps = {}): Promise<Fuse
         clearTimeout(timer);
         waiting = false;
         if (timedOut) {
-          logger.warn({ inflight: state.inflight, tunnels: tunnels.size }, 'grace period over: cutting the calls still running');
+          logger.warn({ inflight: inflight.count, tunnels: tunnels.size }, 'grace period over: cutting the calls still running');
           for (const t of tunnels) t.destroy();
           interceptor.closeAll();
-          proxy.server.closeAllConnections();
+          proxy.closeAllConnections();
           await pools.destroy();
         } else {
           interceptor.closeAll();
-          proxy.server.closeAllConnections();
+          proxy.closeAllConnections();
           await pools.close();
         }
         await serverClosed;
@@ -312,7 +339,6 @@ export const buildApp = async (config: Config, deps: AppDeps = {}): Promise<Fuse
         let idleTimer: NodeJS.Timeout | undefined;
         await Promise.race([pending.idle(), new Promise<void>((r) => (idleTimer = setTimeout(r, 5_000)))]);
         clearTimeout(idleTimer);
-        await proxy.close();
         await admin.close();
         await recorder.close();
         evaluator.close();

@@ -123,5 +123,3 @@ const stringAt = (map: YAMLMap | undefined, path: readonly string[]): string | u
     return undefined;
   }
 };
-
-export { runInject } from './cli.js';

@@ -2,33 +2,19 @@ import { randomUUID } from 'node:crypto';
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { Logger } from 'pino';
 import type { Config } from '../config/schema.js';
-import {
-  ClientClosedError,
-  DestinationNotAllowedError,
-  InternalError,
-  NoRouteError,
-  ProxyError,
-  ProxyLoopError,
-  ShuttingDownError,
-  UpstreamConnectError,
-  UpstreamError,
-  UpstreamResetError,
-  UpstreamTimeoutError,
-} from '../errors.js';
-import type { BuiltRoute } from '../pipeline/build.js';
-import type { BodyEnd, CallContext, CallFacts, ProxyRequest } from '../pipeline/types.js';
-import type { PendingWork } from '../pipeline/pending.js';
-import { codeClass, methodLabel, type Metrics } from '../telemetry/metrics.js';
-import { readRequestBody } from './body.js';
+import { ClientClosedError, DestinationNotAllowedError, NoRouteError, ProxyLoopError, ShuttingDownError, type ProxyError } from '../errors.js';
 import { isLocalHost, normalizeHost, urlPort } from '../net/address.js';
-import { lingeringClose } from './lingering-close.js';
-import { redactPath, splitRequestHeaders } from './headers.js';
+import type { BuiltRoute } from '../pipeline/build.js';
+import { Call } from '../pipeline/context.js';
+import type { CallMode } from '../pipeline/types.js';
+import type { Metrics } from '../telemetry/metrics.js';
+import { toProxyError } from '../telemetry/observe.js';
+import { redactPath } from '../telemetry/redact.js';
 import { sendError } from './error-answer.js';
+import { splitRequestHeaders } from './headers.js';
+import { lingeringClose } from './lingering-close.js';
 import { sendResponse } from './respond.js';
 import type { RouteTable } from './route-table.js';
-
-/** How a call reached Fusebox: a label on metrics and access-log lines. */
-export type CallMode = 'base-url' | 'proxy' | 'intercept';
 
 /** Where a proxy-mode request goes: set by the server's URL rewrite (absolute-form) or by the tunnel that carried it. */
 export interface ForwardTarget {
@@ -42,7 +28,6 @@ export type ForwardRequest = IncomingMessage & { [FORWARD_TARGET]?: ForwardTarge
 export interface ProxyState {
   /** false once draining: new calls get 503 SHUTTING_DOWN. */
   accepting: boolean;
-  inflight: number;
   /** Ports of this instance, to refuse proxy requests aimed back at Fusebox. */
   ownPorts: Set<number>;
 }
@@ -52,80 +37,21 @@ export interface ProxyDeps {
   routes: RouteTable<BuiltRoute>;
   metrics: Metrics;
   logger: Logger;
-  /** One line per request: `logger` without the redaction walk, for a line that carries no headers. */
-  accessLog: Logger;
   now: () => number;
   state: ProxyState;
   via: string;
-  /** A call counts as pending from routing until its access line is written (`Fusebox.idle()`). */
-  pending: PendingWork;
 }
-
-type Outcome = 'success' | 'upstream_error' | 'failed' | 'refused' | 'aborted' | 'stream_broken';
 
 const REQUEST_ID = /^[A-Za-z0-9._:-]{1,128}$/;
 
-const errorOutcome = (err: ProxyError): Outcome =>
-  err instanceof ClientClosedError
-    ? 'aborted'
-    : err instanceof UpstreamConnectError || err instanceof UpstreamResetError || err instanceof UpstreamTimeoutError || err instanceof UpstreamError
-      ? 'failed'
-      : 'refused';
-
-const toProxyError = (err: unknown): ProxyError =>
-  err instanceof ProxyError ? err : new InternalError('Fusebox failed to handle this request; see its logs', {}, { cause: err });
-
-/** The facts of a call that go on its access line (the settlement's usage and cost, the decisions that shaped it). */
-const accessFacts = (f: CallFacts) => {
-  const s = f.settlement;
-  return {
-    model: s?.model ?? f.model,
-    estimatedUsd: f.estimatedUsd,
-    fallbackModel: f.fallbackModel,
-    sloAction: f.sloAction,
-    faultHeader: f.faultHeader,
-    ...(s !== undefined
-      ? {
-          inputTokens: s.inputTokens,
-          cachedInputTokens: s.cachedInputTokens,
-          outputTokens: s.outputTokens,
-          costUsd: s.costUsdMicros / 1e6,
-          usageEstimated: s.estimated || undefined,
-        }
-      : {}),
-  };
-};
-
-/** Lazily made child logger: most calls never log a decision, and a pino child costs a serialization. */
-class Context implements CallContext {
-  attempts = 0;
-  fallbackStep?: string;
-  readonly facts: CallFacts = {};
-  private child?: Logger;
-  constructor(
-    readonly requestId: string,
-    readonly route: BuiltRoute['config'],
-    readonly agent: string,
-    readonly workflow: string | undefined,
-    readonly startedAt: number,
-    readonly deadline: number,
-    readonly signal: AbortSignal,
-    private readonly base: Logger,
-  ) {}
-  get log(): Logger {
-    this.child ??= this.base.child({ requestId: this.requestId, route: this.route.name, workflow: this.workflow });
-    return this.child;
-  }
-}
-
 /**
- * Handle one proxied call, in either mode: base-URL (origin-form, matched by path prefix) or HTTP_PROXY
- * (absolute-form, matched by host). Writes the answer itself (the fastify reply is hijacked) because the
- * response must stream with backpressure and observers, and errors must keep one JSON shape.
+ * The HTTP adapter for one proxied call, in any mode: base-URL (origin-form, matched by path prefix), HTTP_PROXY
+ * (absolute-form, matched by host and port) or inside an intercepted tunnel. It refuses what no route allows, turns
+ * the socket into a call (context, headers, the agent going away), runs the route's pipeline (src/pipeline/build.ts:
+ * every policy, the metrics and the access line are layers there) and writes the answer or the error. It writes the
+ * answer itself (the fastify reply is hijacked) because the response must stream with backpressure past observers.
  */
 export const handleProxyRequest = async (raw: ForwardRequest, res: ServerResponse, deps: ProxyDeps): Promise<void> => {
-  const started = deps.now();
-  const startedHr = process.hrtime.bigint();
   const incomingId = raw.headers['x-request-id'];
   const requestId = typeof incomingId === 'string' && REQUEST_ID.test(incomingId) ? incomingId : randomUUID();
   const forward = raw[FORWARD_TARGET]?.url;
@@ -177,96 +103,28 @@ export const handleProxyRequest = async (raw: ForwardRequest, res: ServerRespons
   }
   const route = built.config;
 
-  // --- per-call context ---
+  // --- the socket, as a call ---
   const { headers, control } = splitRequestHeaders(raw.headers);
   headers['x-request-id'] = requestId;
-  const controller = new AbortController();
-  const totalMs = route.timeouts.totalMs;
-  const deadlineTimer =
-    totalMs > 0
-      ? setTimeout(
-          () => controller.abort(new UpstreamTimeoutError(`the call took longer than ${totalMs} ms (timeouts.totalMs)`, { phase: 'total' })),
-          totalMs,
-        )
-      : undefined;
+  const ctx = new Call({ requestId, route, agent: deps.config.agent.id, workflow: control.workflow, mode, startedAt: deps.now(), faultHeader: control.fault, log: deps.logger });
   // The agent going away aborts the upstream call: nobody would read the answer (and an LLM would bill it).
   const onClientGone = () => {
-    if (!res.writableFinished) controller.abort(new ClientClosedError('the client closed the connection'));
+    if (!res.writableFinished) ctx.abort(new ClientClosedError('the client closed the connection'));
   };
   res.once('close', onClientGone);
-
-  const ctx = new Context(requestId, route, deps.config.agent.id, control.workflow, started, started + (totalMs || 1e12), controller.signal, deps.logger);
-  if (control.fault !== undefined) ctx.facts.faultHeader = control.fault;
-
-  const m = deps.metrics;
-  const inflight = m.inflight.labels(route.name);
-  inflight.inc();
-  deps.state.inflight += 1;
-  deps.pending.begin();
-
-  let status: number | undefined;
-  let outcome: Outcome;
-  let end: BodyEnd | undefined;
-  let bytesIn = 0;
-  let errCode: string | undefined;
   try {
-    const body = await readRequestBody(raw, { maxBytes: deps.config.limits.maxRequestBodyBytes, bufferBytes: route.retry.bufferBytes });
-    if (body.kind === 'buffered') {
-      bytesIn = body.bytes.length;
-      // Layers may rewrite a buffered body (model rewrite, stream usage); undici sets the length of what is sent.
-      delete headers['content-length'];
-    }
-    else if (body.kind === 'stream') bytesIn = body.length ?? 0;
-    const request: ProxyRequest = { method, path, headers, body };
-    const answer = await built.handler(request, ctx);
-    status = answer.statusCode;
+    const answer = await built.handler({ method, path, headers, body: { kind: 'unread', source: raw } }, ctx);
     const extra: Record<string, string> = { 'x-request-id': requestId };
     if (ctx.fallbackStep !== undefined) extra['x-fusebox-fallback'] = ctx.fallbackStep;
-    end = await sendResponse(res, answer, extra);
-    outcome = !end.ok ? (end.failedBy === 'client' ? 'aborted' : 'stream_broken') : status >= 500 ? 'upstream_error' : 'success';
+    await sendResponse(res, answer, extra);
   } catch (caught) {
+    // The observer (outermost layer) has counted and logged it and made it a ProxyError.
     const err = toProxyError(caught);
-    status = err.statusCode;
-    errCode = err.code;
-    outcome = errorOutcome(err);
-    if (err instanceof InternalError) ctx.log.error({ err: caught }, 'internal error while proxying');
     // 413 with the body unread: close, or Node would read the rest of a huge upload to reuse the socket; a staged
     // close, so the agent reads the 413 rather than a reset.
     if (err.statusCode === 413) lingeringClose(raw, res);
     sendError(res, err, { requestId, route: route.name, provider: route.provider }, err.statusCode === 413);
   } finally {
-    if (deadlineTimer !== undefined) clearTimeout(deadlineTimer);
     res.off('close', onClientGone);
-    inflight.dec();
-    deps.state.inflight -= 1;
   }
-
-  const seconds = Number(process.hrtime.bigint() - startedHr) / 1e9;
-  m.requests.labels(route.name, methodLabel(method), codeClass(status), outcome, mode).inc();
-  m.requestDuration.labels(route.name).observe(seconds);
-  if (bytesIn > 0) m.requestBytes.labels(route.name).inc(bytesIn);
-  if (end !== undefined && end.bytes > 0) m.responseBytes.labels(route.name).inc(end.bytes);
-
-  const line = {
-    requestId,
-    route: route.name,
-    agent: ctx.agent,
-    workflow: ctx.workflow,
-    method,
-    path: redactPath(path),
-    mode,
-    status,
-    outcome,
-    code: errCode,
-    attempts: ctx.attempts,
-    fallback: ctx.fallbackStep,
-    durationMs: Math.round(seconds * 1e6) / 1e3,
-    bytesIn,
-    bytesOut: end?.bytes ?? 0,
-    traceparent: raw.headers.traceparent,
-    ...accessFacts(ctx.facts),
-  };
-  if (outcome === 'success' || outcome === 'refused') deps.accessLog.info(line, 'request');
-  else deps.accessLog.warn({ ...line, error: end?.error?.message }, 'request');
-  deps.pending.end();
 };

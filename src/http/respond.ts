@@ -1,30 +1,6 @@
 import type { ServerResponse } from 'node:http';
-import type { Readable } from 'node:stream';
-import type { BodyEnd, BodyObserver, HeaderMap, ProxyResponse } from '../pipeline/types.js';
-
-const notify = (observers: BodyObserver[], end: BodyEnd): void => {
-  for (const o of observers) {
-    try {
-      o.onEnd?.(end);
-    } catch {
-      // An observer's bug must not break the response; observers are our own code and tested.
-    }
-  }
-};
-
-/**
- * Discard a response the pipeline will not send (a retry or fallback replaces it). Always either consume or
- * destroy an upstream body: a body left alone keeps its socket from returning to the pool.
- */
-export const discardResponse = (res: ProxyResponse, reason = 'discarded'): void => {
-  if (!Buffer.isBuffer(res.body)) {
-    const body = res.body as Readable;
-    // Destroying an unfinished undici body makes it emit 'error' (aborted); unheard, that would crash the process.
-    body.on('error', () => {});
-    body.destroy();
-  }
-  notify(res.observers, { ok: false, bytes: 0, discarded: true, error: new Error(reason) });
-};
+import { notifyEnd } from '../pipeline/body-end.js';
+import type { BodyEnd, HeaderMap, ProxyResponse } from '../pipeline/types.js';
 
 /**
  * Send the pipeline's answer. This is the commit point: once headers are written, nothing retries or falls back.
@@ -41,7 +17,7 @@ export const sendResponse = (res: ServerResponse, answer: ProxyResponse, extraHe
     res.end(body);
     for (const o of observers) o.onChunk?.(body);
     const end: BodyEnd = { ok: true, bytes: body.length };
-    notify(observers, end);
+    notifyEnd(observers, end);
     return Promise.resolve(end);
   }
 
@@ -58,7 +34,7 @@ export const sendResponse = (res: ServerResponse, answer: ProxyResponse, extraHe
       done = true;
       body.off('data', onData);
       res.off('drain', onDrain);
-      notify(observers, end);
+      notifyEnd(observers, end);
       resolve(end);
     };
     const onData = (chunk: Buffer) => {

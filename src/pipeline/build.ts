@@ -2,7 +2,7 @@ import type { Logger } from 'pino';
 import { fallbackStepName, type BudgetsConfig, type RouteConfig } from '../config/schema.js';
 import { PriceBook, type PriceTable } from '../budget/prices.js';
 import type { BudgetStore } from '../budget/store.js';
-import { budgetLayer, type BudgetEvents } from '../policies/budget.js';
+import { budgetLayer } from '../policies/budget.js';
 import type { SloEvaluator } from '../slo/evaluator.js';
 import { sloLayer } from '../slo/layer.js';
 import type { SloRecorder } from '../slo/recorder.js';
@@ -19,6 +19,10 @@ import type { PoolSet } from '../upstream/pool.js';
 import { makeUpstreamHandler, routeUpstreamSpec, type UpstreamSpec } from '../upstream/target.js';
 import { compose } from './compose.js';
 import type { Handler, ProxyResponse } from './types.js';
+import { budgetEvents } from '../telemetry/budget-events.js';
+import { observeLayer } from '../telemetry/observe.js';
+import { deadlineLayer } from '../policies/deadline.js';
+import { requestBodyLayer } from './request-body.js';
 import type { PendingWork } from './pending.js';
 
 export interface PipelineDeps {
@@ -36,51 +40,15 @@ export interface PipelineDeps {
   prices: PriceTable;
   budgets: BudgetsConfig;
   slo: { recorder: SloRecorder; evaluator: SloEvaluator };
-  /** Work that outlives an answer (budget commits): `Fusebox.idle()` and shutdown wait for it. */
+  /** Work that outlives an answer (budget commits, a call until its access line): `Fusebox.idle()` and shutdown wait for it. */
   pending: PendingWork;
+  /** Calls in flight, for the drain. */
+  inflight: { count: number };
+  /** The access log (the logger without the redaction walk: the line carries only redacted values). */
+  accessLog: Logger;
+  /** `limits.maxRequestBodyBytes`. */
+  maxRequestBodyBytes: number;
 }
-
-/** Budget decisions → metrics and one log line each. Unknown models are logged once per route and model. */
-const budgetEvents = (deps: PipelineDeps): BudgetEvents => {
-  const m = deps.metrics;
-  const warnedModels = new Set<string>();
-  return {
-    refused: (route, r, ctx, err) => {
-      m.budgetRejections.labels(r.scopeKind, r.reason).inc();
-      ctx.log.warn({ code: err.code, ...err.details }, `call refused: ${err.message}`);
-    },
-    alert: (route, c, ctx) => {
-      m.budgetAlerts.labels(c.scope.kind, c.metric === 'usdMicros' ? 'usd' : c.metric).inc();
-      const unit = (n: number) => (c.metric === 'usdMicros' ? n / 1e6 : n);
-      ctx.log.warn(
-        { scope: c.scope.kind, scopeId: c.scope.id, window: c.window, metric: c.metric === 'usdMicros' ? 'usd' : c.metric, percent: c.percent, used: unit(c.used), limit: unit(c.limit) },
-        `budget alert: ${c.scope.kind} ${c.scope.id} used ${c.percent}% of its ${c.window} cap`,
-      );
-    },
-    settled: (route, s, ctx) => {
-      const u = s.usage;
-      m.tokens.labels(route, s.model, 'input').inc(u.inputTokens);
-      m.tokens.labels(route, s.model, 'cached_input').inc(u.cachedInputTokens);
-      m.tokens.labels(route, s.model, 'output').inc(u.outputTokens);
-      if (u.reasoningTokens > 0) m.tokens.labels(route, s.model, 'reasoning').inc(u.reasoningTokens);
-      m.cost.labels(route, s.model).inc(s.costMicros / 1e6);
-      if (u.estimated) m.usageEstimated.labels(route).inc();
-      if (!s.modelKnown) {
-        m.unknownModels.labels(route).inc();
-        const key = `${route}|${u.model ?? ''}`;
-        if (!warnedModels.has(key) && warnedModels.size < 1000) {
-          warnedModels.add(key);
-          ctx.log.warn({ model: u.model }, `model "${u.model ?? '(none)'}" is not in the price table: charged at budgets.defaultPrice`);
-        }
-      }
-    },
-    storeOp: (op, seconds) => m.storeSeconds.labels(op).observe(seconds),
-    storeError: (route, op, err, ctx) => {
-      m.storeErrors.labels(op).inc();
-      ctx.log.error({ op, error: err instanceof Error ? err.message : String(err) }, `budget store ${op} failed`);
-    },
-  };
-};
 
 /** A route's breaker registry, with the route it belongs to (the admin API lists and changes them). */
 export interface RouteBreakers {
@@ -209,14 +177,20 @@ const buildSteps = (
  */
 export const buildRoutes = (routes: readonly RouteConfig[], deps: PipelineDeps): BuiltRoute[] => {
   const primaries = new Map(routes.map((r) => [r.name, buildPrimary(r, deps)] as const));
-  const events = budgetEvents(deps);
+  const events = budgetEvents(deps.metrics);
   return routes.map((route) => {
     const primary = primaries.get(route.name)!;
     const lastGood = new LastGoodCache(route.lastGood, deps.now);
     const { steps, registries } = buildSteps(route, primaries, lastGood, deps);
     const handler = compose(
-      // SLOs outermost: they count the call as the agent saw it (a fallback's good answer is good), see the
-      // refusals of the layers below apart (they never burn the budget), and shed/throttle before anything else.
+      // Outermost: every call is counted and gets its access line, whatever ends it (a 413 or a refusal included).
+      observeLayer({ metrics: deps.metrics, accessLog: deps.accessLog, pending: deps.pending, inflight: deps.inflight }),
+      // The whole call, retries, fallbacks and the streamed answer included, must end within timeouts.totalMs.
+      deadlineLayer(),
+      // The agent's body, buffered for replay up to retry.bufferBytes, refused past limits.maxRequestBodyBytes.
+      requestBodyLayer(deps.maxRequestBodyBytes),
+      // SLOs next: they count the call as the agent saw it (a fallback's good answer is good), see the refusals of the
+      // layers below apart (they never burn the budget), and shed/throttle before anything else.
       sloLayer({ ...deps.slo, now: deps.now }),
       // Caps next: a call over budget (or killed) is refused before anything can spend money, and the one
       // reservation covers the whole call however many retries and fallback hops it takes.

@@ -5,6 +5,13 @@ import type { RouteConfig } from '../config/schema.js';
 /** Header map as Fusebox passes it between layers: lower-case names, no hop-by-hop headers. */
 export type HeaderMap = Record<string, string | string[]>;
 
+/** The agent's request as a readable body with its framing headers (an IncomingMessage is one). */
+export interface BodySource extends Readable {
+  readonly headers: { 'content-length'?: string | undefined; 'transfer-encoding'?: string | undefined };
+  /** All of the body arrived (the parser saw its end). */
+  readonly complete: boolean;
+}
+
 /**
  * The request body as the pipeline sees it.
  * - `buffered`: it fit in the replay buffer, so retries and fallbacks can send it again.
@@ -12,6 +19,8 @@ export type HeaderMap = Record<string, string | string[]>;
  */
 export type RequestBody =
   | { readonly kind: 'none' }
+  /** As the HTTP adapter hands it over: the request-body layer reads it into one of the other kinds. */
+  | { readonly kind: 'unread'; readonly source: BodySource }
   | { readonly kind: 'buffered'; readonly bytes: Buffer }
   | { readonly kind: 'stream'; readonly stream: Readable; readonly length?: number };
 
@@ -116,6 +125,8 @@ export interface CallSettlement {
  * and who reads. The access log line prints them.
  */
 export interface CallFacts {
+  /** Request body bytes received from the agent. Writer: the request-body layer. Reader: the observer. */
+  requestBytes?: number;
   /** `x-fusebox-fault` as the agent sent it. Writer: the HTTP adapter. Reader: the faults layer. */
   faultHeader?: string;
   /** The SLO action in force for this call. Writer: the SLO layer. Reader: the access log. */
@@ -136,6 +147,9 @@ export interface CallFacts {
   settled?: Promise<CallSettlement | undefined>;
 }
 
+/** How a call reached Fusebox: a label on metrics and access-log lines. */
+export type CallMode = 'base-url' | 'proxy' | 'intercept';
+
 /** Per-request state shared by the layers. Long-lived state belongs in layer closures, never here. */
 export interface CallContext {
   readonly requestId: string;
@@ -150,6 +164,9 @@ export interface CallContext {
   readonly deadline: number;
   /** Aborted when the client goes away or the route's total timeout passes. */
   readonly signal: AbortSignal;
+  /** Abort the call with `reason` (the HTTP adapter when the agent goes away, the deadline layer). */
+  abort(reason: Error): void;
+  readonly mode: CallMode;
   readonly log: Logger;
   /** Upstream attempts made so far for this call (retries and fallback steps included). */
   attempts: number;

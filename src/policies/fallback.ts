@@ -14,7 +14,7 @@ import type { CallContext, Layer, ProxyRequest, ProxyResponse } from '../pipelin
 import { requestInfo, rewriteModel } from '../providers/request.js';
 import type { Metrics } from '../telemetry/metrics.js';
 import { classifyPolicy, verdictOf } from '../upstream/classify.js';
-import { discardResponse } from '../http/respond.js';
+import { discardResponse } from '../pipeline/body-end.js';
 
 /** Why the chain ran: the `reason` label of `fusebox_fallbacks_total`. */
 export type FallbackReason =

@@ -1,6 +1,6 @@
 import type { RouteConfig } from '../config/schema.js';
 import { CircuitOpenError } from '../errors.js';
-import { discardResponse } from '../http/respond.js';
+import { discardResponse } from '../pipeline/body-end.js';
 import { sleep } from '../pipeline/sleep.js';
 import type { HeaderMap, Layer, ProxyRequest, ProxyResponse } from '../pipeline/types.js';
 import type { Metrics } from '../telemetry/metrics.js';

@@ -1,7 +1,7 @@
 import type { BreakerConfig, RetryConfig } from '../config/schema.js';
 import { isBeforeSend, ProxyError, UpstreamConnectError, UpstreamError, UpstreamResetError, UpstreamTimeoutError } from '../errors.js';
 import type { AttemptOutcome, AttemptReason, BodyEnd, ProxyResponse, Verdict } from '../pipeline/types.js';
-import { parseRetryDelay, type ResponseHeaders } from '../policies/retry-after.js';
+import { parseRetryDelay, type ResponseHeaders } from './retry-after.js';
 
 export type { AttemptOutcome, AttemptReason, Verdict } from '../pipeline/types.js';
 

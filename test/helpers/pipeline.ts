@@ -14,16 +14,21 @@ export const seeded = (seed: number) => () => {
  * The context the HTTP layer gives a pipeline call, for layer tests: a silent log, a fresh signal and a deadline
  * no test clock reaches, unless `over` says otherwise.
  */
-export const callContext = (route: RouteConfig, over: Partial<CallContext> = {}): CallContext => ({
-  requestId: 'req-1',
-  route,
-  agent: 'a',
-  workflow: undefined,
-  startedAt: 0,
-  deadline: 1e12,
-  signal: new AbortController().signal,
-  log: pino({ level: 'silent' }),
-  attempts: 0,
-  facts: {},
-  ...over,
-});
+export const callContext = (route: RouteConfig, over: Partial<CallContext> = {}): CallContext => {
+  const controller = new AbortController();
+  return {
+    requestId: 'req-1',
+    route,
+    agent: 'a',
+    workflow: undefined,
+    mode: 'base-url',
+    startedAt: 0,
+    deadline: 1e12,
+    signal: controller.signal,
+    abort: (reason: Error) => controller.abort(reason),
+    log: pino({ level: 'silent' }),
+    attempts: 0,
+    facts: {},
+    ...over,
+  };
+};

@@ -3,7 +3,7 @@ import { pino } from 'pino';
 import { beforeEach, describe, expect, it } from 'vitest';
 import { RouteSchema, type RouteConfig } from '../../src/config/schema.js';
 import { CircuitOpenError, ClientClosedError, UpstreamResetError } from '../../src/errors.js';
-import { discardResponse } from '../../src/http/respond.js';
+import { discardResponse } from '../../src/pipeline/body-end.js';
 import type { BodyEnd, CallContext, Handler, ProxyRequest, ProxyResponse } from '../../src/pipeline/types.js';
 import { makeBreakers } from '../../src/policies/breaker.js';
 import { createMetrics, type Metrics } from '../../src/telemetry/metrics.js';

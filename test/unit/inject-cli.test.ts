@@ -6,7 +6,7 @@ import { afterAll, describe, expect, it } from 'vitest';
 import type { IDeployment } from 'kubernetes-models/apps/v1/Deployment';
 import type { IContainer } from 'kubernetes-models/v1/Container';
 import { parseAllDocuments } from 'yaml';
-import { runInject } from '../../src/deploy/inject.js';
+import { runInject } from '../../src/deploy/cli.js';
 
 const ROOT = join(import.meta.dirname, '../..');
 const FIXTURES = join(import.meta.dirname, '../fixtures/k8s');

@@ -1,7 +1,7 @@
 import { PassThrough } from 'node:stream';
 import { beforeEach, describe, expect, it } from 'vitest';
 import { RouteSchema, type RouteConfig } from '../../src/config/schema.js';
-import { discardResponse } from '../../src/http/respond.js';
+import { discardResponse } from '../../src/pipeline/body-end.js';
 import type { BodyEnd, CallContext, HeaderMap, ProxyRequest, ProxyResponse } from '../../src/pipeline/types.js';
 import { LastGoodCache, lastGoodKey, lastGoodRecordLayer, lastGoodStep } from '../../src/policies/last-good.js';
 import { createMetrics, type Metrics } from '../../src/telemetry/metrics.js';

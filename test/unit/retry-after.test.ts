@@ -5,7 +5,7 @@ import {
   parseRetryAfterMs,
   parseRetryDelay,
   parseRfc3339Delay,
-} from '../../src/policies/retry-after.js';
+} from '../../src/upstream/retry-after.js';
 
 const NOW = Date.parse('2025-03-01T12:00:00.000Z');
 

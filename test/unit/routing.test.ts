@@ -1,6 +1,7 @@
 import { describe, expect, it } from 'vitest';
 import { parseConfig } from '../../src/config/load.js';
-import { redactPath, splitRequestHeaders } from '../../src/http/headers.js';
+import { splitRequestHeaders } from '../../src/http/headers.js';
+import { redactPath } from '../../src/telemetry/redact.js';
 import { RouteTable } from '../../src/http/route-table.js';
 import { normalizeHost, parseConnectAuthority, parseHostEntry } from '../../src/net/address.js';
 

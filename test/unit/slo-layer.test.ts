@@ -59,6 +59,8 @@ const setup = (slo: Record<string, unknown> = {}, extra: Record<string, unknown>
     startedAt: clock.t,
     deadline: clock.t + 60_000,
     signal: new AbortController().signal,
+    abort: () => {},
+    mode: 'base-url',
     log: pino({ level: 'silent' }),
     attempts: 0,
     facts: {},

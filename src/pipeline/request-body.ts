@@ -1,7 +1,6 @@
-import type { IncomingMessage } from 'node:http';
 import { PassThrough } from 'node:stream';
 import { BadRequestError, BodyTooLargeError, ClientClosedError } from '../errors.js';
-import type { RequestBody } from '../pipeline/types.js';
+import type { BodySource, Layer, RequestBody } from './types.js';
 
 export interface BodyLimits {
   /** Largest body accepted at all (413 above). */
@@ -18,7 +17,7 @@ const tooLarge = (max: number) =>
  * it, and budget estimates can read it), otherwise handed on as a one-shot stream that is still held to the
  * size limit. Never holds more than `bufferBytes` in memory.
  */
-export const readRequestBody = (raw: IncomingMessage, limits: BodyLimits): Promise<RequestBody> => {
+export const readRequestBody = (raw: BodySource, limits: BodyLimits): Promise<RequestBody> => {
   const lengthHeader = raw.headers['content-length'];
   const chunked = raw.headers['transfer-encoding'] !== undefined;
   if (lengthHeader === undefined && !chunked) return Promise.resolve({ kind: 'none' });
@@ -82,7 +81,7 @@ export const readRequestBody = (raw: IncomingMessage, limits: BodyLimits): Promi
 };
 
 /** The already-read chunks followed by the rest of `raw`, failing with BODY_TOO_LARGE past `maxBytes`. */
-const limitedStream = (raw: IncomingMessage, head: Buffer[], headSize: number, maxBytes: number): PassThrough => {
+const limitedStream = (raw: BodySource, head: Buffer[], headSize: number, maxBytes: number): PassThrough => {
   const out = new PassThrough();
   let size = headSize;
   if (size > maxBytes) {
@@ -114,3 +113,22 @@ const limitedStream = (raw: IncomingMessage, head: Buffer[], headSize: number, m
   raw.resume();
   return out;
 };
+
+/**
+ * The agent's body, read before any policy looks at the request: buffered up to the route's replay buffer (so
+ * retries and fallback hops can resend it and the budget layer can read its prompt), streamed once beyond it, and
+ * never past `limits.maxRequestBodyBytes` (413). Inside the observer, so a refused upload is counted and logged.
+ */
+export const requestBodyLayer =
+  (maxBytes: number): Layer =>
+  (next) =>
+  async (req, ctx) => {
+    if (req.body.kind !== 'unread') return next(req, ctx);
+    const body = await readRequestBody(req.body.source, { maxBytes, bufferBytes: ctx.route.retry.bufferBytes });
+    ctx.facts.requestBytes = body.kind === 'buffered' ? body.bytes.length : body.kind === 'stream' ? (body.length ?? 0) : 0;
+    if (body.kind !== 'buffered') return next({ ...req, body }, ctx);
+    // Layers may rewrite a buffered body (model rewrite, stream usage); undici sets the length of what is sent.
+    const headers = { ...req.headers };
+    delete headers['content-length'];
+    return next({ ...req, headers, body }, ctx);
+  };
