@@ -59,6 +59,8 @@ const track = (child: ChildProcess): ChildProcess => {
 
 export interface ServerChild {
   url: string;
+  /** Admin listener (Fusebox only): `/metrics`. */
+  adminUrl?: string;
   /** Process whose CPU time and RSS are read. */
   pid: number;
   /** Send a command (see servers/announce.ts) and wait for its reply; rejects on error or after 10 s. */
@@ -124,7 +126,7 @@ export const startServer = (script: string, cpu: number, env: Record<string, str
     child.once('message', (m: ReadyMessage) => {
       clearTimeout(timer);
       ready = true;
-      resolve({ url: m.url, pid: m.pid, stop, command });
+      resolve({ url: m.url, pid: m.pid, ...(m.adminUrl !== undefined ? { adminUrl: m.adminUrl } : {}), stop, command });
     });
   });
 };

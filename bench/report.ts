@@ -1,4 +1,6 @@
 import { existsSync, readFileSync, writeFileSync } from 'node:fs';
+import type { ThroughputTool } from './load/max-throughput.js';
+import type { MintStats } from './mint.js';
 import type { LatencySummary } from './stats.js';
 import type { Role } from './targets.js';
 
@@ -21,6 +23,17 @@ export interface Measured {
   sseErrors: number;
   maxRps: number;
   maxErrors: number;
+  /** What measured `maxRps`: the run's tool, or our closed loop for a proxy client (wrk cannot be one). */
+  maxTool: Pick<ThroughputTool, 'kind' | 'label'>;
+  /** Max req/s by the undici closed loop (= `maxRps` when that was the tool), for rows compared with the intercepted one. */
+  closedLoopMaxRps?: number;
+  /** The intercepted row: what its Fusebox counted during the open-loop phase. */
+  intercept?: InterceptPhase;
+  /**
+   * Connections the load client opened during the open-loop phase (undici's `undici:client:connected`), counted on the
+   * intercepted row and its base-URL partner only.
+   */
+  clientConnections?: number;
   /** CPU of the server under test during the max-throughput phase, % of one core. */
   cpuAtMaxPct?: number;
   /** Busy % of the core the generator and upstream share, during the max-throughput phase. */
@@ -28,6 +41,26 @@ export interface Measured {
   /** RSS of the server under test after the open-loop phase, and after the whole run (max throughput last). */
   rssAtRateMb?: number;
   rssMb?: number;
+}
+
+/** TLS handshakes against requests during the intercepted row's open-loop phase (issue 10). */
+export interface InterceptPhase {
+  /** Handshakes Fusebox completed in intercepted tunnels during the phase. */
+  handshakes: number;
+  /** Calls it answered inside them during the phase. */
+  requests: number;
+  /** Leaves this Fusebox minted over its life (warm-up included), and their total time, seconds. */
+  mints: number;
+  mintSecondsSum: number;
+}
+
+/** The interception section's inputs besides the rows: row names and the in-process mint measurement. */
+export interface InterceptionInfo {
+  intercepted: string;
+  baseline: string;
+  /** Host the intercepted client calls (`https://<host>/json`). */
+  host: string;
+  mint?: MintStats;
 }
 
 export interface Skipped {
@@ -61,6 +94,15 @@ export const GOALS = {
   rssMb: 150,
   /** Issue 4: the Redis store adds at most this to p99 over the memory store. */
   redisAddedP99Ms: 1,
+  /** Issue 10: HTTPS_PROXY with interception adds at most this to p50 over base-URL mode (keep-alive clients). */
+  interceptAddedP50Ms: 1,
+  /** Issue 10: p99 of minting a new leaf. */
+  leafMintP99Ms: 5,
+  /**
+   * Issue 10, no handshake per request with keep-alive: at most one per connection the client opened, and connections
+   * reused (at least this many requests each on average; a server closing after each answer would give ~1).
+   */
+  requestsPerConnection: 10,
 };
 
 const ms = (us: number) => (Number.isFinite(us) ? (us / 1000).toFixed(3) : 'n/a');
@@ -82,11 +124,14 @@ const baselineOf = (direct: Measured[]): Baseline => {
   return { p50: mean((m) => m.latency.p50), p99: mean((m) => m.latency.p99), sseP50: mean((m) => m.sse.p50), sseP99: mean((m) => m.sse.p99) };
 };
 
-export const renderReport = (info: RunInfo, results: Measured[], skipped: Skipped[]): string => {
+export const renderReport = (info: RunInfo, results: Measured[], skipped: Skipped[], interception?: InterceptionInfo): string => {
   const direct = results.filter((r) => r.role === 'direct');
   const base = baselineOf(direct);
   const floor = results.find((r) => r.role === 'floor');
   const out: string[] = [];
+  /** A max req/s is compared with the floor's only when the same kind of generator measured both. */
+  const vsFloor = (r: Measured): number | undefined => (floor && r.maxTool.kind === floor.maxTool.kind ? r.maxRps / floor.maxRps : undefined);
+  const otherTool = results.filter((r) => r.maxTool.label !== info.throughputTool);
 
   out.push(
     `Run of ${info.date}${info.quick ? ' — **quick mode (smoke test, not a measurement)**' : ''}, ${info.elapsedS.toFixed(0)} s.`,
@@ -108,8 +153,8 @@ export const renderReport = (info: RunInfo, results: Measured[], skipped: Skippe
     out.push(
       `| ${r.name} | ${ms(r.latency.p50)} | ${ms(r.latency.p99)} | ${isDirect ? '—' : signedMs(r.latency.p50 - base.p50)} | ${
         isDirect ? '—' : signedMs(r.latency.p99 - base.p99)
-      } | ${pct(r.cpuAtRatePct)} | ${int(r.cpuPerRequestUs)} | ${int(r.maxRps)} | ${
-        floor && !isDirect ? `${(r.maxRps / floor.maxRps).toFixed(2)}×` : '—'
+      } | ${pct(r.cpuAtRatePct)} | ${int(r.cpuPerRequestUs)} | ${int(r.maxRps)}${otherTool.includes(r) ? ' †' : ''} | ${
+        !isDirect && vsFloor(r) !== undefined ? `${vsFloor(r)!.toFixed(2)}×` : '—'
       } | ${pct(r.cpuAtMaxPct)} | ${ms(r.sse.p50)} | ${ms(r.sse.p99)} | ${
         r.rssMb === undefined ? '—' : `${(r.rssAtRateMb ?? NaN).toFixed(0)} / ${r.rssMb.toFixed(0)}`
       } |`,
@@ -132,7 +177,8 @@ export const renderReport = (info: RunInfo, results: Measured[], skipped: Skippe
     });
     row('max throughput vs floor', `≥ ${GOALS.throughputVsFloor.toFixed(1)}×`, (f) => {
       if (!floor) return 'no floor in this run';
-      const x = f.maxRps / floor.maxRps;
+      const x = vsFloor(f);
+      if (x === undefined) return `n/a (${f.maxTool.kind} vs the floor's ${floor.maxTool.kind})`;
       return `${x.toFixed(2)}× ${verdict(x >= GOALS.throughputVsFloor)}`;
     });
     row('SSE first byte vs direct (p50)', `≤ +${GOALS.sseFirstByteMs} ms`, (f) => {
@@ -156,7 +202,10 @@ export const renderReport = (info: RunInfo, results: Measured[], skipped: Skippe
     );
   }
 
+  if (interception !== undefined) out.push(...interceptionSection(info, results, interception));
+
   out.push('', 'Notes:');
+  for (const r of otherTool) out.push(`- † ${r.name}: max req/s by \`${r.maxTool.label}\`, not \`${info.throughputTool}\`.`);
   if (direct.length === 2) {
     const [a, b] = direct as [Measured, Measured];
     out.push(
@@ -190,6 +239,64 @@ export const renderReport = (info: RunInfo, results: Measured[], skipped: Skippe
   }
   if (results.every((r) => r.openLoopErrors + r.sseErrors + r.maxErrors === 0)) out.push('- No errors or non-200 answers in any phase.');
   return out.join('\n');
+};
+
+/**
+ * Issue 10: what HTTPS_PROXY with interception adds over base-URL mode for the same Fusebox config (both rows in one
+ * run), how long a new leaf takes to mint, and whether a keep-alive client pays a handshake per request.
+ */
+const interceptionSection = (info: RunInfo, results: Measured[], i: InterceptionInfo): string[] => {
+  const ic = results.find((r) => r.name === i.intercepted);
+  const bu = results.find((r) => r.name === i.baseline);
+  if (ic === undefined && i.mint === undefined) return [];
+  const out = ['', `Interception (issue 10): \`${i.intercepted}\` is \`${i.baseline}\`'s Fusebox config reached as an agent with only \`HTTPS_PROXY\` reaches it (undici ProxyAgent: \`CONNECT ${i.host}:443\`, TLS to a leaf of the pod CA, keep-alive), the other row by base URL.`, ''];
+  out.push('| check | goal | measured |', '|---|---|---|');
+  if (ic !== undefined && bu !== undefined) {
+    const d50 = ic.latency.p50 - bu.latency.p50;
+    out.push(
+      `| added p50 at ${info.rate.toLocaleString('en-US')} req/s, intercepted − base URL | ≤ ${GOALS.interceptAddedP50Ms} ms | ${signedMs(d50)} ms ${verdict(d50 / 1000 <= GOALS.interceptAddedP50Ms)} (p99 ${signedMs(ic.latency.p99 - bu.latency.p99)} ms; Fusebox CPU per request ${int(bu.cpuPerRequestUs)} → ${int(ic.cpuPerRequestUs)} µs; SSE first byte p50 ${signedMs(ic.sse.p50 - bu.sse.p50)} ms) |`,
+    );
+  } else {
+    out.push(`| added p50, intercepted − base URL | ≤ ${GOALS.interceptAddedP50Ms} ms | n/a: run both \`${i.baseline}\` rows (\`--targets=caps(memory)\`) |`);
+  }
+  const m = i.mint;
+  if (m !== undefined) {
+    out.push(
+      `| new leaf minted, p99 of ${m.count} (one per host, in-process on \`dist/\`) | ≤ ${GOALS.leafMintP99Ms} ms | ${m.p99.toFixed(3)} ms ${verdict(m.p99 <= GOALS.leafMintP99Ms)} (p50 ${m.p50.toFixed(3)}, max ${m.max.toFixed(3)}, first of the process ${m.first.toFixed(3)} ms; CPU per mint p50 ${m.cpuP50.toFixed(3)}, p99 ${m.cpuP99.toFixed(3)} ms) |`,
+    );
+  }
+  const h = ic?.intercept;
+  const conns = ic?.clientConnections;
+  if (h !== undefined && conns !== undefined) {
+    const perRequest = h.requests > 0 ? h.handshakes / h.requests : NaN;
+    const ok = h.requests > 0 && h.handshakes <= conns && conns * GOALS.requestsPerConnection <= h.requests;
+    out.push(
+      `| TLS handshakes during the open-loop phase | ≤ 1 per client connection, none per request (≥ ${GOALS.requestsPerConnection} requests per connection) | ` +
+        `${int(h.handshakes)} handshakes for ${int(h.requests)} requests (${Number.isFinite(perRequest) ? perRequest.toFixed(4) : 'n/a'} per request), ` +
+        `client connections ${int(conns)} (${(h.requests / Math.max(1, conns)).toFixed(0)} requests each)${bu?.clientConnections !== undefined ? `; the base-URL row's client opened ${int(bu.clientConnections)} in the same phase` : ''} ${verdict(ok)} |`,
+    );
+  }
+  if (ic?.closedLoopMaxRps !== undefined && bu?.closedLoopMaxRps !== undefined) {
+    out.push(
+      `| max throughput, both by the undici closed loop | — (for scale) | base URL ${int(bu.closedLoopMaxRps)} req/s, intercepted ${int(ic.closedLoopMaxRps)} req/s (${(ic.closedLoopMaxRps / bu.closedLoopMaxRps).toFixed(2)}×) |`,
+    );
+  }
+  out.push('');
+  const notes: string[] = [];
+  if (m !== undefined) {
+    notes.push(
+      'Mint time: a PodCa generated in the bench process for that many hosts, each leaf minted once, timed by the CA\'s `onMint` hook (what `fusebox_intercept_leaf_mint_seconds` records). The Fusebox under load mints once per host, so its histogram has one sample: no p99 from it' +
+        (h !== undefined && h.mints > 0 ? `; its own mint took ${((h.mintSecondsSum / h.mints) * 1000).toFixed(3)} ms (${h.mints} leaf, from the histogram's sum).` : '.'),
+    );
+  }
+  if (ic !== undefined) {
+    notes.push(
+      'Handshakes: `fusebox_tunnels_total{mode="intercept",outcome="opened"}` (one per completed TLS handshake) and `fusebox_requests_total{mode="intercept"}` read from the admin port before and after the phase; client connections counted on undici\'s `undici:client:connected` channel. Each phase starts a new client, so its connections handshake at its start; a client opens more connections when answers stall (up to 256), so the count follows the machine\'s noise.',
+      `Latency of the intercepted row includes the client's own TLS work on the load core; its max req/s is measured with \`${ic.maxTool.label}\`${ic.maxTool.kind === 'wrk' ? '' : ' (wrk cannot be a proxy client)'}.`,
+    );
+  }
+  if (notes.length > 0) out.push(notes.join(' '));
+  return out;
 };
 
 const START = '<!-- latest-results:start (written by `npm run bench`; edits here are overwritten) -->';

@@ -1,9 +1,11 @@
 import { execFileSync } from 'node:child_process';
-import { mkdtempSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { cpus, loadavg, tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { throughputTool, type ThroughputTool } from './load/max-throughput.js';
+import { countConnections, viaHttpsProxy, type Via } from './load/client.js';
+import { closedLoop, throughputTool, type ThroughputTool } from './load/max-throughput.js';
 import { openLoop } from './load/open-loop.js';
+import { measureLeafMints, type MintStats } from './mint.js';
 import { parseOptions, type BenchOptions } from './options.js';
 import {
   canPin,
@@ -22,8 +24,9 @@ import {
   type ServerChild,
 } from './proc.js';
 import { summarizeProfile } from './profile-summary.js';
-import { renderReport, writeReadme, type Measured, type RunInfo, type Skipped } from './report.js';
-import { benchRedis, OPTIONAL_TARGETS, PREFIX, TARGETS, type Role } from './targets.js';
+import { renderReport, writeReadme, type InterceptPhase, type Measured, type RunInfo, type Skipped } from './report.js';
+import { interceptCounters } from './scrape.js';
+import { benchRedis, INTERCEPT_BASELINE, INTERCEPT_HOST, INTERCEPTED, OPTIONAL_TARGETS, PREFIX, TARGETS, type Role } from './targets.js';
 
 /**
  * `npm run bench`: direct, then every target, then direct again, each measured the same way (see bench/README.md
@@ -49,14 +52,26 @@ const watchdog = setTimeout(() => {
 }, watchdogS * 1000);
 
 const log = (line: string) => console.error(`[bench] ${line}`);
+/** Leaves minted for the mint-time measurement: enough samples for a p99 (the 198th of 200), under a second. */
+const MINT_HOSTS = 200;
 const slug = (name: string) => name.replace(/[^A-Za-z0-9]+/g, '-').replace(/^-|-$/g, '').toLowerCase();
 
 interface Phase {
   name: string;
   role: Role | 'direct';
+  /** Origin the requests name: the target's own, or `https://bench.test` through `via`. */
   url: string;
-  /** Path prefix the target routes on ('' for the upstream itself). */
+  /** Path prefix the target routes on ('' for the upstream itself, and inside an intercepted tunnel). */
   prefix: string;
+  /** A client other than a Pool straight to `url` (HTTPS_PROXY): max throughput then uses our closed loop with it. */
+  via?: Via;
+  /** With `via`: the Fusebox admin listener, whose counters give the handshakes of the open-loop phase. */
+  adminUrl?: string;
+  /**
+   * The base-URL partner of the intercepted row: max throughput also by the undici closed loop when the run's tool is
+   * wrk, and the client's connections counted, as for the intercepted row.
+   */
+  interceptPartner?: boolean;
   /** Process whose CPU and RSS are measured; undefined for direct. */
   pid?: number;
   upstreamPid: number;
@@ -101,24 +116,40 @@ const cpuBetween = (a: CpuSample, b: CpuSample) => {
 
 const mb = (bytes: number) => bytes / (1024 * 1024);
 
-const measure = async (p: Phase, o: BenchOptions, tool: ThroughputTool): Promise<Measured> => {
+const measure = async (p: Phase, o: BenchOptions, runTool: ThroughputTool): Promise<Measured> => {
   const json = `${p.prefix}/json`;
   const sse = `${p.prefix}/sse`;
+  // wrk cannot be a proxy client (CONNECT, then TLS inside the tunnel): such a row is measured with our closed loop.
+  const tool = p.via !== undefined ? closedLoop(o.connections, p.via) : runTool;
+  const client = p.via !== undefined ? { dispatcher: p.via.dispatcher } : {};
   log(`${p.name}: warm-up`);
   await tool.run(`${p.url}${json}`, o.warmupS);
-  await openLoop({ origin: p.url, path: sse, rate: o.sseRate, durationS: Math.min(0.2, o.warmupS), until: 'first-byte' });
-  await openLoop({ origin: p.url, path: json, rate: o.rate, durationS: o.quick ? 0.3 : 1, until: 'response' });
+  await openLoop({ origin: p.url, ...client, path: sse, rate: o.sseRate, durationS: Math.min(0.2, o.warmupS), until: 'first-byte' });
+  await openLoop({ origin: p.url, ...client, path: json, rate: o.rate, durationS: o.quick ? 0.3 : 1, until: 'response' });
 
   log(`${p.name}: open loop ${o.rate} req/s × ${o.durationS} s`);
+  const counters0 = p.adminUrl !== undefined ? await interceptCounters(p.adminUrl) : undefined;
+  const connections = p.via !== undefined || p.interceptPartner === true ? countConnections(new URL(p.url).hostname) : undefined;
   await p.profile?.server.command({ cmd: 'profile-start' });
   const c0 = sampleCpu(p);
-  const ol = await openLoop({ origin: p.url, path: json, rate: o.rate, durationS: o.durationS, until: 'response' });
+  const ol = await openLoop({ origin: p.url, ...client, path: json, rate: o.rate, durationS: o.durationS, until: 'response' });
   const rated = cpuBetween(c0, sampleCpu(p));
   if (p.profile !== undefined) await p.profile.server.command({ cmd: 'profile-stop', file: p.profile.file });
+  const clientConnections = connections?.();
   const rssAtRate = p.pid !== undefined ? rssBytes(p.pid) : undefined;
+  let intercept: InterceptPhase | undefined;
+  if (p.adminUrl !== undefined && counters0 !== undefined) {
+    const counters1 = await interceptCounters(p.adminUrl);
+    intercept = {
+      handshakes: counters1.handshakes - counters0.handshakes,
+      requests: counters1.requests - counters0.requests,
+      mints: counters1.mints,
+      mintSecondsSum: counters1.mintSecondsSum,
+    };
+  }
 
   log(`${p.name}: SSE first byte × ${o.sseSamples}`);
-  const firstByte = await openLoop({ origin: p.url, path: sse, rate: o.sseRate, durationS: o.sseSamples / o.sseRate, until: 'first-byte' });
+  const firstByte = await openLoop({ origin: p.url, ...client, path: sse, rate: o.sseRate, durationS: o.sseSamples / o.sseRate, until: 'first-byte' });
 
   log(`${p.name}: max throughput (${tool.label}) × ${o.durationS} s`);
   const c1 = sampleCpu(p);
@@ -126,6 +157,17 @@ const measure = async (p: Phase, o: BenchOptions, tool: ThroughputTool): Promise
   const max = await tool.run(`${p.url}${json}`, o.durationS);
   const k1 = coreTimes(LOAD_CPU);
   const atMax = cpuBetween(c1, sampleCpu(p));
+
+  // The intercepted row's max throughput comes from the closed loop: give its base-URL partner the same measurement.
+  let closedLoopMaxRps = tool.kind === 'closed-loop' ? max.rps : undefined;
+  let closedLoopErrors = 0;
+  if (p.interceptPartner === true && closedLoopMaxRps === undefined) {
+    const cl = closedLoop(o.connections);
+    log(`${p.name}: max throughput (${cl.label}) × ${o.durationS} s, for comparison with the intercepted row`);
+    const r = await cl.run(`${p.url}${json}`, o.durationS);
+    closedLoopMaxRps = r.rps;
+    closedLoopErrors = r.errors;
+  }
 
   const rss = p.pid !== undefined ? rssBytes(p.pid) : undefined;
   const firstError = ol.firstError ?? firstByte.firstError;
@@ -143,7 +185,11 @@ const measure = async (p: Phase, o: BenchOptions, tool: ThroughputTool): Promise
     sse: firstByte.latency,
     sseErrors: firstByte.errors,
     maxRps: max.rps,
-    maxErrors: max.errors,
+    maxErrors: max.errors + closedLoopErrors,
+    maxTool: { kind: tool.kind, label: tool.label },
+    ...(closedLoopMaxRps !== undefined ? { closedLoopMaxRps } : {}),
+    ...(intercept !== undefined ? { intercept } : {}),
+    ...(clientConnections !== undefined ? { clientConnections } : {}),
     ...(p.pid !== undefined ? { cpuAtMaxPct: atMax.serverPct } : {}),
     loadCoreAtMaxPct: ((k1.busy - k0.busy) / Math.max(1, k1.total - k0.total)) * 100,
     ...(rssAtRate !== undefined ? { rssAtRateMb: mb(rssAtRate) } : {}),
@@ -167,6 +213,14 @@ const main = async () => {
     `${opts.quick ? 'quick mode, ' : ''}${selected.length} targets + direct ×2; ${canPin ? `pinned: server CPU ${PROXY_CPU}, load CPU ${LOAD_CPU}` : 'NOT pinned'}; throughput: ${tool.label}`,
   );
 
+  const intercepting = selected.some((t) => t.via === 'https-proxy');
+  let mint: MintStats | undefined;
+  if (intercepting) {
+    // Before any server starts: the load core is idle, and the figure is the CA code's alone.
+    log(`leaf mint time: ${MINT_HOSTS} hosts, one leaf each (dist/src/intercept/ca.js, in this process)`);
+    mint = await measureLeafMints(join(REPO_ROOT, 'dist'), MINT_HOSTS);
+  }
+
   const profileDir = opts.profile ? mkdtempSync(join(tmpdir(), 'fusebox-bench-profiles-')) : undefined;
   const profiles: Array<{ name: string; file: string }> = [];
   const upstream = await startServer('upstream.ts', LOAD_CPU, {});
@@ -186,20 +240,28 @@ const main = async () => {
         continue;
       }
       let server: ServerChild | undefined;
+      // Where the intercepted target's Fusebox writes its pod CA certificate, for the client to trust.
+      const caDir = t.via === 'https-proxy' ? mkdtempSync(join(tmpdir(), 'fusebox-bench-ca-')) : undefined;
       try {
-        server = await startServer(t.script, PROXY_CPU, t.env(upstream.url));
+        server = await startServer(t.script, PROXY_CPU, { ...t.env(upstream.url), ...(caDir !== undefined ? { FUSEBOX_CA_DIR: caDir } : {}) });
         // HAProxy is not a Node process: nothing to profile.
         const profile = profileDir !== undefined && t.role !== 'reference' ? { server, file: join(profileDir, `${slug(t.name)}.cpuprofile`) } : undefined;
-        results.push(
-          await measure(
-            { name: t.name, role: t.role, url: server.url, prefix: PREFIX, pid: server.pid, upstreamPid: upstream.pid, ...(profile ? { profile } : {}) },
-            opts,
-            tool,
-          ),
-        );
+        const common = { name: t.name, role: t.role, pid: server.pid, upstreamPid: upstream.pid, ...(profile ? { profile } : {}) };
+        let phase: Phase;
+        if (caDir !== undefined) {
+          if (server.adminUrl === undefined) throw new Error(`${t.name}: the child announced no admin URL`);
+          // Written before the proxy port opens (src/app.ts), so it is there once the child says it is ready.
+          const ca = readFileSync(join(caDir, 'ca.crt'), 'utf8');
+          const via = viaHttpsProxy(server.url, ca, INTERCEPT_HOST);
+          phase = { ...common, url: via.origin, prefix: '', via, adminUrl: server.adminUrl };
+        } else {
+          phase = { ...common, url: server.url, prefix: PREFIX, interceptPartner: t.name === INTERCEPT_BASELINE && intercepting };
+        }
+        results.push(await measure(phase, opts, tool));
         if (profile !== undefined) profiles.push({ name: t.name, file: profile.file });
       } finally {
         await server?.stop();
+        if (caDir !== undefined) rmSync(caDir, { recursive: true, force: true });
       }
     }
     results.push(await measure({ name: 'direct (end)', role: 'direct', url: upstream.url, prefix: '', upstreamPid: upstream.pid }, opts, tool));
@@ -223,7 +285,7 @@ const main = async () => {
     sseRate: opts.sseRate,
     elapsedS: (performance.now() - began) / 1000,
   };
-  const report = renderReport(info, results, skipped);
+  const report = renderReport(info, results, skipped, { ...(mint !== undefined ? { mint } : {}), intercepted: INTERCEPTED, baseline: INTERCEPT_BASELINE, host: INTERCEPT_HOST });
   console.log(report);
   for (const p of profiles) {
     console.log(`\nCPU profile of ${p.name} during the open-loop phase (${p.file}, open it in Chrome DevTools):\n${summarizeProfile(p.file)}`);

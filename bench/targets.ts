@@ -6,6 +6,12 @@ import { canConnect, hasCommand, REPO_ROOT } from './proc.js';
 export const PREFIX = '/bench';
 
 /**
+ * Host the intercepted target's client calls (`https://bench.test/json`) through `HTTPS_PROXY`. Never resolved: the
+ * client sends `CONNECT bench.test:443` to Fusebox, which forwards the path inside the tunnel as is to the upstream.
+ */
+export const INTERCEPT_HOST = 'bench.test';
+
+/**
  * - `fusebox`: a Fusebox config; the issue's targets (added latency, throughput, SSE, RSS) are checked on it.
  * - `floor`: the bare Node proxy; Fusebox's throughput target is a ratio to it. Exactly one.
  * - `reference`: shown for scale only (HAProxy).
@@ -21,6 +27,12 @@ export interface Target {
   env(upstreamUrl: string): Record<string, string>;
   /** Why this target cannot run here (missing binary, no Redis...), or undefined when it can. */
   unavailable?(): string | undefined;
+  /**
+   * How the load client reaches the target. `base-url` (default): straight to its port, under `PREFIX`.
+   * `https-proxy`: `https://bench.test` through `HTTPS_PROXY` set to its port, TLS intercepted with the pod CA (the
+   * run gives the child `FUSEBOX_CA_DIR` and trusts the `ca.crt` written there).
+   */
+  via?: 'base-url' | 'https-proxy';
 }
 
 type RawConfig = Record<string, unknown>;
@@ -55,12 +67,14 @@ export const fusebox = (
   config: (upstreamUrl: string) => RawConfig,
   unavailable?: () => string | undefined,
   extraEnv: Record<string, string> = {},
+  via: Target['via'] = 'base-url',
 ): Target => ({
   name,
   role: 'fusebox',
   script: 'fusebox.ts',
   env: (up) => ({ BENCH_CONFIG: JSON.stringify(config(up)), BENCH_FUSEBOX_DIST: join(REPO_ROOT, 'dist'), NODE_OPTIONS: PRODUCTION_NODE_OPTIONS, ...extraEnv }),
   ...(unavailable !== undefined ? { unavailable } : {}),
+  via,
 });
 
 /**
@@ -68,11 +82,22 @@ export const fusebox = (
  * cost (the upstream answers a Chat Completions body with usage). The caps are high so nothing is refused; the
  * store's own hot-path cost is what differs between the two.
  */
-const caps = (store: RawConfig) => (up: string) =>
+const caps = (store: RawConfig, match: RawConfig = {}) => (up: string) =>
   fuseboxConfig(up, {
     top: { store, budgets: { agent: { dailyUsd: 1e6, dailyTokens: 1e12 }, fleet: { dailyUsd: 1e6 } } },
-    route: { provider: 'openai' },
+    route: { provider: 'openai', match: { pathPrefix: PREFIX, ...match } },
   });
+
+/**
+ * The caps(memory) config, reachable both ways (issue 10): base URL under `PREFIX`, and CONNECT tunnels to
+ * `bench.test` (port 443; interception is the default for a listed host). Its two rows run this same config and
+ * differ only in how the client reaches it. Listing the host also makes Fusebox generate a pod CA at start, in both.
+ */
+const capsMemory = caps({ kind: 'memory' }, { hosts: [INTERCEPT_HOST] });
+
+/** Name of the intercepted row, and of the base-URL row it is compared with. */
+export const INTERCEPTED = 'fusebox+caps(memory) via HTTPS_PROXY (intercepted)';
+export const INTERCEPT_BASELINE = 'fusebox+caps(memory)';
 
 /**
  * The Redis of the caps(redis) target: `BENCH_REDIS_URL` if set, else one run.ts starts for the run on a free
@@ -93,7 +118,9 @@ const redisUnavailable = (): string | undefined => {
  */
 export const TARGETS: Target[] = [
   fusebox('fusebox', (up) => fuseboxConfig(up)),
-  fusebox('fusebox+caps(memory)', caps({ kind: 'memory' })),
+  fusebox(INTERCEPT_BASELINE, capsMemory),
+  // The same Fusebox, reached as an agent with only HTTPS_PROXY set reaches it: CONNECT + TLS interception (issue 10).
+  fusebox(INTERCEPTED, capsMemory, undefined, {}, 'https-proxy'),
   // Its own key prefix per run: a bench never touches a fleet's counters, and leaves keys that expire with their windows.
   fusebox('fusebox+caps(redis)', (up) => caps({ kind: 'redis', url: benchRedis.url, keyPrefix: `fusebox-bench-${process.pid}` })(up), redisUnavailable),
   {

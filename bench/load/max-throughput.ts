@@ -1,5 +1,6 @@
 import { Pool } from 'undici';
 import { hasCommand, LOAD_CPU, runPinned } from '../proc.js';
+import { CLIENT_TIMEOUTS, type Via } from './client.js';
 
 export interface ThroughputResult {
   rps: number;
@@ -8,12 +9,15 @@ export interface ThroughputResult {
 }
 
 export interface ThroughputTool {
+  /** Figures of two different kinds are not compared (wrk leaves more of the load core to the upstream). */
+  kind: 'wrk' | 'closed-loop';
   /** Shown in the report, e.g. `wrk -t1 -c32`. */
   label: string;
   run(url: string, durationS: number): Promise<ThroughputResult>;
 }
 
 const wrk = (connections: number): ThroughputTool => ({
+  kind: 'wrk',
   label: `wrk -t1 -c${connections}`,
   async run(url, durationS) {
     const out = await runPinned(LOAD_CPU, 'wrk', ['-t1', `-c${connections}`, `-d${Math.max(1, Math.round(durationS))}s`, url], (durationS + 20) * 1000);
@@ -26,12 +30,16 @@ const wrk = (connections: number): ThroughputTool => ({
   },
 });
 
-/** Our own closed loop, for machines without wrk: `connections` loops, each sends its next request when the last is read. */
-const closedLoop = (connections: number): ThroughputTool => ({
-  label: `closed loop (undici, ${connections} connections; wrk not installed)`,
+/**
+ * Our own closed loop: `connections` loops, each sends its next request when the last is read. Used when wrk is not
+ * installed, and always for a client wrk cannot be (a proxy client: wrk speaks neither CONNECT nor TLS inside it).
+ */
+export const closedLoop = (connections: number, via?: Via): ThroughputTool => ({
+  kind: 'closed-loop',
+  label: via ? `closed loop (undici ProxyAgent through HTTPS_PROXY, ${connections} connections)` : `closed loop (undici, ${connections} connections)`,
   async run(url, durationS) {
     const u = new URL(url);
-    const pool = new Pool(u.origin, { connections, keepAliveTimeout: 60_000, headersTimeout: 10_000, bodyTimeout: 10_000 });
+    const pool = via?.dispatcher(connections) ?? new Pool(u.origin, { connections, ...CLIENT_TIMEOUTS });
     const path = u.pathname + u.search;
     const endAt = performance.now() + durationS * 1000;
     let done = 0;
@@ -39,7 +47,7 @@ const closedLoop = (connections: number): ThroughputTool => ({
     const loop = async () => {
       while (performance.now() < endAt) {
         try {
-          const res = await pool.request({ method: 'GET', path });
+          const res = await pool.request({ origin: u.origin, method: 'GET', path });
           await res.body.dump({ limit: 1 << 20 });
           if (res.statusCode === 200) done += 1;
           else errors += 1;
@@ -57,4 +65,8 @@ const closedLoop = (connections: number): ThroughputTool => ({
 });
 
 /** wrk when installed (a C generator leaves more of the load core to the upstream), else our closed loop. */
-export const throughputTool = (connections: number): ThroughputTool => (hasCommand('wrk') ? wrk(connections) : closedLoop(connections));
+export const throughputTool = (connections: number): ThroughputTool => {
+  if (hasCommand('wrk')) return wrk(connections);
+  const tool = closedLoop(connections);
+  return { ...tool, label: tool.label.replace(/\)$/, '; wrk not installed)') };
+};

@@ -1,10 +1,16 @@
 import { Worker } from 'node:worker_threads';
-import { Pool } from 'undici';
+import { Pool, type Dispatcher } from 'undici';
 import { Samples, summarize, type LatencySummary } from '../stats.js';
+import { CLIENT_TIMEOUTS } from './client.js';
 
 export interface OpenLoopOptions {
-  /** Origin, e.g. http://127.0.0.1:4000 */
+  /** Origin the requests name, e.g. http://127.0.0.1:4000 */
   origin: string;
+  /**
+   * Makes the client of this run (destroyed at its end), given its connection limit. Default: a keep-alive Pool to
+   * `origin`. A proxy client (`viaHttpsProxy`) goes here.
+   */
+  dispatcher?: (connections: number) => Dispatcher;
   path: string;
   /** Requests started per second, whatever the server does (open loop). */
   rate: number;
@@ -62,6 +68,8 @@ parentPort.once('message', ({ startNs, intervalNs, count, stop, spinNs }) => {
 
 const DRAIN_TIMEOUT_MS = 15_000;
 const SPIN_MAX_NS = 150_000;
+/** Enough that a stall never queues requests behind busy connections in the client. */
+const CONNECTIONS = 256;
 
 /** Fire requests on a fixed schedule and record each one's latency at µs resolution. */
 export const openLoop = async (opts: OpenLoopOptions): Promise<OpenLoopResult> => {
@@ -73,7 +81,7 @@ export const openLoop = async (opts: OpenLoopOptions): Promise<OpenLoopResult> =
   const latency = new Samples(count);
   const service = new Samples(count);
   const lateness = new Samples(count);
-  const pool = new Pool(opts.origin, { connections: 256, keepAliveTimeout: 60_000, headersTimeout: 10_000, bodyTimeout: 10_000 });
+  const client = opts.dispatcher?.(CONNECTIONS) ?? new Pool(opts.origin, { connections: CONNECTIONS, ...CLIENT_TIMEOUTS });
   const stop = new SharedArrayBuffer(4);
   const worker = new Worker(METRONOME, { eval: true });
   await new Promise<void>((resolve, reject) => {
@@ -104,7 +112,8 @@ export const openLoop = async (opts: OpenLoopOptions): Promise<OpenLoopResult> =
     sent += 1;
     inflight += 1;
     try {
-      const res = await pool.request({ method: 'GET', path: opts.path });
+      // A Pool ignores `origin` (it has its own); a proxy agent routes on it.
+      const res = await client.request({ origin: opts.origin, method: 'GET', path: opts.path });
       let at: bigint | undefined;
       for await (const _chunk of res.body) {
         if (at === undefined && opts.until === 'first-byte') at = process.hrtime.bigint();
@@ -145,7 +154,7 @@ export const openLoop = async (opts: OpenLoopOptions): Promise<OpenLoopResult> =
     Atomics.store(new Int32Array(stop), 0, 1);
     Atomics.notify(new Int32Array(stop), 0);
     await worker.terminate();
-    await pool.destroy();
+    await client.destroy();
   }
   const elapsedS = Number(process.hrtime.bigint() - began) / 1e9;
   return {

@@ -3,13 +3,15 @@ import type { Session } from 'node:inspector/promises';
 
 /**
  * The protocol every bench server child speaks: once it accepts connections it sends one IPC message
- * `{ url, pid }` (`pid` is the process whose CPU and memory are measured, which for HAProxy is not this one).
+ * `{ url, pid, adminUrl? }` (`pid` is the process whose CPU and memory are measured, which for HAProxy is not this
+ * one; `adminUrl` is Fusebox's admin listener, whose `/metrics` the orchestrator reads).
  * A child exits as soon as the IPC channel closes, so a killed or crashed orchestrator leaves nothing running.
  * With `--profile`, the orchestrator brackets the open-loop phase with `profile-start` / `profile-stop`.
  */
 export interface ReadyMessage {
   url: string;
   pid: number;
+  adminUrl?: string;
 }
 
 export type Command = { id: number; cmd: 'profile-start' } | { id: number; cmd: 'profile-stop'; file: string };
@@ -41,7 +43,16 @@ const profiler = () => {
   };
 };
 
-export const announce = (url: string, pid = process.pid, onExit: () => void = () => {}): void => {
+export interface AnnounceOptions {
+  /** Process whose CPU and memory are measured. Default: this one. */
+  pid?: number;
+  /** Admin listener of the server, when it has one (Fusebox). */
+  adminUrl?: string;
+  /** Runs before this process exits (stop what it started). */
+  onExit?: () => void;
+}
+
+export const announce = (url: string, { pid = process.pid, adminUrl, onExit = () => {} }: AnnounceOptions = {}): void => {
   if (process.send === undefined) {
     console.error('this script is started by bench/run.ts (it needs an IPC channel)');
     process.exit(2);
@@ -59,7 +70,7 @@ export const announce = (url: string, pid = process.pid, onExit: () => void = ()
       (err: Error) => process.send?.({ id: c.id, error: err.message } satisfies Reply),
     );
   });
-  process.send({ url, pid } satisfies ReadyMessage);
+  process.send({ url, pid, ...(adminUrl !== undefined ? { adminUrl } : {}) } satisfies ReadyMessage);
 };
 
 /** Environment variable a child cannot run without. */

@@ -8,6 +8,7 @@ import { announce, requiredEnv } from './announce.js';
  * compiled `dist/` that production runs (run.ts builds it first): under tsx every closure made per request
  * would also pay for esbuild's `__name` wrapper, which production does not. Logs go to this process's
  * stdout, which the orchestrator points at /dev/null: the cost of writing them is part of what is measured.
+ * With `FUSEBOX_CA_DIR` set (the intercepted target), Fusebox writes its pod CA's `ca.crt` there before listening.
  */
 const dist = requiredEnv('BENCH_FUSEBOX_DIST');
 const { buildApp } = (await import(pathToFileURL(join(dist, 'src', 'app.js')).href)) as typeof import('../../src/app.js');
@@ -16,5 +17,5 @@ const { parseConfig } = (await import(pathToFileURL(join(dist, 'src', 'config', 
 const raw = JSON.parse(requiredEnv('BENCH_CONFIG')) as Record<string, unknown>;
 const config = parseConfig({ ...raw, listen: { proxy: { port: 0 }, admin: { port: 0 } } }, 'bench config');
 const app = await buildApp(config);
-const { proxyUrl } = await app.listen();
-announce(proxyUrl);
+const { proxyUrl, adminUrl } = await app.listen();
+announce(proxyUrl, { adminUrl });

@@ -74,4 +74,4 @@ while (!(await accepts(port))) {
   await new Promise((r) => setTimeout(r, 50));
 }
 if (child.pid === undefined) throw new Error('haproxy did not start');
-announce(`http://127.0.0.1:${port}`, child.pid, cleanup);
+announce(`http://127.0.0.1:${port}`, { pid: child.pid, onExit: cleanup });
