@@ -282,7 +282,13 @@ export const buildApp = async (config: Config, deps: AppDeps = {}): Promise<Fuse
         const files = await ca.writeFiles(resolve(baseDir, caDir));
         logger.info({ ...files, fingerprintSha256: ca.info.fingerprintSha256, notAfter: ca.info.notAfter.toISOString() }, 'pod CA certificate written');
       }
-      if (ca !== undefined) watchCaExpiry(ca, config.intercept.ca.expiryWarningDays, logger);
+      if (ca !== undefined) {
+        watchCaExpiry(ca, config.intercept.ca.expiryWarningDays, logger);
+        // Every intercepted host's leaf before the port opens: no agent's first handshake waits for a mint.
+        const started = performance.now();
+        const leaves = await ca.warm();
+        logger.info({ leaves, ms: Math.round(performance.now() - started) }, 'leaf certificates minted for the intercepted hosts');
+      }
       await new Promise<void>((resolveListen, reject) => {
         proxy.once('error', reject);
         proxy.listen({ host: config.listen.proxy.host, port: config.listen.proxy.port }, () => {

@@ -425,6 +425,8 @@ interface CachedLeaf {
   context: tls.SecureContext;
   /** On our clock (`now`), not lru-cache's performance.now, so tests can move time. */
   refreshAt: number;
+  /** The leaf's notAfter: until then a handshake may still use it while its successor is minted. */
+  expiresAt: number;
 }
 
 /**
@@ -524,11 +526,34 @@ export class PodCa {
       throw new CaError('LEAF_NOT_ALLOWED', `no certificate for '${host}': it is not one of the intercepted hosts`, { host });
     }
     const cached = this.cache.get(allowed.name);
-    if (cached !== undefined && this.now() < cached.refreshAt) return cached.context;
-    const pending = this.minting.get(allowed.name);
-    if (pending !== undefined) return pending;
-    const minted = this.mint(allowed).finally(() => this.minting.delete(allowed.name));
-    this.minting.set(allowed.name, minted);
+    const now = this.now();
+    if (cached !== undefined && now < cached.refreshAt) return cached.context;
+    const minting = this.minting.get(allowed.name) ?? this.startMint(allowed);
+    // Half-way through its life a leaf is re-minted in the background: the handshake that noticed does not wait.
+    if (cached !== undefined && now < cached.expiresAt) {
+      minting.catch(() => undefined);
+      return cached.context;
+    }
+    return minting;
+  }
+
+  /**
+   * Mint a leaf for every intercepted host (up to `maxLeaves`) before the first client asks: a handshake then never
+   * waits for a mint (a few ms each; tens under load). Resolves with the number minted.
+   */
+  async warm(): Promise<number> {
+    let minted = 0;
+    for (const host of [...this.allowed.values()].slice(0, this.cache.max)) {
+      if (this.cache.has(host.name)) continue;
+      await (this.minting.get(host.name) ?? this.startMint(host));
+      minted += 1;
+    }
+    return minted;
+  }
+
+  private startMint(host: NormalizedHost): Promise<tls.SecureContext> {
+    const minted = this.mint(host).finally(() => this.minting.delete(host.name));
+    this.minting.set(host.name, minted);
     return minted;
   }
 
@@ -615,7 +640,7 @@ export class PodCa {
       const message = `cannot mint a certificate for '${host.name}': ${(err as Error).message}`;
       throw new CaError('LEAF_MINT_FAILED', message, { host: host.name }, { cause: err });
     }
-    this.cache.set(host.name, { context, refreshAt: now + (notAfter - now) * LEAF_REFRESH_AT });
+    this.cache.set(host.name, { context, refreshAt: now + (notAfter - now) * LEAF_REFRESH_AT, expiresAt: notAfter });
     const ms = performance.now() - started;
     try {
       this.onMint?.(ms, host.name);

@@ -418,18 +418,41 @@ describe('PodCa: minting and the leaf cache', () => {
     expect(ca.leavesCached).toBe(2);
   });
 
-  it('re-mints a cached leaf once half its life has passed on the injected clock', async () => {
+  it('re-mints a cached leaf in the background once half its life has passed, serving the old one meanwhile', async () => {
     let now = Date.now();
     const ca = await PodCa.create(optionsOf({ leafValidityHours: 24, now: () => now }));
     let mints = 0;
-    ca.onMint = () => mints++;
+    let minted: () => void = () => {};
+    ca.onMint = () => {
+      mints++;
+      minted();
+    };
     const first = await ca.contextFor('api.example.test');
     now += 11 * HOUR_MS;
     expect(await ca.contextFor('api.example.test')).toBe(first);
     now += 2 * HOUR_MS;
+    const reminted = new Promise<void>((resolve) => (minted = resolve));
+    // The handshake that notices does not wait: it gets the leaf it had, still valid for 11 hours.
+    expect(await ca.contextFor('api.example.test')).toBe(first);
+    await reminted;
     const second = await ca.contextFor('api.example.test');
     expect(second).not.toBe(first);
     expect(mints).toBe(2);
+    // Past its notAfter a leaf is never served: the call waits for the new one.
+    now += 30 * HOUR_MS;
+    expect(await ca.contextFor('api.example.test')).not.toBe(second);
+    expect(mints).toBe(3);
+  });
+
+  it('warm() mints every intercepted host before any client asks, so no handshake waits for a mint', async () => {
+    const ca = await PodCa.create(optionsOf({ hosts: ['a.example.test', 'b.example.test', '127.0.0.1'] }));
+    let mints = 0;
+    ca.onMint = () => mints++;
+    expect(await ca.warm()).toBe(3);
+    expect(ca.leavesCached).toBe(3);
+    await ca.contextFor('b.example.test');
+    expect(mints).toBe(3);
+    expect(await ca.warm()).toBe(0);
   });
 
   it('a leaf lasts leafValidityHours, never past the CA notAfter; an expired CA mints nothing (CA_EXPIRED)', async () => {
