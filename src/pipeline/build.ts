@@ -115,7 +115,14 @@ const resilientChain = (route: RouteConfig, terminal: Handler, deps: PipelineDep
   const faults = opts.faults
     ? faultsLayer(route.faults, { random: deps.random, onFault: (kind) => deps.metrics.faultsInjected.labels(route.name, kind).inc() })
     : (next: Handler) => next;
-  const handler = compose(retryLayer(route, { ...deps, breakers }), breakers.layer, faults)(terminal);
+  const handler = compose(
+    // Retries outside the breaker: every attempt is judged by it, and one it would refuse ends the retries (no backoff into an open breaker).
+    retryLayer(route, { ...deps, breakers }),
+    // Per route, model or MCP tool, each attempt counted.
+    breakers.layer,
+    // Just above the socket: an injected failure is handled exactly as the upstream's own, breaker and retries included.
+    faults,
+  )(terminal);
   return { handler, registry: breakers.registry };
 };
 
