@@ -72,6 +72,7 @@ describe('core proxy', () => {
             breaker: { enabled: false },
           },
           { name: 'based', match: { pathPrefix: '/based' }, upstream: { url: `${up.url}/v1` } },
+          { name: 'bylocal', match: { hosts: [`127.0.0.1:${up.port}`] }, upstream: { url: up.url }, retry: { enabled: false } },
           { name: 'tls-origination', match: { hosts: ['plain.example.test'] }, upstream: { url: tlsUp.url, tls: { caFile: testCertificate().caFile } } },
           { name: 'tunnel', match: { hosts: [`127.0.0.1:${tlsUp.port}`], connect: 'tunnel' }, upstream: { url: tlsUp.url } },
           { name: 'dead', match: { pathPrefix: '/dead' }, upstream: { url: 'http://127.0.0.1:1' }, retry: { enabled: false } },
@@ -147,6 +148,14 @@ describe('core proxy', () => {
     expect(((await res.body.json()) as { url: string }).url).toBe('/v1/echo');
   });
 
+  it('sends a call to exactly the prefix to exactly the upstream base path (MCP Streamable HTTP has one URL)', async () => {
+    up.on('/v1', (req, res) => json(res, 200, { url: req.url }));
+    const exact = await request(`${fb.proxyUrl}/based`, { method: 'POST', body: '{}' });
+    expect(((await exact.body.json()) as { url: string }).url).toBe('/v1');
+    const query = await request(`${fb.proxyUrl}/based?session=1`);
+    expect(((await query.body.json()) as { url: string }).url).toBe('/v1?session=1');
+  });
+
   it('answers 503 CREDENTIAL_MISSING when the credential variable is unset, without calling the upstream', async () => {
     const before = up.seen.length;
     const res = await request(`${fb.proxyUrl}/nocred/echo`);
@@ -192,6 +201,25 @@ describe('core proxy', () => {
     expect(res.body).toContain('"code":"DESTINATION_NOT_ALLOWED"');
   });
 
+  it('allows a listed host on its listed ports only (80 and 443 when none is written), in absolute-form too', async () => {
+    const before = up.count('/echo');
+    const other = await curl(['-x', fb.proxyUrl, 'http://api.example.test:8080/echo']);
+    expect(other.status).toBe(403);
+    expect(other.body).toContain('destination api.example.test:8080 is not allowed');
+    expect(up.count('/echo')).toBe(before);
+    expect((await curl(['-x', fb.proxyUrl, 'http://api.example.test:80/echo'])).status).toBe(200);
+  });
+
+  it('normalizes other spellings of an address before the allow-list compares them', async () => {
+    // `bylocal` lists 127.0.0.1 on the upstream's port: 127.1, 0x7f000001 and [::ffff:127.0.0.1] are that address.
+    for (const spelling of ['127.1', '0x7f000001', '[::ffff:127.0.0.1]']) {
+      const res = await curl(['-x', fb.proxyUrl, `http://${spelling}:${up.port}/echo`]);
+      expect(res.status, spelling).toBe(200);
+    }
+    const wrongPort = await curl(['-x', fb.proxyUrl, `http://127.1:${up.port + 1}/echo`]);
+    expect(wrongPort.status).toBe(403);
+  });
+
   it('answers 404 NO_ROUTE for an origin-form path no route matches', async () => {
     const res = await request(`${fb.proxyUrl}/apix/echo`);
     expect(res.statusCode).toBe(404);
@@ -217,7 +245,7 @@ describe('core proxy', () => {
   });
 
   it('refuses CONNECT to a port or host no route allows with 403', async () => {
-    const other = await curl(['-x', fb.proxyUrl, '-k', `https://127.0.0.1:${up.port}/`]);
+    const other = await curl(['-x', fb.proxyUrl, '-k', 'https://127.0.0.1:1/']);
     expect(other.status).not.toBe(200);
     expect((other as { stderr?: string }).stderr).toMatch(/403/);
     const raw = await new Promise<string>((resolve) => {
