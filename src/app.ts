@@ -1,6 +1,7 @@
 import { randomBytes } from 'node:crypto';
 import type { Server, ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
+import { createRequire } from 'node:module';
 import { hostname } from 'node:os';
 import { resolve } from 'node:path';
 import type { Duplex } from 'node:stream';
@@ -92,14 +93,18 @@ export const REDACT_PATHS = [
  * the process exits (pino's exit hook): one write(2) per line showed as ~5 % of a call's CPU in bench/ profiles.
  * What a SIGKILL can lose is the last second of lines.
  */
-export const createLogger = (level: Config['log']['level']): Logger => {
+export const createLogger = (level: Config['log']['level'], env: NodeJS.ProcessEnv = process.env): Logger => {
+  // `host` is the pod name in Kubernetes, where `agent` (the budget identity) is the agent label.
+  const options = { level, base: { service: 'fusebox', host: hostname() }, redact: { paths: REDACT_PATHS, censor: '[REDACTED]' }, timestamp: pino.stdTimeFunctions.isoTime };
+  // A person at a terminal reads lines, not JSON (FUSEBOX_LOG_FORMAT=json|pretty overrides). Loaded only then.
+  const pretty = env.FUSEBOX_LOG_FORMAT === 'pretty' || (env.FUSEBOX_LOG_FORMAT !== 'json' && process.stdout.isTTY === true);
+  if (pretty) {
+    const build = createRequire(import.meta.url)('pino-pretty') as (o: Record<string, unknown>) => NodeJS.WritableStream;
+    return pino(options, build({ colorize: process.stdout.isTTY === true, translateTime: 'SYS:HH:MM:ss.l', ignore: 'pid,hostname,service,host', sync: true }));
+  }
   const dest = pino.destination({ dest: 1, minLength: 4096, sync: false });
   setInterval(() => dest.flush(), 1000).unref();
-  return pino(
-    // `host` is the pod name in Kubernetes, where `agent` (the budget identity) is the agent label.
-    { level, base: { service: 'fusebox', host: hostname() }, redact: { paths: REDACT_PATHS, censor: '[REDACTED]' }, timestamp: pino.stdTimeFunctions.isoTime },
-    dest,
-  );
+  return pino(options, dest);
 };
 
 /** A CA close to its end is said at startup and once a day after, while there is time to replace it. */

@@ -32,6 +32,11 @@ const COMMANDS: Readonly<Record<string, Command>> = {
     summary: 'error-budget gate for CI/CD: PROCEED 0, HALT 10, ROLLBACK 20',
     run: async (args, io) => (await import('./gate.js')).runGate(args, { stdout: io.stdout, stderr: io.stderr, env: io.env ?? process.env }),
   },
+  schema: {
+    synopsis: 'schema',
+    summary: 'print the JSON Schema of the config file (for editors)',
+    run: async (args, io) => (await import('./schema.js')).runSchema(args, io),
+  },
   rules: {
     synopsis: 'rules --config FILE',
     summary: 'print Prometheus recording and burn-rate alerting rules for the SLOs',

@@ -150,6 +150,27 @@ describe('fusebox CLI', () => {
     expect(r.out).toContain('"msg":"stopped"');
   });
 
+  it('writes readable lines instead of JSON for a person (FUSEBOX_LOG_FORMAT=pretty, the default on a terminal)', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'fusebox-cfg-'));
+    const file = join(dir, 'ok.yaml');
+    writeFileSync(file, 'listen: { proxy: { port: 0 }, admin: { port: 0 } }\nroutes:\n  - { name: r, match: { pathPrefix: /r }, upstream: { url: "http://127.0.0.1:9" } }\n');
+    const child = cli(['--config', file], { FUSEBOX_LOG_FORMAT: 'pretty' });
+    const done = collect(child);
+    let out = '';
+    await new Promise<void>((resolve, reject) => {
+      child.stdout.on('data', (c: Buffer) => {
+        out += c.toString();
+        if (out.includes('fusebox listening')) resolve();
+      });
+      child.once('exit', () => reject(new Error(`exited before listening: ${out}`)));
+    });
+    child.kill('SIGTERM');
+    expect((await done).code).toBe(0);
+    const line = out.split('\n').find((l) => l.includes('fusebox listening'))!;
+    expect(line).toMatch(/^\[\d\d:\d\d:\d\d\.\d{3}\] .*INFO.*: fusebox listening/);
+    expect(out).toMatch(/^\s+proxy: "http:\/\/127\.0\.0\.1:\d+"/m);
+  });
+
   it('logs and ignores SIGHUP (no reload yet): keeps serving, then drains and exits 0 on SIGTERM', async () => {
     const dir = mkdtempSync(join(tmpdir(), 'fusebox-cfg-'));
     const file = join(dir, 'ok.yaml');
