@@ -8,53 +8,10 @@ import { request } from 'undici';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { metricValue, startFusebox, type RunningFusebox } from '../helpers/fusebox.js';
 import { startRedis, type TestRedis } from '../helpers/redis.js';
-import { json, startUpstream, type TestUpstream } from '../helpers/upstream.js';
+import { COST_USD, PRICES, startLlmUpstream } from '../helpers/llm.js';
+import type { TestUpstream } from '../helpers/upstream.js';
 
-/** Prices chosen so the arithmetic is easy to check by hand: µUSD per token = USD per 1M tokens. */
-const PRICES = { 'test-model': { inputPerM: 2, outputPerM: 8, cachedInputPerM: 1 } };
-/** The upstream reports this usage for every call: 1000 prompt (200 cached), 500 completion. */
-const USAGE = { prompt_tokens: 1000, completion_tokens: 500, total_tokens: 1500, prompt_tokens_details: { cached_tokens: 200 } };
-/** 800 × 2 + 200 × 1 + 500 × 8 = 5800 µUSD. */
-const COST_USD = 0.0058;
-
-const llmUpstream = async (): Promise<TestUpstream & { bodies: Array<Record<string, unknown>> }> => {
-  const up = await startUpstream();
-  const bodies: Array<Record<string, unknown>> = [];
-  up.on('/v1/chat/completions', (_req, res, raw) => {
-    const body = JSON.parse(raw.toString()) as { stream?: boolean; model: string; stream_options?: { include_usage?: boolean } };
-    bodies.push(body);
-    const base = { id: 'c1', created: 1, model: body.model };
-    if (!body.stream) {
-      return json(res, 200, { ...base, object: 'chat.completion', choices: [{ index: 0, message: { role: 'assistant', content: 'ok' }, finish_reason: 'stop', logprobs: null }], usage: USAGE });
-    }
-    res.writeHead(200, { 'content-type': 'text/event-stream' });
-    res.write(`data: ${JSON.stringify({ ...base, object: 'chat.completion.chunk', choices: [{ index: 0, delta: { content: 'ok' }, finish_reason: null }] })}\n\n`);
-    if (body.stream_options?.include_usage) {
-      res.write(`data: ${JSON.stringify({ ...base, object: 'chat.completion.chunk', choices: [], usage: USAGE })}\n\n`);
-    }
-    res.end('data: [DONE]\n\n');
-    return undefined;
-  });
-  up.on('/v1/messages', (_req, res, raw) => {
-    const body = JSON.parse(raw.toString()) as { stream?: boolean; model: string };
-    bodies.push(body);
-    const usage = { input_tokens: 800, output_tokens: 500, cache_read_input_tokens: 200, cache_creation_input_tokens: 0 };
-    if (!body.stream) {
-      return json(res, 200, { id: 'msg_1', type: 'message', role: 'assistant', model: body.model, content: [{ type: 'text', text: 'ok' }], stop_reason: 'end_turn', stop_sequence: null, usage });
-    }
-    res.writeHead(200, { 'content-type': 'text/event-stream' });
-    const ev = (type: string, data: unknown) => res.write(`event: ${type}\ndata: ${JSON.stringify(data)}\n\n`);
-    ev('message_start', { type: 'message_start', message: { id: 'msg_1', type: 'message', role: 'assistant', model: body.model, content: [], stop_reason: null, stop_sequence: null, usage: { ...usage, output_tokens: 1 } } });
-    ev('content_block_start', { type: 'content_block_start', index: 0, content_block: { type: 'text', text: '' } });
-    ev('content_block_delta', { type: 'content_block_delta', index: 0, delta: { type: 'text_delta', text: 'ok' } });
-    ev('content_block_stop', { type: 'content_block_stop', index: 0 });
-    ev('message_delta', { type: 'message_delta', delta: { stop_reason: 'end_turn', stop_sequence: null }, usage: { output_tokens: 500 } });
-    ev('message_stop', { type: 'message_stop' });
-    res.end();
-    return undefined;
-  });
-  return Object.assign(up, { bodies });
-};
+const llmUpstream = startLlmUpstream;
 
 const llmRoutes = (up: TestUpstream, extra: Record<string, unknown> = {}) => [
   { name: 'openai', provider: 'openai', match: { pathPrefix: '/openai' }, upstream: { url: up.url }, budget: { prices: PRICES, ...extra } },
