@@ -62,7 +62,11 @@ export class Interceptor {
   private readonly warned = new Set<string>();
 
   constructor(private readonly deps: InterceptorDeps) {
-    this.server = createServer({ maxHeaderSize: deps.maxHeaderBytes, noDelay: true }, (req, res) => this.onRequest(req, res));
+    // As the proxy port (src/http/proxy-server.ts): streamed answers run for minutes, and an agent keeps its tunnel
+    // (and its TLS session) between calls; Node's 5 s keep-alive default would make it reconnect and handshake again.
+    this.server = createServer({ maxHeaderSize: deps.maxHeaderBytes, noDelay: true, requestTimeout: 0, keepAliveTimeout: 72_000 }, (req, res) =>
+      this.onRequest(req, res),
+    );
     this.server.on('clientError', (err: Error & { code?: string }, socket: Duplex) => {
       const t = this.tunnelOf.get(socket);
       deps.logger.info({ route: t?.route, destination: t && `${t.authority.host}:${t.authority.port}`, error: err.code ?? err.message }, 'intercepted tunnel: malformed HTTP request');
@@ -94,10 +98,6 @@ export class Interceptor {
       socket.destroy();
     });
     socket.once('data', dispatch);
-  }
-
-  get open(): number {
-    return this.sockets.size;
   }
 
   /** End of a drain: the calls inside have finished (or run out of grace); idle keep-alive tunnels are cut. */
