@@ -427,3 +427,33 @@ describe('IPv6 destinations', () => {
     }
   });
 });
+
+describe('the pod CA at start and over time', () => {
+  it('refuses to start with a CA file it cannot read, naming the file (never a fall back to splicing)', async () => {
+    const missing = join(tmpdir(), 'fusebox-no-such-ca.pem');
+    await expect(
+      startFusebox({
+        intercept: { ca: { certFile: missing, keyFile: missing } },
+        routes: [{ name: 'tools', match: { hosts: ['tools.test'] }, upstream: { url: 'http://127.0.0.1:9' } }],
+      }),
+    ).rejects.toThrow(new RegExp(`${missing.replace(/[.*+?^${}()|[\]\\/]/g, '\\$&')}.*ENOENT`));
+  });
+
+  it('turns /readyz to 503 once the CA has expired, and says so in the log', async () => {
+    let now = Date.now();
+    const fb = await startFusebox(
+      { intercept: { ca: { validityDays: 1 } }, routes: [{ name: 'tools', match: { hosts: ['tools.test'] }, upstream: { url: 'http://127.0.0.1:9' } }] },
+      { now: () => now },
+    );
+    try {
+      expect((await fetch(`${fb.adminUrl}/readyz`)).status).toBe(200);
+      now += 2 * 86_400_000;
+      expect((await fetch(`${fb.adminUrl}/readyz`)).status).toBe(503);
+      expect(((await (await fetch(`${fb.adminUrl}/admin/ca`)).json()) as { daysLeft: number }).daysLeft).toBeLessThan(0);
+    } finally {
+      await fb.stop();
+    }
+    // A one-day CA is under the 14-day warning from its first minute: said at startup.
+    expect(fb.logs.some((l) => String(l.msg).startsWith('the pod CA expires soon'))).toBe(true);
+  });
+});
