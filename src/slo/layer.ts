@@ -12,8 +12,11 @@ import type { SloEvent, SloRecorder } from './recorder.js';
  */
 export type SloOutcome = 'good' | 'bad' | 'skip' | 'refused';
 
-/** Codes of Fusebox errors that report an upstream failure rather than a decision of Fusebox's own. */
-export const UPSTREAM_FAILURE_CODES: ReadonlySet<ErrorCode> = new Set(['CIRCUIT_OPEN']);
+/**
+ * Codes of Fusebox errors that report an upstream failure rather than a decision of Fusebox's own: an open breaker,
+ * and a fallback chain whose every step failed too (the outage the error budget exists to count).
+ */
+export const UPSTREAM_FAILURE_CODES: ReadonlySet<ErrorCode> = new Set(['CIRCUIT_OPEN', 'FALLBACK_EXHAUSTED']);
 
 export const sloOutcomeOfStatus = (statusCode: number): SloOutcome =>
   statusCode >= 500 || statusCode === 429 ? 'bad' : statusCode >= 400 ? 'skip' : 'good';

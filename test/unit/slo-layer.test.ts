@@ -5,6 +5,7 @@ import type { RouteConfig } from '../../src/config/schema.js';
 import {
   BadRequestError,
   CircuitOpenError as RealCircuitOpenError,
+  FallbackExhaustedError,
   ClientClosedError,
   ProxyError,
   UpstreamResetError,
@@ -103,19 +104,20 @@ describe('SLO layer: how calls count', () => {
     expect(await counts()).toEqual({ ab: 1, lg: 1, l0: 1, s: 1 });
   });
 
-  it('counts upstream errors and an open breaker bad, Fusebox refusals apart, client aborts skipped', async () => {
+  it('counts upstream errors, an open breaker and an exhausted fallback chain bad, Fusebox refusals apart, client aborts skipped', async () => {
     const { call, upstream, counts } = setup();
     for (const err of [
       new UpstreamTimeoutError('t', { phase: 'headers' }),
       new UpstreamResetError('r'),
       new CircuitOpenError('open'),
+      new FallbackExhaustedError('every step failed'),
       new BudgetExceededError('over'),
       new ClientClosedError('gone'),
     ]) {
       upstream.throws = err;
       await expect(call()).rejects.toBe(err);
     }
-    expect(await counts()).toEqual({ ab: 3, lg: 3, l0: 3, r: 1, s: 1 });
+    expect(await counts()).toEqual({ ab: 4, lg: 4, l0: 4, r: 1, s: 1 });
     expect(sloOutcomeOfError(new BadRequestError('bad'))).toBe('refused');
     expect(sloOutcomeOfError(new Error('a bug'))).toBe('bad');
   });
