@@ -15,6 +15,7 @@ import type { BudgetStore } from './budget/store.js';
 import { warmTokenizer } from './budget/estimate.js';
 import { registerAdminSlo } from './http/admin-slo.js';
 import { registerAdminCa } from './http/admin-ca.js';
+import { registerAdminStatus } from './http/admin-status.js';
 import { LiveStats } from './telemetry/live.js';
 import { MemoryCounterStore, RedisCounterStore } from './slo/counter-store.js';
 import { SloEvaluator } from './slo/evaluator.js';
@@ -191,6 +192,7 @@ const buildAdmin = (
   registerAdminBudgets(admin, { config, store, logger: deps.logger });
   registerAdminSlo(admin, evaluator);
   registerAdminCa(admin, deps.ca);
+  registerAdminStatus(admin, { config, routes: deps.built, store, evaluator, live: deps.live, metrics, isReady: deps.isReady, now: deps.now, startedAt: deps.now() });
   return admin;
 };
 
