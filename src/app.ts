@@ -192,7 +192,7 @@ const buildAdmin = (
   registerAdminBudgets(admin, { config, store, logger: deps.logger });
   registerAdminSlo(admin, evaluator);
   registerAdminCa(admin, deps.ca);
-  registerAdminStatus(admin, { config, routes: deps.built, store, evaluator, live: deps.live, metrics, isReady: deps.isReady, now: deps.now, startedAt: deps.now() });
+  registerAdminStatus(admin, { config, routes: deps.built, store, evaluator, live: deps.live, metrics, isReady: deps.isReady, now: deps.now, startedAt: deps.live.startedAt });
   return admin;
 };
 

@@ -27,7 +27,7 @@ export interface RefusalRecord {
 
 /** A route's last window of calls, as `/admin/status` reports it. */
 export interface RouteWindowStats {
-  /** Seconds the counts cover: the window, or the time since start when shorter (at least 1). */
+  /** Seconds the counts cover: the window, or the whole seconds since start when shorter (at least 1). */
   readonly seconds: number;
   readonly outcomes: Readonly<Record<CallOutcome, number>>;
   readonly calls: number;
@@ -134,7 +134,8 @@ export class LiveStats {
   private readonly ring: Array<RefusalRecord | undefined>;
   private nextRefusal = 0;
   private refusalCount = 0;
-  private readonly startedAt: number;
+  /** Clock time (ms) counting began: the sidecar's start. */
+  readonly startedAt: number;
 
   constructor(private readonly opts: LiveStatsOptions) {
     this.windowSeconds = Math.max(1, opts.windowSeconds ?? 60);
@@ -187,7 +188,7 @@ export class LiveStats {
     const outcomes = Object.fromEntries(CALL_OUTCOMES.map((o) => [o, t[o]])) as Record<CallOutcome, number>;
     const { values, n } = w.percentiles(now, [0.5, 0.99]);
     return {
-      seconds: Math.max(1, Math.min(this.windowSeconds, Math.ceil((now - this.startedAt) / 1000))),
+      seconds: Math.max(1, Math.min(this.windowSeconds, Math.floor((now - this.startedAt) / 1000))),
       outcomes,
       calls: CALL_OUTCOMES.reduce((sum, o) => sum + t[o], 0),
       errors: ERROR_OUTCOMES.reduce((sum, o) => sum + t[o], 0),
