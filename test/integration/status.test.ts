@@ -151,6 +151,26 @@ describe('GET /admin/status and fusebox status against a running sidecar', () =>
     expect(r.out).toMatch(/PROBLEMS \(exit 20\)\n {2}- route "llm" day budget spent: \$0\.0060 of \$0\.0050\n\n/);
   });
 
+  it('counts a kill switch on this agent as a problem (exit 20), and a workflow kill only as a listed kill', async () => {
+    const admin = (path: string, body: unknown) =>
+      fetch(`${fb.adminUrl}${path}`, { method: 'POST', headers: { 'content-type': 'application/json', authorization: `Bearer ${SECRETS.FUSEBOX_ADMIN_TOKEN}` }, body: JSON.stringify(body) });
+    expect((await admin('/admin/kill', { target: 'workflow', id: 'loop-7', reason: 'runaway' })).status).toBe(200);
+    expect((await admin('/admin/kill', { target: 'agent', reason: 'incident 42' })).status).toBe(200);
+    const d = await doc();
+    expect(d.budgets.kills).toEqual(
+      expect.arrayContaining([expect.objectContaining({ kind: 'workflow', id: 'loop-7' }), expect.objectContaining({ kind: 'agent', id: 'status-agent', reason: 'incident 42' })]),
+    );
+    expect(d.problems.filter((p) => p.kind === 'killed')).toEqual([
+      { kind: 'killed', target: 'agent', id: 'status-agent', reason: 'incident 42', message: 'kill switch on agent "status-agent": incident 42' },
+    ]);
+    const r = await status(['--admin', fb.adminUrl]);
+    expect(r.code).toBe(STATUS_EXIT.BUDGET_SPENT);
+    expect(r.out).toContain('  kill switch: agent "status-agent" since ');
+    expect((await admin('/admin/kill/lift', { target: 'agent' })).status).toBe(200);
+    expect((await admin('/admin/kill/lift', { target: 'workflow', id: 'loop-7' })).status).toBe(200);
+    expect((await doc()).budgets.kills).toEqual([]);
+  });
+
   it('never shows a secret: credential values, headers.add values, the admin token; env var names stay', async () => {
     const { text } = await statusJson();
     const cli = await status(['--admin', fb.adminUrl]);
