@@ -38,7 +38,7 @@ const COMMANDS: Readonly<Record<string, Command>> = {
     run: async (args, io) => (await import('./rules.js')).runRules(args, { stdout: io.stdout, stderr: io.stderr, env: io.env ?? process.env }),
   },
   status: {
-    synopsis: 'status [--admin URL] [--watch]',
+    synopsis: 'status [--admin URL] [-w]',
     summary: 'a running sidecar at a glance; exit 10 breaker open, 20 budget spent',
     run: async (args, io) => (await import('./status.js')).runStatus(args, io),
   },

@@ -37,7 +37,7 @@ Exit status (with --watch: of the last view before Ctrl-C), so a script can use 
   ${STATUS_EXIT.OK}   every breaker closed, no budget spent
   ${STATUS_EXIT.BREAKER_OPEN}  a breaker is open, half-open or forced open (it refuses calls)
   ${STATUS_EXIT.BUDGET_SPENT}  a budget is spent (a cap of the agent, a route or the fleet is reached) or a kill switch
-       stops this agent or everything
+      stops this agent or everything
   ${STATUS_EXIT.BOTH}  both
   ${STATUS_EXIT.UNREACHABLE}   the sidecar cannot be reached, or the port does not answer as a Fusebox admin listener
   ${STATUS_EXIT.USAGE}   usage error
