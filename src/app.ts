@@ -16,6 +16,8 @@ import type { BudgetStore } from './budget/store.js';
 import { warmTokenizer } from './budget/estimate.js';
 import { registerAdminSlo } from './http/admin-slo.js';
 import { registerAdminCa } from './http/admin-ca.js';
+import { registerAdminStatus } from './http/admin-status.js';
+import { LiveStats } from './telemetry/live.js';
 import { MemoryCounterStore, RedisCounterStore } from './slo/counter-store.js';
 import { SloEvaluator } from './slo/evaluator.js';
 import { applySloGauges, zeroSloEventSeries } from './slo/exports.js';
@@ -165,7 +167,18 @@ const buildSlo = (config: Config, counterStore: Stores['counterStore'], deps: { 
 /** The admin listener: health, readiness, metrics, and the admin API (state changes need the token). */
 const buildAdmin = (
   config: Config,
-  deps: { env: NodeJS.ProcessEnv; metrics: Metrics; logger: Logger; isReady: () => boolean; built: BuiltRoute[]; store: BudgetStore; evaluator: SloEvaluator; ca: PodCa | undefined },
+  deps: {
+    env: NodeJS.ProcessEnv;
+    metrics: Metrics;
+    logger: Logger;
+    isReady: () => boolean;
+    built: BuiltRoute[];
+    store: BudgetStore;
+    evaluator: SloEvaluator;
+    ca: PodCa | undefined;
+    live: LiveStats;
+    now: () => number;
+  },
 ): FastifyInstance => {
   const { metrics, store, evaluator } = deps;
   const admin = Fastify({ logger: false, forceCloseConnections: true });
@@ -184,6 +197,7 @@ const buildAdmin = (
   registerAdminBudgets(admin, { config, store, logger: deps.logger });
   registerAdminSlo(admin, evaluator);
   registerAdminCa(admin, deps.ca);
+  registerAdminStatus(admin, { config, routes: deps.built, store, evaluator, live: deps.live, metrics, isReady: deps.isReady, now: deps.now, startedAt: deps.live.startedAt });
   return admin;
 };
 
@@ -205,6 +219,7 @@ export const buildApp = async (config: Config, deps: AppDeps = {}): Promise<Fuse
   const inflight = { count: 0 };
   const tunnels = new Set<Duplex>();
   const pending = new PendingWork();
+  const live = new LiveStats({ now });
 
   // First of what can fail at start (an unreadable CA file): nothing is open yet that would need closing.
   const ca = await createPodCa(config, { baseDir, now, metrics, env, logger });
@@ -232,28 +247,31 @@ export const buildApp = async (config: Config, deps: AppDeps = {}): Promise<Fuse
     pending,
     inflight,
     maxRequestBodyBytes: config.limits.maxRequestBodyBytes,
+    live,
   };
   const built: BuiltRoute[] = buildRoutes(config.routes, pipelineDeps);
   const routes = new RouteTable(built);
   for (const warning of configWarnings(config)) logger.warn(warning);
   metrics.configInfo.labels(String(config.routes.length), config.store.kind, config.agent.id).set(1);
 
-  const proxyDeps = { config, routes, metrics, logger, now, state, via };
+  const proxyDeps = { config, routes, metrics, live, logger, now, state, via };
   const handle = (req: ForwardRequest, res: ServerResponse) => void handleProxyRequest(req, res, proxyDeps);
   const interceptor = new Interceptor({
     config: config.intercept,
     maxHeaderBytes: config.limits.maxHeaderBytes,
     ca,
     metrics,
+    live,
     logger,
     handle,
-    rawError: clientErrorAnswer(config.limits.maxHeaderBytes, metrics),
+    rawError: clientErrorAnswer(config.limits.maxHeaderBytes, metrics, live),
   });
   const proxy = createProxyServer({
     maxHeaderBytes: config.limits.maxHeaderBytes,
     metrics,
+    live,
     handle,
-    connect: (req, socket, head) => handleConnect(req, socket, head, { routes, metrics, logger, state, tunnels, interceptor }),
+    connect: (req, socket, head) => handleConnect(req, socket, head, { routes, metrics, live, logger, state, tunnels, interceptor }),
   });
   const admin = buildAdmin(config, {
     env,
@@ -263,6 +281,8 @@ export const buildApp = async (config: Config, deps: AppDeps = {}): Promise<Fuse
     store,
     evaluator,
     ca,
+    live,
+    now,
     // An expired pod CA makes every intercepted call fail its handshake: not ready, so the rollout shows it.
     isReady: () => state.accepting && proxy.listening && (ca === undefined || ca.daysLeft() > 0),
   });

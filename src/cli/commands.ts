@@ -42,6 +42,11 @@ const COMMANDS: Readonly<Record<string, Command>> = {
     summary: 'print Prometheus recording and burn-rate alerting rules for the SLOs',
     run: async (args, io) => (await import('./rules.js')).runRules(args, { stdout: io.stdout, stderr: io.stderr, env: io.env ?? process.env }),
   },
+  status: {
+    synopsis: 'status [--admin URL] [-w]',
+    summary: 'a running sidecar at a glance; exit 10 breaker open, 20 budget spent',
+    run: async (args, io) => (await import('./status.js')).runStatus(args, io),
+  },
 };
 
 const NAMES = [...Object.keys(COMMANDS), 'help'];

@@ -19,7 +19,7 @@ export interface BreakerView {
   lastFailure: string | null;
 }
 
-const view = (route: string, key: string, s: BreakerStats): BreakerView => ({
+export const breakerView = (route: string, key: string, s: BreakerStats): BreakerView => ({
   route,
   key,
   state: s.state,
@@ -51,7 +51,7 @@ export const registerAdminBreakers = (app: FastifyInstance, routes: ReadonlyArra
   const all = routes.flatMap((r) => r.breakers);
 
   app.get('/admin/breakers', async () =>
-    all.flatMap(({ route, registry }) => registry.list().map((e) => view(route, e.key, e.stats))),
+    all.flatMap(({ route, registry }) => registry.list().map((e) => breakerView(route, e.key, e.stats))),
   );
 
   for (const action of Object.keys(ACTIONS) as Array<keyof typeof ACTIONS>) {
@@ -64,7 +64,7 @@ export const registerAdminBreakers = (app: FastifyInstance, routes: ReadonlyArra
         const breaker = r.registry.peek(key);
         if (breaker === undefined) continue;
         ACTIONS[action](breaker);
-        return view(route, key, breaker.stats());
+        return breakerView(route, key, breaker.stats());
       }
       throw new NotFoundError(`no breaker "${key}" on route "${route}" (a breaker exists once a call used it; see GET /admin/breakers)`, {
         route,

@@ -2,7 +2,7 @@ import type { FastifyInstance } from 'fastify';
 import type { Logger } from 'pino';
 import { z } from 'zod';
 import type { Config } from '../config/schema.js';
-import { budgetScopes, type BudgetStore, type KillTarget, type ScopeBudget, type ScopeUsage } from '../budget/store.js';
+import { budgetScopes, type BudgetStore, type Kill, type KillTarget, type ScopeBudget, type ScopeUsage } from '../budget/store.js';
 import { BadRequestError } from '../errors.js';
 import type { Metrics } from '../telemetry/metrics.js';
 
@@ -22,7 +22,8 @@ const killTarget = (body: z.infer<typeof KillBody>, agent: string): KillTarget =
 
 const usd = (micros: number | undefined) => (micros === undefined ? null : micros / 1e6);
 
-const view = (u: ScopeUsage) => ({
+/** One scope window as the admin API shows it: settled spend, what in-flight calls hold, caps (null: uncapped). */
+export const budgetView = (u: ScopeUsage) => ({
   scope: u.scope.kind,
   id: u.scope.id,
   window: u.window,
@@ -31,11 +32,16 @@ const view = (u: ScopeUsage) => ({
   spentTokens: u.spent.tokens,
   calls: u.spent.calls,
   inFlightUsd: usd(u.reserved.usdMicros),
+  inFlightTokens: u.reserved.tokens,
+  inFlightCalls: u.reserved.calls,
   limitUsd: usd(u.caps.usdMicros),
   limitTokens: u.caps.tokens ?? null,
   limitCalls: u.caps.calls ?? null,
   resetsAt: u.resetAt === null ? null : new Date(u.resetAt).toISOString(),
 });
+
+/** A kill switch as the admin API shows it. */
+export const killView = (k: Kill) => ({ ...k.target, reason: k.reason, at: new Date(k.at).toISOString() });
 
 /** The agent, route and fleet windows this sidecar reports (workflow ones only on request: ids are unbounded). */
 export const reportedScopes = (config: Config, workflow?: string): ScopeBudget[] => {
@@ -77,11 +83,9 @@ export const registerAdminBudgets = (app: FastifyInstance, deps: { config: Confi
   app.get<{ Querystring: { workflow?: string } }>('/admin/budgets', async (req) => {
     const workflow = typeof req.query.workflow === 'string' && req.query.workflow !== '' ? req.query.workflow : undefined;
     const usage = await store.snapshot(reportedScopes(config, workflow));
-    return { storeAvailable: store.available(), scopes: usage.map(view) };
+    return { storeAvailable: store.available(), scopes: usage.map(budgetView) };
   });
-  app.get('/admin/kills', async () =>
-    (await store.getKills()).map((k) => ({ ...k.target, reason: k.reason, at: new Date(k.at).toISOString() })),
-  );
+  app.get('/admin/kills', async () => (await store.getKills()).map(killView));
   app.post('/admin/kill', async (req) => {
     const parsed = KillBody.safeParse(req.body);
     if (!parsed.success) throw new BadRequestError('expected {"target": "global"|"agent"|"workflow", "id"?: string, "reason"?: string}');

@@ -4,6 +4,7 @@ import type { Duplex } from 'node:stream';
 import type { Logger } from 'pino';
 import { DestinationNotAllowedError, ProxyLoopError, ShuttingDownError, UpstreamConnectError, UpstreamTimeoutError, type ProxyError } from '../errors.js';
 import type { BuiltRoute } from '../pipeline/build.js';
+import type { LiveStats } from '../telemetry/live.js';
 import type { Metrics } from '../telemetry/metrics.js';
 import { endWithError } from './error-answer.js';
 import type { ProxyState } from './proxy.js';
@@ -14,6 +15,8 @@ import { bareHost, isLocalHost, parseConnectAuthority, type Authority } from '..
 export interface ConnectDeps {
   routes: RouteTable<BuiltRoute>;
   metrics: Metrics;
+  /** The recent-refusals ring of `/admin/status`. */
+  live: Pick<LiveStats, 'refused'>;
   logger: Logger;
   state: ProxyState;
   /** Open spliced tunnels, so a drain can wait for them and the end of the grace period can cut them. */
@@ -30,6 +33,11 @@ export interface ConnectDeps {
  */
 export const handleConnect = (req: IncomingMessage, clientSocket: Duplex, head: Buffer, deps: ConnectDeps): void => {
   const m = deps.metrics;
+  const refuse = (err: ProxyError) => {
+    m.tunnels.labels('', '', 'refused').inc();
+    deps.live.refused({ code: err.code, status: err.statusCode, route: undefined, message: err.message, requestId: undefined, mode: 'connect' });
+    endWithError(clientSocket, err);
+  };
   clientSocket.on('error', () => clientSocket.destroy());
   const target = parseConnectAuthority(req.url ?? '');
   if (!deps.state.accepting) {
@@ -37,22 +45,18 @@ export const handleConnect = (req: IncomingMessage, clientSocket: Duplex, head: 
     return;
   }
   if (target === undefined) {
-    m.tunnels.labels('', '', 'refused').inc();
-    endWithError(clientSocket, new DestinationNotAllowedError('CONNECT needs host:port', { destination: req.url }));
+    refuse(new DestinationNotAllowedError('CONNECT needs host:port', { destination: req.url }));
     return;
   }
   const destination = `${target.host}:${target.port}`;
   if (isLocalHost(target.host) && deps.state.ownPorts.has(target.port)) {
-    m.tunnels.labels('', '', 'refused').inc();
-    endWithError(clientSocket, new ProxyLoopError(`refusing to tunnel to Fusebox's own port ${target.port}`));
+    refuse(new ProxyLoopError(`refusing to tunnel to Fusebox's own port ${target.port}`));
     return;
   }
   const built = deps.routes.forConnect(target.host, target.port);
   if (built === undefined) {
-    m.tunnels.labels('', '', 'refused').inc();
     deps.logger.info({ destination }, 'tunnel refused: destination not allowed');
-    endWithError(
-      clientSocket,
+    refuse(
       new DestinationNotAllowedError(`tunnel to ${destination} is not allowed: no route lists this host and port (match.hosts; a host without a port allows 80 and 443)`, {
         destination,
       }),

@@ -6,6 +6,7 @@ import type { Logger } from 'pino';
 import type { InterceptConfig } from '../config/schema.js';
 import { BadRequestError, MisdirectedRequestError, type ProxyError } from '../errors.js';
 import { bareHost, normalizeHost, type Authority } from '../net/address.js';
+import type { LiveStats } from '../telemetry/live.js';
 import type { Metrics } from '../telemetry/metrics.js';
 import { FORWARD_TARGET, type ForwardRequest } from './proxy.js';
 import { sendError } from './error-answer.js';
@@ -31,6 +32,8 @@ export interface InterceptorDeps {
   /** Undefined when no route intercepts TLS (no CA was made): TLS tunnels are then refused. */
   ca: LeafSource | undefined;
   metrics: Metrics;
+  /** The recent-refusals ring of `/admin/status`. */
+  live: Pick<LiveStats, 'refused'>;
   logger: Logger;
   /** Serves one request of a tunnel: the same handler as every other proxied call. */
   handle: (req: ForwardRequest, res: ServerResponse) => void;
@@ -194,6 +197,7 @@ export class Interceptor {
     const tunnel = this.tunnelOf.get(req.socket);
     const refuse = (err: ProxyError) => {
       this.deps.metrics.refusals.labels(err.code).inc();
+      this.deps.live.refused({ code: err.code, status: err.statusCode, route: tunnel?.route, message: err.message, requestId: undefined, mode: 'intercept' });
       sendError(res, err, {}, true);
     };
     if (tunnel === undefined) return refuse(new BadRequestError('request on a socket that is not an intercepted tunnel'));

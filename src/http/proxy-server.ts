@@ -1,6 +1,7 @@
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { Duplex } from 'node:stream';
 import { BadRequestError, HeadersTooLargeError } from '../errors.js';
+import type { LiveStats } from '../telemetry/live.js';
 import type { Metrics } from '../telemetry/metrics.js';
 import { endWithError, sendError } from './error-answer.js';
 import { FORWARD_TARGET, type ForwardRequest } from './proxy.js';
@@ -8,6 +9,8 @@ import { FORWARD_TARGET, type ForwardRequest } from './proxy.js';
 export interface ProxyServerDeps {
   maxHeaderBytes: number;
   metrics: Metrics;
+  /** The recent-refusals ring of `/admin/status`. */
+  live: Pick<LiveStats, 'refused'>;
   /** One proxied call (src/http/proxy.ts). */
   handle: (req: ForwardRequest, res: ServerResponse) => void;
   /** `CONNECT host:port` (src/http/connect.ts). */
@@ -19,7 +22,7 @@ export interface ProxyServerDeps {
  * as JSON on the raw socket. Shared by the proxy port and the requests inside intercepted tunnels.
  */
 export const clientErrorAnswer =
-  (maxHeaderBytes: number, metrics: Metrics) =>
+  (maxHeaderBytes: number, metrics: Metrics, live: Pick<LiveStats, 'refused'>) =>
   (err: Error & { code?: string }, socket: Duplex): void => {
     if (!socket.writable) {
       socket.destroy();
@@ -30,6 +33,7 @@ export const clientErrorAnswer =
         ? new HeadersTooLargeError(`request headers are larger than the limit of ${maxHeaderBytes} bytes (limits.maxHeaderBytes)`)
         : new BadRequestError(`malformed HTTP request: ${err.code ?? err.message}`);
     metrics.refusals.labels(e.code).inc();
+    live.refused({ code: e.code, status: e.statusCode, route: undefined, message: e.message, requestId: undefined, mode: undefined });
     endWithError(socket, e);
   };
 
@@ -58,6 +62,7 @@ export const createProxyServer = (deps: ProxyServerDeps): Server => {
         } catch {
           const err = new BadRequestError(`the request target ${JSON.stringify(url.slice(0, 128))} is neither a path nor an absolute http:// URL`);
           deps.metrics.refusals.labels(err.code).inc();
+          deps.live.refused({ code: err.code, status: err.statusCode, route: undefined, message: err.message, requestId: undefined, mode: 'proxy' });
           sendError(res, err, {}, true);
           return;
         }
@@ -66,7 +71,7 @@ export const createProxyServer = (deps: ProxyServerDeps): Server => {
       deps.handle(req as ForwardRequest, res);
     },
   );
-  server.on('clientError', clientErrorAnswer(deps.maxHeaderBytes, deps.metrics));
+  server.on('clientError', clientErrorAnswer(deps.maxHeaderBytes, deps.metrics, deps.live));
   server.on('connect', deps.connect);
   return server;
 };

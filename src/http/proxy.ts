@@ -7,6 +7,7 @@ import { isLocalHost, normalizeHost, urlPort } from '../net/address.js';
 import type { BuiltRoute } from '../pipeline/build.js';
 import { Call } from '../pipeline/context.js';
 import type { CallMode } from '../pipeline/types.js';
+import type { LiveStats } from '../telemetry/live.js';
 import type { Metrics } from '../telemetry/metrics.js';
 import { toProxyError } from '../telemetry/observe.js';
 import { redactPath } from '../telemetry/redact.js';
@@ -36,6 +37,8 @@ export interface ProxyDeps {
   config: Config;
   routes: RouteTable<BuiltRoute>;
   metrics: Metrics;
+  /** The recent-refusals ring of `/admin/status`. */
+  live: Pick<LiveStats, 'refused'>;
   logger: Logger;
   now: () => number;
   state: ProxyState;
@@ -60,6 +63,7 @@ export const handleProxyRequest = async (raw: ForwardRequest, res: ServerRespons
 
   const refuse = (err: ProxyError, closeConnection = false) => {
     deps.metrics.refusals.labels(err.code).inc();
+    deps.live.refused({ code: err.code, status: err.statusCode, route: undefined, message: err.message, requestId, mode });
     sendError(res, err, { requestId }, closeConnection);
     deps.logger.info(
       { requestId, method, target: forward ? `${forward.host}${redactPath(forward.pathname)}` : redactPath(raw.url ?? ''), status: err.statusCode, code: err.code },

@@ -13,6 +13,8 @@ import { fallbackLayer, withModel, type FallbackStepHandler } from '../policies/
 import { faultsLayer } from '../policies/faults.js';
 import { LastGoodCache, lastGoodRecordLayer, lastGoodStep } from '../policies/last-good.js';
 import { retryLayer } from '../policies/retry.js';
+import { RetryBudget } from '../policies/retry-budget.js';
+import type { LiveStats } from '../telemetry/live.js';
 import { codeClass, type Metrics } from '../telemetry/metrics.js';
 import { classifyPolicy } from '../upstream/classify.js';
 import type { PoolSet } from '../upstream/pool.js';
@@ -48,12 +50,21 @@ export interface PipelineDeps {
   accessLog: Logger;
   /** `limits.maxRequestBodyBytes`. */
   maxRequestBodyBytes: number;
+  /** The last minute per route and the recent refusals (`/admin/status`). */
+  live: LiveStats;
 }
 
 /** A route's breaker registry, with the route it belongs to (the admin API lists and changes them). */
 export interface RouteBreakers {
   route: string;
   registry: BreakerRegistry;
+}
+
+/** The retry budget of one chain of a route, for `/admin/status`. */
+export interface ChainRetryBudget {
+  /** The chain's upstream, as the `upstream` metric label names it: the route name, or `<route>/<step>`. */
+  upstream: string;
+  budget: RetryBudget;
 }
 
 export interface BuiltRoute {
@@ -67,11 +78,14 @@ export interface BuiltRoute {
   primary: Handler;
   /** Every breaker registry of this route: its primary's first, then one per `upstream` fallback step. */
   breakers: RouteBreakers[];
+  /** The retry budgets of the same chains, in the same order; none when the route does not retry. */
+  retryBudgets: ChainRetryBudget[];
 }
 
 interface Chain {
   handler: Handler;
   registry: BreakerRegistry;
+  retryBudget: RetryBudget | undefined;
 }
 
 /** The terminal handler for one upstream, with the attempts metric and the startup warnings about it. */
@@ -115,15 +129,17 @@ const resilientChain = (route: RouteConfig, terminal: Handler, deps: PipelineDep
   const faults = opts.faults
     ? faultsLayer(route.faults, { random: deps.random, onFault: (kind) => deps.metrics.faultsInjected.labels(route.name, kind).inc() })
     : (next: Handler) => next;
+  // Made here rather than inside the retry layer so that /admin/status can read how many retries are left.
+  const retryBudget = route.retry.enabled && route.retry.maxRetries > 0 ? new RetryBudget(route.retry, deps.now) : undefined;
   const handler = compose(
     // Retries outside the breaker: every attempt is judged by it, and one it would refuse ends the retries (no backoff into an open breaker).
-    retryLayer(route, { ...deps, breakers }),
+    retryLayer(route, { ...deps, breakers, budget: retryBudget }),
     // Per route, model or MCP tool, each attempt counted.
     breakers.layer,
     // Just above the socket: an injected failure is handled exactly as the upstream's own, breaker and retries included.
     faults,
   )(terminal);
-  return { handler, registry: breakers.registry };
+  return { handler, registry: breakers.registry, retryBudget };
 };
 
 // keyBy `upstream`: the primary has one upstream, so its breaker is the route's; each fallback upstream has its own.
@@ -135,8 +151,8 @@ const buildSteps = (
   primaries: ReadonlyMap<string, Chain>,
   lastGood: LastGoodCache,
   deps: PipelineDeps,
-): { steps: FallbackStepHandler[]; registries: BreakerRegistry[] } => {
-  const registries: BreakerRegistry[] = [];
+): { steps: FallbackStepHandler[]; chains: Array<{ name: string } & Chain> } => {
+  const chains: Array<{ name: string } & Chain> = [];
   const steps = route.fallback.map((step, index): FallbackStepHandler => {
     const name = fallbackStepName(step, index);
     switch (step.type) {
@@ -151,7 +167,7 @@ const buildSteps = (
           headers: step.headers,
         };
         const chain = resilientChain(route, upstreamTerminal(route, spec, deps), deps, { breakerKey: spec.name, faults: false });
-        registries.push(chain.registry);
+        chains.push({ name: spec.name, ...chain });
         return { name, final: false, sendsBody: true, handler: (req, ctx) => chain.handler(withModel(req, step.model, ctx, name), ctx) };
       }
       case 'route': {
@@ -174,7 +190,7 @@ const buildSteps = (
       }
     }
   });
-  return { steps, registries };
+  return { steps, chains };
 };
 
 /**
@@ -188,10 +204,10 @@ export const buildRoutes = (routes: readonly RouteConfig[], deps: PipelineDeps):
   return routes.map((route) => {
     const primary = primaries.get(route.name)!;
     const lastGood = new LastGoodCache(route.lastGood, deps.now);
-    const { steps, registries } = buildSteps(route, primaries, lastGood, deps);
+    const { steps, chains } = buildSteps(route, primaries, lastGood, deps);
     const handler = compose(
       // Outermost: every call is counted and gets its access line, whatever ends it (a 413 or a refusal included).
-      observeLayer({ metrics: deps.metrics, accessLog: deps.accessLog, pending: deps.pending, inflight: deps.inflight }),
+      observeLayer({ metrics: deps.metrics, accessLog: deps.accessLog, pending: deps.pending, inflight: deps.inflight, live: deps.live }),
       // The whole call, retries, fallbacks and the streamed answer included, must end within timeouts.totalMs.
       deadlineLayer(),
       // The agent's body, buffered for replay up to retry.bufferBytes, refused past limits.maxRequestBodyBytes.
@@ -212,7 +228,8 @@ export const buildRoutes = (routes: readonly RouteConfig[], deps: PipelineDeps):
       config: route,
       handler,
       primary: primary.handler,
-      breakers: [primary.registry, ...registries].map((registry) => ({ route: route.name, registry })),
+      breakers: [primary, ...chains].map((c) => ({ route: route.name, registry: c.registry })),
+      retryBudgets: [{ name: route.name, ...primary }, ...chains].flatMap((c) => (c.retryBudget ? [{ upstream: c.name, budget: c.retryBudget }] : [])),
     };
   });
 };

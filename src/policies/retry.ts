@@ -8,6 +8,7 @@ import { classifyError, classifyPolicy, verdictOf, type Verdict } from '../upstr
 import { retryDelay } from './backoff.js';
 import type { Breakers } from './breaker.js';
 import { RetryBudget } from './retry-budget.js';
+import type { LiveStats } from '../telemetry/live.js';
 
 /** Why a retryable failure was, or was not, retried: the `outcome` label of `fusebox_retries_total`. */
 export type RetryOutcome =
@@ -49,6 +50,10 @@ export interface RetryDeps {
   metrics: Pick<Metrics, 'retries'>;
   /** The breakers of the chain this layer retries through, asked (never charged) before each retry. */
   breakers?: Pick<Breakers, 'wouldAdmit'>;
+  /** The chain's retry budget, made by the caller when it reads it too (`/admin/status`); default: a new one. */
+  budget?: RetryBudget;
+  /** Retries and budget refusals of the last minute, for `/admin/status`. */
+  live?: Pick<LiveStats, 'retry'>;
 }
 
 /**
@@ -68,8 +73,9 @@ export const retryLayer = (route: RouteConfig, deps: RetryDeps): Layer => {
   const cfg = route.retry;
   if (!cfg.enabled || cfg.maxRetries === 0) return (next) => next;
   const policy = classifyPolicy(route);
-  const budget = new RetryBudget(cfg, deps.now);
+  const budget = deps.budget ?? new RetryBudget(cfg, deps.now);
   const counter = deps.metrics.retries;
+  const live = deps.live;
 
   return (next) => async (req, ctx) => {
     budget.recordRequest();
@@ -89,6 +95,7 @@ export const retryLayer = (route: RouteConfig, deps: RetryDeps): Layer => {
 
       const stop = (outcome: RetryOutcome): ProxyResponse => {
         counter.labels(route.name, verdict.reason, outcome).inc();
+        if (outcome === 'budget_exhausted') live?.retry(route.name, outcome);
         ctx.log.warn({ attempt: attempt + 1, reason: verdict.reason, status, outcome }, 'not retrying');
         if (res !== undefined) return res;
         throw error;
@@ -117,6 +124,7 @@ export const retryLayer = (route: RouteConfig, deps: RetryDeps): Layer => {
       if (!budget.tryAcquireRetry()) return stop('budget_exhausted');
 
       counter.labels(route.name, verdict.reason, 'retried').inc();
+      live?.retry(route.name, 'retried');
       ctx.log.info({ attempt: attempt + 1, reason: verdict.reason, status, delayMs }, 'retrying');
       if (res !== undefined) discardResponse(res, 'retried');
       if (status === 500) retriesOn500 += 1;

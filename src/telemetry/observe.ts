@@ -11,18 +11,17 @@ import {
 import { redactPath } from './redact.js';
 import type { PendingWork } from '../pipeline/pending.js';
 import type { BodyEnd, CallContext, CallFacts, Layer, ProxyRequest } from '../pipeline/types.js';
+import type { CallOutcome, LiveStats } from './live.js';
 import { codeClass, methodLabel, type Metrics } from './metrics.js';
 
-type Outcome = 'success' | 'upstream_error' | 'failed' | 'refused' | 'aborted' | 'stream_broken';
-
-const errorOutcome = (err: ProxyError): Outcome =>
+const errorOutcome = (err: ProxyError): CallOutcome =>
   err instanceof ClientClosedError
     ? 'aborted'
     : err instanceof UpstreamConnectError || err instanceof UpstreamResetError || err instanceof UpstreamTimeoutError || err instanceof UpstreamError
       ? 'failed'
       : 'refused';
 
-const bodyOutcome = (status: number, end: BodyEnd): Outcome =>
+const bodyOutcome = (status: number, end: BodyEnd): CallOutcome =>
   !end.ok ? (end.failedBy === 'client' ? 'aborted' : 'stream_broken') : status >= 500 ? 'upstream_error' : 'success';
 
 /** Anything a layer threw, as the answer the agent gets: a ProxyError, or a 500 INTERNAL whose cause is logged. */
@@ -58,6 +57,8 @@ export interface ObserveDeps {
   pending: PendingWork;
   /** Calls in flight (the drain waits for them). */
   inflight: { count: number };
+  /** The last minute per route and the recent refusals, for `/admin/status`. */
+  live: Pick<LiveStats, 'call' | 'refused'>;
 }
 
 /**
@@ -77,13 +78,17 @@ export const observeLayer =
     deps.inflight.count += 1;
     deps.pending.begin();
 
-    const finish = (status: number, outcome: Outcome, end: BodyEnd | undefined, err: ProxyError | undefined) => {
+    const finish = (status: number, outcome: CallOutcome, end: BodyEnd | undefined, err: ProxyError | undefined) => {
       inflight.dec();
       deps.inflight.count -= 1;
       const seconds = Number(process.hrtime.bigint() - startedHr) / 1e9;
       const bytesIn = ctx.facts.requestBytes ?? 0;
       m.requests.labels(route, methodLabel(req.method), codeClass(status), outcome, ctx.mode).inc();
       m.requestDuration.labels(route).observe(seconds);
+      deps.live.call(route, outcome, seconds);
+      if (err !== undefined && outcome === 'refused') {
+        deps.live.refused({ code: err.code, status: err.statusCode, route, message: err.message, requestId: ctx.requestId, mode: ctx.mode });
+      }
       if (bytesIn > 0) m.requestBytes.labels(route).inc(bytesIn);
       if (end !== undefined && end.bytes > 0) m.responseBytes.labels(route).inc(end.bytes);
       writeLine(deps.accessLog, ctx, req, { status, outcome, code: err?.code, seconds, bytesIn, bytesOut: end?.bytes ?? 0, error: end?.error?.message });
@@ -106,7 +111,7 @@ export const observeLayer =
 
 interface LineFields {
   status: number;
-  outcome: Outcome;
+  outcome: CallOutcome;
   code: string | undefined;
   seconds: number;
   bytesIn: number;

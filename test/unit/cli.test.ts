@@ -10,7 +10,7 @@ import { runCaptured } from '../helpers/cli.js';
 /** The real command line in-process; -1 stands for "the sidecar keeps running" (never expected here). */
 const fusebox = (args: string[]) => runCaptured((a, io) => runCli(a, io).then((code) => code ?? -1), args, { stdin: Readable.from([]), env: {} });
 
-const COMMANDS = ['run', 'check-config', 'inject', 'gate', 'schema', 'rules'];
+const COMMANDS = ['run', 'check-config', 'inject', 'gate', 'schema', 'rules', 'status'];
 
 describe('fusebox command line', () => {
   it.each(COMMANDS)('%s answers --help and -h with its usage on stdout, exit 0, reading nothing', async (command) => {
@@ -38,11 +38,11 @@ describe('fusebox command line', () => {
     const r = await fusebox(['chek-config', 'x.yaml']);
     expect(r.code).toBe(2);
     expect(r.out).toBe('');
-    expect(r.err).toBe('fusebox: unknown command "chek-config" (did you mean "check-config"?)\nCommands: run, check-config, inject, gate, schema, rules, help. Run "fusebox help" for the usage.\n');
+    expect(r.err).toBe('fusebox: unknown command "chek-config" (did you mean "check-config"?)\nCommands: run, check-config, inject, gate, schema, rules, status, help. Run "fusebox help" for the usage.\n');
     const topic = await fusebox(['help', 'deploy']);
     expect(topic.code).toBe(2);
     expect(topic.err).toContain('unknown command "deploy"');
-    expect(topic.err).toContain('Commands: run, check-config, inject, gate, schema, rules, help.');
+    expect(topic.err).toContain('Commands: run, check-config, inject, gate, schema, rules, status, help.');
   });
 
   it('usage errors exit 2 and point at the command\'s help', async () => {
