@@ -206,6 +206,84 @@ const urlOf = (server: Server) => {
   return `http://${a.family === 'IPv6' ? `[${a.address}]` : a.address}:${a.port}`;
 };
 
+/**
+ * Before the proxy port opens: the CA files agents trust are written (so /readyz, the native sidecar's startup gate,
+ * never says ready without them), its expiry is watched, and every intercepted host's leaf is minted (no agent's
+ * first handshake waits for a mint).
+ */
+const prepareCa = async (ca: PodCa, o: { dir: string | undefined; baseDir: string; warningDays: number; logger: Logger }): Promise<void> => {
+  if (o.dir !== undefined) {
+    const files = await ca.writeFiles(resolve(o.baseDir, o.dir));
+    o.logger.info({ ...files, fingerprintSha256: ca.info.fingerprintSha256, notAfter: ca.info.notAfter.toISOString() }, 'pod CA certificate written');
+  }
+  watchCaExpiry(ca, o.warningDays, o.logger);
+  const started = performance.now();
+  const leaves = await ca.warm();
+  o.logger.info({ leaves, ms: Math.round(performance.now() - started) }, 'leaf certificates minted for the intercepted hosts');
+};
+
+interface Running {
+  graceMs: number;
+  state: ProxyState;
+  metrics: Metrics;
+  logger: Logger;
+  inflight: { count: number };
+  tunnels: Set<Duplex>;
+  proxy: Server;
+  interceptor: Interceptor;
+  pools: PoolSet;
+  pending: PendingWork;
+  admin: FastifyInstance;
+  recorder: SloRecorder;
+  evaluator: SloEvaluator;
+  counterStore: Stores['counterStore'];
+  store: BudgetStore;
+  redis: RedisConnection | undefined;
+}
+
+/**
+ * Graceful stop: readiness turns false, new calls are refused, calls in flight and spliced tunnels get up to `graceMs`
+ * to finish, then whatever is left is cut; budget commits land before the stores close, the Redis client last.
+ */
+const drainAndClose = async (r: Running): Promise<void> => {
+  const { state, metrics, logger, inflight, tunnels, proxy } = r;
+  state.accepting = false;
+  metrics.ready.set(0);
+  logger.info({ inflight: inflight.count, tunnels: tunnels.size, graceMs: r.graceMs }, 'draining');
+  // Stop accepting connections; idle keep-alive sockets are closed, busy ones end after their response.
+  const serverClosed = proxy.listening ? new Promise<void>((done) => proxy.close(() => done())) : Promise.resolve();
+  proxy.closeIdleConnections();
+  let waiting = true;
+  const drained = (async () => {
+    while (waiting && (inflight.count > 0 || tunnels.size > 0)) await new Promise((done) => setTimeout(done, 25));
+  })();
+  let timer: NodeJS.Timeout | undefined;
+  const timedOut = await Promise.race([drained.then(() => false), new Promise<boolean>((done) => (timer = setTimeout(() => done(true), r.graceMs)))]);
+  clearTimeout(timer);
+  waiting = false;
+  if (timedOut) {
+    logger.warn({ inflight: inflight.count, tunnels: tunnels.size }, 'grace period over: cutting the calls still running');
+    for (const t of tunnels) t.destroy();
+  }
+  r.interceptor.closeAll();
+  proxy.closeAllConnections();
+  await (timedOut ? r.pools.destroy() : r.pools.close());
+  await serverClosed;
+  // Commits of the calls that just ended are still on their way to the store: let them land before closing it.
+  let idleTimer: NodeJS.Timeout | undefined;
+  await Promise.race([r.pending.idle(), new Promise<void>((done) => (idleTimer = setTimeout(done, 5_000)))]);
+  clearTimeout(idleTimer);
+  await r.admin.close();
+  await r.recorder.close();
+  r.evaluator.close();
+  await r.counterStore.close();
+  await r.store.close();
+  // Last: the budget store's close replays its journal through it.
+  await r.redis?.close();
+  logger.info('stopped');
+  logger.flush();
+};
+
 /** Build (but do not bind) a Fusebox from a validated config. Tests build one per case on port 0. */
 export const buildApp = async (config: Config, deps: AppDeps = {}): Promise<Fusebox> => {
   const logger = deps.logger ?? createLogger(config.log.level);
@@ -301,19 +379,7 @@ export const buildApp = async (config: Config, deps: AppDeps = {}): Promise<Fuse
     async listen() {
       // A Redis store still connecting would count as down for the first calls (a `closed` route refuses them).
       await store.ready?.(Math.max(1_000, config.store.timeoutMs * 4));
-      // Before the port opens, so /readyz (the native sidecar's startup gate) never says ready without the file agents trust.
-      const caDir = env.FUSEBOX_CA_DIR || config.intercept.ca.outDir;
-      if (ca !== undefined && caDir !== undefined) {
-        const files = await ca.writeFiles(resolve(baseDir, caDir));
-        logger.info({ ...files, fingerprintSha256: ca.info.fingerprintSha256, notAfter: ca.info.notAfter.toISOString() }, 'pod CA certificate written');
-      }
-      if (ca !== undefined) {
-        watchCaExpiry(ca, config.intercept.ca.expiryWarningDays, logger);
-        // Every intercepted host's leaf before the port opens: no agent's first handshake waits for a mint.
-        const started = performance.now();
-        const leaves = await ca.warm();
-        logger.info({ leaves, ms: Math.round(performance.now() - started) }, 'leaf certificates minted for the intercepted hosts');
-      }
+      if (ca !== undefined) await prepareCa(ca, { dir: env.FUSEBOX_CA_DIR || config.intercept.ca.outDir, baseDir, warningDays: config.intercept.ca.expiryWarningDays, logger });
       await new Promise<void>((resolveListen, reject) => {
         proxy.once('error', reject);
         proxy.listen({ host: config.listen.proxy.host, port: config.listen.proxy.port }, () => {
@@ -336,50 +402,7 @@ export const buildApp = async (config: Config, deps: AppDeps = {}): Promise<Fuse
       return { proxyUrl: urlOf(proxy), adminUrl: urlOf(admin.server) };
     },
     shutdown(graceMs = config.shutdown.graceMs) {
-      closed ??= (async () => {
-        state.accepting = false;
-        metrics.ready.set(0);
-        logger.info({ inflight: inflight.count, tunnels: tunnels.size, graceMs }, 'draining');
-        // Stop accepting connections; idle keep-alive sockets are closed, busy ones end after their response.
-        const serverClosed = proxy.listening ? new Promise<void>((r) => proxy.close(() => r())) : Promise.resolve();
-        proxy.closeIdleConnections();
-        let waiting = true;
-        const drained = (async () => {
-          while (waiting && (inflight.count > 0 || tunnels.size > 0)) await new Promise((r) => setTimeout(r, 25));
-        })();
-        let timer: NodeJS.Timeout | undefined;
-        const timedOut = await Promise.race([
-          drained.then(() => false),
-          new Promise<boolean>((r) => (timer = setTimeout(() => r(true), graceMs))),
-        ]);
-        clearTimeout(timer);
-        waiting = false;
-        if (timedOut) {
-          logger.warn({ inflight: inflight.count, tunnels: tunnels.size }, 'grace period over: cutting the calls still running');
-          for (const t of tunnels) t.destroy();
-          interceptor.closeAll();
-          proxy.closeAllConnections();
-          await pools.destroy();
-        } else {
-          interceptor.closeAll();
-          proxy.closeAllConnections();
-          await pools.close();
-        }
-        await serverClosed;
-        // Commits of the calls that just ended are still on their way to the store: let them land before closing it.
-        let idleTimer: NodeJS.Timeout | undefined;
-        await Promise.race([pending.idle(), new Promise<void>((r) => (idleTimer = setTimeout(r, 5_000)))]);
-        clearTimeout(idleTimer);
-        await admin.close();
-        await recorder.close();
-        evaluator.close();
-        await counterStore.close();
-        await store.close();
-        // Last: the budget store's close replays its journal through it.
-        await redis?.close();
-        logger.info('stopped');
-        logger.flush();
-      })();
+      closed ??= drainAndClose({ graceMs, state, metrics, logger, inflight, tunnels, proxy, interceptor, pools, pending, admin, recorder, evaluator, counterStore, store, redis });
       return closed;
     },
   };
