@@ -1,5 +1,5 @@
 import { CircuitOpenError, ProxyError, type ErrorCode } from '../errors.js';
-import type { BodyEnd, Layer } from '../pipeline/types.js';
+import type { BodyEnd, Layer, ProxyResponse } from '../pipeline/types.js';
 import { classifyError } from '../upstream/classify.js';
 import type { SloEvaluator } from './evaluator.js';
 import type { SloEvent, SloRecorder } from './recorder.js';
@@ -21,6 +21,17 @@ export const UPSTREAM_FAILURE_CODES: ReadonlySet<ErrorCode> = new Set(['CIRCUIT_
 export const sloOutcomeOfStatus = (statusCode: number): SloOutcome =>
   statusCode >= 500 || statusCode === 429 ? 'bad' : statusCode >= 400 ? 'skip' : 'good';
 
+/**
+ * An answer's SLO outcome from the verdict `send` made of it (the one classification retry, breaker and fallback read
+ * too: a status the route declares retryable is the upstream's failure here as well); from its status when Fusebox
+ * made the answer itself (a static or cached fallback) and nobody classified it.
+ */
+export const sloOutcomeOfAnswer = (res: Pick<ProxyResponse, 'statusCode' | 'verdict'>): SloOutcome => {
+  const v = res.verdict;
+  if (v === undefined) return sloOutcomeOfStatus(res.statusCode);
+  return v.outcome === 'success' ? 'good' : v.breakerFailure ? 'bad' : 'skip';
+};
+
 export const sloOutcomeOfError = (err: unknown, upstreamFailureCodes: ReadonlySet<ErrorCode> = UPSTREAM_FAILURE_CODES): SloOutcome => {
   // A breaker an operator forced open says nothing about the upstream: a refusal, like a kill switch.
   if (err instanceof CircuitOpenError && err.forced) return 'refused';
@@ -31,9 +42,9 @@ export const sloOutcomeOfError = (err: unknown, upstreamFailureCodes: ReadonlySe
   return 'bad';
 };
 
-export const sloOutcomeOfBodyEnd = (statusCode: number, end: BodyEnd): SloOutcome | undefined => {
+export const sloOutcomeOfBodyEnd = (res: Pick<ProxyResponse, 'statusCode' | 'verdict'>, end: BodyEnd): SloOutcome | undefined => {
   if (end.discarded === true) return undefined;
-  if (end.ok) return sloOutcomeOfStatus(statusCode);
+  if (end.ok) return sloOutcomeOfAnswer(res);
   return end.failedBy === 'client' ? 'skip' : 'bad';
 };
 
@@ -81,10 +92,10 @@ export const sloLayer =
       record(sloOutcomeOfError(err, deps.upstreamFailureCodes));
       throw err;
     }
-    const statusCode = res.statusCode;
+    const answer = res;
     res.observers.push({
       onEnd: (end) => {
-        const outcome = sloOutcomeOfBodyEnd(statusCode, end);
+        const outcome = sloOutcomeOfBodyEnd(answer, end);
         if (outcome !== undefined) record(outcome);
       },
     });

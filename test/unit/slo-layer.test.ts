@@ -11,7 +11,7 @@ import {
   UpstreamResetError,
   UpstreamTimeoutError,
 } from '../../src/errors.js';
-import type { BodyEnd, CallContext, Handler, ProxyResponse } from '../../src/pipeline/types.js';
+import type { BodyEnd, CallContext, Handler, ProxyResponse, Verdict } from '../../src/pipeline/types.js';
 import { minuteIndex } from '../../src/slo/buckets.js';
 import { MemoryCounterStore } from '../../src/slo/counter-store.js';
 import { SloEvaluator } from '../../src/slo/evaluator.js';
@@ -44,12 +44,12 @@ const setup = (slo: Record<string, unknown> = {}, extra: Record<string, unknown>
   const recorder = new SloRecorder({ store, routes: specs, now, flushIntervalMs: 1000 });
   const silent = { warn: () => undefined, info: () => undefined };
   const evaluator = new SloEvaluator({ store, routes: specs, now, logger: silent, cache: false });
-  const upstream = { calls: 0, status: 200, throws: undefined as unknown, durationMs: 0 };
+  const upstream = { calls: 0, status: 200, throws: undefined as unknown, durationMs: 0, verdict: undefined as Verdict | undefined };
   const terminal: Handler = async () => {
     upstream.calls++;
     clock.t += upstream.durationMs;
     if (upstream.throws !== undefined) throw upstream.throws;
-    return { statusCode: upstream.status, headers: {}, body: Buffer.from('{}'), observers: [] };
+    return { statusCode: upstream.status, headers: {}, body: Buffer.from('{}'), observers: [], ...(upstream.verdict ? { verdict: upstream.verdict } : {}) };
   };
   const handler = sloLayer({ recorder, evaluator, now })(terminal);
   const ctx = (): CallContext => ({
@@ -120,6 +120,19 @@ describe('SLO layer: how calls count', () => {
     expect(await counts()).toEqual({ ab: 4, lg: 4, l0: 4, r: 1, s: 1 });
     expect(sloOutcomeOfError(new BadRequestError('bad'))).toBe('refused');
     expect(sloOutcomeOfError(new Error('a bug'))).toBe('bad');
+  });
+});
+
+describe('SLO layer: the verdict made at send', () => {
+  it('reads the verdict the send made, not the status again: a status the route retries is the upstream failing', async () => {
+    const { call, upstream, counts } = setup();
+    // 408 is a client error by status; a route that lists it in retry.retryableStatuses says it is the upstream's.
+    upstream.status = 408;
+    upstream.verdict = { outcome: 'retryable', breakerFailure: true, reason: 'status_4xx', beforeSend: false };
+    await call();
+    upstream.verdict = undefined;
+    await call();
+    expect(await counts()).toMatchObject({ ab: 1, s: 1 });
   });
 });
 
