@@ -291,7 +291,8 @@ describe('the image, built and started without Docker', () => {
       await exited(child);
     }
     if (base) rmSync(base, { recursive: true, force: true });
-  });
+    // Removing the replayed image (two node_modules trees) took over 30 s once on a loaded 2-core machine.
+  }, 180_000);
 
   it('ships dist/ and production dependencies only', () => {
     const pkg = JSON.parse(readFileSync(join(app, 'package.json'), 'utf8')) as {

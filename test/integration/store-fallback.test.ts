@@ -90,6 +90,8 @@ describe('LocalFallbackStore over a Redis that goes away', () => {
     await redis.restart();
     await waitFor('the journal to be replayed', () => fb.available(), 8_000);
     expect(fb.journal()).toEqual([]);
+    // The reader is another sidecar's connection: it reconnects on its own schedule.
+    await reader.waitReady(8_000);
     const totals = await reader.snapshot(scopes);
     const expected = { usdMicros: 3 * usd(0.4) + 4 * usd(0.15), tokens: 3 * 7 + 4 * 3, calls: 7 };
     for (const u of totals) {
