@@ -19,15 +19,22 @@ export interface BenchOptions {
   writeReadme: boolean;
   /** CPU-profile each Node server under test during its open-loop phase. */
   profile: boolean;
+  /**
+   * Git revisions whose Fusebox is measured in the same run, each selected Fusebox target once more beside the current
+   * one (`fusebox @1000723`). As given: resolved, checked out and built by bench/revisions.ts.
+   */
+  compareRevs: string[];
 }
 
-export const USAGE = `npm run bench -- [--quick] [--duration=S] [--rate=N] [--connections=N] [--targets=a,b] [--profile] [--readme|--no-readme]
+export const USAGE = `npm run bench -- [--quick] [--duration=S] [--rate=N] [--connections=N] [--targets=a,b] [--profile] [--compare-rev=REV]... [--readme|--no-readme]
   --quick          2 s phases, short warm-up: a smoke test (README not updated unless --readme)
   --duration=S     seconds per measured phase (default 10; env BENCH_DURATION_S)
   --rate=N         open-loop requests per second (default 1000; env BENCH_RATE)
   --connections=N  max-throughput connections (default 32; env BENCH_CONNECTIONS)
   --targets=a,b    only targets whose name contains one of these, optional ones included (env BENCH_TARGETS)
-  --profile        CPU-profile each Node server during its open-loop phase and print what dominates`;
+  --profile        CPU-profile each Node server during its open-loop phase and print what dominates
+  --compare-rev=R  also measure Fusebox built from git revision R, each selected Fusebox target beside the current one
+                   (repeatable or comma-separated; env BENCH_COMPARE_REV)`;
 
 const positive = (name: string, v: string | undefined, def: number): number => {
   if (v === undefined || v === '') return def;
@@ -48,6 +55,7 @@ export const parseOptions = (argv: string[], env: NodeJS.ProcessEnv): BenchOptio
       readme: { type: 'boolean' },
       'no-readme': { type: 'boolean' },
       profile: { type: 'boolean' },
+      'compare-rev': { type: 'string', multiple: true },
       help: { type: 'boolean', short: 'h' },
     },
     strict: true,
@@ -57,6 +65,14 @@ export const parseOptions = (argv: string[], env: NodeJS.ProcessEnv): BenchOptio
     process.exit(0);
   }
   const quick = values.quick ?? (env.BENCH_QUICK === '1' || env.BENCH_QUICK === 'true');
+  const list = (given: string[]) => [
+    ...new Set(
+      given
+        .flatMap((v) => v.split(','))
+        .map((s) => s.trim())
+        .filter(Boolean),
+    ),
+  ];
   const durationS = positive('--duration', values.duration ?? env.BENCH_DURATION_S, quick ? 2 : 10);
   return {
     quick,
@@ -66,11 +82,9 @@ export const parseOptions = (argv: string[], env: NodeJS.ProcessEnv): BenchOptio
     connections: Math.round(positive('--connections', values.connections ?? env.BENCH_CONNECTIONS, 32)),
     sseSamples: quick ? 150 : 600,
     sseRate: 300,
-    only: (values.targets ?? env.BENCH_TARGETS ?? '')
-      .split(',')
-      .map((s) => s.trim())
-      .filter(Boolean),
+    only: list([values.targets ?? env.BENCH_TARGETS ?? '']),
     writeReadme: values['no-readme'] ? false : (values.readme ?? !quick),
     profile: values.profile ?? false,
+    compareRevs: list(values['compare-rev'] ?? [env.BENCH_COMPARE_REV ?? '']),
   };
 };

@@ -1,6 +1,7 @@
 import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import type { ThroughputTool } from './load/max-throughput.js';
 import type { MintStats } from './mint.js';
+import type { Revision } from './revisions.js';
 import type { LatencySummary } from './stats.js';
 import type { Role } from './targets.js';
 
@@ -41,6 +42,8 @@ export interface Measured {
   /** RSS of the server under test after the open-loop phase, and after the whole run (max throughput last). */
   rssAtRateMb?: number;
   rssMb?: number;
+  /** A row of another revision's Fusebox (`--compare-rev`): its short hash, and the current row it stands beside. */
+  compared?: { revision: string; of: string };
 }
 
 /** TLS handshakes against requests during the intercepted row's open-loop phase (issue 10). */
@@ -83,6 +86,8 @@ export interface RunInfo {
   sseSamples: number;
   sseRate: number;
   elapsedS: number;
+  /** Revisions measured beside the current code (`--compare-rev`), those that could be built. */
+  revisions: Revision[];
 }
 
 /** The issue's targets, checked on every Fusebox target. */
@@ -110,6 +115,8 @@ const signedMs = (us: number) => (Number.isFinite(us) ? `${us >= 0 ? '+' : '−'
 const int = (n: number | undefined) => (n === undefined || !Number.isFinite(n) ? '—' : Math.round(n).toLocaleString('en-US'));
 const pct = (n: number | undefined) => (n === undefined || !Number.isFinite(n) ? '—' : `${Math.round(n)} %`);
 const verdict = (ok: boolean) => (ok ? '**pass**' : '**MISS**');
+/** Text that must stay inside one table cell (a compiler's or a schema's message). */
+const cell = (text: string) => text.replace(/\|/g, '\\|').replace(/\s*\n\s*/g, '; ');
 
 interface Baseline {
   p50: number;
@@ -160,9 +167,10 @@ export const renderReport = (info: RunInfo, results: Measured[], skipped: Skippe
       } |`,
     );
   }
-  for (const s of skipped) out.push(`| ${s.name} | skipped: ${s.reason} |||||||||||||`);
+  for (const s of skipped) out.push(`| ${s.name} | skipped: ${cell(s.reason)} |||||||||||||`);
 
-  const fuseboxes = results.filter((r) => r.role === 'fusebox');
+  // The issue's targets are checked on the code of this run; compared revisions are set against it in their own section.
+  const fuseboxes = results.filter((r) => r.role === 'fusebox' && r.compared === undefined);
   if (fuseboxes.length > 0) {
     out.push('', `Targets from the issue (baseline: mean of the two direct runs; throughput against the floor measured in this run):`, '');
     out.push(`| check | goal | ${fuseboxes.map((f) => f.name).join(' | ')} |`, `|---|---|${fuseboxes.map(() => '---|').join('')}`);
@@ -203,6 +211,7 @@ export const renderReport = (info: RunInfo, results: Measured[], skipped: Skippe
   }
 
   if (interception !== undefined) out.push(...interceptionSection(info, results, interception));
+  if (results.some((r) => r.compared !== undefined)) out.push(...comparedSection(info, results));
 
   out.push('', 'Notes:');
   for (const r of otherTool) out.push(`- † ${r.name}: max req/s by \`${r.maxTool.label}\`, not \`${info.throughputTool}\`.`);
@@ -311,4 +320,46 @@ export const writeReadme = (file: string, report: string): void => {
   const next =
     a >= 0 && b > a ? text.slice(0, a) + section + text.slice(b + END.length) : `${text.trimEnd()}\n\n## Latest results\n\n${section}\n`;
   writeFileSync(file, next);
+};
+
+/**
+ * `--compare-rev`: each row of another revision against the current row it stands beside, measured minutes apart in
+ * the same run (issue 12: "the bench shows no regression (same run, before/after rows)").
+ */
+const comparedSection = (info: RunInfo, results: Measured[]): string[] => {
+  const out = ['', 'Before/after (`--compare-rev`): each row of another revision against the same target on the code of this run, measured beside it in this run.', ''];
+  for (const r of info.revisions) {
+    out.push(
+      `- \`@${r.short}\` is ${r.sha.slice(0, 12)} (${r.date}) "${r.subject}": built with its own \`tsconfig.build.json\`, run by the same bench child on the current \`node_modules\`; ` +
+        (r.lockDiffers
+          ? '**its package-lock.json differs from the current one**: a dependency change between the two is not in these rows.'
+          : 'its package-lock.json is the current one (same dependencies).'),
+    );
+  }
+  out.push(
+    '',
+    `| target | revision → now | p50 ms | p99 ms | CPU µs/req | max req/s | SSE TTFB p50 ms | RSS MB (after rate / end) |`,
+    '|---|---|--:|--:|--:|--:|--:|--:|',
+  );
+  const pair = (a: string, b: string, d: string) => `${a} → ${b} (${d})`;
+  const rel = (a: number, b: number) => (a > 0 ? `${b >= a ? '+' : '−'}${Math.abs(((b - a) / a) * 100).toFixed(0)} %` : 'n/a');
+  const rss = (m: Measured) => (m.rssMb === undefined ? '—' : `${(m.rssAtRateMb ?? NaN).toFixed(0)} / ${m.rssMb.toFixed(0)}`);
+  for (const before of results) {
+    if (before.compared === undefined) continue;
+    const now = results.find((r) => r.name === before.compared!.of);
+    if (now === undefined) {
+      out.push(`| ${before.compared.of} | @${before.compared.revision} → now | the current row is missing from this run |||||||`);
+      continue;
+    }
+    const b = before;
+    out.push(
+      `| ${now.name} | @${b.compared!.revision} → now | ${pair(ms(b.latency.p50), ms(now.latency.p50), signedMs(now.latency.p50 - b.latency.p50))} | ` +
+        `${pair(ms(b.latency.p99), ms(now.latency.p99), signedMs(now.latency.p99 - b.latency.p99))} | ` +
+        `${pair(int(b.cpuPerRequestUs), int(now.cpuPerRequestUs), rel(b.cpuPerRequestUs ?? NaN, now.cpuPerRequestUs ?? NaN))} | ` +
+        `${pair(int(b.maxRps), int(now.maxRps), rel(b.maxRps, now.maxRps))}${b.maxTool.kind !== now.maxTool.kind ? ' (different generators)' : ''} | ` +
+        `${pair(ms(b.sse.p50), ms(now.sse.p50), signedMs(now.sse.p50 - b.sse.p50))} | ${rss(b)} → ${rss(now)} |`,
+    );
+  }
+  out.push('', 'Read each difference against the noise band below (direct, start vs end): one smaller than it is not a finding.');
+  return out;
 };

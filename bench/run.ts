@@ -1,5 +1,5 @@
 import { execFileSync } from 'node:child_process';
-import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { cpus, loadavg, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { countConnections, viaHttpsProxy, type Via } from './load/client.js';
@@ -25,18 +25,26 @@ import {
 } from './proc.js';
 import { summarizeProfile } from './profile-summary.js';
 import { renderReport, writeReadme, type InterceptPhase, type Measured, type RunInfo, type Skipped } from './report.js';
+import { configRefusal, prepareRevision, removeRevisions, type Revision } from './revisions.js';
 import { interceptCounters } from './scrape.js';
-import { benchRedis, INTERCEPT_BASELINE, INTERCEPT_HOST, INTERCEPTED, OPTIONAL_TARGETS, PREFIX, TARGETS, type Role } from './targets.js';
+import { atRevision, benchRedis, INTERCEPT_BASELINE, INTERCEPT_HOST, INTERCEPTED, PREFIX, selectTargets, TARGETS, type Role, type Target } from './targets.js';
 
 /**
- * `npm run bench`: direct, then every target, then direct again, each measured the same way (see bench/README.md
- * for the method). Every child is pinned, bounded in time, and killed on the way out, whatever happens.
+ * `npm run bench`: direct, then every target (each followed by its rows from `--compare-rev` revisions), then direct
+ * again, each measured the same way (see bench/README.md for the method). Every child is pinned, bounded in time, and
+ * killed on the way out, and every revision's worktree removed, whatever happens.
  */
 
 const opts = parseOptions(process.argv.slice(2), process.env);
+const selected = selectTargets(opts.only);
+/** Rows a compared revision adds: one per selected Fusebox target. */
+const comparedRows = selected.filter((t) => t.role === 'fusebox').length * opts.compareRevs.length;
 
-// Whatever happens, no child outlives the run.
-process.on('exit', killAll);
+// Whatever happens, no child outlives the run and no worktree is left behind.
+process.on('exit', () => {
+  killAll();
+  removeRevisions();
+});
 for (const sig of ['SIGINT', 'SIGTERM', 'SIGHUP'] as const) {
   process.once(sig, () => {
     console.error(`\n${sig}: stopping every child`);
@@ -44,7 +52,10 @@ for (const sig of ['SIGINT', 'SIGTERM', 'SIGHUP'] as const) {
     process.exit(130);
   });
 }
-const watchdogS = opts.quick ? 120 : 60 + (TARGETS.length + 2) * (opts.durationS * 2 + 30);
+// A compared revision adds its rows, and its checkout and build (each bounded: 120 s and 300 s, see revisions.ts).
+const watchdogS =
+  (opts.quick ? 120 + comparedRows * 20 : 60 + (Math.max(TARGETS.length, selected.length + comparedRows) + 2) * (opts.durationS * 2 + 30)) +
+  opts.compareRevs.length * 420;
 const watchdog = setTimeout(() => {
   console.error(`bench: still running after ${watchdogS} s; killing every child and giving up`);
   killAll();
@@ -207,10 +218,28 @@ const main = async () => {
   // Fusebox is measured as production runs it: the compiled dist/, not tsx.
   log('building dist/ (tsc -p tsconfig.build.json)');
   execFileSync(process.execPath, [join(REPO_ROOT, 'node_modules', 'typescript', 'bin', 'tsc'), '-p', 'tsconfig.build.json'], { cwd: REPO_ROOT, stdio: 'inherit' });
+  const skipped: Skipped[] = [];
+  const revisions: Revision[] = [];
+  for (const spec of opts.compareRevs) {
+    log(`--compare-rev=${spec}: git worktree add --detach, then tsc -p tsconfig.build.json`);
+    const prepared = prepareRevision(spec);
+    if ('reason' in prepared) {
+      log(`--compare-rev=${spec}: skipped (${prepared.reason})`);
+      skipped.push({ name: `every row @${spec}`, reason: prepared.reason });
+      continue;
+    }
+    const r = prepared.revision;
+    revisions.push(r);
+    log(`@${r.short}: ${r.subject} (${r.date}), built in ${r.dist}${r.lockDiffers ? '; its package-lock.json differs from the current one' : ''}`);
+  }
+  /** Each selected target, followed by the same target from every compared revision (Fusebox targets only). */
+  const rows: Array<{ target: Target; compared?: { revision: Revision; of: string } }> = selected.flatMap((t) => [
+    { target: t },
+    ...(t.role === 'fusebox' ? revisions.map((revision) => ({ target: atRevision(t, revision), compared: { revision, of: t.name } })) : []),
+  ]);
   const tool = throughputTool(opts.connections);
-  const selected = opts.only.length === 0 ? TARGETS : [...TARGETS, ...OPTIONAL_TARGETS].filter((t) => opts.only.some((s) => t.name.includes(s)));
   log(
-    `${opts.quick ? 'quick mode, ' : ''}${selected.length} targets + direct ×2; ${canPin ? `pinned: server CPU ${PROXY_CPU}, load CPU ${LOAD_CPU}` : 'NOT pinned'}; throughput: ${tool.label}`,
+    `${opts.quick ? 'quick mode, ' : ''}${rows.length} targets + direct ×2; ${canPin ? `pinned: server CPU ${PROXY_CPU}, load CPU ${LOAD_CPU}` : 'NOT pinned'}; throughput: ${tool.label}`,
   );
 
   const intercepting = selected.some((t) => t.via === 'https-proxy');
@@ -229,11 +258,11 @@ const main = async () => {
     log(`redis-server for the caps(redis) target at ${benchRedis.url}, pinned to CPU ${LOAD_CPU}`);
   }
   const results: Measured[] = [];
-  const skipped: Skipped[] = [];
   try {
     results.push(await measure({ name: 'direct (start)', role: 'direct', url: upstream.url, prefix: '', upstreamPid: upstream.pid }, opts, tool));
-    for (const t of selected) {
-      const reason = t.unavailable?.();
+    for (const { target: t, compared } of rows) {
+      // Another revision's schema may refuse what the bench asks of the current one: that row is skipped, with why.
+      const reason = t.unavailable?.() ?? (compared !== undefined ? configRefusal(t.env(upstream.url)) : undefined);
       if (reason !== undefined) {
         log(`${t.name}: skipped (${reason})`);
         skipped.push({ name: t.name, reason });
@@ -243,21 +272,33 @@ const main = async () => {
       // Where the intercepted target's Fusebox writes its pod CA certificate, for the client to trust.
       const caDir = t.via === 'https-proxy' ? mkdtempSync(join(tmpdir(), 'fusebox-bench-ca-')) : undefined;
       try {
-        server = await startServer(t.script, PROXY_CPU, { ...t.env(upstream.url), ...(caDir !== undefined ? { FUSEBOX_CA_DIR: caDir } : {}) });
-        // HAProxy is not a Node process: nothing to profile.
-        const profile = profileDir !== undefined && t.role !== 'reference' ? { server, file: join(profileDir, `${slug(t.name)}.cpuprofile`) } : undefined;
-        const common = { name: t.name, role: t.role, pid: server.pid, upstreamPid: upstream.pid, ...(profile ? { profile } : {}) };
         let phase: Phase;
-        if (caDir !== undefined) {
-          if (server.adminUrl === undefined) throw new Error(`${t.name}: the child announced no admin URL`);
-          // Written before the proxy port opens (src/app.ts), so it is there once the child says it is ready.
-          const ca = readFileSync(join(caDir, 'ca.crt'), 'utf8');
-          const via = viaHttpsProxy(server.url, ca, INTERCEPT_HOST);
-          phase = { ...common, url: via.origin, prefix: '', via, adminUrl: server.adminUrl };
-        } else {
-          phase = { ...common, url: server.url, prefix: PREFIX, interceptPartner: t.name === INTERCEPT_BASELINE && intercepting };
+        let profile: Phase['profile'];
+        try {
+          server = await startServer(t.script, PROXY_CPU, { ...t.env(upstream.url), ...(caDir !== undefined ? { FUSEBOX_CA_DIR: caDir } : {}) });
+          // HAProxy is not a Node process: nothing to profile.
+          profile = profileDir !== undefined && t.role !== 'reference' ? { server, file: join(profileDir, `${slug(t.name)}.cpuprofile`) } : undefined;
+          const common = { name: t.name, role: t.role, pid: server.pid, upstreamPid: upstream.pid, ...(profile ? { profile } : {}) };
+          if (caDir !== undefined) {
+            if (server.adminUrl === undefined) throw new Error(`${t.name}: the child announced no admin URL`);
+            // Written before the proxy port opens (src/app.ts), so it is there once the child says it is ready.
+            const caFile = join(caDir, 'ca.crt');
+            if (!existsSync(caFile)) throw new Error(`its Fusebox wrote no ca.crt to FUSEBOX_CA_DIR: it does not intercept tunnels to ${INTERCEPT_HOST}`);
+            const via = viaHttpsProxy(server.url, readFileSync(caFile, 'utf8'), INTERCEPT_HOST);
+            phase = { ...common, url: via.origin, prefix: '', via, adminUrl: server.adminUrl };
+          } else {
+            phase = { ...common, url: server.url, prefix: PREFIX, interceptPartner: t.name === INTERCEPT_BASELINE && intercepting };
+          }
+        } catch (err) {
+          // The current code failing here is a broken bench; another revision failing is a finding about that revision.
+          if (compared === undefined) throw err;
+          const reason = (err as Error).message.split('\n').slice(0, 4).join('; ');
+          log(`${t.name}: skipped (${reason})`);
+          skipped.push({ name: t.name, reason });
+          continue;
         }
-        results.push(await measure(phase, opts, tool));
+        const measured = await measure(phase, opts, tool);
+        results.push(compared !== undefined ? { ...measured, compared: { revision: compared.revision.short, of: compared.of } } : measured);
         if (profile !== undefined) profiles.push({ name: t.name, file: profile.file });
       } finally {
         await server?.stop();
@@ -284,6 +325,7 @@ const main = async () => {
     sseSamples: opts.sseSamples,
     sseRate: opts.sseRate,
     elapsedS: (performance.now() - began) / 1000,
+    revisions,
   };
   const report = renderReport(info, results, skipped, { ...(mint !== undefined ? { mint } : {}), intercepted: INTERCEPTED, baseline: INTERCEPT_BASELINE, host: INTERCEPT_HOST });
   console.log(report);
@@ -306,4 +348,5 @@ try {
 } finally {
   clearTimeout(watchdog);
   killAll();
+  removeRevisions();
 }

@@ -145,3 +145,17 @@ export const OPTIONAL_TARGETS: Target[] = [
   // Without the image's NODE_OPTIONS (V8's own young-generation sizing): what the flag saves in memory and costs in CPU.
   fusebox('fusebox (V8 defaults)', (up) => fuseboxConfig(up), undefined, { NODE_OPTIONS: '' }),
 ];
+
+/**
+ * `target` as built from another revision (`--compare-rev`): the same config, the same child, run against that
+ * revision's compiled tree. Only Fusebox targets have one (the floor and HAProxy do not change with Fusebox's code).
+ */
+export const atRevision = (target: Target, revision: { short: string; dist: string }): Target => ({
+  ...target,
+  name: `${target.name} @${revision.short}`,
+  env: (up) => ({ ...target.env(up), BENCH_FUSEBOX_DIST: revision.dist }),
+});
+
+/** The targets `--targets` selects: the default list when empty, else every target (optional ones too) whose name contains one of them. */
+export const selectTargets = (only: string[]): Target[] =>
+  only.length === 0 ? TARGETS : [...TARGETS, ...OPTIONAL_TARGETS].filter((t) => only.some((s) => t.name.includes(s)));
