@@ -20,7 +20,7 @@ import { registerAdminStatus } from './http/admin-status.js';
 import { LiveStats } from './telemetry/live.js';
 import { MemoryCounterStore, RedisCounterStore } from './slo/counter-store.js';
 import { SloEvaluator } from './slo/evaluator.js';
-import { applySloGauges, zeroSloEventSeries } from './slo/exports.js';
+import { applySloGauges, dropSloGauges, zeroSloEventSeries } from './slo/exports.js';
 import { SloRecorder } from './slo/recorder.js';
 import { RedisConnection } from './store/redis-connection.js';
 import { sloSpecsOf } from './slo/spec.js';
@@ -435,6 +435,22 @@ export const buildApp = async (config: Config, deps: AppDeps = {}): Promise<Fuse
     isReady: () => state.accepting && proxy.listening && (ca === undefined || ca.daysLeft() > 0),
   });
 
+  /**
+   * Gauges of what a reload dropped would keep their last value (an open breaker of a removed route would read open
+   * forever, and alert): the breakers of registries not carried over, the SLO gauges of removed routes, and the
+   * budget gauges, which the next scrape refills from the store for the routes in effect.
+   */
+  const dropStaleSeries = (prev: Generation, made: Generation, removed: readonly string[]) => {
+    for (const [chain, kept] of prev.state.chains) {
+      if (made.state.chains.get(chain)?.registry === kept.registry) continue;
+      // Deleting reports each key to the registry's onEvict, which removes its gauge series.
+      for (const { key } of kept.registry.list()) kept.registry.delete(key);
+    }
+    for (const route of removed) dropSloGauges({ budgetRemaining: metrics.sloBudgetRemaining, burnRate: metrics.sloBurnRate, action: metrics.sloAction }, route);
+    metrics.budgetSpent.reset();
+    metrics.budgetLimit.reset();
+  };
+
   const caHosts = interceptedHosts(config);
   const reload = (next: Config | ConfigError): ReloadResult => {
     if (next instanceof ConfigError) {
@@ -477,6 +493,7 @@ export const buildApp = async (config: Config, deps: AppDeps = {}): Promise<Fuse
     recorder.setRoutes(specs);
     evaluator.setRoutes(specs);
     zeroSloEventSeries(metrics.sloEvents, specs);
+    dropStaleSeries(prev, made, removed);
     if (next.routes.some((r) => r.provider === 'openai')) warmTokenizer();
     logger.level = next.log.level;
     describe(made);

@@ -5,7 +5,7 @@ import { request } from 'undici';
 import { afterEach, describe, expect, it } from 'vitest';
 import { ConfigError, loadConfigFile, parseConfig } from '../../src/config/load.js';
 import { metricValue, startFusebox, type RunningFusebox } from '../helpers/fusebox.js';
-import { startUpstream, type TestUpstream } from '../helpers/upstream.js';
+import { json, startUpstream, type TestUpstream } from '../helpers/upstream.js';
 
 const route = (name: string, url: string, extra: Record<string, unknown> = {}) => ({ name, match: { pathPrefix: `/${name}` }, upstream: { url }, ...extra });
 const configOf = (routes: unknown[], extra: Record<string, unknown> = {}) =>
@@ -60,6 +60,9 @@ describe('config reload', () => {
     expect(metricValue(metrics, 'fusebox_config_reloads_total', { result: 'ok' })).toBe(1);
     expect(metrics).toMatch(new RegExp(`fusebox_config_info\\{routes="2",store="memory",agent="local",hash="${String(line.hash)}"\\} 1`));
     expect(metrics).not.toContain(`hash="${hashBefore}"`);
+    // Gauges of the removed route are gone rather than frozen at their last value.
+    expect(metrics).not.toMatch(/fusebox_breaker_state\{route="old"/);
+    expect(metrics).not.toMatch(/fusebox_slo_action\{route="old"/);
     expect(metricValue(metrics, 'fusebox_config_loaded_timestamp_seconds')).toBeGreaterThan(Date.now() / 1000 - 60);
     // The SLO evaluator and the status page follow the new routes.
     expect(fb.app.slo.evaluator.all().map((s) => s.route)).toEqual(['keep', 'new']);
@@ -88,7 +91,46 @@ describe('config reload', () => {
     // A changed breaker setting: new breakers (documented: the old state does not fit the new settings).
     const fresh = fb.app.reload(configOf([flaky(3), route('other', up.url), route('added', up.url)]));
     expect(fresh).toMatchObject({ result: 'ok', changed: ['flaky', 'other'], freshState: ['flaky'] });
+    // The old breaker's series does not linger as open.
+    expect(metricValue(await fb.metricsText(), 'fusebox_breaker_state', { route: 'flaky' })).toBe(0);
     expect((await get(`${fb.proxyUrl}/flaky/fast`)).status).toBe(200);
+  });
+
+  it("keeps a kept route's retry budget and last-good answers; a route re-added after removal starts fresh", async () => {
+    up = await startUpstream();
+    let healthy = true;
+    up.on('/flip', (_req, res) => json(res, healthy ? 200 : 503, { healthy }));
+    const cached = route('cached', up.url, {
+      retry: { maxRetries: 1, baseMs: 1, capMs: 2, budgetPercent: 1, minRetriesPerSecond: 0 },
+      lastGood: { enabled: true },
+      fallback: [{ type: 'lastGood', name: 'last-good' }],
+    });
+    fb = await startFusebox({ routes: [cached, route('other', up.url)] });
+    for (let i = 0; i < 3; i++) expect((await get(`${fb.proxyUrl}/cached/flip`)).status).toBe(200);
+    await fb.waitForLog((l) => l.msg === 'request' && l.route === 'cached' && l.outcome === 'success');
+    const budgetOf = async () => {
+      const status = JSON.parse((await get(`${fb!.adminUrl}/admin/status`)).text) as { routes: Array<{ name: string; retries: { budgets: Array<{ requestsInWindow: number }> } }> };
+      return status.routes.find((r) => r.name === 'cached')?.retries.budgets[0]?.requestsInWindow;
+    };
+    expect(await budgetOf()).toBe(3);
+
+    expect(fb.app.reload(configOf([cached, route('other', up.url, { stripPrefix: false })]))).toMatchObject({ result: 'ok', changed: ['other'], freshState: [] });
+    // The same budget object: the calls before the reload are still in its window.
+    expect(await budgetOf()).toBe(3);
+    // The remembered answer survived the reload: the failing upstream is answered from it.
+    healthy = false;
+    const answer = await get(`${fb.proxyUrl}/cached/flip`);
+    expect(answer.status).toBe(200);
+    expect(answer.headers['x-fusebox-fallback']).toBe('last-good');
+    expect(JSON.parse(answer.text)).toEqual({ healthy: true });
+
+    // Removed, then added back: its state was dropped with it.
+    fb.app.reload(configOf([route('other', up.url)]));
+    expect(fb.app.reload(configOf([cached, route('other', up.url)]))).toMatchObject({ result: 'ok', added: ['cached'] });
+    expect(await budgetOf()).toBe(0);
+    const nothingKept = await get(`${fb.proxyUrl}/cached/flip`);
+    expect(nothingKept.status).not.toBe(200);
+    expect(nothingKept.headers['x-fusebox-fallback']).toBeUndefined();
   });
 
   it('keeps the old config serving when the new one is invalid, and logs every problem', async () => {
