@@ -452,13 +452,14 @@ export const buildApp = async (config: Config, deps: AppDeps = {}): Promise<Fuse
   };
 
   const caHosts = interceptedHosts(config);
+  const invalid = (source: string, problems: string[]): ReloadResult => {
+    metrics.configReloads.labels('invalid').inc();
+    logger.error({ source, problems, hash: current.hash }, `config reload failed: ${problems.length} problem${problems.length === 1 ? '' : 's'}; the config in effect keeps serving`);
+    for (const problem of problems) logger.error({ source }, `config reload: ${problem}`);
+    return { result: 'invalid', problems };
+  };
   const reload = (next: Config | ConfigError): ReloadResult => {
-    if (next instanceof ConfigError) {
-      metrics.configReloads.labels('invalid').inc();
-      logger.error({ source: next.source, problems: next.problems, hash: current.hash }, `config reload failed: ${next.problems.length} problem${next.problems.length === 1 ? '' : 's'}; the config in effect keeps serving`);
-      for (const problem of next.problems) logger.error({ source: next.source }, `config reload: ${problem}`);
-      return { result: 'invalid', problems: next.problems };
-    }
+    if (next instanceof ConfigError) return invalid(next.source, next.problems);
     const restartOnly = restartOnlyChanges(current.config, next, { prev: caHosts, next: interceptedHosts(next) });
     if (restartOnly.length > 0) {
       metrics.configReloads.labels('refused').inc();
@@ -476,11 +477,8 @@ export const buildApp = async (config: Config, deps: AppDeps = {}): Promise<Fuse
     try {
       made = generation(next, current.state);
     } catch (err) {
-      // A price table that cannot be read: the file is as bad as a schema problem.
-      const problems = [(err as Error).message];
-      metrics.configReloads.labels('invalid').inc();
-      logger.error({ problems, hash: current.hash }, 'config reload failed: the config in effect keeps serving');
-      return { result: 'invalid', problems };
+      // What the schema cannot see (a price table that cannot be read or parsed) is as bad as a schema problem.
+      return invalid('config', [(err as Error).message]);
     }
     const prev = current;
     const { added, removed, changed } = routeChanges(prev.config, next);

@@ -157,6 +157,12 @@ describe('config reload', () => {
     const metrics = await fb.metricsText();
     expect(metricValue(metrics, 'fusebox_config_reloads_total', { result: 'invalid' })).toBe(1);
     expect(metricValue(metrics, 'fusebox_config_reloads_total', { result: 'ok' })).toBe(0);
+
+    // What the schema cannot see, a price table that cannot be read, is as invalid.
+    const noPrices = fb.app.reload(configOf([route('r', up.url), route('added', up.url)], { budgets: { pricesFile: join(dir, 'missing-prices.yaml') } }));
+    expect(noPrices).toMatchObject({ result: 'invalid', problems: [expect.stringContaining('missing-prices.yaml')] });
+    expect((await get(`${fb.proxyUrl}/added/fast`)).status).toBe(404);
+    expect(metricValue(await fb.metricsText(), 'fusebox_config_reloads_total', { result: 'invalid' })).toBe(2);
   });
 
   it('refuses a reload that changes a restart-only setting, naming each, and applies none of it', async () => {
