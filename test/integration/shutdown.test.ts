@@ -2,7 +2,7 @@ import { spawn, spawnSync, type ChildProcessByStdio } from 'node:child_process';
 import { existsSync, mkdtempSync, renameSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import type { Readable } from 'node:stream';
-import { delimiter, join } from 'node:path';
+import { delimiter, dirname, join } from 'node:path';
 import { request } from 'undici';
 import { afterEach, describe, expect, it } from 'vitest';
 import { RELOAD_REQUESTED } from '../../src/cli/run.js';
@@ -171,18 +171,23 @@ describe('fusebox CLI', () => {
     expect(out).toMatch(/^\s+proxy: "http:\/\/127\.0\.0\.1:\d+"/m);
   });
 
+  /** `fusebox run` on a config file of routes `a`, ... to `upstream`; `config(names)` writes such a file's text. */
+  const runWithRoutes = async (upstream: TestUpstream, args: string[]) => {
+    const config = (routes: string[]) =>
+      `listen: { proxy: { port: 0 }, admin: { port: 0 } }\nroutes:\n${routes.map((r) => `  - { name: ${r}, match: { pathPrefix: /${r} }, upstream: { url: "${upstream.url}" } }\n`).join('')}`;
+    const file = join(mkdtempSync(join(tmpdir(), 'fusebox-cfg-')), 'fusebox.yaml');
+    writeFileSync(file, config(['a']));
+    const child = cli(['--config', file, ...args]);
+    const done = collect(child);
+    const logs = logsOf(child);
+    const listening = await logs.next((l) => l.msg === 'fusebox listening', 'that it listens');
+    return { file, config, child, done, logs, listening };
+  };
+
   it('reloads the config file on SIGHUP: a new route serves, an invalid file is logged and the old config kept; SIGTERM still drains and exits 0', async () => {
     const upstream = await startUpstream();
     try {
-      const dir = mkdtempSync(join(tmpdir(), 'fusebox-cfg-'));
-      const file = join(dir, 'ok.yaml');
-      const config = (routes: string[]) =>
-        `listen: { proxy: { port: 0 }, admin: { port: 0 } }\nroutes:\n${routes.map((r) => `  - { name: ${r}, match: { pathPrefix: /${r} }, upstream: { url: "${upstream.url}" } }\n`).join('')}`;
-      writeFileSync(file, config(['a']));
-      const child = cli(['--config', file]);
-      const done = collect(child);
-      const logs = logsOf(child);
-      const listening = await logs.next((l) => l.msg === 'fusebox listening', 'that it listens');
+      const { file, config, child, done, logs, listening } = await runWithRoutes(upstream, []);
       const proxy = String(listening.proxy);
       const status = async (path: string) => {
         const res = await request(`${proxy}${path}`);
@@ -215,19 +220,12 @@ describe('fusebox CLI', () => {
   it('with --watch-config, reloads when the file changes (an editor saving by rename included)', async () => {
     const upstream = await startUpstream();
     try {
-      const dir = mkdtempSync(join(tmpdir(), 'fusebox-cfg-'));
-      const file = join(dir, 'watched.yaml');
-      const config = (routes: string[]) =>
-        `listen: { proxy: { port: 0 }, admin: { port: 0 } }\nroutes:\n${routes.map((r) => `  - { name: ${r}, match: { pathPrefix: /${r} }, upstream: { url: "${upstream.url}" } }\n`).join('')}`;
-      writeFileSync(file, config(['a']));
-      const child = cli(['--config', file, '--watch-config']);
-      const done = collect(child);
-      const logs = logsOf(child);
-      const listening = await logs.next((l) => l.msg === 'fusebox listening', 'that it listens');
+      const { file, config, child, done, logs, listening } = await runWithRoutes(upstream, ['--watch-config']);
+      const dir = dirname(file);
       await logs.next((l) => l.msg === 'watching the config file: a change reloads it', 'that it watches');
       // Written aside and renamed over the file, as editors and ConfigMap updates do.
-      writeFileSync(join(dir, 'watched.yaml.tmp'), config(['a', 'c']));
-      renameSync(join(dir, 'watched.yaml.tmp'), file);
+      writeFileSync(join(dir, 'fusebox.yaml.tmp'), config(['a', 'c']));
+      renameSync(join(dir, 'fusebox.yaml.tmp'), file);
       expect(await logs.next((l) => l.msg === RELOAD_REQUESTED, 'that the change was seen')).toMatchObject({ trigger: 'watch' });
       expect(await logs.next((l) => l.msg === 'config reloaded', 'that the config was reloaded')).toMatchObject({ added: ['c'] });
       const res = await request(`${String(listening.proxy)}/c/fast`);
