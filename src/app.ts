@@ -20,19 +20,21 @@ import { registerAdminStatus } from './http/admin-status.js';
 import { LiveStats } from './telemetry/live.js';
 import { MemoryCounterStore, RedisCounterStore } from './slo/counter-store.js';
 import { SloEvaluator } from './slo/evaluator.js';
-import { applySloGauges, zeroSloEventSeries } from './slo/exports.js';
+import { applySloGauges, dropSloGauges, zeroSloEventSeries } from './slo/exports.js';
 import { SloRecorder } from './slo/recorder.js';
 import { RedisConnection } from './store/redis-connection.js';
 import { sloSpecsOf } from './slo/spec.js';
 import { handleConnect } from './http/connect.js';
 import { clientErrorAnswer, createProxyServer } from './http/proxy-server.js';
 import { Interceptor } from './http/intercept.js';
-import { createPodCa } from './intercept/setup.js';
+import { createPodCa, interceptedHosts } from './intercept/setup.js';
 import type { PodCa } from './intercept/ca.js';
 import { configWarnings } from './config/warnings.js';
+import { ConfigError } from './config/load.js';
+import { configHash, restartOnlyChanges, routeChanges, type RestartOnlyChange } from './config/reload.js';
 import { handleProxyRequest, type ForwardRequest, type ProxyState } from './http/proxy.js';
 import { RouteTable } from './http/route-table.js';
-import { buildRoutes, type BuiltRoute, type PipelineDeps } from './pipeline/build.js';
+import { buildRoutes, RouteState, type BuiltRoute, type PipelineDeps } from './pipeline/build.js';
 import { createMetrics, type Metrics } from './telemetry/metrics.js';
 import { PoolSet } from './upstream/pool.js';
 import { PendingWork } from './pipeline/pending.js';
@@ -49,8 +51,26 @@ export interface AppDeps {
   store?: BudgetStore;
 }
 
+/** What `Fusebox.reload` did. Unless `ok`, the old config goes on serving, untouched. */
+export type ReloadResult =
+  | {
+      result: 'ok';
+      hash: string;
+      /** The same config as the one in effect (same hash): nothing was rebuilt. */
+      unchanged: boolean;
+      added: string[];
+      removed: string[];
+      /** Kept routes whose settings changed. */
+      changed: string[];
+      /** Kept routes whose breakers, retry budgets or last-good cache start fresh (their settings changed). */
+      freshState: string[];
+    }
+  | { result: 'invalid'; problems: string[] }
+  | { result: 'refused'; restartOnly: RestartOnlyChange[] };
+
 export interface Fusebox {
-  config: Config;
+  /** The config in effect: a reload replaces it. */
+  readonly config: Config;
   /** The pod CA intercepted tunnels are served with; undefined when no route intercepts. */
   ca: PodCa | undefined;
   /** The proxy listener (node:http: every request is a proxied call, see src/http/proxy-server.ts). */
@@ -66,6 +86,14 @@ export interface Fusebox {
    * instead of sleeping, and what shutdown waits on before closing the store.
    */
   idle(): Promise<void>;
+  /**
+   * Apply a new config to new calls; calls in flight finish on the routes they started with. Given a ConfigError
+   * (the caller's parse of the file failed), or a config that changes a setting only a restart applies, the old
+   * config keeps serving and every problem is logged. Breakers, retry budgets and last-good answers of kept routes
+   * whose settings are unchanged carry over; caps, reservations and SLO counters live in the stores, by route name.
+   * Every outcome is a log line and a `fusebox_config_reloads_total{result}`.
+   */
+  reload(next: Config | ConfigError): ReloadResult;
   /** Bind both listeners. Resolves to their URLs (`http://127.0.0.1:4000`). */
   listen(): Promise<{ proxyUrl: string; adminUrl: string }>;
   /**
@@ -166,13 +194,12 @@ const buildSlo = (config: Config, counterStore: Stores['counterStore'], deps: { 
 
 /** The admin listener: health, readiness, metrics, and the admin API (state changes need the token). */
 const buildAdmin = (
-  config: Config,
+  current: () => Generation,
   deps: {
     env: NodeJS.ProcessEnv;
     metrics: Metrics;
     logger: Logger;
     isReady: () => boolean;
-    built: BuiltRoute[];
     store: BudgetStore;
     evaluator: SloEvaluator;
     ca: PodCa | undefined;
@@ -182,6 +209,8 @@ const buildAdmin = (
 ): FastifyInstance => {
   const { metrics, store, evaluator } = deps;
   const admin = Fastify({ logger: false, forceCloseConnections: true });
+  // listen.admin cannot change on a reload (see restartOnlyChanges), so its token is read once.
+  const config = current().config;
   const token = deps.env[config.listen.admin.tokenEnv];
   registerAdmin(admin, {
     metrics,
@@ -190,14 +219,25 @@ const buildAdmin = (
     isReady: deps.isReady,
     beforeScrape: async () => {
       applySloGauges({ budgetRemaining: metrics.sloBudgetRemaining, burnRate: metrics.sloBurnRate, action: metrics.sloAction }, evaluator.all());
-      await refreshBudgetGauges(config, store, metrics);
+      await refreshBudgetGauges(current().config, store, metrics);
     },
   });
-  registerAdminBreakers(admin, deps.built);
-  registerAdminBudgets(admin, { config, store, logger: deps.logger });
+  // The routes and config in effect are read per request, through getters: a reload replaces them.
+  registerAdminBreakers(admin, () => current().built);
+  registerAdminBudgets(admin, { get config() { return current().config; }, store, logger: deps.logger });
   registerAdminSlo(admin, evaluator);
   registerAdminCa(admin, deps.ca);
-  registerAdminStatus(admin, { config, routes: deps.built, store, evaluator, live: deps.live, metrics, isReady: deps.isReady, now: deps.now, startedAt: deps.live.startedAt });
+  registerAdminStatus(admin, {
+    get config() { return current().config; },
+    get routes() { return current().built; },
+    store,
+    evaluator,
+    live: deps.live,
+    metrics,
+    isReady: deps.isReady,
+    now: deps.now,
+    startedAt: deps.live.startedAt,
+  });
   return admin;
 };
 
@@ -284,6 +324,19 @@ const drainAndClose = async (r: Running): Promise<void> => {
   logger.flush();
 };
 
+/**
+ * The config in effect and everything built from it. A reload makes a new one and swaps it in with one
+ * assignment; a call holds the route it was matched to, so it finishes on the old handler.
+ */
+interface Generation {
+  config: Config;
+  hash: string;
+  built: BuiltRoute[];
+  routes: RouteTable<BuiltRoute>;
+  /** Breakers, retry budgets and last-good caches, for the next reload to keep. */
+  state: RouteState;
+}
+
 /** Build (but do not bind) a Fusebox from a validated config. Tests build one per case on port 0. */
 export const buildApp = async (config: Config, deps: AppDeps = {}): Promise<Fusebox> => {
   const logger = deps.logger ?? createLogger(config.log.level);
@@ -309,7 +362,7 @@ export const buildApp = async (config: Config, deps: AppDeps = {}): Promise<Fuse
   // walk, the largest single cost of a proxied call in bench/ profiles; every other line keeps it.
   const accessLog = logger.child({}, { redact: [] });
   const pools = new PoolSet(baseDir);
-  const pipelineDeps: PipelineDeps = {
+  const baseDeps: Omit<PipelineDeps, 'prices' | 'budgets' | 'maxRequestBodyBytes'> = {
     pools,
     metrics,
     logger,
@@ -319,20 +372,38 @@ export const buildApp = async (config: Config, deps: AppDeps = {}): Promise<Fuse
     random,
     via,
     store,
-    prices: loadPrices(config, baseDir),
-    budgets: config.budgets,
     slo: { recorder, evaluator },
     pending,
     inflight,
-    maxRequestBodyBytes: config.limits.maxRequestBodyBytes,
     live,
   };
-  const built: BuiltRoute[] = buildRoutes(config.routes, pipelineDeps);
-  const routes = new RouteTable(built);
+  // What a config contributes to the pipeline besides its routes: the price table is read again on each reload.
+  const generation = (next: Config, previous: RouteState): Generation => {
+    const deps: PipelineDeps = { ...baseDeps, prices: loadPrices(next, baseDir), budgets: next.budgets, maxRequestBodyBytes: next.limits.maxRequestBodyBytes };
+    const { built, state: routeState } = buildRoutes(next.routes, deps, previous);
+    return { config: next, hash: configHash(next), built, routes: new RouteTable(built), state: routeState };
+  };
+  const describe = (g: Generation) => {
+    metrics.configInfo.reset();
+    metrics.configInfo.labels(String(g.config.routes.length), g.config.store.kind, g.config.agent.id, g.hash).set(1);
+    metrics.configLoadedTimestamp.set(now() / 1000);
+  };
+  let current = generation(config, new RouteState());
   for (const warning of configWarnings(config)) logger.warn(warning);
-  metrics.configInfo.labels(String(config.routes.length), config.store.kind, config.agent.id).set(1);
+  describe(current);
+  for (const result of ['ok', 'invalid', 'refused']) metrics.configReloads.labels(result).inc(0);
 
-  const proxyDeps = { config, routes, metrics, live, logger, now, state, via };
+  // Getters: every new call reads the generation in effect.
+  const proxyDeps = {
+    get config() { return current.config; },
+    get routes() { return current.routes; },
+    metrics,
+    live,
+    logger,
+    now,
+    state,
+    via,
+  };
   const handle = (req: ForwardRequest, res: ServerResponse) => void handleProxyRequest(req, res, proxyDeps);
   const interceptor = new Interceptor({
     config: config.intercept,
@@ -349,13 +420,12 @@ export const buildApp = async (config: Config, deps: AppDeps = {}): Promise<Fuse
     metrics,
     live,
     handle,
-    connect: (req, socket, head) => handleConnect(req, socket, head, { routes, metrics, live, logger, state, tunnels, interceptor }),
+    connect: (req, socket, head) => handleConnect(req, socket, head, { routes: current.routes, metrics, live, logger, state, tunnels, interceptor }),
   });
-  const admin = buildAdmin(config, {
+  const admin = buildAdmin(() => current, {
     env,
     metrics,
     logger,
-    built,
     store,
     evaluator,
     ca,
@@ -365,9 +435,77 @@ export const buildApp = async (config: Config, deps: AppDeps = {}): Promise<Fuse
     isReady: () => state.accepting && proxy.listening && (ca === undefined || ca.daysLeft() > 0),
   });
 
+  /**
+   * Gauges of what a reload dropped would keep their last value (an open breaker of a removed route would read open
+   * forever, and alert): the breakers of registries not carried over, the SLO gauges of removed routes, and the
+   * budget gauges, which the next scrape refills from the store for the routes in effect.
+   */
+  const dropStaleSeries = (prev: Generation, made: Generation, removed: readonly string[]) => {
+    for (const [chain, kept] of prev.state.chains) {
+      if (made.state.chains.get(chain)?.registry === kept.registry) continue;
+      // Deleting reports each key to the registry's onEvict, which removes its gauge series.
+      for (const { key } of kept.registry.list()) kept.registry.delete(key);
+    }
+    for (const route of removed) dropSloGauges({ budgetRemaining: metrics.sloBudgetRemaining, burnRate: metrics.sloBurnRate, action: metrics.sloAction }, route);
+    metrics.budgetSpent.reset();
+    metrics.budgetLimit.reset();
+  };
+
+  const caHosts = interceptedHosts(config);
+  const invalid = (source: string, problems: string[]): ReloadResult => {
+    metrics.configReloads.labels('invalid').inc();
+    logger.error({ source, problems, hash: current.hash }, `config reload failed: ${problems.length} problem${problems.length === 1 ? '' : 's'}; the config in effect keeps serving`);
+    for (const problem of problems) logger.error({ source }, `config reload: ${problem}`);
+    return { result: 'invalid', problems };
+  };
+  const reload = (next: Config | ConfigError): ReloadResult => {
+    if (next instanceof ConfigError) return invalid(next.source, next.problems);
+    const restartOnly = restartOnlyChanges(current.config, next, { prev: caHosts, next: interceptedHosts(next) });
+    if (restartOnly.length > 0) {
+      metrics.configReloads.labels('refused').inc();
+      logger.error({ restartOnly, hash: current.hash }, `config reload refused: ${restartOnly.map((c) => c.path).join(', ')} changed (restart to apply); the config in effect keeps serving`);
+      for (const c of restartOnly) logger.error({ path: c.path }, `config reload: ${c.path} changed: ${c.reason}; restart to apply`);
+      return { result: 'refused', restartOnly };
+    }
+    const hash = configHash(next);
+    if (hash === current.hash) {
+      metrics.configReloads.labels('ok').inc();
+      logger.info({ hash }, 'config reloaded: unchanged');
+      return { result: 'ok', hash, unchanged: true, added: [], removed: [], changed: [], freshState: [] };
+    }
+    let made: Generation;
+    try {
+      made = generation(next, current.state);
+    } catch (err) {
+      // What the schema cannot see (a price table that cannot be read or parsed) is as bad as a schema problem.
+      return invalid('config', [(err as Error).message]);
+    }
+    const prev = current;
+    const { added, removed, changed } = routeChanges(prev.config, next);
+    const freshState = changed.filter(
+      (name) => prev.state.chains.get(name)?.registry !== made.state.chains.get(name)?.registry || prev.state.lastGood.get(name)?.cache !== made.state.lastGood.get(name)?.cache,
+    );
+    // The swap: one assignment. Calls in flight hold their route's handler and finish on it.
+    current = made;
+    const specs = sloSpecsOf(next.routes);
+    recorder.setRoutes(specs);
+    evaluator.setRoutes(specs);
+    zeroSloEventSeries(metrics.sloEvents, specs);
+    dropStaleSeries(prev, made, removed);
+    if (next.routes.some((r) => r.provider === 'openai')) warmTokenizer();
+    logger.level = next.log.level;
+    describe(made);
+    metrics.configReloads.labels('ok').inc();
+    for (const warning of configWarnings(next)) logger.warn(warning);
+    logger.info({ hash: made.hash, previousHash: prev.hash, added, removed, changed, freshState }, 'config reloaded');
+    return { result: 'ok', hash: made.hash, unchanged: false, added, removed, changed, freshState };
+  };
+
   let closed: Promise<void> | undefined;
   const fusebox: Fusebox = {
-    config,
+    get config() {
+      return current.config;
+    },
     ca,
     proxy,
     admin,
@@ -376,6 +514,7 @@ export const buildApp = async (config: Config, deps: AppDeps = {}): Promise<Fuse
     state,
     slo: { recorder, evaluator },
     idle: () => pending.idle(),
+    reload,
     async listen() {
       // A Redis store still connecting would count as down for the first calls (a `closed` route refuses them).
       await store.ready?.(Math.max(1_000, config.store.timeoutMs * 4));
@@ -394,14 +533,14 @@ export const buildApp = async (config: Config, deps: AppDeps = {}): Promise<Fuse
       evaluator.start();
       metrics.ready.set(1);
       logger.info(
-        { proxy: urlOf(proxy), admin: urlOf(admin.server), routes: config.routes.map((r) => r.name), agent: config.agent.id, store: config.store.kind },
+        { proxy: urlOf(proxy), admin: urlOf(admin.server), routes: current.config.routes.map((r) => r.name), agent: config.agent.id, store: config.store.kind, configHash: current.hash },
         'fusebox listening',
       );
       // Batched lines would otherwise wait for the next second: supervisors and people watch for this one.
       logger.flush();
       return { proxyUrl: urlOf(proxy), adminUrl: urlOf(admin.server) };
     },
-    shutdown(graceMs = config.shutdown.graceMs) {
+    shutdown(graceMs = current.config.shutdown.graceMs) {
       closed ??= drainAndClose({ graceMs, state, metrics, logger, inflight, tunnels, proxy, interceptor, pools, pending, admin, recorder, evaluator, counterStore, store, redis });
       return closed;
     },

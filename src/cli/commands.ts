@@ -13,8 +13,8 @@ interface Command {
 
 const COMMANDS: Readonly<Record<string, Command>> = {
   run: {
-    synopsis: 'run --config FILE',
-    summary: 'run the sidecar (also: fusebox --config FILE)',
+    synopsis: 'run --config FILE [-w]',
+    summary: 'run the sidecar (also: fusebox --config FILE); -w reloads on a change',
     run: async (args, io) => (await import('./run.js')).runSidecar(args, io),
   },
   'check-config': {

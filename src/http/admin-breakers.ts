@@ -40,18 +40,19 @@ const ACTIONS: Record<'open' | 'close' | 'reset', (b: CircuitBreaker) => void> =
 };
 
 /**
- * Admin API for circuit breakers, on the admin listener (whose preHandler already requires the bearer token for
+ * Admin API for circuit breakers (of the routes in effect: `routes` is read per request), on the admin listener (whose preHandler already requires the bearer token for
  * anything but GET):
  * - `GET /admin/breakers`: every breaker with state, error rate, counts and time to probe;
  * - `POST /admin/breakers/open|close|reset` with `{"route": "...", "key": "..."}`: force open (refuse every call),
  *   force closed (admit every call), or reset (closed, fresh counters, override ended). 404 NOT_FOUND for a
  *   breaker that does not exist (a key gets a breaker on its first call).
  */
-export const registerAdminBreakers = (app: FastifyInstance, routes: ReadonlyArray<{ breakers: readonly RouteBreakers[] }>): void => {
-  const all = routes.flatMap((r) => r.breakers);
+export const registerAdminBreakers = (app: FastifyInstance, routes: () => ReadonlyArray<{ breakers: readonly RouteBreakers[] }>): void => {
+  // Read per request: a config reload replaces the routes.
+  const all = () => routes().flatMap((r) => r.breakers);
 
   app.get('/admin/breakers', async () =>
-    all.flatMap(({ route, registry }) => registry.list().map((e) => breakerView(route, e.key, e.stats))),
+    all().flatMap(({ route, registry }) => registry.list().map((e) => breakerView(route, e.key, e.stats))),
   );
 
   for (const action of Object.keys(ACTIONS) as Array<keyof typeof ACTIONS>) {
@@ -59,7 +60,7 @@ export const registerAdminBreakers = (app: FastifyInstance, routes: ReadonlyArra
       const parsed = Target.safeParse(req.body);
       if (!parsed.success) throw new BadRequestError('expected a JSON body {"route": "<route name>", "key": "<breaker key>"} (see GET /admin/breakers)');
       const { route, key } = parsed.data;
-      for (const r of all) {
+      for (const r of all()) {
         if (r.route !== route) continue;
         const breaker = r.registry.peek(key);
         if (breaker === undefined) continue;

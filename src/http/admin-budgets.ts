@@ -78,18 +78,19 @@ export const refreshBudgetGauges = async (config: Config, store: BudgetStore, me
  * `POST /admin/kill {"target": "global"|"agent"|"workflow", "id"?, "reason"?}` stores a kill switch in the shared
  * store (every sidecar sharing it obeys on its next call), `POST /admin/kill/lift` with the same target lifts it.
  */
-export const registerAdminBudgets = (app: FastifyInstance, deps: { config: Config; store: BudgetStore; logger: Logger }): void => {
-  const { config, store, logger } = deps;
+export const registerAdminBudgets = (app: FastifyInstance, deps: { readonly config: Config; store: BudgetStore; logger: Logger }): void => {
+  // `deps.config` is read per request: a config reload replaces it.
+  const { store, logger } = deps;
   app.get<{ Querystring: { workflow?: string } }>('/admin/budgets', async (req) => {
     const workflow = typeof req.query.workflow === 'string' && req.query.workflow !== '' ? req.query.workflow : undefined;
-    const usage = await store.snapshot(reportedScopes(config, workflow));
+    const usage = await store.snapshot(reportedScopes(deps.config, workflow));
     return { storeAvailable: store.available(), scopes: usage.map(budgetView) };
   });
   app.get('/admin/kills', async () => (await store.getKills()).map(killView));
   app.post('/admin/kill', async (req) => {
     const parsed = KillBody.safeParse(req.body);
     if (!parsed.success) throw new BadRequestError('expected {"target": "global"|"agent"|"workflow", "id"?: string, "reason"?: string}');
-    const target = killTarget(parsed.data, config.agent.id);
+    const target = killTarget(parsed.data, deps.config.agent.id);
     await store.setKill(target, parsed.data.reason ?? 'set by the admin API');
     logger.warn({ target, reason: parsed.data.reason }, 'kill switch set');
     return { killed: target };
@@ -97,7 +98,7 @@ export const registerAdminBudgets = (app: FastifyInstance, deps: { config: Confi
   app.post('/admin/kill/lift', async (req) => {
     const parsed = KillBody.safeParse(req.body);
     if (!parsed.success) throw new BadRequestError('expected {"target": "global"|"agent"|"workflow", "id"?: string}');
-    const target = killTarget(parsed.data, config.agent.id);
+    const target = killTarget(parsed.data, deps.config.agent.id);
     const lifted = await store.clearKill(target);
     logger.warn({ target, lifted }, 'kill switch lifted');
     return { lifted, target };

@@ -16,9 +16,10 @@ const atBoundary = (path: string, prefix: string): boolean => {
 };
 
 /**
- * The allow-list: which destination each request may reach. Built once from the config. Base-URL lookups scan a
- * short list sorted most-specific first (route counts are in the tens); proxy-mode lookups go through a map keyed
- * by the normalized `host:port`, so every spelling of an address meets the same entry.
+ * The allow-list: which destination each request may reach. Built from the config, and never changed after: a
+ * reload builds a new one and swaps it in whole. Base-URL lookups scan a short list sorted most-specific first
+ * (route counts are in the tens); proxy-mode lookups go through a map keyed by the normalized `host:port`, so
+ * every spelling of an address meets the same entry.
  */
 export class RouteTable<R extends { config: RouteConfig }> {
   private readonly prefixed: R[];

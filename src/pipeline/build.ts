@@ -88,6 +88,24 @@ interface Chain {
   retryBudget: RetryBudget | undefined;
 }
 
+/** What a chain's breakers and retry budget were made from: equal fingerprints, the same settings. */
+const chainFingerprint = (route: RouteConfig): string =>
+  // The provider decides the default `breaker.keyBy`; `timeouts.totalMs` is the half-open probe's lease.
+  JSON.stringify([route.provider, route.breaker, route.retry, route.timeouts.totalMs]);
+
+/**
+ * The long-lived state of every route (breaker registries, retry budgets, last-good caches), kept across config
+ * reloads. `buildRoutes` takes the previous one and reuses an entry when its route (or fallback step) still
+ * exists and the settings it was made from are unchanged; an entry of a removed route is dropped, one whose
+ * settings changed starts fresh. Caps, reservations and SLO counters live in the stores, keyed by route name,
+ * and need nothing here.
+ */
+export class RouteState {
+  /** By chain: the route name for a primary, `<route>/<step>` for an `upstream` fallback step. */
+  readonly chains = new Map<string, { fingerprint: string; registry: BreakerRegistry; retryBudget: RetryBudget | undefined }>();
+  readonly lastGood = new Map<string, { fingerprint: string; cache: LastGoodCache }>();
+}
+
 /** The terminal handler for one upstream, with the attempts metric and the startup warnings about it. */
 const upstreamTerminal = (route: RouteConfig, spec: UpstreamSpec, deps: PipelineDeps): Handler => {
   const attempts = deps.metrics.upstreamAttempts;
@@ -124,13 +142,22 @@ const upstreamTerminal = (route: RouteConfig, spec: UpstreamSpec, deps: Pipeline
  *   counted by the breaker exactly like a real one. Fallback upstreams get none, or a fault meant to test the
  *   fallback chain would break the fallback too.
  */
-const resilientChain = (route: RouteConfig, terminal: Handler, deps: PipelineDeps, opts: { breakerKey?: string; faults: boolean }): Chain => {
-  const breakers = makeBreakers(route, deps, opts.breakerKey);
+const resilientChain = (
+  route: RouteConfig,
+  terminal: Handler,
+  deps: PipelineDeps,
+  opts: { breakerKey?: string; faults: boolean; name: string; state: { previous: RouteState; next: RouteState } },
+): Chain => {
+  const fingerprint = chainFingerprint(route);
+  const kept = opts.state.previous.chains.get(opts.name);
+  const reuse = kept !== undefined && kept.fingerprint === fingerprint ? kept : undefined;
+  const breakers = makeBreakers(route, deps, opts.breakerKey, reuse?.registry);
   const faults = opts.faults
     ? faultsLayer(route.faults, { random: deps.random, onFault: (kind) => deps.metrics.faultsInjected.labels(route.name, kind).inc() })
     : (next: Handler) => next;
   // Made here rather than inside the retry layer so that /admin/status can read how many retries are left.
-  const retryBudget = route.retry.enabled && route.retry.maxRetries > 0 ? new RetryBudget(route.retry, deps.now) : undefined;
+  const retryBudget = route.retry.enabled && route.retry.maxRetries > 0 ? (reuse?.retryBudget ?? new RetryBudget(route.retry, deps.now)) : undefined;
+  opts.state.next.chains.set(opts.name, { fingerprint, registry: breakers.registry, retryBudget });
   const handler = compose(
     // Retries outside the breaker: every attempt is judged by it, and one it would refuse ends the retries (no backoff into an open breaker).
     retryLayer(route, { ...deps, breakers, budget: retryBudget }),
@@ -143,14 +170,15 @@ const resilientChain = (route: RouteConfig, terminal: Handler, deps: PipelineDep
 };
 
 // keyBy `upstream`: the primary has one upstream, so its breaker is the route's; each fallback upstream has its own.
-const buildPrimary = (route: RouteConfig, deps: PipelineDeps): Chain =>
-  resilientChain(route, upstreamTerminal(route, routeUpstreamSpec(route), deps), deps, { faults: true });
+const buildPrimary = (route: RouteConfig, deps: PipelineDeps, state: { previous: RouteState; next: RouteState }): Chain =>
+  resilientChain(route, upstreamTerminal(route, routeUpstreamSpec(route), deps), deps, { faults: true, name: route.name, state });
 
 const buildSteps = (
   route: RouteConfig,
   primaries: ReadonlyMap<string, Chain>,
   lastGood: LastGoodCache,
   deps: PipelineDeps,
+  state: { previous: RouteState; next: RouteState },
 ): { steps: FallbackStepHandler[]; chains: Array<{ name: string } & Chain> } => {
   const chains: Array<{ name: string } & Chain> = [];
   const steps = route.fallback.map((step, index): FallbackStepHandler => {
@@ -166,7 +194,7 @@ const buildSteps = (
           credential: step.credential,
           headers: step.headers,
         };
-        const chain = resilientChain(route, upstreamTerminal(route, spec, deps), deps, { breakerKey: spec.name, faults: false });
+        const chain = resilientChain(route, upstreamTerminal(route, spec, deps), deps, { breakerKey: spec.name, faults: false, name: spec.name, state });
         chains.push({ name: spec.name, ...chain });
         return { name, final: false, sendsBody: true, handler: (req, ctx) => chain.handler(withModel(req, step.model, ctx, name), ctx) };
       }
@@ -194,17 +222,27 @@ const buildSteps = (
 };
 
 /**
- * Route configs → request handlers, built once at startup. This is the ONE place the order of policies is written:
- * the first layer listed is the outermost, the upstream send is the terminal. Built in two passes because a
- * `route` fallback step calls another route's primary chain (sharing its breakers and retry budget).
+ * Route configs → request handlers, built at startup and again on each config reload. This is the ONE place the
+ * order of policies is written: the first layer listed is the outermost, the upstream send is the terminal. Built
+ * in two passes because a `route` fallback step calls another route's primary chain (sharing its breakers and
+ * retry budget). `previous` is the state of the routes being replaced (see `RouteState`); the state of the new
+ * routes is returned for the next reload.
  */
-export const buildRoutes = (routes: readonly RouteConfig[], deps: PipelineDeps): BuiltRoute[] => {
-  const primaries = new Map(routes.map((r) => [r.name, buildPrimary(r, deps)] as const));
+export const buildRoutes = (
+  routes: readonly RouteConfig[],
+  deps: PipelineDeps,
+  previous: RouteState = new RouteState(),
+): { built: BuiltRoute[]; state: RouteState } => {
+  const state = { previous, next: new RouteState() };
+  const primaries = new Map(routes.map((r) => [r.name, buildPrimary(r, deps, state)] as const));
   const events = budgetEvents(deps.metrics);
-  return routes.map((route) => {
+  const built = routes.map((route): BuiltRoute => {
     const primary = primaries.get(route.name)!;
-    const lastGood = new LastGoodCache(route.lastGood, deps.now);
-    const { steps, chains } = buildSteps(route, primaries, lastGood, deps);
+    const lastGoodPrint = JSON.stringify(route.lastGood);
+    const keptCache = previous.lastGood.get(route.name);
+    const lastGood = keptCache !== undefined && keptCache.fingerprint === lastGoodPrint ? keptCache.cache : new LastGoodCache(route.lastGood, deps.now);
+    state.next.lastGood.set(route.name, { fingerprint: lastGoodPrint, cache: lastGood });
+    const { steps, chains } = buildSteps(route, primaries, lastGood, deps, state);
     const handler = compose(
       // Outermost: every call is counted and gets its access line, whatever ends it (a 413 or a refusal included).
       observeLayer({ metrics: deps.metrics, accessLog: deps.accessLog, pending: deps.pending, inflight: deps.inflight, live: deps.live }),
@@ -232,4 +270,5 @@ export const buildRoutes = (routes: readonly RouteConfig[], deps: PipelineDeps):
       retryBudgets: [{ name: route.name, ...primary }, ...chains].flatMap((c) => (c.retryBudget ? [{ upstream: c.name, budget: c.retryBudget }] : [])),
     };
   });
+  return { built, state: state.next };
 };

@@ -50,15 +50,17 @@ export const breakerKeyBy = (route: Pick<RouteConfig, 'breaker' | 'provider'>) =
  * still counts. A body the pipeline discards (a retry or fallback replaced it) releases the permit without a verdict.
  *
  * @param fixedKey one breaker for the whole chain under this key (a fallback upstream: `<route>/<step>`).
+ * @param kept the registry of the same chain before a config reload, reused so its breakers keep their state; the
+ *   caller passes it only when the route's breaker settings are unchanged (see `RouteState` in pipeline/build.ts).
  */
-export const makeBreakers = (route: RouteConfig, deps: BreakerDeps, fixedKey?: string): Breakers => {
+export const makeBreakers = (route: RouteConfig, deps: BreakerDeps, fixedKey?: string, kept?: BreakerRegistry): Breakers => {
   const cfg = route.breaker;
   const policy = classifyPolicy(route);
   const { breakerState: gauge, breakerForced: forced, breakerTransitions: transitions } = deps.metrics;
   const rejections = deps.metrics.breakerRejections.labels(route.name);
   const log = deps.logger;
 
-  const registry = new BreakerRegistry({
+  const registry = kept ?? new BreakerRegistry({
     breaker: { ...cfg, probeLeaseMs: route.timeouts.totalMs },
     maxKeys: cfg.maxKeys,
     now: deps.now,

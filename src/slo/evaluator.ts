@@ -77,7 +77,7 @@ const reasonsOf = (slos: Partial<Record<SloKind, SloAssessment>>): { exhausted: 
  * line each. The admin API can suspend a route's action (`suspend`) and lift the suspension (`resume`).
  */
 export class SloEvaluator {
-  private readonly specs: Map<string, SloRouteSpec>;
+  private specs: Map<string, SloRouteSpec>;
   private readonly states = new Map<string, RouteSloState>();
   private readonly suspended = new Map<string, number>();
   private readonly buckets = new Map<string, TokenBucket>();
@@ -91,20 +91,31 @@ export class SloEvaluator {
     this.specs = new Map(opts.routes.map((s) => [s.route, s]));
     this.cache = opts.cache === false ? undefined : (opts.cache ?? new BucketCache());
     this.startedAt = opts.now();
-    for (const s of opts.routes) {
-      this.states.set(s.route, {
-        route: s.route,
-        evaluatedAt: undefined,
-        slos: {},
-        exhausted: false,
-        fastBurn: false,
-        reasons: [],
-        configuredAction: 'none',
-        action: 'none',
-        overridden: false,
-        stale: false,
-      });
+    for (const s of opts.routes) this.states.set(s.route, SloEvaluator.initial(s.route));
+  }
+
+  private static initial(route: string): RouteSloState {
+    return { route, evaluatedAt: undefined, slos: {}, exhausted: false, fastBurn: false, reasons: [], configuredAction: 'none', action: 'none', overridden: false, stale: false };
+  }
+
+  /**
+   * A config reload: evaluate `routes` from now on. A kept route keeps its state and its admin suspension (its new
+   * objectives and actions apply from the next evaluation, which starts now); a removed route's state is dropped;
+   * an added route starts as before its first read.
+   */
+  setRoutes(routes: readonly SloRouteSpec[]): void {
+    this.specs = new Map(routes.map((s) => [s.route, s]));
+    for (const route of [...this.states.keys()]) {
+      if (this.specs.has(route)) continue;
+      this.states.delete(route);
+      this.suspended.delete(route);
+      this.buckets.delete(route);
+      this.lastOk.delete(route);
     }
+    for (const s of routes) if (!this.states.has(s.route)) this.states.set(s.route, SloEvaluator.initial(s.route));
+    // A throttle's bucket was sized by the old throttleRps.
+    this.buckets.clear();
+    if (this.timer) void this.evaluate();
   }
 
   /** Evaluate now and then every `intervalMs`. The timer does not keep the process alive. */
@@ -216,7 +227,8 @@ export class SloEvaluator {
     } catch (err) {
       const since = this.lastOk.get(spec.route) ?? this.startedAt;
       const stale = now - since > (this.opts.staleAfterMs ?? 60_000);
-      const prev = this.states.get(spec.route)!;
+      const prev = this.states.get(spec.route);
+      if (prev === undefined) return;
       if (stale && !prev.stale) {
         this.opts.logger.warn({ route: spec.route, err }, `SLO counters of route "${spec.route}" unreadable for ${Math.round((now - since) / 1000)} s: its SLO action is lifted until they can be read`);
       }
@@ -225,8 +237,10 @@ export class SloEvaluator {
   }
 
   private update(route: string, change: Partial<Pick<RouteSloState, 'slos' | 'evaluatedAt' | 'stale'>>): void {
-    const spec = this.specs.get(route)!;
-    const prev = this.states.get(route)!;
+    const spec = this.specs.get(route);
+    const prev = this.states.get(route);
+    // A read that was in flight when a reload removed its route.
+    if (spec === undefined || prev === undefined) return;
     const slos = change.slos ?? prev.slos;
     const { exhausted, fastBurn, reasons } = reasonsOf(slos);
     let configuredAction: SloAction = 'none';

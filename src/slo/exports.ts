@@ -52,6 +52,15 @@ export const applySloGauges = (gauges: SloGauges, states: readonly RouteSloState
   }
 };
 
+/** Remove every SLO gauge series of `route` (a reload removed the route): a gauge would otherwise keep its last value. */
+export const dropSloGauges = (gauges: SloGauges, route: string): void => {
+  for (const slo of SLO_KINDS) {
+    gauges.budgetRemaining.remove({ route, slo });
+    for (const window of BURN_WINDOWS) gauges.burnRate.remove({ route, slo, window });
+  }
+  for (const action of ACTIONS) gauges.action?.remove({ route, action });
+};
+
 /** JSON-safe number: Infinity and NaN become null. */
 const num = (x: number | undefined): number | null => (x === undefined || !Number.isFinite(x) ? null : Number(x.toFixed(6)));
 

@@ -75,7 +75,7 @@ const addOne = (f: BucketFields, name: string, n = 1) => {
  * the key count bounded by the config.
  */
 export class SloRecorder {
-  private readonly specs: Map<string, SloRouteSpec>;
+  private specs: Map<string, SloRouteSpec>;
   private readonly writerId: string;
   private readonly maxPending: number;
   private readonly maxPerWrite: number;
@@ -99,6 +99,14 @@ export class SloRecorder {
     if (this.timer) return;
     this.timer = setInterval(() => void this.flush(), this.opts.flushIntervalMs);
     this.timer.unref();
+  }
+
+  /**
+   * A config reload: count the routes of `routes` from now on. Counts already made (of any route) are still
+   * written; the counters themselves live in the store, keyed by route name, so a kept route goes on where it was.
+   */
+  setRoutes(routes: readonly SloRouteSpec[]): void {
+    this.specs = new Map(routes.map((s) => [s.route, s]));
   }
 
   /** Count one call. Synchronous and O(1): the hot path. */

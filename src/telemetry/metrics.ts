@@ -275,8 +275,21 @@ export const createMetrics = (opts: { defaultMetrics?: boolean } = {}) => {
     }),
     configInfo: new Gauge({
       name: 'fusebox_config_info',
-      help: 'Always 1; labels describe the loaded config. `agent` lets annotation-scraped fleets join per-agent panels (group_left).',
-      labelNames: ['routes', 'store', 'agent'] as const,
+      help:
+        'Always 1; labels describe the config in effect (one series: a reload replaces it). `hash` is the first 12 hex digits of the ' +
+        "validated config's sha256; `agent` lets annotation-scraped fleets join per-agent panels (group_left).",
+      labelNames: ['routes', 'store', 'agent', 'hash'] as const,
+      registers: [registry],
+    }),
+    configLoadedTimestamp: new Gauge({
+      name: 'fusebox_config_loaded_timestamp_seconds',
+      help: 'Unix time the config in effect was loaded (at start, then at each applied reload).',
+      registers: [registry],
+    }),
+    configReloads: new Counter({
+      name: 'fusebox_config_reloads_total',
+      help: 'Config reloads (SIGHUP, --watch-config), by result: ok (applied), invalid (the file has problems), refused (it changes a setting only a restart applies). The old config keeps serving unless ok.',
+      labelNames: ['result'] as const,
       registers: [registry],
     }),
   };

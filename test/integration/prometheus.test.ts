@@ -7,6 +7,7 @@ import { connect as tlsConnect } from 'node:tls';
 import { ProxyAgent, request } from 'undici';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { parse, stringify } from 'yaml';
+import { parseConfig } from '../../src/config/load.js';
 import { runRules } from '../../src/cli/rules.js';
 import { createMetrics } from '../../src/telemetry/metrics.js';
 import { startFusebox, type RunningFusebox } from '../helpers/fusebox.js';
@@ -547,6 +548,10 @@ describe('end to end: a real Prometheus scraping a real Fusebox under traffic', 
     // above zero and histogram quantiles are numbers, as on a live dashboard.
     await burst(3);
     await scraped();
+    // One config reload between the bursts (a route's connect timeout changes), as an operator's SIGHUP would do:
+    // the reload panel has data, and every other series carries on across it.
+    const reloaded = { ...config, routes: config.routes.map((r) => (r.name === 'tunnel' ? { ...r, timeouts: { connectMs: 4_000 } } : r)) };
+    expect(fb.app.reload(parseConfig({ listen: { proxy: { port: 0 }, admin: { port: 0 } }, ...reloaded, log: { level: 'info' } }))).toMatchObject({ result: 'ok', changed: ['tunnel'] });
     await burst(4);
     await scraped();
   }, 50_000);

@@ -1,11 +1,11 @@
 import { spawn, spawnSync, type ChildProcessByStdio } from 'node:child_process';
-import { existsSync, mkdtempSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, renameSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import type { Readable } from 'node:stream';
-import { delimiter, join } from 'node:path';
+import { delimiter, dirname, join } from 'node:path';
 import { request } from 'undici';
 import { afterEach, describe, expect, it } from 'vitest';
-import { SIGHUP_IGNORED } from '../../src/cli/run.js';
+import { RELOAD_REQUESTED } from '../../src/cli/run.js';
 import { startFusebox } from '../helpers/fusebox.js';
 import { startUpstream, type TestUpstream } from '../helpers/upstream.js';
 
@@ -171,23 +171,71 @@ describe('fusebox CLI', () => {
     expect(out).toMatch(/^\s+proxy: "http:\/\/127\.0\.0\.1:\d+"/m);
   });
 
-  it('logs and ignores SIGHUP (no reload yet): keeps serving, then drains and exits 0 on SIGTERM', async () => {
-    const dir = mkdtempSync(join(tmpdir(), 'fusebox-cfg-'));
-    const file = join(dir, 'ok.yaml');
-    writeFileSync(file, 'listen: { proxy: { port: 0 }, admin: { port: 0 } }\nroutes:\n  - { name: r, match: { pathPrefix: /r }, upstream: { url: "http://127.0.0.1:9" } }\n');
-    const child = cli(['--config', file]);
+  /** `fusebox run` on a config file of routes `a`, ... to `upstream`; `config(names)` writes such a file's text. */
+  const runWithRoutes = async (upstream: TestUpstream, args: string[]) => {
+    const config = (routes: string[]) =>
+      `listen: { proxy: { port: 0 }, admin: { port: 0 } }\nroutes:\n${routes.map((r) => `  - { name: ${r}, match: { pathPrefix: /${r} }, upstream: { url: "${upstream.url}" } }\n`).join('')}`;
+    const file = join(mkdtempSync(join(tmpdir(), 'fusebox-cfg-')), 'fusebox.yaml');
+    writeFileSync(file, config(['a']));
+    const child = cli(['--config', file, ...args]);
     const done = collect(child);
     const logs = logsOf(child);
     const listening = await logs.next((l) => l.msg === 'fusebox listening', 'that it listens');
-    child.kill('SIGHUP');
-    expect(await logs.next((l) => l.msg === SIGHUP_IGNORED, 'that SIGHUP is ignored')).toMatchObject({ level: 40, signal: 'SIGHUP' });
-    const health = await request(`${String(listening.admin)}/healthz`);
-    expect(health.statusCode).toBe(200);
-    await health.body.dump();
-    child.kill('SIGTERM');
-    const r = await done;
-    expect(r.code).toBe(0);
-    expect(r.out).toContain('"msg":"stopped"');
+    return { file, config, child, done, logs, listening };
+  };
+
+  it('reloads the config file on SIGHUP: a new route serves, an invalid file is logged and the old config kept; SIGTERM still drains and exits 0', async () => {
+    const upstream = await startUpstream();
+    try {
+      const { file, config, child, done, logs, listening } = await runWithRoutes(upstream, []);
+      const proxy = String(listening.proxy);
+      const status = async (path: string) => {
+        const res = await request(`${proxy}${path}`);
+        await res.body.dump();
+        return res.statusCode;
+      };
+      expect(await status('/b/fast')).toBe(404);
+
+      writeFileSync(file, config(['a', 'b']));
+      child.kill('SIGHUP');
+      expect(await logs.next((l) => l.msg === RELOAD_REQUESTED, 'that a reload was requested')).toMatchObject({ trigger: 'SIGHUP', file });
+      expect(await logs.next((l) => l.msg === 'config reloaded', 'that the config was reloaded')).toMatchObject({ added: ['b'], removed: [] });
+      expect(await status('/b/fast')).toBe(200);
+
+      writeFileSync(file, config(['a', 'b']).replace('port: 0 }, admin', 'port: "x" }, admin'));
+      child.kill('SIGHUP');
+      const failed = await logs.next((l) => typeof l.msg === 'string' && l.msg.startsWith('config reload failed: 1 problem'), 'the failed reload');
+      expect(failed.problems).toEqual([expect.stringMatching(/listen\.proxy\.port/)]);
+      expect(await status('/b/fast')).toBe(200);
+
+      child.kill('SIGTERM');
+      const r = await done;
+      expect(r.code).toBe(0);
+      expect(r.out).toContain('"msg":"stopped"');
+    } finally {
+      await upstream.close();
+    }
+  });
+
+  it('with --watch-config, reloads when the file changes (an editor saving by rename included)', async () => {
+    const upstream = await startUpstream();
+    try {
+      const { file, config, child, done, logs, listening } = await runWithRoutes(upstream, ['--watch-config']);
+      const dir = dirname(file);
+      await logs.next((l) => l.msg === 'watching the config file: a change reloads it', 'that it watches');
+      // Written aside and renamed over the file, as editors and ConfigMap updates do.
+      writeFileSync(join(dir, 'fusebox.yaml.tmp'), config(['a', 'c']));
+      renameSync(join(dir, 'fusebox.yaml.tmp'), file);
+      expect(await logs.next((l) => l.msg === RELOAD_REQUESTED, 'that the change was seen')).toMatchObject({ trigger: 'watch' });
+      expect(await logs.next((l) => l.msg === 'config reloaded', 'that the config was reloaded')).toMatchObject({ added: ['c'] });
+      const res = await request(`${String(listening.proxy)}/c/fast`);
+      await res.body.dump();
+      expect(res.statusCode).toBe(200);
+      child.kill('SIGTERM');
+      expect((await done).code).toBe(0);
+    } finally {
+      await upstream.close();
+    }
   });
 
   it('check-config --help prints its usage instead of reading a file named --help', async () => {

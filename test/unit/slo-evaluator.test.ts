@@ -49,6 +49,41 @@ const setup = (slo: Record<string, unknown>) => {
 };
 
 describe('SloEvaluator', () => {
+  it('after setRoutes (a config reload): a kept route keeps its state and suspension, its new action applies; a removed one is gone; an added one counts', async () => {
+    const { ev, rec, traffic, store } = setup({ onFastBurn: 'alert' });
+    await traffic(100_000, 0, T - 10 * DAY_MS);
+    await traffic(80, 20);
+    await ev.evaluate();
+    expect(ev.state('chat')).toMatchObject({ fastBurn: true, action: 'alert' });
+    ev.suspend('chat');
+
+    const shed = sloSpecOf('chat', SloSchema.parse({ onFastBurn: 'shed' }));
+    const added = sloSpecOf('tools', SloSchema.parse({}));
+    ev.setRoutes([shed, added]);
+    rec.setRoutes([shed, added]);
+    await ev.evaluate();
+    // The counters are the store's: the kept route's burn carries on, under its new action, still suspended.
+    expect(ev.state('chat')).toMatchObject({ fastBurn: true, configuredAction: 'shed', action: 'none', overridden: true });
+    ev.resume('chat');
+    expect(ev.admit('chat').admit).toBe(false);
+    expect(ev.all().map((s) => s.route)).toEqual(['chat', 'tools']);
+    rec.record('tools', { availability: 'bad' });
+    await rec.flush();
+    await ev.evaluate();
+    expect(ev.state('tools')?.evaluatedAt).toBe(T);
+
+    ev.setRoutes([added]);
+    rec.setRoutes([added]);
+    expect(ev.state('chat')).toBeUndefined();
+    expect(ev.admit('chat')).toEqual({ admit: true, action: 'none' });
+    expect(ev.suspend('chat')).toBe(false);
+    // A removed route's calls are no longer counted.
+    const before = JSON.stringify(await store.inner.read([{ route: 'chat', tier: 'd', index: Math.floor(T / DAY_MS) }]));
+    rec.record('chat', { availability: 'bad' });
+    await rec.flush();
+    expect(JSON.stringify(await store.inner.read([{ route: 'chat', tier: 'd', index: Math.floor(T / DAY_MS) }]))).toBe(before);
+  });
+
   it('sheds with 503 SLO_BUDGET_EXHAUSTED and x-should-retry: false during a fast burn when onFastBurn is shed', async () => {
     const { ev, traffic, logs } = setup({ onFastBurn: 'shed' });
     await traffic(100_000, 0, T - 10 * DAY_MS);
