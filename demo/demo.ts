@@ -29,6 +29,11 @@ export interface DemoSummary {
   breakerClosed: number;
   /** Answers served by the `small-model` fallback step (`fusebox_fallbacks_total`). */
   fallbacks: number;
+  /** MCP tool breakers that opened (`fusebox_breaker_transitions_total{route="mcp",to="open"}`): `charge` only. */
+  mcpBreakersOpened: number;
+  /** MCP calls of the failing tool refused by its open breaker, and calls of the other tool that still worked. */
+  mcpRefused: number;
+  mcpLookupsOk: number;
   /** 402 CALL_LIMIT answers the runaway loop received. */
   callLimitRefusals: number;
   /** Calls the runaway loop made before it was stopped (the refused one included). */
@@ -63,6 +68,11 @@ routes:
       prices:
         demo-large: { inputPerM: 5, outputPerM: 15 }
         demo-mini: { inputPerM: 0.5, outputPerM: 1.5 }
+  - name: mcp
+    provider: mcp
+    match: { pathPrefix: /mcp }
+    upstream: { url: "${providerUrl}/mcp" }
+    breaker: { consecutiveFailures: 3, resetMs: 60000 }   # keyed by tool (the MCP default): one breaker per tool
   - name: search
     match: { pathPrefix: /search }
     upstream: { url: "${providerUrl}" }
@@ -87,7 +97,7 @@ const describeLogLine = (line: Record<string, unknown>): string | undefined => {
     case 'retrying':
       return `retrying ${String(line.route)} after ${String(line.reason)} (attempt ${String(line.attempt)}, backoff ${String(line.delayMs)} ms)`;
     case 'breaker transition':
-      return `breaker ${String(line.key)}: ${String(line.from)} → ${String(line.to)}${line.reason ? ` (${String(line.reason)})` : ''}`;
+      return `breaker ${String(line.key)}${line.key !== line.route ? ` of route ${String(line.route)}` : ''}: ${String(line.from)} → ${String(line.to)}${line.reason ? ` (${String(line.reason)})` : ''}`;
     case 'request':
       if (typeof line.fallback === 'string') return `${String(line.route)}: answered by fallback step ${line.fallback} (model ${String(line.fallbackModel)})`;
       if (typeof line.code === 'string' && line.status === 402) return `${String(line.route)}: refused ${String(line.status)} ${line.code} (workflow ${String(line.workflow)})`;
@@ -157,6 +167,16 @@ export const runDemo = async (opts: DemoOptions): Promise<DemoSummary> => {
       await res.arrayBuffer();
       return { status: res.status, error: res.headers.get('x-fusebox-error') };
     };
+    let rpcId = 0;
+    const mcpCall = async (tool: string) => {
+      const res = await fetch(`${proxyUrl}/mcp`, {
+        method: 'POST',
+        headers: { 'content-type': 'application/json', accept: 'application/json, text/event-stream' },
+        body: JSON.stringify({ jsonrpc: '2.0', id: ++rpcId, method: 'tools/call', params: { name: tool, arguments: {} } }),
+      });
+      const body = (await res.json().catch(() => ({}))) as { result?: { isError?: boolean } };
+      return { status: res.status, isError: body.result?.isError === true, error: res.headers.get('x-fusebox-error') };
+    };
     const answerOf = (text: string): string => {
       try {
         const body = JSON.parse(text) as { model?: string; usage?: { total_tokens?: number } };
@@ -184,7 +204,23 @@ export const runDemo = async (opts: DemoOptions): Promise<DemoSummary> => {
     await pause(600);
 
     say();
-    say('3. The provider has an outage on demo-large (503 to everything). After 3 failed attempts the breaker opens,');
+    say('3. An MCP server: tool "charge" fails (isError: true inside a 200), tool "lookup" works. Fusebox keeps one');
+    say('   breaker per tool: "charge" is cut off after 3 failures, "lookup" is untouched.');
+    let mcpRefused = 0;
+    let mcpLookupsOk = 0;
+    for (let i = 0; i < 4; i++) {
+      const c = await mcpCall('charge');
+      if (c.error === 'CIRCUIT_OPEN') mcpRefused++;
+      say(`   agent: tools/call charge → ${c.status}${c.isError ? ' isError: true' : ''}${c.error ? ` ${c.error} (the MCP server was not called)` : ''}`);
+      const l = await mcpCall('lookup');
+      if (l.status === 200 && !l.isError) mcpLookupsOk++;
+      say(`   agent: tools/call lookup → ${l.status}${l.isError ? ' isError: true' : ' ok'}`);
+      await pause(100);
+    }
+    await pause(500);
+
+    say();
+    say('4. The provider has an outage on demo-large (503 to everything). After 3 failed attempts the breaker opens,');
     say('   and the route falls back to the smaller demo-mini; while open, calls go straight to the fallback.');
     provider.outage = true;
     for (let i = 0; i < 3; i++) {
@@ -200,10 +236,10 @@ export const runDemo = async (opts: DemoOptions): Promise<DemoSummary> => {
     statusText.on('data', (c: Buffer) => chunks.push(c));
     const statusCode = await runStatus(['--admin', adminUrl], { stdin: process.stdin, stdout: statusText, stderr: statusText });
     for (const line of Buffer.concat(chunks).toString('utf8').trimEnd().split('\n')) say(`   | ${line}`);
-    say(`   (exit status ${statusCode}: a breaker is open)`);
+    say(`   (exit status ${statusCode}: breakers are open)`);
 
     say();
-    say(`4. The provider recovers. After resetMs (${resetMs} ms) the next call is the half-open probe; it succeeds and the breaker closes.`);
+    say(`5. The provider recovers. After resetMs (${resetMs} ms) the next call is the half-open probe; it succeeds and the breaker closes.`);
     provider.outage = false;
     await sleep(resetMs + 50);
     r = await chat('demo-large');
@@ -213,7 +249,7 @@ export const runDemo = async (opts: DemoOptions): Promise<DemoSummary> => {
     await pause(600);
 
     say();
-    say(`5. A runaway loop: workflow "runaway-1" calls the LLM and the tool over and over. Its cap is ${DEMO_MAX_CALLS} calls.`);
+    say(`6. A runaway loop: workflow "runaway-1" calls the LLM and the tool over and over. Its cap is ${DEMO_MAX_CALLS} calls.`);
     let runawayCalls = 0;
     let callLimitRefusals = 0;
     for (let i = 0; i < RUNAWAY_ITERATIONS; i++) {
@@ -236,6 +272,9 @@ export const runDemo = async (opts: DemoOptions): Promise<DemoSummary> => {
       breakerHalfOpened: metricSum(text, 'fusebox_breaker_transitions_total', { route: 'llm', to: 'half_open' }),
       breakerClosed: metricSum(text, 'fusebox_breaker_transitions_total', { route: 'llm', to: 'closed' }),
       fallbacks: metricSum(text, 'fusebox_fallbacks_total', { route: 'llm', step: 'small-model' }),
+      mcpBreakersOpened: metricSum(text, 'fusebox_breaker_transitions_total', { route: 'mcp', to: 'open' }),
+      mcpRefused,
+      mcpLookupsOk,
       callLimitRefusals,
       runawayCalls,
       costUsd: metricSum(text, 'fusebox_cost_usd_total'),
@@ -243,7 +282,7 @@ export const runDemo = async (opts: DemoOptions): Promise<DemoSummary> => {
     say();
     say('Counted by Fusebox (/metrics):');
     say(`  retries ${summary.retries}, breaker opened ${summary.breakerOpened} / half-open ${summary.breakerHalfOpened} / closed ${summary.breakerClosed}, ` +
-      `fallbacks to small-model ${summary.fallbacks}, CALL_LIMIT refusals ${summary.callLimitRefusals} after ${summary.runawayCalls} calls, cost ${summary.costUsd.toFixed(6)} USD`);
+      `fallbacks to small-model ${summary.fallbacks}, MCP tool breakers opened ${summary.mcpBreakersOpened} (lookup ok ${summary.mcpLookupsOk}/4), CALL_LIMIT refusals ${summary.callLimitRefusals} after ${summary.runawayCalls} calls, cost ${summary.costUsd.toFixed(6)} USD`);
     if (opts.keepUntil) {
       say();
       say(`Fusebox keeps running (admin ${adminUrl}); Ctrl-C to stop.`);
@@ -259,4 +298,4 @@ export const runDemo = async (opts: DemoOptions): Promise<DemoSummary> => {
 
 /** Each event the demo exists to show happened at least once. */
 export const demoComplete = (s: DemoSummary): boolean =>
-  s.retries > 0 && s.breakerOpened > 0 && s.breakerHalfOpened > 0 && s.breakerClosed > 0 && s.fallbacks > 0 && s.callLimitRefusals === 1;
+  s.retries > 0 && s.breakerOpened > 0 && s.breakerHalfOpened > 0 && s.breakerClosed > 0 && s.fallbacks > 0 && s.mcpBreakersOpened === 1 && s.mcpRefused > 0 && s.mcpLookupsOk === 4 && s.callLimitRefusals === 1;

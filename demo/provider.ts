@@ -45,6 +45,22 @@ const chat = (provider: FakeProvider, res: ServerResponse, raw: string): void =>
   res.end('data: [DONE]\n\n');
 };
 
+/**
+ * A tiny MCP server (JSON-RPC over HTTP, answered as JSON, stateless): `tools/list`, and `tools/call` of `lookup`
+ * (works) and `charge` (always fails the way MCP tools fail: `isError: true` inside an HTTP 200).
+ */
+const mcp = (provider: FakeProvider, res: ServerResponse, raw: string): void => {
+  const msg = JSON.parse(raw) as { id?: number | string; method: string; params?: { name?: string } };
+  const answer = (result: unknown) => json(res, 200, { jsonrpc: '2.0', id: msg.id ?? null, result });
+  if (msg.method === 'initialize') return answer({ protocolVersion: '2025-06-18', capabilities: { tools: {} }, serverInfo: { name: 'demo-tools', version: '1.0.0' } });
+  if (msg.method === 'tools/list') return answer({ tools: [{ name: 'lookup', inputSchema: { type: 'object' } }, { name: 'charge', inputSchema: { type: 'object' } }] });
+  if (msg.method !== 'tools/call') return json(res, 200, { jsonrpc: '2.0', id: msg.id ?? null, error: { code: -32601, message: `no method ${msg.method}` } });
+  const name = msg.params?.name ?? '';
+  provider.seen[`mcp:${name}`] = (provider.seen[`mcp:${name}`] ?? 0) + 1;
+  if (name === 'charge') return answer({ content: [{ type: 'text', text: 'payment backend is down' }], isError: true });
+  answer({ content: [{ type: 'text', text: `found it (${name})` }] });
+};
+
 const tool = (provider: FakeProvider, req: IncomingMessage, res: ServerResponse): void => {
   const name = (req.url ?? '/').split('?')[0]!.slice('/tools/'.length);
   provider.seen[`tool:${name}`] = (provider.seen[`tool:${name}`] ?? 0) + 1;
@@ -56,8 +72,8 @@ const tool = (provider: FakeProvider, req: IncomingMessage, res: ServerResponse)
 };
 
 /**
- * A fake OpenAI-style provider and a tool API on 127.0.0.1: `POST /v1/chat/completions` (JSON and SSE, with usage)
- * and `GET /tools/<name>`. Nothing here leaves the machine.
+ * A fake OpenAI-style provider, a tool API and an MCP server on 127.0.0.1: `POST /v1/chat/completions` (JSON and SSE,
+ * with usage), `GET /tools/<name>` and `POST /mcp`. Nothing here leaves the machine.
  */
 export const startFakeProvider = async (): Promise<FakeProvider> => {
   const sockets = new Set<Socket>();
@@ -69,6 +85,7 @@ export const startFakeProvider = async (): Promise<FakeProvider> => {
       const path = (req.url ?? '/').split('?')[0]!;
       if (req.method === 'POST' && path === '/v1/chat/completions') return chat(provider, res, Buffer.concat(chunks).toString('utf8'));
       if (path.startsWith('/tools/')) return tool(provider, req, res);
+      if (req.method === 'POST' && path === '/mcp') return mcp(provider, res, Buffer.concat(chunks).toString('utf8'));
       json(res, 404, { error: `the demo provider has no ${path}` });
     });
   });
