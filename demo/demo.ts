@@ -142,15 +142,16 @@ export const runDemo = async (opts: DemoOptions): Promise<DemoSummary> => {
     const { proxyUrl, adminUrl } = await app.listen();
     const metrics = async () => (await fetch(`${adminUrl}/metrics`)).text();
 
-    say('Fusebox demo: a fake LLM provider and tool, a real Fusebox in front of them, and a small agent loop.');
-    say(`  fake provider   ${provider.url}   (OpenAI-style /v1/chat/completions, a flaky /tools/search)`);
+    say('Fusebox demo: a fake LLM provider, tool API and MCP server, a real Fusebox in front of them, and a small agent loop.');
+    say(`  fake provider   ${provider.url}   (OpenAI-style /v1/chat/completions, a flaky /tools/search, MCP at /mcp)`);
     say(`  fusebox proxy   ${proxyUrl}   (the agent: OPENAI_BASE_URL=${proxyUrl}/openai/v1)`);
     say(`  fusebox admin   ${adminUrl}`);
     say(`  config          ${configFile}`);
     say('  where to look while it runs (or with --keep, after):');
     say(`    curl -s ${adminUrl}/metrics | grep ^fusebox_`);
     say(`    curl -s ${adminUrl}/admin/status`);
-    say(`    npm exec -- fusebox status --admin ${adminUrl} --watch 1`);
+    // From a checkout the CLI runs from source; installed from npm it is `fusebox status`.
+    say(`    npm exec -- tsx src/main.ts status --admin ${adminUrl} --watch 1     (installed: fusebox status --admin ...)`);
     opts.onReady?.({ proxyUrl, adminUrl });
 
     const chat = async (model: string, opt: { stream?: boolean; workflow?: string } = {}) => {
