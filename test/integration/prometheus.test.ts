@@ -52,10 +52,18 @@ interface Panel {
   targets?: Target[];
 }
 interface Dashboard {
+  __inputs?: Array<{ name: string; type: string; pluginId: string }>;
+  __requires?: Array<{ type: string; id: string }>;
   schemaVersion: number;
   panels: Panel[];
-  templating: { list: Array<{ name: string; type: string; query: string | { query: string } }> };
+  templating: { list: Array<{ name: string; type: string; query: string | { query: string }; current?: { value?: unknown } }> };
 }
+
+/**
+ * How every panel filters by agent: joined on the scrape target to `fusebox_config_info`, whose `agent` is the
+ * PodMonitor's target label or, scraped by prometheus.io annotations (no such target label), the sidecar's own.
+ */
+const AGENT_JOIN = ' * on (job, instance) group_left (agent) fusebox_config_info{agent=~"$agent"}';
 
 const ruleGroups = (): RuleGroup[] => (parse(readFileSync(RULES_FILE, 'utf8')) as { groups: RuleGroup[] }).groups;
 const rules = (): Rule[] => ruleGroups().flatMap((g) => g.rules);
@@ -167,6 +175,35 @@ describe('deploy/prometheus, checked by the real promtool', () => {
 });
 
 describe('deploy/grafana/fusebox.json', () => {
+  it('asks for its Prometheus data source on import (__inputs) and declares the panel types it needs (__requires)', () => {
+    const d = dashboard();
+    expect(d.__inputs).toEqual([expect.objectContaining({ name: 'DS_PROMETHEUS', type: 'datasource', pluginId: 'prometheus' })]);
+    const vars = Object.fromEntries(d.templating.list.map((v) => [v.name, v]));
+    // The import's choice becomes the datasource variable's default; panels keep querying through the variable.
+    expect(vars.datasource?.current?.value).toBe('${DS_PROMETHEUS}');
+    const text = readFileSync(DASHBOARD_FILE, 'utf8');
+    for (const [, name] of text.matchAll(/\$\{(DS_\w+)\}/g)) expect(d.__inputs?.map((i) => i.name), `\${${name}} has no input`).toContain(name);
+    const panelTypes = new Set(queryPanels().map((p) => p.type));
+    expect(d.__requires?.filter((r) => r.type === 'panel').map((r) => r.id).sort()).toEqual([...panelTypes].sort());
+    expect(d.__requires).toContainEqual(expect.objectContaining({ type: 'datasource', id: 'prometheus' }));
+  });
+
+  it('filters by agent through fusebox_config_info, so $agent works with the PodMonitor and with annotation scraping', () => {
+    const vars = Object.fromEntries(dashboard().templating.list.map((v) => [v.name, v]));
+    // Annotation-scraped series have no `agent` target label; fusebox_config_info carries agent.id as its own label.
+    expect(vars.agent).toMatchObject({ type: 'query', query: { query: 'label_values(fusebox_config_info, agent)' } });
+    for (const p of queryPanels()) {
+      for (const t of p.targets ?? []) {
+        const joins = t.expr.split(AGENT_JOIN).length - 1;
+        const selectors = selectorsOf(t.expr.replaceAll(AGENT_JOIN, '')).filter((sel) => !sel.startsWith('fusebox_config_info'));
+        // No selector filters on its own `agent` label (absent when scraped by annotations), and each is joined once.
+        for (const sel of selectors) expect(sel, `${p.title}: ${t.expr}`).not.toMatch(/[{,]\s*agent\s*[=!]/);
+        if (selectors.length > 0) expect(joins, `${p.title}: ${t.expr}`).toBe(selectors.length);
+        else expect(t.expr, p.title).toContain('fusebox_config_info{agent=~"$agent"}');
+      }
+    }
+  });
+
   it('has a Prometheus datasource variable and a route variable, and every panel queries through them', () => {
     const d = dashboard();
     expect(d.schemaVersion).toBeGreaterThanOrEqual(39);
@@ -236,6 +273,9 @@ const llmUpstream = async (): Promise<TestUpstream> => {
   return up;
 };
 
+/** The scrape job that stands for annotation-based discovery (Prometheus' kubernetes-pods example job). */
+const ANNOTATIONS_JOB = 'kubernetes-pods';
+
 interface Prometheus {
   url: string;
   logs(): string;
@@ -248,8 +288,12 @@ const startPrometheus = async (dir: string, target: string, ruleFiles: string[])
   const config = {
     global: { scrape_interval: '1s', scrape_timeout: '1s', evaluation_interval: '1s' },
     rule_files: ruleFiles,
-    // `agent` as the PodMonitor sets it (deploy/kubernetes/base/podmonitor.yaml), so the per-agent queries have it.
-    scrape_configs: [{ job_name: 'fusebox', metrics_path: '/metrics', static_configs: [{ targets: [target], labels: { agent: 'e2e-agent' } }] }],
+    // The same sidecar scraped twice: as the PodMonitor does (deploy/kubernetes/base/podmonitor.yaml: an `agent`
+    // target label), and as a prometheus.io-annotations job does (pod and namespace labels, no `agent`).
+    scrape_configs: [
+      { job_name: 'fusebox', metrics_path: '/metrics', static_configs: [{ targets: [target], labels: { agent: 'e2e-agent' } }] },
+      { job_name: ANNOTATIONS_JOB, metrics_path: '/metrics', static_configs: [{ targets: [target], labels: { namespace: 'agents', pod: 'e2e-agent-0' } }] },
+    ],
   };
   writeFileSync(join(dir, 'prometheus.yml'), stringify(config));
   let logs = '';
@@ -572,6 +616,13 @@ describe('end to end: a real Prometheus scraping a real Fusebox under traffic', 
       if (m) checks.push({ where: `variable $${v.name}`, expr: `count by (${m[2]}) (${m[1]}{${m[2]}!=""})` });
     }
     expect(checks.length).toBeGreaterThan(40);
+    // One agent picked in $agent, scraped either way: the join on fusebox_config_info is the only agent filter, so
+    // restricting its job restricts the whole query to that scrape.
+    for (const job of ['fusebox', ANNOTATIONS_JOB]) {
+      const picked = (expr: string) => substitute(expr.replaceAll('fusebox_config_info{agent=~"$agent"}', `fusebox_config_info{agent=~"e2e-agent",job="${job}"}`));
+      for (const p of queryPanels()) for (const t of p.targets ?? []) checks.push({ where: `job ${job}, $agent=e2e-agent: panel "${p.title}" [${t.refId}]`, expr: picked(t.expr) });
+      checks.push({ where: `job ${job}: variable $agent`, expr: `count by (agent) (fusebox_config_info{agent="e2e-agent",job="${job}"})` });
+    }
     expect(await eventuallyPasses(prom!, checks, 10_000)).toEqual([]);
   }, 30_000);
 
