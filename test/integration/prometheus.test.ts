@@ -533,15 +533,17 @@ describe('end to end: a real Prometheus scraping a real Fusebox under traffic', 
       .filter((l) => l.startsWith('fusebox_requests_total{'))
       .reduce((sum, l) => sum + Number(l.slice(l.lastIndexOf(' ') + 1)), 0);
 
-  /** Wait until Prometheus has scraped everything Fusebox counted so far. */
+  /** Wait until Prometheus has scraped everything Fusebox counted so far, in both scrape jobs. */
   const scraped = async (): Promise<void> => {
     const want = await requestsCounted();
     const deadline = Date.now() + 15_000;
-    for (;;) {
-      const r = await query(prom!, 'sum(fusebox_requests_total{job="fusebox"})');
-      if (r.ok && Number(r.result[0]?.value[1] ?? 0) >= want) return;
-      if (Date.now() > deadline) throw new Error(`prometheus did not scrape ${want} requests within 15 s: ${JSON.stringify(r)}\n${prom!.logs()}`);
-      await sleep(200);
+    for (const job of ['fusebox', ANNOTATIONS_JOB]) {
+      for (;;) {
+        const r = await query(prom!, `sum(fusebox_requests_total{job="${job}"})`);
+        if (r.ok && Number(r.result[0]?.value[1] ?? 0) >= want) break;
+        if (Date.now() > deadline) throw new Error(`prometheus did not scrape ${want} requests in job ${job} within 15 s: ${JSON.stringify(r)}\n${prom!.logs()}`);
+        await sleep(200);
+      }
     }
   };
 
