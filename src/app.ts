@@ -356,7 +356,8 @@ export const buildApp = async (config: Config, deps: AppDeps = {}): Promise<Fuse
   const ca = await createPodCa(config, { baseDir, now, metrics, env, logger });
   const { redis, store, counterStore } = buildStores(config, { store: deps.store, now, logger, metrics });
   const { recorder, evaluator } = buildSlo(config, counterStore, { now, logger, metrics });
-  if (config.routes.some((r) => r.provider === 'openai')) warmTokenizer();
+  // Only a route that asks for exact OpenAI counts carries the tokenizer (~45 MB); the others estimate from bytes.
+  if (config.routes.some((r) => r.provider === 'openai' && r.budget.tokenizer === 'o200k')) warmTokenizer();
 
   // The access line is built field by field from redacted values (no headers), so it skips pino's redaction
   // walk, the largest single cost of a proxied call in bench/ profiles; every other line keeps it.

@@ -15,6 +15,8 @@ export interface RequestEstimate {
 export interface EstimateOptions {
   /** Output tokens assumed when the request sets no max (route `budget.defaultMaxOutputTokens`). */
   defaultMaxOutputTokens: number;
+  /** How OpenAI prompt text is counted (route `budget.tokenizer`): from its bytes (default) or with o200k. */
+  tokenizer?: 'bytes' | 'o200k';
   /** Body size when the body was not buffered (too large to replay): input is then guessed from it. */
   contentLength?: number;
   /** Request path; `/embeddings` means no output tokens. */
@@ -27,6 +29,18 @@ export interface EstimateOptions {
  * character) bytes keep the guess from undercounting. 3.5 is on the cautious side of Claude's ~3.5–4.
  */
 const BYTES_PER_TOKEN = 3.5;
+/**
+ * Bytes per token assumed for OpenAI prompt text when no tokenizer is loaded (the default: o200k's rank table costs
+ * ~45 MB of memory, most of an idle sidecar). Chosen as an upper bound, since the reservation is settled with the
+ * real usage anyway and an over-reservation only holds money a little longer. Measured against o200k on ~3,000
+ * files (prose, Markdown, code, JSON, YAML) and samples in other scripts: English prose and code run 3.7–4.1 bytes
+ * per token (this over-reserves ~1.9×), JSON ~3 (median; 1.7 at its 5th percentile), Chinese and Japanese 3.8–4.2,
+ * Cyrillic 7.5 — all counted high. Counted low (30 of the ~3,000 files: encoding tables, minified code): text made of
+ * random identifiers (base64 1.5, hex 1.8, UUIDs 1.6 bytes per token), rare CJK ideographs (1.4) and digits
+ * separated by spaces (1.0): at worst half the real count, which the settlement then charges in full (the overspend
+ * bound in the README).
+ */
+const OPENAI_BYTES_PER_TOKEN = 2;
 /** Role and separator tokens per chat message (OpenAI's cookbook counts 3–4). */
 const MESSAGE_OVERHEAD_TOKENS = 4;
 /** Tokens that prime the reply in a chat prompt. */
@@ -128,8 +142,8 @@ const COUNT_OPTIONS = { disallowedSpecial: new Set<string>() };
 let tokenizer: Tokenizer | null | undefined;
 
 /**
- * The o200k tokenizer (GPT-4o, 4.1, o-series, GPT-5), loaded on first use: loading takes ~200 ms and
- * ~75 MB, which a sidecar without OpenAI routes should not pay. null when it cannot be loaded (the
+ * The o200k tokenizer (GPT-4o, 4.1, o-series, GPT-5), loaded on first use, only for routes that ask for it
+ * (`budget.tokenizer: o200k`): loading takes ~0.4 s and ~45 MB of RSS. null when it cannot be loaded (the
  * byte heuristic is used instead). Older cl100k models (and text-embedding-3) are counted with o200k
  * too: within a few percent for English.
  */
@@ -144,12 +158,15 @@ const getTokenizer = (): Tokenizer | null => {
   return tokenizer;
 };
 
-/** Load the OpenAI tokenizer now (at startup, for routes with `provider: openai`) rather than on the first request. */
+/** Load the OpenAI tokenizer now (at startup, for routes with `budget.tokenizer: o200k`) rather than on the first request. */
 export const warmTokenizer = (): boolean => {
   const t = getTokenizer();
   t?.countTokens('warm up', COUNT_OPTIONS);
   return t !== null;
 };
+
+/** Whether the o200k tokenizer is in memory (loaded by a route with `budget.tokenizer: o200k`). */
+export const tokenizerLoaded = (): boolean => tokenizer !== undefined && tokenizer !== null;
 
 const heuristicTokens = (bytes: number): number => Math.ceil((bytes * 2) / (BYTES_PER_TOKEN * 2));
 
@@ -177,11 +194,16 @@ export const countOpenAITokens = (text: string): number => {
 const isEmbeddings = (model: string | undefined, path: string | undefined): boolean =>
   (model !== undefined && /embed/i.test(model)) || (path !== undefined && /\/embeddings(?:\?|$)/.test(path));
 
+/** Tokens of OpenAI prompt text: o200k when the route asks for it, else the upper bound ceil(UTF-8 bytes / 2). */
+const openAITextTokens = (text: string, tokenizer: EstimateOptions['tokenizer']): number =>
+  tokenizer === 'o200k' ? countOpenAITokens(text) : Math.ceil(Buffer.byteLength(text) / OPENAI_BYTES_PER_TOKEN);
+
 /**
  * Pre-call estimate of a request's tokens. Only prompt text is counted (message contents, system,
  * instructions, input, prompt, tool definitions), never the JSON punctuation around it. OpenAI text is
- * tokenized with o200k; other providers use ceil(UTF-8 bytes / 3.5). A body that is not JSON (or not
- * buffered: pass `contentLength`) is guessed from its size with the same heuristic.
+ * counted as ceil(UTF-8 bytes / 2), or tokenized with o200k when `opts.tokenizer` says so; other providers use
+ * ceil(UTF-8 bytes / 3.5). A body that is not JSON (or not buffered: pass `contentLength`) is guessed from its
+ * size with the 3.5 heuristic.
  */
 export const estimateRequest = (
   provider: RouteConfig['provider'],
@@ -196,7 +218,7 @@ export const estimateRequest = (
   const info = requestInfo(obj);
   const collected = collectRequest(obj);
   const text = collected.texts.join('\n');
-  const textTokens = provider === 'openai' ? countOpenAITokens(text) : heuristicTokens(Buffer.byteLength(text));
+  const textTokens = provider === 'openai' ? openAITextTokens(text, opts.tokenizer) : heuristicTokens(Buffer.byteLength(text));
   const choices = typeof obj.n === 'number' && Number.isSafeInteger(obj.n) && obj.n > 1 ? Math.min(obj.n, MAX_CHOICES) : 1;
   const estimate: RequestEstimate = {
     inputTokens: textTokens + collected.tokens,

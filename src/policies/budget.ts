@@ -86,6 +86,7 @@ const estimateCall = (route: RouteConfig, req: ProxyRequest): RequestEstimate | 
   const body = req.body.kind === 'buffered' ? req.body.bytes : undefined;
   return estimateRequest(route.provider, body, {
     defaultMaxOutputTokens: route.budget.defaultMaxOutputTokens,
+    tokenizer: route.budget.tokenizer,
     ...(req.body.kind === 'stream' && req.body.length !== undefined ? { contentLength: req.body.length } : {}),
     path: req.path,
   });

@@ -54,6 +54,14 @@ describe('config schema', () => {
     expect(problems({ routes: [{ ...route, faults: { enabled: true, headerControl: true } }] })).toEqual([]);
   });
 
+  it('estimates OpenAI prompts from bytes unless a route asks for o200k, which only an OpenAI route may', () => {
+    expect(parseConfig({ routes: [{ ...route, provider: 'openai' }] }, 'test', {}).routes[0]!.budget.tokenizer).toBe('bytes');
+    expect(problems({ routes: [{ ...route, provider: 'openai', budget: { tokenizer: 'o200k' } }] })).toEqual([]);
+    expect(problems({ routes: [{ ...route, provider: 'anthropic', budget: { tokenizer: 'o200k' } }] })).toEqual([
+      'routes[0] (name "r").budget.tokenizer: o200k counts OpenAI tokens, but this route\'s provider is "anthropic": remove it (other providers\' prompts are estimated from their bytes)',
+    ]);
+  });
+
   it('refuses an SLO action "degrade" with no fallback step to degrade to, and a degradeToStep past the last step', () => {
     const steps = [{ type: 'static', body: 'a' }, { type: 'static', body: 'b' }];
     expect(problems({ routes: [{ ...route, slo: { onBudgetExhausted: 'degrade' } }] })).toEqual([
