@@ -22,7 +22,7 @@ import { MemoryCounterStore, RedisCounterStore } from './slo/counter-store.js';
 import { SloEvaluator } from './slo/evaluator.js';
 import { applySloGauges, dropSloGauges, zeroSloEventSeries } from './slo/exports.js';
 import { SloRecorder } from './slo/recorder.js';
-import { RedisConnection } from './store/redis-connection.js';
+import type { RedisConnection } from './store/redis-connection.js';
 import { sloSpecsOf } from './slo/spec.js';
 import { handleConnect } from './http/connect.js';
 import { clientErrorAnswer, createProxyServer } from './http/proxy-server.js';
@@ -155,12 +155,15 @@ interface Stores {
   counterStore: MemoryCounterStore | RedisCounterStore;
 }
 
-/** The budget store and the SLO counter store: the same kind, so a fleet shares its error budgets as its caps. */
-const buildStores = (config: Config, deps: { store?: BudgetStore | undefined; now: () => number; logger: Logger; metrics: Metrics }): Stores => {
+/**
+ * The budget store and the SLO counter store: the same kind, so a fleet shares its error budgets as its caps. The
+ * Redis client (ioredis, ~6 MB of memory once loaded) is imported only for a Redis store.
+ */
+const buildStores = async (config: Config, deps: { store?: BudgetStore | undefined; now: () => number; logger: Logger; metrics: Metrics }): Promise<Stores> => {
   const { now, logger, metrics } = deps;
   const redis =
     config.store.kind === 'redis'
-      ? new RedisConnection({
+      ? new (await import('./store/redis-connection.js')).RedisConnection({
           url: config.store.url!,
           keyPrefix: config.store.keyPrefix,
           timeoutMs: config.store.timeoutMs,
@@ -354,7 +357,7 @@ export const buildApp = async (config: Config, deps: AppDeps = {}): Promise<Fuse
 
   // First of what can fail at start (an unreadable CA file): nothing is open yet that would need closing.
   const ca = await createPodCa(config, { baseDir, now, metrics, env, logger });
-  const { redis, store, counterStore } = buildStores(config, { store: deps.store, now, logger, metrics });
+  const { redis, store, counterStore } = await buildStores(config, { store: deps.store, now, logger, metrics });
   const { recorder, evaluator } = buildSlo(config, counterStore, { now, logger, metrics });
   // Only a route that asks for exact OpenAI counts carries the tokenizer (~45 MB); the others estimate from bytes.
   if (config.routes.some((r) => r.provider === 'openai' && r.budget.tokenizer === 'o200k')) warmTokenizer();
