@@ -6,7 +6,8 @@ import { ClientClosedError, DestinationNotAllowedError, NoRouteError, ProxyLoopE
 import { isLocalHost, normalizeHost, urlPort } from '../net/address.js';
 import type { BuiltRoute } from '../pipeline/build.js';
 import { Call } from '../pipeline/context.js';
-import type { CallMode } from '../pipeline/types.js';
+import type { CallMode, ProxyRequest } from '../pipeline/types.js';
+import { callChannels, type CallAnswerMessage, type CallErrorMessage, type CallStartMessage } from '../telemetry/channels.js';
 import type { LiveStats } from '../telemetry/live.js';
 import type { Metrics } from '../telemetry/metrics.js';
 import { toProxyError } from '../telemetry/observe.js';
@@ -116,14 +117,18 @@ export const handleProxyRequest = async (raw: ForwardRequest, res: ServerRespons
     if (!res.writableFinished) ctx.abort(new ClientClosedError('the client closed the connection'));
   };
   res.once('close', onClientGone);
+  const request: ProxyRequest = { method, path, headers, body: { kind: 'unread', source: raw } };
+  if (callChannels.start.hasSubscribers) callChannels.start.publish({ call: ctx, request } satisfies CallStartMessage);
   try {
-    const answer = await built.handler({ method, path, headers, body: { kind: 'unread', source: raw } }, ctx);
+    const answer = await built.handler(request, ctx);
+    if (callChannels.answer.hasSubscribers) callChannels.answer.publish({ call: ctx, response: answer } satisfies CallAnswerMessage);
     const extra: Record<string, string> = { 'x-request-id': requestId };
     if (ctx.fallbackStep !== undefined) extra['x-fusebox-fallback'] = ctx.fallbackStep;
     await sendResponse(res, answer, extra);
   } catch (caught) {
     // The observer (outermost layer) has counted and logged it and made it a ProxyError.
     const err = toProxyError(caught);
+    if (callChannels.error.hasSubscribers) callChannels.error.publish({ call: ctx, error: err } satisfies CallErrorMessage);
     // 413 with the body unread: close, or Node would read the rest of a huge upload to reuse the socket; a staged
     // close, so the agent reads the 413 rather than a reset.
     if (err.statusCode === 413) lingeringClose(raw, res);
