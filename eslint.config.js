@@ -15,6 +15,17 @@ export default tseslint.config(
     },
   },
   { files: ['bench/**', 'test/**'], rules: { 'no-console': 'off' } },
+  // An ESM value import of node:http loads Node's bundled undici (~1.5 MB of RSS): src/net/node-http.ts says why.
+  {
+    files: ['src/**'],
+    ignores: ['src/net/node-http.ts'],
+    rules: {
+      '@typescript-eslint/no-restricted-imports': [
+        'error',
+        { paths: [{ name: 'node:http', message: 'use `http` from src/net/node-http.ts (types: `import type`)', allowTypeImports: true }, { name: 'http', message: 'use `http` from src/net/node-http.ts (types: `import type`)', allowTypeImports: true }] },
+      ],
+    },
+  },
   // Agent scripts the tests run as child processes: plain Node ESM.
   { files: ['test/fixtures/**/*.mjs'], languageOptions: { globals: { process: 'readonly', fetch: 'readonly', console: 'readonly' } } },
 );

@@ -1,8 +1,9 @@
-import { STATUS_CODES, type ServerResponse } from 'node:http';
+import type { ServerResponse } from 'node:http';
 import type { Duplex } from 'node:stream';
 import type { FastifyReply } from 'fastify';
 import type { RouteConfig } from '../config/schema.js';
 import type { ProxyError } from '../errors.js';
+import { http } from '../net/node-http.js';
 import { providerErrorBody } from '../providers/errors.js';
 
 /*
@@ -22,7 +23,7 @@ export interface ErrorScope {
 /** Fusebox's own shape of an error answer. Details never carry secrets (they are built from config names). */
 export const errorBody = (err: ProxyError, scope: ErrorScope): Record<string, unknown> => ({
   statusCode: err.statusCode,
-  error: STATUS_CODES[err.statusCode] ?? 'Error',
+  error: http.STATUS_CODES[err.statusCode] ?? 'Error',
   code: err.code,
   message: err.message,
   ...(scope.route !== undefined ? { route: scope.route } : {}),
@@ -87,7 +88,7 @@ export const endWithError = (socket: Duplex, err: ProxyError): void => {
   const head = Object.entries(answer.headers)
     .map(([name, value]) => `${name}: ${value}\r\n`)
     .join('');
-  socket.end(`HTTP/1.1 ${answer.statusCode} ${STATUS_CODES[answer.statusCode] ?? 'Error'}\r\n${head}\r\n${answer.payload}`);
+  socket.end(`HTTP/1.1 ${answer.statusCode} ${http.STATUS_CODES[answer.statusCode] ?? 'Error'}\r\n${head}\r\n${answer.payload}`);
 };
 
 /** On a fastify reply: the admin API's errors and its unknown endpoints. */

@@ -1,4 +1,4 @@
-import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+import type { IncomingMessage, Server, ServerResponse } from 'node:http';
 import type { Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
 import { TLSSocket, type SecureContext } from 'node:tls';
@@ -7,6 +7,7 @@ import type { InterceptConfig } from '../config/schema.js';
 import { BadRequestError, MisdirectedRequestError, type ProxyError } from '../errors.js';
 import { bareHost, normalizeHost, type Authority } from '../net/address.js';
 import type { LiveStats } from '../telemetry/live.js';
+import { http } from '../net/node-http.js';
 import type { Metrics } from '../telemetry/metrics.js';
 import { FORWARD_TARGET, type ForwardRequest } from './proxy.js';
 import { sendError } from './error-answer.js';
@@ -67,7 +68,7 @@ export class Interceptor {
   constructor(private readonly deps: InterceptorDeps) {
     // As the proxy port (src/http/proxy-server.ts): streamed answers run for minutes, and an agent keeps its tunnel
     // (and its TLS session) between calls; Node's 5 s keep-alive default would make it reconnect and handshake again.
-    this.server = createServer({ maxHeaderSize: deps.maxHeaderBytes, noDelay: true, requestTimeout: 0, keepAliveTimeout: 72_000 }, (req, res) =>
+    this.server = http.createServer({ maxHeaderSize: deps.maxHeaderBytes, noDelay: true, requestTimeout: 0, keepAliveTimeout: 72_000 }, (req, res) =>
       this.onRequest(req, res),
     );
     this.server.on('clientError', (err: Error & { code?: string }, socket: Duplex) => {

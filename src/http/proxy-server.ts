@@ -1,8 +1,9 @@
-import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+import type { IncomingMessage, Server, ServerResponse } from 'node:http';
 import type { Duplex } from 'node:stream';
 import { BadRequestError, HeadersTooLargeError } from '../errors.js';
 import type { LiveStats } from '../telemetry/live.js';
 import type { Metrics } from '../telemetry/metrics.js';
+import { http } from '../net/node-http.js';
 import { endWithError, sendError } from './error-answer.js';
 import { FORWARD_TARGET, type ForwardRequest } from './proxy.js';
 
@@ -43,7 +44,7 @@ export const clientErrorAnswer =
  * for a web framework's router, hooks or reply to do here (fastify serves the admin API). Measured in bench/.
  */
 export const createProxyServer = (deps: ProxyServerDeps): Server => {
-  const server = createServer(
+  const server = http.createServer(
     {
       maxHeaderSize: deps.maxHeaderBytes,
       noDelay: true,
