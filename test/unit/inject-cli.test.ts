@@ -95,7 +95,7 @@ describe('fusebox inject (runInject)', () => {
     const sidecar = firstSidecar(stdout);
     expect(sidecar?.image).toBe('example.com/fusebox:dev');
     expect(sidecar?.envFrom).toEqual([{ secretRef: { name: 'keys', optional: true } }]);
-    expect(sidecar?.resources).toEqual({ requests: { cpu: '50m', memory: '100Mi' }, limits: { memory: '512Mi' } });
+    expect(sidecar?.resources).toEqual({ requests: { cpu: '50m', memory: '100Mi' }, limits: { memory: '384Mi' } });
     expect(sidecar?.lifecycle).toBeUndefined();
     const env = agentEnv(stdout);
     expect(env.NO_PROXY).toBe('localhost,127.0.0.1,::1,.svc,.cluster.local,.corp.local,a.example.com,b.example.com,10.0.0.0/8');

@@ -455,7 +455,7 @@ describe('inject behaviour', () => {
   it('writes the sidecar without a CPU limit or preStop hook when asked, and raises the grace period for a longer drain', () => {
     const { output } = inject(read('list.in.yaml'), { cpuLimit: '', preStopSeconds: 0, graceMs: 55_000 });
     const { spec } = podOf(named(output, 'triage-agent'));
-    expect(sidecarOf(named(output, 'triage-agent')).resources?.limits).toEqual({ memory: '512Mi' });
+    expect(sidecarOf(named(output, 'triage-agent')).resources?.limits).toEqual({ memory: '384Mi' });
     expect(sidecarOf(named(output, 'triage-agent')).lifecycle).toBeUndefined();
     expect(spec.terminationGracePeriodSeconds).toBe(60);
   });
