@@ -174,9 +174,7 @@ describe('estimateRequest for OpenAI with budget.tokenizer: o200k', () => {
     expect(countOpenAITokens(small)).toBe(o200k(small));
   });
 
-  it('estimates a 4 KiB prompt in well under 1 ms once warm, and a 1 MiB body in bounded time', () => {
-    // CPU time of this process, not wall time: on a shared 2-core machine a time slice taken by another process
-    // (the other test worker, a build) would otherwise count as ours.
+  it('estimates a 4 KiB prompt and a 1 MiB body with the tokenizer (CPU per estimate printed, not asserted: speed is for bench/)', () => {
     const cpuMsPerRun = (f: () => void, runs: number) => {
       const start = process.cpuUsage();
       for (let i = 0; i < runs; i++) f();
@@ -184,12 +182,14 @@ describe('estimateRequest for OpenAI with budget.tokenizer: o200k', () => {
       return (used.user + used.system) / 1000 / runs;
     };
     const small = body({ model: 'gpt-4o', messages: [{ role: 'user', content: prose(4096, 3) }] });
-    // Warm enough for the JIT: a mean, unlike the median it replaces, also counts the first slow runs.
     for (let i = 0; i < 200; i++) estimateRequest('openai', small, O200K);
-    expect(cpuMsPerRun(() => estimateRequest('openai', small, O200K), 50)).toBeLessThan(1);
+    const smallMs = cpuMsPerRun(() => estimateRequest('openai', small, O200K), 50);
     const big = body({ model: 'gpt-4o', messages: Array.from({ length: 64 }, (_, i) => ({ role: 'user', content: prose(16_384, i + 1) })) });
     expect(big.length).toBeGreaterThan(1024 * 1024);
-    expect(cpuMsPerRun(() => estimateRequest('openai', big, O200K), 5)).toBeLessThan(50);
+    const bigMs = cpuMsPerRun(() => estimateRequest('openai', big, O200K), 5);
+    // Past TOKENIZE_MAX_CHARS the rest is counted from bytes: the estimate still covers the whole prompt.
+    expect(estimateRequest('openai', big, O200K).inputTokens).toBeGreaterThan(o200k(prose(16_384, 1)) * 32);
+    console.log(`o200k estimate CPU: 4 KiB prompt ${smallMs.toFixed(3)} ms, 1 MiB body ${bigMs.toFixed(1)} ms`);
   });
 });
 
