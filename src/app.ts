@@ -137,6 +137,11 @@ export const createLogger = (level: Config['log']['level'], env: NodeJS.ProcessE
   return pino(options, dest);
 };
 
+/** Only a route that asks for exact OpenAI counts carries the tokenizer (~45 MB); the others estimate from bytes. */
+const warmTokenizerIfAsked = (config: Config): void => {
+  if (config.routes.some((r) => r.provider === 'openai' && r.budget.tokenizer === 'o200k')) warmTokenizer();
+};
+
 /** A CA close to its end is said at startup and once a day after, while there is time to replace it. */
 const watchCaExpiry = (ca: PodCa, warningDays: number, logger: Logger): void => {
   const check = () => {
@@ -359,8 +364,7 @@ export const buildApp = async (config: Config, deps: AppDeps = {}): Promise<Fuse
   const ca = await createPodCa(config, { baseDir, now, metrics, env, logger });
   const { redis, store, counterStore } = await buildStores(config, { store: deps.store, now, logger, metrics });
   const { recorder, evaluator } = buildSlo(config, counterStore, { now, logger, metrics });
-  // Only a route that asks for exact OpenAI counts carries the tokenizer (~45 MB); the others estimate from bytes.
-  if (config.routes.some((r) => r.provider === 'openai' && r.budget.tokenizer === 'o200k')) warmTokenizer();
+  warmTokenizerIfAsked(config);
 
   // The access line is built field by field from redacted values (no headers), so it skips pino's redaction
   // walk, the largest single cost of a proxied call in bench/ profiles; every other line keeps it.
@@ -496,7 +500,7 @@ export const buildApp = async (config: Config, deps: AppDeps = {}): Promise<Fuse
     evaluator.setRoutes(specs);
     zeroSloEventSeries(metrics.sloEvents, specs);
     dropStaleSeries(prev, made, removed);
-    if (next.routes.some((r) => r.provider === 'openai')) warmTokenizer();
+    warmTokenizerIfAsked(next);
     logger.level = next.log.level;
     describe(made);
     metrics.configReloads.labels('ok').inc();

@@ -3,6 +3,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { request } from 'undici';
 import { afterEach, describe, expect, it } from 'vitest';
+import { tokenizerLoaded } from '../../src/budget/estimate.js';
 import { ConfigError, loadConfigFile, parseConfig } from '../../src/config/load.js';
 import { metricValue, startFusebox, type RunningFusebox } from '../helpers/fusebox.js';
 import { json, startUpstream, type TestUpstream } from '../helpers/upstream.js';
@@ -131,6 +132,16 @@ describe('config reload', () => {
     const nothingKept = await get(`${fb.proxyUrl}/cached/flip`);
     expect(nothingKept.status).not.toBe(200);
     expect(nothingKept.headers['x-fusebox-fallback']).toBeUndefined();
+  });
+
+  it('loads the OpenAI tokenizer on a reload only when a route asks for it (budget.tokenizer: o200k)', async () => {
+    up = await startUpstream();
+    fb = await startFusebox({ routes: [route('r', up.url)] });
+    const openai = (extra: Record<string, unknown> = {}) => route('llm', up!.url, { provider: 'openai', ...extra });
+    expect(fb.app.reload(configOf([route('r', up.url), openai()]))).toMatchObject({ result: 'ok', added: ['llm'] });
+    expect(tokenizerLoaded()).toBe(false);
+    expect(fb.app.reload(configOf([route('r', up.url), openai({ budget: { tokenizer: 'o200k' } })]))).toMatchObject({ result: 'ok' });
+    expect(tokenizerLoaded()).toBe(true);
   });
 
   it('keeps the old config serving when the new one is invalid, and logs every problem', async () => {
