@@ -53,7 +53,7 @@ const REQUEST_ID = /^[A-Za-z0-9._:-]{1,128}$/;
  * (absolute-form, matched by host and port) or inside an intercepted tunnel. It refuses what no route allows, turns
  * the socket into a call (context, headers, the agent going away), runs the route's pipeline (src/pipeline/build.ts:
  * every policy, the metrics and the access line are layers there) and writes the answer or the error. It writes the
- * answer itself (the fastify reply is hijacked) because the response must stream with backpressure past observers.
+ * answer itself because the response must stream with backpressure past the layers' body observers.
  */
 export const handleProxyRequest = async (raw: ForwardRequest, res: ServerResponse, deps: ProxyDeps): Promise<void> => {
   const incomingId = raw.headers['x-request-id'];
@@ -83,7 +83,10 @@ export const handleProxyRequest = async (raw: ForwardRequest, res: ServerRespons
   let path: string;
   if (forward !== undefined) {
     const port = urlPort(forward);
-    const host = normalizeHost(forward.hostname) ?? forward.hostname;
+    // WHATWG parsing already lower-cased the name and spelled IPv4 out (127.1 → 127.0.0.1); only an IPv6 literal
+    // (an IPv4-mapped one reaches the IPv4 address) or a trailing dot needs the rest of the normalization.
+    const h = forward.hostname;
+    const host = h.startsWith('[') || h.endsWith('.') ? (normalizeHost(h) ?? h) : h;
     if (isLocalHost(host) && deps.state.ownPorts.has(port)) {
       return refuse(new ProxyLoopError(`refusing to proxy to Fusebox's own port ${port}`));
     }
