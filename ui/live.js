@@ -265,6 +265,10 @@ const render = (doc) => {
 
 let timer;
 let polling = false;
+/** A poll was asked for (the tab shown again, an admin call answered) while one was in flight: run it right after. */
+let again = false;
+/** Polls finished, shown as <html data-polls>: what a test waits on instead of time. */
+let polls = 0;
 
 const setConnection = (text) => {
   $('connection').textContent = text;
@@ -273,7 +277,10 @@ const setConnection = (text) => {
 
 const poll = async () => {
   clearTimeout(timer);
-  if (polling) return;
+  if (polling) {
+    again = true;
+    return;
+  }
   polling = true;
   try {
     const res = await fetch('/admin/status', { cache: 'no-store' });
@@ -285,7 +292,12 @@ const poll = async () => {
   } finally {
     polling = false;
     // A hidden tab stops polling; visibilitychange starts it again.
-    if (!document.hidden) timer = setTimeout(poll, POLL_MS);
+    if (document.hidden) again = false;
+    else if (again) {
+      again = false;
+      void poll();
+    } else timer = setTimeout(poll, POLL_MS);
+    document.documentElement.dataset.polls = String(++polls);
   }
 };
 

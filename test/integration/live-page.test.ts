@@ -138,6 +138,34 @@ describe('the live page on the admin port, in headless Chromium', () => {
       expect(await calls.textContent(), 'nothing polls while the page clock stands still').toBe('0');
       await paused.clock.runFor(1_000);
       await expect.poll(() => calls.textContent(), { timeout: WAIT_MS }).toBe('3');
+
+      // A hidden tab stops polling, and polls at once when shown again. Headless tabs are never hidden: the test
+      // tells the page as the browser would (the property and the event), and counts its fetches as they start.
+      await paused.evaluate(() => {
+        const g = globalThis as unknown as { fetch: typeof fetch; fetches: number };
+        const real = g.fetch;
+        g.fetches = 0;
+        g.fetch = (...args) => (g.fetches++, real(...args));
+      });
+      const fetches = () => paused.evaluate(() => (globalThis as unknown as { fetches: number }).fetches);
+      const finished = async () => Number(await paused.locator('html').getAttribute('data-polls'));
+      const setHidden = (hidden: boolean) =>
+        paused.evaluate((h) => {
+          const doc = (globalThis as unknown as { document: EventTarget }).document;
+          Object.defineProperty(doc, 'hidden', { value: h, configurable: true });
+          doc.dispatchEvent(new Event('visibilitychange'));
+        }, hidden);
+      const before = await finished();
+      await setHidden(true);
+      // The poll already scheduled still runs; none after it.
+      await paused.clock.runFor(1_000);
+      expect(await fetches()).toBe(1);
+      await expect.poll(finished, { timeout: WAIT_MS }).toBe(before + 1);
+      await paused.clock.runFor(60_000);
+      expect(await fetches(), 'no poll while hidden').toBe(1);
+      await setHidden(false);
+      expect(await fetches(), 'a poll as soon as the tab is shown').toBe(2);
+      await expect.poll(finished, { timeout: WAIT_MS }).toBe(before + 2);
     } finally {
       await paused.close();
     }
