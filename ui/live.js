@@ -142,7 +142,7 @@ const renderBreakers = (doc) => {
       h(
         'li',
         { class: 'tile', 'data-route': b.route, 'data-breaker': b.key },
-        h('h3', {}, b.key === b.route ? b.key : `${b.key}`, h('span', { class: 'sub' }, ` route ${b.route}`)),
+        h('h3', {}, b.key, b.key === b.route ? null : h('span', { class: 'sub' }, ` route ${b.route}`)),
         h('p', { class: 'state' }),
         h('p', { class: 'detail' }),
         h('div', { class: 'buttons' }, breakerAction('open', b), breakerAction('close', b), breakerAction('reset', b)),
