@@ -3,7 +3,7 @@
 // names, refusal messages and config values come from outside.
 'use strict';
 
-/** Poll period, ms: traffic shows within two polls' worth (the README promises 2 s). */
+/** Poll period, ms: a call shows at the next poll, within a second plus the read (the README promises 2 s). */
 const POLL_MS = 1000;
 /** sessionStorage key: the token lives as long as the tab, never in localStorage or a cookie. */
 const TOKEN_KEY = 'fusebox-admin-token';
