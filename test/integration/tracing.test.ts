@@ -1,0 +1,230 @@
+import { request } from 'undici';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { metricValue, startFusebox } from '../helpers/fusebox.js';
+import { PRICES, startLlmUpstream, type LlmUpstream } from '../helpers/llm.js';
+import { json, startUpstream } from '../helpers/upstream.js';
+
+/** OTLP/JSON as the collector receives it (https://opentelemetry.io/docs/specs/otlp/#json-protobuf-encoding). */
+interface OtlpValue {
+  stringValue?: string;
+  intValue?: number | string;
+  doubleValue?: number;
+  boolValue?: boolean;
+}
+interface OtlpAttribute {
+  key: string;
+  value: OtlpValue;
+}
+interface OtlpSpan {
+  traceId: string;
+  spanId: string;
+  parentSpanId?: string;
+  name: string;
+  kind: number;
+  attributes: OtlpAttribute[];
+  events?: Array<{ name: string; attributes: OtlpAttribute[] }>;
+  status?: { code?: number; message?: string };
+  startTimeUnixNano: string | number;
+}
+interface OtlpExport {
+  resourceSpans: Array<{ resource: { attributes: OtlpAttribute[] }; scopeSpans: Array<{ spans: OtlpSpan[] }> }>;
+}
+
+const SPAN_KIND = { server: 2, client: 3 };
+const STATUS_ERROR = 2;
+
+const valueOf = (v: OtlpValue): unknown =>
+  v.stringValue ?? (v.intValue !== undefined ? Number(v.intValue) : undefined) ?? v.doubleValue ?? v.boolValue;
+const attrs = (list: OtlpAttribute[] | undefined): Record<string, unknown> => Object.fromEntries((list ?? []).map((a) => [a.key, valueOf(a.value)]));
+
+/** A loopback OTLP/HTTP receiver: it decodes each JSON export and keeps its spans and resource attributes. */
+const startCollector = async () => {
+  const server = await startUpstream();
+  const exports: OtlpExport[] = [];
+  server.on('/v1/traces', (req, res, body) => {
+    expect(req.headers['content-type']).toBe('application/json');
+    exports.push(JSON.parse(body.toString('utf8')) as OtlpExport);
+    json(res, 200, {});
+  });
+  const spans = () => exports.flatMap((e) => e.resourceSpans.flatMap((r) => r.scopeSpans.flatMap((s) => s.spans)));
+  const resources = () => exports.flatMap((e) => e.resourceSpans.map((r) => attrs(r.resource.attributes)));
+  return Object.assign(server, { spans, resources, requests: () => server.count('/v1/traces') });
+};
+
+/** The environment without any OTEL_ variable of the machine the tests run on. */
+const baseEnv = (): NodeJS.ProcessEnv => Object.fromEntries(Object.entries(process.env).filter(([k]) => !k.startsWith('OTEL_')));
+
+const AGENT_TRACE_ID = '4bf92f3577b34da6a3ce929d0e0e4736';
+const AGENT_SPAN_ID = '00f067aa0ba902b7';
+const AGENT_TRACEPARENT = `00-${AGENT_TRACE_ID}-${AGENT_SPAN_ID}-01`;
+
+const llmRoute = (up: LlmUpstream) => ({
+  name: 'llm',
+  provider: 'openai',
+  match: { pathPrefix: '/llm' },
+  upstream: { url: up.url },
+  credential: { env: 'FB_TRACING_KEY' },
+  retry: { maxRetries: 1, baseMs: 10 },
+  budget: { prices: PRICES },
+  fallback: [{ type: 'upstream', name: 'healthy', url: up.url, model: 'test-model', credential: { env: 'FB_TRACING_KEY' } }],
+});
+
+/** `broken-model` always answers 503: two attempts on the primary, then the `healthy` step answers with test-model. */
+const callBrokenModel = async (proxyUrl: string, headers: Record<string, string> = {}) => {
+  const res = await request(`${proxyUrl}/llm/v1/chat/completions`, {
+    method: 'POST',
+    headers: { 'content-type': 'application/json', authorization: 'Bearer agent-secret-key', ...headers },
+    body: JSON.stringify({ model: 'broken-model', messages: [{ role: 'user', content: 'hi' }] }),
+  });
+  const body = (await res.body.json()) as { model: string };
+  return { status: res.statusCode, fallback: res.headers['x-fusebox-fallback'], model: body.model };
+};
+
+describe('tracing: OpenTelemetry spans over OTLP/HTTP', () => {
+  let up: LlmUpstream;
+  let collector: Awaited<ReturnType<typeof startCollector>>;
+
+  beforeAll(async () => {
+    up = await startLlmUpstream();
+    collector = await startCollector();
+  });
+  afterAll(async () => {
+    await up?.close();
+    await collector?.close();
+  });
+
+  it('exports one span per call, a child per fallback hop and per attempt, with the retry, budget and GenAI facts, and sends each attempt its own traceparent', async () => {
+    const fb = await startFusebox(
+      { routes: [llmRoute(up)] },
+      {
+        env: {
+          ...baseEnv(),
+          FB_TRACING_KEY: 'upstream-secret-key',
+          OTEL_EXPORTER_OTLP_TRACES_ENDPOINT: `${collector.url}/v1/traces`,
+          OTEL_EXPORTER_OTLP_PROTOCOL: 'http/json',
+          OTEL_SERVICE_NAME: 'fusebox-test',
+          OTEL_RESOURCE_ATTRIBUTES: 'deployment.environment.name=test,k8s.pod.name=agent-0',
+        },
+        // Full jitter at half the ceiling: the first retry waits floor(0.5 × 10) = 5 ms.
+        random: () => 0.5,
+      },
+    );
+    const seenBefore = up.seen.length;
+    const answer = await callBrokenModel(fb.proxyUrl, { traceparent: AGENT_TRACEPARENT, tracestate: 'agent=1' });
+    expect(answer).toEqual({ status: 200, fallback: 'healthy', model: 'test-model' });
+    await fb.waitForLog((l) => l.msg === 'request' && l.route === 'llm');
+    // Every span of the call has ended; shutdown exports what the batch processor still holds, and resolves after.
+    await fb.stop();
+
+    const spans = collector.spans();
+    expect(spans).toHaveLength(6);
+    expect(new Set(spans.map((s) => s.traceId))).toEqual(new Set([AGENT_TRACE_ID]));
+    const children = (parent: OtlpSpan) =>
+      spans.filter((s) => s.parentSpanId === parent.spanId).sort((a, b) => Number(BigInt(a.startTimeUnixNano) - BigInt(b.startTimeUnixNano)));
+
+    // The call: a child of the agent's span, named by the GenAI convention after the model asked for.
+    const call = spans.find((s) => s.parentSpanId === AGENT_SPAN_ID)!;
+    expect(call).toMatchObject({ name: 'chat broken-model', kind: SPAN_KIND.server });
+    expect(call.status?.code ?? 0).not.toBe(STATUS_ERROR);
+    expect(attrs(call.attributes)).toMatchObject({
+      'http.request.method': 'POST',
+      'url.path': '/v1/chat/completions',
+      'http.response.status_code': 200,
+      'fusebox.route': 'llm',
+      'fusebox.attempts': 3,
+      'fusebox.fallback.step': 'healthy',
+      'gen_ai.operation.name': 'chat',
+      'gen_ai.provider.name': 'openai',
+      'gen_ai.system': 'openai',
+      'gen_ai.request.model': 'broken-model',
+      'gen_ai.response.model': 'test-model',
+      // USAGE: 1000 prompt tokens (200 of them cached), 500 completion; 800 × 2 + 200 × 1 + 500 × 8 µUSD.
+      'gen_ai.usage.input_tokens': 1000,
+      'gen_ai.usage.cache_read.input_tokens': 200,
+      'gen_ai.usage.output_tokens': 500,
+      'fusebox.cost_usd': 0.0058,
+    });
+    expect(call.events?.map((e) => e.name)).toEqual(['budget.reserved', 'fallback.hop']);
+    expect(attrs(call.events![1]!.attributes)).toEqual({ 'fusebox.fallback.step': 'healthy' });
+
+    // Its hops: the primary, then the fallback step.
+    const [primary, healthy, ...noMoreHops] = children(call);
+    expect(noMoreHops).toEqual([]);
+    expect(primary).toMatchObject({ name: 'hop primary', status: { code: STATUS_ERROR, message: '503' } });
+    expect(healthy!.name).toBe('hop healthy');
+    expect(attrs(healthy!.attributes)).toMatchObject({ 'fusebox.fallback.step': 'healthy', 'http.response.status_code': 200 });
+    expect(primary!.events!.map((e) => [e.name, attrs(e.attributes)])).toEqual([
+      ['retry', { 'fusebox.attempt': 1, 'fusebox.delay_ms': 5, 'fusebox.reason': 'status_5xx', 'http.response.status_code': 503 }],
+      ['retry.stopped', { 'fusebox.attempt': 2, 'fusebox.reason': 'status_5xx', 'fusebox.outcome': 'limit_reached', 'http.response.status_code': 503 }],
+    ]);
+
+    // Two attempts on the primary hop, one on the step: CLIENT spans with the HTTP client convention.
+    const primaryAttempts = children(primary!);
+    const healthyAttempts = children(healthy!);
+    expect(primaryAttempts).toHaveLength(2);
+    expect(healthyAttempts).toHaveLength(1);
+    for (const attempt of primaryAttempts) {
+      expect(attempt).toMatchObject({ name: 'POST llm', kind: SPAN_KIND.client, status: { code: STATUS_ERROR, message: '503' } });
+      expect(attrs(attempt.attributes)).toMatchObject({ 'http.response.status_code': 503, 'gen_ai.request.model': 'broken-model', 'error.type': '503' });
+    }
+    expect(healthyAttempts[0]!).toMatchObject({ name: 'POST llm/healthy', kind: SPAN_KIND.client });
+    expect(attrs(healthyAttempts[0]!.attributes)).toMatchObject({
+      'http.request.method': 'POST',
+      'url.full': `${up.url}/v1/chat/completions`,
+      'server.address': '127.0.0.1',
+      'server.port': up.port,
+      'http.response.status_code': 200,
+      'gen_ai.request.model': 'test-model',
+      'fusebox.attempt': 3,
+    });
+
+    // Each attempt reached the upstream as the parent of whatever it does: the agent's span id is not sent on.
+    const sent = up.seen.slice(seenBefore);
+    expect(sent.map((s) => s.headers.traceparent)).toEqual([...primaryAttempts, ...healthyAttempts].map((a) => `00-${AGENT_TRACE_ID}-${a.spanId}-01`));
+    expect(sent.map((s) => s.headers.tracestate)).toEqual(['agent=1', 'agent=1', 'agent=1']);
+
+    // The resource the variables describe; no credential anywhere in what was exported.
+    expect(collector.resources()[0]).toMatchObject({ 'service.name': 'fusebox-test', 'deployment.environment.name': 'test', 'k8s.pod.name': 'agent-0' });
+    const exported = JSON.stringify(spans);
+    expect(exported).not.toContain('agent-secret-key');
+    expect(exported).not.toContain('upstream-secret-key');
+    expect(metricValue(await fb.app.metrics.registry.metrics(), 'fusebox_trace_spans_exported_total', { result: 'ok' })).toBe(6);
+  });
+
+  it('is off by default and when OTEL_SDK_DISABLED=true: nothing is exported, no traceparent is added, the agent’s passes through untouched', async () => {
+    const exportsBefore = collector.requests();
+    const fb = await startFusebox(
+      { routes: [llmRoute(up)] },
+      {
+        env: {
+          ...baseEnv(),
+          FB_TRACING_KEY: 'upstream-secret-key',
+          OTEL_SDK_DISABLED: 'true',
+          OTEL_EXPORTER_OTLP_TRACES_ENDPOINT: `${collector.url}/v1/traces`,
+        },
+      },
+    );
+    const seenBefore = up.seen.length;
+    expect(await callBrokenModel(fb.proxyUrl)).toMatchObject({ status: 200, fallback: 'healthy' });
+    expect(await callBrokenModel(fb.proxyUrl, { traceparent: AGENT_TRACEPARENT })).toMatchObject({ status: 200 });
+    await fb.waitForLog((l) => l.msg === 'tracing off' && l.why === 'OTEL_SDK_DISABLED=true');
+    await fb.stop();
+    const sent = up.seen.slice(seenBefore).map((s) => s.headers.traceparent);
+    expect(sent).toEqual([undefined, undefined, undefined, AGENT_TRACEPARENT, AGENT_TRACEPARENT, AGENT_TRACEPARENT]);
+    // Shutdown would have flushed the spans of a tracing sidecar before resolving.
+    expect(collector.requests()).toBe(exportsBefore);
+    expect(await fb.app.metrics.registry.metrics()).not.toContain('fusebox_trace_spans_exported_total{');
+
+    const quiet = await startFusebox({ routes: [llmRoute(up)] }, { env: { ...baseEnv(), FB_TRACING_KEY: 'k' } });
+    await quiet.stop();
+    expect(quiet.logs.some((l) => typeof l.msg === 'string' && l.msg.startsWith('tracing'))).toBe(false);
+  });
+
+  it('refuses to start when the variables ask for tracing it cannot do, naming each one', async () => {
+    const start = startFusebox(
+      { routes: [llmRoute(up)] },
+      { env: { ...baseEnv(), OTEL_TRACES_EXPORTER: 'otlp', OTEL_EXPORTER_OTLP_PROTOCOL: 'grpc', OTEL_TRACES_SAMPLER: 'traceidratio', OTEL_TRACES_SAMPLER_ARG: '2' } },
+    );
+    await expect(start).rejects.toThrow(/OTEL_EXPORTER_OTLP_PROTOCOL=grpc is not supported[\s\S]*OTEL_TRACES_SAMPLER_ARG: "2" is not a ratio/);
+  });
+});
