@@ -156,6 +156,8 @@ export type TraceAttributes = Record<string, string | number | boolean | undefin
  * is the whole cost then.
  */
 export interface CallTrace {
+  /** The trace the call's span belongs to (the agent's, when it sent a `traceparent`): the access line carries it. */
+  readonly traceId: string;
   /** An event on the innermost open span: the current fallback hop, else the call. */
   event(name: string, attributes: TraceAttributes): void;
 }

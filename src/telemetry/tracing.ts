@@ -86,6 +86,10 @@ class CallSpans implements CallTrace {
     this.context = trace.setSpan(ROOT_CONTEXT, span);
   }
 
+  get traceId(): string {
+    return this.span.spanContext().traceId;
+  }
+
   event(name: string, attributes: TraceAttributes): void {
     (this.hopSpan ?? this.span).addEvent(name, defined(attributes));
   }
@@ -210,11 +214,13 @@ const makeExporter = async (settings: TracingSettings): Promise<SpanExporter> =>
  */
 export const startTracing = async (settings: TracingSettings, deps: { metrics: Metrics; logger: Logger }): Promise<Tracing> => {
   const { metrics, logger } = deps;
-  // The SDK's own complaints (a dropped batch, a bad header variable) reach the log instead of nowhere.
+  // The SDK's own complaints (a dropped batch, a bad header variable) reach the log instead of nowhere. Only the
+  // messages of errors passed along: other arguments may be a request's options, headers (and a key) included.
+  const errorsOf = (args: unknown[]) => args.flatMap((a) => (a instanceof Error ? [a.message] : []));
   diag.setLogger(
     {
-      error: (message, ...args) => logger.error({ args }, `opentelemetry: ${message}`),
-      warn: (message, ...args) => logger.warn({ args }, `opentelemetry: ${message}`),
+      error: (message, ...args) => logger.error({ errors: errorsOf(args) }, `opentelemetry: ${message}`),
+      warn: (message, ...args) => logger.warn({ errors: errorsOf(args) }, `opentelemetry: ${message}`),
       info: () => {},
       debug: () => {},
       verbose: () => {},

@@ -112,7 +112,8 @@ describe('tracing: OpenTelemetry spans over OTLP/HTTP', () => {
     const seenBefore = up.seen.length;
     const answer = await callBrokenModel(fb.proxyUrl, { traceparent: AGENT_TRACEPARENT, tracestate: 'agent=1' });
     expect(answer).toEqual({ status: 200, fallback: 'healthy', model: 'test-model' });
-    await fb.waitForLog((l) => l.msg === 'request' && l.route === 'llm');
+    const line = await fb.waitForLog((l) => l.msg === 'request' && l.route === 'llm');
+    expect(line).toMatchObject({ traceparent: AGENT_TRACEPARENT, traceId: AGENT_TRACE_ID });
     // Every span of the call has ended; shutdown exports what the batch processor still holds, and resolves after.
     await fb.stop();
 
@@ -189,6 +190,61 @@ describe('tracing: OpenTelemetry spans over OTLP/HTTP', () => {
     expect(exported).not.toContain('agent-secret-key');
     expect(exported).not.toContain('upstream-secret-key');
     expect(metricValue(await fb.app.metrics.registry.metrics(), 'fusebox_trace_spans_exported_total', { result: 'ok' })).toBe(6);
+  });
+
+  it('records refusals as failed spans with the decision as an event: a budget cap, a breaker that opened, then refused', async () => {
+    const collected = collector.spans().length;
+    const fb = await startFusebox(
+      {
+        routes: [
+          { ...llmRoute(up), name: 'capped', match: { pathPrefix: '/capped' }, fallback: [], budget: { prices: PRICES, maxRequestUsd: 0.000001 } },
+          {
+            ...llmRoute(up),
+            name: 'fragile',
+            match: { pathPrefix: '/fragile' },
+            fallback: [],
+            retry: { enabled: false },
+            breaker: { consecutiveFailures: 1, resetMs: 600_000, resetJitterPercent: 0 },
+          },
+        ],
+      },
+      { env: { ...baseEnv(), FB_TRACING_KEY: 'k', OTEL_EXPORTER_OTLP_TRACES_ENDPOINT: `${collector.url}/v1/traces`, OTEL_EXPORTER_OTLP_PROTOCOL: 'http/json' } },
+    );
+    const call = async (prefix: string, requestId: string) => {
+      const res = await request(`${fb.proxyUrl}${prefix}/v1/chat/completions`, {
+        method: 'POST',
+        headers: { 'content-type': 'application/json', 'x-request-id': requestId },
+        body: JSON.stringify({ model: 'broken-model', messages: [{ role: 'user', content: 'hi' }] }),
+      });
+      await res.body.dump();
+      return [res.statusCode, res.headers['x-fusebox-error']];
+    };
+    expect(await call('/capped', 'capped-1')).toEqual([402, 'BUDGET_EXCEEDED']);
+    expect(await call('/fragile', 'fragile-1')).toEqual([503, undefined]);
+    expect(await call('/fragile', 'fragile-2')).toEqual([503, 'CIRCUIT_OPEN']);
+    await fb.waitForLog((l) => l.msg === 'request' && l.requestId === 'fragile-2');
+    await fb.stop();
+
+    const spans = collector.spans().slice(collected);
+    const callSpan = (requestId: string) => spans.find((s) => attrs(s.attributes)['fusebox.request_id'] === requestId)!;
+    const eventsOf = (span: OtlpSpan) => (span.events ?? []).map((e) => [e.name, attrs(e.attributes)]);
+    const childrenOf = (span: OtlpSpan) => spans.filter((s) => s.parentSpanId === span.spanId);
+
+    const capped = callSpan('capped-1');
+    expect(capped.status).toMatchObject({ code: STATUS_ERROR, message: 'BUDGET_EXCEEDED' });
+    expect(attrs(capped.attributes)).toMatchObject({ 'error.type': 'BUDGET_EXCEEDED', 'fusebox.attempts': 0 });
+    expect(eventsOf(capped)).toEqual([['budget.refused', { 'error.type': 'BUDGET_EXCEEDED', 'fusebox.budget.scope': 'request', 'fusebox.budget.reason': 'BUDGET_EXCEEDED' }]]);
+    expect(childrenOf(capped)).toEqual([]);
+
+    const opened = callSpan('fragile-1');
+    expect(opened.status).toMatchObject({ code: STATUS_ERROR, message: '503' });
+    expect(eventsOf(opened).map(([name]) => name)).toEqual(['budget.reserved', 'breaker.opened']);
+    expect(childrenOf(opened).map((s) => s.name)).toEqual(['POST fragile']);
+
+    const refused = callSpan('fragile-2');
+    expect(refused.status).toMatchObject({ code: STATUS_ERROR, message: 'CIRCUIT_OPEN' });
+    expect(eventsOf(refused)[1]).toEqual(['breaker.rejected', { 'fusebox.breaker': 'fragile', 'fusebox.breaker.state': 'open', 'fusebox.retry_after_ms': expect.any(Number) }]);
+    expect(childrenOf(refused)).toEqual([]);
   });
 
   it('is off by default and when OTEL_SDK_DISABLED=true: nothing is exported, no traceparent is added, the agent’s passes through untouched', async () => {
