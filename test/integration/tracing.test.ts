@@ -37,18 +37,26 @@ const valueOf = (v: OtlpValue): unknown =>
   v.stringValue ?? (v.intValue !== undefined ? Number(v.intValue) : undefined) ?? v.doubleValue ?? v.boolValue;
 const attrs = (list: OtlpAttribute[] | undefined): Record<string, unknown> => Object.fromEntries((list ?? []).map((a) => [a.key, valueOf(a.value)]));
 
-/** A loopback OTLP/HTTP receiver: it decodes each JSON export and keeps its spans and resource attributes. */
+/**
+ * A loopback OTLP/HTTP receiver: it decodes each JSON export and keeps its spans and resource attributes. Protobuf
+ * exports are kept as bytes: the SDK's transformer serializes them but does not export a decoder.
+ */
 const startCollector = async () => {
   const server = await startUpstream();
   const exports: OtlpExport[] = [];
+  const protobuf: Buffer[] = [];
   server.on('/v1/traces', (req, res, body) => {
-    expect(req.headers['content-type']).toBe('application/json');
-    exports.push(JSON.parse(body.toString('utf8')) as OtlpExport);
-    json(res, 200, {});
+    if (req.headers['content-type'] === 'application/x-protobuf') protobuf.push(body);
+    else exports.push(JSON.parse(body.toString('utf8')) as OtlpExport);
+    // An empty ExportTraceServiceResponse: full success, in either encoding.
+    if (req.headers['content-type'] === 'application/x-protobuf') {
+      res.writeHead(200, { 'content-type': 'application/x-protobuf' });
+      res.end();
+    } else json(res, 200, {});
   });
   const spans = () => exports.flatMap((e) => e.resourceSpans.flatMap((r) => r.scopeSpans.flatMap((s) => s.spans)));
   const resources = () => exports.flatMap((e) => e.resourceSpans.map((r) => attrs(r.resource.attributes)));
-  return Object.assign(server, { spans, resources, requests: () => server.count('/v1/traces') });
+  return Object.assign(server, { spans, resources, protobuf, requests: () => server.count('/v1/traces') });
 };
 
 /** The environment without any OTEL_ variable of the machine the tests run on. */
@@ -245,6 +253,28 @@ describe('tracing: OpenTelemetry spans over OTLP/HTTP', () => {
     expect(refused.status).toMatchObject({ code: STATUS_ERROR, message: 'CIRCUIT_OPEN' });
     expect(eventsOf(refused)[1]).toEqual(['breaker.rejected', { 'fusebox.breaker': 'fragile', 'fusebox.breaker.state': 'open', 'fusebox.retry_after_ms': expect.any(Number) }]);
     expect(childrenOf(refused)).toEqual([]);
+  });
+
+  it('exports protobuf by default (OTEL_EXPORTER_OTLP_PROTOCOL unset), the spec’s default encoding', async () => {
+    const fb = await startFusebox(
+      { routes: [{ ...llmRoute(up), fallback: [] }] },
+      { env: { ...baseEnv(), FB_TRACING_KEY: 'k', OTEL_EXPORTER_OTLP_ENDPOINT: collector.url, OTEL_SERVICE_NAME: 'fusebox-proto' } },
+    );
+    const res = await request(`${fb.proxyUrl}/llm/v1/chat/completions`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json', traceparent: AGENT_TRACEPARENT },
+      body: JSON.stringify({ model: 'test-model', messages: [{ role: 'user', content: 'hi' }] }),
+    });
+    expect(res.statusCode).toBe(200);
+    await res.body.dump();
+    await fb.waitForLog((l) => l.msg === 'request' && l.route === 'llm');
+    await fb.stop();
+    // The call and its one attempt, protobuf-encoded: the trace id as 16 raw bytes, the names as strings.
+    expect(collector.protobuf.length).toBeGreaterThan(0);
+    const body = Buffer.concat(collector.protobuf);
+    expect(body.includes(Buffer.from(AGENT_TRACE_ID, 'hex'))).toBe(true);
+    for (const text of ['fusebox-proto', 'chat test-model', 'POST llm', 'gen_ai.usage.output_tokens']) expect(body.includes(Buffer.from(text))).toBe(true);
+    expect(metricValue(await fb.app.metrics.registry.metrics(), 'fusebox_trace_spans_exported_total', { result: 'ok' })).toBe(2);
   });
 
   it('is off by default and when OTEL_SDK_DISABLED=true: nothing is exported, no traceparent is added, the agent’s passes through untouched', async () => {
