@@ -66,13 +66,18 @@ export const fusebox = (
   name: string,
   config: (upstreamUrl: string) => RawConfig,
   unavailable?: () => string | undefined,
-  extraEnv: Record<string, string> = {},
+  extraEnv: Record<string, string> | ((upstreamUrl: string) => Record<string, string>) = {},
   via: Target['via'] = 'base-url',
 ): Target => ({
   name,
   role: 'fusebox',
   script: 'fusebox.ts',
-  env: (up) => ({ BENCH_CONFIG: JSON.stringify(config(up)), BENCH_FUSEBOX_DIST: join(REPO_ROOT, 'dist'), NODE_OPTIONS: PRODUCTION_NODE_OPTIONS, ...extraEnv }),
+  env: (up) => ({
+    BENCH_CONFIG: JSON.stringify(config(up)),
+    BENCH_FUSEBOX_DIST: join(REPO_ROOT, 'dist'),
+    NODE_OPTIONS: PRODUCTION_NODE_OPTIONS,
+    ...(typeof extraEnv === 'function' ? extraEnv(up) : extraEnv),
+  }),
   ...(unavailable !== undefined ? { unavailable } : {}),
   via,
 });
@@ -118,6 +123,10 @@ const redisUnavailable = (): string | undefined => {
  */
 export const TARGETS: Target[] = [
   fusebox('fusebox', (up) => fuseboxConfig(up)),
+  // The same with tracing on as a deployment turns it on: every call sampled, two spans each (the call and its one
+  // attempt; this route has no fallback hops), batched and exported over OTLP/HTTP (protobuf, the default) to the
+  // bench upstream, which answers 200 to any POST and discards it. What tracing costs is this row against the one above.
+  fusebox('fusebox+tracing', (up) => fuseboxConfig(up), undefined, (up) => ({ OTEL_EXPORTER_OTLP_TRACES_ENDPOINT: `${up}/v1/traces` })),
   fusebox(INTERCEPT_BASELINE, capsMemory),
   // The same Fusebox, reached as an agent with only HTTPS_PROXY set reaches it: CONNECT + TLS interception (issue 10).
   fusebox(INTERCEPTED, capsMemory, undefined, {}, 'https-proxy'),

@@ -39,6 +39,8 @@ import { buildRoutes, RouteState, type BuiltRoute, type PipelineDeps } from './p
 import { createMetrics, type Metrics } from './telemetry/metrics.js';
 import { PoolSet } from './upstream/pool.js';
 import { PendingWork } from './pipeline/pending.js';
+import { tracingDecision } from './telemetry/tracing-env.js';
+import type { Tracing } from './telemetry/tracing.js';
 
 export interface AppDeps {
   logger?: Logger;
@@ -289,6 +291,7 @@ interface Running {
   counterStore: Stores['counterStore'];
   store: BudgetStore;
   redis: RedisConnection | undefined;
+  tracing: Tracing | undefined;
 }
 
 /**
@@ -323,6 +326,8 @@ const drainAndClose = async (r: Running): Promise<void> => {
   let idleTimer: NodeJS.Timeout | undefined;
   await Promise.race([r.pending.idle(), new Promise<void>((done) => (idleTimer = setTimeout(done, 5_000)))]);
   clearTimeout(idleTimer);
+  // Every call has ended, so has its span: the last batch goes out before the process does.
+  await r.tracing?.shutdown(5_000);
   await r.admin.close();
   await r.recorder.close();
   r.evaluator.close();
@@ -347,6 +352,23 @@ interface Generation {
   state: RouteState;
 }
 
+/**
+ * Tracing, when the standard OTEL_* variables ask for it: the SDK is imported only then (src/telemetry/tracing.ts).
+ * Variables that ask for it but cannot be honoured stop the start, as a bad config file does: a sidecar that was
+ * told to trace and silently does not would be found out only when the traces are needed.
+ */
+const startTracingIfAsked = async (env: NodeJS.ProcessEnv, deps: { metrics: Metrics; logger: Logger }): Promise<Tracing | undefined> => {
+  const decision = tracingDecision(env);
+  if ('problems' in decision) throw new ConfigError('OpenTelemetry environment', decision.problems);
+  if (!decision.on) {
+    // Said only when someone set an OTEL_ variable and might expect traces.
+    if (Object.keys(env).some((k) => k.startsWith('OTEL_'))) deps.logger.info({ why: decision.why }, 'tracing off');
+    return undefined;
+  }
+  const { startTracing } = await import('./telemetry/tracing.js');
+  return startTracing(decision.settings, deps);
+};
+
 /** Build (but do not bind) a Fusebox from a validated config. Tests build one per case on port 0. */
 export const buildApp = async (config: Config, deps: AppDeps = {}): Promise<Fusebox> => {
   const logger = deps.logger ?? createLogger(config.log.level);
@@ -362,7 +384,8 @@ export const buildApp = async (config: Config, deps: AppDeps = {}): Promise<Fuse
   const pending = new PendingWork();
   const live = new LiveStats({ now });
 
-  // First of what can fail at start (an unreadable CA file): nothing is open yet that would need closing.
+  // First of what can fail at start (bad OTEL_* variables, an unreadable CA file): nothing is open yet that would need closing.
+  const tracing = await startTracingIfAsked(env, { metrics, logger });
   const ca = await createPodCa(config, { baseDir, now, metrics, env, logger });
   const { redis, store, counterStore } = await buildStores(config, { store: deps.store, now, logger, metrics });
   const { recorder, evaluator } = buildSlo(config, counterStore, { now, logger, metrics });
@@ -386,6 +409,7 @@ export const buildApp = async (config: Config, deps: AppDeps = {}): Promise<Fuse
     pending,
     inflight,
     live,
+    tracing,
   };
   // What a config contributes to the pipeline besides its routes: the price table is read again on each reload.
   const generation = (next: Config, previous: RouteState): Generation => {
@@ -551,7 +575,7 @@ export const buildApp = async (config: Config, deps: AppDeps = {}): Promise<Fuse
       return { proxyUrl: urlOf(proxy), adminUrl: urlOf(admin.server) };
     },
     shutdown(graceMs = current.config.shutdown.graceMs) {
-      closed ??= drainAndClose({ graceMs, state, metrics, logger, inflight, tunnels, proxy, interceptor, pools, pending, admin, recorder, evaluator, counterStore, store, redis });
+      closed ??= drainAndClose({ graceMs, state, metrics, logger, inflight, tunnels, proxy, interceptor, pools, pending, admin, recorder, evaluator, counterStore, store, redis, tracing });
       return closed;
     },
   };

@@ -5,7 +5,8 @@ import { announce } from './announce.js';
 /**
  * The fast loopback upstream every target forwards to: a plain node:http server (no framework) so that what
  * the benchmark measures is the proxy, not the upstream.
- * - any path: 200 with a ~200-byte JSON body, keep-alive
+ * - any path: 200 with a ~200-byte JSON body, keep-alive (also the `fusebox+tracing` target's OTLP receiver: its
+ *   span exports are POSTs to `/v1/traces`, read and discarded)
  * - `/sse`: an event stream whose first event is written with the headers, then `[DONE]` after `SSE_HOLD_MS`
  *   (the hold is what exposes a proxy that buffers a stream until it ends)
  */

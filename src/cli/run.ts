@@ -110,7 +110,15 @@ export const runSidecar = async (argv: string[], io: CliIo): Promise<number | un
   }
   const { config, baseDir } = loaded;
   const logger = createLogger(config.log.level);
-  const app = await buildApp(config, { logger, baseDir });
+  let app;
+  try {
+    app = await buildApp(config, { logger, baseDir });
+  } catch (err) {
+    // The OTEL_* variables are checked at build time: as bad as a bad file.
+    if (!(err instanceof ConfigError)) throw err;
+    await writeText(io.stderr, `fusebox: invalid environment, not starting.\n${err.message}\n`);
+    return 1;
+  }
   let stopping = false;
   const stop = (signal: string) => {
     if (stopping) return;

@@ -20,9 +20,10 @@ import { classifyPolicy } from '../upstream/classify.js';
 import type { PoolSet } from '../upstream/pool.js';
 import { makeUpstreamHandler, routeUpstreamSpec, type UpstreamSpec } from '../upstream/target.js';
 import { compose } from './compose.js';
-import type { Handler, ProxyResponse } from './types.js';
+import type { Handler, Layer, ProxyResponse } from './types.js';
 import { budgetEvents } from '../telemetry/budget-events.js';
 import { observeLayer } from '../telemetry/observe.js';
+import type { Tracing } from '../telemetry/tracing.js';
 import { deadlineLayer } from '../policies/deadline.js';
 import { requestBodyLayer } from './request-body.js';
 import type { PendingWork } from './pending.js';
@@ -52,7 +53,12 @@ export interface PipelineDeps {
   maxRequestBodyBytes: number;
   /** The last minute per route and the recent refusals (`/admin/status`). */
   live: LiveStats;
+  /** Spans per call, hop and attempt; undefined when tracing is off (then no layer or wrapper is added at all). */
+  tracing?: Tracing | undefined;
 }
+
+/** A layer that adds nothing: compose returns the next handler itself, so it costs nothing per call. */
+const none: Layer = (next) => next;
 
 /** A route's breaker registry, with the route it belongs to (the admin API lists and changes them). */
 export interface RouteBreakers {
@@ -120,6 +126,9 @@ const upstreamTerminal = (route: RouteConfig, spec: UpstreamSpec, deps: Pipeline
         attempts.labels(route.name, target.name, typeof result === 'number' ? codeClass(result) : (result as ProxyError).code).inc(),
     },
   });
+  // Outside the header rules and the credential: the attempt's traceparent is set before them, so a route's
+  // `headers.remove` can still drop it, and no credential is ever in reach of the span.
+  const handler = deps.tracing ? deps.tracing.attempts(spec, made.handler) : made.handler;
   if (made.credentialMissing !== undefined) {
     deps.logger.warn(
       { route: route.name, upstream: spec.name, env: made.credentialMissing },
@@ -129,7 +138,7 @@ const upstreamTerminal = (route: RouteConfig, spec: UpstreamSpec, deps: Pipeline
   if (!spec.tls.rejectUnauthorized) {
     deps.logger.warn({ route: route.name, upstream: spec.name }, `upstream "${spec.name}" does not verify its TLS certificate`);
   }
-  return made.handler;
+  return handler;
 };
 
 /**
@@ -218,8 +227,15 @@ const buildSteps = (
       }
     }
   });
-  return { steps, chains };
+  const tracing = deps.tracing;
+  if (tracing === undefined) return { steps, chains };
+  return { steps: steps.map((s) => ({ ...s, handler: tracing.hop(s.name, false, s.handler) })), chains };
 };
+
+const primaryHop =
+  (tracing: Tracing): Layer =>
+  (next) =>
+    tracing.hop('primary', true, next);
 
 /**
  * Route configs → request handlers, built at startup and again on each config reload. This is the ONE place the
@@ -246,6 +262,8 @@ export const buildRoutes = (
     const handler = compose(
       // Outermost: every call is counted and gets its access line, whatever ends it (a 413 or a refusal included).
       observeLayer({ metrics: deps.metrics, accessLog: deps.accessLog, pending: deps.pending, inflight: deps.inflight, live: deps.live }),
+      // The call's span, when tracing is on: inside the observer, so a refusal of any layer below is on it too.
+      deps.tracing?.callLayer ?? none,
       // The whole call, retries, fallbacks and the streamed answer included, must end within timeouts.totalMs.
       deadlineLayer(),
       // The agent's body, buffered for replay up to retry.bufferBytes, refused past limits.maxRequestBodyBytes.
@@ -259,6 +277,8 @@ export const buildRoutes = (
       // Fallback outside everything that can fail: an open breaker, exhausted retries or a fallbackOn status of the
       // primary all end here, before the commit point.
       fallbackLayer(route, steps, deps),
+      // With a fallback chain the primary is the first hop, a span beside the steps' (their wrappers are in buildSteps).
+      deps.tracing !== undefined && steps.length > 0 ? primaryHop(deps.tracing) : none,
       // Inside the fallback: only the primary's own good answers are remembered, never a fallback's.
       lastGoodRecordLayer(route, lastGood, deps),
     )(primary.handler);

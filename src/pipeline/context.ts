@@ -1,6 +1,6 @@
 import type { Logger } from 'pino';
 import type { RouteConfig } from '../config/schema.js';
-import type { CallContext, CallFacts, CallMode } from './types.js';
+import type { CallContext, CallFacts, CallMode, CallTrace } from './types.js';
 
 export interface CallInit {
   requestId: string;
@@ -24,6 +24,7 @@ export class Call implements CallContext {
   attempts = 0;
   fallbackStep?: string;
   readonly facts: CallFacts = {};
+  trace?: CallTrace;
   readonly requestId: string;
   readonly route: RouteConfig;
   readonly agent: string;

@@ -147,6 +147,21 @@ export interface CallFacts {
   settled?: Promise<CallSettlement | undefined>;
 }
 
+/** Attribute values a span event carries; undefined ones are left out. */
+export type TraceAttributes = Record<string, string | number | boolean | undefined>;
+
+/**
+ * The call's trace while tracing is on (src/telemetry/tracing.ts): the layers record their decisions (a retry, a
+ * breaker refusal, a budget reservation) as events on it. Absent when tracing is off, so a layer's `ctx.trace?.`
+ * is the whole cost then.
+ */
+export interface CallTrace {
+  /** The trace the call's span belongs to (the agent's, when it sent a `traceparent`): the access line carries it. */
+  readonly traceId: string;
+  /** An event on the innermost open span: the current fallback hop, else the call. */
+  event(name: string, attributes: TraceAttributes): void;
+}
+
 /** How a call reached Fusebox: a label on metrics and access-log lines. */
 export type CallMode = 'base-url' | 'proxy' | 'intercept';
 
@@ -173,6 +188,8 @@ export interface CallContext {
   /** Name of the fallback step that produced the answer, when it was not the primary. */
   fallbackStep?: string;
   readonly facts: CallFacts;
+  /** The call's trace, when tracing is on. Writer: the tracing layer. Readers: the layers that record decisions. */
+  trace?: CallTrace;
 }
 
 export type Handler = (req: ProxyRequest, ctx: CallContext) => Promise<ProxyResponse>;

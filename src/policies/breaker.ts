@@ -105,6 +105,7 @@ export const makeBreakers = (route: RouteConfig, deps: BreakerDeps, fixedKey?: s
     if (!admission.allowed) {
       rejections.inc();
       const { state, retryAfterMs } = admission;
+      ctx.trace?.event('breaker.rejected', { 'fusebox.breaker': key, 'fusebox.breaker.state': state, 'fusebox.retry_after_ms': retryAfterMs });
       // Forced open (an operator's override) has no probe to wait for: no retryAfterMs, so no Retry-After.
       throw new CircuitOpenError(
         `the circuit breaker "${key}" of route "${route.name}" is ${state.replace('_', '-')}: the upstream was not called`,
@@ -119,13 +120,19 @@ export const makeBreakers = (route: RouteConfig, deps: BreakerDeps, fixedKey?: s
     } catch (err) {
       settlePermit(permit, classifyError(err), deps.now() - started);
       // This attempt opened the breaker: the agent gets the upstream's failure, told the breaker is now open.
-      if (err instanceof ProxyError && breaker.state() === 'open') throw err.withHeaders({ [BREAKER_HEADER]: 'open' });
+      if (err instanceof ProxyError && breaker.state() === 'open') {
+        ctx.trace?.event('breaker.opened', { 'fusebox.breaker': key });
+        throw err.withHeaders({ [BREAKER_HEADER]: 'open' });
+      }
       throw err;
     }
     const verdict = verdictOf(res, policy, deps.now());
     if (verdict.breakerFailure) {
       permit.failure(verdict.reason);
-      if (breaker.state() === 'open') res.headers[BREAKER_HEADER] = 'open';
+      if (breaker.state() === 'open') {
+        ctx.trace?.event('breaker.opened', { 'fusebox.breaker': key });
+        res.headers[BREAKER_HEADER] = 'open';
+      }
     } else res.observers.push(settleAtBodyEnd(permit, started, mcp));
     return res;
   };

@@ -152,6 +152,7 @@ export const budgetLayer = (route: RouteConfig, deps: BudgetLayerDeps): Layer =>
         throw err;
       }
       reservation = result.reservation;
+      ctx.trace?.event('budget.reserved', { 'fusebox.estimated_usd': usd(estMicros), 'fusebox.estimated_tokens': estTokens, 'fusebox.budget.scopes': scopes.length });
       for (const c of result.crossed) events.alert(route.name, c, ctx);
     } catch (err) {
       if (err instanceof ProxyError) throw err;

@@ -97,6 +97,7 @@ export const retryLayer = (route: RouteConfig, deps: RetryDeps): Layer => {
         counter.labels(route.name, verdict.reason, outcome).inc();
         if (outcome === 'budget_exhausted') live?.retry(route.name, outcome);
         ctx.log.warn({ attempt: attempt + 1, reason: verdict.reason, status, outcome }, 'not retrying');
+        ctx.trace?.event('retry.stopped', { 'fusebox.attempt': attempt + 1, 'fusebox.reason': verdict.reason, 'fusebox.outcome': outcome, 'http.response.status_code': status });
         if (res !== undefined) return res;
         throw error;
       };
@@ -126,6 +127,7 @@ export const retryLayer = (route: RouteConfig, deps: RetryDeps): Layer => {
       counter.labels(route.name, verdict.reason, 'retried').inc();
       live?.retry(route.name, 'retried');
       ctx.log.info({ attempt: attempt + 1, reason: verdict.reason, status, delayMs }, 'retrying');
+      ctx.trace?.event('retry', { 'fusebox.attempt': attempt + 1, 'fusebox.delay_ms': delayMs, 'fusebox.reason': verdict.reason, 'http.response.status_code': status });
       if (res !== undefined) discardResponse(res, 'retried');
       if (status === 500) retriesOn500 += 1;
       await sleep(delayMs, ctx.signal);

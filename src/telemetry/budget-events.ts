@@ -7,6 +7,7 @@ export const budgetEvents = (m: Metrics): BudgetEvents => {
   return {
     refused: (route, r, ctx, err) => {
       m.budgetRejections.labels(r.scopeKind, r.reason).inc();
+      ctx.trace?.event('budget.refused', { 'error.type': err.code, 'fusebox.budget.scope': r.scopeKind, 'fusebox.budget.reason': r.reason });
       ctx.log.warn({ code: err.code, ...err.details }, `call refused: ${err.message}`);
     },
     alert: (route, c, ctx) => {

@@ -292,6 +292,14 @@ export const createMetrics = (opts: { defaultMetrics?: boolean } = {}) => {
       labelNames: ['result'] as const,
       registers: [registry],
     }),
+
+    // --- tracing (only when OTEL_* turns it on) ---
+    traceSpansExported: new Counter({
+      name: 'fusebox_trace_spans_exported_total',
+      help: 'Spans sent to the OTLP endpoint, by result: ok, or failed (the endpoint refused them or could not be reached; those spans are lost). Present only when tracing is on.',
+      labelNames: ['result'] as const,
+      registers: [registry],
+    }),
   };
   return m;
 };

@@ -137,6 +137,7 @@ const writeLine = (log: Logger, ctx: CallContext, req: ProxyRequest, f: LineFiel
     bytesIn: f.bytesIn,
     bytesOut: f.bytesOut,
     traceparent: req.headers.traceparent,
+    traceId: ctx.trace?.traceId,
     ...accessFacts(ctx.facts),
   };
   if (f.outcome === 'success' || f.outcome === 'refused') log.info(line, 'request');

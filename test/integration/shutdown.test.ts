@@ -136,6 +136,17 @@ describe('fusebox CLI', () => {
     expect(r.err).toContain('routes: needs at least one route');
   });
 
+  it('refuses to start when the OTEL_* variables ask for tracing it cannot do, before listening', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'fusebox-cfg-'));
+    const file = join(dir, 'ok.yaml');
+    writeFileSync(file, 'listen: { proxy: { port: 0 }, admin: { port: 0 } }\nroutes:\n  - { name: r, match: { pathPrefix: /r }, upstream: { url: "http://127.0.0.1:9" } }\n');
+    const r = await collect(cli(['--config', file], { OTEL_EXPORTER_OTLP_ENDPOINT: 'http://127.0.0.1:9', OTEL_EXPORTER_OTLP_PROTOCOL: 'grpc' }));
+    expect(r.code).toBe(1);
+    expect(r.err).toContain('invalid environment, not starting');
+    expect(r.err).toContain('OTEL_EXPORTER_OTLP_PROTOCOL=grpc is not supported');
+    expect(r.out).not.toContain('fusebox listening');
+  });
+
   it('runs from a config file and exits 0 on SIGTERM', async () => {
     const dir = mkdtempSync(join(tmpdir(), 'fusebox-cfg-'));
     const file = join(dir, 'ok.yaml');
