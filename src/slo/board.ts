@@ -66,14 +66,14 @@ export const assessmentSpecKey = (spec: SloRouteSpec): string =>
 const goodBad = z.object({ good: z.number(), bad: z.number() });
 const windowKeys = [...BURN_WINDOWS, 'budget'] as const;
 const alertState = z.enum(['firing', 'ok', 'insufficient']);
-// Infinity (a 100 % objective with a bad event) has no JSON form: it travels as the string "Infinity".
-const burn = z.union([z.number(), z.literal('Infinity').transform(() => Number.POSITIVE_INFINITY)]);
+// ±Infinity (a 100 % objective with a bad event: an infinite burn, a budget of −∞) has no JSON form: it travels as a string.
+const burn = z.union([z.number(), z.enum(['Infinity', '-Infinity']).transform((t) => (t === 'Infinity' ? Number.POSITIVE_INFINITY : Number.NEGATIVE_INFINITY))]);
 const assessment = z.object({
   kind: z.enum(SLO_KINDS as [SloKind, ...SloKind[]]),
   objectivePercent: z.number(),
   events: z.object(Object.fromEntries(windowKeys.map((w) => [w, goodBad])) as Record<(typeof windowKeys)[number], typeof goodBad>),
   burnRates: z.object(Object.fromEntries(BURN_WINDOWS.map((w) => [w, burn.optional()])) as Record<(typeof BURN_WINDOWS)[number], z.ZodOptional<typeof burn>>),
-  budgetRemaining: z.number().optional(),
+  budgetRemaining: burn.optional(),
   alerts: z.object({ fast: alertState, medium: alertState, slow: alertState }),
 });
 const PublishedSchema = z.object({
@@ -83,7 +83,8 @@ const PublishedSchema = z.object({
   slos: z.object({ availability: assessment.optional(), latency: assessment.optional(), cost: assessment.optional() }),
 });
 
-export const encodePublished = (p: PublishedSlo): string => JSON.stringify(p, (_k, v: unknown) => (v === Number.POSITIVE_INFINITY ? 'Infinity' : v));
+export const encodePublished = (p: PublishedSlo): string =>
+  JSON.stringify(p, (_k, v: unknown) => (v === Number.POSITIVE_INFINITY ? 'Infinity' : v === Number.NEGATIVE_INFINITY ? '-Infinity' : v));
 
 /** The published value, or undefined when it is not one (garbage, another version's format). */
 export const decodePublished = (text: string): PublishedSlo | undefined => {
@@ -134,10 +135,17 @@ redis.call('HSET', KEYS[2], ARGV[3], ARGV[5])
 return 1
 `, (raw) => (['lost', 'published', 'superseded'] as const)[reply.intIn(raw, 0, 2, 'publish outcome')]!);
 
-/** KEYS[1] the route's lease, ARGV[1] the sidecar id: deleted only when held by this sidecar. */
+/**
+ * KEYS[1] the route's lease, KEYS[2] the published hash; ARGV: sidecar id, route. Only the holder releases: the lease
+ * goes, and its last result with it, so the other sidecars see the route unassessed at their next read and one of
+ * them takes it over then, instead of waiting for the result to age 2 intervals. Until then they keep the result
+ * they last read.
+ */
 const RELEASE = defineScript('fuseboxSloRelease', `
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+redis.call('DEL', KEYS[1])
+redis.call('HDEL', KEYS[2], ARGV[2])
+return 1
 `, (raw) => reply.intIn(raw, 0, 1, 'released'));
 
 /** The board of a fleet sharing one Redis (the process's one connection; its owner closes it). */
@@ -186,6 +194,6 @@ export class RedisSloBoard implements SloBoard {
   }
 
   async release(route: string): Promise<void> {
-    await this.redis.run(RELEASE, [this.leaseKey(route)], [this.opts.sidecarId]);
+    await this.redis.run(RELEASE, [this.leaseKey(route), this.publishedKey], [this.opts.sidecarId, route]);
   }
 }
