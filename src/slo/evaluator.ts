@@ -135,7 +135,7 @@ export class SloEvaluator {
     m?.leader?.set({ route }, this.board.shared ? 0 : 1);
     // Present from the first scrape, so rate() and increase() see the first one.
     m?.assessments?.inc({ route }, 0);
-    if (this.board.shared) m?.publishFailures?.inc({ route }, 0);
+    m?.publishFailures?.inc({ route }, 0);
   }
 
   private get intervalMs(): number {
