@@ -232,6 +232,34 @@ describe('SLO assessments shared by a fleet', () => {
     expect(b.logs).toContain('SLO assessment of route "chat" (by s0) not renewed for 61 s: its SLO action is lifted until there is a fresh one');
   });
 
+  it('a publish that fails is counted and logged once per streak, and the recovery; the followers keep the last result meanwhile', async () => {
+    const { clock, sidecars } = await fleet(2);
+    const [a, b] = sidecars as [Sidecar, Sidecar];
+    await a.ev.evaluate();
+    await b.ev.evaluate();
+    // The published hash replaced by a string: HSET (in the publish script) and HGETALL (the followers' read) fail.
+    const saved = await raw.hgetall(a.board.publishedKey);
+    await raw.set(a.board.publishedKey, 'not a hash');
+    for (let step = 1; step <= 3; step++) {
+      clock.t = T + step * INTERVAL;
+      await a.ev.evaluate();
+      await b.ev.evaluate();
+    }
+    expect(a.counts).toMatchObject({ assessments: 4, publishFailures: 3 });
+    expect(a.logs.filter((l) => l.startsWith('could not publish the SLO assessment of route "chat"'))).toHaveLength(1);
+    expect(a.ev.leads('chat')).toBe(true);
+    expect(b.ev.state('chat')).toMatchObject({ evaluatedAt: T, stale: false });
+
+    await raw.del(a.board.publishedKey);
+    await raw.hset(a.board.publishedKey, saved);
+    clock.t = T + 4 * INTERVAL;
+    await a.ev.evaluate();
+    await b.ev.evaluate();
+    expect(a.logs).toContain('SLO assessment of route "chat" published again');
+    expect(a.counts.publishFailures).toBe(3);
+    expect(b.ev.state('chat')?.evaluatedAt).toBe(T + 4 * INTERVAL);
+  });
+
   it('a leader that closes releases its lease and result: another sidecar takes the route over at its next interval', async () => {
     const { clock, sidecars } = await fleet(2);
     const [a, b] = sidecars as [Sidecar, Sidecar];
