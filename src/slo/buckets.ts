@@ -62,15 +62,24 @@ export const routeTag = (prefix: string, route: string): string => `{${prefix}:s
 
 export const bucketKey = (prefix: string, ref: BucketRef): string => `${routeTag(prefix, ref.route)}:${ref.tier}:${ref.index}`;
 
+/**
+ * A bucket's key in the layout before per-route tags (every route under the one tag `{prefix}`): read as well as
+ * the current one while such buckets exist, so an upgraded fleet keeps its SLO windows and counts the calls of the
+ * sidecars not yet upgraded. They are never written; they expire within the SLO window plus a day.
+ */
+export const legacyBucketKey = (prefix: string, ref: BucketRef): string => `{${prefix}}:slo:${ref.route}:${ref.tier}:${ref.index}`;
+
 /** The route of a bucket key under `prefix`, or undefined for any other key (a writer's mark, another prefix). */
 export const routeOfBucketKey = (prefix: string, key: string): string | undefined => {
   const head = `{${prefix}:slo:`;
   // Route names have no "}" (config: letters, digits, "_", "-", "."), so the tag ends at the first one.
-  return key.startsWith(head) ? /^([^}]+)\}:[mhd]:\d+$/.exec(key.slice(head.length))?.[1] : undefined;
+  if (key.startsWith(head)) return /^([^}]+)\}:[mhd]:\d+$/.exec(key.slice(head.length))?.[1];
+  const legacyHead = `{${prefix}}:slo:`;
+  return key.startsWith(legacyHead) ? /^([^:]+):[mhd]:\d+$/.exec(key.slice(legacyHead.length))?.[1] : undefined;
 };
 
-/** A Redis SCAN pattern for the day buckets of every route under `prefix` (the longest-lived buckets: one per route-day). */
-export const dayBucketPattern = (prefix: string): string => `{${prefix}:slo:*}:d:*`;
+/** Redis SCAN patterns for the day buckets of every route under `prefix` (the longest-lived buckets: one per route-day), current and legacy layout. */
+export const dayBucketPatterns = (prefix: string): string[] => [`{${prefix}:slo:*}:d:*`, `{${prefix}}:slo:*:d:*`];
 
 /**
  * The key holding the last batch sequence number a writer (one recorder) had applied to a route: beside the route's

@@ -1,6 +1,6 @@
 import type { RedisConnection } from '../store/redis-connection.js';
 import { defineScript, reply } from '../store/redis-script.js';
-import { bucketKey, dayBucketPattern, routeOfBucketKey, writerKey, type BucketFields, type BucketRef } from './buckets.js';
+import { addFields, bucketKey, dayBucketPatterns, legacyBucketKey, routeOfBucketKey, writerKey, type BucketFields, type BucketRef } from './buckets.js';
 
 /**
  * The SLO counter store could not be reached (or did not answer in time). Never reaches an agent: the recorder keeps
@@ -191,36 +191,55 @@ export class RedisCounterStore implements CounterStore {
     if (failed) throw this.unavailable(failed.reason);
   }
 
-  /** One pipeline per route (a Redis Cluster pipeline stays on one slot); a missing bucket reads as `{}`. */
+  /**
+   * One pipeline per route (a Redis Cluster pipeline stays on one slot); a missing bucket reads as `{}`. Buckets of the
+   * previous layout (see legacyBucketKey) are added in: one EXISTS for all of them (they share one slot), and their
+   * reads only when some exist.
+   */
   async read(refs: readonly BucketRef[]): Promise<BucketFields[]> {
     if (refs.length === 0) return [];
-    const byRoute = new Map<string, number[]>();
-    refs.forEach((ref, i) => {
+    const byRoute = new Map<string, BucketRef[]>();
+    for (const ref of refs) {
       let list = byRoute.get(ref.route);
       if (!list) byRoute.set(ref.route, (list = []));
-      list.push(i);
-    });
-    const out: BucketFields[] = new Array<BucketFields>(refs.length);
+      list.push(ref);
+    }
+    const read = new Map<BucketRef, BucketFields>();
     await Promise.all(
-      [...byRoute.values()].map(async (indexes) => {
-        const pipeline = this.redis.client.pipeline();
-        for (const i of indexes) pipeline.hgetall(bucketKey(this.prefix, refs[i]!));
-        let replies: Array<[Error | null, unknown]> | null;
-        try {
-          replies = await pipeline.exec();
-        } catch (err) {
-          throw this.unavailable(err);
-        }
-        if (replies === null) throw this.unavailable(new Error('no reply'));
-        replies.forEach(([err, value], j) => {
-          if (err) throw this.unavailable(err);
-          const fields: BucketFields = {};
-          for (const [k, v] of Object.entries((value ?? {}) as Record<string, string>)) fields[k] = Number(v);
-          out[indexes[j]!] = fields;
-        });
+      [...byRoute.values()].map(async (routeRefs) => {
+        const legacyKeys = routeRefs.map((ref) => legacyBucketKey(this.prefix, ref));
+        const [current, legacyCount] = await Promise.all([this.hgetalls(routeRefs.map((ref) => bucketKey(this.prefix, ref))), this.existing(legacyKeys)]);
+        const legacy = legacyCount > 0 ? await this.hgetalls(legacyKeys) : undefined;
+        routeRefs.forEach((ref, i) => read.set(ref, legacy ? addFields(current[i]!, legacy[i]!) : current[i]!));
       }),
     );
-    return out;
+    return refs.map((ref) => read.get(ref)!);
+  }
+
+  private async hgetalls(keys: readonly string[]): Promise<BucketFields[]> {
+    const pipeline = this.redis.client.pipeline();
+    for (const key of keys) pipeline.hgetall(key);
+    let replies: Array<[Error | null, unknown]> | null;
+    try {
+      replies = await pipeline.exec();
+    } catch (err) {
+      throw this.unavailable(err);
+    }
+    if (replies === null) throw this.unavailable(new Error('no reply'));
+    return replies.map(([err, value]) => {
+      if (err) throw this.unavailable(err);
+      const fields: BucketFields = {};
+      for (const [k, v] of Object.entries((value ?? {}) as Record<string, string>)) fields[k] = Number(v);
+      return fields;
+    });
+  }
+
+  private async existing(keys: readonly string[]): Promise<number> {
+    try {
+      return await this.redis.client.exists(...keys);
+    } catch (err) {
+      throw this.unavailable(err);
+    }
   }
 
   /**
@@ -229,16 +248,18 @@ export class RedisCounterStore implements CounterStore {
    */
   async routes(): Promise<string[]> {
     const found = new Set<string>();
-    let cursor = '0';
     try {
-      do {
-        const [next, keys] = await this.redis.client.scan(cursor, 'MATCH', dayBucketPattern(this.prefix), 'COUNT', 1000);
-        cursor = next;
-        for (const key of keys) {
-          const route = routeOfBucketKey(this.prefix, key);
-          if (route !== undefined) found.add(route);
-        }
-      } while (cursor !== '0');
+      for (const pattern of dayBucketPatterns(this.prefix)) {
+        let cursor = '0';
+        do {
+          const [next, keys] = await this.redis.client.scan(cursor, 'MATCH', pattern, 'COUNT', 1000);
+          cursor = next;
+          for (const key of keys) {
+            const route = routeOfBucketKey(this.prefix, key);
+            if (route !== undefined) found.add(route);
+          }
+        } while (cursor !== '0');
+      }
     } catch (err) {
       throw this.unavailable(err);
     }

@@ -34,6 +34,9 @@ describe('bucket keys and retention', () => {
     expect(routeOfBucketKey('fusebox', '{fusebox:slo:chat}:w:w1')).toBeUndefined();
     expect(routeOfBucketKey('fusebox', '{other:slo:chat}:d:1')).toBeUndefined();
     expect(routeOfBucketKey('fusebox', '{fusebox:slo}:published')).toBeUndefined();
+    // The previous layout, still read while its buckets live.
+    expect(routeOfBucketKey('fusebox', '{fusebox}:slo:chat:d:20103')).toBe('chat');
+    expect(routeOfBucketKey('fusebox', '{fusebox}:slo:w:w1')).toBeUndefined();
   });
 
   it('keeps minute buckets 6 h 10 min, hour buckets the SLO window (at least 3 days) plus 1 h, day buckets the window plus a day', () => {
