@@ -36,6 +36,8 @@ COPY --from=prod-deps /app/node_modules ./node_modules
 COPY --from=build /app/dist ./dist
 COPY package.json ./
 COPY config ./config
+# The live page (GET / on the admin port): static files, read from the package root like config/.
+COPY ui ./ui
 # The `node` user of the official image, by number: the kubelet can verify `runAsNonRoot: true` only for a
 # numeric USER (a name fails the pod with "image has non-numeric user"). `fusebox inject` pins runAsUser anyway.
 USER 1000:1000

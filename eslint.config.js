@@ -26,6 +26,14 @@ export default tseslint.config(
       ],
     },
   },
+  // The live page's script: plain browser JavaScript, served as written (no build step).
+  {
+    files: ['ui/**/*.js'],
+    languageOptions: {
+      sourceType: 'script',
+      globals: { document: 'readonly', fetch: 'readonly', sessionStorage: 'readonly', setTimeout: 'readonly', clearTimeout: 'readonly', Node: 'readonly' },
+    },
+  },
   // Agent scripts the tests run as child processes: plain Node ESM.
   { files: ['test/fixtures/**/*.mjs'], languageOptions: { globals: { process: 'readonly', fetch: 'readonly', console: 'readonly' } } },
 );

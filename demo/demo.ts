@@ -148,6 +148,7 @@ export const runDemo = async (opts: DemoOptions): Promise<DemoSummary> => {
     say(`  fusebox admin   ${adminUrl}`);
     say(`  config          ${configFile}`);
     say('  where to look while it runs (or with --keep, after):');
+    say(`    ${adminUrl}/     (the live page, in a browser)`);
     say(`    curl -s ${adminUrl}/metrics | grep ^fusebox_`);
     say(`    curl -s ${adminUrl}/admin/status`);
     // From a checkout the CLI runs from source; installed from npm it is `fusebox status`.

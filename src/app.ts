@@ -17,6 +17,7 @@ import { warmTokenizer } from './budget/estimate.js';
 import { registerAdminSlo } from './http/admin-slo.js';
 import { registerAdminCa } from './http/admin-ca.js';
 import { registerAdminStatus } from './http/admin-status.js';
+import { registerAdminUi } from './http/admin-ui.js';
 import { LiveStats } from './telemetry/live.js';
 import { RedisSloBoard } from './slo/board.js';
 import { MemoryCounterStore, RedisCounterStore } from './slo/counter-store.js';
@@ -259,6 +260,7 @@ const buildAdmin = (
     now: deps.now,
     startedAt: deps.live.startedAt,
   });
+  registerAdminUi(admin);
   return admin;
 };
 

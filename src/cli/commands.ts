@@ -1,7 +1,7 @@
 import { closest } from '../config/problems.js';
+import { FUSEBOX_VERSION } from '../version.js';
 import { writeText, type CliIo } from './io.js';
 
-export const VERSION = '0.1.0';
 
 /** A subcommand. `run` answers `--help` itself; commands load their modules only when run, so `inject` never loads the proxy. */
 interface Command {
@@ -86,7 +86,7 @@ export const runCli = async (argv: string[], io: CliIo): Promise<number | undefi
     return 0;
   }
   if (first === '--version') {
-    await writeText(io.stdout, `fusebox ${VERSION}\n`);
+    await writeText(io.stdout, `fusebox ${FUSEBOX_VERSION}\n`);
     return 0;
   }
   // `fusebox --config FILE`: the form the image, the manifests and `fusebox inject` use.

@@ -3,8 +3,9 @@
  * deploy/kubernetes/base/configmap.yaml: if you change a port or the grace period there, pass the same value here.
  */
 
-/** Fusebox's release; the default image tag and the value of the `fusebox.io/injected` annotation. */
-export const FUSEBOX_VERSION = '0.1.0';
+import { FUSEBOX_VERSION } from '../version.js';
+
+export { FUSEBOX_VERSION };
 
 export interface InjectOptions {
   /** Sidecar image. Default `ghcr.io/fusebox/fusebox:<FUSEBOX_VERSION>`. */

@@ -9,6 +9,8 @@ const NEEDED: Array<{ binary: string; pkg: string }> = [
   // Real agents' clients in the interception tests (curl and Python urllib through HTTPS_PROXY).
   { binary: 'curl', pkg: 'curl' },
   { binary: 'python3', pkg: 'python3' },
+  // The live page's test drives a real headless browser (playwright-core with this executable: it downloads none).
+  { binary: 'chromium', pkg: 'chromium' },
 ];
 
 /**

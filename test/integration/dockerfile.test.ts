@@ -150,7 +150,7 @@ describe('Dockerfile, read', () => {
 
   it('copies from the build context only paths that exist and that .dockerignore keeps', () => {
     const sources = stages.flatMap((s) => s.instructions.filter((i) => i.keyword === 'COPY' && i.flags.from === undefined).flatMap((i) => copyArgs(i).sources));
-    expect(sources).toEqual(expect.arrayContaining(['package.json', 'package-lock.json', 'src', 'config']));
+    expect(sources).toEqual(expect.arrayContaining(['package.json', 'package-lock.json', 'src', 'config', 'ui']));
     for (const src of sources) {
       expect(src, 'globs are not supported by this test').not.toMatch(/[*?[]/);
       expect(existsSync(join(REPO, src)), `${src} exists`).toBe(true);
@@ -367,6 +367,8 @@ describe('the image, built and started without Docker', () => {
     expect(metrics).toMatch(/^fusebox_\w+(\{[^}]*\})? \d/m);
     const proxied = await fetch(`http://127.0.0.1:${proxyPort}/no-such-route`);
     expect(proxied.headers.get('x-fusebox-error')).toBe('NO_ROUTE');
+    // The live page's files ship in the image (ui/, beside config/).
+    for (const path of ['/', '/ui.js', '/ui.css']) expect((await fetch(`${admin}${path}`)).status, `GET ${path}`).toBe(200);
 
     // The HEALTHCHECK command itself, pointed at this run's admin port.
     const { exec, raw, url } = healthcheck();

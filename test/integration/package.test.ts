@@ -28,7 +28,7 @@ describe(`the npm package ${pkg.name}`, () => {
     dir = mkdtempSync(join(tmpdir(), 'fusebox-pack-'));
     // A checkout as a user or CI has it: sources, no dist/.
     const checkout = join(dir, 'checkout');
-    for (const f of ['package.json', 'package-lock.json', 'tsconfig.json', 'tsconfig.build.json', 'README.md', 'src', 'config']) cpSync(join(ROOT, f), join(checkout, f), { recursive: true });
+    for (const f of ['package.json', 'package-lock.json', 'tsconfig.json', 'tsconfig.build.json', 'README.md', 'src', 'config', 'ui']) cpSync(join(ROOT, f), join(checkout, f), { recursive: true });
     symlinkSync(join(ROOT, 'node_modules'), join(checkout, 'node_modules'), 'dir');
     const { stdout } = await run('npm', ['pack', '--json', '--pack-destination', dir], { cwd: checkout, env: { ...process.env, PATH }, maxBuffer: 16 * 1024 * 1024 });
     const [packed] = JSON.parse(stdout.slice(stdout.indexOf('['))) as Array<{ filename: string; files: Array<{ path: string }> }>;
@@ -49,8 +49,10 @@ describe(`the npm package ${pkg.name}`, () => {
     expect(pkg.scripts.prepack).toContain('npm run build');
   });
 
-  it('packs the built CLI, the config files it reads, and nothing of the sources or tests', () => {
-    expect(files).toEqual(expect.arrayContaining(['package.json', 'README.md', pkg.bin.fusebox, 'dist/src/cli/commands.js', 'config/prices.yaml', 'config/example.yaml', 'config/fusebox.schema.json']));
+  it('packs the built CLI, the config files it reads, the live page, and nothing of the sources or tests', () => {
+    expect(files).toEqual(
+      expect.arrayContaining(['package.json', 'README.md', pkg.bin.fusebox, 'dist/src/cli/commands.js', 'config/prices.yaml', 'config/example.yaml', 'config/fusebox.schema.json', 'ui/index.html', 'ui/live.js', 'ui/live.css']),
+    );
     expect(files.filter((f) => /\.ts$|\.map$|^test\/|^src\/|^bench\/|^demo\/|^deploy\//.test(f))).toEqual([]);
     expect(readFileSync(join(dir, 'package', pkg.bin.fusebox), 'utf8')).toMatch(/^#!\/usr\/bin\/env node\n/);
   });
@@ -84,6 +86,7 @@ routes:
     }
     expect(ready, err).toBe(true);
     expect(await (await fetch(`http://127.0.0.1:${adminPort}/metrics`)).text()).toContain('fusebox_config_info');
+    for (const path of ['/', '/ui.js', '/ui.css']) expect((await fetch(`http://127.0.0.1:${adminPort}${path}`)).status, `GET ${path}`).toBe(200);
     child.kill('SIGTERM');
     expect(await exited).toBe(0);
   }, 30_000);

@@ -2,7 +2,7 @@ import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { parse } from 'yaml';
-import { VERSION } from '../../src/cli/commands.js';
+import { FUSEBOX_VERSION } from '../../src/version.js';
 import { DEFAULT_INJECT_OPTIONS } from '../../src/deploy/options.js';
 
 const ROOT = join(import.meta.dirname, '../..');
@@ -33,7 +33,7 @@ describe('deploy/ci/image.yaml', () => {
     // The version the workflow tags with is read from package.json, and the CLI in the image must say the same.
     const version = steps.find((s) => s.id === 'version');
     expect(version?.run).toContain(`require('./package.json').version`);
-    expect(VERSION).toBe(pkg.version);
+    expect(FUSEBOX_VERSION).toBe(pkg.version);
     const build = steps.find((s) => s.uses?.startsWith('docker/build-push-action@'));
     expect(build?.with?.tags).toBe('${{ env.IMAGE }}:${{ steps.version.outputs.version }}');
     const push = steps.find((s) => s.name === 'Push');
