@@ -1,4 +1,4 @@
-import { randomBytes } from 'node:crypto';
+import { randomBytes, randomUUID } from 'node:crypto';
 import type { Server, ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { createRequire } from 'node:module';
@@ -19,6 +19,7 @@ import { registerAdminCa } from './http/admin-ca.js';
 import { registerAdminStatus } from './http/admin-status.js';
 import { registerAdminUi } from './http/admin-ui.js';
 import { LiveStats } from './telemetry/live.js';
+import { RedisSloBoard } from './slo/board.js';
 import { MemoryCounterStore, RedisCounterStore } from './slo/counter-store.js';
 import { SloEvaluator } from './slo/evaluator.js';
 import { applySloGauges, dropSloGauges, zeroSloEventSeries } from './slo/exports.js';
@@ -161,6 +162,8 @@ interface Stores {
   redis: RedisConnection | undefined;
   store: BudgetStore;
   counterStore: MemoryCounterStore | RedisCounterStore;
+  /** Where a fleet shares its SLO assessments; none alone. */
+  sloBoard: RedisSloBoard | undefined;
 }
 
 /**
@@ -183,11 +186,14 @@ const buildStores = async (config: Config, deps: { store?: BudgetStore | undefin
   // Present from the first scrape, so rate() sees the first failure and alerts have a series to watch.
   for (const op of ['reserve', 'commit', 'release']) metrics.storeErrors.labels(op).inc(0);
   const counterStore = redis ? new RedisCounterStore(redis) : new MemoryCounterStore({ now, keyPrefix: config.store.keyPrefix });
-  return { redis, store, counterStore };
+  // The pod's name (the hostname) says in the published assessments which sidecar computed them; the suffix keeps a restarted one apart.
+  const sloBoard = redis ? new RedisSloBoard(redis, { sidecarId: `${hostname()}-${randomUUID().slice(0, 8)}` }) : undefined;
+  return { redis, store, counterStore, sloBoard };
 };
 
 /** The SLO counters each call feeds, and the evaluator that turns the fleet's counts into budgets and actions. */
-const buildSlo = (config: Config, counterStore: Stores['counterStore'], deps: { now: () => number; logger: Logger; metrics: Metrics }) => {
+const buildSlo = (config: Config, stores: Pick<Stores, 'counterStore' | 'sloBoard'>, deps: { now: () => number; logger: Logger; metrics: Metrics }) => {
+  const { counterStore, sloBoard } = stores;
   const { now, logger, metrics } = deps;
   const specs = sloSpecsOf(config.routes);
   const recorder = new SloRecorder({
@@ -198,7 +204,14 @@ const buildSlo = (config: Config, counterStore: Stores['counterStore'], deps: { 
     logger,
     counters: { events: metrics.sloEvents, refused: metrics.sloRefused },
   });
-  const evaluator = new SloEvaluator({ store: counterStore, routes: specs, now, logger });
+  const evaluator = new SloEvaluator({
+    store: counterStore,
+    routes: specs,
+    now,
+    logger,
+    ...(sloBoard ? { board: sloBoard } : {}),
+    metrics: { leader: metrics.sloLeader, assessments: metrics.sloAssessments, publishFailures: metrics.sloPublishFailures },
+  });
   zeroSloEventSeries(metrics.sloEvents, specs);
   return { recorder, evaluator };
 };
@@ -330,7 +343,8 @@ const drainAndClose = async (r: Running): Promise<void> => {
   await r.tracing?.shutdown(5_000);
   await r.admin.close();
   await r.recorder.close();
-  r.evaluator.close();
+  // Before the Redis client closes: it gives up its leases, so the fleet takes its routes over at once.
+  await r.evaluator.close();
   await r.counterStore.close();
   await r.store.close();
   // Last: the budget store's close replays its journal through it.
@@ -387,8 +401,8 @@ export const buildApp = async (config: Config, deps: AppDeps = {}): Promise<Fuse
   // First of what can fail at start (bad OTEL_* variables, an unreadable CA file): nothing is open yet that would need closing.
   const tracing = await startTracingIfAsked(env, { metrics, logger });
   const ca = await createPodCa(config, { baseDir, now, metrics, env, logger });
-  const { redis, store, counterStore } = await buildStores(config, { store: deps.store, now, logger, metrics });
-  const { recorder, evaluator } = buildSlo(config, counterStore, { now, logger, metrics });
+  const { redis, store, counterStore, sloBoard } = await buildStores(config, { store: deps.store, now, logger, metrics });
+  const { recorder, evaluator } = buildSlo(config, { counterStore, sloBoard }, { now, logger, metrics });
   warmTokenizerIfAsked(config);
 
   // The access line is built field by field from redacted values (no headers), so it skips pino's redaction

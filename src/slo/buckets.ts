@@ -5,15 +5,16 @@
  * ## Layout
  * | tier | bucket    | key                                 | kept after the bucket ends     |
  * |------|-----------|-------------------------------------|--------------------------------|
- * | `m`  | 1 minute  | `{fusebox}:slo:<route>:m:<minute>`  | 6 h 10 min (6 h window, exact) |
- * | `h`  | 1 hour    | `{fusebox}:slo:<route>:h:<hour>`    | max(windowDays, 3) days + 1 h  |
- * | `d`  | 1 UTC day | `{fusebox}:slo:<route>:d:<day>`     | windowDays + 1 day             |
- * `<minute>`, `<hour>`, `<day>` count whole units since the Unix epoch (UTC). The `{fusebox}` hash tag puts every
- * SLO key in one Redis Cluster slot, so one Lua script may touch them all.
+ * | `m`  | 1 minute  | `{fusebox:slo:<route>}:m:<minute>`  | 6 h 10 min (6 h window, exact) |
+ * | `h`  | 1 hour    | `{fusebox:slo:<route>}:h:<hour>`    | max(windowDays, 3) days + 1 h  |
+ * | `d`  | 1 UTC day | `{fusebox:slo:<route>}:d:<day>`     | windowDays + 1 day             |
+ * `<minute>`, `<hour>`, `<day>` count whole units since the Unix epoch (UTC). The hash tag `{fusebox:slo:<route>}`
+ * puts a route's buckets and its writers' marks in one Redis Cluster slot, so the one script that adds a flush into
+ * a route touches one slot, and the routes of a fleet spread over the cluster instead of loading one node.
  *
- * Every event is added to its minute, hour and day bucket (one batched script call per flush for all routes), so a
- * window is read from the coarsest buckets that fit it: the 30-day budget of a route is ≤ 23 hour buckets at its
- * old edge plus ≤ 30 day buckets, never 720 hour buckets.
+ * Every event is added to its minute, hour and day bucket (one script call per route per flush), so a window is
+ * read from the coarsest buckets that fit it: the 30-day budget of a route is ≤ 23 hour buckets at its old edge
+ * plus ≤ 30 day buckets, never 720 hour buckets.
  *
  * ## Fields (only non-zero ones are written)
  * `ag`/`ab` availability good/bad, `lg`/`lb` latency under/over the threshold, `cg`/`cb` cost under/over the
@@ -24,7 +25,7 @@
  * ## Cost, 100 routes × 30 days, every route busy every minute
  * Live keys per route: 371 minute + 722 hour + 32 day = 1,125; 100 routes = 112,500 keys. A bucket is a small
  * listpack hash of 8–15 fields: Redis 7 `MEMORY USAGE` gives 136–153 bytes per key, so ≈ 16 MB, ≈ 20 MB with the
- * expiry index. Idle routes and idle minutes write no key. Writes: one script call per sidecar per flush.
+ * expiry index. Idle routes and idle minutes write no key. Writes: one script call per busy route per sidecar per flush.
  */
 
 /** Bucket resolutions: minute, hour, UTC day. */
@@ -56,19 +57,35 @@ export interface BucketRef {
 /** Counter name → value. Missing fields are zero. */
 export type BucketFields = Record<string, number>;
 
-export const bucketKey = (prefix: string, ref: BucketRef): string => `{${prefix}}:slo:${ref.route}:${ref.tier}:${ref.index}`;
+/** The hash tag of a route's buckets and marks: one Redis Cluster slot per route. */
+export const routeTag = (prefix: string, route: string): string => `{${prefix}:slo:${route}}`;
+
+export const bucketKey = (prefix: string, ref: BucketRef): string => `${routeTag(prefix, ref.route)}:${ref.tier}:${ref.index}`;
+
+/**
+ * A bucket's key in the layout before per-route tags (every route under the one tag `{prefix}`): read as well as
+ * the current one while such buckets exist, so an upgraded fleet keeps its SLO windows and counts the calls of the
+ * sidecars not yet upgraded. They are never written; they expire within the SLO window plus a day.
+ */
+export const legacyBucketKey = (prefix: string, ref: BucketRef): string => `{${prefix}}:slo:${ref.route}:${ref.tier}:${ref.index}`;
 
 /** The route of a bucket key under `prefix`, or undefined for any other key (a writer's mark, another prefix). */
 export const routeOfBucketKey = (prefix: string, key: string): string | undefined => {
-  const head = `{${prefix}}:slo:`;
-  return key.startsWith(head) ? /^(.+):[mhd]:\d+$/.exec(key.slice(head.length))?.[1] : undefined;
+  const head = `{${prefix}:slo:`;
+  // Route names have no "}" (config: letters, digits, "_", "-", "."), so the tag ends at the first one.
+  if (key.startsWith(head)) return /^([^}]+)\}:[mhd]:\d+$/.exec(key.slice(head.length))?.[1];
+  const legacyHead = `{${prefix}}:slo:`;
+  return key.startsWith(legacyHead) ? /^([^:]+):[mhd]:\d+$/.exec(key.slice(legacyHead.length))?.[1] : undefined;
 };
 
-/** A Redis SCAN pattern for the day buckets of every route under `prefix` (the longest-lived buckets: one per route-day). */
-export const dayBucketPattern = (prefix: string): string => `{${prefix}}:slo:*:d:*`;
+/** Redis SCAN patterns for the day buckets of every route under `prefix` (the longest-lived buckets: one per route-day), current and legacy layout. */
+export const dayBucketPatterns = (prefix: string): string[] => [`{${prefix}:slo:*}:d:*`, `{${prefix}}:slo:*:d:*`];
 
-/** The key holding the last batch sequence number a writer (one recorder) had applied. */
-export const writerKey = (prefix: string, writerId: string): string => `{${prefix}}:slo:w:${writerId}`;
+/**
+ * The key holding the last batch sequence number a writer (one recorder) had applied to a route: beside the route's
+ * buckets, in their slot, so the script that applies a batch checks and moves it in the same step.
+ */
+export const writerKey = (prefix: string, route: string, writerId: string): string => `${routeTag(prefix, route)}:w:${writerId}`;
 
 /** Seconds until the bucket should expire, measured from `now` (≥ 1, so a late write never deletes at once). */
 export const ttlSeconds = (ref: BucketRef, windowDays: number, now: number): number => {

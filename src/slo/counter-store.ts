@@ -1,6 +1,6 @@
 import type { RedisConnection } from '../store/redis-connection.js';
 import { defineScript, reply } from '../store/redis-script.js';
-import { bucketKey, dayBucketPattern, routeOfBucketKey, writerKey, type BucketFields, type BucketRef } from './buckets.js';
+import { addFields, bucketKey, dayBucketPatterns, legacyBucketKey, routeOfBucketKey, writerKey, type BucketFields, type BucketRef } from './buckets.js';
 
 /**
  * The SLO counter store could not be reached (or did not answer in time). Never reaches an agent: the recorder keeps
@@ -31,7 +31,7 @@ export interface CounterBatch {
  * Where SLO counters live. Memory for one sidecar, Redis for a fleet (every sidecar adds into the same buckets).
  *
  * Exactly-once: a writer sends its batches in `seq` order; the store applies a batch only when its `seq` is above
- * the last one it applied for that writer, in the same atomic step. So a batch whose answer was lost (timeout after
+ * the last one it applied for that writer (in Redis: for that writer and route), in the same atomic step. So a batch whose answer was lost (timeout after
  * Redis ran it) can be sent again without being counted twice. Limits: the writer's mark lives 1 h (a batch retried
  * later than that could count twice — the recorder drops batches long before); a writer restarting gets a new id,
  * so batches unsent at a crash are lost, never doubled.
@@ -102,7 +102,7 @@ export class MemoryCounterStore implements CounterStore {
 }
 
 /**
- * KEYS[1] the writer's mark, KEYS[2..] bucket keys. ARGV: mark TTL, batch count, then per batch `seq, writes`,
+ * KEYS[1] the writer's mark of one route, KEYS[2..] that route's bucket keys (one slot). ARGV: mark TTL, batch count, then per batch `seq, writes`,
  * then per write `key index, ttl, field count, field, delta, ...`. Atomic, so a batch is applied whole or not at all,
  * and the mark moves with it. Reply: how many batches were applied (the others were already).
  */
@@ -150,37 +150,75 @@ export class RedisCounterStore implements CounterStore {
     }
   }
 
+  /**
+   * One script call per route, all sent at once: a route's buckets and its mark share a slot (see buckets.ts), so
+   * each call touches one Redis Cluster slot. A route's call is atomic; when some routes' calls fail, the batches stay
+   * with the recorder, and the routes already applied skip them on the next try (their marks moved).
+   */
   async write(writerId: string, batches: readonly CounterBatch[]): Promise<void> {
     if (batches.length === 0) return;
-    const keys = [writerKey(this.prefix, writerId)];
-    const keyIndex = new Map<string, number>();
-    const args: Array<string | number> = [WRITER_MARK_TTL_SECONDS, batches.length];
+    const byRoute = new Map<string, Array<{ seq: number; writes: BucketWrite[] }>>();
     for (const batch of batches) {
-      args.push(batch.seq, batch.writes.length);
       for (const w of batch.writes) {
-        const key = bucketKey(this.prefix, w.ref);
-        let i = keyIndex.get(key);
-        if (i === undefined) {
-          keys.push(key);
-          i = keys.length;
-          keyIndex.set(key, i);
-        }
-        const fields = Object.entries(w.fields).filter(([, v]) => v !== 0);
-        args.push(i, w.ttlSeconds, fields.length);
-        for (const [f, v] of fields) args.push(f, v);
+        let list = byRoute.get(w.ref.route);
+        if (!list) byRoute.set(w.ref.route, (list = []));
+        if (list[list.length - 1]?.seq !== batch.seq) list.push({ seq: batch.seq, writes: [] });
+        list[list.length - 1]!.writes.push(w);
       }
     }
-    try {
-      await this.redis.run(APPLY, keys, args);
-    } catch (err) {
-      throw this.unavailable(err);
-    }
+    const calls = [...byRoute].map(([route, routeBatches]) => {
+      const keys = [writerKey(this.prefix, route, writerId)];
+      const keyIndex = new Map<string, number>();
+      const args: Array<string | number> = [WRITER_MARK_TTL_SECONDS, routeBatches.length];
+      for (const batch of routeBatches) {
+        args.push(batch.seq, batch.writes.length);
+        for (const w of batch.writes) {
+          const key = bucketKey(this.prefix, w.ref);
+          let i = keyIndex.get(key);
+          if (i === undefined) {
+            keys.push(key);
+            i = keys.length;
+            keyIndex.set(key, i);
+          }
+          const fields = Object.entries(w.fields).filter(([, v]) => v !== 0);
+          args.push(i, w.ttlSeconds, fields.length);
+          for (const [f, v] of fields) args.push(f, v);
+        }
+      }
+      return this.redis.run(APPLY, keys, args);
+    });
+    const failed = (await Promise.allSettled(calls)).find((r) => r.status === 'rejected');
+    if (failed) throw this.unavailable(failed.reason);
   }
 
+  /**
+   * One pipeline per route (a Redis Cluster pipeline stays on one slot); a missing bucket reads as `{}`. Buckets of the
+   * previous layout (see legacyBucketKey) are added in: one EXISTS for all of them (they share one slot), and their
+   * reads only when some exist.
+   */
   async read(refs: readonly BucketRef[]): Promise<BucketFields[]> {
     if (refs.length === 0) return [];
+    const byRoute = new Map<string, BucketRef[]>();
+    for (const ref of refs) {
+      let list = byRoute.get(ref.route);
+      if (!list) byRoute.set(ref.route, (list = []));
+      list.push(ref);
+    }
+    const read = new Map<BucketRef, BucketFields>();
+    await Promise.all(
+      [...byRoute.values()].map(async (routeRefs) => {
+        const legacyKeys = routeRefs.map((ref) => legacyBucketKey(this.prefix, ref));
+        const [current, legacyCount] = await Promise.all([this.hgetalls(routeRefs.map((ref) => bucketKey(this.prefix, ref))), this.existing(legacyKeys)]);
+        const legacy = legacyCount > 0 ? await this.hgetalls(legacyKeys) : undefined;
+        routeRefs.forEach((ref, i) => read.set(ref, legacy ? addFields(current[i]!, legacy[i]!) : current[i]!));
+      }),
+    );
+    return refs.map((ref) => read.get(ref)!);
+  }
+
+  private async hgetalls(keys: readonly string[]): Promise<BucketFields[]> {
     const pipeline = this.redis.client.pipeline();
-    for (const ref of refs) pipeline.hgetall(bucketKey(this.prefix, ref));
+    for (const key of keys) pipeline.hgetall(key);
     let replies: Array<[Error | null, unknown]> | null;
     try {
       replies = await pipeline.exec();
@@ -190,10 +228,18 @@ export class RedisCounterStore implements CounterStore {
     if (replies === null) throw this.unavailable(new Error('no reply'));
     return replies.map(([err, value]) => {
       if (err) throw this.unavailable(err);
-      const out: BucketFields = {};
-      for (const [k, v] of Object.entries((value ?? {}) as Record<string, string>)) out[k] = Number(v);
-      return out;
+      const fields: BucketFields = {};
+      for (const [k, v] of Object.entries((value ?? {}) as Record<string, string>)) fields[k] = Number(v);
+      return fields;
     });
+  }
+
+  private async existing(keys: readonly string[]): Promise<number> {
+    try {
+      return await this.redis.client.exists(...keys);
+    } catch (err) {
+      throw this.unavailable(err);
+    }
   }
 
   /**
@@ -202,16 +248,18 @@ export class RedisCounterStore implements CounterStore {
    */
   async routes(): Promise<string[]> {
     const found = new Set<string>();
-    let cursor = '0';
     try {
-      do {
-        const [next, keys] = await this.redis.client.scan(cursor, 'MATCH', dayBucketPattern(this.prefix), 'COUNT', 1000);
-        cursor = next;
-        for (const key of keys) {
-          const route = routeOfBucketKey(this.prefix, key);
-          if (route !== undefined) found.add(route);
-        }
-      } while (cursor !== '0');
+      for (const pattern of dayBucketPatterns(this.prefix)) {
+        let cursor = '0';
+        do {
+          const [next, keys] = await this.redis.client.scan(cursor, 'MATCH', pattern, 'COUNT', 1000);
+          cursor = next;
+          for (const key of keys) {
+            const route = routeOfBucketKey(this.prefix, key);
+            if (route !== undefined) found.add(route);
+          }
+        } while (cursor !== '0');
+      }
     } catch (err) {
       throw this.unavailable(err);
     }

@@ -1,4 +1,5 @@
 import { SloBudgetExhaustedError, SloThrottledError } from '../errors.js';
+import { assessmentSpecKey, LocalSloBoard, type PublishedRead, type PublishedSlo, type SloBoard } from './board.js';
 import { assessSlo, SLO_KINDS, type SloAssessment, type SloKind } from './burn.js';
 import type { CounterStore } from './counter-store.js';
 import { objectiveOf, type SloRouteSpec } from './spec.js';
@@ -13,7 +14,10 @@ const harsher = (a: SloAction, b: SloAction): SloAction => (SEVERITY.indexOf(b) 
 /** A route's SLO state after the last evaluation. */
 export interface RouteSloState {
   readonly route: string;
-  /** Clock time (ms) of the last successful read of the fleet counters; undefined before the first. */
+  /**
+   * Clock time (ms) the fleet counters were read for the assessment in force (by this sidecar, or by the route's
+   * leader when taken from the board); undefined before the first.
+   */
   readonly evaluatedAt: number | undefined;
   /** Undefined before the first successful read. */
   readonly slos: Readonly<Partial<Record<SloKind, SloAssessment>>>;
@@ -29,7 +33,7 @@ export interface RouteSloState {
   readonly action: SloAction;
   /** Suspended by the admin API (`resume` lifts it). */
   readonly overridden: boolean;
-  /** The last reads failed for longer than `staleAfterMs`: the action is lifted (fail open) until a read succeeds. */
+  /** The assessment in force is older than `staleAfterMs` (reads failing, no leader): the action is lifted (fail open) until a fresh one. */
   readonly stale: boolean;
 }
 
@@ -40,13 +44,32 @@ export type Admission =
 
 type Log = { warn(obj: object, msg: string): void; info(obj: object, msg: string): void };
 
+type RouteLabel = { route: string };
+
+/** prom-client shapes; see telemetry/metrics.ts. */
+export interface SloLeadMetrics {
+  /** `fusebox_slo_leader{route}`: 1 while this sidecar assesses the route for the fleet. */
+  leader?: { set(labels: RouteLabel, value: number): void; remove(labels: RouteLabel): void };
+  /** `fusebox_slo_assessments_total{route}`: assessments this sidecar computed from the buckets. */
+  assessments?: { inc(labels: RouteLabel, value?: number): void; remove(labels: RouteLabel): void };
+  /** `fusebox_slo_publish_failures_total{route}`: assessments this sidecar computed but could not publish. */
+  publishFailures?: { inc(labels: RouteLabel, value?: number): void; remove(labels: RouteLabel): void };
+}
+
 export interface SloEvaluatorOptions {
   store: CounterStore;
   routes: readonly SloRouteSpec[];
   now: () => number;
   logger: Log;
-  /** How often the fleet counters are read, ms. Default 5000. */
+  /**
+   * How often each route is assessed (by its leader) and the published assessments read (by the others), ms.
+   * Default 5000: an idle sidecar costs Redis 0.2 commands/s. A route's lease lasts 3 intervals; a sidecar tries to
+   * take a route over when its published assessment is older than 2.
+   */
   intervalMs?: number;
+  /** Shares assessments across a fleet (Redis); default one process that assesses every route itself. */
+  board?: SloBoard;
+  metrics?: SloLeadMetrics;
   /** After this long without a successful read, actions are lifted, ms. Default 60000. */
   staleAfterMs?: number;
   /** Cache of settled buckets; `false` reads everything every time. */
@@ -73,16 +96,27 @@ const reasonsOf = (slos: Partial<Record<SloKind, SloAssessment>>): { exhausted: 
 };
 
 /**
- * Reads the fleet counters of every route periodically and decides each route's SLO action. Transitions log one
- * line each. The admin API can suspend a route's action (`suspend`) and lift the suspension (`resume`).
+ * Keeps every route's SLO assessment fresh and decides each route's SLO action. Transitions log one line each. The
+ * admin API can suspend a route's action (`suspend`) and lift the suspension (`resume`).
+ *
+ * In a fleet (a shared board), each interval a sidecar reads every route's published assessment in one command; a
+ * route whose assessment is missing or older than 2 intervals is taken over (`SET NX` on its lease); the holder of a
+ * route's lease reads its buckets, assesses it, publishes the result and renews the lease. So the buckets are read
+ * once per route per interval, not once per sidecar. Alone (the default board), a sidecar assesses every route itself.
  */
 export class SloEvaluator {
   private specs: Map<string, SloRouteSpec>;
   private readonly states = new Map<string, RouteSloState>();
   private readonly suspended = new Map<string, number>();
   private readonly buckets = new Map<string, TokenBucket>();
-  private readonly lastOk = new Map<string, number>();
   private readonly cache: BucketCache | undefined;
+  private readonly board: SloBoard;
+  /** Routes whose lease this sidecar holds (a shared board). */
+  private readonly leading = new Set<string>();
+  /** Routes whose last publish failed: the failure is logged once, and the recovery. */
+  private readonly publishFailing = new Set<string>();
+  /** Routes whose published value did not decode, logged once until it does. */
+  private readonly undecodable = new Set<string>();
   private readonly startedAt: number;
   private timer: NodeJS.Timeout | undefined;
   private running: Promise<void> | undefined;
@@ -90,8 +124,26 @@ export class SloEvaluator {
   constructor(private readonly opts: SloEvaluatorOptions) {
     this.specs = new Map(opts.routes.map((s) => [s.route, s]));
     this.cache = opts.cache === false ? undefined : (opts.cache ?? new BucketCache());
+    this.board = opts.board ?? new LocalSloBoard();
     this.startedAt = opts.now();
-    for (const s of opts.routes) this.states.set(s.route, SloEvaluator.initial(s.route));
+    for (const s of opts.routes) this.addRoute(s.route);
+  }
+
+  private addRoute(route: string): void {
+    this.states.set(route, SloEvaluator.initial(route));
+    const m = this.opts.metrics;
+    m?.leader?.set({ route }, this.board.shared ? 0 : 1);
+    // Present from the first scrape, so rate() and increase() see the first one.
+    m?.assessments?.inc({ route }, 0);
+    m?.publishFailures?.inc({ route }, 0);
+  }
+
+  private get intervalMs(): number {
+    return this.opts.intervalMs ?? 5_000;
+  }
+
+  private get leaseMs(): number {
+    return 3 * this.intervalMs;
   }
 
   private static initial(route: string): RouteSloState {
@@ -110,9 +162,12 @@ export class SloEvaluator {
       this.states.delete(route);
       this.suspended.delete(route);
       this.buckets.delete(route);
-      this.lastOk.delete(route);
+      this.publishFailing.delete(route);
+      this.undecodable.delete(route);
+      for (const series of [this.opts.metrics?.leader, this.opts.metrics?.assessments, this.opts.metrics?.publishFailures]) series?.remove({ route });
+      if (this.leading.delete(route)) void this.release(route);
     }
-    for (const s of routes) if (!this.states.has(s.route)) this.states.set(s.route, SloEvaluator.initial(s.route));
+    for (const s of routes) if (!this.states.has(s.route)) this.addRoute(s.route);
     // A throttle's bucket was sized by the old throttleRps.
     this.buckets.clear();
     if (this.timer) void this.evaluate();
@@ -122,18 +177,29 @@ export class SloEvaluator {
   start(): void {
     if (this.timer) return;
     void this.evaluate();
-    this.timer = setInterval(() => void this.evaluate(), this.opts.intervalMs ?? 5_000);
+    this.timer = setInterval(() => void this.evaluate(), this.intervalMs);
     this.timer.unref();
   }
 
-  close(): void {
+  /** Stop, and give up the leases held, so other sidecars take the routes over at their next interval. */
+  async close(): Promise<void> {
     if (this.timer) clearInterval(this.timer);
     this.timer = undefined;
+    await this.running;
+    const held = [...this.leading];
+    this.leading.clear();
+    for (const route of held) this.opts.metrics?.leader?.set({ route }, 0);
+    await Promise.all(held.map((route) => this.release(route)));
+  }
+
+  /** Whether this sidecar assesses the route for the fleet (always, alone). */
+  leads(route: string): boolean {
+    return this.specs.has(route) && (!this.board.shared || this.leading.has(route));
   }
 
   /** One pass over every route. Never throws; a failed read keeps the last state (see `stale`). Concurrent calls share one pass. */
   evaluate(): Promise<void> {
-    this.running ??= Promise.all([...this.specs.values()].map((s) => this.evaluateRoute(s))).then(
+    this.running ??= this.pass().then(
       () => {
         this.running = undefined;
       },
@@ -216,27 +282,132 @@ export class SloEvaluator {
     return this.states.get(route)?.action ?? state.action;
   }
 
-  private async evaluateRoute(spec: SloRouteSpec): Promise<void> {
+  private async pass(): Promise<void> {
     const now = this.opts.now();
-    try {
-      const windows = await readSloWindows(this.opts.store, spec.route, spec.windowDays, now, this.cache);
-      const slos: Partial<Record<SloKind, SloAssessment>> = {};
-      for (const kind of SLO_KINDS) slos[kind] = assessSlo(windows, objectiveOf(spec, kind));
-      this.lastOk.set(spec.route, now);
-      this.update(spec.route, { slos, evaluatedAt: now, stale: false });
-    } catch (err) {
-      const since = this.lastOk.get(spec.route) ?? this.startedAt;
-      const stale = now - since > (this.opts.staleAfterMs ?? 60_000);
-      const prev = this.states.get(spec.route);
-      if (prev === undefined) return;
-      if (stale && !prev.stale) {
-        this.opts.logger.warn({ route: spec.route, err }, `SLO counters of route "${spec.route}" unreadable for ${Math.round((now - since) / 1000)} s: its SLO action is lifted until they can be read`);
+    const specs = [...this.specs.values()];
+    let board: PublishedRead | undefined;
+    let readError: unknown;
+    // A sidecar leading every route has nothing to read: its own assessments are the newest.
+    if (this.board.shared && specs.some((s) => !this.leading.has(s.route))) {
+      try {
+        board = await this.board.read();
+        this.noteUndecodable(board.unreadable);
+      } catch (err) {
+        readError = err;
       }
-      this.update(spec.route, { stale });
+    }
+    await Promise.all(specs.map((s) => this.evaluateRoute(s, now, board, readError)));
+  }
+
+  private async evaluateRoute(spec: SloRouteSpec, now: number, board: PublishedRead | undefined, readError: unknown): Promise<void> {
+    const route = spec.route;
+    if (!this.board.shared) return this.assessAndPublish(spec, now, false);
+    const published = board?.results.get(route);
+    // Only after a successful read: with the board unreachable, taking leases would only add failing commands.
+    if (board !== undefined && !this.leading.has(route) && (published === undefined || now - published.at > 2 * this.intervalMs)) {
+      await this.tryLead(route);
+    }
+    if (this.leading.has(route)) return this.assessAndPublish(spec, now, true);
+    // A leader with other objectives (a rolling config change): its assessment is not this sidecar's; assess alone.
+    if (published !== undefined && published.spec !== assessmentSpecKey(spec)) return this.assessAndPublish(spec, now, false);
+    if (published !== undefined) return this.adopt(route, published, now);
+    this.keepLast(route, now, `no published SLO assessment of route "${route}"`, readError);
+  }
+
+  private async tryLead(route: string): Promise<void> {
+    let took: boolean;
+    try {
+      took = await this.board.lead(route, this.leaseMs);
+    } catch {
+      // The board answered the read just before: a blip. The next interval tries again, and staleness covers a longer outage.
+      return;
+    }
+    // A reload may have removed the route meanwhile.
+    if (!took || !this.specs.has(route)) return;
+    this.leading.add(route);
+    this.opts.metrics?.leader?.set({ route }, 1);
+    this.opts.logger.info({ route }, `took the lead of route "${route}": this sidecar now assesses its SLOs for the fleet and publishes them every ${this.intervalMs} ms`);
+  }
+
+  private loseLead(route: string, outcome: 'lost' | 'superseded'): void {
+    if (!this.leading.delete(route)) return;
+    this.opts.metrics?.leader?.set({ route }, 0);
+    const why = outcome === 'lost' ? 'another sidecar holds its lease' : 'its lease lapsed and a newer assessment was published';
+    this.opts.logger.info({ route, outcome }, `lost the lead of route "${route}" (${why}): this sidecar now reads its published SLO assessment`);
+  }
+
+  private async release(route: string): Promise<void> {
+    try {
+      await this.board.release(route);
+    } catch {
+      // Unreachable store: the lease lapses by itself after 3 intervals.
     }
   }
 
-  private update(route: string, change: Partial<Pick<RouteSloState, 'slos' | 'evaluatedAt' | 'stale'>>): void {
+  /** Read the buckets, assess, take the result; publish it when leading. */
+  private async assessAndPublish(spec: SloRouteSpec, now: number, publish: boolean): Promise<void> {
+    const route = spec.route;
+    let slos: Partial<Record<SloKind, SloAssessment>>;
+    try {
+      const windows = await readSloWindows(this.opts.store, route, spec.windowDays, now, this.cache);
+      slos = {};
+      for (const kind of SLO_KINDS) slos[kind] = assessSlo(windows, objectiveOf(spec, kind));
+    } catch (err) {
+      this.keepLast(route, now, `SLO counters of route "${route}" unreadable`, err);
+      return;
+    }
+    this.opts.metrics?.assessments?.inc({ route });
+    this.update(route, { slos, evaluatedAt: now, stale: false });
+    if (publish) await this.publish(route, { at: now, spec: assessmentSpecKey(spec), slos });
+  }
+
+  private async publish(route: string, result: Omit<PublishedSlo, 'by'>): Promise<void> {
+    try {
+      const outcome = await this.board.publish(route, result, this.leaseMs);
+      if (outcome !== 'published') this.loseLead(route, outcome);
+    } catch (err) {
+      this.opts.metrics?.publishFailures?.inc({ route });
+      if (!this.publishFailing.has(route)) {
+        this.publishFailing.add(route);
+        this.opts.logger.warn({ route, err }, `could not publish the SLO assessment of route "${route}": the other sidecars keep the last one (and lift its action once it is older than staleAfterMs); retrying every interval`);
+      }
+      return;
+    }
+    if (this.publishFailing.delete(route)) this.opts.logger.info({ route }, `SLO assessment of route "${route}" published again`);
+  }
+
+  /** Take the leader's assessment, unless this sidecar already holds a newer one (it led the route until now). */
+  private adopt(route: string, published: PublishedSlo, now: number): void {
+    const prev = this.states.get(route);
+    if (prev?.evaluatedAt !== undefined && prev.evaluatedAt > published.at) return this.keepLast(route, now, `published SLO assessment of route "${route}" older than this sidecar's`);
+    const stale = now - published.at > this.staleAfterMs;
+    this.update(route, { slos: published.slos, evaluatedAt: published.at, stale }, stale ? `SLO assessment of route "${route}" (by ${published.by}) not renewed` : undefined);
+  }
+
+  /** No fresh assessment this interval: keep the last one until it is older than `staleAfterMs`, then fail open. */
+  private keepLast(route: string, now: number, why: string, err?: unknown): void {
+    const prev = this.states.get(route);
+    if (prev === undefined) return;
+    const since = prev.evaluatedAt ?? this.startedAt;
+    const stale = now - since > this.staleAfterMs;
+    this.update(route, { stale }, stale ? why : undefined, err);
+  }
+
+  private get staleAfterMs(): number {
+    return this.opts.staleAfterMs ?? 60_000;
+  }
+
+  private noteUndecodable(routes: readonly string[]): void {
+    for (const route of routes) {
+      if (!this.specs.has(route) || this.undecodable.has(route)) continue;
+      this.undecodable.add(route);
+      this.opts.logger.warn({ route }, `the published SLO assessment of route "${route}" does not decode (another Fusebox version?): treated as missing until its leader publishes it again`);
+    }
+    for (const route of this.undecodable) if (!routes.includes(route)) this.undecodable.delete(route);
+  }
+
+  /** `staleWhy`/`err`: why the assessment is old, for the log line when the route turns stale. */
+  private update(route: string, change: Partial<Pick<RouteSloState, 'slos' | 'evaluatedAt' | 'stale'>>, staleWhy?: string, err?: unknown): void {
     const spec = this.specs.get(route);
     const prev = this.states.get(route);
     // A read that was in flight when a reload removed its route.
@@ -264,6 +435,10 @@ export class SloEvaluator {
       stale,
     };
     this.states.set(route, next);
+    if (stale && !prev.stale) {
+      const age = Math.round((this.opts.now() - (next.evaluatedAt ?? this.startedAt)) / 1000);
+      this.opts.logger.warn({ route, err }, `${staleWhy ?? `SLO assessment of route "${route}" old`} for ${age} s: its SLO action is lifted until there is a fresh one`);
+    }
     if (action !== 'throttle') this.buckets.delete(route);
     if (prev.action !== next.action || prev.exhausted !== next.exhausted || prev.fastBurn !== next.fastBurn || prev.overridden !== next.overridden) {
       this.logTransition(prev, next);

@@ -267,6 +267,25 @@ export const createMetrics = (opts: { defaultMetrics?: boolean } = {}) => {
       registers: [registry],
     }),
 
+    sloLeader: new Gauge({
+      name: 'fusebox_slo_leader',
+      help: "1 while this sidecar leads the route: it assesses the route's SLOs from the shared counters and publishes them for the fleet; 0 while it reads the leader's. A sidecar alone (memory store) leads every route.",
+      labelNames: ['route'] as const,
+      registers: [registry],
+    }),
+    sloAssessments: new Counter({
+      name: 'fusebox_slo_assessments_total',
+      help: "Assessments of a route's SLOs this sidecar computed from the counters (as the route's leader, or alone).",
+      labelNames: ['route'] as const,
+      registers: [registry],
+    }),
+    sloPublishFailures: new Counter({
+      name: 'fusebox_slo_publish_failures_total',
+      help: "Assessments this sidecar computed as the route's leader but could not publish to the shared store: the fleet keeps the last one until it is stale.",
+      labelNames: ['route'] as const,
+      registers: [registry],
+    }),
+
     // --- lifecycle ---
     ready: new Gauge({
       name: 'fusebox_ready',

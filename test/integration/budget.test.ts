@@ -301,7 +301,7 @@ describe('a fleet sharing one Redis', () => {
       await (await chat(fb)).body.dump();
       await fb.app.slo.recorder.flush();
       expect(await raw.keys('{oneconn}:agent:one-conn:*')).not.toEqual([]);
-      expect(await raw.keys('{oneconn}:slo:*')).not.toEqual([]);
+      expect(await raw.keys('{oneconn:slo:*')).not.toEqual([]);
       expect(await connections()).toBe(before + 1);
       await fb.stop();
       // The server drops a connection just after answering its QUIT.

@@ -110,6 +110,46 @@ describe('SLO counters in a shared Redis', () => {
     expect(await store.read([ref])).toEqual([{ ag: 11, ab: 2 }]);
   });
 
+  it('adds in the buckets of the previous layout ({prefix}:slo:<route>:…), so an upgrade keeps the SLO windows; their routes are known', async () => {
+    const prefix = `legacy${prefixSeq++}`;
+    const clock = { t: T };
+    const { recorder, store } = sidecar(prefix, clock, 'a');
+    await store.ready(2_000);
+    // What a sidecar of the previous version wrote: minute, hour and day buckets under the one `{prefix}` tag.
+    const minute = minuteIndex(T);
+    for (const key of [`{${prefix}}:slo:chat:m:${minute}`, `{${prefix}}:slo:chat:h:${Math.floor(minute / 60)}`, `{${prefix}}:slo:chat:d:${Math.floor(minute / 1440)}`]) {
+      await store.redis.client.hset(key, { ag: 90, ab: 10 });
+    }
+    await store.redis.client.hset(`{${prefix}}:slo:old-only:d:${Math.floor(minute / 1440)}`, { ag: 1 });
+    for (let i = 0; i < 5; i++) recorder.record('chat', { availability: 'bad', latencyMs: 10 });
+    await recorder.flush();
+    const windows = await readSloWindows(store, 'chat', 30, T);
+    expect(assessSlo(windows, objectiveOf(specs[0]!, 'availability')).events).toMatchObject({ '5m': { good: 90, bad: 15 }, budget: { good: 90, bad: 15 } });
+    expect(await store.routes()).toEqual(['chat', 'old-only']);
+  });
+
+  it('reads a route without buckets of the previous layout in one EXISTS besides its HGETALLs', async () => {
+    const prefix = `nolegacy${prefixSeq++}`;
+    const store = redisStore(prefix);
+    await store.ready(2_000);
+    const seen: string[] = [];
+    const monitor = await store.redis.client.monitor();
+    monitor.on('monitor', (_t: string, args: string[]) => {
+      if (args.some((a) => a.includes(`${prefix}`)) || args[1] === 'legacy-done') seen.push(args[0]!.toLowerCase());
+    });
+    try {
+      const ref = (index: number) => ({ route: 'chat', tier: 'm', index }) as const;
+      expect(await store.read([ref(1), ref(2), ref(3)])).toEqual([{}, {}, {}]);
+      await new Promise<void>((resolve) => {
+        monitor.on('monitor', (_t: string, args: string[]) => args[1] === 'legacy-done' && resolve());
+        void store.redis.client.echo('legacy-done');
+      });
+    } finally {
+      monitor.disconnect();
+    }
+    expect(seen.sort()).toEqual(['echo', 'exists', 'hgetall', 'hgetall', 'hgetall']);
+  });
+
   it('keeps the counts while Redis is down and writes them once it is back, without waiting on the hot path', async () => {
     const prefix = `down${prefixSeq++}`;
     const clock = { t: T };

@@ -119,11 +119,22 @@ describe('fleet SLO counters and the gate', () => {
       for (let i = 0; i < 6; i++) await (await request(`${a.proxyUrl}/flaky/fast`)).body.dump();
       for (let i = 0; i < 4; i++) await (await request(`${b.proxyUrl}/flaky/status?code=503`)).body.dump();
       await Promise.all([a.app.slo.recorder.flush(), b.app.slo.recorder.flush()]);
-      await a.app.slo.evaluator.evaluate();
-      const slo = (await (await request(`${a.adminUrl}/admin/slo`)).body.json()) as {
-        routes: Array<{ route: string; slos: { availability: { events: Record<string, { good: number; bad: number }> } } }>;
-      };
-      expect(slo.routes[0]!.slos.availability.events['5m']).toEqual({ good: 6, bad: 4 });
+      // One of them leads the route (it took the lease at its first pass, or takes it now): it assesses the
+      // counters and publishes; the other reads what it published.
+      await Promise.all([a.app.slo.evaluator.evaluate(), b.app.slo.evaluator.evaluate()]);
+      const [leader, follower] = a.app.slo.evaluator.leads('flaky') ? [a, b] : [b, a];
+      expect(follower.app.slo.evaluator.leads('flaky')).toBe(false);
+      await leader.app.slo.evaluator.evaluate();
+      await follower.app.slo.evaluator.evaluate();
+      for (const sidecar of [leader, follower]) {
+        const slo = (await (await request(`${sidecar.adminUrl}/admin/slo`)).body.json()) as {
+          routes: Array<{ route: string; slos: { availability: { events: Record<string, { good: number; bad: number }> } } }>;
+        };
+        expect(slo.routes[0]!.slos.availability.events['5m']).toEqual({ good: 6, bad: 4 });
+      }
+      expect(metricValue(await leader.metricsText(), 'fusebox_slo_leader', { route: 'flaky' })).toBe(1);
+      expect(metricValue(await follower.metricsText(), 'fusebox_slo_leader', { route: 'flaky' })).toBe(0);
+      expect(metricValue(await follower.metricsText(), 'fusebox_slo_assessments_total', { route: 'flaky' })).toBe(0);
     } finally {
       await a.stop();
       await b.stop();

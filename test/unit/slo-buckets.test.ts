@@ -1,6 +1,8 @@
 import { describe, expect, it } from 'vitest';
 import {
   bucketKey,
+  routeOfBucketKey,
+  writerKey,
   coverSince,
   coverWindow,
   DAY_MS,
@@ -20,9 +22,21 @@ const T = Date.UTC(2025, 0, 15, 12, 30, 30);
 const M = minuteIndex(T);
 
 describe('bucket keys and retention', () => {
-  it('names keys with the prefix as a Redis Cluster hash tag and the tier and index', () => {
-    expect(bucketKey('fusebox', { route: 'chat', tier: 'm', index: 123 })).toBe('{fusebox}:slo:chat:m:123');
-    expect(bucketKey('team-a', { route: 'chat', tier: 'd', index: 20103 })).toBe('{team-a}:slo:chat:d:20103');
+  it('names keys with a per-route Redis Cluster hash tag (prefix and route), then the tier and index', () => {
+    expect(bucketKey('fusebox', { route: 'chat', tier: 'm', index: 123 })).toBe('{fusebox:slo:chat}:m:123');
+    expect(bucketKey('team-a', { route: 'chat', tier: 'd', index: 20103 })).toBe('{team-a:slo:chat}:d:20103');
+    // A route's writer marks share its buckets' slot: the script applying a flush touches one slot.
+    expect(writerKey('fusebox', 'chat', 'w1')).toBe('{fusebox:slo:chat}:w:w1');
+  });
+
+  it('finds the route of a bucket key, and of nothing else', () => {
+    expect(routeOfBucketKey('fusebox', '{fusebox:slo:chat.v2}:d:20103')).toBe('chat.v2');
+    expect(routeOfBucketKey('fusebox', '{fusebox:slo:chat}:w:w1')).toBeUndefined();
+    expect(routeOfBucketKey('fusebox', '{other:slo:chat}:d:1')).toBeUndefined();
+    expect(routeOfBucketKey('fusebox', '{fusebox:slo}:published')).toBeUndefined();
+    // The previous layout, still read while its buckets live.
+    expect(routeOfBucketKey('fusebox', '{fusebox}:slo:chat:d:20103')).toBe('chat');
+    expect(routeOfBucketKey('fusebox', '{fusebox}:slo:w:w1')).toBeUndefined();
   });
 
   it('keeps minute buckets 6 h 10 min, hour buckets the SLO window (at least 3 days) plus 1 h, day buckets the window plus a day', () => {

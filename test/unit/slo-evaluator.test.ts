@@ -196,6 +196,30 @@ describe('SloEvaluator', () => {
     expect(ev.state('chat')!.stale).toBe(false);
   });
 
+  it('alone (no shared board) it leads every route: assesses each interval, never reads a published result, leader gauge 1', async () => {
+    const clock = { t: T };
+    const spec = sloSpecOf('chat', SloSchema.parse({}));
+    const leader = new Map<string, number>();
+    let assessments = 0;
+    const ev = new SloEvaluator({
+      store: new MemoryCounterStore({ now: () => clock.t }),
+      routes: [spec],
+      now: () => clock.t,
+      logger: { info() {}, warn() {} },
+      metrics: { leader: { set: (l, v) => void leader.set(l.route, v), remove: (l) => void leader.delete(l.route) }, assessments: { inc: (_l, v = 1) => void (assessments += v), remove() {} } },
+    });
+    expect(ev.leads('chat')).toBe(true);
+    expect(leader.get('chat')).toBe(1);
+    for (let i = 0; i < 3; i++) {
+      clock.t += 5_000;
+      await ev.evaluate();
+    }
+    expect(assessments).toBe(3);
+    expect(ev.state('chat')?.evaluatedAt).toBe(clock.t);
+    ev.setRoutes([]);
+    expect(leader.has('chat')).toBe(false);
+  });
+
   it('exports the state as gauges and JSON, leaving out numbers with too few events', async () => {
     const { ev, traffic } = setup({});
     await traffic(95, 5);
