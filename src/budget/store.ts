@@ -39,6 +39,11 @@ export type ScopeKind = 'agent' | 'workflow' | 'route' | 'fleet';
 export interface ScopeRef {
   readonly kind: ScopeKind;
   readonly id: string;
+  /**
+   * `workflow` scopes: the agent running the workflow. RedisStore keeps a workflow's counters beside its agent's (one
+   * cluster slot per agent), so workflow caps count per agent id; absent, the workflow is counted under its own key.
+   */
+  readonly agent?: string;
 }
 
 /** What is counted. Money is integer micro-dollars (1 USD = 1_000_000), never a float. */
@@ -304,7 +309,7 @@ export function budgetScopes(budgets: BudgetsConfig, route: Pick<RouteConfig, 'b
   if (ids.workflow !== undefined) {
     const w = budgets.workflow;
     scopes.push({
-      scope: { kind: 'workflow', id: ids.workflow },
+      scope: { kind: 'workflow', id: ids.workflow, agent: ids.agent },
       window: 'workflow',
       caps: caps({ usdMicros: usd(w.usd), tokens: w.tokens, calls: w.maxCalls }),
       idleTtlMs: w.idleTtlMs,
