@@ -37,10 +37,19 @@ interface Figures {
 }
 
 const { values } = parseArgs({
-  options: { calls: { type: 'string', default: '2000' }, 'compare-rev': { type: 'string', multiple: true, default: [] } },
+  options: {
+    calls: { type: 'string', default: '1000' },
+    rounds: { type: 'string', default: '5' },
+    'compare-rev': { type: 'string', multiple: true, default: [] },
+  },
 });
-const calls = Number(values.calls);
-if (!Number.isSafeInteger(calls) || calls < 1) throw new Error(`--calls must be a positive integer, got ${values.calls}`);
+const positive = (name: string, v: string | undefined): number => {
+  const n = Number(v);
+  if (!Number.isSafeInteger(n) || n < 1) throw new Error(`--${name} must be a positive integer, got ${v}`);
+  return n;
+};
+const calls = positive('calls', values.calls);
+const rounds = positive('rounds', values.rounds);
 
 const cleanups: Array<() => void> = [];
 process.on('exit', () => cleanups.forEach((c) => c()));
@@ -91,7 +100,61 @@ const countKeys = async (raw: Redis, prefix: string): Promise<number> => {
   return n;
 };
 
-async function measure(url: string, v: Variant, index: number): Promise<Figures> {
+interface Subject {
+  label: string;
+  /** Runs `calls` pairs and returns the figures. */
+  round(): Promise<Figures>;
+  close(): Promise<void>;
+}
+
+/** Reads the server's counters around `run`, which makes `calls` calls; `prefix` names the keys it may add. */
+async function around(raw: Redis, prefix: string, run: () => Promise<void>): Promise<Figures> {
+  const keys0 = await countKeys(raw, prefix);
+  await raw.config('RESETSTAT');
+  const memory0 = field(await info(raw, 'memory'), 'used_memory');
+  const aof0 = field(await info(raw, 'persistence'), 'aof_current_size');
+  const cpu0 = await cpuSeconds(raw);
+  await run();
+  const cpu1 = await cpuSeconds(raw);
+  const aof1 = field(await info(raw, 'persistence'), 'aof_current_size');
+  const memory1 = field(await info(raw, 'memory'), 'used_memory');
+  const stats = await info(raw, 'commandstats');
+  let commands = 0;
+  let scriptUs = 0;
+  for (const [k, v] of stats) {
+    const n = Number(/calls=(\d+)/.exec(v)?.[1] ?? 0);
+    const usec = Number(/usec=(\d+)/.exec(v)?.[1] ?? 0);
+    if (k === 'cmdstat_evalsha' || k === 'cmdstat_eval') scriptUs += usec;
+    else if (!['cmdstat_info', 'cmdstat_config', 'cmdstat_ping'].includes(k)) commands += n;
+  }
+  return {
+    cpuUs: ((cpu1 - cpu0) * 1e6) / calls,
+    scriptUs: scriptUs / calls,
+    commands: commands / calls,
+    keys: ((await countKeys(raw, prefix)) - keys0) / calls,
+    memoryBytes: (memory1 - memory0) / calls,
+    aofBytes: (aof1 - aof0) / calls,
+  };
+}
+
+/** Two PINGs per call: what the two round trips of a reserve + commit cost the server, whatever the scripts do. */
+async function pings(url: string): Promise<Subject> {
+  const client = new Redis(url);
+  const raw = new Redis(url);
+  return {
+    label: '2 PINGs',
+    round: () =>
+      around(raw, 'none', async () => {
+        for (let i = 0; i < 2 * calls; i++) await client.ping();
+      }),
+    close: async () => {
+      client.disconnect();
+      raw.disconnect();
+    },
+  };
+}
+
+async function store(url: string, v: Variant, index: number): Promise<Subject> {
   const { RedisStore } = (await import(pathToFileURL(join(v.root, 'src/budget/redis-store.ts')).href)) as {
     RedisStore: new (o: { redis: unknown; now: () => number }) => BudgetStore;
   };
@@ -102,7 +165,7 @@ async function measure(url: string, v: Variant, index: number): Promise<Figures>
   const connection = new RedisConnection({ url, keyPrefix: prefix, timeoutMs: 5_000 });
   await connection.ready(5_000);
   let t = Date.now();
-  const store = new RedisStore({ redis: connection, now: () => t });
+  const budgetStore = new RedisStore({ redis: connection, now: () => t });
   const scopes: ScopeBudget[] = [
     { scope: { kind: 'agent', id: 'pod-1' }, window: 'day', caps: { usdMicros: 1e12, tokens: 1e12 } },
     { scope: { kind: 'agent', id: 'pod-1' }, window: 'month', caps: { usdMicros: 1e12 } },
@@ -110,60 +173,50 @@ async function measure(url: string, v: Variant, index: number): Promise<Figures>
   ];
   const pair = async () => {
     t += 1;
-    const r = await store.reserve({ scopes, estimate: { usdMicros: 12_000, tokens: 900, calls: 1 } });
+    const r = await budgetStore.reserve({ scopes, estimate: { usdMicros: 12_000, tokens: 900, calls: 1 } });
     if (!r.ok) throw new Error(`${v.label}: refused ${JSON.stringify(r.refusal)}`);
-    await store.commit(r.reservation, { usdMicros: 9_000, tokens: 700 });
+    await budgetStore.commit(r.reservation, { usdMicros: 9_000, tokens: 700 });
   };
   const raw = new Redis(url);
-  try {
-    for (let i = 0; i < 50; i++) await pair();
-    const keys0 = await countKeys(raw, prefix);
-    await raw.config('RESETSTAT');
-    const memory0 = field(await info(raw, 'memory'), 'used_memory');
-    const aof0 = field(await info(raw, 'persistence'), 'aof_current_size');
-    const cpu0 = await cpuSeconds(raw);
-    for (let i = 0; i < calls; i++) await pair();
-    const cpu1 = await cpuSeconds(raw);
-    const aof1 = field(await info(raw, 'persistence'), 'aof_current_size');
-    const memory1 = field(await info(raw, 'memory'), 'used_memory');
-    const stats = await info(raw, 'commandstats');
-    let commands = 0;
-    let scriptUs = 0;
-    for (const [k, v] of stats) {
-      const n = Number(/calls=(\d+)/.exec(v)?.[1] ?? 0);
-      const usec = Number(/usec=(\d+)/.exec(v)?.[1] ?? 0);
-      if (k === 'cmdstat_evalsha' || k === 'cmdstat_eval') scriptUs += usec;
-      else if (!['cmdstat_info', 'cmdstat_config'].includes(k)) commands += n;
-    }
-    return {
-      cpuUs: ((cpu1 - cpu0) * 1e6) / calls,
-      scriptUs: scriptUs / calls,
-      commands: commands / calls,
-      keys: ((await countKeys(raw, prefix)) - keys0) / calls,
-      memoryBytes: (memory1 - memory0) / calls,
-      aofBytes: (aof1 - aof0) / calls,
-    };
-  } finally {
-    raw.disconnect();
-    await store.close();
-    await connection.close();
-  }
+  for (let i = 0; i < 50; i++) await pair();
+  return {
+    label: v.label,
+    round: () =>
+      around(raw, prefix, async () => {
+        for (let i = 0; i < calls; i++) await pair();
+      }),
+    close: async () => {
+      raw.disconnect();
+      await budgetStore.close();
+      await connection.close();
+    },
+  };
 }
 
 const variants: Variant[] = [{ label: 'now', root: REPO_ROOT }, ...values['compare-rev'].map(checkout)];
 const url = await startRedis();
-const rows: Array<[string, (f: Figures) => string]> = [
-  ['Redis CPU per call, µs (INFO cpu)', (f) => f.cpuUs.toFixed(0)],
-  ['inside the scripts, µs (evalsha usec)', (f) => f.scriptUs.toFixed(0)],
-  ['Redis commands per call', (f) => f.commands.toFixed(1)],
-  ['keys added per call', (f) => f.keys.toFixed(2)],
-  ['memory added per call, bytes', (f) => f.memoryBytes.toFixed(0)],
-  ['AOF bytes per call', (f) => f.aofBytes.toFixed(0)],
+const subjects = [...(await Promise.all(variants.map((v, i) => store(url, v, i)))), await pings(url)];
+// Rounds interleave the subjects, so a neighbour's burst on a shared machine hits them alike; the median is shown.
+const figures: Figures[][] = subjects.map(() => []);
+for (let r = 0; r < rounds; r++) for (const [i, s] of subjects.entries()) figures[i]!.push(await s.round());
+for (const s of subjects) await s.close();
+const median = (xs: number[]): number => {
+  const sorted = [...xs].sort((a, b) => a - b);
+  const mid = sorted.length >> 1;
+  return sorted.length % 2 ? sorted[mid]! : (sorted[mid - 1]! + sorted[mid]!) / 2;
+};
+const rows: Array<[string, keyof Figures, number]> = [
+  ['Redis CPU per call, µs (INFO cpu)', 'cpuUs', 0],
+  ['inside the scripts, µs (evalsha usec)', 'scriptUs', 0],
+  ['Redis commands per call', 'commands', 1],
+  ['keys added per call', 'keys', 2],
+  ['memory added per call, bytes', 'memoryBytes', 0],
+  ['AOF bytes per call', 'aofBytes', 0],
 ];
-const results: Figures[] = [];
-for (const [i, v] of variants.entries()) results.push(await measure(url, v, i));
-console.log(`${calls} reserve + commit pairs (agent day + month + workflow), one at a time; redis-server --appendonly yes --appendfsync everysec`);
+console.log(
+  `${rounds} rounds × ${calls} reserve + commit pairs (agent day + month + workflow), one at a time, medians; redis-server --appendonly yes --appendfsync everysec`,
+);
 const width = Math.max(...rows.map(([name]) => name.length));
-console.log(' '.repeat(width) + variants.map((v) => v.label.padStart(12)).join(''));
-for (const [name, show] of rows) console.log(name.padEnd(width) + results.map((f) => show(f).padStart(12)).join(''));
+console.log(' '.repeat(width) + subjects.map((s) => s.label.padStart(12)).join(''));
+for (const [name, key, digits] of rows) console.log(name.padEnd(width) + figures.map((f) => median(f.map((x) => x[key])).toFixed(digits).padStart(12)).join(''));
 process.exit(0);

@@ -12,7 +12,8 @@ import { METRICS, type Amounts, type Metric } from './store.js';
  *   h  hash  u t c       settled charges (µUSD, tokens, calls)
  *            ru rt rc    held by unsettled reservations
  *            au at ac    alert already reported in this window
- *            s           clock time of the last reserve/commit (workflow idle time)
+ *            s           workflow windows: clock time of the last reserve/commit (idle time); calendar windows
+ *                        reset by their id, so they do not write it
  *            x           a lower bound of the earliest hold expiry in z (0: none); reaping is skipped while x > now
  *            g           when h expires (caller's clock); z expires with it
  *            z           1 once z exists (made with its sentinel and TTL)
@@ -216,7 +217,9 @@ for i = 1, n do
       put(w, R[mi], w.held[mi])
     end
   end
-  put(w, 's', now)
+  if idle > 0 then
+    put(w, 's', now)
+  end
   if w.x == 0 or exp < w.x then
     w.x = exp
     put(w, 'x', exp)
@@ -289,7 +292,9 @@ for i = 1, #KEYS / 3 do
         put(w, A[mi], w.spent[mi])
       end
     end
-    put(w, 's', now)
+    if idle > 0 then
+      put(w, 's', now)
+    end
     ttl = keepAlive(w, now, gc, slack)
     alerts(w, i, caps, pct, crossed)
   end
