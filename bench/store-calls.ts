@@ -7,7 +7,7 @@
  * - Redis CPU (INFO cpu, user + sys: everything the server did, networking and AOF included) and the time spent
  *   inside the scripts (INFO commandstats, evalsha usec);
  * - Redis commands run by the scripts (commandstats calls of everything but EVALSHA itself);
- * - keys added (SCAN of the variant's prefix before and after) and memory added (INFO memory used_memory);
+ * - keys added and their bytes (SCAN of the variant's prefix and MEMORY USAGE of each key, before and after);
  * - AOF bytes written (INFO persistence aof_current_size).
  * Each variant runs on its own connection and key prefix; the server's stats are reset before each.
  */
@@ -94,10 +94,15 @@ const cpuSeconds = async (raw: Redis) => {
   const cpu = await info(raw, 'cpu');
   return field(cpu, 'used_cpu_user') + field(cpu, 'used_cpu_sys');
 };
-const countKeys = async (raw: Redis, prefix: string): Promise<number> => {
-  let n = 0;
-  for await (const batch of raw.scanStream({ match: `{${prefix}*`, count: 1_000 }) as AsyncIterable<string[]>) n += batch.length;
-  return n;
+/** The variant's keys: how many, and their bytes (MEMORY USAGE, which counts a key's whole value). */
+const keysOf = async (raw: Redis, prefix: string): Promise<{ count: number; bytes: number }> => {
+  let count = 0;
+  let bytes = 0;
+  for await (const batch of raw.scanStream({ match: `{${prefix}*`, count: 1_000 }) as AsyncIterable<string[]>) {
+    count += batch.length;
+    for (const k of batch) bytes += Number(await raw.call('MEMORY', 'USAGE', k, 'SAMPLES', '0'));
+  }
+  return { count, bytes };
 };
 
 interface Subject {
@@ -109,15 +114,13 @@ interface Subject {
 
 /** Reads the server's counters around `run`, which makes `calls` calls; `prefix` names the keys it may add. */
 async function around(raw: Redis, prefix: string, run: () => Promise<void>): Promise<Figures> {
-  const keys0 = await countKeys(raw, prefix);
+  const keys0 = await keysOf(raw, prefix);
   await raw.config('RESETSTAT');
-  const memory0 = field(await info(raw, 'memory'), 'used_memory');
   const aof0 = field(await info(raw, 'persistence'), 'aof_current_size');
   const cpu0 = await cpuSeconds(raw);
   await run();
   const cpu1 = await cpuSeconds(raw);
   const aof1 = field(await info(raw, 'persistence'), 'aof_current_size');
-  const memory1 = field(await info(raw, 'memory'), 'used_memory');
   const stats = await info(raw, 'commandstats');
   let commands = 0;
   let scriptUs = 0;
@@ -125,14 +128,13 @@ async function around(raw: Redis, prefix: string, run: () => Promise<void>): Pro
     const n = Number(/calls=(\d+)/.exec(v)?.[1] ?? 0);
     const usec = Number(/usec=(\d+)/.exec(v)?.[1] ?? 0);
     if (k === 'cmdstat_evalsha' || k === 'cmdstat_eval') scriptUs += usec;
-    else if (!['cmdstat_info', 'cmdstat_config', 'cmdstat_ping'].includes(k)) commands += n;
+    else if (!['cmdstat_info', 'cmdstat_config', 'cmdstat_ping', 'cmdstat_scan', 'cmdstat_memory|usage'].includes(k)) commands += n;
   }
   return {
     cpuUs: ((cpu1 - cpu0) * 1e6) / calls,
     scriptUs: scriptUs / calls,
     commands: commands / calls,
-    keys: ((await countKeys(raw, prefix)) - keys0) / calls,
-    memoryBytes: (memory1 - memory0) / calls,
+    ...(await keysOf(raw, prefix).then((k) => ({ keys: (k.count - keys0.count) / calls, memoryBytes: (k.bytes - keys0.bytes) / calls }))),
     aofBytes: (aof1 - aof0) / calls,
   };
 }
@@ -210,7 +212,7 @@ const rows: Array<[string, keyof Figures, number]> = [
   ['inside the scripts, µs (evalsha usec)', 'scriptUs', 0],
   ['Redis commands per call', 'commands', 1],
   ['keys added per call', 'keys', 2],
-  ['memory added per call, bytes', 'memoryBytes', 0],
+  ['key bytes added per call (MEMORY USAGE)', 'memoryBytes', 0],
   ['AOF bytes per call', 'aofBytes', 0],
 ];
 console.log(
