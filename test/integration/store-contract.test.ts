@@ -535,6 +535,26 @@ describe('RedisStore', () => {
     }
   });
 
+  it('charges a hold that outlived its workflow window (idle reset) once, to the new window, however often it is committed', async () => {
+    const clock = makeClock();
+    const store = await redisStore(clock.now, 'idle');
+    try {
+      const wf = workflow('w1', { calls: 10 }, 60_000);
+      // A hold longer than the idle time: the window goes idle with it still held.
+      const slow = await mustReserve(store, [wf], est(usd(0.5)), 120_000);
+      clock.advance(60_000);
+      const fresh = await mustReserve(store, [wf], est(usd(0.1)));
+      expect(await usage(store, wf)).toMatchObject({ spent: { usdMicros: 0, calls: 0 }, reserved: { usdMicros: usd(0.1), calls: 1 } });
+      await store.commit(slow, act(usd(0.4)));
+      await store.commit(slow, act(usd(0.4)));
+      expect(await usage(store, wf)).toMatchObject({ spent: { usdMicros: usd(0.4), calls: 1 }, reserved: { usdMicros: usd(0.1), calls: 1 } });
+      await store.commit(fresh, act(usd(0.1)));
+      expect(await usage(store, wf)).toMatchObject({ spent: { usdMicros: usd(0.5), calls: 2 }, reserved: { usdMicros: 0, calls: 0 } });
+    } finally {
+      await store.close();
+    }
+  });
+
   it('charges a journaled commit of a local reservation once per journal position, however often the journal is replayed', async () => {
     const clock = makeClock();
     const store = await redisStore(clock.now, 'journal');
