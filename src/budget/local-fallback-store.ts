@@ -1,5 +1,7 @@
+import { randomUUID } from 'node:crypto';
 import { StoreUnavailableError } from '../errors.js';
 import { MemoryStore } from './memory-store.js';
+import type { JournalPosition } from './redis-store.js';
 import {
   METRICS,
   scopeKey,
@@ -23,6 +25,8 @@ import { windowAt } from './windows.js';
 
 /** The store being protected (RedisStore): a BudgetStore that says when it is connected again. */
 export interface SharedStore extends BudgetStore {
+  /** Commits a reservation made locally (no hold in the shared store); charged once per journal position. */
+  commitJournaled(reservation: Reservation, actual: Actual, at: JournalPosition): Promise<CommitResult>;
   onReady(listener: () => void): void;
   /** Resolves once connected; rejects after `timeoutMs`. */
   waitReady(timeoutMs: number): Promise<void>;
@@ -30,10 +34,16 @@ export interface SharedStore extends BudgetStore {
 
 /** A commit made while the shared store was away, replayed into it later. */
 export interface JournalEntry {
-  /** The reservation's id; the shared store remembers settled ids, so replaying an entry twice charges once. */
+  /** The reservation's id. */
   readonly id: string;
   readonly reservation: Reservation;
   readonly actual: Actual;
+  /**
+   * A reservation made locally never had a hold in the shared store, so it is charged by journal position (the
+   * shared store keeps the last position applied per window); one held there is charged by removing its hold. Either
+   * way replaying an entry twice charges once.
+   */
+  readonly at?: JournalPosition;
 }
 
 /** Things worth a log line; none of them is an error the caller must handle. */
@@ -72,9 +82,12 @@ const MAX_REMEMBERED = 10_000;
  *   last successful reserve in that window (none known: the whole limit). Kills last read from the shared
  *   store still apply. The slice restarts at each outage.
  * - every commit (of a local or a shared reservation) is journaled and replayed in order when the shared
- *   store returns; a replay entry is applied by the shared store's idempotent commit (SET NX of its id),
- *   so an interrupted replay or a commit that timed out after it ran is never counted twice, and afterwards
- *   the shared totals equal the sum of all charges. Releases are not journaled: holds expire by their TTL.
+ *   store returns; a replay entry is applied by the shared store's idempotent commit (a shared reservation
+ *   charges iff its hold is still there to remove; a local one iff its sequence number is past the journal's
+ *   mark), so an interrupted replay or a commit that timed out after it ran is never counted twice, and
+ *   afterwards the shared totals equal the sum of all charges. Commits of local reservations go through the
+ *   journal even after the store is back, to keep their order. Releases are not journaled: holds expire by
+ *   their TTL.
  * The journal lives in memory: a sidecar that dies during an outage loses it (reported on close()).
  */
 export class LocalFallbackStore implements BudgetStore {
@@ -86,6 +99,9 @@ export class LocalFallbackStore implements BudgetStore {
   private readonly emit: (e: FallbackEvent) => void;
   private readonly lastKnown = new Map<string, Amounts>();
   private readonly pending: JournalEntry[] = [];
+  /** This journal's identity and last sequence number (see JournalEntry.at). */
+  private readonly journalId = randomUUID();
+  private seq = 0;
   private kills: Kill[] = [];
   private killsReadAt = -Infinity;
   private down = false;
@@ -125,17 +141,31 @@ export class LocalFallbackStore implements BudgetStore {
   }
 
   async commit(reservation: Reservation, actual: Actual): Promise<CommitResult> {
+    if (reservation.local) return this.commitLocal(reservation, actual);
     if (this.up()) {
       try {
-        const result = await this.shared.commit(reservation, actual);
-        if (reservation.local) await this.local.release(reservation);
-        return result;
+        return await this.shared.commit(reservation, actual);
       } catch (err) {
         this.markDown(err);
       }
     }
     this.pending.push({ id: reservation.id, reservation, actual });
-    if (reservation.local) await this.local.commit(reservation, actual);
+    return { crossed: [] };
+  }
+
+  /**
+   * A reservation made locally always settles through the journal, even once the shared store is back: charged by
+   * sequence number, its commits must reach the shared store in order, which one replay at a time guarantees.
+   */
+  private async commitLocal(reservation: Reservation, actual: Actual): Promise<CommitResult> {
+    this.pending.push({ id: reservation.id, reservation, actual, at: { journal: this.journalId, seq: ++this.seq } });
+    await this.local.commit(reservation, actual);
+    if (this.up()) {
+      await this.replayJournal();
+      // A replay that was finishing when this entry arrived may have missed it: one more, then call it a failure.
+      if (this.pending.length > 0) await this.replayJournal();
+      if (this.pending.length > 0) this.markDown(new Error('the journal could not be replayed into the budget store'));
+    }
     return { crossed: [] };
   }
 
@@ -220,7 +250,7 @@ export class LocalFallbackStore implements BudgetStore {
     let applied = 0;
     try {
       for (let e = this.pending[0]; e !== undefined; e = this.pending[0]) {
-        await this.shared.commit(e.reservation, e.actual);
+        await (e.at ? this.shared.commitJournaled(e.reservation, e.actual, e.at) : this.shared.commit(e.reservation, e.actual));
         // Entries only ever leave from the front, and this is the only replay running.
         this.pending.shift();
         applied++;

@@ -2,6 +2,7 @@ import { randomUUID } from 'node:crypto';
 import type { Redis } from 'ioredis';
 import type { RedisConnection } from '../store/redis-connection.js';
 import { RedisReplyError, type RedisScript } from '../store/redis-script.js';
+import { CrossSlotError, sameSlot } from '../store/redis-slots.js';
 import { COMMIT, RELEASE, RESERVE, SNAPSHOT, type CrossingReply } from './redis-scripts.js';
 import {
   assertAmounts,
@@ -15,76 +16,111 @@ import {
   refusalScopeOfKill,
   reservedScopes,
   resetTimeOf,
-  scopeKey,
   type Actual,
   type AlertCrossing,
-  type Amounts,
   type BudgetStore,
   type CommitResult,
   type Kill,
   type KillTarget,
-  type Metric,
   type Reservation,
   type ReservedScope,
   type ReserveRequest,
   type ReserveResult,
   type ScopeBudget,
+  type ScopeRef,
   type ScopeUsage,
   type StoreCommonOptions,
 } from './store.js';
 import { windowEndFromId } from './windows.js';
 
 export interface RedisStoreOptions extends StoreCommonOptions {
-  /** The process's Redis connection (its key prefix names every key); RedisStore never closes it. */
+  /** The process's Redis connection (its key prefix starts every key); RedisStore never closes it. */
   redis: RedisConnection;
   /**
-   * How long a settled reservation (or replayed journal entry) id is remembered against double charging, ms.
-   * Default 600000. It only has to outlive a retry of the same commit: a journal replay after a reply was lost
-   * runs within seconds of the store answering again. One key per call lives this long, so a day would cost
-   * 86 M keys per sidecar at 1,000 req/s; ten minutes costs 600 k at that rate, 30 k at a realistic 50 req/s.
+   * How old this store's copy of the kill set may be when a reserve reads it, ms. Default 1000. A kill set or lifted
+   * through this store applies to it at once; one set through another sidecar (or by hand) applies here within this
+   * time: the first reserve that finds the copy older re-reads the kills hash and waits for it. An idle sidecar reads
+   * nothing.
    */
-  settledTtlMs?: number;
+  killRefreshMs?: number;
 }
+
+/** Where a journaled commit of a reservation made locally stands in its sidecar's journal (LocalFallbackStore). */
+export interface JournalPosition {
+  /** The journal's id: one per LocalFallbackStore, so two processes never share a sequence. */
+  readonly journal: string;
+  /** 1, 2, 3... in the order the journal replays. */
+  readonly seq: number;
+}
+
+export const DEFAULT_KILL_REFRESH_MS = 1_000;
 
 /** Calendar windows are kept this long after they end so "yesterday" can still be read and late commits land. */
 const CALENDAR_GRACE_MS = 2 * 86_400_000;
 
-const metricIndex = (m: Metric) => METRICS.indexOf(m) + 1;
-const amountsArray = (a: Amounts) => METRICS.map((m) => a[m]);
-const capsArray = (s: ScopeBudget) => METRICS.flatMap((m) => (s.caps[m] === undefined ? [] : [[metricIndex(m), s.caps[m]]]));
+const NO_CAP = -1;
+const capArgs = (s: ScopeBudget) => METRICS.map((m) => s.caps[m] ?? NO_CAP);
 
 /**
- * The fleet's store: every sidecar reserves against the same Redis with one atomic Lua script per
- * operation (see redis-scripts.ts for the data layout and the invariant). Keys carry their window
- * (`{fusebox}:agent:a1:day:2026-11-22`) and expire after it. Commands fail fast when Redis is away (see
- * RedisConnection), and a reply of the wrong shape rejects with a RedisReplyError; the caller
- * (LocalFallbackStore) decides what a failure means.
+ * The fleet's store: every sidecar reserves against the same Redis with one atomic Lua script per operation (see
+ * redis-scripts.ts for the data layout and the invariant).
+ *
+ * KEY LAYOUT (issue 14): keys are hash-tagged by scope, so one agent's calls touch one Redis Cluster slot and the fleet
+ * spreads over all of them: an agent's day and month windows and the windows of the workflows it runs share
+ * `{<prefix>:a:<agentId>}` (`{fusebox:a:pod-1}:day:2026-11-22`, `{fusebox:a:pod-1}:wf:w1`); a route's windows
+ * `{<prefix>:r:<routeId>}`; the fleet's `{<prefix>:f}`; kills `{<prefix>}:kills`. A workflow is therefore counted per
+ * agent id (normally the pod name): a workflow id used by two agents has two sets of counters. A workflow scope that
+ * names no agent gets its own tag `{<prefix>:w:<id>}`. A call whose scopes span several tags still runs as one script on
+ * a standalone Redis; on a cluster (where the lease layer leaves only one agent's scopes per call) it is refused before
+ * it is sent, with a CrossSlotError.
+ *
+ * Kills are not read by the per-call script: the store keeps a copy of the kills hash (see `killRefreshMs`).
+ * Commands fail fast when Redis is away (see RedisConnection), and a reply of the wrong shape rejects with a
+ * RedisReplyError; the caller (LocalFallbackStore) decides what a failure means.
  */
 export class RedisStore implements BudgetStore {
   private readonly redis: RedisConnection;
   private readonly client: Redis;
   private readonly prefix: string;
+  private readonly killsKey: string;
   private readonly now: () => number;
   private readonly alertPercent: number;
   private readonly reservationTtlMs: number;
-  private readonly settledTtlMs: number;
+  private readonly killRefreshMs: number;
   private readonly newId: () => string;
+  /** The kills hash as last read, field → value, and when (this store's clock). */
+  private kills = new Map<string, string>();
+  private killsReadAt = -Infinity;
+  /** Bumped by every local change, so a read that started before one cannot undo it. */
+  private killsVersion = 0;
+  private killsReading: Promise<void> | undefined;
 
   constructor(opts: RedisStoreOptions) {
     this.now = opts.now;
     this.alertPercent = opts.alertPercent ?? DEFAULT_ALERT_PERCENT;
     this.reservationTtlMs = opts.reservationTtlMs ?? DEFAULT_RESERVATION_TTL_MS;
-    this.settledTtlMs = opts.settledTtlMs ?? 600_000;
+    this.killRefreshMs = opts.killRefreshMs ?? DEFAULT_KILL_REFRESH_MS;
     this.newId = opts.newId ?? randomUUID;
     this.redis = opts.redis;
     this.client = opts.redis.client;
-    this.prefix = `{${opts.redis.keyPrefix}}:`;
+    this.prefix = opts.redis.keyPrefix;
+    this.killsKey = `{${this.prefix}}:kills`;
   }
 
   async reserve(req: ReserveRequest): Promise<ReserveResult> {
     assertAmounts('estimate', req.estimate);
     const now = this.now();
     const scopes = reservedScopes(req.scopes, now);
+    const kills = await this.killsAsOf(now);
+    for (const field of killFieldsFor(scopes)) {
+      const value = kills.get(field);
+      if (value === undefined) continue;
+      const kill = parseKillValue(value);
+      return {
+        ok: false,
+        refusal: { reason: 'KILLED', scope: refusalScopeOfKill(field), limit: 0, spent: 0, reserved: 0, requested: 0, resetAt: null, killReason: kill.reason },
+      };
+    }
     const ttlMs = req.ttlMs ?? this.reservationTtlMs;
     const reservation: Reservation = {
       id: this.newId(),
@@ -92,25 +128,20 @@ export class RedisStore implements BudgetStore {
       estimate: { usdMicros: req.estimate.usdMicros, tokens: req.estimate.tokens, calls: req.estimate.calls },
       expiresAt: now + ttlMs,
     };
-    const r = await this.run(RESERVE, [`${this.prefix}kills`, ...this.windowKeys(scopes)], {
+    const e = reservation.estimate;
+    const r = await this.run(RESERVE, this.windowKeys(scopes), [
       now,
-      m: member(reservation),
-      exp: reservation.expiresAt,
-      est: amountsArray(reservation.estimate),
-      alert: this.alertPercent,
-      kill: killFieldsFor(scopes),
-      win: scopes.map((s) => ({ caps: capsArray(s), idle: s.idleTtlMs ?? 0, gc: this.gcMs(s, now, ttlMs) })),
-    });
+      member(reservation),
+      reservation.expiresAt,
+      e.usdMicros,
+      e.tokens,
+      e.calls,
+      this.alertPercent,
+      ...this.windowArgs(scopes, now, ttlMs),
+    ]);
     if (r.admitted) {
       if (r.used.length !== scopes.length) throw new RedisReplyError(RESERVE.name, `${r.used.length} windows used for ${scopes.length} given`);
       return { ok: true, reservation, used: r.used, crossed: this.crossings(RESERVE.name, scopes, r.crossed) };
-    }
-    if (r.refusal === 'KILLED') {
-      const kill = parseKillValue(r.killValue);
-      return {
-        ok: false,
-        refusal: { reason: 'KILLED', scope: refusalScopeOfKill(r.killField), limit: 0, spent: 0, reserved: 0, requested: 0, resetAt: null, killReason: kill.reason },
-      };
     }
     const s = scopeAt(RESERVE.name, scopes, r.window);
     return {
@@ -129,30 +160,34 @@ export class RedisStore implements BudgetStore {
     };
   }
 
-  async commit(reservation: Reservation, actual: Actual): Promise<CommitResult> {
-    assertAmounts('actual', actual);
-    const now = this.now();
-    const holdLeftMs = Math.max(0, reservation.expiresAt - now);
-    const r = await this.run(COMMIT, [`${this.prefix}settled:${reservation.id}`, ...this.windowKeys(reservation.scopes)], {
-      now,
-      m: member(reservation),
-      est: amountsArray(reservation.estimate),
-      act: [actual.usdMicros, actual.tokens, reservation.estimate.calls],
-      alert: this.alertPercent,
-      ttl: this.settledTtlMs,
-      win: reservation.scopes.map((s) => ({ caps: capsArray(s), idle: s.idleTtlMs ?? 0, gc: this.gcMs(s, now, holdLeftMs) })),
-    });
-    return { crossed: this.crossings(COMMIT.name, reservation.scopes, r.crossed) };
+  /** Charges a window iff this call removed the reservation's hold from it (held, or reaped after its TTL): a replay charges nothing. */
+  commit(reservation: Reservation, actual: Actual): Promise<CommitResult> {
+    return this.settle(reservation, actual, undefined);
+  }
+
+  /**
+   * Commits a reservation made locally while Redis was away (it never had a hold here), replayed from a journal in
+   * order: charged iff `at.seq` is above the mark its journal left in each window, so a replay repeated after a lost
+   * reply charges nothing.
+   */
+  async commitJournaled(reservation: Reservation, actual: Actual, at: JournalPosition): Promise<CommitResult> {
+    if (!Number.isSafeInteger(at.seq) || at.seq < 1) throw new TypeError(`journal sequence numbers start at 1, got ${at.seq}`);
+    return this.settle(reservation, actual, at);
   }
 
   async release(reservation: Reservation): Promise<void> {
-    await this.run(RELEASE, this.windowKeys(reservation.scopes), { m: member(reservation), est: amountsArray(reservation.estimate) });
+    const e = reservation.estimate;
+    await this.run(RELEASE, this.windowKeys(reservation.scopes), [member(reservation), e.usdMicros, e.tokens, e.calls]);
   }
 
   async snapshot(scopes: readonly ScopeBudget[]): Promise<ScopeUsage[]> {
     const now = this.now();
     const reserved = reservedScopes(scopes, now);
-    const windows = await this.run(SNAPSHOT, this.windowKeys(reserved), { now, win: reserved.map((s) => ({ idle: s.idleTtlMs ?? 0 })) });
+    const args = reserved.flatMap((s) => {
+      const { idle, gc, slack } = this.lifetime(s, now, 0);
+      return [idle, gc, slack];
+    });
+    const windows = await this.run(SNAPSHOT, this.windowKeys(reserved), [now, ...args]);
     if (windows.length !== reserved.length) throw new RedisReplyError(SNAPSHOT.name, `${windows.length} windows for ${reserved.length} given`);
     return reserved.map((s, i) => {
       const w = windows[i]!;
@@ -168,10 +203,11 @@ export class RedisStore implements BudgetStore {
     });
   }
 
+  /** Read from Redis (the admin API wants the truth), refreshing the copy reserve checks. */
   async getKills(): Promise<Kill[]> {
-    const all = await this.client.hgetall(`${this.prefix}kills`);
+    await this.readKills(this.now());
     const out: Kill[] = [];
-    for (const [field, value] of Object.entries(all)) {
+    for (const [field, value] of this.kills) {
       const target = killTargetFromField(field);
       if (target) out.push({ target, ...parseKillValue(value) });
     }
@@ -179,11 +215,17 @@ export class RedisStore implements BudgetStore {
   }
 
   async setKill(target: KillTarget, reason = ''): Promise<void> {
-    await this.client.hset(`${this.prefix}kills`, killField(target), JSON.stringify({ reason, at: this.now() }));
+    const value = JSON.stringify({ reason, at: this.now() });
+    await this.client.hset(this.killsKey, killField(target), value);
+    this.killsVersion++;
+    this.kills.set(killField(target), value);
   }
 
   async clearKill(target: KillTarget): Promise<boolean> {
-    return (await this.client.hdel(`${this.prefix}kills`, killField(target))) > 0;
+    const cleared = (await this.client.hdel(this.killsKey, killField(target))) > 0;
+    this.killsVersion++;
+    this.kills.delete(killField(target));
+    return cleared;
   }
 
   /** True while connected and ready. */
@@ -204,18 +246,95 @@ export class RedisStore implements BudgetStore {
   /** Nothing to do: the connection belongs to whoever made it. */
   async close(): Promise<void> {}
 
+  private async settle(reservation: Reservation, actual: Actual, at: JournalPosition | undefined): Promise<CommitResult> {
+    assertAmounts('actual', actual);
+    const now = this.now();
+    const e = reservation.estimate;
+    const holdLeftMs = Math.max(0, reservation.expiresAt - now);
+    const r = await this.run(COMMIT, this.windowKeys(reservation.scopes), [
+      now,
+      member(reservation),
+      e.usdMicros,
+      e.tokens,
+      e.calls,
+      actual.usdMicros,
+      actual.tokens,
+      e.calls,
+      this.alertPercent,
+      at?.journal ?? '',
+      at?.seq ?? 0,
+      ...this.windowArgs(reservation.scopes, now, holdLeftMs),
+    ]);
+    return { crossed: this.crossings(COMMIT.name, reservation.scopes, r.crossed) };
+  }
+
+  /** The kill set as of `now`: this store's copy, re-read first when it is older than killRefreshMs. */
+  private async killsAsOf(now: number): Promise<ReadonlyMap<string, string>> {
+    if (now - this.killsReadAt >= this.killRefreshMs) {
+      // Concurrent reserves share one read.
+      this.killsReading ??= this.readKills(now).finally(() => {
+        this.killsReading = undefined;
+      });
+      await this.killsReading;
+    }
+    return this.kills;
+  }
+
+  private async readKills(now: number): Promise<void> {
+    const version = this.killsVersion;
+    const all = await this.client.hgetall(this.killsKey);
+    // A setKill/clearKill that ran meanwhile is newer than what this read saw; the next reserve reads again.
+    if (version !== this.killsVersion) return;
+    this.kills = new Map(Object.entries(all));
+    this.killsReadAt = now;
+  }
+
+  /** The hash tag of a scope's keys (see the class comment). */
+  private tag(scope: ScopeRef): string {
+    switch (scope.kind) {
+      case 'agent':
+        return `{${this.prefix}:a:${scope.id}}`;
+      case 'workflow':
+        return scope.agent !== undefined ? `{${this.prefix}:a:${scope.agent}}` : `{${this.prefix}:w:${scope.id}}`;
+      case 'route':
+        return `{${this.prefix}:r:${scope.id}}`;
+      case 'fleet':
+        return `{${this.prefix}:f}`;
+    }
+  }
+
+  /** Counters hash of a scope window: `{fusebox:a:pod-1}:day:2026-11-22`, `{fusebox:a:pod-1}:wf:w1`. */
+  private windowKey(s: ReservedScope): string {
+    const tag = this.tag(s.scope);
+    return s.scope.kind === 'workflow' ? `${tag}:wf:${s.scope.id}` : `${tag}:${s.window}:${s.windowId}`;
+  }
+
+  /** Per window: counters hash, holds zset, reaped holds zset. */
   private windowKeys(scopes: readonly ReservedScope[]): string[] {
     return scopes.flatMap((s) => {
-      const k = `${this.prefix}${scopeKey(s, s.windowId)}`;
-      return [k, `${k}:res`];
+      const k = this.windowKey(s);
+      return [k, `${k}:h`, `${k}:e`];
     });
   }
 
-  /** Key TTL: calendar windows live past their end (grace); a workflow window past its idle time and any hold. */
-  private gcMs(s: ReservedScope, now: number, holdMs: number): number {
+  /** The per-window ARGV of reserve and commit (WINDOW_ARGS in redis-scripts.ts). */
+  private windowArgs(scopes: readonly ReservedScope[], now: number, holdMs: number): number[] {
+    return scopes.flatMap((s) => {
+      const { idle, gc, slack } = this.lifetime(s, now, holdMs);
+      return [idle, gc, slack, ...capArgs(s)];
+    });
+  }
+
+  /**
+   * Key lifetime. A calendar window lives until its end plus a grace (a fixed time: slack 0, never refreshed). A
+   * workflow window lives its idle time and any hold past its last call; the TTL is extended by half the idle time more
+   * than needed so it is refreshed (a PEXPIRE) once per half idle time, not on every call.
+   */
+  private lifetime(s: ReservedScope, now: number, holdMs: number): { idle: number; gc: number; slack: number } {
     const end = windowEndFromId(s.window, s.windowId);
-    const ms = end !== null ? end - now + CALENDAR_GRACE_MS : (s.idleTtlMs ?? 0) + holdMs;
-    return Math.max(1_000, Math.ceil(ms));
+    if (end !== null) return { idle: 0, gc: Math.max(1_000, Math.ceil(end - now + CALENDAR_GRACE_MS)), slack: 0 };
+    const idle = s.idleTtlMs ?? 0;
+    return { idle, gc: Math.max(1_000, Math.ceil(idle + holdMs)), slack: Math.ceil(idle / 2) };
   }
 
   private crossings(script: string, scopes: readonly ReservedScope[], crossed: readonly CrossingReply[]): AlertCrossing[] {
@@ -227,9 +346,10 @@ export class RedisStore implements BudgetStore {
     });
   }
 
-  /** Every script takes its arguments as one JSON document. */
-  private run<R>(script: RedisScript<R>, keys: string[], args: unknown): Promise<R> {
-    return this.redis.run(script, keys, [JSON.stringify(args)]);
+  private run<R>(script: RedisScript<R>, keys: string[], args: ReadonlyArray<string | number>): Promise<R> {
+    // Checked here, not left to Redis: CROSSSLOT would read as an outage and the fallback would hide a wiring bug.
+    if (this.client.isCluster && !sameSlot(keys)) return Promise.reject(new CrossSlotError(script.name, keys));
+    return this.redis.run(script, keys, args);
   }
 }
 

@@ -23,8 +23,9 @@ import { windowAt, windowEndFromId, type WindowKind } from './windows.js';
  * (actual − estimated); if no request costs more than its estimate, spend never exceeds the cap.
  * Qualifications, each deliberate:
  * - A reservation not settled within its TTL is reaped (its hold returns, so a crashed sidecar cannot
- *   freeze a budget); a commit arriving after that is still charged in full, so such a request adds a_j,
- *   not a_j − e_j, to the bound. Keep the TTL above the route's total timeout.
+ *   freeze a budget); a commit arriving after that is still charged in full, once (the Redis store keeps
+ *   reaped holds aside for that), so such a request adds a_j, not a_j − e_j, to the bound. Keep the TTL
+ *   above the route's total timeout.
  * - A request is charged to the windows it was reserved in, even if it settles after midnight.
  * - While Redis is unreachable, LocalFallbackStore enforces a local slice of each cap (see
  *   local-fallback-store.ts); fleet-wide the bound then grows by what the other sidecars' slices admit.
@@ -39,6 +40,11 @@ export type ScopeKind = 'agent' | 'workflow' | 'route' | 'fleet';
 export interface ScopeRef {
   readonly kind: ScopeKind;
   readonly id: string;
+  /**
+   * `workflow` scopes: the agent running the workflow. RedisStore keeps a workflow's counters beside its agent's (one
+   * cluster slot per agent), so workflow caps count per agent id; absent, the workflow is counted under its own key.
+   */
+  readonly agent?: string;
 }
 
 /** What is counted. Money is integer micro-dollars (1 USD = 1_000_000), never a float. */
@@ -304,7 +310,7 @@ export function budgetScopes(budgets: BudgetsConfig, route: Pick<RouteConfig, 'b
   if (ids.workflow !== undefined) {
     const w = budgets.workflow;
     scopes.push({
-      scope: { kind: 'workflow', id: ids.workflow },
+      scope: { kind: 'workflow', id: ids.workflow, agent: ids.agent },
       window: 'workflow',
       caps: caps({ usdMicros: usd(w.usd), tokens: w.tokens, calls: w.maxCalls }),
       idleTtlMs: w.idleTtlMs,

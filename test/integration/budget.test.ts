@@ -5,7 +5,7 @@ import Anthropic from '@anthropic-ai/sdk';
 import { Redis } from 'ioredis';
 import OpenAI from 'openai';
 import { request } from 'undici';
-import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, afterEach, beforeAll, describe, expect, it, vi } from 'vitest';
 import { metricValue, startFusebox, type RunningFusebox } from '../helpers/fusebox.js';
 import { startRedis, type TestRedis } from '../helpers/redis.js';
 import { COST_USD, PRICES, startLlmUpstream } from '../helpers/llm.js';
@@ -266,10 +266,18 @@ describe('a fleet sharing one Redis', () => {
     expect(fleet.spentUsd).toBeLessThanOrEqual(0.1 + ok * perCallOvershoot + 1e-9);
   });
 
-  it('a kill switch set through one sidecar stops the other; lifting it restores service', async () => {
+  it('a kill switch set through one sidecar stops it at once and the other within its kill refresh time; lifting it restores service', async () => {
     const cfg = { agent: { id: 'killable' }, store: { kind: 'redis', url: redis.url, keyPrefix: 'kill' }, routes: llmRoutes(up) };
     const a = await start(cfg);
     const b = await start(cfg);
+    const status = async (f: { proxyUrl: string }) => {
+      const res = await request(`${f.proxyUrl}/tool/fast`);
+      await res.body.dump();
+      return res.statusCode;
+    };
+    // Both have served a call, so both hold a copy of the (empty) kill set.
+    expect(await status(a)).toBe(200);
+    expect(await status(b)).toBe(200);
     const unauth = await request(`${a.adminUrl}/admin/kill`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ target: 'global' }) });
     expect(unauth.statusCode).toBe(401);
     await unauth.body.dump();
@@ -280,6 +288,9 @@ describe('a fleet sharing one Redis', () => {
     });
     expect(set.statusCode).toBe(200);
     await set.body.dump();
+    expect(await status(a)).toBe(402);
+    // The other sidecar re-reads the kills once its copy is older than killRefreshMs (1 s).
+    await vi.waitFor(async () => expect(await status(b)).toBe(402), { timeout: 10_000, interval: 50 });
     const killed = await request(`${b.proxyUrl}/tool/fast`);
     expect(killed.statusCode).toBe(402);
     expect(await killed.body.json()).toMatchObject({ code: 'KILLED', scope: 'agent', scopeId: 'killable' });
@@ -289,7 +300,8 @@ describe('a fleet sharing one Redis', () => {
       body: JSON.stringify({ target: 'agent' }),
     });
     expect(await lift.body.json()).toMatchObject({ lifted: true });
-    expect((await request(`${a.proxyUrl}/tool/fast`)).statusCode).toBe(200);
+    expect(await status(b)).toBe(200);
+    await vi.waitFor(async () => expect(await status(a)).toBe(200), { timeout: 10_000, interval: 50 });
   });
 
   it('keeps budgets and SLO counters on one Redis connection per sidecar, and closes it at shutdown', async () => {
@@ -300,7 +312,7 @@ describe('a fleet sharing one Redis', () => {
       const fb = await start({ agent: { id: 'one-conn' }, store: { kind: 'redis', url: redis.url, keyPrefix: 'oneconn' }, routes: llmRoutes(up) });
       await (await chat(fb)).body.dump();
       await fb.app.slo.recorder.flush();
-      expect(await raw.keys('{oneconn}:agent:one-conn:*')).not.toEqual([]);
+      expect(await raw.keys('{oneconn:a:one-conn}:*')).not.toEqual([]);
       expect(await raw.keys('{oneconn:slo:*')).not.toEqual([]);
       expect(await connections()).toBe(before + 1);
       await fb.stop();

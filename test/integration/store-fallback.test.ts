@@ -99,8 +99,10 @@ describe('LocalFallbackStore over a Redis that goes away', () => {
       expect(u.reserved).toEqual({ usdMicros: 0, tokens: 0, calls: 0 });
     }
 
-    // Replaying the same entries again (an interrupted replay retried) changes nothing.
-    for (const e of journal) await reader.commit(e.reservation, e.actual);
+    // Replaying the same entries again (an interrupted replay retried) changes nothing: local reservations are
+    // charged by journal position, which the windows have passed.
+    expect(journal.every((e) => e.at !== undefined)).toBe(true);
+    for (const e of journal) await (e.at ? reader.commitJournaled(e.reservation, e.actual, e.at) : reader.commit(e.reservation, e.actual));
     expect((await reader.snapshot(scopes)).map((u) => u.spent)).toEqual([expected, expected, expected]);
 
     // Back on the shared store.
@@ -129,6 +131,23 @@ describe('LocalFallbackStore over a Redis that goes away', () => {
     const [agent] = await reader.snapshot(scopes);
     expect(agent?.spent).toEqual({ usdMicros: usd(1.3), tokens: 0, calls: 2 });
     expect(agent?.reserved).toEqual({ usdMicros: 0, tokens: 0, calls: 0 });
+  });
+
+  it('charges a reservation made locally but committed after Redis is back once, through the journal', async () => {
+    const { fb, reader, events, redis } = await setup();
+    redis.kill();
+    await waitFor('the outage to be seen', () => !fb.available());
+    const local = await admit(fb, usd(0.2));
+    expect(local.local).toBe(true);
+    await redis.restart();
+    await waitFor('the store to be back', () => fb.available(), 8_000);
+    // It never had a hold in Redis: a hold-based commit would find nothing; its journal position is what charges it.
+    await fb.commit(local, { usdMicros: usd(0.15), tokens: 3 });
+    expect(fb.journal()).toEqual([]);
+    await reader.waitReady(8_000);
+    const [agent] = await reader.snapshot(scopes);
+    expect(agent?.spent).toEqual({ usdMicros: usd(0.15), tokens: 3, calls: 1 });
+    expect(events.map((e) => e.type)).toEqual(['unavailable', 'recovered']);
   });
 
   it('keeps obeying the kills it last read while Redis is away', async () => {

@@ -13,7 +13,7 @@ describe('budget scopes from config', () => {
     expect(scopes).toEqual([
       { scope: { kind: 'agent', id: 'pod-1' }, window: 'day', caps: { usdMicros: 25_000_000, tokens: 1_000_000 } },
       { scope: { kind: 'agent', id: 'pod-1' }, window: 'month', caps: { usdMicros: 500_000_000 } },
-      { scope: { kind: 'workflow', id: 'w1' }, window: 'workflow', caps: { usdMicros: 10_000_000, calls: 50 }, idleTtlMs: 3_600_000 },
+      { scope: { kind: 'workflow', id: 'w1', agent: 'pod-1' }, window: 'workflow', caps: { usdMicros: 10_000_000, calls: 50 }, idleTtlMs: 3_600_000 },
       { scope: { kind: 'route', id: 'openai' }, window: 'day', caps: { usdMicros: 1 } },
       { scope: { kind: 'fleet', id: 'all' }, window: 'day', caps: { usdMicros: 500_500_000 } },
     ]);

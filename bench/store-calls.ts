@@ -1,0 +1,224 @@
+/**
+ * `npm run bench:store -- [--calls=N] [--compare-rev=REV]...`: what one budgeted call costs the shared Redis (issue 14).
+ * Runs N reserve + commit pairs, one at a time, of a call counted in an agent's day and month windows and one workflow
+ * (the scopes the per-call scripts get once the lease layer admits route and fleet caps locally), against a throwaway
+ * `redis-server` with `--appendonly yes --appendfsync everysec`, and prints per call, side by side for the current tree
+ * and each `--compare-rev` (its `src/` taken with `git archive`, run by the same tsx on the same node_modules):
+ * - Redis CPU (INFO cpu, user + sys: everything the server did, networking and AOF included) and the time spent
+ *   inside the scripts (INFO commandstats, evalsha usec);
+ * - Redis commands run by the scripts (commandstats calls of everything but EVALSHA itself);
+ * - keys added and their bytes (SCAN of the variant's prefix and MEMORY USAGE of each key, before and after);
+ * - AOF bytes written (INFO persistence aof_current_size).
+ * Each variant runs on its own connection and key prefix; the server's stats are reset before each.
+ */
+import { execFileSync, spawn } from 'node:child_process';
+import { mkdirSync, mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { pathToFileURL } from 'node:url';
+import { parseArgs } from 'node:util';
+import { Redis } from 'ioredis';
+import type { BudgetStore, ScopeBudget } from '../src/budget/store.js';
+import { canConnect, freePort, REPO_ROOT } from './proc.js';
+
+interface Variant {
+  label: string;
+  /** A tree with `src/` (the current one, or a revision's). */
+  root: string;
+}
+
+interface Figures {
+  cpuUs: number;
+  scriptUs: number;
+  commands: number;
+  keys: number;
+  memoryBytes: number;
+  aofBytes: number;
+}
+
+const { values } = parseArgs({
+  options: {
+    calls: { type: 'string', default: '1000' },
+    rounds: { type: 'string', default: '5' },
+    'compare-rev': { type: 'string', multiple: true, default: [] },
+  },
+});
+const positive = (name: string, v: string | undefined): number => {
+  const n = Number(v);
+  if (!Number.isSafeInteger(n) || n < 1) throw new Error(`--${name} must be a positive integer, got ${v}`);
+  return n;
+};
+const calls = positive('calls', values.calls);
+const rounds = positive('rounds', values.rounds);
+
+const cleanups: Array<() => void> = [];
+process.on('exit', () => cleanups.forEach((c) => c()));
+
+/** The revision's `src/` only: the store needs nothing else, and the current node_modules is found by walking up. */
+const checkout = (rev: string): Variant => {
+  const sha = execFileSync('git', ['-C', REPO_ROOT, 'rev-parse', '--short', rev], { encoding: 'utf8' }).trim();
+  const root = join(REPO_ROOT, 'bench', `.store-rev-${sha}`);
+  rmSync(root, { recursive: true, force: true });
+  mkdirSync(root, { recursive: true });
+  cleanups.push(() => rmSync(root, { recursive: true, force: true }));
+  execFileSync('sh', ['-c', `git -C "${REPO_ROOT}" archive ${sha} src | tar -x -C "${root}"`]);
+  return { label: `@${sha}`, root };
+};
+
+const startRedis = async (): Promise<string> => {
+  const port = await freePort();
+  const dir = mkdtempSync(join(tmpdir(), 'fusebox-bench-store-'));
+  const args = ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--dir', dir, '--appendonly', 'yes', '--appendfsync', 'everysec'];
+  const proc = spawn('redis-server', args, { stdio: 'ignore' });
+  cleanups.push(() => {
+    proc.kill('SIGKILL');
+    rmSync(dir, { recursive: true, force: true });
+  });
+  const deadline = Date.now() + 10_000;
+  while (!canConnect('127.0.0.1', port)) {
+    if (Date.now() > deadline) throw new Error(`redis-server on port ${port} did not start within 10 s`);
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  return `redis://127.0.0.1:${port}`;
+};
+
+const info = async (raw: Redis, section: string): Promise<Map<string, string>> =>
+  new Map(
+    (await raw.info(section))
+      .split('\r\n')
+      .filter((l) => l.includes(':'))
+      .map((l) => [l.slice(0, l.indexOf(':')), l.slice(l.indexOf(':') + 1)]),
+  );
+const field = (m: Map<string, string>, k: string): number => Number(m.get(k) ?? NaN);
+const cpuSeconds = async (raw: Redis) => {
+  const cpu = await info(raw, 'cpu');
+  return field(cpu, 'used_cpu_user') + field(cpu, 'used_cpu_sys');
+};
+/** The variant's keys: how many, and their bytes (MEMORY USAGE, which counts a key's whole value). */
+const keysOf = async (raw: Redis, prefix: string): Promise<{ count: number; bytes: number }> => {
+  let count = 0;
+  let bytes = 0;
+  for await (const batch of raw.scanStream({ match: `{${prefix}*`, count: 1_000 }) as AsyncIterable<string[]>) {
+    count += batch.length;
+    for (const k of batch) bytes += Number(await raw.call('MEMORY', 'USAGE', k, 'SAMPLES', '0'));
+  }
+  return { count, bytes };
+};
+
+interface Subject {
+  label: string;
+  /** Runs `calls` pairs and returns the figures. */
+  round(): Promise<Figures>;
+  close(): Promise<void>;
+}
+
+/** Reads the server's counters around `run`, which makes `calls` calls; `prefix` names the keys it may add. */
+async function around(raw: Redis, prefix: string, run: () => Promise<void>): Promise<Figures> {
+  const keys0 = await keysOf(raw, prefix);
+  await raw.config('RESETSTAT');
+  const aof0 = field(await info(raw, 'persistence'), 'aof_current_size');
+  const cpu0 = await cpuSeconds(raw);
+  await run();
+  const cpu1 = await cpuSeconds(raw);
+  const aof1 = field(await info(raw, 'persistence'), 'aof_current_size');
+  const stats = await info(raw, 'commandstats');
+  let commands = 0;
+  let scriptUs = 0;
+  for (const [k, v] of stats) {
+    const n = Number(/calls=(\d+)/.exec(v)?.[1] ?? 0);
+    const usec = Number(/usec=(\d+)/.exec(v)?.[1] ?? 0);
+    if (k === 'cmdstat_evalsha' || k === 'cmdstat_eval') scriptUs += usec;
+    else if (!['cmdstat_info', 'cmdstat_config', 'cmdstat_ping', 'cmdstat_scan', 'cmdstat_memory|usage'].includes(k)) commands += n;
+  }
+  return {
+    cpuUs: ((cpu1 - cpu0) * 1e6) / calls,
+    scriptUs: scriptUs / calls,
+    commands: commands / calls,
+    ...(await keysOf(raw, prefix).then((k) => ({ keys: (k.count - keys0.count) / calls, memoryBytes: (k.bytes - keys0.bytes) / calls }))),
+    aofBytes: (aof1 - aof0) / calls,
+  };
+}
+
+/** Two PINGs per call: what the two round trips of a reserve + commit cost the server, whatever the scripts do. */
+async function pings(url: string): Promise<Subject> {
+  const client = new Redis(url);
+  const raw = new Redis(url);
+  return {
+    label: '2 PINGs',
+    round: () =>
+      around(raw, 'none', async () => {
+        for (let i = 0; i < 2 * calls; i++) await client.ping();
+      }),
+    close: async () => {
+      client.disconnect();
+      raw.disconnect();
+    },
+  };
+}
+
+async function store(url: string, v: Variant, index: number): Promise<Subject> {
+  const { RedisStore } = (await import(pathToFileURL(join(v.root, 'src/budget/redis-store.ts')).href)) as {
+    RedisStore: new (o: { redis: unknown; now: () => number }) => BudgetStore;
+  };
+  const { RedisConnection } = (await import(pathToFileURL(join(v.root, 'src/store/redis-connection.ts')).href)) as {
+    RedisConnection: new (o: { url: string; keyPrefix: string; timeoutMs: number }) => { ready(ms: number): Promise<void>; close(): Promise<void> };
+  };
+  const prefix = `bench${index}`;
+  const connection = new RedisConnection({ url, keyPrefix: prefix, timeoutMs: 5_000 });
+  await connection.ready(5_000);
+  let t = Date.now();
+  const budgetStore = new RedisStore({ redis: connection, now: () => t });
+  const scopes: ScopeBudget[] = [
+    { scope: { kind: 'agent', id: 'pod-1' }, window: 'day', caps: { usdMicros: 1e12, tokens: 1e12 } },
+    { scope: { kind: 'agent', id: 'pod-1' }, window: 'month', caps: { usdMicros: 1e12 } },
+    { scope: { kind: 'workflow', id: 'w1', agent: 'pod-1' }, window: 'workflow', caps: { usdMicros: 1e12, calls: 1e9 }, idleTtlMs: 3_600_000 },
+  ];
+  const pair = async () => {
+    t += 1;
+    const r = await budgetStore.reserve({ scopes, estimate: { usdMicros: 12_000, tokens: 900, calls: 1 } });
+    if (!r.ok) throw new Error(`${v.label}: refused ${JSON.stringify(r.refusal)}`);
+    await budgetStore.commit(r.reservation, { usdMicros: 9_000, tokens: 700 });
+  };
+  const raw = new Redis(url);
+  for (let i = 0; i < 50; i++) await pair();
+  return {
+    label: v.label,
+    round: () =>
+      around(raw, prefix, async () => {
+        for (let i = 0; i < calls; i++) await pair();
+      }),
+    close: async () => {
+      raw.disconnect();
+      await budgetStore.close();
+      await connection.close();
+    },
+  };
+}
+
+const variants: Variant[] = [{ label: 'now', root: REPO_ROOT }, ...values['compare-rev'].map(checkout)];
+const url = await startRedis();
+const subjects = [...(await Promise.all(variants.map((v, i) => store(url, v, i)))), await pings(url)];
+// Rounds interleave the subjects, so a neighbour's burst on a shared machine hits them alike; the median is shown.
+const figures: Figures[][] = subjects.map(() => []);
+for (let r = 0; r < rounds; r++) for (const [i, s] of subjects.entries()) figures[i]!.push(await s.round());
+for (const s of subjects) await s.close();
+const median = (xs: number[]): number => {
+  const sorted = [...xs].sort((a, b) => a - b);
+  const mid = sorted.length >> 1;
+  return sorted.length % 2 ? sorted[mid]! : (sorted[mid - 1]! + sorted[mid]!) / 2;
+};
+const rows: Array<[string, keyof Figures, number]> = [
+  ['Redis CPU per call, µs (INFO cpu)', 'cpuUs', 0],
+  ['inside the scripts, µs (evalsha usec)', 'scriptUs', 0],
+  ['Redis commands per call', 'commands', 1],
+  ['keys added per call', 'keys', 2],
+  ['key bytes added per call (MEMORY USAGE)', 'memoryBytes', 0],
+  ['AOF bytes per call', 'aofBytes', 0],
+];
+console.log(
+  `${rounds} rounds × ${calls} reserve + commit pairs (agent day + month + workflow), one at a time, medians; redis-server --appendonly yes --appendfsync everysec`,
+);
+const width = Math.max(...rows.map(([name]) => name.length));
+console.log(' '.repeat(width) + subjects.map((s) => s.label.padStart(12)).join(''));
+for (const [name, key, digits] of rows) console.log(name.padEnd(width) + figures.map((f) => median(f.map((x) => x[key])).toFixed(digits).padStart(12)).join(''));
+process.exit(0);
