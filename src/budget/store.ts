@@ -193,6 +193,16 @@ export interface BudgetStore {
    */
   ready?(timeoutMs: number): Promise<void>;
   close(): Promise<void>;
+  /** Slices of route and fleet caps this sidecar holds (LeasedStore only), for the lease gauge. */
+  leaseViews?(): LeaseView[];
+}
+
+/** A leased route or fleet window as this sidecar sees it. */
+export interface LeaseView {
+  readonly scope: ScopeRef;
+  readonly window: WindowKind;
+  /** Slice left for new calls, µUSD (0 once lapsed); undefined for an uncapped window (counted, not leased). */
+  readonly remainingUsdMicros: number | undefined;
 }
 
 /** Options every store takes. */
@@ -286,7 +296,7 @@ export interface ScopeIds {
 
 /**
  * The scope windows a request is counted in, with the caps config sets: agent day (USD, tokens) and month
- * (USD), workflow (USD, tokens, calls; idle TTL), route day (USD), fleet day (USD). Uncapped windows are
+ * (USD), workflow (USD, tokens, calls; idle TTL), route day (USD), fleet day and month (USD). Uncapped windows are
  * still listed so spend is counted for metrics.
  */
 export function budgetScopes(budgets: BudgetsConfig, route: Pick<RouteConfig, 'budget'>, ids: ScopeIds): ScopeBudget[] {
@@ -313,6 +323,7 @@ export function budgetScopes(budgets: BudgetsConfig, route: Pick<RouteConfig, 'b
   scopes.push(
     { scope: { kind: 'route', id: ids.route }, window: 'day', caps: caps({ usdMicros: usd(route.budget.dailyUsd) }) },
     { scope: { kind: 'fleet', id: 'all' }, window: 'day', caps: caps({ usdMicros: usd(budgets.fleet.dailyUsd) }) },
+    { scope: { kind: 'fleet', id: 'all' }, window: 'month', caps: caps({ usdMicros: usd(budgets.fleet.monthlyUsd) }) },
   );
   return scopes;
 }

@@ -49,7 +49,11 @@ describe('LocalFallbackStore over a Redis that goes away', () => {
     const connection = new RedisConnection({ url: redis.url, keyPrefix: 'fb', timeoutMs: opts.timeoutMs ?? 200 });
     const shared = new RedisStore({ redis: connection, now });
     const events: FallbackEvent[] = [];
-    const fb = new LocalFallbackStore({ shared, now, replayIntervalMs: 50, onEvent: (e) => events.push(e) });
+    // The fleet share the factory's stack leaves to leases (lease.ts): set here to test the slice rule itself.
+    const fb = new LocalFallbackStore({ shared, now, replayIntervalMs: 50, localShare: { fleet: 0.25 }, onEvent: (e) => {
+        if (e.type !== 'journal') events.push(e);
+      },
+    });
     // A second sidecar's view of Redis, to read the fleet totals.
     const readerConnection = new RedisConnection({ url: redis.url, keyPrefix: 'fb' });
     const reader = new RedisStore({ redis: readerConnection, now });
