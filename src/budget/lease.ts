@@ -166,7 +166,6 @@ export class LeasedStore implements BudgetStore {
       else if (s.caps.tokens !== undefined || s.caps.calls !== undefined) throw new TypeError(`${s.scope.kind} caps are USD only (leased slices)`);
       else leasedScopes.push(s);
     }
-    const e = req.estimate.usdMicros;
     const taken: Lease[] = [];
     const unhold = () => taken.forEach((l) => addTo(l.held, req.estimate, -1));
     try {
@@ -352,8 +351,15 @@ export class LeasedStore implements BudgetStore {
     return l;
   }
 
+  /**
+   * While a renew is unanswered, calls are admitted on the old slice only up to what the renew asked for: Redis
+   * takes the old slice back in the same step, and the new one covers at least `min(want, unspent of the old)`, so
+   * nothing admitted meanwhile is left uncovered, even when the answer is lost (the limit holds until the resent
+   * request is answered).
+   */
   private fits(l: Lease, e: number, now: number): boolean {
-    return l.expiresAt > now && !overCap(l.unreported.usdMicros + l.held.usdMicros, e, l.grant);
+    const limit = l.pending ? Math.min(l.grant, l.pending.report.usdMicros + l.pending.want) : l.grant;
+    return l.expiresAt > now && !overCap(l.unreported.usdMicros + l.held.usdMicros, e, limit);
   }
 
   /** Holds `e` on the window's slice, or says why not (undefined: admitted). Throws StoreUnavailableError in an outage with no slice. */
@@ -449,9 +455,6 @@ export class LeasedStore implements BudgetStore {
       l.expiresAt = Math.min(l.expiresAt, this.now());
     } else {
       wanted = Math.max(want, l.held.usdMicros + l.waiting);
-      // The old slice returns in the same step, and calls may still be admitted on it until the answer: the new
-      // one is at least what is unspent of the old (there is always that much left: it was just returned).
-      if (l.expiresAt > this.now()) wanted = Math.max(wanted, l.grant - l.unreported.usdMicros);
     }
     l.pending = { seq: ++l.seq, report: { ...l.unreported }, keep, want: wanted };
     return this.send(l);

@@ -1,0 +1,124 @@
+import { Redis } from 'ioredis';
+import { afterEach, describe, expect, it } from 'vitest';
+import { LeasedStore, type LeaseEvent } from '../../src/budget/lease.js';
+import { LocalFallbackStore } from '../../src/budget/local-fallback-store.js';
+import { RedisLeaseSource } from '../../src/budget/redis-lease-source.js';
+import { RedisStore } from '../../src/budget/redis-store.js';
+import type { Reservation, ScopeBudget } from '../../src/budget/store.js';
+import { dayId } from '../../src/budget/windows.js';
+import { StoreUnavailableError } from '../../src/errors.js';
+import { RedisConnection } from '../../src/store/redis-connection.js';
+import { seeded } from '../helpers/pipeline.js';
+import { startRedis, type TestRedis } from '../helpers/redis.js';
+
+const usd = (n: number) => Math.round(n * 1_000_000);
+const SIZING = { ttlMs: 30_000, graceMs: 5_000, minSliceUsdMicros: usd(0.05), alertPercent: 75 };
+const CAP = usd(20);
+
+async function waitFor(what: string, cond: () => boolean, ms = 10_000): Promise<void> {
+  const deadline = Date.now() + ms;
+  while (!cond()) {
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 10));
+  }
+}
+
+describe('leased fleet cap over a real Redis that is killed and restarted', () => {
+  let redis: TestRedis | undefined;
+  const connections: RedisConnection[] = [];
+  afterEach(async () => {
+    await Promise.all(connections.splice(0).map((c) => c.close()));
+    await redis?.stop();
+    redis = undefined;
+  });
+
+  it('spends at most the slices held when Redis died, refuses with 503 after, and reports every charge exactly once when it is back', async () => {
+    redis = await startRedis({ persist: true });
+    // A frozen clock: windows and slice expiry stay put while the real outage comes and goes.
+    const t = Date.now();
+    const now = () => t;
+    const fleet: ScopeBudget = { scope: { kind: 'fleet', id: 'all' }, window: 'day', caps: { usdMicros: CAP } };
+    const events: LeaseEvent[] = [];
+    const sidecar = async (i: number) => {
+      const connection = new RedisConnection({ url: redis!.url, keyPrefix: 'ls', timeoutMs: 200 });
+      connections.push(connection);
+      const shared = new RedisStore({ redis: connection, now });
+      await shared.waitReady(2_000);
+      const store = new LeasedStore({
+        inner: new LocalFallbackStore({ shared, now, replayIntervalMs: 50 }),
+        source: new RedisLeaseSource({ redis: connection, ...SIZING }),
+        now,
+        onEvent: (e) => events.push(e),
+      });
+      return { store, scopes: [{ scope: { kind: 'agent', id: `pod-${i}` }, window: 'day', caps: {} }, fleet] as ScopeBudget[], charged: 0 };
+    };
+    const sidecars = await Promise.all(Array.from({ length: 5 }, (_, i) => sidecar(i)));
+    const random = seeded(3);
+    // Calls cost at most their estimate, so the bound is the cap itself.
+    const call = async (s: (typeof sidecars)[number]): Promise<{ r: Reservation; actual: number } | 'refused'> => {
+      try {
+        const res = await s.store.reserve({ scopes: s.scopes, estimate: { usdMicros: usd(0.05 + random() * 0.25), tokens: 0, calls: 1 } });
+        if (!res.ok) throw new Error(`refused: ${JSON.stringify(res.refusal)}`);
+        return { r: res.reservation, actual: Math.round(res.reservation.estimate.usdMicros * (0.5 + random() / 2)) };
+      } catch (err) {
+        if (!(err instanceof StoreUnavailableError)) throw err;
+        return 'refused';
+      }
+    };
+    const settle = async (s: (typeof sidecars)[number], c: { r: Reservation; actual: number }) => {
+      await s.store.commit(c.r, { usdMicros: c.actual, tokens: 1 });
+      s.charged += c.actual;
+    };
+
+    for (let round = 0; round < 8; round++) {
+      for (const s of sidecars) {
+        const c = await call(s);
+        if (c === 'refused') throw new Error('refused while Redis is up');
+        await settle(s, c);
+      }
+    }
+    const leftInSlices = sidecars.reduce((sum, s) => sum + (s.store.leaseViews().find((v) => v.scope.kind === 'fleet')?.remainingUsdMicros ?? 0), 0);
+    expect(leftInSlices).toBeGreaterThan(0);
+
+    redis.kill();
+    await waitFor('every sidecar to see the outage', () => sidecars.every((s) => !s.store.available()));
+    let admittedInOutage = 0;
+    let refused = 0;
+    for (let round = 0; round < 200 && refused < 5 * 3; round++) {
+      for (const s of sidecars) {
+        const c = await call(s);
+        if (c === 'refused') {
+          refused++;
+          continue;
+        }
+        admittedInOutage += c.r.estimate.usdMicros;
+        await settle(s, c);
+      }
+    }
+    expect(refused).toBeGreaterThanOrEqual(15);
+    expect(admittedInOutage).toBeGreaterThan(0);
+    expect(admittedInOutage).toBeLessThanOrEqual(leftInSlices);
+
+    await redis.restart();
+    await waitFor('every journal to be replayed', () => sidecars.every((s) => s.store.available()));
+    // Closing hands the slices back and reports what the outage kept unreported.
+    await Promise.all(sidecars.map((s) => s.store.close()));
+    expect(events.filter((e) => e.type === 'unreportedDropped')).toEqual([]);
+
+    const raw = new Redis(redis.url);
+    try {
+      const day = dayId(t);
+      const lease = await raw.hgetall(`{ls:f}:lease:day:${day}`);
+      const total = sidecars.reduce((sum, s) => sum + s.charged, 0);
+      expect(Number(lease.usd)).toBe(total);
+      expect(Number(lease.out)).toBe(0);
+      expect(total).toBeLessThanOrEqual(CAP);
+      // The agents' own windows went through the journal: replayed exactly.
+      for (const [i, s] of sidecars.entries()) expect(Number(await raw.hget(`{ls}:agent:pod-${i}:day:${day}`, 'usd'))).toBe(s.charged);
+      // The per-call keys name no fleet window: the fleet is only in its lease hash, on its own slot.
+      expect((await raw.keys('{ls}:fleet:*')).length).toBe(0);
+    } finally {
+      raw.disconnect();
+    }
+  });
+});
