@@ -508,20 +508,19 @@ export class LeasedStore implements BudgetStore {
 
   /**
    * Background work that needs no call to trigger it: an idle window's slice is given back as it is about to lapse
-   * (so its unused part returns to the fleet now, not after the grace), uncapped spend is reported, spend left
-   * unreported by an outage is reported once the source answers, and forgotten windows are dropped.
+   * (so its unused part returns to the fleet now, not after the grace); spend is reported at most every
+   * `reportIntervalMs` while there is some (so `/admin/budgets` on any sidecar is at most that stale, and spend kept
+   * through an outage is reported once the source answers); forgotten windows are dropped.
    */
   private tick(): void {
     const now = this.now();
     for (const [key, l] of this.leases) {
-      if (l.renewing) continue;
+      if (l.renewing || now - l.failedAt < this.tickMs) continue;
       const unreported = anyAmount(l.unreported) || l.pending !== undefined;
       const idle = l.held.calls === 0 && now - l.lastUseAt >= this.tickMs;
-      if (l.cap === undefined || idle) {
-        const due = l.cap === undefined ? now - l.lastReportAt >= this.reportIntervalMs : l.expiresAt - now <= 2 * this.tickMs;
-        if ((unreported || l.grant > 0) && due && now - l.failedAt >= this.tickMs) void this.renew(l, 0, false);
-        else if (!unreported && l.grant === 0 && idle) this.leases.delete(key);
-      }
+      if (l.grant > 0 && idle && l.expiresAt - now <= 2 * this.tickMs) void this.renew(l, 0, false);
+      else if (unreported && now - l.lastReportAt >= this.reportIntervalMs) void this.renew(l, l.held.usdMicros + l.lastEstimate, l.cap !== undefined && l.expiresAt > now);
+      else if (!unreported && l.grant === 0 && idle) this.leases.delete(key);
     }
   }
 }

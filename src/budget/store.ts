@@ -26,8 +26,15 @@ import { windowAt, windowEndFromId, type WindowKind } from './windows.js';
  *   freeze a budget); a commit arriving after that is still charged in full, so such a request adds a_j,
  *   not a_j − e_j, to the bound. Keep the TTL above the route's total timeout.
  * - A request is charged to the windows it was reserved in, even if it settles after midnight.
- * - While Redis is unreachable, LocalFallbackStore enforces a local slice of each cap (see
- *   local-fallback-store.ts); fleet-wide the bound then grows by what the other sidecars' slices admit.
+ * - Route and fleet caps are served by LeasedStore (lease.ts) from leased slices: the source keeps
+ *   `spent + Σ slices outstanding ≤ C`, and a sidecar admits e only if its unreported spend + holds + e ≤ its
+ *   slice. So fleet/route spend ≤ C + Σ (a − e) of calls in flight + N × allowance (N sidecars,
+ *   `store.lease.allowanceUsd`), and during an outage the spend admitted is at most what was left of the slices
+ *   outstanding when it began (+ allowances); it does not grow with N. This assumes clocks agree within the lease
+ *   grace (a lapsed slice returns to the pool only `graceMs` after its expiry). Gap: a slice that lapses with calls
+ *   still in flight on it can leave their holds uncovered when the pool has less left than they hold.
+ * - While Redis is unreachable, LocalFallbackStore enforces agent and workflow caps against their last-known
+ *   remaining (one agent id lives in one sidecar; see local-fallback-store.ts).
  * - A scope whose cap is used up refuses every request, even one estimated at zero (a tool call), so a
  *   runaway workflow stops; calls are counted at reserve time, so `maxCalls` stops the (N+1)th call
  *   exactly even under concurrency.

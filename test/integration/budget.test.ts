@@ -5,7 +5,7 @@ import Anthropic from '@anthropic-ai/sdk';
 import { Redis } from 'ioredis';
 import OpenAI from 'openai';
 import { request } from 'undici';
-import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, afterEach, beforeAll, describe, expect, it, vi } from 'vitest';
 import { metricValue, startFusebox, type RunningFusebox } from '../helpers/fusebox.js';
 import { startRedis, type TestRedis } from '../helpers/redis.js';
 import { COST_USD, PRICES, startLlmUpstream } from '../helpers/llm.js';
@@ -256,9 +256,16 @@ describe('a fleet sharing one Redis', () => {
     const refused = results.filter((s) => s === 402).length;
     expect(ok + refused).toBe(50);
     expect(refused).toBeGreaterThan(0);
-    const budgets = (await (await request(`${a.adminUrl}/admin/budgets`)).body.json()) as { scopes: Array<{ scope: string; spentUsd: number; calls: number }> };
-    const fleet = budgets.scopes.find((s) => s.scope === 'fleet')!;
-    expect(fleet.spentUsd).toBeCloseTo(ok * COST_USD, 9);
+    // Each sidecar reports its spend on the leased fleet cap within store.lease.reportIntervalMs (1 s).
+    const fleet = await vi.waitFor(
+      async () => {
+        const budgets = (await (await request(`${a.adminUrl}/admin/budgets`)).body.json()) as { scopes: Array<{ scope: string; window: string; spentUsd: number }> };
+        const f = budgets.scopes.find((s) => s.scope === 'fleet' && s.window === 'day')!;
+        expect(f.spentUsd).toBeCloseTo(ok * COST_USD, 9);
+        return f;
+      },
+      { timeout: 10_000, interval: 50 },
+    );
     const estimate = (await fuseboxBody(await chat(a, { 'x-request-id': 'probe' }, 500))) as { code?: string };
     expect(estimate.code).toBe('BUDGET_EXCEEDED');
     // Bound: every admitted call's estimate fit under the cap; each can overshoot by (actual − estimate).
