@@ -423,7 +423,8 @@ export class LeasedStore implements BudgetStore {
 
   private hold(l: Lease, estimate: Amounts, onAllowance: boolean): undefined {
     addTo(l.held, estimate, 1);
-    if (!this.sourceUp) this.emit({ type: 'outageAdmission', scope: l.scope.scope, window: l.scope.window, usdMicros: estimate.usdMicros, onAllowance });
+    // The lease source learns of an outage only when a lease request fails; the inner store's view is quicker.
+    if (!this.sourceUp || !this.inner.available()) this.emit({ type: 'outageAdmission', scope: l.scope.scope, window: l.scope.window, usdMicros: estimate.usdMicros, onAllowance });
     else this.maybeRenew(l);
     return undefined;
   }

@@ -41,7 +41,7 @@ describe('LocalFallbackStore over a Redis that goes away', () => {
     redis = undefined;
   });
 
-  const setup = async (opts: { persist?: boolean; timeoutMs?: number } = {}) => {
+  const setup = async (opts: { persist?: boolean; timeoutMs?: number; journalMaxEntries?: number } = {}) => {
     redis = await startRedis({ persist: opts.persist ?? true });
     // A frozen clock: windows and hold expiry stay put while real outages come and go.
     const t = Date.now();
@@ -50,7 +50,8 @@ describe('LocalFallbackStore over a Redis that goes away', () => {
     const shared = new RedisStore({ redis: connection, now });
     const events: FallbackEvent[] = [];
     // The fleet share the factory's stack leaves to leases (lease.ts): set here to test the slice rule itself.
-    const fb = new LocalFallbackStore({ shared, now, replayIntervalMs: 50, localShare: { fleet: 0.25 }, onEvent: (e) => {
+    const fb = new LocalFallbackStore({ shared, now, replayIntervalMs: 50, localShare: { fleet: 0.25 },
+      ...(opts.journalMaxEntries !== undefined && { journalMaxEntries: opts.journalMaxEntries }), onEvent: (e) => {
         if (e.type !== 'journal') events.push(e);
       },
     });
@@ -133,6 +134,28 @@ describe('LocalFallbackStore over a Redis that goes away', () => {
     const [agent] = await reader.snapshot(scopes);
     expect(agent?.spent).toEqual({ usdMicros: usd(1.3), tokens: 0, calls: 2 });
     expect(agent?.reserved).toEqual({ usdMicros: 0, tokens: 0, calls: 0 });
+  });
+
+  it('keeps at most journalMaxEntries charges: the oldest go, reported with their count and USD, never silently', async () => {
+    const { fb, events, redis } = await setup({ persist: false, journalMaxEntries: 3 });
+    redis.kill();
+    await waitFor('the outage to be seen', () => !fb.available());
+    const made: Reservation[] = [];
+    for (let i = 1; i <= 5; i++) {
+      const r = await admit(fb, usd(0.1));
+      made.push(r);
+      await fb.commit(r, { usdMicros: usd(0.01 * i), tokens: 0 });
+    }
+    expect(fb.journal().map((e) => e.id)).toEqual(made.slice(2).map((r) => r.id));
+    const dropped = () => events.filter((e) => e.type === 'journalDropped');
+    // The first drop is reported at once; the next, within the same second, waits to be reported with the totals.
+    expect(dropped()).toEqual([{ type: 'journalDropped', reason: 'full', entries: 1, usdMicros: usd(0.01) }]);
+    await fb.close();
+    expect(dropped()).toEqual([
+      { type: 'journalDropped', reason: 'full', entries: 1, usdMicros: usd(0.01) },
+      { type: 'journalDropped', reason: 'full', entries: 1, usdMicros: usd(0.02) },
+      { type: 'journalDropped', reason: 'shutdown', entries: 3, usdMicros: usd(0.03) + usd(0.04) + usd(0.05) },
+    ]);
   });
 
   it('keeps obeying the kills it last read while Redis is away', async () => {
