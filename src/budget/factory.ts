@@ -5,7 +5,7 @@ import type { Logger } from 'pino';
 import type { Config } from '../config/schema.js';
 import type { RedisConnection } from '../store/redis-connection.js';
 import type { Metrics } from '../telemetry/metrics.js';
-import { fallbackEvents, leaseEvents } from '../telemetry/store-events.js';
+import { fallbackEvents, leaseEvents } from './store-events.js';
 import { LeasedStore } from './lease.js';
 import { MemoryLeaseSource, type LeaseSource } from './lease-source.js';
 import { LocalFallbackStore } from './local-fallback-store.js';

@@ -5,7 +5,7 @@ import type { Config } from '../config/schema.js';
 import { budgetScopes, type BudgetStore, type Kill, type KillTarget, type ScopeBudget, type ScopeUsage } from '../budget/store.js';
 import { BadRequestError } from '../errors.js';
 import type { Metrics } from '../telemetry/metrics.js';
-import { refreshLeaseGauge } from '../telemetry/store-events.js';
+import { refreshLeaseGauge } from '../budget/store-events.js';
 
 const KillBody = z.strictObject({
   target: z.enum(['global', 'agent', 'workflow']),

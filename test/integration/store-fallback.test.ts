@@ -50,8 +50,13 @@ describe('LocalFallbackStore over a Redis that goes away', () => {
     const shared = new RedisStore({ redis: connection, now });
     const events: FallbackEvent[] = [];
     // The fleet share the factory's stack leaves to leases (lease.ts): set here to test the slice rule itself.
-    const fb = new LocalFallbackStore({ shared, now, replayIntervalMs: 50, localShare: { fleet: 0.25 },
-      ...(opts.journalMaxEntries !== undefined && { journalMaxEntries: opts.journalMaxEntries }), onEvent: (e) => {
+    const fb = new LocalFallbackStore({
+      shared,
+      now,
+      replayIntervalMs: 50,
+      localShare: { fleet: 0.25 },
+      ...(opts.journalMaxEntries !== undefined && { journalMaxEntries: opts.journalMaxEntries }),
+      onEvent: (e) => {
         if (e.type !== 'journal') events.push(e);
       },
     });

@@ -1,8 +1,8 @@
 import type { Logger } from 'pino';
-import type { LeaseEvent } from '../budget/lease.js';
-import type { FallbackEvent } from '../budget/local-fallback-store.js';
-import type { BudgetStore } from '../budget/store.js';
-import type { Metrics } from './metrics.js';
+import type { Metrics } from '../telemetry/metrics.js';
+import type { LeaseEvent } from './lease.js';
+import type { FallbackEvent } from './local-fallback-store.js';
+import type { BudgetStore } from './store.js';
 
 const routeLabel = (scope: { kind: string; id: string }) => (scope.kind === 'route' ? scope.id : '');
 
