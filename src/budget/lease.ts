@@ -314,9 +314,11 @@ export class LeasedStore implements BudgetStore {
     clearInterval(this.timer);
     await Promise.all(
       [...this.leases.values()].map(async (l) => {
+        // A renew in flight may be keeping the slice: wait for it, then give the slice back.
+        if (l.renewing) await l.renewing;
         if ((l.grant > 0 || anyAmount(l.unreported) || l.pending) && !(await this.renew(l, 0, false))) {
-          const lost = l.unreported.usdMicros + (l.pending?.report.usdMicros ?? 0);
-          if (lost > 0) this.emit({ type: 'unreportedDropped', scope: l.scope.scope, window: l.scope.window, usdMicros: lost });
+          // A pending request's report is part of `unreported` until it is answered.
+          if (l.unreported.usdMicros > 0) this.emit({ type: 'unreportedDropped', scope: l.scope.scope, window: l.scope.window, usdMicros: l.unreported.usdMicros });
         }
       }),
     );

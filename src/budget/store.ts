@@ -4,8 +4,8 @@ import { microUsdFromUsd } from './prices.js';
 import { windowAt, windowEndFromId, type WindowKind } from './windows.js';
 
 /**
- * The shared budget store: one interface, three implementations (memory, Redis, and a wrapper that keeps
- * enforcing locally while Redis is away). A request is admitted by `reserve` (checks every scope and holds
+ * The shared budget store: one interface, implemented by memory, Redis, a wrapper that keeps enforcing locally
+ * while Redis is away, and LeasedStore, which serves route and fleet caps from leased slices in front of either. A request is admitted by `reserve` (checks every scope and holds
  * its estimate in one atomic step), then settled by `commit` (charges the actual cost) or `release`
  * (returns the hold). Per-request caps (`maxRequestUsd`, `maxRequestTokens`) are the caller's business.
  *
