@@ -378,6 +378,9 @@ export class LeasedStore implements BudgetStore {
       return undefined;
     }
     if (this.fits(l, e, this.now())) return this.hold(l, estimate, false);
+    // The pool was found (nearly) empty less than a tick ago: refuse without asking again, so a fleet whose cap is
+    // spent does not send every refused call to the one slot that holds it.
+    if (l.short && this.sourceUp && this.now() - l.grantedAt < this.tickMs) return this.exhausted(l, l.cap, e);
     // Calls waiting for a renew say so, so one renew asks for all of them (50 concurrent calls: one round trip).
     l.waiting += e;
     try {
@@ -394,13 +397,17 @@ export class LeasedStore implements BudgetStore {
     } finally {
       l.waiting -= e;
     }
+    return this.exhausted(l, l.cap, e);
+  }
+
+  private exhausted(l: Lease, limit: number, e: number): Refusal {
     this.emit({ type: 'refused', scope: l.scope.scope, window: l.scope.window, reason: 'exhausted', requestedUsdMicros: e });
     return {
       reason: 'BUDGET_EXCEEDED',
       scope: l.scope.scope,
       window: l.scope.window,
       metric: 'usdMicros',
-      limit: l.cap,
+      limit,
       spent: l.known.spent + l.unreported.usdMicros,
       reserved: Math.max(0, l.known.outstanding - l.grant) + l.held.usdMicros,
       requested: e,

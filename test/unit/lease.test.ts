@@ -108,6 +108,10 @@ describe('LeasedStore', () => {
       await store.commit(r.reservation, { usdMicros: usd(0.07), tokens: 5 });
     }
     expect(admitted).toBe(14);
+    // Refused again within a tick of finding the pool empty: no second lease request for it.
+    const sent = net.sent.length;
+    expect((await store.reserve({ scopes, estimate: est(usd(0.07)) })).ok).toBe(false);
+    expect(net.sent.length).toBe(sent);
     // The spend is in the MemoryStore's counters (its snapshot file), reported by the lease.
     const [agent, f] = await store.snapshot(scopes);
     expect(agent?.spent.usdMicros).toBe(14 * usd(0.07));
