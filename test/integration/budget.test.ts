@@ -341,8 +341,9 @@ describe('a fleet sharing one Redis', () => {
   it('spends only its leased slice of a fleet cap while Redis is down; a sidecar started in the outage answers 503 on it', async () => {
     const cfg = { agent: { id: 'lease-a' }, store: { kind: 'redis', url: redis.url, keyPrefix: 'lease', timeoutMs: 100 }, budgets: { fleet: { dailyUsd: 1 } }, routes: llmRoutes(up) };
     const a = await start(cfg);
-    // The first call leases a slice of the fleet cap (half of the $1: it is alone).
+    // The first call leases a slice of the fleet cap (half of the $1: it is alone), and is settled before the outage.
     await (await chat(a)).body.dump();
+    await a.app.idle();
     redis.kill();
     await expect.poll(async () => metricValue(await a.metricsText(), 'fusebox_store_up'), { timeout: 5000, interval: 20 }).toBe(0);
     const during: number[] = [];
@@ -365,6 +366,8 @@ describe('a fleet sharing one Redis', () => {
 
     await redis.restart();
     await expect.poll(async () => metricValue(await a.metricsText(), 'fusebox_store_journal_entries'), { timeout: 5000, interval: 100 }).toBe(0);
+    // B reconnects on its own schedule.
+    await expect.poll(async () => metricValue(await b.metricsText(), 'fusebox_store_up'), { timeout: 5000, interval: 100 }).toBe(1);
     const after = await chat(b);
     expect(after.statusCode).toBe(200);
     await after.body.dump();
