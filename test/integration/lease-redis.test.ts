@@ -115,10 +115,14 @@ describe('leased fleet cap over a real Redis that is killed and restarted', () =
       expect(Number(lease.usd)).toBe(total);
       expect(Number(lease.out)).toBe(0);
       expect(total).toBeLessThanOrEqual(CAP);
-      // The agents' own windows went through the journal: replayed exactly.
-      for (const [i, s] of sidecars.entries()) expect(Number(await raw.hget(`{ls}:agent:pod-${i}:day:${day}`, 'usd'))).toBe(s.charged);
-      // The per-call keys name no fleet window: the fleet is only in its lease hash, on its own slot.
-      expect((await raw.keys('{ls}:fleet:*')).length).toBe(0);
+      // The agents' own windows went through the journal: replayed exactly (read as another sidecar would).
+      const readerConnection = new RedisConnection({ url: redis.url, keyPrefix: 'ls' });
+      connections.push(readerConnection);
+      const reader = new RedisStore({ redis: readerConnection, now });
+      await reader.waitReady(2_000);
+      for (const s of sidecars) expect((await reader.snapshot([s.scopes[0]!]))[0]?.spent.usdMicros).toBe(s.charged);
+      // No per-call key names the fleet: it lives only in its lease hash, on its own slot.
+      expect((await raw.keys('*fleet*')).length).toBe(0);
     } finally {
       raw.disconnect();
     }
