@@ -75,7 +75,6 @@ interface Lease {
   readonly unreported: Mutable;
   /** Estimates of calls in flight on this window. */
   readonly held: Mutable;
-  seq: number;
   /** A lease request sent but not answered: resent as is (same seq) until it is. */
   pending: Pending | undefined;
   renewing: Promise<boolean> | undefined;
@@ -140,6 +139,11 @@ export class LeasedStore implements BudgetStore {
   private readonly leases = new Map<string, Lease>();
   private crossings: AlertCrossing[] = [];
   private sourceUp = true;
+  /**
+   * Lease request numbers, one sequence for every window: a window's state is dropped when it goes idle, and the
+   * source remembers the last number it applied for this holder, so a number must never repeat.
+   */
+  private seq = 0;
   private readonly timer: NodeJS.Timeout;
 
   constructor(opts: LeasedStoreOptions) {
@@ -338,7 +342,6 @@ export class LeasedStore implements BudgetStore {
         expiresAt: 0,
         unreported: { usdMicros: 0, tokens: 0, calls: 0 },
         held: { usdMicros: 0, tokens: 0, calls: 0 },
-        seq: 0,
         pending: undefined,
         renewing: undefined,
         waiting: 0,
@@ -470,7 +473,7 @@ export class LeasedStore implements BudgetStore {
     } else {
       wanted = Math.max(want, l.held.usdMicros + l.waiting);
     }
-    l.pending = { seq: ++l.seq, report: { ...l.unreported }, keep, want: wanted };
+    l.pending = { seq: ++this.seq, report: { ...l.unreported }, keep, want: wanted };
     return this.send(l);
   }
 
@@ -533,7 +536,11 @@ export class LeasedStore implements BudgetStore {
       const unreported = anyAmount(l.unreported) || l.pending !== undefined;
       const idle = l.held.calls === 0 && now - l.lastUseAt >= this.tickMs;
       if (l.grant > 0 && idle && l.expiresAt - now <= 2 * this.tickMs) void this.renew(l, 0, false);
-      else if (unreported && now - l.lastReportAt >= this.reportIntervalMs) void this.renew(l, l.held.usdMicros + l.lastEstimate, l.cap !== undefined && l.expiresAt > now);
+      // A lapsed slice with calls still in flight is renewed, not given back: the new slice must cover their holds
+      // (there is room: the old slice they were admitted on returns in the same step).
+      else if (unreported && now - l.lastReportAt >= this.reportIntervalMs) {
+        void this.renew(l, l.held.usdMicros + l.lastEstimate, l.cap !== undefined && (l.expiresAt > now || l.held.usdMicros > 0));
+      }
       else if (!unreported && l.grant === 0 && idle) this.leases.delete(key);
     }
   }

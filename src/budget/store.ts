@@ -31,8 +31,8 @@ import { windowAt, windowEndFromId, type WindowKind } from './windows.js';
  *   slice. So fleet/route spend ≤ C + Σ (a − e) of calls in flight + N × allowance (N sidecars,
  *   `store.lease.allowanceUsd`), and during an outage the spend admitted is at most what was left of the slices
  *   outstanding when it began (+ allowances); it does not grow with N. This assumes clocks agree within the lease
- *   grace (a lapsed slice returns to the pool only `graceMs` after its expiry). Gap: a slice that lapses with calls
- *   still in flight on it can leave their holds uncovered when the pool has less left than they hold.
+ *   grace (a lapsed slice returns to the pool only `graceMs` after its expiry, counted as spent until its holder
+ *   reports, and a report made with calls in flight asks for a slice covering their holds).
  * - While Redis is unreachable, LocalFallbackStore enforces agent and workflow caps against their last-known
  *   remaining (one agent id lives in one sidecar; see local-fallback-store.ts).
  * - A scope whose cap is used up refuses every request, even one estimated at zero (a tool call), so a

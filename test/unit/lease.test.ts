@@ -157,6 +157,10 @@ describe('LeasedStore', () => {
     await advance(600_000);
     expect(net.sent.slice(idleFrom).filter((r) => r.holder === net.sent[0]!.holder)).toHaveLength(1);
     expect(a.leaseViews()).toEqual([]);
+    // Back from idle: the window's state was dropped, yet its lease requests are new ones, not taken for retries.
+    const again = await a.reserve({ scopes, estimate: est(usd(1)) });
+    expect(again.ok).toBe(true);
+    expect(a.leaseViews()[0]?.remainingUsdMicros).toBeGreaterThan(0);
   });
 
   it('counts a report whose answer was lost once: the retry carries the same sequence number', async () => {
@@ -305,6 +309,48 @@ describe('LeasedStore', () => {
     await silent.close();
     const [u] = await source.usage([{ ...scopes[0]!, windowId: '2026-12-05' }]);
     expect(u?.spent.usdMicros).toBe(usd(1));
+  });
+
+  it('keeps a call in flight across a lapsed slice covered: the report made after the outage asks for a slice that holds it', async () => {
+    const counters = new MemoryStore({ now });
+    const source = new MemoryLeaseSource(counters, SIZING, { whole: false });
+    const aNet = new Network(source);
+    const a = sidecar(counters, aNet);
+    const bNet = new Network(source);
+    const b = sidecar(counters, bNet);
+    const cap = usd(10);
+    const scopes = [fleetDay(cap)];
+    const settled = await a.reserve({ scopes, estimate: est(usd(0.5)) });
+    const inFlight = await a.reserve({ scopes, estimate: est(usd(2)) });
+    if (!settled.ok || !inFlight.ok) throw new Error('refused');
+    await a.commit(settled.reservation, { usdMicros: usd(0.5), tokens: 0 });
+    // B spends the whole pool but A's slice; A is cut off longer than its slice lives, one call still in flight.
+    const drain = async () => {
+      let spent = 0;
+      for (;;) {
+        const r = await b.reserve({ scopes, estimate: est(usd(0.25)) });
+        if (!r.ok) return spent;
+        await b.commit(r.reservation, { usdMicros: usd(0.25), tokens: 0 });
+        spent += usd(0.25);
+      }
+    };
+    let bSpent = await drain();
+    aNet.cut = true;
+    await advance(SIZING.ttlMs + SIZING.graceMs);
+    // B's next renew reaps A's lapsed slice, counted as spent: nothing more for B.
+    bSpent += await drain();
+    aNet.cut = false;
+    // A's background report: its call is still in flight, so it asks for a slice covering the 2 USD it holds.
+    await advance(1_000);
+    const reports = aNet.sent.filter((r) => r.report.usdMicros > 0);
+    expect(reports.map((r) => [r.report.usdMicros, r.keep, r.wantUsdMicros >= usd(2)])).toEqual(reports.map(() => [usd(0.5), true, true]));
+    expect(reports.length).toBeGreaterThan(0);
+    bSpent += await drain();
+    await a.commit(inFlight.reservation, { usdMicros: usd(2), tokens: 0 });
+    await Promise.all([a.close(), b.close()]);
+    const total = counters.spentIn({ ...scopes[0]!, windowId: '2026-12-05' }).usdMicros;
+    expect(total).toBe(usd(2.5) + bSpent);
+    expect(total).toBeLessThanOrEqual(cap);
   });
 
   it('releases the lease hold when the inner store refuses, and the inner hold when the lease refuses', async () => {
