@@ -452,8 +452,13 @@ export class LeasedStore implements BudgetStore {
     const left = l.grant - l.unreported.usdMicros - l.held.usdMicros;
     const lifeLeft = l.expiresAt - now;
     if (left < this.renewBelow * l.grant || lifeLeft < this.renewBelow * (l.expiresAt - l.grantedAt)) {
-      void this.renew(l, l.held.usdMicros + l.lastEstimate, true);
+      this.inBackground(l, l.held.usdMicros + l.lastEstimate, true);
     }
+  }
+
+  /** A renew nobody awaits: a bug it throws (a TypeError) is logged, not left to crash the process as an unhandled rejection. */
+  private inBackground(l: Lease, want: number, keep: boolean): void {
+    this.renew(l, want, keep).catch((err: unknown) => this.emit({ type: 'sourceDown', error: err instanceof Error ? err : new Error(String(err)) }));
   }
 
   /** One lease request at a time per window; a pending one (answer lost) is resent first. False: source unreachable. */
@@ -535,11 +540,11 @@ export class LeasedStore implements BudgetStore {
       if (l.renewing || now - l.failedAt < this.tickMs) continue;
       const unreported = anyAmount(l.unreported) || l.pending !== undefined;
       const idle = l.held.calls === 0 && now - l.lastUseAt >= this.tickMs;
-      if (l.grant > 0 && idle && l.expiresAt - now <= 2 * this.tickMs) void this.renew(l, 0, false);
+      if (l.grant > 0 && idle && l.expiresAt - now <= 2 * this.tickMs) this.inBackground(l, 0, false);
       // A lapsed slice with calls still in flight is renewed, not given back: the new slice must cover their holds
       // (there is room: the old slice they were admitted on returns in the same step).
       else if (unreported && now - l.lastReportAt >= this.reportIntervalMs) {
-        void this.renew(l, l.held.usdMicros + l.lastEstimate, l.cap !== undefined && (l.expiresAt > now || l.held.usdMicros > 0));
+        this.inBackground(l, l.held.usdMicros + l.lastEstimate, l.cap !== undefined && (l.expiresAt > now || l.held.usdMicros > 0));
       }
       else if (!unreported && l.grant === 0 && idle) this.leases.delete(key);
     }
