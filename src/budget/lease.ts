@@ -392,7 +392,12 @@ export class LeasedStore implements BudgetStore {
         if (this.fits(l, e, this.now())) return this.hold(l, estimate, false);
       }
       for (let round = 0; round < 2; round++) {
-        if (!(await this.renew(l, l.held.usdMicros + l.waiting, true))) return this.unreachable(l, estimate, onUnavailable);
+        if (!(await this.renew(l, l.held.usdMicros + l.waiting, true))) {
+          // Connected but no answer in time (a loaded Redis): ask once more (same seq, so applied at most once)
+          // before treating it as an outage. A Redis that is down fails at once and is not asked again.
+          if (round === 0 && this.inner.available()) continue;
+          return this.unreachable(l, estimate, onUnavailable);
+        }
         if (this.fits(l, e, this.now())) return this.hold(l, estimate, false);
         // The pool had less than asked: another renew finds no more. Else the renew was someone else's, too small.
         if (l.short) break;
