@@ -256,7 +256,8 @@ export class LocalFallbackStore implements BudgetStore {
   private journalAdd(entry: JournalEntry): void {
     this.pending.push(entry);
     if (this.pending.length > this.journalMax) {
-      const [gone] = this.pending.splice(this.replaying && this.pending.length > 1 ? 1 : 0, 1);
+      // shift() is what V8 does in O(1) (it moves the array's start); a replay in flight owns the front entry.
+      const gone = this.replaying ? this.pending.splice(1, 1)[0] : this.pending.shift();
       this.dropped.entries++;
       this.dropped.usdMicros += gone?.actual.usdMicros ?? 0;
       this.reportDropped(false);
