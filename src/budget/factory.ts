@@ -5,9 +5,13 @@ import type { Logger } from 'pino';
 import type { Config } from '../config/schema.js';
 import type { RedisConnection } from '../store/redis-connection.js';
 import type { Metrics } from '../telemetry/metrics.js';
+import { fallbackEvents, leaseEvents } from './store-events.js';
+import { LeasedStore } from './lease.js';
+import { MemoryLeaseSource, type LeaseSource } from './lease-source.js';
 import { LocalFallbackStore } from './local-fallback-store.js';
 import { MemoryStore } from './memory-store.js';
-import { loadPriceTable, type PriceTable } from './prices.js';
+import { loadPriceTable, microUsdFromUsd, type PriceTable } from './prices.js';
+import { RedisLeaseSource } from './redis-lease-source.js';
 import { RedisStore } from './redis-store.js';
 import type { BudgetStore } from './store.js';
 
@@ -22,15 +26,33 @@ export const loadPrices = (config: Config, baseDir: string): PriceTable =>
   loadPriceTable(config.budgets.pricesFile !== undefined ? resolve(baseDir, config.budgets.pricesFile) : bundledPricesFile());
 
 /**
- * The store the config asks for: memory (one sidecar, optional snapshot file), or Redis wrapped in the local
- * fallback so an outage follows each route's `budget.storeUnavailable` instead of failing every call. A `redis`
- * store runs on `deps.redis`, the process's one connection, which the caller closes after the store.
+ * The store the config asks for, as a stack (outermost first):
+ * - LeasedStore: route and fleet caps served from leased slices (lease.ts), so a call's store script touches the
+ *   agent's keys only and an outage spends at most the slices held. It wraps memory and Redis alike, so both
+ *   behave the same; the memory lease source hands its one holder all that is left, which keeps memory exact.
+ * - memory: MemoryStore (one sidecar, optional snapshot file; it also keeps route and fleet spend).
+ * - redis: RedisStore wrapped in LocalFallbackStore, so an outage follows each route's `budget.storeUnavailable`
+ *   instead of failing every call. It runs on `deps.redis`, the process's one connection, which the caller closes
+ *   after the store.
  */
 export const createBudgetStore = (config: Config, deps: { now: () => number; logger: Logger; metrics: Metrics; redis?: RedisConnection }): BudgetStore => {
   const { now, logger, metrics, redis } = deps;
   const alertPercent = config.budgets.alertPercent;
   // Holds outlive the longest call by a minute; a dead sidecar's holds return after that.
   const reservationTtlMs = Math.max(...config.routes.map((r) => r.timeouts.totalMs)) + 60_000;
+  const lease = config.store.lease;
+  const sizing = { ttlMs: lease.ttlMs, graceMs: lease.graceMs, minSliceUsdMicros: microUsdFromUsd(lease.minSliceUsd), alertPercent };
+  const leased = (inner: BudgetStore, source: LeaseSource) =>
+    new LeasedStore({
+      inner,
+      source,
+      now,
+      alertPercent,
+      renewBelowPercent: lease.renewBelowPercent,
+      allowanceUsdMicros: microUsdFromUsd(lease.allowanceUsd),
+      reportIntervalMs: lease.reportIntervalMs,
+      onEvent: leaseEvents(metrics, logger),
+    });
   if (config.store.kind === 'memory') {
     const store = new MemoryStore({
       now,
@@ -41,27 +63,17 @@ export const createBudgetStore = (config: Config, deps: { now: () => number; log
       onSnapshotError: (err) => logger.error({ err, path: config.store.snapshotPath }, 'budget snapshot problem: spend may not survive a restart'),
     });
     if (store.snapshotLoadError) logger.error({ error: store.snapshotLoadError.message }, 'budget snapshot unreadable: starting with empty counters');
-    return store;
+    return leased(store, new MemoryLeaseSource(store, sizing));
   }
   if (!redis) throw new TypeError('a redis budget store needs the Redis connection (deps.redis)');
   const shared = new RedisStore({ redis, now, alertPercent, reservationTtlMs });
-  return new LocalFallbackStore({
+  const fallback = new LocalFallbackStore({
     shared,
     now,
     alertPercent,
     reservationTtlMs,
-    onEvent: (e) => {
-      if (e.type === 'unavailable') {
-        metrics.storeUp.set(0);
-        logger.error({ error: e.error.message }, 'budget store unreachable: routes follow budget.storeUnavailable (local slice and journal, or refuse)');
-      } else if (e.type === 'recovered') {
-        metrics.storeUp.set(1);
-        logger.info({ replayed: e.replayed }, 'budget store back: journal replayed');
-      } else if (e.type === 'replayFailed') {
-        logger.warn({ error: e.error.message, pending: e.pending }, 'journal replay failed; will retry');
-      } else {
-        logger.error({ entries: e.entries, usd: e.usdMicros / 1e6 }, 'journaled charges dropped at shutdown: the shared store never came back');
-      }
-    },
+    journalMaxEntries: config.store.journalMaxEntries,
+    onEvent: fallbackEvents(metrics, logger),
   });
+  return leased(fallback, new RedisLeaseSource({ redis, ...sizing }));
 };

@@ -51,17 +51,22 @@ export type FallbackEvent =
   | { readonly type: 'unavailable'; readonly error: Error }
   | { readonly type: 'recovered'; readonly replayed: number }
   | { readonly type: 'replayFailed'; readonly error: Error; readonly pending: number }
-  | { readonly type: 'journalDropped'; readonly entries: number; readonly usdMicros: number };
+  | { readonly type: 'journal'; readonly entries: number }
+  /** `full`: the oldest entries made room (store.journalMaxEntries); `shutdown`: the store never came back. */
+  | { readonly type: 'journalDropped'; readonly reason: 'full' | 'shutdown'; readonly entries: number; readonly usdMicros: number };
 
 export interface LocalFallbackOptions extends StoreCommonOptions {
   shared: SharedStore;
   /**
    * Fraction of a scope's last known remaining budget this sidecar may spend on its own while the shared
    * store is away, per scope kind. Default: agent 1 and workflow 1 (one agent id and its workflows run in
-   * one sidecar: `agent.id` is normally the pod name), route 0.25 and fleet 0.25 (shared by the fleet;
-   * a guess at "a few replicas", since a cut-off sidecar cannot count its peers).
+   * one sidecar: `agent.id` is normally the pod name), route 0 and fleet 0: those caps are the fleet's, and
+   * LeasedStore (lease.ts) serves them from leased slices in front of this store, so they never reach it. A
+   * share guessed here (it used to be 0.25: "a few replicas") let 20 sidecars spend 6.6× what was left (issue 14).
    */
   localShare?: Partial<Record<ScopeKind, number>>;
+  /** Most journal entries kept; past it the oldest is dropped (an event, so a log line and a metric). Default 100000. */
+  journalMaxEntries?: number;
   /** How often a pending journal is retried while the shared store is away, ms. Default 1000. */
   replayIntervalMs?: number;
   /** The kill set is re-read at most this often (for use during an outage), ms. Default 1000. */
@@ -69,7 +74,10 @@ export interface LocalFallbackOptions extends StoreCommonOptions {
   onEvent?: (e: FallbackEvent) => void;
 }
 
-const DEFAULT_SHARE: Record<ScopeKind, number> = { agent: 1, workflow: 1, route: 0.25, fleet: 0.25 };
+const DEFAULT_SHARE: Record<ScopeKind, number> = { agent: 1, workflow: 1, route: 0, fleet: 0 };
+export const DEFAULT_JOURNAL_MAX_ENTRIES = 100_000;
+/** Drops for a full journal are reported at most this often (one line per second, not one per call), ms. */
+const DROP_REPORT_MS = 1_000;
 const MAX_REMEMBERED = 10_000;
 
 /**
@@ -88,7 +96,9 @@ const MAX_REMEMBERED = 10_000;
  *   afterwards the shared totals equal the sum of all charges. Commits of local reservations go through the
  *   journal even after the store is back, to keep their order. Releases are not journaled: holds expire by
  *   their TTL.
- * The journal lives in memory: a sidecar that dies during an outage loses it (reported on close()).
+ * The journal lives in memory and holds at most `journalMaxEntries`: past it the oldest entry is dropped and
+ * reported (`journalDropped`, at most once a second with the totals); a sidecar that dies during an outage
+ * loses it (reported on close()).
  */
 export class LocalFallbackStore implements BudgetStore {
   private readonly shared: SharedStore;
@@ -102,6 +112,8 @@ export class LocalFallbackStore implements BudgetStore {
   /** This journal's identity and last sequence number (see JournalEntry.at). */
   private readonly journalId = randomUUID();
   private seq = 0;
+  private readonly journalMax: number;
+  private dropped = { entries: 0, usdMicros: 0, reportedAt: -Infinity };
   private kills: Kill[] = [];
   private killsReadAt = -Infinity;
   private down = false;
@@ -113,6 +125,7 @@ export class LocalFallbackStore implements BudgetStore {
     this.now = opts.now;
     this.share = { ...DEFAULT_SHARE, ...opts.localShare };
     this.killRefreshMs = opts.killRefreshMs ?? 1_000;
+    this.journalMax = opts.journalMaxEntries ?? DEFAULT_JOURNAL_MAX_ENTRIES;
     this.emit = opts.onEvent ?? (() => {});
     const { now, alertPercent, reservationTtlMs, newId } = opts;
     this.local = new MemoryStore({ now, alertPercent: alertPercent ?? 0, ...(reservationTtlMs !== undefined && { reservationTtlMs }), ...(newId && { newId }) });
@@ -149,7 +162,7 @@ export class LocalFallbackStore implements BudgetStore {
         this.markDown(err);
       }
     }
-    this.pending.push({ id: reservation.id, reservation, actual });
+    this.journalAdd({ id: reservation.id, reservation, actual });
     return { crossed: [] };
   }
 
@@ -158,7 +171,7 @@ export class LocalFallbackStore implements BudgetStore {
    * sequence number, its commits must reach the shared store in order, which one replay at a time guarantees.
    */
   private async commitLocal(reservation: Reservation, actual: Actual): Promise<CommitResult> {
-    this.pending.push({ id: reservation.id, reservation, actual, at: { journal: this.journalId, seq: ++this.seq } });
+    this.journalAdd({ id: reservation.id, reservation, actual, at: { journal: this.journalId, seq: ++this.seq } });
     await this.local.commit(reservation, actual);
     if (this.up()) {
       await this.replayJournal();
@@ -233,9 +246,10 @@ export class LocalFallbackStore implements BudgetStore {
   async close(): Promise<void> {
     clearInterval(this.timer);
     if (this.pending.length > 0 && this.shared.available()) await this.replayJournal();
+    this.reportDropped(true);
     if (this.pending.length > 0) {
       const usdMicros = this.pending.reduce((sum, e) => sum + e.actual.usdMicros, 0);
-      this.emit({ type: 'journalDropped', entries: this.pending.length, usdMicros });
+      this.emit({ type: 'journalDropped', reason: 'shutdown', entries: this.pending.length, usdMicros });
     }
     await this.local.close();
     await this.shared.close();
@@ -251,10 +265,13 @@ export class LocalFallbackStore implements BudgetStore {
     try {
       for (let e = this.pending[0]; e !== undefined; e = this.pending[0]) {
         await (e.at ? this.shared.commitJournaled(e.reservation, e.actual, e.at) : this.shared.commit(e.reservation, e.actual));
-        // Entries only ever leave from the front, and this is the only replay running.
+        // Entries leave from the front only here (this is the only replay running); a full journal drops the
+        // second entry while a replay runs, so the front is still the entry just applied.
         this.pending.shift();
         applied++;
+        this.emit({ type: 'journal', entries: this.pending.length });
       }
+      this.reportDropped(true);
       // Synchronously after the last await: no commit can slip into the journal between the check and the switch.
       if (this.down && this.shared.available()) {
         this.down = false;
@@ -264,6 +281,26 @@ export class LocalFallbackStore implements BudgetStore {
       this.emit({ type: 'replayFailed', error: toError(err), pending: this.pending.length });
     }
     return applied;
+  }
+
+  private journalAdd(entry: JournalEntry): void {
+    this.pending.push(entry);
+    if (this.pending.length > this.journalMax) {
+      // shift() is what V8 does in O(1) (it moves the array's start); a replay in flight owns the front entry.
+      const gone = this.replaying ? this.pending.splice(1, 1)[0] : this.pending.shift();
+      this.dropped.entries++;
+      this.dropped.usdMicros += gone?.actual.usdMicros ?? 0;
+      this.reportDropped(false);
+    }
+    this.emit({ type: 'journal', entries: this.pending.length });
+  }
+
+  /** Reports drops of a full journal: the first at once, then at most once per DROP_REPORT_MS (or now, if `flush`). */
+  private reportDropped(flush: boolean): void {
+    const d = this.dropped;
+    if (d.entries === 0 || (!flush && this.now() - d.reportedAt < DROP_REPORT_MS)) return;
+    this.emit({ type: 'journalDropped', reason: 'full', entries: d.entries, usdMicros: d.usdMicros });
+    this.dropped = { entries: 0, usdMicros: 0, reportedAt: this.now() };
   }
 
   /** Any failure of the shared store means "down", except a caller's bug (bad amounts), which is rethrown. */

@@ -280,6 +280,24 @@ export class MemoryStore implements BudgetStore {
     return true;
   }
 
+  /**
+   * Adds settled spend to a scope window without a reservation: the memory lease source (lease-source.ts) keeps
+   * route and fleet spend here, so it is in the snapshot file and in `snapshot` like any other window's.
+   */
+  charge(s: ReservedScope, amounts: Amounts): void {
+    assertAmounts('charge', amounts);
+    const now = this.now();
+    const c = this.live(s, now, true);
+    add(c.spent, amounts, 1);
+    this.touch(c, s, now);
+  }
+
+  /** Settled spend of a scope window (zero if unseen), read without side effects other than reaping. */
+  spentIn(s: ReservedScope): Amounts {
+    const c = this.live(s, this.now(), false);
+    return { ...(c?.spent ?? zero()) };
+  }
+
   /** Forgets every counter and hold (kills stay). LocalFallbackStore starts each outage's slice with it. */
   resetCounters(): void {
     this.counters.clear();

@@ -4,8 +4,8 @@ import { microUsdFromUsd } from './prices.js';
 import { windowAt, windowEndFromId, type WindowKind } from './windows.js';
 
 /**
- * The shared budget store: one interface, three implementations (memory, Redis, and a wrapper that keeps
- * enforcing locally while Redis is away). A request is admitted by `reserve` (checks every scope and holds
+ * The shared budget store: one interface, implemented by memory, Redis, a wrapper that keeps enforcing locally
+ * while Redis is away, and LeasedStore, which serves route and fleet caps from leased slices in front of either. A request is admitted by `reserve` (checks every scope and holds
  * its estimate in one atomic step), then settled by `commit` (charges the actual cost) or `release`
  * (returns the hold). Per-request caps (`maxRequestUsd`, `maxRequestTokens`) are the caller's business.
  *
@@ -27,8 +27,15 @@ import { windowAt, windowEndFromId, type WindowKind } from './windows.js';
  *   reaped holds aside for that), so such a request adds a_j, not a_j − e_j, to the bound. Keep the TTL
  *   above the route's total timeout.
  * - A request is charged to the windows it was reserved in, even if it settles after midnight.
- * - While Redis is unreachable, LocalFallbackStore enforces a local slice of each cap (see
- *   local-fallback-store.ts); fleet-wide the bound then grows by what the other sidecars' slices admit.
+ * - Route and fleet caps are served by LeasedStore (lease.ts) from leased slices: the source keeps
+ *   `spent + Σ slices outstanding ≤ C`, and a sidecar admits e only if its unreported spend + holds + e ≤ its
+ *   slice. So fleet/route spend ≤ C + Σ (a − e) of calls in flight + N × allowance (N sidecars,
+ *   `store.lease.allowanceUsd`), and during an outage the spend admitted is at most what was left of the slices
+ *   outstanding when it began (+ allowances); it does not grow with N. This assumes clocks agree within the lease
+ *   grace (a lapsed slice returns to the pool only `graceMs` after its expiry, counted as spent until its holder
+ *   reports, and a report made with calls in flight asks for a slice covering their holds).
+ * - While Redis is unreachable, LocalFallbackStore enforces agent and workflow caps against their last-known
+ *   remaining (one agent id lives in one sidecar; see local-fallback-store.ts).
  * - A scope whose cap is used up refuses every request, even one estimated at zero (a tool call), so a
  *   runaway workflow stops; calls are counted at reserve time, so `maxCalls` stops the (N+1)th call
  *   exactly even under concurrency.
@@ -199,6 +206,16 @@ export interface BudgetStore {
    */
   ready?(timeoutMs: number): Promise<void>;
   close(): Promise<void>;
+  /** Slices of route and fleet caps this sidecar holds (LeasedStore only), for the lease gauge. */
+  leaseViews?(): LeaseView[];
+}
+
+/** A leased route or fleet window as this sidecar sees it. */
+export interface LeaseView {
+  readonly scope: ScopeRef;
+  readonly window: WindowKind;
+  /** Slice left for new calls, µUSD (0 once lapsed); undefined for an uncapped window (counted, not leased). */
+  readonly remainingUsdMicros: number | undefined;
 }
 
 /** Options every store takes. */
@@ -292,7 +309,7 @@ export interface ScopeIds {
 
 /**
  * The scope windows a request is counted in, with the caps config sets: agent day (USD, tokens) and month
- * (USD), workflow (USD, tokens, calls; idle TTL), route day (USD), fleet day (USD). Uncapped windows are
+ * (USD), workflow (USD, tokens, calls; idle TTL), route day (USD), fleet day and month (USD). Uncapped windows are
  * still listed so spend is counted for metrics.
  */
 export function budgetScopes(budgets: BudgetsConfig, route: Pick<RouteConfig, 'budget'>, ids: ScopeIds): ScopeBudget[] {
@@ -319,6 +336,7 @@ export function budgetScopes(budgets: BudgetsConfig, route: Pick<RouteConfig, 'b
   scopes.push(
     { scope: { kind: 'route', id: ids.route }, window: 'day', caps: caps({ usdMicros: usd(route.budget.dailyUsd) }) },
     { scope: { kind: 'fleet', id: 'all' }, window: 'day', caps: caps({ usdMicros: usd(budgets.fleet.dailyUsd) }) },
+    { scope: { kind: 'fleet', id: 'all' }, window: 'month', caps: caps({ usdMicros: usd(budgets.fleet.monthlyUsd) }) },
   );
   return scopes;
 }

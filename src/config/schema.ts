@@ -359,6 +359,32 @@ export const StoreSchema = z.strictObject({
   snapshotPath: z.string().optional(),
   /** Memory store: how often the snapshot is written, ms. Default 5000. */
   snapshotIntervalMs: positiveInt.default(5_000),
+  /**
+   * Redis store: most charges kept while Redis is unreachable, to be replayed when it returns. Default 100000
+   * (~100 s at 1,000 calls/s, ~30 min at 50/s; ~40 MB). When full the oldest is dropped, with a log line and
+   * `fusebox_store_journal_dropped_total`.
+   */
+  journalMaxEntries: positiveInt.default(100_000),
+  /** How route and fleet caps are shared by the sidecars: each holds a leased slice (see README, "Leases"). */
+  lease: z
+    .strictObject({
+      /** How long a slice is this sidecar's, ms. Past it the sidecar admits nothing on it until renewed. Default 30000. */
+      ttlMs: positiveInt.default(30_000),
+      /** An expired slice is returned to the pool only this long after its expiry (covers clock skew), ms. Default 5000. */
+      graceMs: positiveInt.default(5_000),
+      /** Smallest slice granted (unless less is left), USD. Default 0.05. */
+      minSliceUsd: z.number().nonnegative().default(0.05),
+      /** A slice is renewed in the background once less than this percent of it is left. Default 25. */
+      renewBelowPercent: percent.default(25),
+      /**
+       * USD a sidecar may admit per outage on a cap it holds no valid slice of (e.g. it started during the
+       * outage). Default 0: nothing.
+       */
+      allowanceUsd: z.number().nonnegative().default(0),
+      /** Spend on uncapped route/fleet windows is reported at most this often, ms. Default 1000. */
+      reportIntervalMs: positiveInt.default(1_000),
+    })
+    .prefault({}),
 });
 
 export const BudgetsSchema = z.strictObject({
@@ -381,8 +407,8 @@ export const BudgetsSchema = z.strictObject({
       idleTtlMs: positiveInt.default(86_400_000),
     })
     .prefault({}),
-  /** Every agent sharing the store together, UTC day. */
-  fleet: z.strictObject({ dailyUsd: z.number().positive().optional() }).prefault({}),
+  /** Every agent sharing the store together, UTC day and month. Enforced through leased slices (README, "Leases"). */
+  fleet: z.strictObject({ dailyUsd: z.number().positive().optional(), monthlyUsd: z.number().positive().optional() }).prefault({}),
   /** Percent of a cap at which one alert line and metric fire per window. Default 75. */
   alertPercent: percent.default(75),
   /** Price table file, relative to the config file. Default: the table shipped with Fusebox (config/prices.yaml). */

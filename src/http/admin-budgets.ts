@@ -5,6 +5,7 @@ import type { Config } from '../config/schema.js';
 import { budgetScopes, type BudgetStore, type Kill, type KillTarget, type ScopeBudget, type ScopeUsage } from '../budget/store.js';
 import { BadRequestError } from '../errors.js';
 import type { Metrics } from '../telemetry/metrics.js';
+import { refreshLeaseGauge } from '../budget/store-events.js';
 
 const KillBody = z.strictObject({
   target: z.enum(['global', 'agent', 'workflow']),
@@ -62,6 +63,7 @@ export const reportedScopes = (config: Config, workflow?: string): ScopeBudget[]
 /** Refresh the budget gauges from the store (called before each scrape: the store is the truth, fleet-wide). */
 export const refreshBudgetGauges = async (config: Config, store: BudgetStore, metrics: Metrics): Promise<void> => {
   metrics.storeUp.set(store.available() ? 1 : 0);
+  refreshLeaseGauge(store, metrics);
   if (!store.available()) return;
   const usage = await store.snapshot(reportedScopes(config));
   for (const u of usage) {

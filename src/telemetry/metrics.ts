@@ -235,6 +235,54 @@ export const createMetrics = (opts: { defaultMetrics?: boolean } = {}) => {
       registers: [registry],
     }),
 
+    journalEntries: new Gauge({
+      name: 'fusebox_store_journal_entries',
+      help: 'Charges journaled while Redis is unreachable, waiting to be replayed (at most store.journalMaxEntries).',
+      registers: [registry],
+    }),
+    journalDropped: new Counter({
+      name: 'fusebox_store_journal_dropped_total',
+      help: 'Journaled charges dropped, never replayed, by reason: full (store.journalMaxEntries reached: the oldest went), shutdown (Redis never came back).',
+      labelNames: ['reason'] as const,
+      registers: [registry],
+    }),
+    journalDroppedUsd: new Counter({
+      name: 'fusebox_store_journal_dropped_usd_total',
+      help: 'USD of the journaled charges dropped (spend Redis never counted), by reason.',
+      labelNames: ['reason'] as const,
+      registers: [registry],
+    }),
+    leaseGrants: new Counter({
+      name: 'fusebox_budget_lease_grants_total',
+      help: 'Slices of route and fleet caps leased by this sidecar, by scope kind (route, fleet), route ("" for fleet) and kind (acquire: no live slice before, renew).',
+      labelNames: ['scope_kind', 'route', 'kind'] as const,
+      registers: [registry],
+    }),
+    leaseRefusals: new Counter({
+      name: 'fusebox_budget_lease_refusals_total',
+      help: 'Calls refused by a route or fleet cap, by scope kind, route and reason (exhausted: the cap has nothing left for this call; no_lease: the store is unreachable and this sidecar holds no slice left).',
+      labelNames: ['scope_kind', 'route', 'reason'] as const,
+      registers: [registry],
+    }),
+    leaseRemaining: new Gauge({
+      name: 'fusebox_budget_lease_remaining_usd',
+      help: "What is left of this sidecar's slice of a route or fleet cap, USD (0 once it lapsed), by scope kind, window and route.",
+      labelNames: ['scope_kind', 'window', 'route'] as const,
+      registers: [registry],
+    }),
+    leaseOutageAdmissions: new Counter({
+      name: 'fusebox_budget_lease_outage_admissions_total',
+      help: 'Calls admitted on a route or fleet cap while the store was unreachable, by scope kind, route and what paid (lease: a slice held, allowance: store.lease.allowanceUsd).',
+      labelNames: ['scope_kind', 'route', 'on'] as const,
+      registers: [registry],
+    }),
+    leaseOutageAdmittedUsd: new Counter({
+      name: 'fusebox_budget_lease_outage_admitted_usd_total',
+      help: 'Estimates admitted on route and fleet caps while the store was unreachable, USD, by scope kind and route.',
+      labelNames: ['scope_kind', 'route'] as const,
+      registers: [registry],
+    }),
+
     // --- SLOs ---
     sloEvents: new Counter({
       name: 'fusebox_slo_events_total',

@@ -256,9 +256,16 @@ describe('a fleet sharing one Redis', () => {
     const refused = results.filter((s) => s === 402).length;
     expect(ok + refused).toBe(50);
     expect(refused).toBeGreaterThan(0);
-    const budgets = (await (await request(`${a.adminUrl}/admin/budgets`)).body.json()) as { scopes: Array<{ scope: string; spentUsd: number; calls: number }> };
-    const fleet = budgets.scopes.find((s) => s.scope === 'fleet')!;
-    expect(fleet.spentUsd).toBeCloseTo(ok * COST_USD, 9);
+    // Each sidecar reports its spend on the leased fleet cap within store.lease.reportIntervalMs (1 s).
+    const fleet = await vi.waitFor(
+      async () => {
+        const budgets = (await (await request(`${a.adminUrl}/admin/budgets`)).body.json()) as { scopes: Array<{ scope: string; window: string; spentUsd: number }> };
+        const f = budgets.scopes.find((s) => s.scope === 'fleet' && s.window === 'day')!;
+        expect(f.spentUsd).toBeCloseTo(ok * COST_USD, 9);
+        return f;
+      },
+      { timeout: 10_000, interval: 50 },
+    );
     const estimate = (await fuseboxBody(await chat(a, { 'x-request-id': 'probe' }, 500))) as { code?: string };
     expect(estimate.code).toBe('BUDGET_EXCEEDED');
     // Bound: every admitted call's estimate fit under the cap; each can overshoot by (actual − estimate).
@@ -341,6 +348,41 @@ describe('a fleet sharing one Redis', () => {
     await expect.poll(async () => metricValue(await fb.metricsText(), 'fusebox_store_up'), { timeout: 5000, interval: 100 }).toBe(1);
     const budgets = (await (await request(`${fb.adminUrl}/admin/budgets`)).body.json()) as { scopes: Array<{ scope: string; window: string; spentUsd: number }> };
     expect(budgets.scopes.find((s) => s.scope === 'agent' && s.window === 'day')?.spentUsd).toBeCloseTo(5 * COST_USD, 9);
+  });
+
+  it('spends only its leased slice of a fleet cap while Redis is down; a sidecar started in the outage answers 503 on it', async () => {
+    const cfg = { agent: { id: 'lease-a' }, store: { kind: 'redis', url: redis.url, keyPrefix: 'lease', timeoutMs: 100 }, budgets: { fleet: { dailyUsd: 1 } }, routes: llmRoutes(up) };
+    const a = await start(cfg);
+    // The first call leases a slice of the fleet cap (half of the $1: it is alone), and is settled before the outage.
+    await (await chat(a)).body.dump();
+    await a.app.idle();
+    redis.kill();
+    await expect.poll(async () => metricValue(await a.metricsText(), 'fusebox_store_up'), { timeout: 5000, interval: 20 }).toBe(0);
+    const during: number[] = [];
+    for (let i = 0; i < 3; i++) {
+      const res = await chat(a);
+      await res.body.dump();
+      during.push(res.statusCode);
+    }
+    expect(during).toEqual([200, 200, 200]);
+    const text = await a.metricsText();
+    expect(metricValue(text, 'fusebox_budget_lease_outage_admissions_total', { scope_kind: 'fleet', route: '', on: 'lease' })).toBe(3);
+    expect(metricValue(text, 'fusebox_store_journal_entries')).toBe(3);
+    expect(metricValue(text, 'fusebox_budget_lease_remaining_usd', { scope_kind: 'fleet', window: 'day' })).toBeGreaterThan(0.4);
+
+    const b = await start({ ...cfg, agent: { id: 'lease-b' } });
+    const refused = await chat(b);
+    expect(refused.statusCode).toBe(503);
+    expect(await fuseboxBody(refused)).toMatchObject({ code: 'BUDGET_STORE_UNAVAILABLE', scope: 'fleet', window: 'day' });
+    expect(metricValue(await b.metricsText(), 'fusebox_budget_lease_refusals_total', { scope_kind: 'fleet', route: '', reason: 'no_lease' })).toBe(1);
+
+    await redis.restart();
+    await expect.poll(async () => metricValue(await a.metricsText(), 'fusebox_store_journal_entries'), { timeout: 5000, interval: 100 }).toBe(0);
+    // B reconnects on its own schedule.
+    await expect.poll(async () => metricValue(await b.metricsText(), 'fusebox_store_up'), { timeout: 5000, interval: 100 }).toBe(1);
+    const after = await chat(b);
+    expect(after.statusCode).toBe(200);
+    await after.body.dump();
   });
 
   it('answers 503 BUDGET_STORE_UNAVAILABLE on a storeUnavailable: closed route while Redis is down, without calling the upstream', async () => {

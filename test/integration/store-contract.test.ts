@@ -1,7 +1,10 @@
 import { Redis } from 'ioredis';
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
+import { LeasedStore } from '../../src/budget/lease.js';
+import { MemoryLeaseSource } from '../../src/budget/lease-source.js';
 import { LocalFallbackStore } from '../../src/budget/local-fallback-store.js';
 import { MemoryStore } from '../../src/budget/memory-store.js';
+import { RedisLeaseSource } from '../../src/budget/redis-lease-source.js';
 import { DEFAULT_KILL_REFRESH_MS as KILL_REFRESH_MS, RedisStore } from '../../src/budget/redis-store.js';
 import { RedisConnection } from '../../src/store/redis-connection.js';
 import { RedisReplyError } from '../../src/store/redis-script.js';
@@ -417,6 +420,29 @@ describeStoreContract('redis', async (clock) => {
 describeStoreContract('local fallback over redis (redis up)', async (clock) => {
   const prefix = `t${++prefixes}`;
   const make = async () => new LocalFallbackStore({ shared: await redisStore(clock.now, prefix), now: clock.now });
+  const store = await make();
+  return { store, peer: make, close: () => store.close() };
+});
+
+const SIZING = { ttlMs: 30_000, graceMs: 5_000, minSliceUsdMicros: 50_000, alertPercent: 75 };
+
+describeStoreContract('leased slices over memory (the memory stack)', async (clock) => {
+  const inner = new MemoryStore({ now: clock.now });
+  const store = new LeasedStore({ inner, source: new MemoryLeaseSource(inner, SIZING), now: clock.now });
+  return { store, peer: async () => store, close: () => store.close() };
+});
+
+describeStoreContract('leased slices over local fallback over redis (the redis stack)', async (clock) => {
+  const prefix = `t${++prefixes}`;
+  const make = async () => {
+    const shared = await redisStore(clock.now, prefix);
+    const connection = connections.at(-1)!;
+    return new LeasedStore({
+      inner: new LocalFallbackStore({ shared, now: clock.now }),
+      source: new RedisLeaseSource({ redis: connection, ...SIZING }),
+      now: clock.now,
+    });
+  };
   const store = await make();
   return { store, peer: make, close: () => store.close() };
 });

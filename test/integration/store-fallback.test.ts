@@ -41,7 +41,7 @@ describe('LocalFallbackStore over a Redis that goes away', () => {
     redis = undefined;
   });
 
-  const setup = async (opts: { persist?: boolean; timeoutMs?: number } = {}) => {
+  const setup = async (opts: { persist?: boolean; timeoutMs?: number; journalMaxEntries?: number } = {}) => {
     redis = await startRedis({ persist: opts.persist ?? true });
     // A frozen clock: windows and hold expiry stay put while real outages come and go.
     const t = Date.now();
@@ -49,7 +49,17 @@ describe('LocalFallbackStore over a Redis that goes away', () => {
     const connection = new RedisConnection({ url: redis.url, keyPrefix: 'fb', timeoutMs: opts.timeoutMs ?? 200 });
     const shared = new RedisStore({ redis: connection, now });
     const events: FallbackEvent[] = [];
-    const fb = new LocalFallbackStore({ shared, now, replayIntervalMs: 50, onEvent: (e) => events.push(e) });
+    // The fleet share the factory's stack leaves to leases (lease.ts): set here to test the slice rule itself.
+    const fb = new LocalFallbackStore({
+      shared,
+      now,
+      replayIntervalMs: 50,
+      localShare: { fleet: 0.25 },
+      ...(opts.journalMaxEntries !== undefined && { journalMaxEntries: opts.journalMaxEntries }),
+      onEvent: (e) => {
+        if (e.type !== 'journal') events.push(e);
+      },
+    });
     // A second sidecar's view of Redis, to read the fleet totals.
     const readerConnection = new RedisConnection({ url: redis.url, keyPrefix: 'fb' });
     const reader = new RedisStore({ redis: readerConnection, now });
@@ -147,7 +157,29 @@ describe('LocalFallbackStore over a Redis that goes away', () => {
     await reader.waitReady(8_000);
     const [agent] = await reader.snapshot(scopes);
     expect(agent?.spent).toEqual({ usdMicros: usd(0.15), tokens: 3, calls: 1 });
-    expect(events.map((e) => e.type)).toEqual(['unavailable', 'recovered']);
+    expect(events.map((e) => e.type).filter((t) => t !== 'journal')).toEqual(['unavailable', 'recovered']);
+  });
+
+  it('keeps at most journalMaxEntries charges: the oldest go, reported with their count and USD, never silently', async () => {
+    const { fb, events, redis } = await setup({ persist: false, journalMaxEntries: 3 });
+    redis.kill();
+    await waitFor('the outage to be seen', () => !fb.available());
+    const made: Reservation[] = [];
+    for (let i = 1; i <= 5; i++) {
+      const r = await admit(fb, usd(0.1));
+      made.push(r);
+      await fb.commit(r, { usdMicros: usd(0.01 * i), tokens: 0 });
+    }
+    expect(fb.journal().map((e) => e.id)).toEqual(made.slice(2).map((r) => r.id));
+    const dropped = () => events.filter((e) => e.type === 'journalDropped');
+    // The first drop is reported at once; the next, within the same second, waits to be reported with the totals.
+    expect(dropped()).toEqual([{ type: 'journalDropped', reason: 'full', entries: 1, usdMicros: usd(0.01) }]);
+    await fb.close();
+    expect(dropped()).toEqual([
+      { type: 'journalDropped', reason: 'full', entries: 1, usdMicros: usd(0.01) },
+      { type: 'journalDropped', reason: 'full', entries: 1, usdMicros: usd(0.02) },
+      { type: 'journalDropped', reason: 'shutdown', entries: 3, usdMicros: usd(0.03) + usd(0.04) + usd(0.05) },
+    ]);
   });
 
   it('keeps obeying the kills it last read while Redis is away', async () => {

@@ -3,11 +3,11 @@ import { budgetScopes, killFieldsFor, overCap } from '../../src/budget/store.js'
 import { BudgetsSchema, RouteBudgetSchema } from '../../src/config/schema.js';
 
 describe('budget scopes from config', () => {
-  it('lists agent day and month, the workflow, the route day and the fleet day, with caps in integer units', () => {
+  it('lists agent day and month, the workflow, the route day and the fleet day and month, with caps in integer units', () => {
     const budgets = BudgetsSchema.parse({
       agent: { dailyUsd: 25, monthlyUsd: 500, dailyTokens: 1_000_000 },
       workflow: { usd: 10, maxCalls: 50, idleTtlMs: 3_600_000 },
-      fleet: { dailyUsd: 500.5 },
+      fleet: { dailyUsd: 500.5, monthlyUsd: 9_000 },
     });
     const scopes = budgetScopes(budgets, { budget: RouteBudgetSchema.parse({ dailyUsd: 0.000001 }) }, { agent: 'pod-1', route: 'openai', workflow: 'w1' });
     expect(scopes).toEqual([
@@ -16,6 +16,7 @@ describe('budget scopes from config', () => {
       { scope: { kind: 'workflow', id: 'w1', agent: 'pod-1' }, window: 'workflow', caps: { usdMicros: 10_000_000, calls: 50 }, idleTtlMs: 3_600_000 },
       { scope: { kind: 'route', id: 'openai' }, window: 'day', caps: { usdMicros: 1 } },
       { scope: { kind: 'fleet', id: 'all' }, window: 'day', caps: { usdMicros: 500_500_000 } },
+      { scope: { kind: 'fleet', id: 'all' }, window: 'month', caps: { usdMicros: 9_000_000_000 } },
     ]);
     expect(killFieldsFor(scopes)).toEqual(['global', 'agent:pod-1', 'workflow:w1']);
   });
@@ -27,6 +28,7 @@ describe('budget scopes from config', () => {
       ['agent', 'month', {}],
       ['route', 'day', {}],
       ['fleet', 'day', {}],
+      ['fleet', 'month', {}],
     ]);
   });
 

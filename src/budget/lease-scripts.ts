@@ -1,0 +1,130 @@
+import { defineScript, reply } from '../store/redis-script.js';
+import type { LeaseReply } from './lease-source.js';
+
+/**
+ * The lease script run by RedisLeaseSource: the Lua twin of MemoryLeaseSource.acquire (read the rules there).
+ * It touches one key, the scope window's lease hash, so it runs on that scope's own Cluster slot:
+ * `{<prefix>:f}:lease:...` for the fleet, `{<prefix>:r:<route>}:lease:...` for a route (the tags the sharded
+ * per-call scripts use for those scopes).
+ *
+ * Hash fields:
+ *   usd tokens calls   spend reported by the holders, plus presumed spend of lapsed slices (µUSD, tokens, calls)
+ *   out                Σ of the slices outstanding, µUSD
+ *   alerted            the alert percent was reported in this window
+ *   h:<holder>         "<grant>|<expiresAt>|<last seq applied>"
+ *   p:<holder>         µUSD of that holder's lapsed slices counted in usd until it reports
+ *
+ * INVARIANT: out = Σ grant over the h: fields; usd + out never grows past the cap except by what holders spent
+ * above their slices (calls that cost more than their estimate), because a reported spend is at most the slice
+ * it is taken from, and it enters usd in the same step as that slice leaves out.
+ *
+ * ARGV[1]: {holder, seq, rep: [usd, tokens, calls], keep: 0|1, want, cap (-1: uncapped), now, ttl, grace, min,
+ * whole: 0|1, alert, gc}. Reply: {grant, expiresAt, spent usd, out, live others, alert 0|1}.
+ */
+const ACQUIRE_LUA = `
+local h = KEYS[1]
+local a = cjson.decode(ARGV[1])
+local now = a.now
+local me = 'h:' .. a.holder
+
+local function num(v)
+  return tonumber(v) or 0
+end
+
+local function entry(v)
+  local g, e, q = string.match(v, '^(%d+)|(%d+)|(%d+)$')
+  return tonumber(g) or 0, tonumber(e) or 0, tonumber(q) or 0
+end
+
+local function state(live, alert)
+  local v = redis.call('HMGET', h, 'usd', 'out', me)
+  local g, e = 0, 0
+  if v[3] then
+    g, e = entry(v[3])
+  end
+  return {g, e, num(v[1]), num(v[2]), live, alert}
+end
+
+-- Reap slices lapsed for longer than the grace; count the live ones of other holders.
+local live = 0
+local fields = redis.call('HGETALL', h)
+for i = 1, #fields, 2 do
+  local f = fields[i]
+  if f ~= me and string.sub(f, 1, 2) == 'h:' then
+    local g, e, q = entry(fields[i + 1])
+    if g > 0 and e + a.grace <= now then
+      -- Its holder may have spent all of it before it went silent: spent until it reports.
+      redis.call('HINCRBY', h, 'out', -g)
+      redis.call('HINCRBY', h, 'usd', g)
+      redis.call('HINCRBY', h, 'p:' .. string.sub(f, 3), g)
+      redis.call('HSET', h, f, string.format('0|%d|%d', e, q))
+    elseif g > 0 and e > now then
+      live = live + 1
+    end
+  end
+end
+
+local mine = redis.call('HGET', h, me)
+local mg, me_exp, mq = 0, 0, 0
+if mine then
+  mg, me_exp, mq = entry(mine)
+end
+if a.seq <= mq then
+  -- A retry of a request already applied, whose answer was lost: answer again, apply nothing.
+  return state(live, 0)
+end
+
+local presumed = num(redis.call('HGET', h, 'p:' .. a.holder))
+local dusd = a.rep[1] - presumed
+if dusd ~= 0 then
+  redis.call('HINCRBY', h, 'usd', dusd)
+end
+if a.rep[2] > 0 then
+  redis.call('HINCRBY', h, 'tokens', a.rep[2])
+end
+if a.rep[3] > 0 then
+  redis.call('HINCRBY', h, 'calls', a.rep[3])
+end
+if presumed > 0 then
+  redis.call('HDEL', h, 'p:' .. a.holder)
+end
+if mg > 0 then
+  redis.call('HINCRBY', h, 'out', -mg)
+end
+
+local v = redis.call('HMGET', h, 'usd', 'out', 'alerted')
+local spent, out = num(v[1]), num(v[2])
+local grant, exp = 0, 0
+if a.cap >= 0 and a.keep == 1 then
+  local remaining = a.cap - spent - out
+  if remaining > 0 then
+    local size = remaining
+    if a.whole == 0 then
+      size = math.floor(remaining / (2 * (live + 1)))
+    end
+    grant = math.min(math.max(size, a.want, a.min), remaining)
+    exp = now + a.ttl
+    redis.call('HINCRBY', h, 'out', grant)
+  end
+end
+redis.call('HSET', h, me, string.format('%d|%d|%d', grant, exp, a.seq))
+redis.call('PEXPIRE', h, a.gc)
+local alert = 0
+if a.cap >= 0 and a.alert > 0 and not v[3] and spent * 100 >= a.cap * a.alert then
+  redis.call('HSET', h, 'alerted', 1)
+  alert = 1
+end
+return state(live, alert)
+`;
+
+export const LEASE_ACQUIRE = defineScript('fuseboxLeaseAcquire', ACQUIRE_LUA, (raw): LeaseReply => {
+  const [grant, expiresAt, spent, out, live, alert] = reply.tuple(raw, 6, 'reply');
+  return {
+    grantUsdMicros: reply.int(grant, 'grant'),
+    expiresAt: reply.int(expiresAt, 'expiresAt'),
+    spentUsdMicros: reply.int(spent, 'spent'),
+    outstandingUsdMicros: reply.int(out, 'out'),
+    liveHolders: reply.int(live, 'live'),
+    alert: reply.intIn(alert, 0, 1, 'alert') === 1,
+  };
+});

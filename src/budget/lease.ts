@@ -1,0 +1,557 @@
+import { randomUUID } from 'node:crypto';
+import { StoreUnavailableError } from '../errors.js';
+import type { LeaseReply, LeaseSource } from './lease-source.js';
+import {
+  assertAmounts,
+  DEFAULT_ALERT_PERCENT,
+  overCap,
+  reservedScopes,
+  scopeKey,
+  type Actual,
+  type AlertCrossing,
+  type Amounts,
+  type BudgetStore,
+  type CommitResult,
+  type Kill,
+  type KillTarget,
+  type LeaseView,
+  type Refusal,
+  type Reservation,
+  type ReservedScope,
+  type ReserveRequest,
+  type ReserveResult,
+  type ScopeBudget,
+  type ScopeRef,
+  type ScopeUsage,
+} from './store.js';
+import { windowAt, windowEndFromId, type WindowKind } from './windows.js';
+
+/** Things worth a metric and a log line. */
+export type LeaseEvent =
+  | { readonly type: 'granted'; readonly scope: ScopeRef; readonly window: WindowKind; readonly grantUsdMicros: number; readonly renewal: boolean; readonly liveHolders: number }
+  | { readonly type: 'refused'; readonly scope: ScopeRef; readonly window: WindowKind; readonly reason: 'exhausted' | 'no_lease'; readonly requestedUsdMicros: number }
+  | { readonly type: 'outageAdmission'; readonly scope: ScopeRef; readonly window: WindowKind; readonly usdMicros: number; readonly onAllowance: boolean }
+  | { readonly type: 'sourceDown'; readonly error: Error }
+  | { readonly type: 'sourceUp' }
+  | { readonly type: 'unreportedDropped'; readonly scope: ScopeRef; readonly window: WindowKind; readonly usdMicros: number };
+
+export interface LeasedStoreOptions {
+  /** Agent and workflow scopes, kills: MemoryStore, or LocalFallbackStore over Redis. */
+  inner: BudgetStore;
+  source: LeaseSource;
+  now: () => number;
+  /** This process's holder id. Default: a random UUID. */
+  holder?: string;
+  /** Renew in the background once less than this percent of the slice is left (or of its lifetime). Default 25. */
+  renewBelowPercent?: number;
+  /** µUSD admitted per outage per window on no valid slice. Default 0. */
+  allowanceUsdMicros?: number;
+  /** Spend of an uncapped window is reported at most this often, ms. Default 1000. */
+  reportIntervalMs?: number;
+  /** How often slices of idle windows are given back and uncapped spend reported, ms. Default 1000. */
+  tickMs?: number;
+  /** Percent reported by alert crossings (the sources decide when). Default 75. */
+  alertPercent?: number;
+  onEvent?: (e: LeaseEvent) => void;
+}
+
+type Mutable = { -readonly [M in keyof Amounts]: number };
+
+interface Pending {
+  readonly seq: number;
+  readonly report: Amounts;
+  readonly keep: boolean;
+  readonly want: number;
+}
+
+/** One route or fleet window as this sidecar leases it. */
+interface Lease {
+  readonly scope: ReservedScope;
+  cap: number | undefined;
+  grant: number;
+  grantedAt: number;
+  expiresAt: number;
+  /** Settled since the last report applied. While a slice is live this is what was spent of it. */
+  readonly unreported: Mutable;
+  /** Estimates of calls in flight on this window. */
+  readonly held: Mutable;
+  /** A lease request sent but not answered: resent as is (same seq) until it is. */
+  pending: Pending | undefined;
+  renewing: Promise<boolean> | undefined;
+  /** Estimates of calls waiting for a renew, µUSD. */
+  waiting: number;
+  /** The last answer granted less than was asked: the pool is (nearly) empty. */
+  short: boolean;
+  failedAt: number;
+  /** Admitted on the outage allowance since the source last answered. */
+  allowanceUsed: number;
+  known: { spent: number; outstanding: number };
+  lastEstimate: number;
+  lastUseAt: number;
+  lastReportAt: number;
+}
+
+interface Entry {
+  readonly inner: Reservation;
+  readonly leases: readonly Lease[];
+  settled: boolean;
+}
+
+const ENTRY = Symbol('lease entry');
+type Leased = Reservation & { readonly [ENTRY]?: Entry };
+
+const isLeased = (kind: ScopeRef['kind']) => kind === 'route' || kind === 'fleet';
+const addTo = (to: Mutable, a: Amounts, sign: 1 | -1) => {
+  to.usdMicros += sign * a.usdMicros;
+  to.tokens += sign * a.tokens;
+  to.calls += sign * a.calls;
+};
+const anyAmount = (a: Amounts) => a.usdMicros > 0 || a.tokens > 0 || a.calls > 0;
+
+/**
+ * Serves the route and fleet caps from leased slices, in front of a store that keeps the agent and workflow
+ * scopes (issue 14). Why: a fleet-wide cap checked by every call makes one Redis key every sidecar's call touches
+ * (one hot slot), and during a Redis outage each sidecar used to guess its own share (25 % of the cap each).
+ * Instead each sidecar leases a slice of each capped route/fleet window (lease-source.ts), admits calls against
+ * it in memory, and renews in the background while it spends. Hence:
+ * - a call touches only the inner store (one slot for the agent's keys); the lease costs a round trip per slice,
+ *   not per call. A call that does not fit waits for one renew before it is refused (BUDGET_EXCEEDED, with the
+ *   source's figures).
+ * - during an outage a sidecar spends what is left of the slices it holds until they expire, then nothing on
+ *   that cap (or `allowanceUsdMicros`): a 503 BUDGET_STORE_UNAVAILABLE. A sidecar that starts during an outage
+ *   has no slice, so it admits nothing there. Spend settled meanwhile is kept and reported (idempotently, by
+ *   seq) when the source answers again.
+ * - an idle window does no lease traffic: its slice is given back as it is about to lapse.
+ * Refusal by either side returns the other's holds. Holds of calls never settled stay counted here (the budget
+ * layer settles every call; the inner store's TTL covers a crash, which takes this state with it anyway).
+ */
+export class LeasedStore implements BudgetStore {
+  private readonly inner: BudgetStore;
+  private readonly source: LeaseSource;
+  private readonly now: () => number;
+  private readonly holder: string;
+  private readonly renewBelow: number;
+  private readonly allowance: number;
+  private readonly reportIntervalMs: number;
+  private readonly tickMs: number;
+  private readonly alertPercent: number;
+  private readonly emit: (e: LeaseEvent) => void;
+  private readonly leases = new Map<string, Lease>();
+  private crossings: AlertCrossing[] = [];
+  private sourceUp = true;
+  /**
+   * Lease request numbers, one sequence for every window: a window's state is dropped when it goes idle, and the
+   * source remembers the last number it applied for this holder, so a number must never repeat.
+   */
+  private seq = 0;
+  private readonly timer: NodeJS.Timeout;
+
+  constructor(opts: LeasedStoreOptions) {
+    this.inner = opts.inner;
+    this.source = opts.source;
+    this.now = opts.now;
+    this.holder = opts.holder ?? randomUUID();
+    this.renewBelow = (opts.renewBelowPercent ?? 25) / 100;
+    this.allowance = opts.allowanceUsdMicros ?? 0;
+    this.reportIntervalMs = opts.reportIntervalMs ?? 1_000;
+    this.tickMs = opts.tickMs ?? 1_000;
+    this.alertPercent = opts.alertPercent ?? DEFAULT_ALERT_PERCENT;
+    this.emit = opts.onEvent ?? (() => {});
+    this.timer = setInterval(() => this.tick(), this.tickMs);
+    this.timer.unref();
+  }
+
+  async reserve(req: ReserveRequest): Promise<ReserveResult> {
+    if (!req.scopes.some((s) => isLeased(s.scope.kind))) return this.inner.reserve(req);
+    assertAmounts('estimate', req.estimate);
+    const now = this.now();
+    const innerScopes: ScopeBudget[] = [];
+    const leasedScopes: ScopeBudget[] = [];
+    for (const s of req.scopes) {
+      if (!isLeased(s.scope.kind)) innerScopes.push(s);
+      else if (s.caps.tokens !== undefined || s.caps.calls !== undefined) throw new TypeError(`${s.scope.kind} caps are USD only (leased slices)`);
+      else leasedScopes.push(s);
+    }
+    const taken: Lease[] = [];
+    const unhold = () => taken.forEach((l) => addTo(l.held, req.estimate, -1));
+    try {
+      for (const s of leasedScopes) {
+        const lease = this.leaseFor(s, now);
+        const refusal = await this.admit(lease, req.estimate, req.onUnavailable);
+        if (refusal) {
+          unhold();
+          return { ok: false, refusal };
+        }
+        taken.push(lease);
+      }
+    } catch (err) {
+      unhold();
+      throw err;
+    }
+    let inner: ReserveResult;
+    try {
+      inner = await this.inner.reserve({ ...req, scopes: innerScopes });
+    } catch (err) {
+      unhold();
+      throw err;
+    }
+    if (!inner.ok) {
+      unhold();
+      return inner;
+    }
+    // The reservation lists the scopes in the order asked, so `used` lines up with them.
+    const scopes: ReservedScope[] = [];
+    const used: Amounts[] = [];
+    let i = 0;
+    let j = 0;
+    for (const s of req.scopes) {
+      if (isLeased(s.scope.kind)) {
+        const l = taken[j++]!;
+        scopes.push(l.scope);
+        used.push({ usdMicros: l.known.spent + l.unreported.usdMicros + l.held.usdMicros, tokens: l.unreported.tokens + l.held.tokens, calls: l.unreported.calls + l.held.calls });
+      } else {
+        scopes.push(inner.reservation.scopes[i]!);
+        used.push(inner.used[i++] ?? { usdMicros: 0, tokens: 0, calls: 0 });
+      }
+    }
+    const reservation: Reservation = { ...inner.reservation, scopes };
+    // On the reservation itself, hidden (not enumerable): a WeakMap of one entry per call tripled the GC time.
+    Object.defineProperty(reservation, ENTRY, { value: { inner: inner.reservation, leases: taken, settled: false } satisfies Entry });
+    return { ok: true, reservation, used, crossed: [...inner.crossed, ...this.takeCrossings()] };
+  }
+
+  async commit(reservation: Reservation, actual: Actual): Promise<CommitResult> {
+    const entry = (reservation as Leased)[ENTRY];
+    if (!entry) return this.inner.commit(reservation, actual);
+    assertAmounts('actual', actual);
+    if (!entry.settled) {
+      entry.settled = true;
+      for (const l of entry.leases) {
+        addTo(l.held, reservation.estimate, -1);
+        l.unreported.usdMicros += actual.usdMicros;
+        l.unreported.tokens += actual.tokens;
+        l.unreported.calls += reservation.estimate.calls;
+      }
+    }
+    const r = await this.inner.commit(entry.inner, actual);
+    return { crossed: [...r.crossed, ...this.takeCrossings()] };
+  }
+
+  async release(reservation: Reservation): Promise<void> {
+    const entry = (reservation as Leased)[ENTRY];
+    if (!entry) return this.inner.release(reservation);
+    if (!entry.settled) {
+      entry.settled = true;
+      for (const l of entry.leases) addTo(l.held, reservation.estimate, -1);
+    }
+    await this.inner.release(entry.inner);
+  }
+
+  /** Route and fleet windows as the source knows them, plus this sidecar's unreported spend and holds. */
+  async snapshot(scopes: readonly ScopeBudget[]): Promise<ScopeUsage[]> {
+    const now = this.now();
+    const leased = reservedScopes(
+      scopes.filter((s) => isLeased(s.scope.kind)),
+      now,
+    );
+    const [inner, fromSource] = await Promise.all([
+      this.inner.snapshot(scopes.filter((s) => !isLeased(s.scope.kind))),
+      this.source.usage(leased).catch((err: unknown) => {
+        throw new StoreUnavailableError('the budget store is unreachable', {}, { cause: err });
+      }),
+    ]);
+    let i = 0;
+    let j = 0;
+    return scopes.map((s) => {
+      if (!isLeased(s.scope.kind)) return inner[i++]!;
+      const r = leased[j]!;
+      const u = fromSource[j++]!;
+      const l = this.leases.get(scopeKey(r, r.windowId));
+      return {
+        scope: r.scope,
+        window: r.window,
+        windowId: r.windowId,
+        caps: r.caps,
+        spent: {
+          usdMicros: u.spent.usdMicros + (l?.unreported.usdMicros ?? 0),
+          tokens: u.spent.tokens + (l?.unreported.tokens ?? 0),
+          calls: u.spent.calls + (l?.unreported.calls ?? 0),
+        },
+        reserved: { usdMicros: l?.held.usdMicros ?? 0, tokens: l?.held.tokens ?? 0, calls: l?.held.calls ?? 0 },
+        resetAt: windowEndFromId(r.window, r.windowId),
+      };
+    });
+  }
+
+  getKills(): Promise<Kill[]> {
+    return this.inner.getKills();
+  }
+
+  setKill(target: KillTarget, reason?: string): Promise<void> {
+    return this.inner.setKill(target, reason);
+  }
+
+  clearKill(target: KillTarget): Promise<boolean> {
+    return this.inner.clearKill(target);
+  }
+
+  available(): boolean {
+    return this.inner.available();
+  }
+
+  async ready(timeoutMs: number): Promise<void> {
+    await this.inner.ready?.(timeoutMs);
+  }
+
+  /** Slices held now, for the lease gauge. */
+  leaseViews(): LeaseView[] {
+    const now = this.now();
+    return [...this.leases.values()].map((l) => ({
+      scope: l.scope.scope,
+      window: l.scope.window,
+      remainingUsdMicros: l.cap === undefined ? undefined : l.expiresAt > now ? Math.max(0, l.grant - l.unreported.usdMicros - l.held.usdMicros) : 0,
+    }));
+  }
+
+  /** Gives every slice back and reports what is unreported; what cannot be reported is an event (lost spend). */
+  async close(): Promise<void> {
+    clearInterval(this.timer);
+    await Promise.all(
+      [...this.leases.values()].map(async (l) => {
+        // A renew in flight may be keeping the slice: wait for it, then give the slice back.
+        if (l.renewing) await l.renewing;
+        if ((l.grant > 0 || anyAmount(l.unreported) || l.pending) && !(await this.renew(l, 0, false))) {
+          // A pending request's report is part of `unreported` until it is answered.
+          if (l.unreported.usdMicros > 0) this.emit({ type: 'unreportedDropped', scope: l.scope.scope, window: l.scope.window, usdMicros: l.unreported.usdMicros });
+        }
+      }),
+    );
+    await this.inner.close();
+  }
+
+  private leaseFor(s: ScopeBudget, now: number): Lease {
+    const windowId = windowAt(s.window, now).id;
+    const key = scopeKey(s, windowId);
+    let l = this.leases.get(key);
+    if (!l) {
+      l = {
+        scope: { ...s, windowId },
+        cap: undefined,
+        grant: 0,
+        grantedAt: 0,
+        expiresAt: 0,
+        unreported: { usdMicros: 0, tokens: 0, calls: 0 },
+        held: { usdMicros: 0, tokens: 0, calls: 0 },
+        pending: undefined,
+        renewing: undefined,
+        waiting: 0,
+        short: false,
+        failedAt: -Infinity,
+        allowanceUsed: 0,
+        known: { spent: 0, outstanding: 0 },
+        lastEstimate: 0,
+        lastUseAt: 0,
+        lastReportAt: -Infinity,
+      };
+      this.leases.set(key, l);
+    }
+    // A reload may change the cap; the newest one counts.
+    l.cap = s.caps.usdMicros;
+    return l;
+  }
+
+  /**
+   * While a renew is unanswered, calls are admitted on the old slice only up to what the renew asked for: Redis
+   * takes the old slice back in the same step, and the new one covers at least `min(want, unspent of the old)`, so
+   * nothing admitted meanwhile is left uncovered, even when the answer is lost (the limit holds until the resent
+   * request is answered).
+   */
+  private fits(l: Lease, e: number, now: number): boolean {
+    const limit = l.pending ? Math.min(l.grant, l.pending.report.usdMicros + l.pending.want) : l.grant;
+    return l.expiresAt > now && !overCap(l.unreported.usdMicros + l.held.usdMicros, e, limit);
+  }
+
+  /** Holds `e` on the window's slice, or says why not (undefined: admitted). Throws StoreUnavailableError in an outage with no slice. */
+  private async admit(l: Lease, estimate: Amounts, onUnavailable: ReserveRequest['onUnavailable']): Promise<Refusal | undefined> {
+    const e = estimate.usdMicros;
+    l.lastUseAt = this.now();
+    l.lastEstimate = e;
+    if (l.cap === undefined) {
+      addTo(l.held, estimate, 1);
+      return undefined;
+    }
+    if (this.fits(l, e, this.now())) return this.hold(l, estimate, false);
+    // The pool was found (nearly) empty less than a tick ago: refuse without asking again, so a fleet whose cap is
+    // spent does not send every refused call to the one slot that holds it.
+    if (l.short && this.sourceUp && this.now() - l.grantedAt < this.tickMs) return this.exhausted(l, l.cap, e);
+    // Calls waiting for a renew say so, so one renew asks for all of them (50 concurrent calls: one round trip).
+    l.waiting += e;
+    try {
+      if (l.renewing) {
+        await l.renewing;
+        if (this.fits(l, e, this.now())) return this.hold(l, estimate, false);
+      }
+      for (let round = 0; round < 2; round++) {
+        if (!(await this.renew(l, l.held.usdMicros + l.waiting, true))) {
+          // Connected but no answer in time (a loaded Redis): ask once more (same seq, so applied at most once)
+          // before treating it as an outage. A Redis that is down fails at once and is not asked again.
+          if (round === 0 && this.inner.available()) continue;
+          return this.unreachable(l, estimate, onUnavailable);
+        }
+        if (this.fits(l, e, this.now())) return this.hold(l, estimate, false);
+        // The pool had less than asked: another renew finds no more. Else the renew was someone else's, too small.
+        if (l.short) break;
+      }
+    } finally {
+      l.waiting -= e;
+    }
+    return this.exhausted(l, l.cap, e);
+  }
+
+  private exhausted(l: Lease, limit: number, e: number): Refusal {
+    this.emit({ type: 'refused', scope: l.scope.scope, window: l.scope.window, reason: 'exhausted', requestedUsdMicros: e });
+    return {
+      reason: 'BUDGET_EXCEEDED',
+      scope: l.scope.scope,
+      window: l.scope.window,
+      metric: 'usdMicros',
+      limit,
+      spent: l.known.spent + l.unreported.usdMicros,
+      reserved: Math.max(0, l.known.outstanding - l.grant) + l.held.usdMicros,
+      requested: e,
+      resetAt: windowEndFromId(l.scope.window, l.scope.windowId),
+    };
+  }
+
+  /** The source is unreachable: the slice held (if any is left and live), the allowance, or a 503. */
+  private unreachable(l: Lease, estimate: Amounts, onUnavailable: ReserveRequest['onUnavailable']): undefined {
+    const e = estimate.usdMicros;
+    if (onUnavailable !== 'closed') {
+      if (this.fits(l, e, this.now())) return this.hold(l, estimate, false);
+      if (this.allowance > 0 && l.allowanceUsed + e <= this.allowance) {
+        l.allowanceUsed += e;
+        return this.hold(l, estimate, true);
+      }
+    }
+    this.emit({ type: 'refused', scope: l.scope.scope, window: l.scope.window, reason: 'no_lease', requestedUsdMicros: e });
+    throw new StoreUnavailableError(
+      onUnavailable === 'closed'
+        ? 'the budget store is unreachable and this route fails closed (budget.storeUnavailable: closed)'
+        : `the budget store is unreachable and this sidecar holds no slice of the ${l.scope.scope.kind} ${l.scope.window} cap left (store.lease)`,
+      { scope: l.scope.scope.kind, id: l.scope.scope.id, window: l.scope.window },
+    );
+  }
+
+  private hold(l: Lease, estimate: Amounts, onAllowance: boolean): undefined {
+    addTo(l.held, estimate, 1);
+    // The lease source learns of an outage only when a lease request fails; the inner store's view is quicker.
+    if (!this.sourceUp || !this.inner.available()) this.emit({ type: 'outageAdmission', scope: l.scope.scope, window: l.scope.window, usdMicros: estimate.usdMicros, onAllowance });
+    else this.maybeRenew(l);
+    return undefined;
+  }
+
+  /** Renews ahead of need while the window is spending, so calls rarely wait for a round trip. */
+  private maybeRenew(l: Lease): void {
+    const now = this.now();
+    if (l.renewing || now - l.failedAt < this.tickMs) return;
+    const left = l.grant - l.unreported.usdMicros - l.held.usdMicros;
+    const lifeLeft = l.expiresAt - now;
+    if (left < this.renewBelow * l.grant || lifeLeft < this.renewBelow * (l.expiresAt - l.grantedAt)) {
+      this.inBackground(l, l.held.usdMicros + l.lastEstimate, true);
+    }
+  }
+
+  /** A renew nobody awaits: a bug it throws (a TypeError) is logged, not left to crash the process as an unhandled rejection. */
+  private inBackground(l: Lease, want: number, keep: boolean): void {
+    this.renew(l, want, keep).catch((err: unknown) => this.emit({ type: 'sourceDown', error: err instanceof Error ? err : new Error(String(err)) }));
+  }
+
+  /** One lease request at a time per window; a pending one (answer lost) is resent first. False: source unreachable. */
+  private renew(l: Lease, want: number, keep: boolean): Promise<boolean> {
+    l.renewing ??= this.sendAll(l, want, keep).finally(() => {
+      l.renewing = undefined;
+    });
+    return l.renewing;
+  }
+
+  private async sendAll(l: Lease, want: number, keep: boolean): Promise<boolean> {
+    if (l.pending && !(await this.send(l))) return false;
+    let wanted = want;
+    if (!keep) {
+      // Nothing may be admitted on a slice being given back: Redis counts it free once the answer is in.
+      l.expiresAt = Math.min(l.expiresAt, this.now());
+    } else {
+      wanted = Math.max(want, l.held.usdMicros + l.waiting);
+    }
+    l.pending = { seq: ++this.seq, report: { ...l.unreported }, keep, want: wanted };
+    return this.send(l);
+  }
+
+  private async send(l: Lease): Promise<boolean> {
+    const p = l.pending!;
+    const now = this.now();
+    let r: LeaseReply;
+    try {
+      r = await this.source.acquire({ scope: l.scope, holder: this.holder, seq: p.seq, report: p.report, keep: p.keep, wantUsdMicros: p.want, capUsdMicros: l.cap, now });
+    } catch (err) {
+      if (err instanceof TypeError) throw err;
+      l.failedAt = this.now();
+      if (this.sourceUp) {
+        this.sourceUp = false;
+        this.emit({ type: 'sourceDown', error: err instanceof Error ? err : new Error(String(err)) });
+      }
+      return false;
+    }
+    l.pending = undefined;
+    l.short = p.keep && r.grantUsdMicros < p.want;
+    l.unreported.usdMicros -= p.report.usdMicros;
+    l.unreported.tokens -= p.report.tokens;
+    l.unreported.calls -= p.report.calls;
+    const renewal = l.expiresAt > now;
+    l.grant = r.grantUsdMicros;
+    l.grantedAt = now;
+    l.expiresAt = r.expiresAt;
+    l.known = { spent: r.spentUsdMicros, outstanding: r.outstandingUsdMicros };
+    l.allowanceUsed = 0;
+    l.lastReportAt = now;
+    if (!this.sourceUp) {
+      this.sourceUp = true;
+      this.emit({ type: 'sourceUp' });
+    }
+    if (r.grantUsdMicros > 0) this.emit({ type: 'granted', scope: l.scope.scope, window: l.scope.window, grantUsdMicros: r.grantUsdMicros, renewal, liveHolders: r.liveHolders });
+    if (r.alert && l.cap !== undefined) {
+      const s = l.scope;
+      this.crossings.push({ scope: s.scope, window: s.window, windowId: s.windowId, metric: 'usdMicros', percent: this.alertPercent, used: r.spentUsdMicros, limit: l.cap });
+    }
+    return true;
+  }
+
+  private takeCrossings(): AlertCrossing[] {
+    if (this.crossings.length === 0) return [];
+    const out = this.crossings;
+    this.crossings = [];
+    return out;
+  }
+
+  /**
+   * Background work that needs no call to trigger it: an idle window's slice is given back as it is about to lapse
+   * (so its unused part returns to the fleet now, not after the grace); spend is reported at most every
+   * `reportIntervalMs` while there is some (so `/admin/budgets` on any sidecar is at most that stale, and spend kept
+   * through an outage is reported once the source answers); forgotten windows are dropped.
+   */
+  private tick(): void {
+    const now = this.now();
+    for (const [key, l] of this.leases) {
+      if (l.renewing || now - l.failedAt < this.tickMs) continue;
+      const unreported = anyAmount(l.unreported) || l.pending !== undefined;
+      const idle = l.held.calls === 0 && now - l.lastUseAt >= this.tickMs;
+      if (l.grant > 0 && idle && l.expiresAt - now <= 2 * this.tickMs) this.inBackground(l, 0, false);
+      // A lapsed slice with calls still in flight is renewed, not given back: the new slice must cover their holds
+      // (there is room: the old slice they were admitted on returns in the same step).
+      else if (unreported && now - l.lastReportAt >= this.reportIntervalMs) {
+        this.inBackground(l, l.held.usdMicros + l.lastEstimate, l.cap !== undefined && (l.expiresAt > now || l.held.usdMicros > 0));
+      }
+      else if (!unreported && l.grant === 0 && idle) this.leases.delete(key);
+    }
+  }
+}

@@ -1,0 +1,64 @@
+import type { RedisConnection } from '../store/redis-connection.js';
+import { reply } from '../store/redis-script.js';
+import { LEASE_ACQUIRE } from './lease-scripts.js';
+import type { LeaseReply, LeaseRequest, LeaseSizing, LeaseSource, LeaseUsage } from './lease-source.js';
+import type { ReservedScope } from './store.js';
+import { windowEndFromId } from './windows.js';
+
+/** Lease hashes outlive their window by two days, like the counters, so late reports still land. */
+const CALENDAR_GRACE_MS = 2 * 86_400_000;
+
+/**
+ * The fleet's leases, one Lua script per lease request on the scope's own slot (see lease-scripts.ts). Fails fast
+ * while Redis is away (RedisConnection); LeasedStore then keeps to the slices it holds.
+ */
+export class RedisLeaseSource implements LeaseSource {
+  private readonly redis: RedisConnection;
+  private readonly prefix: string;
+
+  constructor(opts: { redis: RedisConnection } & LeaseSizing) {
+    this.redis = opts.redis;
+    this.prefix = opts.redis.keyPrefix;
+    this.sizing = opts;
+  }
+
+  private readonly sizing: LeaseSizing;
+
+  /** The lease hash of a route or fleet window: `{fusebox:r:openai}:lease:day:2026-12-05`, `{fusebox:f}:lease:month:2026-12`. */
+  keyOf(s: ReservedScope): string {
+    const tag = s.scope.kind === 'route' ? `{${this.prefix}:r:${s.scope.id}}` : `{${this.prefix}:f}`;
+    return `${tag}:lease:${s.window}:${s.windowId}`;
+  }
+
+  acquire(req: LeaseRequest): Promise<LeaseReply> {
+    const end = windowEndFromId(req.scope.window, req.scope.windowId);
+    const gc = Math.max(1_000, Math.ceil((end ?? req.now) - req.now + CALENDAR_GRACE_MS));
+    const args = {
+      holder: req.holder,
+      seq: req.seq,
+      rep: [req.report.usdMicros, req.report.tokens, req.report.calls],
+      keep: req.keep ? 1 : 0,
+      want: req.wantUsdMicros,
+      cap: req.capUsdMicros ?? -1,
+      now: req.now,
+      ttl: this.sizing.ttlMs,
+      grace: this.sizing.graceMs,
+      min: this.sizing.minSliceUsdMicros,
+      whole: 0,
+      alert: this.sizing.alertPercent,
+      gc,
+    };
+    return this.redis.run(LEASE_ACQUIRE, [this.keyOf(req.scope)], [JSON.stringify(args)]);
+  }
+
+  /** One HMGET per window: windows live on different slots. */
+  usage(scopes: readonly ReservedScope[]): Promise<LeaseUsage[]> {
+    return Promise.all(
+      scopes.map(async (s) => {
+        const [usd, tokens, calls, out] = await this.redis.client.hmget(this.keyOf(s), 'usd', 'tokens', 'calls', 'out');
+        const n = (v: string | null | undefined, what: string) => (v === null || v === undefined ? 0 : reply.int(v, what));
+        return { spent: { usdMicros: n(usd, 'usd'), tokens: n(tokens, 'tokens'), calls: n(calls, 'calls') }, outstandingUsdMicros: n(out, 'out') };
+      }),
+    );
+  }
+}

@@ -1,0 +1,79 @@
+import type { Logger } from 'pino';
+import type { Metrics } from '../telemetry/metrics.js';
+import type { LeaseEvent } from './lease.js';
+import type { FallbackEvent } from './local-fallback-store.js';
+import type { BudgetStore } from './store.js';
+
+const routeLabel = (scope: { kind: string; id: string }) => (scope.kind === 'route' ? scope.id : '');
+
+/** LocalFallbackStore events → metrics and one log line each (journal size changes only move the gauge). */
+export const fallbackEvents =
+  (metrics: Metrics, logger: Logger) =>
+  (e: FallbackEvent): void => {
+    switch (e.type) {
+      case 'unavailable':
+        metrics.storeUp.set(0);
+        logger.error({ error: e.error.message }, 'budget store unreachable: routes follow budget.storeUnavailable (local slice and journal, or refuse)');
+        return;
+      case 'recovered':
+        metrics.storeUp.set(1);
+        logger.info({ replayed: e.replayed }, 'budget store back: journal replayed');
+        return;
+      case 'replayFailed':
+        logger.warn({ error: e.error.message, pending: e.pending }, 'journal replay failed; will retry');
+        return;
+      case 'journal':
+        metrics.journalEntries.set(e.entries);
+        return;
+      case 'journalDropped':
+        metrics.journalDropped.labels(e.reason).inc(e.entries);
+        metrics.journalDroppedUsd.labels(e.reason).inc(e.usdMicros / 1e6);
+        if (e.reason === 'full') {
+          logger.warn(
+            { entries: e.entries, usd: e.usdMicros / 1e6 },
+            'budget journal full (store.journalMaxEntries): oldest charges dropped, Redis will never count them',
+          );
+        } else logger.error({ entries: e.entries, usd: e.usdMicros / 1e6 }, 'journaled charges dropped at shutdown: the shared store never came back');
+    }
+  };
+
+/** LeasedStore events → metrics and log lines. Labels: scope kind and route id only (never an agent id). */
+export const leaseEvents =
+  (metrics: Metrics, logger: Logger) =>
+  (e: LeaseEvent): void => {
+    switch (e.type) {
+      case 'granted':
+        metrics.leaseGrants.labels(e.scope.kind, routeLabel(e.scope), e.renewal ? 'renew' : 'acquire').inc();
+        logger.debug({ scope: e.scope.kind, id: e.scope.id, window: e.window, usd: e.grantUsdMicros / 1e6, liveHolders: e.liveHolders }, 'budget slice leased');
+        return;
+      case 'refused':
+        metrics.leaseRefusals.labels(e.scope.kind, routeLabel(e.scope), e.reason).inc();
+        // An exhausted cap is logged by the budget layer with the refusal; a missing slice is a 503 it does not log.
+        if (e.reason === 'no_lease') {
+          logger.warn({ scope: e.scope.kind, id: e.scope.id, window: e.window, requestedUsd: e.requestedUsdMicros / 1e6 }, 'call refused: the budget store is unreachable and no slice of this cap is left');
+        }
+        return;
+      case 'outageAdmission':
+        metrics.leaseOutageAdmissions.labels(e.scope.kind, routeLabel(e.scope), e.onAllowance ? 'allowance' : 'lease').inc();
+        metrics.leaseOutageAdmittedUsd.labels(e.scope.kind, routeLabel(e.scope)).inc(e.usdMicros / 1e6);
+        return;
+      case 'sourceDown':
+        logger.error(
+          { error: e.error.message },
+          'budget leases unreachable: route and fleet caps admit only on the slices held until they expire (store.lease), then refuse with 503',
+        );
+        return;
+      case 'sourceUp':
+        logger.info('budget leases reachable again: unreported spend reported');
+        return;
+      case 'unreportedDropped':
+        logger.error({ scope: e.scope.kind, id: e.scope.id, window: e.window, usd: e.usdMicros / 1e6 }, 'spend on a route/fleet cap never reported: the store was unreachable at shutdown');
+    }
+  };
+
+/** Sets the lease gauge from the store's slices (called before each scrape). */
+export const refreshLeaseGauge = (store: BudgetStore, metrics: Metrics): void => {
+  for (const v of store.leaseViews?.() ?? []) {
+    if (v.remainingUsdMicros !== undefined) metrics.leaseRemaining.labels(v.scope.kind, v.window, routeLabel(v.scope)).set(v.remainingUsdMicros / 1e6);
+  }
+};

@@ -1,0 +1,179 @@
+import { Redis } from 'ioredis';
+import { afterEach, describe, expect, it } from 'vitest';
+import { LeasedStore, type LeaseEvent } from '../../src/budget/lease.js';
+import { MemoryLeaseSource, type LeaseReply, type LeaseRequest } from '../../src/budget/lease-source.js';
+import { LocalFallbackStore } from '../../src/budget/local-fallback-store.js';
+import { RedisLeaseSource } from '../../src/budget/redis-lease-source.js';
+import { MemoryStore } from '../../src/budget/memory-store.js';
+import { RedisStore } from '../../src/budget/redis-store.js';
+import type { ReservedScope, Reservation, ScopeBudget } from '../../src/budget/store.js';
+import { dayId } from '../../src/budget/windows.js';
+import { StoreUnavailableError } from '../../src/errors.js';
+import { RedisConnection } from '../../src/store/redis-connection.js';
+import { seeded } from '../helpers/pipeline.js';
+import { startRedis, type TestRedis } from '../helpers/redis.js';
+
+const usd = (n: number) => Math.round(n * 1_000_000);
+const SIZING = { ttlMs: 30_000, graceMs: 5_000, minSliceUsdMicros: usd(0.05), alertPercent: 75 };
+const CAP = usd(20);
+
+async function waitFor(what: string, cond: () => boolean, ms = 10_000): Promise<void> {
+  const deadline = Date.now() + ms;
+  while (!cond()) {
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 10));
+  }
+}
+
+describe('leased fleet cap over a real Redis that is killed and restarted', () => {
+  let redis: TestRedis | undefined;
+  const connections: RedisConnection[] = [];
+  afterEach(async () => {
+    await Promise.all(connections.splice(0).map((c) => c.close()));
+    await redis?.stop();
+    redis = undefined;
+  });
+
+  it('spends at most the slices held when Redis died, refuses with 503 after, and reports every charge exactly once when it is back', async () => {
+    redis = await startRedis({ persist: true });
+    // A frozen clock: windows and slice expiry stay put while the real outage comes and goes.
+    const t = Date.now();
+    const now = () => t;
+    const fleet: ScopeBudget = { scope: { kind: 'fleet', id: 'all' }, window: 'day', caps: { usdMicros: CAP } };
+    const events: LeaseEvent[] = [];
+    const sidecar = async (i: number) => {
+      const connection = new RedisConnection({ url: redis!.url, keyPrefix: 'ls', timeoutMs: 200 });
+      connections.push(connection);
+      const shared = new RedisStore({ redis: connection, now });
+      await shared.waitReady(2_000);
+      const store = new LeasedStore({
+        inner: new LocalFallbackStore({ shared, now, replayIntervalMs: 50 }),
+        source: new RedisLeaseSource({ redis: connection, ...SIZING }),
+        now,
+        onEvent: (e) => events.push(e),
+      });
+      return { store, scopes: [{ scope: { kind: 'agent', id: `pod-${i}` }, window: 'day', caps: {} }, fleet] as ScopeBudget[], charged: 0 };
+    };
+    const sidecars = await Promise.all(Array.from({ length: 5 }, (_, i) => sidecar(i)));
+    const random = seeded(3);
+    // Calls cost at most their estimate, so the bound is the cap itself.
+    const call = async (s: (typeof sidecars)[number]): Promise<{ r: Reservation; actual: number } | 'refused'> => {
+      try {
+        const res = await s.store.reserve({ scopes: s.scopes, estimate: { usdMicros: usd(0.05 + random() * 0.25), tokens: 0, calls: 1 } });
+        if (!res.ok) throw new Error(`refused: ${JSON.stringify(res.refusal)}`);
+        return { r: res.reservation, actual: Math.round(res.reservation.estimate.usdMicros * (0.5 + random() / 2)) };
+      } catch (err) {
+        if (!(err instanceof StoreUnavailableError)) throw err;
+        return 'refused';
+      }
+    };
+    const settle = async (s: (typeof sidecars)[number], c: { r: Reservation; actual: number }) => {
+      await s.store.commit(c.r, { usdMicros: c.actual, tokens: 1 });
+      s.charged += c.actual;
+    };
+
+    for (let round = 0; round < 8; round++) {
+      for (const s of sidecars) {
+        const c = await call(s);
+        if (c === 'refused') throw new Error('refused while Redis is up');
+        await settle(s, c);
+      }
+    }
+    const leftInSlices = sidecars.reduce((sum, s) => sum + (s.store.leaseViews().find((v) => v.scope.kind === 'fleet')?.remainingUsdMicros ?? 0), 0);
+    expect(leftInSlices).toBeGreaterThan(0);
+
+    redis.kill();
+    await waitFor('every sidecar to see the outage', () => sidecars.every((s) => !s.store.available()));
+    let admittedInOutage = 0;
+    let refused = 0;
+    for (let round = 0; round < 200 && refused < 5 * 3; round++) {
+      for (const s of sidecars) {
+        const c = await call(s);
+        if (c === 'refused') {
+          refused++;
+          continue;
+        }
+        admittedInOutage += c.r.estimate.usdMicros;
+        await settle(s, c);
+      }
+    }
+    expect(refused).toBeGreaterThanOrEqual(15);
+    expect(admittedInOutage).toBeGreaterThan(0);
+    expect(admittedInOutage).toBeLessThanOrEqual(leftInSlices);
+
+    await redis.restart();
+    await waitFor('every journal to be replayed', () => sidecars.every((s) => s.store.available()));
+    // Closing hands the slices back and reports what the outage kept unreported.
+    await Promise.all(sidecars.map((s) => s.store.close()));
+    expect(events.filter((e) => e.type === 'unreportedDropped')).toEqual([]);
+
+    const raw = new Redis(redis.url);
+    try {
+      const day = dayId(t);
+      const lease = await raw.hgetall(`{ls:f}:lease:day:${day}`);
+      const total = sidecars.reduce((sum, s) => sum + s.charged, 0);
+      expect(Number(lease.usd)).toBe(total);
+      expect(Number(lease.out)).toBe(0);
+      expect(total).toBeLessThanOrEqual(CAP);
+      // The agents' own windows went through the journal: replayed exactly (read as another sidecar would).
+      const readerConnection = new RedisConnection({ url: redis.url, keyPrefix: 'ls' });
+      connections.push(readerConnection);
+      const reader = new RedisStore({ redis: readerConnection, now });
+      await reader.waitReady(2_000);
+      for (const s of sidecars) expect((await reader.snapshot([s.scopes[0]!]))[0]?.spent.usdMicros).toBe(s.charged);
+      // No per-call key names the fleet: it lives only in its lease hash, on its own slot.
+      expect((await raw.keys('*fleet*')).length).toBe(0);
+    } finally {
+      raw.disconnect();
+    }
+  });
+
+  it('runs the same lease rules in Lua as in memory: 300 random requests from 4 holders get the same answers', async () => {
+    redis = await startRedis();
+    const connection = new RedisConnection({ url: redis.url, keyPrefix: 'twin' });
+    connections.push(connection);
+    await connection.ready(2_000);
+    let t = Date.parse('2026-12-05T10:00:00Z');
+    const now = () => t;
+    const lua = new RedisLeaseSource({ redis: connection, ...SIZING });
+    const memory = new MemoryLeaseSource(new MemoryStore({ now }), SIZING, { whole: false });
+    const scope: ReservedScope = { scope: { kind: 'route', id: 'openai' }, window: 'day', caps: { usdMicros: usd(10) }, windowId: '2026-12-05' };
+    const random = seeded(99);
+    const seqs = new Map<string, number>();
+    const answers: [LeaseReply, LeaseReply][] = [];
+    let retries = 0;
+    let reaped = 0;
+    for (let i = 0; i < 300; i++) {
+      t += Math.floor(random() * 4_000);
+      const holder = `h${Math.floor(random() * 4)}`;
+      // One request in eight is a retry of that holder's last one (its answer lost): same seq, same report.
+      const retry = random() < 0.125 && seqs.has(holder);
+      if (retry) retries++;
+      const seq = retry ? seqs.get(holder)! : (seqs.get(holder) ?? 0) + 1;
+      seqs.set(holder, seq);
+      const req: LeaseRequest = {
+        scope,
+        holder,
+        seq,
+        report: retry ? { usdMicros: 0, tokens: 0, calls: 0 } : { usdMicros: Math.floor(random() * usd(0.4)), tokens: 3, calls: 1 },
+        keep: random() < 0.9,
+        wantUsdMicros: Math.floor(random() * usd(0.3)),
+        capUsdMicros: usd(10),
+        now: t,
+      };
+      const pair: [LeaseReply, LeaseReply] = [await lua.acquire(req), await memory.acquire(req)];
+      answers.push(pair);
+      expect(pair[0], `request ${i}: ${JSON.stringify(req)}`).toEqual(pair[1]);
+      if (i > 0 && pair[0].outstandingUsdMicros < answers[i - 1]![0].outstandingUsdMicros && pair[0].spentUsdMicros > answers[i - 1]![0].spentUsdMicros) reaped++;
+    }
+    // The sequence went through the interesting cases: retries, grants, a pool used up, an alert, lapsed slices.
+    expect(retries).toBeGreaterThan(10);
+    expect(answers.some(([a]) => a.grantUsdMicros > 0)).toBe(true);
+    expect(answers.some(([a]) => a.alert)).toBe(true);
+    expect(reaped).toBeGreaterThan(0);
+    expect(answers.at(-1)![0]).toMatchObject({ grantUsdMicros: 0 });
+    expect(answers.at(-1)![0].spentUsdMicros).toBeGreaterThan(usd(10));
+    const [u] = await lua.usage([scope]);
+    expect(u).toEqual((await memory.usage([scope]))[0]);
+  });
+});

@@ -1,0 +1,366 @@
+import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
+import { LeasedStore, type LeaseEvent } from '../../src/budget/lease.js';
+import { MemoryLeaseSource, sliceSize, type LeaseReply, type LeaseRequest, type LeaseSource, type LeaseUsage } from '../../src/budget/lease-source.js';
+import { MemoryStore } from '../../src/budget/memory-store.js';
+import type { Reservation, ReservedScope, ScopeBudget } from '../../src/budget/store.js';
+import { StoreUnavailableError } from '../../src/errors.js';
+import { seeded } from '../helpers/pipeline.js';
+
+const usd = (n: number) => Math.round(n * 1_000_000);
+const est = (usdMicros: number) => ({ usdMicros, tokens: 0, calls: 1 });
+const fleetDay = (cap?: number): ScopeBudget => ({ scope: { kind: 'fleet', id: 'all' }, window: 'day', caps: cap === undefined ? {} : { usdMicros: cap } });
+const agentDay = (id: string): ScopeBudget => ({ scope: { kind: 'agent', id }, window: 'day', caps: {} });
+const SIZING = { ttlMs: 30_000, graceMs: 5_000, minSliceUsdMicros: usd(0.01), alertPercent: 75 };
+const START = Date.parse('2026-12-05T12:00:00Z');
+
+/**
+ * The lease source as the network makes it: `cut` is an outage (every call fails, as a Redis that is away fails fast),
+ * `loseNextReply` applies a request and then fails (the answer lost on the way back). Counts the requests sent.
+ */
+class Network implements LeaseSource {
+  cut = false;
+  loseNextReply = false;
+  sent: LeaseRequest[] = [];
+  constructor(private readonly inner: LeaseSource) {}
+  async acquire(req: LeaseRequest): Promise<LeaseReply> {
+    this.sent.push(req);
+    if (this.cut) throw new Error('connection refused');
+    const r = await this.inner.acquire(req);
+    if (this.loseNextReply) {
+      this.loseNextReply = false;
+      throw new Error('command timed out');
+    }
+    return r;
+  }
+  usage(scopes: readonly ReservedScope[]): Promise<LeaseUsage[]> {
+    if (this.cut) return Promise.reject(new Error('connection refused'));
+    return this.inner.usage(scopes);
+  }
+}
+
+/** Lets pending promise chains (background renews on the in-memory source) run to completion. */
+const settle = async () => {
+  for (let i = 0; i < 5; i++) await new Promise((r) => setImmediate(r));
+};
+
+describe('slice size', () => {
+  it('is remaining / (2 × (live holders + 1)), at least the estimate at hand and the minimum, at most what is left', () => {
+    expect(sliceSize(1_000, 0, 10, 1, false)).toBe(500);
+    expect(sliceSize(1_000, 4, 10, 1, false)).toBe(100);
+    expect(sliceSize(1_000, 4, 300, 1, false)).toBe(300);
+    expect(sliceSize(1_000, 99, 0, 50, false)).toBe(50);
+    expect(sliceSize(40, 99, 0, 50, false)).toBe(40);
+    expect(sliceSize(1_000, 4, 10, 1, true)).toBe(1_000);
+    expect(sliceSize(0, 0, 10, 1, false)).toBe(0);
+    expect(sliceSize(-5, 0, 10, 1, false)).toBe(0);
+  });
+});
+
+describe('LeasedStore', () => {
+  let t: number;
+  const now = () => t;
+  beforeEach(() => {
+    t = START;
+    vi.useFakeTimers({ toFake: ['setInterval', 'clearInterval'] });
+  });
+  // The tests close the stores whose final report they check; the others' ticks stop with the fake timers.
+  afterEach(() => {
+    vi.useRealTimers();
+  });
+
+  /** Moves the clock and runs the background ticks that fall due. */
+  const advance = async (ms: number) => {
+    t += ms;
+    vi.advanceTimersByTime(ms);
+    await settle();
+  };
+
+  const fleet = (opts: { whole?: boolean } = {}) => {
+    const counters = new MemoryStore({ now });
+    const net = new Network(new MemoryLeaseSource(counters, SIZING, opts));
+    return { counters, net };
+  };
+  const sidecar = (inner: MemoryStore, net: Network, extra: { allowanceUsdMicros?: number; events?: LeaseEvent[] } = {}) => {
+    const s = new LeasedStore({
+      inner,
+      source: net,
+      now,
+      ...(extra.allowanceUsdMicros !== undefined && { allowanceUsdMicros: extra.allowanceUsdMicros }),
+      onEvent: (e) => extra.events?.push(e),
+    });
+    return s;
+  };
+
+  it('one sidecar on the memory source is exact: admits until the cap and refuses with the cap\'s figures', async () => {
+    const { counters, net } = fleet();
+    const store = sidecar(counters, net);
+    const scopes = [agentDay('a1'), fleetDay(usd(1))];
+    let admitted = 0;
+    for (;;) {
+      const r = await store.reserve({ scopes, estimate: est(usd(0.07)) });
+      if (!r.ok) {
+        expect(r.refusal).toMatchObject({ reason: 'BUDGET_EXCEEDED', scope: { kind: 'fleet', id: 'all' }, window: 'day', limit: usd(1), requested: usd(0.07) });
+        expect(r.refusal.spent + r.refusal.reserved).toBe(14 * usd(0.07));
+        expect(r.refusal.resetAt).toBe(Date.parse('2026-12-06T00:00:00Z'));
+        break;
+      }
+      admitted++;
+      await store.commit(r.reservation, { usdMicros: usd(0.07), tokens: 5 });
+    }
+    expect(admitted).toBe(14);
+    // Refused again within a tick of finding the pool empty: no second lease request for it.
+    const sent = net.sent.length;
+    expect((await store.reserve({ scopes, estimate: est(usd(0.07)) })).ok).toBe(false);
+    expect(net.sent.length).toBe(sent);
+    // The spend is in the MemoryStore's counters (its snapshot file), reported by the lease.
+    const [agent, f] = await store.snapshot(scopes);
+    expect(agent?.spent.usdMicros).toBe(14 * usd(0.07));
+    expect(f?.spent).toEqual({ usdMicros: 14 * usd(0.07), tokens: 70, calls: 14 });
+    await store.close();
+    expect(counters.spentIn({ ...fleetDay(usd(1)), windowId: '2026-12-05' })).toEqual({ usdMicros: 14 * usd(0.07), tokens: 70, calls: 14 });
+  });
+
+  it('leases a share sized by the live holders, renews in the background while spending, and an idle sidecar does no lease traffic', async () => {
+    const { counters, net } = fleet({ whole: false });
+    const a = sidecar(counters, net);
+    const b = sidecar(counters, net);
+    const scopes = [fleetDay(usd(100))];
+    const ra = await a.reserve({ scopes, estimate: est(usd(0.1)) });
+    // Alone: half of the 100 left.
+    expect(a.leaseViews()[0]?.remainingUsdMicros).toBe(usd(50) - usd(0.1));
+    await b.reserve({ scopes, estimate: est(usd(0.1)) });
+    // One live holder besides it: a quarter of the 50 left.
+    expect(b.leaseViews()[0]?.remainingUsdMicros).toBe(usd(12.5) - usd(0.1));
+    if (!ra.ok) throw new Error('refused');
+    await a.commit(ra.reservation, { usdMicros: usd(0.1), tokens: 0 });
+
+    // A spends its slice down: below 25 % left, one renew goes out in the background and calls never wait.
+    const before = net.sent.length;
+    for (let i = 0; i < 40; i++) {
+      const r = await a.reserve({ scopes, estimate: est(usd(1)) });
+      if (!r.ok) throw new Error('refused');
+      await a.commit(r.reservation, { usdMicros: usd(1), tokens: 0 });
+      await settle();
+    }
+    const renews = net.sent.slice(before);
+    expect(renews.length).toBeGreaterThanOrEqual(1);
+    expect(renews.length).toBeLessThanOrEqual(4);
+    // Each renew reports the spend since the last, once: nothing is lost or counted twice.
+    const [u] = await a.snapshot(scopes);
+    expect(u?.spent.usdMicros).toBe(usd(40.1) + 0);
+
+    // Idle: the slice is handed back once, as it is about to lapse, and then nothing at all.
+    const idleFrom = net.sent.length;
+    await advance(60_000);
+    const idle = net.sent.slice(idleFrom).filter((r) => r.holder === net.sent[0]!.holder);
+    expect(idle.map((r) => r.keep)).toEqual([false]);
+    await advance(600_000);
+    expect(net.sent.slice(idleFrom).filter((r) => r.holder === net.sent[0]!.holder)).toHaveLength(1);
+    expect(a.leaseViews()).toEqual([]);
+    // Back from idle: the window's state was dropped, yet its lease requests are new ones, not taken for retries.
+    const again = await a.reserve({ scopes, estimate: est(usd(1)) });
+    expect(again.ok).toBe(true);
+    expect(a.leaseViews()[0]?.remainingUsdMicros).toBeGreaterThan(0);
+  });
+
+  it('counts a report whose answer was lost once: the retry carries the same sequence number', async () => {
+    const { counters, net } = fleet();
+    const store = sidecar(counters, net);
+    const scopes = [fleetDay(usd(1))];
+    const r = await store.reserve({ scopes, estimate: est(usd(0.6)) });
+    if (!r.ok) throw new Error('refused');
+    await store.commit(r.reservation, { usdMicros: usd(0.5), tokens: 0 });
+    net.loseNextReply = true;
+    // Needs a renew (0.5 + 0.6 > the slice of 1): it is applied, but its answer lost. The store is still connected,
+    // so the call asks once more: the same request (seq 2, applied once), then a new one; 0.5 is left, so it is refused.
+    const second = await store.reserve({ scopes, estimate: est(usd(0.6)) });
+    expect(second.ok).toBe(false);
+    expect(net.sent.map((x) => [x.seq, x.report.usdMicros])).toEqual([
+      [1, 0],
+      [2, usd(0.5)],
+      [2, usd(0.5)],
+      [3, 0],
+    ]);
+    expect(counters.spentIn({ ...scopes[0]!, windowId: '2026-12-05' }).usdMicros).toBe(usd(0.5));
+    expect(second.ok || second.refusal).toMatchObject({ limit: usd(1), spent: usd(0.5), requested: usd(0.6) });
+  });
+
+  it('during an outage admits only what is left of the slices held when it began, then answers 503 BUDGET_STORE_UNAVAILABLE', async () => {
+    const { counters, net } = fleet({ whole: false });
+    const random = seeded(14);
+    const N = 20;
+    const cap = usd(50);
+    const sidecars = Array.from({ length: N }, () => sidecar(counters, net));
+    const scopes = [fleetDay(cap)];
+    let spent = 0;
+    // Traffic before the outage: every sidecar holds a slice and has spent some of it.
+    for (let round = 0; round < 5; round++) {
+      for (const s of sidecars) {
+        const r = await s.reserve({ scopes, estimate: est(usd(0.05 + random() * 0.2)) });
+        if (!r.ok) throw new Error(`refused before the outage: ${JSON.stringify(r.refusal)}`);
+        await s.commit(r.reservation, { usdMicros: r.reservation.estimate.usdMicros, tokens: 0 });
+        spent += r.reservation.estimate.usdMicros;
+      }
+      // Time passes: slices are renewed (resized to the live holders) or handed back.
+      await advance(8_000);
+    }
+    const leftInSlices = sidecars.reduce((sum, s) => sum + (s.leaseViews()[0]?.remainingUsdMicros ?? 0), 0);
+    expect(leftInSlices).toBeGreaterThan(0);
+
+    net.cut = true;
+    let admittedInOutage = 0;
+    let refusedWith503 = 0;
+    const inFlight: { s: LeasedStore; r: Reservation }[] = [];
+    for (let round = 0; round < 200; round++) {
+      for (const s of sidecars) {
+        try {
+          const r = await s.reserve({ scopes, estimate: est(usd(0.05 + random() * 0.2)) });
+          if (!r.ok) throw new Error(`an outage refusal is a 503, not ${r.refusal.reason}`);
+          admittedInOutage += r.reservation.estimate.usdMicros;
+          inFlight.push({ s, r: r.reservation });
+        } catch (err) {
+          expect(err).toBeInstanceOf(StoreUnavailableError);
+          refusedWith503++;
+        }
+      }
+      // Half the calls finish each round; what they spend is kept for later.
+      for (const f of inFlight.splice(0, Math.ceil(inFlight.length / 2))) await f.s.commit(f.r, { usdMicros: f.r.estimate.usdMicros, tokens: 0 });
+    }
+    for (const f of inFlight.splice(0)) await f.s.commit(f.r, { usdMicros: f.r.estimate.usdMicros, tokens: 0 });
+    expect(refusedWith503).toBeGreaterThan(0);
+    // The bound: no more than the slices held when the outage began had left. (Issue 14 measured 6.6× what was left.)
+    expect(admittedInOutage).toBeLessThanOrEqual(leftInSlices);
+    expect(admittedInOutage).toBeGreaterThan(leftInSlices * 0.8);
+
+    // Back: every sidecar reports what it spent in the outage, exactly once; the fleet total is within the cap.
+    net.cut = false;
+    await Promise.all(sidecars.map((s) => s.close()));
+    const total = counters.spentIn({ ...scopes[0]!, windowId: '2026-12-05' }).usdMicros;
+    expect(total).toBe(spent + admittedInOutage);
+    expect(total).toBeLessThanOrEqual(cap);
+  });
+
+  it('stops admitting on a slice at its expiry, even with budget left in it, and hands it back unspent afterwards', async () => {
+    const { counters, net } = fleet({ whole: false });
+    const store = sidecar(counters, net);
+    const scopes = [fleetDay(usd(10))];
+    const r = await store.reserve({ scopes, estimate: est(usd(0.1)) });
+    if (!r.ok) throw new Error('refused');
+    net.cut = true;
+    // Calls keep coming (not idle): the slice is used until its expiry, not a millisecond after.
+    await advance(29_999);
+    expect((await store.reserve({ scopes, estimate: est(usd(0.1)) })).ok).toBe(true);
+    t += 1;
+    await expect(store.reserve({ scopes, estimate: est(usd(0.1)) })).rejects.toMatchObject({ code: 'BUDGET_STORE_UNAVAILABLE', statusCode: 503 });
+    net.cut = false;
+    await store.commit(r.reservation, { usdMicros: usd(0.1), tokens: 0 });
+    const back = await store.reserve({ scopes, estimate: est(usd(0.1)) });
+    expect(back.ok).toBe(true);
+    // The lapsed slice was replaced, not added to: one slice outstanding.
+    const [u] = await new MemoryLeaseSource(counters, SIZING).usage([{ ...scopes[0]!, windowId: '2026-12-05' }]);
+    expect(u?.spent.usdMicros).toBe(usd(0.1));
+  });
+
+  it('a sidecar started during an outage admits nothing on a cap it never leased, or only its allowance', async () => {
+    const { counters, net } = fleet();
+    net.cut = true;
+    const events: LeaseEvent[] = [];
+    const fresh = sidecar(counters, net, { events });
+    const scopes = [agentDay('a9'), fleetDay(usd(1_000))];
+    await expect(fresh.reserve({ scopes, estimate: est(usd(0.01)) })).rejects.toBeInstanceOf(StoreUnavailableError);
+    await expect(fresh.reserve({ scopes, estimate: est(0) })).rejects.toBeInstanceOf(StoreUnavailableError);
+    expect(events.map((e) => e.type)).toEqual(['sourceDown', 'refused', 'refused']);
+    // The agent scope's hold was never taken: the inner store was not asked.
+    expect((await counters.snapshot([agentDay('a9')]))[0]?.reserved.calls).toBe(0);
+
+    const allowed = sidecar(counters, net, { allowanceUsdMicros: usd(0.5) });
+    let admitted = 0;
+    for (let i = 0; i < 20; i++) {
+      try {
+        const r = await allowed.reserve({ scopes, estimate: est(usd(0.12)) });
+        if (r.ok) admitted += r.reservation.estimate.usdMicros;
+      } catch (err) {
+        expect(err).toBeInstanceOf(StoreUnavailableError);
+      }
+    }
+    expect(admitted).toBe(4 * usd(0.12));
+  });
+
+  it('counts a silent holder\'s lapsed slice as spent until it reports, then charges what it really spent', async () => {
+    const counters = new MemoryStore({ now });
+    const source = new MemoryLeaseSource(counters, SIZING, { whole: false });
+    const silentNet = new Network(source);
+    const silent = sidecar(counters, silentNet);
+    const other = sidecar(counters, new Network(source));
+    const scopes = [fleetDay(usd(10))];
+    const r = await silent.reserve({ scopes, estimate: est(usd(1)) });
+    if (!r.ok) throw new Error('refused');
+    await silent.commit(r.reservation, { usdMicros: usd(1), tokens: 0 });
+    const slice = usd(5);
+    expect(silent.leaseViews()[0]?.remainingUsdMicros).toBe(slice - usd(1));
+    silentNet.cut = true;
+    // Past expiry + grace the other sidecar's request reaps it: the whole slice counts as spent meanwhile.
+    t += SIZING.ttlMs + SIZING.graceMs;
+    const o = await other.reserve({ scopes, estimate: est(usd(0.1)) });
+    expect(o.ok && o.used[0]?.usdMicros).toBe(slice + usd(0.1));
+    // The silent one comes back and reports 1 USD: the other 4 return to the pool.
+    silentNet.cut = false;
+    await silent.close();
+    const [u] = await source.usage([{ ...scopes[0]!, windowId: '2026-12-05' }]);
+    expect(u?.spent.usdMicros).toBe(usd(1));
+  });
+
+  it('keeps a call in flight across a lapsed slice covered: the report made after the outage asks for a slice that holds it', async () => {
+    const counters = new MemoryStore({ now });
+    const source = new MemoryLeaseSource(counters, SIZING, { whole: false });
+    const aNet = new Network(source);
+    const a = sidecar(counters, aNet);
+    const bNet = new Network(source);
+    const b = sidecar(counters, bNet);
+    const cap = usd(10);
+    const scopes = [fleetDay(cap)];
+    const settled = await a.reserve({ scopes, estimate: est(usd(0.5)) });
+    const inFlight = await a.reserve({ scopes, estimate: est(usd(2)) });
+    if (!settled.ok || !inFlight.ok) throw new Error('refused');
+    await a.commit(settled.reservation, { usdMicros: usd(0.5), tokens: 0 });
+    // B spends the whole pool but A's slice; A is cut off longer than its slice lives, one call still in flight.
+    const drain = async () => {
+      let spent = 0;
+      for (;;) {
+        const r = await b.reserve({ scopes, estimate: est(usd(0.25)) });
+        if (!r.ok) return spent;
+        await b.commit(r.reservation, { usdMicros: usd(0.25), tokens: 0 });
+        spent += usd(0.25);
+      }
+    };
+    let bSpent = await drain();
+    aNet.cut = true;
+    await advance(SIZING.ttlMs + SIZING.graceMs);
+    // B's next renew reaps A's lapsed slice, counted as spent: nothing more for B.
+    bSpent += await drain();
+    aNet.cut = false;
+    // A's background report: its call is still in flight, so it asks for a slice covering the 2 USD it holds.
+    await advance(1_000);
+    const reports = aNet.sent.filter((r) => r.report.usdMicros > 0);
+    expect(reports.map((r) => [r.report.usdMicros, r.keep, r.wantUsdMicros >= usd(2)])).toEqual(reports.map(() => [usd(0.5), true, true]));
+    expect(reports.length).toBeGreaterThan(0);
+    bSpent += await drain();
+    await a.commit(inFlight.reservation, { usdMicros: usd(2), tokens: 0 });
+    await Promise.all([a.close(), b.close()]);
+    const total = counters.spentIn({ ...scopes[0]!, windowId: '2026-12-05' }).usdMicros;
+    expect(total).toBe(usd(2.5) + bSpent);
+    expect(total).toBeLessThanOrEqual(cap);
+  });
+
+  it('releases the lease hold when the inner store refuses, and the inner hold when the lease refuses', async () => {
+    const { counters, net } = fleet();
+    const store = sidecar(counters, net);
+    const capped = { ...agentDay('a1'), caps: { usdMicros: usd(0.2) } };
+    const refusedInside = await store.reserve({ scopes: [capped, fleetDay(usd(1))], estimate: est(usd(0.5)) });
+    expect(refusedInside.ok || refusedInside.refusal.scope).toEqual({ kind: 'agent', id: 'a1' });
+    expect(store.leaseViews()[0]?.remainingUsdMicros).toBe(usd(1));
+    const refusedByLease = await store.reserve({ scopes: [agentDay('a2'), fleetDay(usd(1))], estimate: est(usd(1.5)) });
+    expect(refusedByLease.ok || refusedByLease.refusal.scope).toEqual({ kind: 'fleet', id: 'all' });
+    expect((await counters.snapshot([agentDay('a2')]))[0]?.reserved.calls).toBe(0);
+  });
+});
