@@ -1,5 +1,4 @@
 import { randomUUID } from 'node:crypto';
-import type { Redis } from 'ioredis';
 import type { RedisConnection } from '../store/redis-connection.js';
 import { RedisReplyError, type RedisScript } from '../store/redis-script.js';
 import { COMMIT, RELEASE, RESERVE, SNAPSHOT, type CrossingReply } from './redis-scripts.js';
@@ -62,7 +61,6 @@ const capsArray = (s: ScopeBudget) => METRICS.flatMap((m) => (s.caps[m] === unde
  */
 export class RedisStore implements BudgetStore {
   private readonly redis: RedisConnection;
-  private readonly client: Redis;
   private readonly prefix: string;
   private readonly now: () => number;
   private readonly alertPercent: number;
@@ -77,7 +75,6 @@ export class RedisStore implements BudgetStore {
     this.settledTtlMs = opts.settledTtlMs ?? 600_000;
     this.newId = opts.newId ?? randomUUID;
     this.redis = opts.redis;
-    this.client = opts.redis.client;
     this.prefix = `{${opts.redis.keyPrefix}}:`;
   }
 
@@ -169,7 +166,8 @@ export class RedisStore implements BudgetStore {
   }
 
   async getKills(): Promise<Kill[]> {
-    const all = await this.client.hgetall(`${this.prefix}kills`);
+    const key = `${this.prefix}kills`;
+    const all = await this.redis.command('kills', key, (c) => c.hgetall(key));
     const out: Kill[] = [];
     for (const [field, value] of Object.entries(all)) {
       const target = killTargetFromField(field);
@@ -179,11 +177,13 @@ export class RedisStore implements BudgetStore {
   }
 
   async setKill(target: KillTarget, reason = ''): Promise<void> {
-    await this.client.hset(`${this.prefix}kills`, killField(target), JSON.stringify({ reason, at: this.now() }));
+    const key = `${this.prefix}kills`;
+    await this.redis.command('kills', key, (c) => c.hset(key, killField(target), JSON.stringify({ reason, at: this.now() })));
   }
 
   async clearKill(target: KillTarget): Promise<boolean> {
-    return (await this.client.hdel(`${this.prefix}kills`, killField(target))) > 0;
+    const key = `${this.prefix}kills`;
+    return (await this.redis.command('kills', key, (c) => c.hdel(key, killField(target)))) > 0;
   }
 
   /** True while connected and ready. */

@@ -178,20 +178,15 @@ export class RedisCounterStore implements CounterStore {
   }
 
   async read(refs: readonly BucketRef[]): Promise<BucketFields[]> {
-    if (refs.length === 0) return [];
-    const pipeline = this.redis.client.pipeline();
-    for (const ref of refs) pipeline.hgetall(bucketKey(this.prefix, ref));
-    let replies: Array<[Error | null, unknown]> | null;
+    let replies: Array<Record<string, string>>;
     try {
-      replies = await pipeline.exec();
+      replies = await this.redis.hgetallMany('sloRead', refs.map((ref) => bucketKey(this.prefix, ref)));
     } catch (err) {
       throw this.unavailable(err);
     }
-    if (replies === null) throw this.unavailable(new Error('no reply'));
-    return replies.map(([err, value]) => {
-      if (err) throw this.unavailable(err);
+    return replies.map((value) => {
       const out: BucketFields = {};
-      for (const [k, v] of Object.entries((value ?? {}) as Record<string, string>)) out[k] = Number(v);
+      for (const [k, v] of Object.entries(value)) out[k] = Number(v);
       return out;
     });
   }
@@ -202,16 +197,19 @@ export class RedisCounterStore implements CounterStore {
    */
   async routes(): Promise<string[]> {
     const found = new Set<string>();
-    let cursor = '0';
     try {
-      do {
-        const [next, keys] = await this.redis.client.scan(cursor, 'MATCH', dayBucketPattern(this.prefix), 'COUNT', 1000);
-        cursor = next;
-        for (const key of keys) {
-          const route = routeOfBucketKey(this.prefix, key);
-          if (route !== undefined) found.add(route);
-        }
-      } while (cursor !== '0');
+      // A cluster keeps each route's buckets on the master owning their slot: each master is scanned.
+      for (const node of this.redis.masters()) {
+        let cursor = '0';
+        do {
+          const [next, keys] = await this.redis.command('sloScan', undefined, () => node.scan(cursor, 'MATCH', dayBucketPattern(this.prefix), 'COUNT', 1000));
+          cursor = next;
+          for (const key of keys) {
+            const route = routeOfBucketKey(this.prefix, key);
+            if (route !== undefined) found.add(route);
+          }
+        } while (cursor !== '0');
+      }
     } catch (err) {
       throw this.unavailable(err);
     }

@@ -7,6 +7,7 @@ import { RedisConnection } from '../../src/store/redis-connection.js';
 import { RedisReplyError } from '../../src/store/redis-script.js';
 import type { Actual, BudgetStore, Estimate, Reservation, ScopeBudget } from '../../src/budget/store.js';
 import { startRedis, type TestRedis } from '../helpers/redis.js';
+import { startRedisCluster, type TestRedisCluster } from '../helpers/redis-cluster.js';
 import { seeded } from '../helpers/pipeline.js';
 
 /** A clock the test moves by hand. Starts an hour before a month end (and a day end). */
@@ -378,19 +379,20 @@ describeStoreContract('memory', async (clock) => {
 });
 
 let redis: TestRedis;
+let cluster: TestRedisCluster;
 let prefixes = 0;
 beforeAll(async () => {
-  redis = await startRedis();
+  [redis, cluster] = await Promise.all([startRedis(), startRedisCluster()]);
 });
 const connections: RedisConnection[] = [];
 afterAll(async () => {
   await Promise.all(connections.map((c) => c.close()));
-  await redis?.stop();
+  await Promise.all([redis?.stop(), cluster?.stop()]);
 });
 
 /** A RedisStore on its own connection, as each sidecar has one; the connections are closed after all tests. */
-const redisStore = async (now: () => number, keyPrefix: string) => {
-  const connection = new RedisConnection({ url: redis.url, keyPrefix });
+const redisStore = async (now: () => number, keyPrefix: string, url = redis.url) => {
+  const connection = new RedisConnection({ url, keyPrefix });
   connections.push(connection);
   const store = new RedisStore({ redis: connection, now });
   await store.waitReady(2_000);
@@ -402,6 +404,12 @@ describeStoreContract('redis', async (clock) => {
   const prefix = `t${++prefixes}`;
   const store = await redisStore(clock.now, prefix);
   return { store, peer: () => redisStore(clock.now, prefix), close: () => store.close() };
+});
+
+describeStoreContract('redis cluster (3 masters)', async (clock) => {
+  const prefix = `c${++prefixes}`;
+  const store = await redisStore(clock.now, prefix, cluster.url);
+  return { store, peer: () => redisStore(clock.now, prefix, cluster.url), close: () => store.close() };
 });
 
 describeStoreContract('local fallback over redis (redis up)', async (clock) => {
