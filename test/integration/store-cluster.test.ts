@@ -1,0 +1,119 @@
+import { Redis } from 'ioredis';
+import { request } from 'undici';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { RedisStore } from '../../src/budget/redis-store.js';
+import { RedisConnection, type StoreCommandError } from '../../src/store/redis-connection.js';
+import { metricValue, startFusebox, type RunningFusebox } from '../helpers/fusebox.js';
+import { COST_USD, PRICES, startLlmUpstream, type LlmUpstream } from '../helpers/llm.js';
+import { startRedisCluster, type TestRedisCluster } from '../helpers/redis-cluster.js';
+
+const routes = (up: LlmUpstream) => [{ name: 'openai', provider: 'openai', match: { pathPrefix: '/openai' }, upstream: { url: up.url }, budget: { prices: PRICES } }];
+
+const chat = async (fb: RunningFusebox): Promise<number> => {
+  const res = await request(`${fb.proxyUrl}/openai/v1/chat/completions`, {
+    method: 'POST',
+    headers: { 'content-type': 'application/json' },
+    body: JSON.stringify({ model: 'test-model', max_tokens: 50, messages: [{ role: 'user', content: 'hello there' }] }),
+  });
+  await res.body.dump();
+  return res.statusCode;
+};
+
+const spentToday = async (fb: RunningFusebox): Promise<number | undefined> => {
+  const body = (await (await request(`${fb.adminUrl}/admin/budgets`)).body.json()) as { scopes: Array<{ scope: string; window: string; spentUsd: number }> };
+  return body.scopes.find((s) => s.scope === 'agent' && s.window === 'day')?.spentUsd;
+};
+
+/** Client connections a node holds for sidecars: ioredis's short-lived slot-refresh connections are named and left out. */
+const sidecarConnections = async (port: number): Promise<number> => {
+  const raw = new Redis({ port, host: '127.0.0.1', lazyConnect: true });
+  try {
+    await raw.connect();
+    const list = String(await raw.call('CLIENT', 'LIST')).trim().split('\n');
+    // The line of this very connection is the one running CLIENT LIST (cmd=client|list).
+    return list.filter((l) => !l.includes('refresher') && !l.includes('cmd=client|list')).length;
+  } finally {
+    raw.disconnect();
+  }
+};
+
+describe('the shared store on a 3-master Redis Cluster', () => {
+  let cluster: TestRedisCluster;
+  let up: LlmUpstream;
+  beforeAll(async () => {
+    [cluster, up] = await Promise.all([startRedisCluster(), startLlmUpstream()]);
+  });
+  afterAll(async () => {
+    await Promise.all([cluster?.stop(), up?.close()]);
+  });
+
+  it('keeps budgets and SLO counters on one connection per master per sidecar', async () => {
+    const count = () => Promise.all(cluster.nodes.map((n) => sidecarConnections(n.port)));
+    const before = await count();
+    const fb = await startFusebox({ agent: { id: 'one-conn' }, store: { kind: 'redis', url: cluster.url, keyPrefix: 'oneconn' }, routes: routes(up) });
+    try {
+      expect(await chat(fb)).toBe(200);
+      await fb.app.slo.recorder.flush();
+      expect(await count()).toEqual(before.map((n) => n + 1));
+    } finally {
+      await fb.stop();
+    }
+  });
+
+  it('survives a real kill and restart of the node owning its slot: store_up 0 then 1, errors counted by kind and node, every charge replayed once', async () => {
+    const fb = await startFusebox({
+      agent: { id: 'killed' },
+      store: { kind: 'redis', url: cluster.url, keyPrefix: 'kill', timeoutMs: 200 },
+      budgets: { agent: { dailyUsd: 10 } },
+      routes: routes(up),
+    });
+    try {
+      for (let i = 0; i < 3; i++) expect(await chat(fb)).toBe(200);
+      await fb.app.idle();
+      const owner = await cluster.nodeOfKey('{kill}:kills');
+      await owner.kill();
+      // Calls keep flowing on the local slice; their charges wait in the journal.
+      const during: number[] = [];
+      for (let i = 0; i < 4; i++) during.push(await chat(fb));
+      expect(during).toEqual([200, 200, 200, 200]);
+      await fb.app.idle();
+      // The budget store stopped sending once the node's connection dropped (the cluster is not available: local
+      // slice); the SLO counters' flush is a command that fails on the dead node, counted and logged by kind and node.
+      await fb.app.slo.recorder.flush();
+      const failure = await fb.waitForLog((l) => typeof l.msg === 'string' && l.msg.startsWith('store command fuseboxSloApply failed'));
+      expect(failure).toMatchObject({ level: 50, op: 'fuseboxSloApply', node: owner.address });
+      expect(['connection', 'clusterdown']).toContain(failure.kind);
+      const text = await fb.metricsText();
+      expect(metricValue(text, 'fusebox_store_up')).toBe(0);
+      expect(metricValue(text, 'fusebox_store_errors_total', { op: 'fuseboxSloApply', kind: String(failure.kind) })).toBeGreaterThan(0);
+
+      await owner.restart();
+      await fb.waitForLog((l) => l.msg === 'budget store back: journal replayed');
+      expect(metricValue(await fb.metricsText(), 'fusebox_store_up')).toBe(1);
+      // 3 before, 4 during: each charged exactly once in the cluster.
+      expect(await spentToday(fb)).toBeCloseTo(7 * COST_USD, 9);
+      expect(await chat(fb)).toBe(200);
+      await fb.app.idle();
+      expect(await spentToday(fb)).toBeCloseTo(8 * COST_USD, 9);
+    } finally {
+      await fb.stop();
+    }
+  });
+
+  it('follows MOVED itself, and counts a node that answers with a redirect when reached by a plain redis:// URL', async () => {
+    const owner = await cluster.nodeOfKey('{moved}:kills');
+    const other = cluster.nodes.find((n) => n !== owner)!;
+    const errors: StoreCommandError[] = [];
+    const plain = new RedisConnection({ url: `redis://${other.address}`, keyPrefix: 'moved', onCommandError: (e) => errors.push(e) });
+    const clustered = new RedisConnection({ url: `redis+cluster://${other.address}`, keyPrefix: 'moved' });
+    try {
+      await Promise.all([plain.ready(2_000), clustered.ready(2_000)]);
+      await expect(new RedisStore({ redis: plain, now: Date.now }).getKills()).rejects.toThrow(/^MOVED \d+ /);
+      expect(errors).toEqual([expect.objectContaining({ op: 'kills', kind: 'redirect', node: owner.address })]);
+      // The seed is a node that does not own the slot: the cluster client learns the owner and goes there.
+      expect(await new RedisStore({ redis: clustered, now: Date.now }).getKills()).toEqual([]);
+    } finally {
+      await Promise.all([plain.close(), clustered.close()]);
+    }
+  });
+});
