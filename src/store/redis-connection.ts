@@ -1,4 +1,3 @@
-import { once } from 'node:events';
 import calculateSlot from 'cluster-key-slot';
 import { Cluster, Redis, type ClusterOptions, type RedisOptions } from 'ioredis';
 import { classifyRedisError, type StoreErrorKind } from './redis-errors.js';
@@ -135,15 +134,21 @@ export class RedisConnection {
     if (this.client instanceof Cluster) {
       // Hazard: ioredis connects to a cluster node lazily, on its first command, and with the offline queue off it
       // rejects a second command sent while that first connection is still being made ("Connection is closed.").
-      // Every node is connected as soon as it is known, and the cluster counts as ready once every master is.
-      this.client.on('+node', (node: Redis) => {
+      // Every node is connected as soon as it is known, and the cluster counts as ready once every master is: that
+      // can be the cluster's own 'ready' or a node's, whichever comes last, so both are watched.
+      const cluster = this.client;
+      const watched = new WeakSet<Redis>();
+      const watch = (node: Redis) => {
+        if (!watched.has(node)) {
+          watched.add(node);
+          node.on('ready', () => this.readyIfAvailable());
+        }
         if (node.status === 'wait') node.connect().catch(() => {});
-      });
-      this.client.on('ready', () => {
-        this.mastersReady().then(
-          () => this.notifyReady(),
-          () => {},
-        );
+      };
+      cluster.on('+node', watch);
+      cluster.on('ready', () => {
+        cluster.nodes('all').forEach(watch);
+        this.readyIfAvailable();
       });
     } else {
       this.client.on('ready', () => this.notifyReady());
@@ -166,7 +171,10 @@ export class RedisConnection {
     return !(this.client instanceof Cluster) || this.client.nodes('master').every((n) => n.status === 'ready');
   }
 
-  /** Calls `listener` every time the connection becomes ready (again); for a cluster, also when its failed slots answer again. */
+  /**
+   * Calls `listener` every time the connection becomes ready (again); for a cluster, also when its failed slots answer
+   * again. It may be called more than once for one recovery: listeners must be idempotent (a journal replay is).
+   */
   onReady(listener: () => void): void {
     this.readyListeners.push(listener);
   }
@@ -277,15 +285,9 @@ export class RedisConnection {
     return this.closing;
   }
 
-  /** Resolves once every master known now has its connection ready (each is connected eagerly, see the constructor). */
-  private async mastersReady(): Promise<void> {
-    const cluster = this.client as Cluster;
-    await Promise.all(
-      cluster.nodes('master').map(async (node) => {
-        if (node.status === 'wait') await node.connect();
-        else if (node.status !== 'ready') await once(node, 'ready');
-      }),
-    );
+  /** Runs the ready listeners when the connection is usable now; a repeat is harmless (see `onReady`). */
+  private readyIfAvailable(): void {
+    if (this.available()) this.notifyReady();
   }
 
   private notifyReady(): void {

@@ -8,6 +8,8 @@ export interface RedisProcess {
   launch(): Promise<void>;
   /** SIGKILL: an outage as a crashed Redis looks (connections reset). Resolves once the process is gone. */
   kill(): Promise<void>;
+  /** SIGTERM: a clean shutdown (Redis writes out its AOF). Resolves once the process is gone. */
+  shutdown(): Promise<void>;
   /** SIGSTOP / SIGCONT: Redis hangs with connections open, so commands time out instead of failing. */
   pause(): void;
   resume(): void;
@@ -91,6 +93,12 @@ export function redisProcess(port: number, args: readonly string[]): RedisProces
       if (!proc) return;
       proc.kill('SIGCONT');
       proc.kill('SIGKILL');
+      await exited(proc);
+    },
+    async shutdown() {
+      if (!proc) return;
+      proc.kill('SIGCONT');
+      proc.kill('SIGTERM');
       await exited(proc);
     },
     pause() {

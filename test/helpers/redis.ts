@@ -11,6 +11,8 @@ export interface TestRedis {
   stop(): Promise<void>;
   /** SIGKILL: an outage as a crashed Redis looks (connections reset). */
   kill(): void;
+  /** SIGTERM: Redis stops cleanly, its AOF complete; `restart()` starts it again. */
+  shutdown(): Promise<void>;
   /** Starts it again on the same port (same data when started with `persist`). */
   restart(): Promise<void>;
   /** SIGSTOP: Redis hangs with connections open, so commands time out instead of failing. */
@@ -48,6 +50,7 @@ export async function startRedis(opts: StartRedisOptions = {}): Promise<TestRedi
     kill() {
       void proc.kill();
     },
+    shutdown: () => proc.shutdown(),
     async restart() {
       await proc.kill();
       await proc.launch();

@@ -20,7 +20,9 @@ const chat = async (fb: RunningFusebox): Promise<number> => {
 };
 
 const spentToday = async (fb: RunningFusebox): Promise<number | undefined> => {
-  const body = (await (await request(`${fb.adminUrl}/admin/budgets`)).body.json()) as { scopes: Array<{ scope: string; window: string; spentUsd: number }> };
+  const res = await request(`${fb.adminUrl}/admin/budgets`);
+  const body = (await res.body.json()) as { scopes: Array<{ scope: string; window: string; spentUsd: number }> };
+  expect(res.statusCode, JSON.stringify(body)).toBe(200);
   return body.scopes.find((s) => s.scope === 'agent' && s.window === 'day')?.spentUsd;
 };
 
@@ -71,6 +73,9 @@ describe('the shared store on a 3-master Redis Cluster', () => {
       for (let i = 0; i < 3; i++) expect(await chat(fb)).toBe(200);
       await fb.app.idle();
       const owner = await cluster.nodeOfKey('{kill}:kills');
+      // Only log lines written from here on belong to this outage.
+      const killedAt = Date.now();
+      const since = (l: Record<string, unknown>) => typeof l.time === 'number' && l.time >= killedAt;
       await owner.kill();
       // Calls keep flowing on the local slice; their charges wait in the journal.
       const during: number[] = [];
@@ -80,7 +85,7 @@ describe('the shared store on a 3-master Redis Cluster', () => {
       // The budget store stopped sending once the node's connection dropped (the cluster is not available: local
       // slice); the SLO counters' flush is a command that fails on the dead node, counted and logged by kind and node.
       await fb.app.slo.recorder.flush();
-      const failure = await fb.waitForLog((l) => typeof l.msg === 'string' && l.msg.startsWith('store command fuseboxSloApply failed'));
+      const failure = await fb.waitForLog((l) => since(l) && typeof l.msg === 'string' && l.msg.startsWith('store command fuseboxSloApply failed'));
       expect(failure).toMatchObject({ level: 50, op: 'fuseboxSloApply', node: owner.address });
       expect(['connection', 'clusterdown']).toContain(failure.kind);
       const text = await fb.metricsText();
@@ -88,7 +93,7 @@ describe('the shared store on a 3-master Redis Cluster', () => {
       expect(metricValue(text, 'fusebox_store_errors_total', { op: 'fuseboxSloApply', kind: String(failure.kind) })).toBeGreaterThan(0);
 
       await owner.restart();
-      await fb.waitForLog((l) => l.msg === 'budget store back: journal replayed');
+      expect(await fb.waitForLog((l) => since(l) && l.msg === 'budget store back: journal replayed')).toMatchObject({ replayed: 4 });
       expect(metricValue(await fb.metricsText(), 'fusebox_store_up')).toBe(1);
       // 3 before, 4 during: each charged exactly once in the cluster.
       expect(await spentToday(fb)).toBeCloseTo(7 * COST_USD, 9);
@@ -107,7 +112,7 @@ describe('the shared store on a 3-master Redis Cluster', () => {
     const plain = new RedisConnection({ url: `redis://${other.address}`, keyPrefix: 'moved', onCommandError: (e) => errors.push(e) });
     const clustered = new RedisConnection({ url: `redis+cluster://${other.address}`, keyPrefix: 'moved' });
     try {
-      await Promise.all([plain.ready(2_000), clustered.ready(2_000)]);
+      await Promise.all([plain.ready(10_000), clustered.ready(10_000)]);
       await expect(new RedisStore({ redis: plain, now: Date.now }).getKills()).rejects.toThrow(/^MOVED \d+ /);
       expect(errors).toEqual([expect.objectContaining({ op: 'kills', kind: 'redirect', node: owner.address })]);
       // The seed is a node that does not own the slot: the cluster client learns the owner and goes there.
