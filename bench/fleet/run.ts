@@ -4,6 +4,7 @@
  * loopback only. Prints one markdown table, the outage run and an extrapolation to 10,000 sidecars. See
  * bench/README.md, "Fleet".
  */
+import { monitorEventLoopDelay } from 'node:perf_hooks';
 import { setTimeout as delay } from 'node:timers/promises';
 import { RedisStore } from '../../src/budget/redis-store.js';
 import { budgetScopes } from '../../src/budget/store.js';
@@ -26,6 +27,10 @@ interface Load {
   completed: number;
   skipped: number;
   failed: number;
+  /** Calls reserved on the local fallback (the sidecar saw the store unavailable: an outage, or a timed-out command). */
+  local: number;
+  /** This process's event-loop delay p99, ms: when it is large, the latencies are the generator's, not Redis's. */
+  loopDelayP99Ms: number;
   reserve: number[];
   commit: number[];
 }
@@ -64,7 +69,9 @@ const inBatches = async <T>(items: T[], n: number, f: (t: T) => Promise<unknown>
 async function drive(sidecars: SimSidecar[], rate: number, seconds: number, onTick?: (elapsedS: number) => void): Promise<Load> {
   const total = sidecars.length * rate;
   const inflight = new Array<number>(sidecars.length).fill(0);
-  const load: Load = { seconds, completed: 0, skipped: 0, failed: 0, reserve: [], commit: [] };
+  const load: Load = { seconds, completed: 0, skipped: 0, failed: 0, local: 0, loopDelayP99Ms: 0, reserve: [], commit: [] };
+  const loop = monitorEventLoopDelay({ resolution: 10 });
+  loop.enable();
   const running = new Set<Promise<void>>();
   const start = performance.now();
   let issued = 0;
@@ -80,6 +87,7 @@ async function drive(sidecars: SimSidecar[], rate: number, seconds: number, onTi
       const p = sidecars[i]!.call().then(
         (t: CallTiming) => {
           load.completed++;
+          if (t.local) load.local++;
           load.reserve.push(t.reserveS);
           if (t.charged) load.commit.push(t.commitS);
         },
@@ -98,6 +106,8 @@ async function drive(sidecars: SimSidecar[], rate: number, seconds: number, onTi
   }
   load.seconds = (performance.now() - start) / 1000;
   await Promise.all(running);
+  loop.disable();
+  load.loopDelayP99Ms = loop.percentile(99) / 1e6;
   return load;
 }
 
@@ -116,8 +126,21 @@ async function measure(target: Target, n: number, opts: FleetOptions, run: numbe
   const fleet: FleetConfig = { url: target.url, keyPrefix: `fleet${run}` };
   const empty = await sampleAll(probes);
   log(`${target.mode}: connecting ${n} sidecars`);
-  const sidecars = Array.from({ length: n }, (_, i) => new SimSidecar(fleet, `agent-${run}-${i}`));
-  await inBatches(sidecars, 100, (s) => s.start(30_000));
+  const sidecars: SimSidecar[] = [];
+  try {
+    // Sidecars come up in batches, as a rollout does: a client connects when it is made, and a thousand cluster
+    // clients made at once (three connections and a slot refresh each) time out each other's refreshes for good.
+    const batch = target.mode === 'cluster' ? 25 : 100;
+    for (let i = 0; i < n; i += batch) {
+      const made = Array.from({ length: Math.min(batch, n - i) }, (_, j) => new SimSidecar(fleet, `agent-${run}-${i + j}`));
+      sidecars.push(...made);
+      await Promise.all(made.map((s) => s.start(60_000)));
+    }
+  } catch (err) {
+    await inBatches(sidecars, 200, (s) => s.close());
+    for (const p of probes) p.close();
+    throw new Error(`${n} sidecars could not all connect to the ${target.mode === 'single' ? 'node' : 'cluster'}: ${err instanceof Error ? err.message : String(err)}`, { cause: err });
+  }
   // Let the first flushes and evaluations (every 1 s and 5 s) pass before measuring idle traffic.
   await delay(2_000);
   const idleStart = await sampleAll(probes);
@@ -153,6 +176,8 @@ const table = (rows: Row[]): string => {
     ['sidecars', (r) => fmt(r.sidecars)],
     ['calls/s (target)', (r) => `${fmt(r.load.completed / r.load.seconds)} (${fmt(r.targetRate)})`],
     ['calls skipped / failed', (r) => `${fmt(r.load.skipped)} / ${fmt(r.load.failed)}`],
+    ['calls on the local fallback (store seen unavailable)', (r) => fmt(r.load.local)],
+    ['bench process event-loop delay p99, ms', (r) => fmt(r.load.loopDelayP99Ms, 1)],
     ['Redis CPU µs per call (all nodes, idle baseline taken off)', (r) => fmt(cpuPerCallS(r) * 1e6, 1)],
     ['script time µs per call (commandstats usec)', (r) => fmt(r.busy.scriptsUsec / Math.max(1, r.load.completed), 1)],
     ['Redis CPU busy, cores (all nodes)', (r) => fmt(r.busy.cpuS / r.busy.seconds, 2)],
@@ -305,6 +330,7 @@ const extrapolate = (rows: Row[], opts: FleetOptions): string => {
 async function main(): Promise<void> {
   const opts = parseFleetOptions(process.argv.slice(2));
   const rows: Row[] = [];
+  const failures: string[] = [];
   let run = 0;
   const modes: Array<Target['mode']> = [...(opts.single ? (['single'] as const) : []), ...(opts.cluster ? (['cluster'] as const) : [])];
   for (const mode of modes) {
@@ -312,7 +338,15 @@ async function main(): Promise<void> {
     try {
       const sizes = [...opts.sidecars];
       for (let i = 0; i < sizes.length; i++) {
-        const row = await measure(target, sizes[i]!, opts, run++);
+        let row: Row;
+        try {
+          row = await measure(target, sizes[i]!, opts, run++);
+        } catch (err) {
+          // A size the machine cannot hold is a result too: say so, keep the rows measured.
+          failures.push(`${target.mode}, ${sizes[i]} sidecars: ${err instanceof Error ? err.message : String(err)}`);
+          log(failures.at(-1)!);
+          break;
+        }
         rows.push(row);
         const keptUp = row.load.completed / row.load.seconds >= 0.95 * row.targetRate && pct(row.load.reserve, 99) < 0.1;
         const next = sizes[i]! * 2;
@@ -324,6 +358,7 @@ async function main(): Promise<void> {
   }
   const out: string[] = [`## Fleet benchmark (${new Date().toISOString()}, ${opts.rate} call/s per sidecar, ${opts.seconds} s busy, ${opts.idleSeconds} s idle)`, ''];
   if (rows.length > 0) out.push(table(rows), '');
+  for (const f of failures) out.push(`Not measured: ${f}`, '');
   if (opts.outage) out.push(await outageRun(opts), '');
   if (rows.length > 0) out.push(extrapolate(rows, opts), '');
   process.stdout.write(`${out.join('\n')}\n`);

@@ -41,6 +41,8 @@ export interface CallTiming {
   commitS: number;
   /** Charged in the shared store or journaled for it (false: refused by a cap). */
   charged: boolean;
+  /** Reserved on the local fallback's slice: the shared store was unavailable to this sidecar (an outage, or a timeout). */
+  local: boolean;
 }
 
 /**
@@ -86,14 +88,14 @@ export class SimSidecar {
     const t1 = process.hrtime.bigint();
     if (!r.ok) {
       this.recorder.record(ROUTE, { availability: 'skip', refused: true });
-      return { reserveS: Number(t1 - t0) / 1e9, commitS: 0, charged: false };
+      return { reserveS: Number(t1 - t0) / 1e9, commitS: 0, charged: false, local: false };
     }
     await this.store.commit(r.reservation, { usdMicros: CHARGE_MICROS, tokens: 400 });
     const t2 = process.hrtime.bigint();
     this.chargedMicros += CHARGE_MICROS;
     this.chargedCalls++;
     this.recorder.record(ROUTE, { availability: 'good', latencyMs: 800, costUsdMicros: CHARGE_MICROS });
-    return { reserveS: Number(t1 - t0) / 1e9, commitS: Number(t2 - t1) / 1e9, charged: true };
+    return { reserveS: Number(t1 - t0) / 1e9, commitS: Number(t2 - t1) / 1e9, charged: true, local: r.reservation.local === true };
   }
 
   /** Journaled charges not yet replayed (the local fallback's journal). */

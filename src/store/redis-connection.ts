@@ -108,6 +108,10 @@ export class RedisConnection {
         retryDelayOnFailover: 0,
         retryDelayOnClusterDown: 0,
         slotsRefreshTimeout: Math.max(1_000, timeoutMs * 4),
+        // ioredis re-reads CLUSTER SLOTS every 5 s by default, each time on a new connection: 200 connects and
+        // CLUSTER SLOTS per second for 1,000 sidecars, all idle work. A slot that moved is learned from its MOVED
+        // at once; the timer only catches what no command ran into.
+        slotsRefreshInterval: 60_000,
         clusterRetryStrategy: opts.reconnect === false ? () => null : backoff,
         // A node that restarts on the same address is reconnected to, instead of waiting for the next MOVED.
         clusterNodeRetryStrategy: opts.reconnect === false ? null : backoff,
