@@ -115,7 +115,8 @@ export class RedisConnection {
         clusterRetryStrategy: opts.reconnect === false ? () => null : backoff,
         // A node that restarts on the same address is reconnected to, instead of waiting for the next MOVED.
         clusterNodeRetryStrategy: opts.reconnect === false ? null : backoff,
-        // Nodes announce IP addresses; resolving them again is pointless (and breaks TLS SNI for some setups).
+        // Seed host names are used as given (the socket resolves them): ioredis's own lookup would swap a name for one
+        // IP, and a TLS certificate is checked against the name the client connected to.
         dnsLookup: (address, callback) => callback(null, address),
         redisOptions: {
           ...perNode,
