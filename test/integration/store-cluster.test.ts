@@ -3,8 +3,10 @@ import { request } from 'undici';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { RedisStore } from '../../src/budget/redis-store.js';
 import { RedisConnection, type StoreCommandError } from '../../src/store/redis-connection.js';
+import { defineScript } from '../../src/store/redis-script.js';
 import { metricValue, startFusebox, type RunningFusebox } from '../helpers/fusebox.js';
 import { COST_USD, PRICES, startLlmUpstream, type LlmUpstream } from '../helpers/llm.js';
+import { startRedis } from '../helpers/redis.js';
 import { startRedisCluster, type TestRedisCluster } from '../helpers/redis-cluster.js';
 
 const routes = (up: LlmUpstream) => [{ name: 'openai', provider: 'openai', match: { pathPrefix: '/openai' }, upstream: { url: up.url }, budget: { prices: PRICES } }];
@@ -105,6 +107,20 @@ describe('the shared store on a 3-master Redis Cluster', () => {
     }
   });
 
+  it('counts a script whose keys span slots as crossslot, a key-layout bug that marks no node down', async () => {
+    const errors: StoreCommandError[] = [];
+    const connection = new RedisConnection({ url: cluster.url, keyPrefix: 'xs', onCommandError: (e) => errors.push(e) });
+    try {
+      await connection.ready(10_000);
+      const twoKeys = defineScript('fuseboxTestTwoKeys', "return redis.call('EXISTS', KEYS[1], KEYS[2])", Number);
+      await expect(connection.run(twoKeys, ['{a}:x', '{b}:x'], [])).rejects.toThrow(/CROSSSLOT/);
+      expect(errors).toEqual([expect.objectContaining({ op: 'fuseboxTestTwoKeys', kind: 'crossslot' })]);
+      expect(connection.available()).toBe(true);
+    } finally {
+      await connection.close();
+    }
+  });
+
   it('follows MOVED itself, and counts a node that answers with a redirect when reached by a plain redis:// URL', async () => {
     const owner = await cluster.nodeOfKey('{moved}:kills');
     const other = cluster.nodes.find((n) => n !== owner)!;
@@ -119,6 +135,34 @@ describe('the shared store on a 3-master Redis Cluster', () => {
       expect(await new RedisStore({ redis: clustered, now: Date.now }).getKills()).toEqual([]);
     } finally {
       await Promise.all([plain.close(), clustered.close()]);
+    }
+  });
+});
+
+describe('a Redis at maxmemory (one node)', () => {
+  it('counts OOM refusals by kind and node, serves on the local slice with store_up 0, and replays once Redis has room again', async () => {
+    const [redis, up] = await Promise.all([startRedis({ args: ['--maxmemory', '1mb', '--maxmemory-policy', 'noeviction'] }), startLlmUpstream()]);
+    const fb = await startFusebox({ agent: { id: 'full' }, store: { kind: 'redis', url: redis.url, keyPrefix: 'oom' }, budgets: { agent: { dailyUsd: 10 } }, routes: routes(up) });
+    const raw = new Redis(redis.url);
+    try {
+      // An empty Redis already uses more than 1 MB: every script that may write is refused.
+      expect(await chat(fb)).toBe(200);
+      await fb.app.idle();
+      const refusal = await fb.waitForLog((l) => typeof l.msg === 'string' && l.msg.startsWith('store command fuseboxReserve failed (oom)'));
+      expect(refusal).toMatchObject({ level: 50, kind: 'oom', node: `127.0.0.1:${redis.port}` });
+      const text = await fb.metricsText();
+      expect(metricValue(text, 'fusebox_store_errors_total', { op: 'fuseboxReserve', kind: 'oom' })).toBeGreaterThan(0);
+      expect(metricValue(text, 'fusebox_store_up')).toBe(0);
+      expect(await chat(fb)).toBe(200);
+      await fb.app.idle();
+      await raw.config('SET', 'maxmemory', '0');
+      await fb.waitForLog((l) => l.msg === 'budget store back: journal replayed');
+      expect(metricValue(await fb.metricsText(), 'fusebox_store_up')).toBe(1);
+      expect(await spentToday(fb)).toBeCloseTo(2 * COST_USD, 9);
+    } finally {
+      raw.disconnect();
+      await fb.stop();
+      await Promise.all([redis.stop(), up.close()]);
     }
   });
 });
