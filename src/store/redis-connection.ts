@@ -139,8 +139,10 @@ export class RedisConnection {
     if (this.client instanceof Cluster) {
       // Hazard: ioredis connects to a cluster node lazily, on its first command, and with the offline queue off it
       // rejects a second command sent while that first connection is still being made ("Connection is closed.").
-      // Every node is connected as soon as it is known, and the cluster counts as ready once every master is: that
-      // can be the cluster's own 'ready' or a node's, whichever comes last, so both are watched.
+      // Once the cluster is ready every node is connected, and the cluster counts as ready once every master is:
+      // that can be the cluster's own 'ready' or a node's, whichever comes last, so both are watched. Not before:
+      // the cluster's own ready check (CLUSTER INFO) goes to a node still 'wait'ing, and one already 'connecting'
+      // would make it fail and start the whole connection over (seconds of backoff).
       const cluster = this.client;
       const watched = new WeakSet<Redis>();
       const watch = (node: Redis) => {
@@ -148,7 +150,7 @@ export class RedisConnection {
           watched.add(node);
           node.on('ready', () => this.readyIfAvailable());
         }
-        if (node.status === 'wait') node.connect().catch(() => {});
+        if (node.status === 'wait' && cluster.status === 'ready') node.connect().catch(() => {});
       };
       cluster.on('+node', watch);
       cluster.on('ready', () => {

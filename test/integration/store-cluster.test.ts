@@ -121,6 +121,32 @@ describe('the shared store on a 3-master Redis Cluster', () => {
     }
   });
 
+  it('runs its scripts on a node that forgot them (SCRIPT FLUSH on every master): ioredis loads them per node', async () => {
+    const errors: StoreCommandError[] = [];
+    const connection = new RedisConnection({ url: cluster.url, keyPrefix: 'flush', onCommandError: (e) => errors.push(e) });
+    const store = new RedisStore({ redis: connection, now: Date.now });
+    try {
+      await connection.ready(10_000);
+      const scopes = [{ scope: { kind: 'agent' as const, id: 'a1' }, window: 'day' as const, caps: { usdMicros: 1_000_000 } }];
+      const r = await store.reserve({ scopes, estimate: { usdMicros: 500_000, tokens: 0, calls: 1 } });
+      if (!r.ok) throw new Error('refused');
+      await Promise.all(cluster.nodes.map(async (n) => {
+        const raw = new Redis({ host: '127.0.0.1', port: n.port });
+        try {
+          await raw.script('FLUSH');
+        } finally {
+          raw.disconnect();
+        }
+      }));
+      await store.commit(r.reservation, { usdMicros: 400_000, tokens: 0 });
+      const [u] = await store.snapshot(scopes);
+      expect(u?.spent.usdMicros).toBe(400_000);
+      expect(errors).toEqual([]);
+    } finally {
+      await connection.close();
+    }
+  });
+
   it('follows MOVED itself, and counts a node that answers with a redirect when reached by a plain redis:// URL', async () => {
     const owner = await cluster.nodeOfKey('{moved}:kills');
     const other = cluster.nodes.find((n) => n !== owner)!;
