@@ -179,12 +179,18 @@ const buildStores = async (config: Config, deps: { store?: BudgetStore | undefin
           keyPrefix: config.store.keyPrefix,
           timeoutMs: config.store.timeoutMs,
           onError: (err) => logger.warn({ error: err.message }, 'redis connection problem'),
+          onCommandError: (e) => {
+            metrics.storeErrors.labels(e.op, e.kind).inc();
+            // Back to 1 when the budget store has replayed its journal (factory.ts) or the next scrape finds it up.
+            metrics.storeUp.set(0);
+            logger.error({ op: e.op, kind: e.kind, node: e.node, error: e.error.message }, `store command ${e.op} failed (${e.kind}) on ${e.node}`);
+          },
         })
       : undefined;
   const store = deps.store ?? createBudgetStore(config, { now, logger, metrics, redis });
   metrics.storeUp.set(1);
   // Present from the first scrape, so rate() sees the first failure and alerts have a series to watch.
-  for (const op of ['reserve', 'commit', 'release']) metrics.storeErrors.labels(op).inc(0);
+  for (const op of ['reserve', 'commit', 'release']) metrics.storeErrors.labels(op, 'other').inc(0);
   const counterStore = redis ? new RedisCounterStore(redis) : new MemoryCounterStore({ now, keyPrefix: config.store.keyPrefix });
   // The pod's name (the hostname) says in the published assessments which sidecar computed them; the suffix keeps a restarted one apart.
   const sloBoard = redis ? new RedisSloBoard(redis, { sidecarId: `${hostname()}-${randomUUID().slice(0, 8)}` }) : undefined;

@@ -55,7 +55,8 @@ export class RedisLeaseSource implements LeaseSource {
   usage(scopes: readonly ReservedScope[]): Promise<LeaseUsage[]> {
     return Promise.all(
       scopes.map(async (s) => {
-        const [usd, tokens, calls, out] = await this.redis.client.hmget(this.keyOf(s), 'usd', 'tokens', 'calls', 'out');
+        const key = this.keyOf(s);
+        const [usd, tokens, calls, out] = await this.redis.command('leaseUsage', key, (c) => c.hmget(key, 'usd', 'tokens', 'calls', 'out'));
         const n = (v: string | null | undefined, what: string) => (v === null || v === undefined ? 0 : reply.int(v, what));
         return { spent: { usdMicros: n(usd, 'usd'), tokens: n(tokens, 'tokens'), calls: n(calls, 'calls') }, outstandingUsdMicros: n(out, 'out') };
       }),

@@ -1,5 +1,4 @@
 import { randomUUID } from 'node:crypto';
-import type { Redis } from 'ioredis';
 import type { RedisConnection } from '../store/redis-connection.js';
 import { RedisReplyError, type RedisScript } from '../store/redis-script.js';
 import { CrossSlotError, sameSlot } from '../store/redis-slots.js';
@@ -80,7 +79,6 @@ const capArgs = (s: ScopeBudget) => METRICS.map((m) => s.caps[m] ?? NO_CAP);
  */
 export class RedisStore implements BudgetStore {
   private readonly redis: RedisConnection;
-  private readonly client: Redis;
   private readonly prefix: string;
   private readonly killsKey: string;
   private readonly now: () => number;
@@ -102,7 +100,6 @@ export class RedisStore implements BudgetStore {
     this.killRefreshMs = opts.killRefreshMs ?? DEFAULT_KILL_REFRESH_MS;
     this.newId = opts.newId ?? randomUUID;
     this.redis = opts.redis;
-    this.client = opts.redis.client;
     this.prefix = opts.redis.keyPrefix;
     this.killsKey = `{${this.prefix}}:kills`;
   }
@@ -216,13 +213,15 @@ export class RedisStore implements BudgetStore {
 
   async setKill(target: KillTarget, reason = ''): Promise<void> {
     const value = JSON.stringify({ reason, at: this.now() });
-    await this.client.hset(this.killsKey, killField(target), value);
+    const key = this.killsKey;
+    await this.redis.command('kills', key, (c) => c.hset(key, killField(target), value));
     this.killsVersion++;
     this.kills.set(killField(target), value);
   }
 
   async clearKill(target: KillTarget): Promise<boolean> {
-    const cleared = (await this.client.hdel(this.killsKey, killField(target))) > 0;
+    const key = this.killsKey;
+    const cleared = (await this.redis.command('kills', key, (c) => c.hdel(key, killField(target)))) > 0;
     this.killsVersion++;
     this.kills.delete(killField(target));
     return cleared;
@@ -282,7 +281,8 @@ export class RedisStore implements BudgetStore {
 
   private async readKills(now: number): Promise<void> {
     const version = this.killsVersion;
-    const all = await this.client.hgetall(this.killsKey);
+    const key = this.killsKey;
+    const all = await this.redis.command('kills', key, (c) => c.hgetall(key));
     // A setKill/clearKill that ran meanwhile is newer than what this read saw; the next reserve reads again.
     if (version !== this.killsVersion) return;
     this.kills = new Map(Object.entries(all));
@@ -348,7 +348,7 @@ export class RedisStore implements BudgetStore {
 
   private run<R>(script: RedisScript<R>, keys: string[], args: ReadonlyArray<string | number>): Promise<R> {
     // Checked here, not left to Redis: CROSSSLOT would read as an outage and the fallback would hide a wiring bug.
-    if (this.client.isCluster && !sameSlot(keys)) return Promise.reject(new CrossSlotError(script.name, keys));
+    if (this.redis.client.isCluster && !sameSlot(keys)) return Promise.reject(new CrossSlotError(script.name, keys));
     return this.redis.run(script, keys, args);
   }
 }

@@ -35,7 +35,7 @@ PROCEED, HALT or ROLLBACK with the numbers behind the verdict.
   listing the routes the store has; give a new route without traffic yet with --config.
 
 Options:
-      --store URL                 redis:// or rediss:// URL of the shared store (default: store.url of --config)
+      --store URL                 redis://, rediss:// or redis+cluster://H1:P1,H2:P2 URL of the shared store (default: store.url of --config)
   -c, --config FILE               Fusebox config: SLO objectives, window and min events of the route, the store
       --key-prefix PREFIX         key prefix (default: store.keyPrefix of --config, else fusebox)
       --route ROUTE               the route to judge

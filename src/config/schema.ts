@@ -1,5 +1,6 @@
 import { z } from 'zod';
 import { parseHostEntry } from '../net/address.js';
+import { parseRedisUrl, RedisUrlError } from '../store/redis-url.js';
 
 /**
  * The one schema for Fusebox's config file. Every field says its unit and default; the README's
@@ -349,7 +350,11 @@ export const RouteSchema = z.strictObject({
 export const StoreSchema = z.strictObject({
   /** `memory` (default, one sidecar) or `redis` (a fleet shares budgets and counters). */
   kind: z.enum(['memory', 'redis']).default('memory'),
-  /** Redis URL, e.g. redis://redis.fusebox:6379/0. `${VAR}` is expanded. Required for `redis`. */
+  /**
+   * Redis URL, required for `redis`: one Redis (`redis://redis.fusebox:6379/0`, `rediss://` for TLS) or a Redis Cluster
+   * given by seed nodes (`redis+cluster://10.0.0.1:6379,10.0.0.2:6379`, `rediss+cluster://` for TLS). A password goes
+   * in the URL (`redis://:${REDIS_PASSWORD}@host:6379`); `${VAR}` is expanded and the password is never logged.
+   */
   url: z.string().optional(),
   /** Prefix of every key Fusebox writes. Default `fusebox`. */
   keyPrefix: z.string().regex(/^[A-Za-z0-9:_-]+$/).default('fusebox'),
@@ -633,6 +638,13 @@ export const ConfigSchema = z
       });
       if (typed('store') && cfg.store.kind === 'redis' && !cfg.store.url) {
         ctx.addIssue({ code: 'custom', path: ['store', 'url'], message: 'is required when store.kind is "redis" (e.g. redis://127.0.0.1:6379)' });
+      } else if (typed('store') && cfg.store.kind === 'redis' && cfg.store.url) {
+        try {
+          parseRedisUrl(cfg.store.url);
+        } catch (err) {
+          if (!(err instanceof RedisUrlError)) throw err;
+          ctx.addIssue({ code: 'custom', path: ['store', 'url'], message: err.message });
+        }
       }
     },
     { when: () => true },

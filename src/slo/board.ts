@@ -173,7 +173,8 @@ export class RedisSloBoard implements SloBoard {
   }
 
   async read(): Promise<PublishedRead> {
-    const all = await this.redis.client.hgetall(this.publishedKey);
+    const key = this.publishedKey;
+    const all = await this.redis.command('sloBoard', key, (c) => c.hgetall(key));
     const results = new Map<string, PublishedSlo>();
     const unreadable: string[] = [];
     for (const [route, text] of Object.entries(all)) {
@@ -185,7 +186,8 @@ export class RedisSloBoard implements SloBoard {
   }
 
   async lead(route: string, leaseMs: number): Promise<boolean> {
-    return (await this.redis.client.set(this.leaseKey(route), this.opts.sidecarId, 'PX', leaseMs, 'NX')) === 'OK';
+    const key = this.leaseKey(route);
+    return (await this.redis.command('sloBoard', key, (c) => c.set(key, this.opts.sidecarId, 'PX', leaseMs, 'NX'))) === 'OK';
   }
 
   publish(route: string, result: Omit<PublishedSlo, 'by'>, leaseMs: number): Promise<PublishOutcome> {

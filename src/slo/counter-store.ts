@@ -217,26 +217,22 @@ export class RedisCounterStore implements CounterStore {
   }
 
   private async hgetalls(keys: readonly string[]): Promise<BucketFields[]> {
-    const pipeline = this.redis.client.pipeline();
-    for (const key of keys) pipeline.hgetall(key);
-    let replies: Array<[Error | null, unknown]> | null;
+    let replies: Array<Record<string, string>>;
     try {
-      replies = await pipeline.exec();
+      replies = await this.redis.hgetallMany('sloRead', keys);
     } catch (err) {
       throw this.unavailable(err);
     }
-    if (replies === null) throw this.unavailable(new Error('no reply'));
-    return replies.map(([err, value]) => {
-      if (err) throw this.unavailable(err);
-      const fields: BucketFields = {};
-      for (const [k, v] of Object.entries((value ?? {}) as Record<string, string>)) fields[k] = Number(v);
-      return fields;
+    return replies.map((value) => {
+      const out: BucketFields = {};
+      for (const [k, v] of Object.entries(value)) out[k] = Number(v);
+      return out;
     });
   }
 
   private async existing(keys: readonly string[]): Promise<number> {
     try {
-      return await this.redis.client.exists(...keys);
+      return await this.redis.command('sloRead', keys[0], (c) => c.exists(...keys));
     } catch (err) {
       throw this.unavailable(err);
     }
@@ -250,15 +246,18 @@ export class RedisCounterStore implements CounterStore {
     const found = new Set<string>();
     try {
       for (const pattern of dayBucketPatterns(this.prefix)) {
-        let cursor = '0';
-        do {
-          const [next, keys] = await this.redis.client.scan(cursor, 'MATCH', pattern, 'COUNT', 1000);
-          cursor = next;
-          for (const key of keys) {
-            const route = routeOfBucketKey(this.prefix, key);
-            if (route !== undefined) found.add(route);
-          }
-        } while (cursor !== '0');
+        // A cluster keeps each route's buckets on the master owning their slot: each master is scanned.
+        for (const node of this.redis.masters()) {
+          let cursor = '0';
+          do {
+            const [next, keys] = await this.redis.command('sloScan', undefined, () => node.scan(cursor, 'MATCH', pattern, 'COUNT', 1000));
+            cursor = next;
+            for (const key of keys) {
+              const route = routeOfBucketKey(this.prefix, key);
+              if (route !== undefined) found.add(route);
+            }
+          } while (cursor !== '0');
+        }
       }
     } catch (err) {
       throw this.unavailable(err);

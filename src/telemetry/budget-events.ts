@@ -1,4 +1,5 @@
 import type { BudgetEvents } from '../policies/budget.js';
+import { classifyRedisError } from '../store/redis-errors.js';
 import type { Metrics } from './metrics.js';
 
 /** Budget decisions → metrics and one log line each. Unknown models are logged once per route and model. */
@@ -37,8 +38,9 @@ export const budgetEvents = (m: Metrics): BudgetEvents => {
     },
     storeOp: (op, seconds) => m.storeSeconds.labels(op).observe(seconds),
     storeError: (route, op, err, ctx) => {
-      m.storeErrors.labels(op).inc();
-      ctx.log.error({ op, error: err instanceof Error ? err.message : String(err) }, `budget store ${op} failed`);
+      const kind = classifyRedisError(err);
+      m.storeErrors.labels(op, kind).inc();
+      ctx.log.error({ op, kind, error: err instanceof Error ? err.message : String(err) }, `budget store ${op} failed (${kind})`);
     },
   };
 };

@@ -230,8 +230,9 @@ export const createMetrics = (opts: { defaultMetrics?: boolean } = {}) => {
     }),
     storeErrors: new Counter({
       name: 'fusebox_store_errors_total',
-      help: 'Budget store operations that failed (the call was refused, or a charge waits in the journal).',
-      labelNames: ['op'] as const,
+      help:
+        'Shared store commands that failed, by op (the Redis script or command group: fuseboxReserve, fuseboxSloApply, kills, sloRead...; reserve/commit/release when the budget layer itself saw the failure) and kind (connection, timeout, loading, oom, clusterdown, redirect, crossslot, noscript, reply, other).',
+      labelNames: ['op', 'kind'] as const,
       registers: [registry],
     }),
 

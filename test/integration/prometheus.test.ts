@@ -121,7 +121,7 @@ const selectorsOf = (expr: string): string[] => [...expr.matchAll(/(?<![\w:"])(f
  * which a misspelled name never is.
  */
 const RARE: Record<string, string> = {
-  fusebox_store_errors_total: 'only when the budget store fails in a way its own local fallback does not absorb',
+  fusebox_store_errors_total: 'only when a shared store command fails (one series per op and kind)',
   fusebox_store_journal_dropped_total: 'only when the journal fills during a Redis outage, or Redis never came back at shutdown',
   fusebox_store_journal_dropped_usd_total: 'as fusebox_store_journal_dropped_total',
   fusebox_budget_lease_outage_admissions_total: 'only while the store is unreachable',

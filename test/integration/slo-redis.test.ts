@@ -1,4 +1,5 @@
 import { once } from 'node:events';
+import type { Redis } from 'ioredis';
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { SloSchema } from '../../src/config/schema.js';
 import { bucketKey, minuteIndex, retentionMs } from '../../src/slo/buckets.js';
@@ -133,7 +134,8 @@ describe('SLO counters in a shared Redis', () => {
     const store = redisStore(prefix);
     await store.ready(2_000);
     const seen: string[] = [];
-    const monitor = await store.redis.client.monitor();
+    // A standalone Redis here (MONITOR is a single-node command).
+    const monitor = await (store.redis.client as Redis).monitor();
     monitor.on('monitor', (_t: string, args: string[]) => {
       if (args.some((a) => a.includes(`${prefix}`)) || args[1] === 'legacy-done') seen.push(args[0]!.toLowerCase());
     });

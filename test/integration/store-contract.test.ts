@@ -11,6 +11,7 @@ import { RedisReplyError } from '../../src/store/redis-script.js';
 import { CrossSlotError, sameSlot } from '../../src/store/redis-slots.js';
 import type { Actual, BudgetStore, Estimate, Reservation, ScopeBudget } from '../../src/budget/store.js';
 import { startRedis, type TestRedis } from '../helpers/redis.js';
+import { startRedisCluster, type TestRedisCluster } from '../helpers/redis-cluster.js';
 import { seeded } from '../helpers/pipeline.js';
 
 /** A clock the test moves by hand. Starts an hour before a month end (and a day end). */
@@ -38,8 +39,9 @@ const est = (usdMicros: number, tokens = 0): Estimate => ({ usdMicros, tokens, c
 const act = (usdMicros: number, tokens = 0): Actual => ({ usdMicros, tokens });
 const agentDay = (id: string, caps: ScopeBudget['caps']): ScopeBudget => ({ scope: { kind: 'agent', id }, window: 'day', caps });
 const agentMonth = (id: string, caps: ScopeBudget['caps']): ScopeBudget => ({ scope: { kind: 'agent', id }, window: 'month', caps });
-const workflow = (id: string, caps: ScopeBudget['caps'], idleTtlMs = 600_000): ScopeBudget => ({
-  scope: { kind: 'workflow', id },
+/** A workflow scope; `agent`, as budgetScopes sets it, puts its keys on that agent's Redis Cluster slot. */
+const workflow = (id: string, caps: ScopeBudget['caps'], idleTtlMs = 600_000, agent?: string): ScopeBudget => ({
+  scope: { kind: 'workflow', id, ...(agent !== undefined && { agent }) },
   window: 'workflow',
   caps,
   idleTtlMs,
@@ -274,8 +276,8 @@ function describeStoreContract(name: string, factory: Factory): void {
       const store = await setup();
       const other = await h.peer();
       try {
-        const scopes = [agentDay('a1', {}), workflow('w1', {})];
-        const elsewhere = [agentDay('a2', {}), workflow('w2', {})];
+        const scopes = [agentDay('a1', {}), workflow('w1', {}, undefined, 'a1')];
+        const elsewhere = [agentDay('a2', {}), workflow('w2', {}, undefined, 'a2')];
         // The other instance has read the (empty) kill set: what it admits next depends on its refresh time.
         expect((await other.reserve({ scopes: elsewhere, estimate: est(1) })).ok).toBe(true);
         await other.setKill({ kind: 'workflow', id: 'w1' }, 'loop detected');
@@ -391,19 +393,20 @@ describeStoreContract('memory', async (clock) => {
 });
 
 let redis: TestRedis;
+let cluster: TestRedisCluster;
 let prefixes = 0;
 beforeAll(async () => {
-  redis = await startRedis();
+  [redis, cluster] = await Promise.all([startRedis(), startRedisCluster()]);
 });
 const connections: RedisConnection[] = [];
 afterAll(async () => {
   await Promise.all(connections.map((c) => c.close()));
-  await redis?.stop();
+  await Promise.all([redis?.stop(), cluster?.stop()]);
 });
 
 /** A RedisStore on its own connection, as each sidecar has one; the connections are closed after all tests. */
-const redisStore = async (now: () => number, keyPrefix: string) => {
-  const connection = new RedisConnection({ url: redis.url, keyPrefix });
+const redisStore = async (now: () => number, keyPrefix: string, url = redis.url) => {
+  const connection = new RedisConnection({ url, keyPrefix });
   connections.push(connection);
   const store = new RedisStore({ redis: connection, now });
   await store.waitReady(2_000);
@@ -417,14 +420,31 @@ describeStoreContract('redis', async (clock) => {
   return { store, peer: () => redisStore(clock.now, prefix), close: () => store.close() };
 });
 
+const SIZING = { ttlMs: 30_000, graceMs: 5_000, minSliceUsdMicros: 50_000, alertPercent: 75 };
+
+// The stack a sidecar runs on a cluster: the lease layer takes route and fleet scopes off each call, so every
+// per-call script touches one agent's slot (a bare RedisStore refuses a call spanning slots: see CrossSlotError).
+describeStoreContract('leased slices over local fallback over a redis cluster (3 masters)', async (clock) => {
+  const prefix = `c${++prefixes}`;
+  const make = async () => {
+    const shared = await redisStore(clock.now, prefix, cluster.url);
+    const connection = connections.at(-1)!;
+    return new LeasedStore({
+      inner: new LocalFallbackStore({ shared, now: clock.now }),
+      source: new RedisLeaseSource({ redis: connection, ...SIZING }),
+      now: clock.now,
+    });
+  };
+  const store = await make();
+  return { store, peer: make, close: () => store.close() };
+});
+
 describeStoreContract('local fallback over redis (redis up)', async (clock) => {
   const prefix = `t${++prefixes}`;
   const make = async () => new LocalFallbackStore({ shared: await redisStore(clock.now, prefix), now: clock.now });
   const store = await make();
   return { store, peer: make, close: () => store.close() };
 });
-
-const SIZING = { ttlMs: 30_000, graceMs: 5_000, minSliceUsdMicros: 50_000, alertPercent: 75 };
 
 describeStoreContract('leased slices over memory (the memory stack)', async (clock) => {
   const inner = new MemoryStore({ now: clock.now });

@@ -41,6 +41,13 @@ describe('config schema', () => {
     expect(problems({ routes: [{ ...route, fallback: [{ type: 'route', route: 'nope' }] }] })).toContain('routes[0] (name "r").fallback[0].route: no route named "nope" (routes: r)');
     expect(problems({ routes: [{ ...route, credential: { env: 'sk-live-123' } }] })[0]).toContain('routes[0] (name "r").credential.env: must be an environment variable name');
     expect(problems({ store: { kind: 'redis' }, routes: [route] })).toEqual(['store.url: is required when store.kind is "redis" (e.g. redis://127.0.0.1:6379)']);
+    expect(problems({ store: { kind: 'redis', url: 'redis+cluster://:s3cret@10.0.0.1:7000,10.0.0.2:70000' }, routes: [route] })).toEqual([
+      'store.url: port 70000 of "10.0.0.2:70000" is not between 1 and 65535',
+    ]);
+    expect(problems({ store: { kind: 'redis', url: 'http://redis:6379' }, routes: [route] })).toEqual([
+      'store.url: must start with redis://, rediss://, redis+cluster:// or rediss+cluster:// (got "http://")',
+    ]);
+    expect(problems({ store: { kind: 'redis', url: 'redis+cluster://10.0.0.1:7000,10.0.0.2:7000' }, routes: [route] })).toEqual([]);
     expect(problems({ routes: [{ ...route, retyr: {} }] })).toEqual(['routes[0] (name "r"): unknown key "retyr" (did you mean "retry"?)']);
     // Explicit names may not collide with each other or with a default name (`<type>-<index>`).
     expect(problems({ routes: [{ ...route, fallback: [{ type: 'upstream', url: 'http://127.0.0.1:2', name: 'cheap' }, { type: 'upstream', url: 'http://127.0.0.1:3', name: 'cheap' }] }] })).toEqual([

@@ -1,0 +1,383 @@
+/**
+ * The fleet benchmark (issue 14): N simulated sidecars in one process, each with its own Redis connection and the
+ * real store stack, against a Redis it starts itself (one node with AOF everysec, then a 3-master cluster), on
+ * loopback only. Prints one markdown table, the outage run and an extrapolation to 10,000 sidecars. See
+ * bench/README.md, "Fleet".
+ */
+import { monitorEventLoopDelay } from 'node:perf_hooks';
+import { setTimeout as delay } from 'node:timers/promises';
+import { RedisStore } from '../../src/budget/redis-store.js';
+import { budgetScopes } from '../../src/budget/store.js';
+import { RedisConnection } from '../../src/store/redis-connection.js';
+import { startRedis, type TestRedis } from '../../test/helpers/redis.js';
+import { startRedisCluster, type TestRedisCluster } from '../../test/helpers/redis-cluster.js';
+import { parseFleetOptions, type FleetOptions } from './options.js';
+import { delta, NodeProbe, type FleetDelta, type NodeSample } from './redis-info.js';
+import { CHARGE_MICROS, fleetConfig, ROUTE, SimSidecar, type CallTiming, type FleetConfig } from './sidecar.js';
+
+interface Target {
+  mode: 'single' | 'cluster';
+  url: string;
+  ports: number[];
+  stop(): Promise<void>;
+}
+
+interface Load {
+  seconds: number;
+  completed: number;
+  skipped: number;
+  failed: number;
+  /** Calls reserved on the local fallback (the sidecar saw the store unavailable: an outage, or a timed-out command). */
+  local: number;
+  /** This process's event-loop delay p99, ms: when it is large, the latencies are the generator's, not Redis's. */
+  loopDelayP99Ms: number;
+  reserve: number[];
+  commit: number[];
+}
+
+interface Row {
+  mode: string;
+  sidecars: number;
+  targetRate: number;
+  load: Load;
+  idle: FleetDelta;
+  busy: FleetDelta;
+  /** used_memory added by connecting the fleet (connection buffers), bytes per sidecar. */
+  memoryPerSidecar: number;
+  maxclients: number;
+}
+
+const log = (msg: string) => process.stderr.write(`[fleet] ${msg}\n`);
+
+const pct = (xs: number[], p: number): number => {
+  if (xs.length === 0) return NaN;
+  const s = [...xs].sort((a, b) => a - b);
+  return s[Math.min(s.length - 1, Math.floor((p / 100) * s.length))]!;
+};
+
+const sampleAll = (probes: NodeProbe[]): Promise<NodeSample[]> => Promise.all(probes.map((p) => p.sample()));
+
+/** Runs `f` over `items` with at most `n` at a time (connecting 1,000 clients at once is a SYN storm on loopback). */
+const inBatches = async <T>(items: T[], n: number, f: (t: T) => Promise<unknown>): Promise<void> => {
+  for (let i = 0; i < items.length; i += n) await Promise.all(items.slice(i, i + n).map(f));
+};
+
+/**
+ * Open loop: `rate` calls per second per sidecar, spread evenly over the fleet, for `seconds`. A sidecar with 8 calls
+ * still in flight skips its turn (counted): the generator must not queue without bound on a slow store.
+ */
+async function drive(sidecars: SimSidecar[], rate: number, seconds: number, onTick?: (elapsedS: number) => void): Promise<Load> {
+  const total = sidecars.length * rate;
+  const inflight = new Array<number>(sidecars.length).fill(0);
+  const load: Load = { seconds, completed: 0, skipped: 0, failed: 0, local: 0, loopDelayP99Ms: 0, reserve: [], commit: [] };
+  const loop = monitorEventLoopDelay({ resolution: 10 });
+  loop.enable();
+  const running = new Set<Promise<void>>();
+  const start = performance.now();
+  let issued = 0;
+  for (let elapsed = 0; elapsed < seconds * 1000; elapsed = performance.now() - start) {
+    const due = Math.floor((elapsed / 1000) * total);
+    for (; issued < due; issued++) {
+      const i = issued % sidecars.length;
+      if (inflight[i]! >= 8) {
+        load.skipped++;
+        continue;
+      }
+      inflight[i]!++;
+      const p = sidecars[i]!.call().then(
+        (t: CallTiming) => {
+          load.completed++;
+          if (t.local) load.local++;
+          load.reserve.push(t.reserveS);
+          if (t.charged) load.commit.push(t.commitS);
+        },
+        () => {
+          load.failed++;
+        },
+      );
+      const tracked = p.finally(() => {
+        inflight[i]!--;
+        running.delete(tracked);
+      });
+      running.add(tracked);
+    }
+    onTick?.(elapsed / 1000);
+    await delay(5);
+  }
+  load.seconds = (performance.now() - start) / 1000;
+  await Promise.all(running);
+  loop.disable();
+  load.loopDelayP99Ms = loop.percentile(99) / 1e6;
+  return load;
+}
+
+const startTarget = async (mode: Target['mode']): Promise<Target> => {
+  if (mode === 'single') {
+    const r: TestRedis = await startRedis({ persist: true, fsync: 'everysec' });
+    return { mode, url: r.url, ports: [r.port], stop: () => r.stop() };
+  }
+  const c: TestRedisCluster = await startRedisCluster({ fsync: 'everysec' });
+  return { mode, url: c.url, ports: c.nodes.map((n) => n.port), stop: () => c.stop() };
+};
+
+async function measure(target: Target, n: number, opts: FleetOptions, run: number): Promise<Row> {
+  const probes = target.ports.map((p) => new NodeProbe(p));
+  const maxclients = await probes[0]!.maxclients();
+  const fleet: FleetConfig = { url: target.url, keyPrefix: `fleet${run}` };
+  const empty = await sampleAll(probes);
+  log(`${target.mode}: connecting ${n} sidecars`);
+  const sidecars: SimSidecar[] = [];
+  try {
+    // Sidecars come up in batches, as a rollout does: a client connects when it is made, and a thousand cluster
+    // clients made at once (three connections and a slot refresh each) time out each other's refreshes for good.
+    const batch = target.mode === 'cluster' ? 25 : 100;
+    for (let i = 0; i < n; i += batch) {
+      const made = Array.from({ length: Math.min(batch, n - i) }, (_, j) => new SimSidecar(fleet, `agent-${run}-${i + j}`));
+      sidecars.push(...made);
+      await Promise.all(made.map((s) => s.start(60_000)));
+    }
+  } catch (err) {
+    await inBatches(sidecars, 200, (s) => s.close());
+    for (const p of probes) p.close();
+    throw new Error(`${n} sidecars could not all connect to the ${target.mode === 'single' ? 'node' : 'cluster'}: ${err instanceof Error ? err.message : String(err)}`, { cause: err });
+  }
+  // The evaluator's first pass reads every bucket of its windows and caches them; later passes read the newest
+  // minute only. Idle traffic is measured after the first pass of every sidecar (every 5 s), as it runs for days.
+  await delay(6_000);
+  const idleStart = await sampleAll(probes);
+  await delay(opts.idleSeconds * 1000);
+  const idleEnd = await sampleAll(probes);
+  log(`${target.mode}: ${n} sidecars × ${opts.rate}/s for ${opts.seconds} s`);
+  const load = await drive(sidecars, opts.rate, opts.seconds);
+  const busyEnd = await sampleAll(probes);
+  await inBatches(sidecars, 200, (s) => s.close());
+  for (const p of probes) p.close();
+  return {
+    mode: target.mode === 'single' ? '1 node' : '3-master cluster',
+    sidecars: n,
+    targetRate: n * opts.rate,
+    load,
+    idle: delta(idleStart, idleEnd),
+    busy: delta(idleEnd, busyEnd),
+    memoryPerSidecar: (idleStart.reduce((s, x) => s + x.usedMemory, 0) - empty.reduce((s, x) => s + x.usedMemory, 0)) / n,
+    maxclients,
+  };
+}
+
+/** Redis CPU a call costs: the busy phase's CPU less what the same fleet burns idle over as long, per call. */
+const cpuPerCallS = (r: Row): number => Math.max(0, r.busy.cpuS - (r.idle.cpuS / r.idle.seconds) * r.busy.seconds) / Math.max(1, served(r));
+
+/** Calls that reached Redis: a call reserved on the local fallback cost Redis nothing (its commit is replayed later). */
+const served = (r: Row): number => r.load.completed - r.load.local;
+
+/** A run whose sidecars kept seeing the store (under 1 % of calls on the local fallback): its figures are Redis's. */
+const clean = (r: Row): boolean => r.load.local <= 0.01 * r.load.completed;
+
+const ms = (s: number) => (Number.isFinite(s) ? (s * 1000).toFixed(2) : '–');
+const fmt = (x: number, digits = 0) => (Number.isFinite(x) ? x.toLocaleString('en-US', { maximumFractionDigits: digits, minimumFractionDigits: digits }) : '–');
+
+const table = (rows: Row[]): string => {
+  const scripts = (r: Row) => r.busy.scriptsPerNode.reduce((a, b) => a + b, 0);
+  const lines: Array<[string, (r: Row) => string]> = [
+    ['store', (r) => r.mode],
+    ['sidecars', (r) => fmt(r.sidecars)],
+    ['calls/s (target)', (r) => `${fmt(r.load.completed / r.load.seconds)} (${fmt(r.targetRate)})`],
+    ['calls skipped / failed', (r) => `${fmt(r.load.skipped)} / ${fmt(r.load.failed)}`],
+    ['calls on the local fallback (store seen unavailable)', (r) => fmt(r.load.local)],
+    ['bench process event-loop delay p99, ms', (r) => fmt(r.load.loopDelayP99Ms, 1)],
+    ['Redis CPU µs per call served by Redis (all nodes, idle baseline taken off)', (r) => fmt(cpuPerCallS(r) * 1e6, 1)],
+    ['script time µs per call (commandstats usec)', (r) => fmt(r.busy.scriptsUsec / Math.max(1, served(r)), 1)],
+    ['Redis CPU busy, cores (all nodes)', (r) => fmt(r.busy.cpuS / r.busy.seconds, 2)],
+    ['script calls per node (share)', (r) => r.busy.scriptsPerNode.map((s) => `${fmt((100 * s) / Math.max(1, scripts(r)))} %`).join(' / ')],
+    ['script calls per call', (r) => fmt(scripts(r) / Math.max(1, served(r)), 2)],
+    ['commands/s idle (in-script calls included)', (r) => fmt(r.idle.commands / r.idle.seconds)],
+    ['commands/s idle per sidecar', (r) => fmt(r.idle.commands / r.idle.seconds / r.sidecars, 2)],
+    ['Redis CPU idle, cores', (r) => fmt(r.idle.cpuS / r.idle.seconds, 3)],
+    ['commands/s busy (in-script calls included)', (r) => fmt(r.busy.commands / r.busy.seconds)],
+    ['used_memory per sidecar (connected)', (r) => `${fmt(r.memoryPerSidecar / 1024, 1)} KiB`],
+    ['used_memory growth per minute (busy)', (r) => `${fmt((r.busy.memoryBytes / r.busy.seconds) * 60 / 1024 / 1024, 2)} MiB`],
+    ['AOF growth per minute (busy)', (r) => `${fmt((r.busy.aofBytes / r.busy.seconds) * 60 / 1024 / 1024, 2)} MiB`],
+    ['connected_clients per node', (r) => r.busy.clientsPerNode.map((c) => fmt(c)).join(' / ')],
+    ['reserve p50 / p99, ms', (r) => `${ms(pct(r.load.reserve, 50))} / ${ms(pct(r.load.reserve, 99))}`],
+    ['commit p50 / p99, ms', (r) => `${ms(pct(r.load.commit, 50))} / ${ms(pct(r.load.commit, 99))}`],
+  ];
+  const head = `| | ${rows.map((r) => `${r.mode}, ${fmt(r.sidecars)}`).join(' | ')} |\n|---|${rows.map(() => '---:|').join('')}`;
+  return [head, ...lines.map(([name, f]) => `| ${name} | ${rows.map(f).join(' | ')} |`)].join('\n');
+};
+
+/**
+ * Stops the single node for `outageSeconds` while the fleet keeps calling, starts it again from its AOF, and checks
+ * the fleet cap and the journal replay. The fleet cap is set so the fleet reaches it during the outage.
+ */
+async function outageRun(opts: FleetOptions): Promise<string> {
+  const redis = await startRedis({ persist: true, fsync: 'everysec' });
+  const n = opts.outageSidecars;
+  const preS = 5;
+  const perSecondMicros = n * opts.rate * CHARGE_MICROS;
+  // What is left at the cut: a fifth of what the fleet would spend during the outage.
+  const capMicros = Math.round(perSecondMicros * preS + 0.2 * perSecondMicros * opts.outageSeconds);
+  const fleet: FleetConfig = { url: redis.url, keyPrefix: 'outage', fleetDailyUsd: capMicros / 1e6 };
+  const readerConnection = new RedisConnection({ url: redis.url, keyPrefix: 'outage' });
+  const reader = new RedisStore({ redis: readerConnection, now: Date.now });
+  const config = fleetConfig(fleet, 'reader');
+  const fleetScope = budgetScopes(config.budgets, config.routes[0]!, { agent: 'reader', route: ROUTE }).find((s) => s.scope.kind === 'fleet')!;
+  const fleetUsed = async () => {
+    const [u] = await reader.snapshot([fleetScope]);
+    return { spent: u!.spent.usdMicros, reserved: u!.reserved.usdMicros, calls: u!.spent.calls };
+  };
+  try {
+    await readerConnection.ready(5_000);
+    const sidecars = Array.from({ length: n }, (_, i) => new SimSidecar(fleet, `out-${i}`));
+    await inBatches(sidecars, 100, (s) => s.start(30_000));
+    log(`outage: ${n} sidecars, fleet cap $${fmt(capMicros / 1e6, 3)}; ${preS} s of traffic, then the store stops for ${opts.outageSeconds} s`);
+    const samples: Array<{ at: number; used: number }> = [];
+    let phase: 'pre' | 'down' | 'after' = 'pre';
+    let usedAtCut = 0;
+    let cut: Promise<void> | undefined;
+    let back: Promise<void> | undefined;
+    let sampling: Promise<void> | undefined;
+    const totalS = preS + opts.outageSeconds + 5;
+    const load = await drive(sidecars, opts.rate, totalS, (t) => {
+      if (phase === 'pre' && !sampling) {
+        sampling = fleetUsed().then(
+          (u) => {
+            samples.push({ at: t, used: u.spent + u.reserved });
+            sampling = undefined;
+          },
+          () => (sampling = undefined),
+        );
+      }
+      if (phase === 'pre' && t >= preS && !cut) {
+        phase = 'down';
+        cut = (async () => {
+          await sampling;
+          const u = await fleetUsed();
+          usedAtCut = u.spent + u.reserved;
+          await redis.shutdown();
+          log('outage: store stopped');
+        })();
+      }
+      if (phase === 'down' && t >= preS + opts.outageSeconds && !back) {
+        phase = 'after';
+        back = (async () => {
+          await cut;
+          await redis.restart();
+          log('outage: store restarted from its AOF');
+        })();
+      }
+    });
+    await back;
+    // Every sidecar replays its journal once the store answers again (bounded wait).
+    const deadline = Date.now() + 30_000;
+    while (Date.now() < deadline && sidecars.some((s) => s.journalLength() > 0 || !s.store.available())) await delay(100);
+    const unreplayed = sidecars.reduce((s, x) => s + x.journalLength(), 0);
+    await inBatches(sidecars, 200, (s) => s.close());
+    await readerConnection.ready(10_000);
+    const total = await fleetUsed();
+    const charged = sidecars.reduce((s, x) => s + x.chargedMicros, 0);
+    const chargedCalls = sidecars.reduce((s, x) => s + x.chargedCalls, 0);
+    // Every sidecar reserved within the last second before the cut (one call per 1/rate s), so what it last knew of
+    // the fleet's use is at least the use sampled that long before the cut.
+    const horizon = preS - Math.max(1, 1 / opts.rate) - 0.5;
+    const early = [...samples].reverse().find((s) => s.at <= horizon)?.used ?? 0;
+    const sliceBound = n * 0.25 * Math.max(0, capMicros - early);
+    const overshoot = total.spent - capMicros;
+    const boundOvershoot = usedAtCut + sliceBound - capMicros;
+    return [
+      `| outage run (1 node, AOF everysec, stopped with SIGTERM) | |`,
+      `|---|---:|`,
+      `| sidecars × rate | ${n} × ${opts.rate}/s |`,
+      `| store stopped for | ${opts.outageSeconds} s |`,
+      `| calls completed / skipped / failed | ${fmt(load.completed)} / ${fmt(load.skipped)} / ${fmt(load.failed)} |`,
+      `| fleet cap | $${fmt(capMicros / 1e6, 4)} |`,
+      `| fleet use at the cut (spent + held) | $${fmt(usedAtCut / 1e6, 4)} |`,
+      `| fleet spent after replay | $${fmt(total.spent / 1e6, 4)} |`,
+      `| overshoot past the cap | $${fmt(overshoot / 1e6, 4)} (${fmt((100 * overshoot) / capMicros, 1)} % of the cap) |`,
+      `| stated bound on overshoot: use at cut + N × 0.25 × (cap − use known ≥ ${fmt(preS - horizon, 1)} s before the cut) − cap | $${fmt(boundOvershoot / 1e6, 4)} → ${overshoot <= boundOvershoot ? 'within' : '**EXCEEDED**'} |`,
+      `| replay check: charges the sidecars made vs Redis fleet total | $${fmt(charged / 1e6, 4)} vs $${fmt(total.spent / 1e6, 4)} → ${charged === total.spent ? 'equal' : `**differ by $${fmt((total.spent - charged) / 1e6, 4)}**`} |`,
+      `| replay check: calls charged vs Redis fleet calls | ${fmt(chargedCalls)} vs ${fmt(total.calls)} → ${chargedCalls === total.calls ? 'equal' : '**differ**'} |`,
+      `| journal entries left unreplayed after 30 s | ${fmt(unreplayed)} |`,
+    ].join('\n');
+  } finally {
+    await readerConnection.close();
+    await redis.stop();
+  }
+}
+
+/** 10,000 sidecars from the per-sidecar figures of the largest single-node run. */
+const extrapolate = (rows: Row[], opts: FleetOptions): string => {
+  const base = rows.filter((r) => r.mode === '1 node' && clean(r)).at(-1) ?? rows.filter(clean).at(-1);
+  if (!base) return 'No extrapolation: in every run the sidecars fell back to their local slices (the generator or the store did not keep up).';
+  const cluster = rows.filter((r) => r.mode !== '1 node' && clean(r)).at(-1);
+  const N = 10_000;
+  const perCallS = cpuPerCallS(base);
+  const idleCpuPerSidecar = base.idle.cpuS / base.idle.seconds / base.sidecars;
+  const cores = N * idleCpuPerSidecar + N * opts.rate * perCallS;
+  const clientsPerSidecar = Math.max(...base.busy.clientsPerNode) / base.sidecars;
+  const clients = N * clientsPerSidecar;
+  const maxclients = base.maxclients || 10_000;
+  const memConnGiB = (N * base.memoryPerSidecar) / 2 ** 30;
+  const growthPerCallBytes = base.busy.memoryBytes / Math.max(1, base.load.completed);
+  const memDayGiB = (growthPerCallBytes * N * opts.rate * 600) / 2 ** 30;
+  const aofPerCall = Math.max(0, base.busy.aofBytes) / Math.max(1, served(base));
+  const idleOps = (N * base.idle.commands) / base.idle.seconds / base.sidecars;
+  const limits = [
+    { name: `connections: ${fmt(clients)} per node against maxclients ${fmt(maxclients)}`, ratio: clients / maxclients },
+    { name: `CPU: ${fmt(cores, 2)} cores of the one core a Redis node's commands run on`, ratio: cores },
+  ].sort((a, b) => b.ratio - a.ratio);
+  return [
+    `Extrapolated to ${fmt(N)} sidecars at ${opts.rate} call/s each, from the ${base.mode} run with ${fmt(base.sidecars)} sidecars (linear in sidecars and calls; a cluster divides CPU and connections-per-node only once keys are spread over slots):`,
+    `- calls: ${fmt(N * opts.rate)}/s; Redis CPU ${fmt(perCallS * 1e6, 1)} µs per call → ${fmt(N * opts.rate * perCallS, 2)} cores busy + ${fmt(N * idleCpuPerSidecar, 2)} cores idle traffic = **${fmt(cores, 2)} cores**`,
+    `- idle traffic: ${fmt(idleOps)} commands/s (${fmt(base.idle.commands / base.idle.seconds / base.sidecars, 2)} per sidecar)`,
+    `- connections: ${fmt(clientsPerSidecar, 2)} per sidecar per node → **${fmt(clients)}** per node (maxclients ${fmt(maxclients)})`,
+    `- AOF: ${fmt(aofPerCall, 0)} B appended per call (scripts are written as the commands they ran) → ${fmt((aofPerCall * N * opts.rate) / 2 ** 20, 1)} MiB/s of appends at ${fmt(N * opts.rate)} calls/s, ${fmt((aofPerCall * N * opts.rate * 3600) / 2 ** 30, 0)} GiB an hour between rewrites`,
+    `- memory: ${fmt(memConnGiB, 2)} GiB for connections; keys grow ${fmt(growthPerCallBytes, 0)} B per call while the settled-id TTL (10 min) fills → ~${fmt(memDayGiB, 2)} GiB steady`,
+    `- first limit: **${limits[0]!.name}** (${fmt(100 * limits[0]!.ratio)} % of it); then ${limits[1]!.name} (${fmt(100 * limits[1]!.ratio)} %).`,
+    `- a cluster does not help connections: every sidecar holds one to every master (${cluster ? `${fmt(Math.max(...cluster.busy.clientsPerNode) / cluster.sidecars, 2)} per sidecar per node measured` : 'not measured'}), so each master needs maxclients ≥ the fleet. It divides CPU only as far as the keys spread: with ${cluster ? `the largest script share on one node at ${fmt((100 * Math.max(...cluster.busy.scriptsPerNode)) / Math.max(1, cluster.busy.scriptsPerNode.reduce((a, b) => a + b, 0)))} %` : 'no cluster run'}, the busiest master carries that share of ${fmt(cores, 2)} cores.`,
+  ].join('\n');
+};
+
+async function main(): Promise<void> {
+  const opts = parseFleetOptions(process.argv.slice(2));
+  const rows: Row[] = [];
+  const failures: string[] = [];
+  let run = 0;
+  const modes: Array<Target['mode']> = [...(opts.single ? (['single'] as const) : []), ...(opts.cluster ? (['cluster'] as const) : [])];
+  for (const mode of modes) {
+    const target = await startTarget(mode);
+    try {
+      const sizes = [...opts.sidecars];
+      for (let i = 0; i < sizes.length; i++) {
+        let row: Row;
+        try {
+          row = await measure(target, sizes[i]!, opts, run++);
+        } catch (err) {
+          // A size the machine cannot hold is a result too: say so, keep the rows measured.
+          failures.push(`${target.mode}, ${sizes[i]} sidecars: ${err instanceof Error ? err.message : String(err)}`);
+          log(failures.at(-1)!);
+          break;
+        }
+        rows.push(row);
+        const keptUp = row.load.completed / row.load.seconds >= 0.95 * row.targetRate && pct(row.load.reserve, 99) < 0.1;
+        const next = sizes[i]! * 2;
+        if (opts.findMax && i === sizes.length - 1 && keptUp && next <= opts.maxSidecars) sizes.push(next);
+      }
+    } finally {
+      await target.stop();
+    }
+  }
+  const out: string[] = [`## Fleet benchmark (${new Date().toISOString()}, ${opts.rate} call/s per sidecar, ${opts.seconds} s busy, ${opts.idleSeconds} s idle)`, ''];
+  if (rows.length > 0) out.push(table(rows), '');
+  for (const f of failures) out.push(`Not measured: ${f}`, '');
+  if (opts.outage) out.push(await outageRun(opts), '');
+  if (rows.length > 0) out.push(extrapolate(rows, opts), '');
+  process.stdout.write(`${out.join('\n')}\n`);
+}
+
+main().then(
+  () => process.exit(0),
+  (err: unknown) => {
+    process.stderr.write(`${err instanceof Error ? err.message : String(err)}\n`);
+    process.exit(1);
+  },
+);

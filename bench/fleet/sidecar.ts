@@ -1,0 +1,112 @@
+import { pino } from 'pino';
+import { createBudgetStore } from '../../src/budget/factory.js';
+import { budgetScopes, type BudgetStore, type ScopeBudget } from '../../src/budget/store.js';
+import { parseConfig } from '../../src/config/load.js';
+import type { Config } from '../../src/config/schema.js';
+import { RedisCounterStore } from '../../src/slo/counter-store.js';
+import { SloEvaluator } from '../../src/slo/evaluator.js';
+import { SloRecorder } from '../../src/slo/recorder.js';
+import { sloSpecsOf } from '../../src/slo/spec.js';
+import { RedisConnection } from '../../src/store/redis-connection.js';
+import { createMetrics } from '../../src/telemetry/metrics.js';
+
+/** What every simulated call costs: estimated before, charged after (micro-USD). */
+export const ESTIMATE_MICROS = 2_000;
+export const CHARGE_MICROS = 1_000;
+export const ROUTE = 'chat';
+
+export interface FleetConfig {
+  url: string;
+  keyPrefix: string;
+  /** The fleet's daily cap, USD (the outage run sets one the fleet reaches). */
+  fleetDailyUsd?: number;
+}
+
+/** The config every simulated sidecar runs: one metered LLM route with the default SLOs, a fleet cap when asked. */
+export const fleetConfig = (f: FleetConfig, agent: string): Config =>
+  parseConfig(
+    {
+      agent: { id: agent },
+      store: { kind: 'redis', url: f.url, keyPrefix: f.keyPrefix, timeoutMs: 250 },
+      budgets: { agent: { dailyUsd: 1_000 }, ...(f.fleetDailyUsd !== undefined && { fleet: { dailyUsd: f.fleetDailyUsd } }) },
+      routes: [{ name: ROUTE, provider: 'openai', match: { pathPrefix: '/chat' }, upstream: { url: 'http://127.0.0.1:9' } }],
+    },
+    'bench fleet config',
+    {},
+  );
+
+/** One call's store latencies, seconds. */
+export interface CallTiming {
+  reserveS: number;
+  commitS: number;
+  /** Charged in the shared store or journaled for it (false: refused by a cap). */
+  charged: boolean;
+  /** Reserved on the local fallback's slice: the shared store was unavailable to this sidecar (an outage, or a timeout). */
+  local: boolean;
+}
+
+/**
+ * A sidecar without its HTTP side: its own Redis connection and the store stack `src/app.ts` builds (budget store
+ * with local fallback, SLO counter store on the same connection, recorder flushing every second, evaluator reading
+ * every 5 s). A call is what the budget layer does around an upstream call: reserve, commit, record.
+ */
+export class SimSidecar {
+  readonly redis: RedisConnection;
+  readonly store: BudgetStore;
+  readonly recorder: SloRecorder;
+  readonly evaluator: SloEvaluator;
+  private readonly scopes: ScopeBudget[];
+  private readonly ttlMs: number;
+  /** Charges this sidecar made that the store accepted or journaled, micro-USD and calls. */
+  chargedMicros = 0;
+  chargedCalls = 0;
+
+  constructor(fleet: FleetConfig, readonly agent: string) {
+    const config = fleetConfig(fleet, agent);
+    const logger = pino({ level: 'silent' });
+    const metrics = createMetrics({ defaultMetrics: false });
+    this.redis = new RedisConnection({ url: fleet.url, keyPrefix: fleet.keyPrefix, timeoutMs: config.store.timeoutMs });
+    this.store = createBudgetStore(config, { now: Date.now, logger, metrics, redis: this.redis });
+    const counters = new RedisCounterStore(this.redis);
+    const specs = sloSpecsOf(config.routes);
+    this.recorder = new SloRecorder({ store: counters, routes: specs, now: Date.now, flushIntervalMs: config.sloCounters.flushIntervalMs, logger });
+    this.evaluator = new SloEvaluator({ store: counters, routes: specs, now: Date.now, logger });
+    const route = config.routes[0]!;
+    this.scopes = budgetScopes(config.budgets, route, { agent, route: ROUTE });
+    this.ttlMs = route.timeouts.totalMs + 60_000;
+  }
+
+  async start(readyMs: number): Promise<void> {
+    await this.redis.ready(readyMs);
+    this.recorder.start();
+    this.evaluator.start();
+  }
+
+  async call(): Promise<CallTiming> {
+    const t0 = process.hrtime.bigint();
+    const r = await this.store.reserve({ scopes: this.scopes, estimate: { usdMicros: ESTIMATE_MICROS, tokens: 500, calls: 1 }, ttlMs: this.ttlMs, onUnavailable: 'local' });
+    const t1 = process.hrtime.bigint();
+    if (!r.ok) {
+      this.recorder.record(ROUTE, { availability: 'skip', refused: true });
+      return { reserveS: Number(t1 - t0) / 1e9, commitS: 0, charged: false, local: false };
+    }
+    await this.store.commit(r.reservation, { usdMicros: CHARGE_MICROS, tokens: 400 });
+    const t2 = process.hrtime.bigint();
+    this.chargedMicros += CHARGE_MICROS;
+    this.chargedCalls++;
+    this.recorder.record(ROUTE, { availability: 'good', latencyMs: 800, costUsdMicros: CHARGE_MICROS });
+    return { reserveS: Number(t1 - t0) / 1e9, commitS: Number(t2 - t1) / 1e9, charged: true, local: r.reservation.local === true };
+  }
+
+  /** Journaled charges not yet replayed (the local fallback's journal). */
+  journalLength(): number {
+    return (this.store as { journal?: () => readonly unknown[] }).journal?.().length ?? 0;
+  }
+
+  async close(): Promise<void> {
+    this.evaluator.close();
+    await this.recorder.close();
+    await this.store.close();
+    await this.redis.close();
+  }
+}
