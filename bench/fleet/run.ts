@@ -6,8 +6,8 @@
  */
 import { monitorEventLoopDelay } from 'node:perf_hooks';
 import { setTimeout as delay } from 'node:timers/promises';
-import { RedisStore } from '../../src/budget/redis-store.js';
-import { budgetScopes } from '../../src/budget/store.js';
+import { RedisLeaseSource } from '../../src/budget/redis-lease-source.js';
+import { budgetScopes, reservedScopes } from '../../src/budget/store.js';
 import { RedisConnection } from '../../src/store/redis-connection.js';
 import { startRedis, type TestRedis } from '../../test/helpers/redis.js';
 import { startRedisCluster, type TestRedisCluster } from '../../test/helpers/redis-cluster.js';
@@ -218,41 +218,30 @@ async function outageRun(opts: FleetOptions): Promise<string> {
   const capMicros = Math.round(perSecondMicros * preS + 0.2 * perSecondMicros * opts.outageSeconds);
   const fleet: FleetConfig = { url: redis.url, keyPrefix: 'outage', fleetDailyUsd: capMicros / 1e6 };
   const readerConnection = new RedisConnection({ url: redis.url, keyPrefix: 'outage' });
-  const reader = new RedisStore({ redis: readerConnection, now: Date.now });
   const config = fleetConfig(fleet, 'reader');
+  const lease = config.store.lease;
+  // The fleet window as the lease source keeps it: spend reported so far, and the slices granted and not yet reported.
+  const reader = new RedisLeaseSource({ redis: readerConnection, ttlMs: lease.ttlMs, graceMs: lease.graceMs, minSliceUsdMicros: 0, alertPercent: 0 });
   const fleetScope = budgetScopes(config.budgets, config.routes[0]!, { agent: 'reader', route: ROUTE }).find((s) => s.scope.kind === 'fleet')!;
   const fleetUsed = async () => {
-    const [u] = await reader.snapshot([fleetScope]);
-    return { spent: u!.spent.usdMicros, reserved: u!.reserved.usdMicros, calls: u!.spent.calls };
+    const [u] = await reader.usage(reservedScopes([fleetScope], Date.now()));
+    return { spent: u!.spent.usdMicros, outstanding: u!.outstandingUsdMicros, calls: u!.spent.calls };
   };
   try {
     await readerConnection.ready(5_000);
     const sidecars = Array.from({ length: n }, (_, i) => new SimSidecar(fleet, `out-${i}`));
     await inBatches(sidecars, 100, (s) => s.start(30_000));
     log(`outage: ${n} sidecars, fleet cap $${fmt(capMicros / 1e6, 3)}; ${preS} s of traffic, then the store stops for ${opts.outageSeconds} s`);
-    const samples: Array<{ at: number; used: number }> = [];
     let phase: 'pre' | 'down' | 'after' = 'pre';
-    let usedAtCut = 0;
+    let atCut = { spent: 0, outstanding: 0, calls: 0 };
     let cut: Promise<void> | undefined;
     let back: Promise<void> | undefined;
-    let sampling: Promise<void> | undefined;
     const totalS = preS + opts.outageSeconds + 5;
     const load = await drive(sidecars, opts.rate, totalS, (t) => {
-      if (phase === 'pre' && !sampling) {
-        sampling = fleetUsed().then(
-          (u) => {
-            samples.push({ at: t, used: u.spent + u.reserved });
-            sampling = undefined;
-          },
-          () => (sampling = undefined),
-        );
-      }
       if (phase === 'pre' && t >= preS && !cut) {
         phase = 'down';
         cut = (async () => {
-          await sampling;
-          const u = await fleetUsed();
-          usedAtCut = u.spent + u.reserved;
+          atCut = await fleetUsed();
           await redis.shutdown();
           log('outage: store stopped');
         })();
@@ -269,20 +258,18 @@ async function outageRun(opts: FleetOptions): Promise<string> {
     await back;
     // Every sidecar replays its journal once the store answers again (bounded wait).
     const deadline = Date.now() + 30_000;
-    while (Date.now() < deadline && sidecars.some((s) => s.journalLength() > 0 || !s.store.available())) await delay(100);
-    const unreplayed = sidecars.reduce((s, x) => s + x.journalLength(), 0);
+    const journals = async () => (await Promise.all(sidecars.map((s) => s.journalLength()))).reduce((a, b) => a + b, 0);
+    while (Date.now() < deadline && ((await journals()) > 0 || sidecars.some((s) => !s.store.available()))) await delay(100);
+    const unreplayed = await journals();
     await inBatches(sidecars, 200, (s) => s.close());
     await readerConnection.ready(10_000);
     const total = await fleetUsed();
     const charged = sidecars.reduce((s, x) => s + x.chargedMicros, 0);
     const chargedCalls = sidecars.reduce((s, x) => s + x.chargedCalls, 0);
-    // Every sidecar reserved within the last second before the cut (one call per 1/rate s), so what it last knew of
-    // the fleet's use is at least the use sampled that long before the cut.
-    const horizon = preS - Math.max(1, 1 / opts.rate) - 0.5;
-    const early = [...samples].reverse().find((s) => s.at <= horizon)?.used ?? 0;
-    const sliceBound = n * 0.25 * Math.max(0, capMicros - early);
+    // The lease bound (store.ts): what the fleet spends is at most what was reported at the cut plus the slices granted
+    // and not yet reported then (no allowance configured here); a sidecar cut off spends only what its slice has left.
+    const bound = atCut.spent + atCut.outstanding;
     const overshoot = total.spent - capMicros;
-    const boundOvershoot = usedAtCut + sliceBound - capMicros;
     return [
       `| outage run (1 node, AOF everysec, stopped with SIGTERM) | |`,
       `|---|---:|`,
@@ -290,10 +277,11 @@ async function outageRun(opts: FleetOptions): Promise<string> {
       `| store stopped for | ${opts.outageSeconds} s |`,
       `| calls completed / skipped / failed | ${fmt(load.completed)} / ${fmt(load.skipped)} / ${fmt(load.failed)} |`,
       `| fleet cap | $${fmt(capMicros / 1e6, 4)} |`,
-      `| fleet use at the cut (spent + held) | $${fmt(usedAtCut / 1e6, 4)} |`,
-      `| fleet spent after replay | $${fmt(total.spent / 1e6, 4)} |`,
+      `| fleet spend reported at the cut | $${fmt(atCut.spent / 1e6, 4)} |`,
+      `| slices outstanding at the cut (granted, not yet reported) | $${fmt(atCut.outstanding / 1e6, 4)} |`,
+      `| fleet spent after replay | $${fmt(total.spent / 1e6, 4)} (spent during and after the cut: $${fmt((total.spent - atCut.spent) / 1e6, 4)}) |`,
       `| overshoot past the cap | $${fmt(overshoot / 1e6, 4)} (${fmt((100 * overshoot) / capMicros, 1)} % of the cap) |`,
-      `| stated bound on overshoot: use at cut + N × 0.25 × (cap − use known ≥ ${fmt(preS - horizon, 1)} s before the cut) − cap | $${fmt(boundOvershoot / 1e6, 4)} → ${overshoot <= boundOvershoot ? 'within' : '**EXCEEDED**'} |`,
+      `| stated bound: spend ≤ reported at the cut + slices outstanding then | $${fmt(bound / 1e6, 4)} → ${total.spent <= bound ? 'within' : '**EXCEEDED**'} |`,
       `| replay check: charges the sidecars made vs Redis fleet total | $${fmt(charged / 1e6, 4)} vs $${fmt(total.spent / 1e6, 4)} → ${charged === total.spent ? 'equal' : `**differ by $${fmt((total.spent - charged) / 1e6, 4)}**`} |`,
       `| replay check: calls charged vs Redis fleet calls | ${fmt(chargedCalls)} vs ${fmt(total.calls)} → ${chargedCalls === total.calls ? 'equal' : '**differ**'} |`,
       `| journal entries left unreplayed after 30 s | ${fmt(unreplayed)} |`,

@@ -3,12 +3,13 @@ import { createBudgetStore } from '../../src/budget/factory.js';
 import { budgetScopes, type BudgetStore, type ScopeBudget } from '../../src/budget/store.js';
 import { parseConfig } from '../../src/config/load.js';
 import type { Config } from '../../src/config/schema.js';
+import { RedisSloBoard } from '../../src/slo/board.js';
 import { RedisCounterStore } from '../../src/slo/counter-store.js';
 import { SloEvaluator } from '../../src/slo/evaluator.js';
 import { SloRecorder } from '../../src/slo/recorder.js';
 import { sloSpecsOf } from '../../src/slo/spec.js';
 import { RedisConnection } from '../../src/store/redis-connection.js';
-import { createMetrics } from '../../src/telemetry/metrics.js';
+import { createMetrics, type Metrics } from '../../src/telemetry/metrics.js';
 
 /** What every simulated call costs: estimated before, charged after (micro-USD). */
 export const ESTIMATE_MICROS = 2_000;
@@ -56,6 +57,7 @@ export class SimSidecar {
   readonly recorder: SloRecorder;
   readonly evaluator: SloEvaluator;
   private readonly scopes: ScopeBudget[];
+  private readonly metrics: Metrics;
   private readonly ttlMs: number;
   /** Charges this sidecar made that the store accepted or journaled, micro-USD and calls. */
   chargedMicros = 0;
@@ -65,12 +67,15 @@ export class SimSidecar {
     const config = fleetConfig(fleet, agent);
     const logger = pino({ level: 'silent' });
     const metrics = createMetrics({ defaultMetrics: false });
+    this.metrics = metrics;
     this.redis = new RedisConnection({ url: fleet.url, keyPrefix: fleet.keyPrefix, timeoutMs: config.store.timeoutMs });
     this.store = createBudgetStore(config, { now: Date.now, logger, metrics, redis: this.redis });
     const counters = new RedisCounterStore(this.redis);
     const specs = sloSpecsOf(config.routes);
     this.recorder = new SloRecorder({ store: counters, routes: specs, now: Date.now, flushIntervalMs: config.sloCounters.flushIntervalMs, logger });
-    this.evaluator = new SloEvaluator({ store: counters, routes: specs, now: Date.now, logger });
+    // As src/app.ts: one sidecar per route assesses and publishes, the others read the published result.
+    const board = new RedisSloBoard(this.redis, { sidecarId: agent });
+    this.evaluator = new SloEvaluator({ store: counters, routes: specs, now: Date.now, logger, board });
     const route = config.routes[0]!;
     this.scopes = budgetScopes(config.budgets, route, { agent, route: ROUTE });
     this.ttlMs = route.timeouts.totalMs + 60_000;
@@ -98,13 +103,13 @@ export class SimSidecar {
     return { reserveS: Number(t1 - t0) / 1e9, commitS: Number(t2 - t1) / 1e9, charged: true, local: r.reservation.local === true };
   }
 
-  /** Journaled charges not yet replayed (the local fallback's journal). */
-  journalLength(): number {
-    return (this.store as { journal?: () => readonly unknown[] }).journal?.().length ?? 0;
+  /** Journaled charges not yet replayed (the local fallback's journal, as its gauge says). */
+  async journalLength(): Promise<number> {
+    return (await this.metrics.journalEntries.get()).values[0]?.value ?? 0;
   }
 
   async close(): Promise<void> {
-    this.evaluator.close();
+    await this.evaluator.close();
     await this.recorder.close();
     await this.store.close();
     await this.redis.close();

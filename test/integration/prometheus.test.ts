@@ -124,6 +124,7 @@ const RARE: Record<string, string> = {
   fusebox_store_errors_total: 'only when a shared store command fails (one series per op and kind)',
   fusebox_store_journal_dropped_total: 'only when the journal fills during a Redis outage, or Redis never came back at shutdown',
   fusebox_store_journal_dropped_usd_total: 'as fusebox_store_journal_dropped_total',
+  fusebox_trace_spans_exported_total: 'only when OTEL_* variables turn tracing on (off by default)',
   fusebox_budget_lease_outage_admissions_total: 'only while the store is unreachable',
   fusebox_budget_lease_outage_admitted_usd_total: 'only while the store is unreachable',
 };
