@@ -4,6 +4,8 @@ import type { Metrics } from './metrics.js';
 /** Budget decisions → metrics and one log line each. Unknown models are logged once per route and model. */
 export const budgetEvents = (m: Metrics): BudgetEvents => {
   const warnedModels = new Set<string>();
+  // Two children made once: labels() makes a child per call.
+  const storeSeconds = { reserve: m.storeSeconds.labels('reserve'), commit: m.storeSeconds.labels('commit') };
   return {
     refused: (route, r, ctx, err) => {
       m.budgetRejections.labels(r.scopeKind, r.reason).inc();
@@ -34,7 +36,7 @@ export const budgetEvents = (m: Metrics): BudgetEvents => {
         }
       }
     },
-    storeOp: (op, seconds) => m.storeSeconds.labels(op).observe(seconds),
+    storeOp: (op, seconds) => storeSeconds[op].observe(seconds),
     storeError: (route, op, err, ctx) => {
       m.storeErrors.labels(op).inc();
       ctx.log.error({ op, error: err instanceof Error ? err.message : String(err) }, `budget store ${op} failed`);
