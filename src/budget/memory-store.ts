@@ -116,6 +116,16 @@ export class SnapshotError extends Error {
   }
 }
 
+/**
+ * Reservation ids that only need to be unique in this store: a random prefix and a counter, rather than a UUID per
+ * call (a reservation never leaves the process; a Redis store makes its own).
+ */
+const sequentialIds = (): (() => string) => {
+  const prefix = `${randomUUID()}:`;
+  let n = 0;
+  return () => prefix + String((n += 1));
+};
+
 const zero = (): Mutable => ({ usdMicros: 0, tokens: 0, calls: 0 });
 const add = (to: Mutable, a: Amounts, sign: 1 | -1) => {
   for (const m of METRICS) to[m] += sign * a[m];
@@ -160,7 +170,7 @@ export class MemoryStore implements BudgetStore {
     this.now = opts.now;
     this.alertPercent = opts.alertPercent ?? DEFAULT_ALERT_PERCENT;
     this.reservationTtlMs = opts.reservationTtlMs ?? DEFAULT_RESERVATION_TTL_MS;
-    this.newId = opts.newId ?? randomUUID;
+    this.newId = opts.newId ?? sequentialIds();
     if (opts.snapshotPath !== undefined) {
       this.snapshotLoadError = this.load(opts.snapshotPath);
       if (this.snapshotLoadError) opts.onSnapshotError?.(this.snapshotLoadError);

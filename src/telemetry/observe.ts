@@ -62,6 +62,7 @@ export const observeLayer = (deps: ObserveDeps): Layer => {
         requestBytes: m.requestBytes.labels(route),
         responseBytes: m.responseBytes.labels(route),
         log: deps.accessLog.child({ route, agent: ctx.agent }),
+        requests: new Map(),
       };
     }
     return shared;
@@ -80,7 +81,11 @@ export const observeLayer = (deps: ObserveDeps): Layer => {
       deps.inflight.count -= 1;
       const seconds = Number(process.hrtime.bigint() - startedHr) / 1e9;
       const bytesIn = ctx.facts.requestBytes ?? 0;
-      m.requests.labels(route, methodLabel(req.method), codeClass(status), outcome, ctx.mode).inc();
+      const method = methodLabel(req.method);
+      const key = `${method} ${status} ${outcome} ${ctx.mode}`;
+      let requests = t.requests.get(key);
+      if (requests === undefined) t.requests.set(key, (requests = m.requests.labels(route, method, codeClass(status), outcome, ctx.mode)));
+      requests.inc();
       t.duration.observe(seconds);
       deps.live.call(route, outcome, seconds);
       if (err !== undefined && outcome === 'refused') {
@@ -116,6 +121,11 @@ interface RouteTelemetry {
   readonly requestBytes: { inc(n: number): void };
   readonly responseBytes: { inc(n: number): void };
   readonly log: Logger;
+  /**
+   * `fusebox_requests_total` children by method, status, outcome and mode: bounded (known methods or OTHER, three-digit
+   * statuses, fixed outcomes and modes).
+   */
+  readonly requests: Map<string, { inc(): void }>;
 }
 
 interface LineFields {
