@@ -64,8 +64,8 @@ export interface ServerChild {
   adminUrl?: string;
   /** Process whose CPU time and RSS are read. */
   pid: number;
-  /** Send a command (see servers/announce.ts) and wait for its reply (a footprint for `measure-stop`); rejects on error or after 10 s. */
-  command(c: DistributiveOmit<Command, 'id'>): Promise<Footprint | undefined>;
+  /** Send a command (see servers/announce.ts) and wait for its reply (a footprint for `measure-stop`); rejects on error or after `timeoutMs` (10 s). */
+  command(c: DistributiveOmit<Command, 'id'>, timeoutMs?: number): Promise<Footprint | undefined>;
   stop(): Promise<void>;
 }
 
@@ -97,7 +97,7 @@ export const startServer = (script: string, cpu: number, env: Record<string, str
     clearTimeout(timer);
   };
   let nextId = 1;
-  const command = (c: DistributiveOmit<Command, 'id'>) =>
+  const command = (c: DistributiveOmit<Command, 'id'>, timeoutMs = 10_000) =>
     new Promise<Footprint | undefined>((resolve, reject) => {
       const id = nextId++;
       const onReply = (m: Reply) => {
@@ -109,8 +109,8 @@ export const startServer = (script: string, cpu: number, env: Record<string, str
       };
       const t = setTimeout(() => {
         child.off('message', onReply);
-        reject(new Error(`${script}: no reply to ${c.cmd} within 10 s`));
-      }, 10_000);
+        reject(new Error(`${script}: no reply to ${c.cmd} within ${timeoutMs / 1000} s`));
+      }, timeoutMs);
       child.on('message', onReply);
       child.send({ ...c, id } as Command);
     });
