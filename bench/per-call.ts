@@ -194,7 +194,8 @@ const render = (results: RowResult[]): string => {
   const floor = results.find((r) => r.passes.length > 0 && r.name.startsWith('floor: node:http'));
   const perCall = (r: RowResult, pick: (f: Footprint) => number) => r.passes.map((f) => pick(f) / CALLS);
   const lines = [
-    `| row | call | KiB allocated / call | CPU µs / call (spread) | GC % of CPU | GCs / 1k calls | CPU µs over the bare floor |`,
+    // GC pauses are timed on the wall clock (a preempted pause counts whole): a hint, not a share of the CPU column.
+    `| row | call | KiB allocated / call | CPU µs / call (spread) | GC pauses, % of CPU time | GCs / 1k calls | CPU µs over the bare floor |`,
     `|---|---|--:|--:|--:|--:|--:|`,
   ];
   for (const r of results) {
@@ -207,7 +208,8 @@ const render = (results: RowResult[]): string => {
     const cpu = median(cpus);
     const gcPct = median(r.passes.map((f) => (f.gcUs / f.cpuUs) * 100));
     const gcs = median(perCall(r, (f) => f.gcs)) * 1000;
-    const over = floor !== undefined && r !== floor ? `+${fmt(cpu - median(perCall(floor, (f) => f.cpuUs)))}` : '—';
+    const delta = floor !== undefined && r !== floor ? cpu - median(perCall(floor, (f) => f.cpuUs)) : undefined;
+    const over = delta === undefined ? '—' : `${delta < 0 ? '−' : '+'}${fmt(Math.abs(delta))}`;
     lines.push(
       `| ${r.name} | ${r.call.method} ${r.call.path.slice(PREFIX.length)} | ${fmt(kib, 1)} | ${fmt(cpu)} (${fmt(Math.min(...cpus))}–${fmt(Math.max(...cpus))}) | ${fmt(gcPct, 1)} | ${fmt(gcs, 1)} | ${over} |`,
     );
