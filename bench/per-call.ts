@@ -80,11 +80,14 @@ interface Row {
   compared?: boolean;
 }
 
-const chat = (stream: boolean) =>
-  JSON.stringify({ model: 'gpt-4o-mini', messages: [{ role: 'user', content: 'Say ok.' }], max_tokens: 16, ...(stream ? { stream: true } : {}) });
+const chat = (stream: boolean, content = 'Say ok.') =>
+  JSON.stringify({ model: 'gpt-4o-mini', messages: [{ role: 'user', content }], max_tokens: 16, ...(stream ? { stream: true } : {}) });
+/** An agent's prompt is rarely two words: 16 KiB of text (a document and a question), read by every layer that parses the body. */
+const LONG_PROMPT = 'Summarize the following notes in one line. '.repeat(Math.ceil(16384 / 43)).slice(0, 16384);
 const GET_JSON: CallShape = { method: 'GET', path: `${PREFIX}/json` };
 const CHAT_JSON: CallShape = { method: 'POST', path: `${PREFIX}/v1/chat/completions`, body: chat(false) };
 const CHAT_SSE: CallShape = { method: 'POST', path: `${PREFIX}/v1/chat-sse`, body: chat(true) };
+const CHAT_JSON_LONG: CallShape = { method: 'POST', path: `${PREFIX}/v1/chat/completions`, body: chat(false, LONG_PROMPT) };
 
 /** Agent, route and fleet caps, high enough that nothing is refused: every call reserves and commits in the store. */
 const CAPS = { store: { kind: 'memory' }, budgets: { agent: { dailyUsd: 1e6, dailyTokens: 1e12 }, fleet: { dailyUsd: 1e6 } } };
@@ -107,6 +110,7 @@ const fuseboxRows: Row[] = [
   { target: fusebox('fusebox: caps (memory store)', (up) => fuseboxConfig(up, { top: CAPS })), call: GET_JSON },
   { target: fusebox('fusebox: openai JSON + caps', (up) => fuseboxConfig(up, { top: CAPS, route: { provider: 'openai' } })), call: CHAT_JSON },
   { target: fusebox('fusebox: openai SSE + caps', (up) => fuseboxConfig(up, { top: CAPS, route: { provider: 'openai' } })), call: CHAT_SSE },
+  { target: fusebox('fusebox: openai JSON + caps, 16 KiB prompt', (up) => fuseboxConfig(up, { top: CAPS, route: { provider: 'openai' } })), call: CHAT_JSON_LONG },
   { target: fusebox('fusebox: openai JSON + caps, 500 routes, 200 models', bigConfig), call: CHAT_JSON },
 ];
 
