@@ -9,7 +9,7 @@ import { killAll, LOAD_CPU, pinSelf, PROXY_CPU, REPO_ROOT, startServer, type Ser
 import { summarizeHeapProfile, summarizeProfile } from './profile-summary.js';
 import { configRefusal, prepareRevision, removeRevisions, type Revision } from './revisions.js';
 import type { Footprint } from './servers/footprint.js';
-import { atRevision, fusebox, fuseboxConfig, PREFIX, type Target } from './targets.js';
+import { atRevision, fusebox, fuseboxConfig, manyRoutes, PREFIX, type Target } from './targets.js';
 
 /**
  * `npm run bench:per-call`: what one call costs Fusebox, in figures a busy machine does not move much — JS heap bytes
@@ -92,13 +92,6 @@ const CHAT_JSON_LONG: CallShape = { method: 'POST', path: `${PREFIX}/v1/chat/com
 /** Agent, route and fleet caps, high enough that nothing is refused: every call reserves and commits in the store. */
 const CAPS = { store: { kind: 'memory' }, budgets: { agent: { dailyUsd: 1e6, dailyTokens: 1e12 }, fleet: { dailyUsd: 1e6 } } };
 
-/** 499 other routes (each with a longer prefix than `/bench`, so a scan meets them first) and 200 priced models. */
-const bigConfig = (up: string) => {
-  const prices = Object.fromEntries(Array.from({ length: 200 }, (_, i) => [`bench-model-${i}`, { inputPerM: 1 + i / 100, outputPerM: 4 + i / 100 }]));
-  const others = Array.from({ length: 499 }, (_, i) => ({ name: `other-${i}`, match: { pathPrefix: `/other-route-${i}` }, upstream: { url: up } }));
-  const base = fuseboxConfig(up, { top: CAPS, route: { provider: 'openai', budget: { prices } } });
-  return { ...base, routes: [...others, ...(base.routes as unknown[])] };
-};
 
 const floorRows: Row[] = [
   { target: { name: 'floor: node:http + undici', role: 'floor', script: 'bare.ts', env: (up) => ({ BENCH_UPSTREAM: up }) }, call: GET_JSON },
@@ -111,7 +104,7 @@ const fuseboxRows: Row[] = [
   { target: fusebox('fusebox: openai JSON + caps', (up) => fuseboxConfig(up, { top: CAPS, route: { provider: 'openai' } })), call: CHAT_JSON },
   { target: fusebox('fusebox: openai SSE + caps', (up) => fuseboxConfig(up, { top: CAPS, route: { provider: 'openai' } })), call: CHAT_SSE },
   { target: fusebox('fusebox: openai JSON + caps, 16 KiB prompt', (up) => fuseboxConfig(up, { top: CAPS, route: { provider: 'openai' } })), call: CHAT_JSON_LONG },
-  { target: fusebox('fusebox: openai JSON + caps, 500 routes, 200 models', bigConfig), call: CHAT_JSON },
+  { target: fusebox('fusebox: openai JSON + caps, 500 routes, 200 models', manyRoutes), call: CHAT_JSON },
 ];
 
 /** Drive `calls` calls, `CONCURRENCY` at a time, each read to its end; throws on any answer that is not a 200. */
