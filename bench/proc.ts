@@ -5,6 +5,7 @@ import { cpus } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { Command, ReadyMessage, Reply } from './servers/announce.js';
+import type { Footprint } from './servers/footprint.js';
 
 export const REPO_ROOT = join(dirname(fileURLToPath(import.meta.url)), '..');
 
@@ -63,8 +64,8 @@ export interface ServerChild {
   adminUrl?: string;
   /** Process whose CPU time and RSS are read. */
   pid: number;
-  /** Send a command (see servers/announce.ts) and wait for its reply; rejects on error or after 10 s. */
-  command(c: DistributiveOmit<Command, 'id'>): Promise<void>;
+  /** Send a command (see servers/announce.ts) and wait for its reply (a footprint for `measure-stop`); rejects on error or after `timeoutMs` (10 s). */
+  command(c: DistributiveOmit<Command, 'id'>, timeoutMs?: number): Promise<Footprint | undefined>;
   stop(): Promise<void>;
 }
 
@@ -96,20 +97,20 @@ export const startServer = (script: string, cpu: number, env: Record<string, str
     clearTimeout(timer);
   };
   let nextId = 1;
-  const command = (c: DistributiveOmit<Command, 'id'>) =>
-    new Promise<void>((resolve, reject) => {
+  const command = (c: DistributiveOmit<Command, 'id'>, timeoutMs = 10_000) =>
+    new Promise<Footprint | undefined>((resolve, reject) => {
       const id = nextId++;
       const onReply = (m: Reply) => {
         if (m.id !== id) return;
         clearTimeout(t);
         child.off('message', onReply);
         if (m.error !== undefined) reject(new Error(`${script}: ${m.error}`));
-        else resolve();
+        else resolve(m.footprint);
       };
       const t = setTimeout(() => {
         child.off('message', onReply);
-        reject(new Error(`${script}: no reply to ${c.cmd} within 10 s`));
-      }, 10_000);
+        reject(new Error(`${script}: no reply to ${c.cmd} within ${timeoutMs / 1000} s`));
+      }, timeoutMs);
       child.on('message', onReply);
       child.send({ ...c, id } as Command);
     });

@@ -90,11 +90,13 @@ export interface RunInfo {
   revisions: Revision[];
 }
 
-/** The issue's targets, checked on every Fusebox target. */
+/** The issue's targets, checked on every Fusebox target (issue 15 tightened p50 and throughput, and added CPU at rate). */
 export const GOALS = {
-  addedP50Ms: 0.5,
+  addedP50Ms: 0.3,
   addedP99Ms: 3,
-  throughputVsFloor: 1.0,
+  throughputVsFloor: 1.2,
+  /** Issue 15: CPU of the server at the open-loop rate, in cores. */
+  cpuAtRateCores: 0.25,
   sseFirstByteMs: 1,
   rssMb: 150,
   /** Issue 4: the Redis store adds at most this to p99 over the memory store. */
@@ -183,6 +185,9 @@ export const renderReport = (info: RunInfo, results: Measured[], skipped: Skippe
       const d = f.latency.p99 - base.p99;
       return `${signedMs(d)} ms ${verdict(d / 1000 <= GOALS.addedP99Ms)}`;
     });
+    row(`CPU at ${info.rate.toLocaleString('en-US')} req/s`, `≤ ${GOALS.cpuAtRateCores} core`, (f) =>
+      f.cpuAtRatePct === undefined ? 'n/a' : `${(f.cpuAtRatePct / 100).toFixed(2)} core (${int(f.cpuPerRequestUs)} µs/req) ${verdict(f.cpuAtRatePct / 100 <= GOALS.cpuAtRateCores)}`,
+    );
     row('max throughput vs floor', `≥ ${GOALS.throughputVsFloor.toFixed(1)}×`, (f) => {
       if (!floor) return 'no floor in this run';
       const x = vsFloor(f);

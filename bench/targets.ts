@@ -100,6 +100,18 @@ const caps = (store: RawConfig, match: RawConfig = {}) => (up: string) =>
  */
 const capsMemory = caps({ kind: 'memory' }, { hosts: [INTERCEPT_HOST] });
 
+/**
+ * The caps(memory) route in a large config (issue 15: per-call figures must not move with config size): 499 other
+ * routes, each with a longer prefix than `/bench` so a scan meets them first, and 200 priced models on the route.
+ */
+export const manyRoutes = (up: string): RawConfig => {
+  const base = caps({ kind: 'memory' })(up);
+  const prices = Object.fromEntries(Array.from({ length: 200 }, (_, i) => [`bench-model-${i}`, { inputPerM: 1 + i / 100, outputPerM: 4 + i / 100 }]));
+  const [route] = base.routes as RawConfig[];
+  const others = Array.from({ length: 499 }, (_, i) => ({ name: `other-${i}`, match: { pathPrefix: `/other-route-${i}` }, upstream: { url: up } }));
+  return { ...base, routes: [...others, { ...route, budget: { prices } }] };
+};
+
 /** Name of the intercepted row, and of the base-URL row it is compared with. */
 export const INTERCEPTED = 'fusebox+caps(memory) via HTTPS_PROXY (intercepted)';
 export const INTERCEPT_BASELINE = 'fusebox+caps(memory)';
@@ -130,6 +142,7 @@ export const TARGETS: Target[] = [
   fusebox(INTERCEPT_BASELINE, capsMemory),
   // The same Fusebox, reached as an agent with only HTTPS_PROXY set reaches it: CONNECT + TLS interception (issue 10).
   fusebox(INTERCEPTED, capsMemory, undefined, {}, 'https-proxy'),
+  fusebox('fusebox+caps(memory), 500 routes, 200 models', manyRoutes),
   // Its own key prefix per run: a bench never touches a fleet's counters, and leaves keys that expire with their windows.
   fusebox('fusebox+caps(redis)', (up) => caps({ kind: 'redis', url: benchRedis.url, keyPrefix: `fusebox-bench-${process.pid}` })(up), redisUnavailable),
   {

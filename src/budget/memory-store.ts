@@ -34,7 +34,7 @@ import {
   type ScopeUsage,
   type StoreCommonOptions,
 } from './store.js';
-import { windowEndFromId } from './windows.js';
+import { dayId, monthId, windowEndFromId } from './windows.js';
 
 export interface MemoryStoreOptions extends StoreCommonOptions {
   /** File the counters are saved to (config `store.snapshotPath`); none: nothing survives a restart. */
@@ -63,6 +63,14 @@ interface Counter {
   lastSeen: number | null;
   /** After this the entry is garbage. */
   gcAt: number;
+}
+
+/** A scope list pinned to the windows of one day and month, with the counter key of each scope. */
+interface Pinned {
+  readonly day: string;
+  readonly month: string;
+  readonly scopes: readonly ReservedScope[];
+  readonly keys: readonly string[];
 }
 
 /** Calendar windows are kept this long after they end so "yesterday" can still be read and late commits land. */
@@ -108,6 +116,16 @@ export class SnapshotError extends Error {
   }
 }
 
+/**
+ * Reservation ids that only need to be unique in this store: a random prefix and a counter, rather than a UUID per
+ * call (a reservation never leaves the process; a Redis store makes its own).
+ */
+const sequentialIds = (): (() => string) => {
+  const prefix = `${randomUUID()}:`;
+  let n = 0;
+  return () => prefix + String((n += 1));
+};
+
 const zero = (): Mutable => ({ usdMicros: 0, tokens: 0, calls: 0 });
 const add = (to: Mutable, a: Amounts, sign: 1 | -1) => {
   for (const m of METRICS) to[m] += sign * a[m];
@@ -133,6 +151,14 @@ export class MemoryStore implements BudgetStore {
    * (86 M a day at 1,000 req/s).
    */
   private readonly settled = new WeakSet<Reservation>();
+  /**
+   * The budget layer passes the same scope list on every call of a route (src/policies/budget.ts): it is pinned to
+   * its windows and given its counter keys once per day, not once per call (four object spreads and eight key
+   * strings a call were a fifth of what a call allocated). Weak: a list made for one call goes with it.
+   */
+  private readonly pins = new WeakMap<readonly ScopeBudget[], Pinned>();
+  /** Counter keys of the scope lists reservations carry, for commit and release. */
+  private readonly keysOf = new WeakMap<readonly ReservedScope[], readonly string[]>();
   private lastSweep = 0;
   private timer: NodeJS.Timeout | undefined;
   private saving: Promise<void> = Promise.resolve();
@@ -144,7 +170,7 @@ export class MemoryStore implements BudgetStore {
     this.now = opts.now;
     this.alertPercent = opts.alertPercent ?? DEFAULT_ALERT_PERCENT;
     this.reservationTtlMs = opts.reservationTtlMs ?? DEFAULT_RESERVATION_TTL_MS;
-    this.newId = opts.newId ?? randomUUID;
+    this.newId = opts.newId ?? sequentialIds();
     if (opts.snapshotPath !== undefined) {
       this.snapshotLoadError = this.load(opts.snapshotPath);
       if (this.snapshotLoadError) opts.onSnapshotError?.(this.snapshotLoadError);
@@ -157,18 +183,22 @@ export class MemoryStore implements BudgetStore {
     assertAmounts('estimate', req.estimate);
     const now = this.now();
     this.maybeSweep(now);
-    for (const field of killFieldsFor(req.scopes)) {
-      const kill = this.kills.get(field);
-      if (kill) {
-        return {
-          ok: false,
-          refusal: { reason: 'KILLED', scope: refusalScopeOfKill(field), limit: 0, spent: 0, reserved: 0, requested: 0, resetAt: null, killReason: kill.reason },
-        };
+    // Almost always none: the kill fields of the call are only worked out when there is a kill to find.
+    if (this.kills.size > 0) {
+      for (const field of killFieldsFor(req.scopes)) {
+        const kill = this.kills.get(field);
+        if (kill) {
+          return {
+            ok: false,
+            refusal: { reason: 'KILLED', scope: refusalScopeOfKill(field), limit: 0, spent: 0, reserved: 0, requested: 0, resetAt: null, killReason: kill.reason },
+          };
+        }
       }
     }
-    const scopes = reservedScopes(req.scopes, now);
-    for (const s of scopes) {
-      const c = this.live(s, now, false);
+    const { scopes, keys } = this.pinned(req.scopes, now);
+    for (let i = 0; i < scopes.length; i++) {
+      const s = scopes[i]!;
+      const c = this.live(s, keys[i]!, now, false);
       for (const m of METRICS) {
         const limit = s.caps[m];
         if (limit === undefined) continue;
@@ -200,10 +230,12 @@ export class MemoryStore implements BudgetStore {
     };
     const crossed: AlertCrossing[] = [];
     const used: Amounts[] = [];
-    for (const s of scopes) {
-      const c = this.live(s, now, true);
+    const hold: Hold = { amounts: reservation.estimate, expiresAt: reservation.expiresAt };
+    for (let i = 0; i < scopes.length; i++) {
+      const s = scopes[i]!;
+      const c = this.live(s, keys[i]!, now, true);
       add(c.reserved, reservation.estimate, 1);
-      c.holds.set(reservation.id, { amounts: reservation.estimate, expiresAt: reservation.expiresAt });
+      c.holds.set(reservation.id, hold);
       c.nextExpiry = Math.min(c.nextExpiry, reservation.expiresAt);
       this.touch(c, s, now);
       used.push({ usdMicros: c.spent.usdMicros + c.reserved.usdMicros, tokens: c.spent.tokens + c.reserved.tokens, calls: c.spent.calls + c.reserved.calls });
@@ -219,8 +251,10 @@ export class MemoryStore implements BudgetStore {
     this.settled.add(reservation);
     const charge: Amounts = { usdMicros: actual.usdMicros, tokens: actual.tokens, calls: reservation.estimate.calls };
     const crossed: AlertCrossing[] = [];
-    for (const s of reservation.scopes) {
-      const c = this.live(s, now, true);
+    const keys = this.keysFor(reservation.scopes);
+    for (let i = 0; i < reservation.scopes.length; i++) {
+      const s = reservation.scopes[i]!;
+      const c = this.live(s, keys[i]!, now, true);
       const hold = c.holds.get(reservation.id);
       if (hold) {
         add(c.reserved, hold.amounts, -1);
@@ -234,8 +268,9 @@ export class MemoryStore implements BudgetStore {
   }
 
   async release(reservation: Reservation): Promise<void> {
-    for (const s of reservation.scopes) {
-      const c = this.counters.get(scopeKey(s, s.windowId));
+    const keys = this.keysFor(reservation.scopes);
+    for (let i = 0; i < reservation.scopes.length; i++) {
+      const c = this.counters.get(keys[i]!);
       const hold = c?.holds.get(reservation.id);
       if (!c || !hold) continue;
       add(c.reserved, hold.amounts, -1);
@@ -246,7 +281,7 @@ export class MemoryStore implements BudgetStore {
   async snapshot(scopes: readonly ScopeBudget[]): Promise<ScopeUsage[]> {
     const now = this.now();
     return reservedScopes(scopes, now).map((s) => {
-      const c = this.live(s, now, false);
+      const c = this.live(s, scopeKey(s, s.windowId), now, false);
       return {
         scope: s.scope,
         window: s.window,
@@ -287,14 +322,14 @@ export class MemoryStore implements BudgetStore {
   charge(s: ReservedScope, amounts: Amounts): void {
     assertAmounts('charge', amounts);
     const now = this.now();
-    const c = this.live(s, now, true);
+    const c = this.live(s, scopeKey(s, s.windowId), now, true);
     add(c.spent, amounts, 1);
     this.touch(c, s, now);
   }
 
   /** Settled spend of a scope window (zero if unseen), read without side effects other than reaping. */
   spentIn(s: ReservedScope): Amounts {
-    const c = this.live(s, this.now(), false);
+    const c = this.live(s, scopeKey(s, s.windowId), this.now(), false);
     return { ...(c?.spent ?? zero()) };
   }
 
@@ -329,14 +364,31 @@ export class MemoryStore implements BudgetStore {
     await this.saveSnapshot();
   }
 
+  /** `list` pinned to the windows containing `now`, with its counter keys: made once per list and day. */
+  private pinned(list: readonly ScopeBudget[], now: number): Pinned {
+    const day = dayId(now);
+    const month = monthId(now);
+    const kept = this.pins.get(list);
+    if (kept !== undefined && kept.day === day && kept.month === month) return kept;
+    const scopes = reservedScopes(list, now);
+    const pinned: Pinned = { day, month, scopes, keys: scopes.map((s) => scopeKey(s, s.windowId)) };
+    this.pins.set(list, pinned);
+    this.keysOf.set(scopes, pinned.keys);
+    return pinned;
+  }
+
+  /** Counter keys of a reservation's scopes: kept from `pinned`, or made again (a reservation another store shaped). */
+  private keysFor(scopes: readonly ReservedScope[]): readonly string[] {
+    return this.keysOf.get(scopes) ?? scopes.map((s) => scopeKey(s, s.windowId));
+  }
+
   /**
-   * The counters of a scope window as of `now`: expired holds reaped, and a workflow window unseen for its
-   * idle time started again. With `create` false a missing window stays missing (refusals write nothing).
+   * The counters of a scope window (`key`: its counter key) as of `now`: expired holds reaped, and a workflow window
+   * unseen for its idle time started again. With `create` false a missing window stays missing (refusals write nothing).
    */
-  private live(s: ReservedScope, now: number, create: true): Counter;
-  private live(s: ReservedScope, now: number, create: boolean): Counter | undefined;
-  private live(s: ReservedScope, now: number, create: boolean): Counter | undefined {
-    const key = scopeKey(s, s.windowId);
+  private live(s: ReservedScope, key: string, now: number, create: true): Counter;
+  private live(s: ReservedScope, key: string, now: number, create: boolean): Counter | undefined;
+  private live(s: ReservedScope, key: string, now: number, create: boolean): Counter | undefined {
     let c = this.counters.get(key);
     if (c && s.window === 'workflow' && s.idleTtlMs !== undefined && c.lastSeen !== null && now - c.lastSeen >= s.idleTtlMs) {
       this.counters.delete(key);

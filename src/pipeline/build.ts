@@ -115,6 +115,15 @@ export class RouteState {
 /** The terminal handler for one upstream, with the attempts metric and the startup warnings about it. */
 const upstreamTerminal = (route: RouteConfig, spec: UpstreamSpec, deps: PipelineDeps): Handler => {
   const attempts = deps.metrics.upstreamAttempts;
+  // One child per upstream and result (a status class or an error code: bounded), made on first use.
+  const children = new Map<string, Map<string, { inc(): void }>>();
+  const attemptsOf = (upstream: string, result: string) => {
+    let byResult = children.get(upstream);
+    if (byResult === undefined) children.set(upstream, (byResult = new Map()));
+    let child = byResult.get(result);
+    if (child === undefined) byResult.set(result, (child = attempts.labels(route.name, upstream, result)));
+    return child;
+  };
   const made = makeUpstreamHandler(spec, {
     pools: deps.pools,
     env: deps.env,
@@ -122,8 +131,7 @@ const upstreamTerminal = (route: RouteConfig, spec: UpstreamSpec, deps: Pipeline
     // A fallback upstream is judged by its route's settings, like the primary.
     classifier: { policy: classifyPolicy(route), now: deps.now },
     hooks: {
-      onAttempt: (target, result) =>
-        attempts.labels(route.name, target.name, typeof result === 'number' ? codeClass(result) : (result as ProxyError).code).inc(),
+      onAttempt: (target, result) => attemptsOf(target.name, typeof result === 'number' ? codeClass(result) : (result as ProxyError).code).inc(),
     },
   });
   // Outside the header rules and the credential: the attempt's traceparent is set before them, so a route's

@@ -104,6 +104,14 @@ export const budgetLayer = (route: RouteConfig, deps: BudgetLayerDeps): Layer =>
   const metered = isLlm(route);
   const provider = route.provider === 'anthropic' ? 'anthropic' : 'openai';
   const perRequest = route.budget;
+  // A call without a workflow is counted in the same scope windows as every other such call of this route and agent:
+  // one list, which the store pins to its windows once a day rather than once a call (src/budget/memory-store.ts).
+  let shared: { agent: string; scopes: ScopeBudget[] } | undefined;
+  const scopesOf = (ctx: CallContext): ScopeBudget[] => {
+    if (ctx.workflow !== undefined) return budgetScopes(budgets, route, { agent: ctx.agent, route: route.name, workflow: ctx.workflow });
+    if (shared?.agent !== ctx.agent) shared = { agent: ctx.agent, scopes: budgetScopes(budgets, route, { agent: ctx.agent, route: route.name }) };
+    return shared.scopes;
+  };
 
   return (next) => async (req, ctx) => {
     const estimate = estimateCall(route, req);
@@ -133,7 +141,7 @@ export const budgetLayer = (route: RouteConfig, deps: BudgetLayerDeps): Layer =>
       refuseRequest('tokens', perRequest.maxRequestTokens, estTokens);
     }
 
-    const allScopes = budgetScopes(budgets, route, { agent: ctx.agent, route: route.name, ...(ctx.workflow !== undefined ? { workflow: ctx.workflow } : {}) });
+    const allScopes = scopesOf(ctx);
     const scopes = unbillable ? callCapsOnly(allScopes) : allScopes;
     let reservation: Reservation;
     const reserveStart = process.hrtime.bigint();

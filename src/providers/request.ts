@@ -3,15 +3,28 @@ import { isRecord } from './usage.js';
 /** A JSON request body parsed to an object. */
 export type JsonObject = Record<string, unknown>;
 
+/**
+ * Parsed bodies by buffer (null: not a JSON object). The budget layer's estimate and its stream-usage rewrite, the
+ * breaker's key and the fallback's model check all read the same buffered body: it is decoded and parsed once per
+ * call, not once each (three times for a Chat Completions call, each a copy of the whole prompt). Every caller only
+ * reads the object. Weak: a body's parse goes with the body.
+ */
+const parsed = new WeakMap<Buffer, JsonObject | null>();
+
 /** The buffered body as a JSON object; undefined when absent, empty, not JSON, or not an object (e.g. a batch array). */
 export const parseJsonObject = (body: Buffer | undefined): JsonObject | undefined => {
   if (body === undefined || body.length === 0) return undefined;
+  const kept = parsed.get(body);
+  if (kept !== undefined) return kept ?? undefined;
+  let obj: JsonObject | undefined;
   try {
     const v: unknown = JSON.parse(body.toString('utf8'));
-    return isRecord(v) ? v : undefined;
+    obj = isRecord(v) ? v : undefined;
   } catch {
-    return undefined;
+    obj = undefined;
   }
+  parsed.set(body, obj ?? null);
+  return obj;
 };
 
 /** What the budget and fallback layers need to know about an LLM request. */

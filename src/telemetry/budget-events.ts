@@ -5,6 +5,25 @@ import type { Metrics } from './metrics.js';
 /** Budget decisions → metrics and one log line each. Unknown models are logged once per route and model. */
 export const budgetEvents = (m: Metrics): BudgetEvents => {
   const warnedModels = new Set<string>();
+  // Children made once per label set: labels() makes a child per call.
+  const storeSeconds = { reserve: m.storeSeconds.labels('reserve'), commit: m.storeSeconds.labels('commit') };
+  const settledByRoute = new Map<string, Map<string, SettledMetrics>>();
+  const settledMetrics = (route: string, model: string): SettledMetrics => {
+    let byModel = settledByRoute.get(route);
+    if (byModel === undefined) settledByRoute.set(route, (byModel = new Map()));
+    let s = byModel.get(model);
+    if (s === undefined) {
+      s = {
+        input: m.tokens.labels(route, model, 'input'),
+        cachedInput: m.tokens.labels(route, model, 'cached_input'),
+        output: m.tokens.labels(route, model, 'output'),
+        reasoning: m.tokens.labels(route, model, 'reasoning'),
+        cost: m.cost.labels(route, model),
+      };
+      byModel.set(model, s);
+    }
+    return s;
+  };
   return {
     refused: (route, r, ctx, err) => {
       m.budgetRejections.labels(r.scopeKind, r.reason).inc();
@@ -21,11 +40,13 @@ export const budgetEvents = (m: Metrics): BudgetEvents => {
     },
     settled: (route, s, ctx) => {
       const u = s.usage;
-      m.tokens.labels(route, s.model, 'input').inc(u.inputTokens);
-      m.tokens.labels(route, s.model, 'cached_input').inc(u.cachedInputTokens);
-      m.tokens.labels(route, s.model, 'output').inc(u.outputTokens);
-      if (u.reasoningTokens > 0) m.tokens.labels(route, s.model, 'reasoning').inc(u.reasoningTokens);
-      m.cost.labels(route, s.model).inc(s.costMicros / 1e6);
+      // Labels are bounded (route names, models of the price table or `other`), so these maps are too.
+      const c = settledMetrics(route, s.model);
+      c.input.inc(u.inputTokens);
+      c.cachedInput.inc(u.cachedInputTokens);
+      c.output.inc(u.outputTokens);
+      if (u.reasoningTokens > 0) c.reasoning.inc(u.reasoningTokens);
+      c.cost.inc(s.costMicros / 1e6);
       if (u.estimated) m.usageEstimated.labels(route).inc();
       if (!s.modelKnown) {
         m.unknownModels.labels(route).inc();
@@ -36,7 +57,7 @@ export const budgetEvents = (m: Metrics): BudgetEvents => {
         }
       }
     },
-    storeOp: (op, seconds) => m.storeSeconds.labels(op).observe(seconds),
+    storeOp: (op, seconds) => storeSeconds[op].observe(seconds),
     storeError: (route, op, err, ctx) => {
       const kind = classifyRedisError(err);
       m.storeErrors.labels(op, kind).inc();
@@ -45,3 +66,12 @@ export const budgetEvents = (m: Metrics): BudgetEvents => {
   };
 };
 
+
+/** The labelled children a settlement increments, per route and model. */
+interface SettledMetrics {
+  readonly input: { inc(n: number): void };
+  readonly cachedInput: { inc(n: number): void };
+  readonly output: { inc(n: number): void };
+  readonly reasoning: { inc(n: number): void };
+  readonly cost: { inc(n: number): void };
+}

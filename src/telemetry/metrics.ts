@@ -377,4 +377,7 @@ export type Metrics = ReturnType<typeof createMetrics>;
 /** Methods outside this set are one label value, so a client cannot mint label values. */
 const KNOWN_METHODS = new Set(['GET', 'HEAD', 'POST', 'PUT', 'PATCH', 'DELETE', 'OPTIONS']);
 export const methodLabel = (method: string): string => (KNOWN_METHODS.has(method) ? method : 'OTHER');
-export const codeClass = (status: number | undefined): string => (status === undefined ? 'none' : `${Math.floor(status / 100)}xx`);
+const CODE_CLASSES = ['0xx', '1xx', '2xx', '3xx', '4xx', '5xx', '6xx', '7xx', '8xx', '9xx'];
+/** `2xx` for 200..299: a label of every call, so the strings are made once. */
+export const codeClass = (status: number | undefined): string =>
+  status === undefined ? 'none' : (CODE_CLASSES[Math.floor(status / 100)] ?? `${Math.floor(status / 100)}xx`);

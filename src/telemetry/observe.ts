@@ -10,7 +10,7 @@ import {
 } from '../errors.js';
 import { redactPath } from './redact.js';
 import type { PendingWork } from '../pipeline/pending.js';
-import type { BodyEnd, CallContext, CallFacts, Layer, ProxyRequest } from '../pipeline/types.js';
+import type { BodyEnd, CallContext, Layer, ProxyRequest } from '../pipeline/types.js';
 import type { CallOutcome, LiveStats } from './live.js';
 import { codeClass, methodLabel, type Metrics } from './metrics.js';
 
@@ -27,27 +27,6 @@ const bodyOutcome = (status: number, end: BodyEnd): CallOutcome =>
 /** Anything a layer threw, as the answer the agent gets: a ProxyError, or a 500 INTERNAL whose cause is logged. */
 export const toProxyError = (err: unknown): ProxyError =>
   err instanceof ProxyError ? err : new InternalError('Fusebox failed to handle this request; see its logs', {}, { cause: err });
-
-/** The facts of a call that go on its access line (the settlement's usage and cost, the decisions that shaped it). */
-const accessFacts = (f: CallFacts) => {
-  const s = f.settlement;
-  return {
-    model: s?.model ?? f.model,
-    estimatedUsd: f.estimatedUsd,
-    fallbackModel: f.fallbackModel,
-    sloAction: f.sloAction,
-    faultHeader: f.faultHeader,
-    ...(s !== undefined
-      ? {
-          inputTokens: s.inputTokens,
-          cachedInputTokens: s.cachedInputTokens,
-          outputTokens: s.outputTokens,
-          costUsd: s.costUsdMicros / 1e6,
-          usageEstimated: s.estimated || undefined,
-        }
-      : {}),
-  };
-};
 
 export interface ObserveDeps {
   metrics: Metrics;
@@ -66,14 +45,33 @@ export interface ObserveDeps {
  * bytes) and gets one access line, when its answer's last byte is sent or its error is thrown. Errors that are not
  * Fusebox's own become 500 INTERNAL here, logged with their cause.
  */
-export const observeLayer =
-  (deps: ObserveDeps): Layer =>
-  (next) =>
-  async (req, ctx) => {
-    const m = deps.metrics;
+export const observeLayer = (deps: ObserveDeps): Layer => {
+  const m = deps.metrics;
+  // What every call of the route shares, made on its first call (the layer is built per route, and its calls all
+  // carry the same route and agent): labels() makes a child per call, and a pino child serializes its bindings once
+  // rather than on every line.
+  let shared: RouteTelemetry | undefined;
+  const telemetryOf = (ctx: CallContext): RouteTelemetry => {
     const route = ctx.route.name;
+    if (shared?.route !== route || shared.agent !== ctx.agent) {
+      shared = {
+        route,
+        agent: ctx.agent,
+        inflight: m.inflight.labels(route),
+        duration: m.requestDuration.labels(route),
+        requestBytes: m.requestBytes.labels(route),
+        responseBytes: m.responseBytes.labels(route),
+        log: deps.accessLog.child({ route, agent: ctx.agent }),
+        requests: new Map(),
+      };
+    }
+    return shared;
+  };
+  return (next) => async (req, ctx) => {
+    const t = telemetryOf(ctx);
+    const route = t.route;
     const startedHr = process.hrtime.bigint();
-    const inflight = m.inflight.labels(route);
+    const inflight = t.inflight;
     inflight.inc();
     deps.inflight.count += 1;
     deps.pending.begin();
@@ -83,15 +81,19 @@ export const observeLayer =
       deps.inflight.count -= 1;
       const seconds = Number(process.hrtime.bigint() - startedHr) / 1e9;
       const bytesIn = ctx.facts.requestBytes ?? 0;
-      m.requests.labels(route, methodLabel(req.method), codeClass(status), outcome, ctx.mode).inc();
-      m.requestDuration.labels(route).observe(seconds);
+      const method = methodLabel(req.method);
+      const key = `${method} ${status} ${outcome} ${ctx.mode}`;
+      let requests = t.requests.get(key);
+      if (requests === undefined) t.requests.set(key, (requests = m.requests.labels(route, method, codeClass(status), outcome, ctx.mode)));
+      requests.inc();
+      t.duration.observe(seconds);
       deps.live.call(route, outcome, seconds);
       if (err !== undefined && outcome === 'refused') {
         deps.live.refused({ code: err.code, status: err.statusCode, route, message: err.message, requestId: ctx.requestId, mode: ctx.mode });
       }
-      if (bytesIn > 0) m.requestBytes.labels(route).inc(bytesIn);
-      if (end !== undefined && end.bytes > 0) m.responseBytes.labels(route).inc(end.bytes);
-      writeLine(deps.accessLog, ctx, req, { status, outcome, code: err?.code, seconds, bytesIn, bytesOut: end?.bytes ?? 0, error: end?.error?.message });
+      if (bytesIn > 0) t.requestBytes.inc(bytesIn);
+      if (end !== undefined && end.bytes > 0) t.responseBytes.inc(end.bytes);
+      writeLine(t.log, ctx, req, { status, outcome, code: err?.code, seconds, bytesIn, bytesOut: end?.bytes ?? 0, error: end?.error?.message });
       deps.pending.end();
     };
 
@@ -108,6 +110,23 @@ export const observeLayer =
     res.observers.push({ onEnd: (end) => finish(status, bodyOutcome(status, end), end, undefined) });
     return res;
   };
+};
+
+/** The labelled metric children and the access log (route and agent bound) of one route's calls. */
+interface RouteTelemetry {
+  readonly route: string;
+  readonly agent: string;
+  readonly inflight: { inc(): void; dec(): void };
+  readonly duration: { observe(seconds: number): void };
+  readonly requestBytes: { inc(n: number): void };
+  readonly responseBytes: { inc(n: number): void };
+  readonly log: Logger;
+  /**
+   * `fusebox_requests_total` children by method, status, outcome and mode: bounded (known methods or OTHER, three-digit
+   * statuses, fixed outcomes and modes).
+   */
+  readonly requests: Map<string, { inc(): void }>;
+}
 
 interface LineFields {
   status: number;
@@ -119,11 +138,16 @@ interface LineFields {
   error: string | undefined;
 }
 
+/**
+ * One line per call, `route` and `agent` bound in `log`. One object literal of a fixed shape: pino skips the
+ * fields left undefined (the settlement's on a call that was not billed, `error` on a success).
+ */
 const writeLine = (log: Logger, ctx: CallContext, req: ProxyRequest, f: LineFields): void => {
+  const facts = ctx.facts;
+  const s = facts.settlement;
+  const warn = f.outcome !== 'success' && f.outcome !== 'refused';
   const line = {
     requestId: ctx.requestId,
-    route: ctx.route.name,
-    agent: ctx.agent,
     workflow: ctx.workflow,
     method: req.method,
     path: redactPath(req.path),
@@ -138,8 +162,18 @@ const writeLine = (log: Logger, ctx: CallContext, req: ProxyRequest, f: LineFiel
     bytesOut: f.bytesOut,
     traceparent: req.headers.traceparent,
     traceId: ctx.trace?.traceId,
-    ...accessFacts(ctx.facts),
+    model: s?.model ?? facts.model,
+    estimatedUsd: facts.estimatedUsd,
+    fallbackModel: facts.fallbackModel,
+    sloAction: facts.sloAction,
+    faultHeader: facts.faultHeader,
+    inputTokens: s?.inputTokens,
+    cachedInputTokens: s?.cachedInputTokens,
+    outputTokens: s?.outputTokens,
+    costUsd: s !== undefined ? s.costUsdMicros / 1e6 : undefined,
+    usageEstimated: s?.estimated === true ? true : undefined,
+    error: warn ? f.error : undefined,
   };
-  if (f.outcome === 'success' || f.outcome === 'refused') log.info(line, 'request');
-  else log.warn({ ...line, error: f.error }, 'request');
+  if (warn) log.warn(line, 'request');
+  else log.info(line, 'request');
 };

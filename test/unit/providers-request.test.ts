@@ -1,4 +1,4 @@
-import { describe, expect, it } from 'vitest';
+import { describe, expect, it, vi } from 'vitest';
 import { mcpToolName } from '../../src/providers/mcp.js';
 import { parseJsonObject, requestInfo, rewriteModel, withStreamUsage } from '../../src/providers/request.js';
 
@@ -118,5 +118,31 @@ describe('mcpToolName', () => {
     expect(mcpToolName(call({ jsonrpc: '1.0' }))).toBeUndefined();
     expect(mcpToolName(buf('{"method":"tools/call",'))).toBeUndefined();
     expect(mcpToolName(undefined)).toBeUndefined();
+  });
+});
+
+describe('parseJsonObject: one parse per buffered body', () => {
+  it('parses a body once however many layers read it (estimate, stream-usage rewrite, breaker key), and never mixes up two bodies', () => {
+    const body = Buffer.from(JSON.stringify({ model: 'gpt-4o', messages: [{ role: 'user', content: 'hi' }], stream: true }));
+    const parse = vi.spyOn(JSON, 'parse');
+    try {
+      const first = parseJsonObject(body);
+      expect(requestInfo(body)).toEqual({ model: 'gpt-4o', stream: true });
+      expect(withStreamUsage(body)?.toString()).toContain('"stream_options":{"include_usage":true}');
+      expect(parseJsonObject(body)).toBe(first);
+      expect(parse).toHaveBeenCalledTimes(1);
+      // Same bytes in another buffer: its own parse, its own object.
+      const twin = Buffer.from(body);
+      expect(parseJsonObject(twin)).toEqual(first);
+      expect(parseJsonObject(twin)).not.toBe(first);
+      expect(parse).toHaveBeenCalledTimes(2);
+      // A body that is not a JSON object is remembered as such too.
+      const text = Buffer.from('not json');
+      expect(parseJsonObject(text)).toBeUndefined();
+      expect(parseJsonObject(text)).toBeUndefined();
+      expect(parse).toHaveBeenCalledTimes(3);
+    } finally {
+      parse.mockRestore();
+    }
   });
 });

@@ -112,3 +112,55 @@ describe('MemoryStore snapshots', () => {
     expect(JSON.parse(readFileSync(path, 'utf8')).buckets).toEqual([]);
   });
 });
+
+describe('MemoryStore with one scope list reused for every call (the budget layer passes one per route)', () => {
+  const month: ScopeBudget = { scope: { kind: 'agent', id: 'a1' }, window: 'month', caps: { usdMicros: 5_000_000 } };
+  const scopes: readonly ScopeBudget[] = [day, month];
+
+  it('charges each call to the windows of its own instant: across midnight and a month end, the reused list moves to the new windows', async () => {
+    let t = Date.parse('2026-11-30T23:59:59.900Z');
+    const store = new MemoryStore({ now: () => t });
+    const before = await store.reserve({ scopes, estimate: est(300_000) });
+    if (!before.ok) throw new Error('refused');
+    t = Date.parse('2026-12-01T00:00:00.100Z');
+    const after = await store.reserve({ scopes, estimate: est(200_000) });
+    if (!after.ok) throw new Error('refused');
+    expect(before.reservation.scopes.map((s) => s.windowId)).toEqual(['2026-11-30', '2026-11']);
+    expect(after.reservation.scopes.map((s) => s.windowId)).toEqual(['2026-12-01', '2026-12']);
+    // Settled after midnight, the first call is still charged to the windows it was reserved in.
+    await store.commit(before.reservation, { usdMicros: 250_000, tokens: 0 });
+    await store.commit(after.reservation, { usdMicros: 150_000, tokens: 0 });
+    const [dec1, dec] = await store.snapshot(scopes);
+    expect(dec1?.spent.usdMicros).toBe(150_000);
+    expect(dec?.spent.usdMicros).toBe(150_000);
+    t = Date.parse('2026-11-30T12:00:00Z');
+    const [nov30, nov] = await store.snapshot(scopes);
+    expect(nov30?.spent.usdMicros).toBe(250_000);
+    expect(nov?.spent).toEqual({ usdMicros: 250_000, tokens: 0, calls: 1 });
+    expect(nov?.reserved).toEqual({ usdMicros: 0, tokens: 0, calls: 0 });
+  });
+
+  it('returns a released hold of a reused list to the window it was held in, and gives every reservation its own id', async () => {
+    const t = Date.parse('2026-11-22T10:00:00Z');
+    const store = new MemoryStore({ now: () => t });
+    const a = await store.reserve({ scopes, estimate: est(400_000) });
+    const b = await store.reserve({ scopes, estimate: est(500_000) });
+    if (!a.ok || !b.ok) throw new Error('refused');
+    expect(a.reservation.id).not.toBe(b.reservation.id);
+    // 400k + 500k held: a third call of 200k would pass the day's 1 USD cap.
+    expect((await store.reserve({ scopes, estimate: est(200_000) })).ok).toBe(false);
+    await store.release(a.reservation);
+    expect((await store.reserve({ scopes, estimate: est(200_000) })).ok).toBe(true);
+    const [d] = await store.snapshot(scopes);
+    expect(d?.reserved.usdMicros).toBe(700_000);
+  });
+
+  it('still finds a kill set after the list was first used', async () => {
+    const store = new MemoryStore({ now: () => Date.parse('2026-11-22T10:00:00Z') });
+    expect((await store.reserve({ scopes, estimate: est(1) })).ok).toBe(true);
+    await store.setKill({ kind: 'agent', id: 'a1' }, 'stop');
+    const r = await store.reserve({ scopes, estimate: est(1) });
+    expect(r.ok).toBe(false);
+    if (!r.ok) expect(r.refusal).toMatchObject({ reason: 'KILLED', scope: { kind: 'agent', id: 'a1' }, killReason: 'stop' });
+  });
+});

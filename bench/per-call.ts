@@ -1,0 +1,269 @@
+import { execFileSync } from 'node:child_process';
+import { mkdtempSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { parseArgs } from 'node:util';
+import { Pool } from 'undici';
+import { CLIENT_TIMEOUTS } from './load/client.js';
+import { killAll, LOAD_CPU, pinSelf, PROXY_CPU, REPO_ROOT, startServer, type ServerChild } from './proc.js';
+import { summarizeHeapProfile, summarizeProfile } from './profile-summary.js';
+import { configRefusal, prepareRevision, removeRevisions, type Revision } from './revisions.js';
+import type { Footprint } from './servers/footprint.js';
+import { atRevision, fusebox, fuseboxConfig, manyRoutes, PREFIX, type Target } from './targets.js';
+
+/**
+ * `npm run bench:per-call`: what one call costs Fusebox, in figures a busy machine does not move much — JS heap bytes
+ * allocated per call and CPU µs per call of the server process (its own `process.cpuUsage`, so other processes' load
+ * shows only through caches and clock speed) — for each kind of call, beside a bare node:http + undici proxy and
+ * @fastify/http-proxy measured the same way in the same run. Each row is a child pinned to the proxy core; this process
+ * (pinned to the load core, with the upstream) drives a fixed number of calls through it, a fixed number at a time.
+ * Each row is measured `--passes` times; the table shows the median pass and the spread. See bench/README.md.
+ */
+
+const USAGE = `npm run bench:per-call -- [--calls=N] [--warmup=N] [--concurrency=N] [--passes=N] [--rows=a,b] [--compare-rev=REV]... [--alloc-profile] [--cpu-profile]
+  --calls=N        calls per measured pass (default 4000)
+  --warmup=N       calls before the first pass, so the JIT has settled (default 2000)
+  --concurrency=N  calls in flight at once, one connection each (default 8)
+  --passes=N       measured passes per row; the median is shown (default 3)
+  --rows=a,b       only rows whose name contains one of these (the floors always run)
+  --compare-rev=R  also measure each Fusebox row as built from git revision R (bench/revisions.ts)
+  --alloc-profile  one more pass per Fusebox row under V8's sampling heap profiler: who allocates what
+  --cpu-profile    one more pass per Fusebox row under the CPU profiler: where the time goes`;
+
+const { values } = parseArgs({
+  args: process.argv.slice(2),
+  options: {
+    calls: { type: 'string' },
+    warmup: { type: 'string' },
+    concurrency: { type: 'string' },
+    passes: { type: 'string' },
+    rows: { type: 'string' },
+    'compare-rev': { type: 'string', multiple: true },
+    'alloc-profile': { type: 'boolean' },
+    'cpu-profile': { type: 'boolean' },
+    help: { type: 'boolean', short: 'h' },
+  },
+  strict: true,
+});
+if (values.help) {
+  console.log(USAGE);
+  process.exit(0);
+}
+const count = (name: string, v: string | undefined, def: number): number => {
+  const n = v === undefined ? def : Number(v);
+  if (!Number.isInteger(n) || n <= 0) throw new Error(`--${name} must be a positive integer, got "${v}"\n${USAGE}`);
+  return n;
+};
+const CALLS = count('calls', values.calls, 4000);
+const WARMUP = count('warmup', values.warmup, 2000);
+const CONCURRENCY = count('concurrency', values.concurrency, 8);
+const PASSES = count('passes', values.passes, 3);
+const only = (values.rows ?? '')
+  .split(',')
+  .map((s) => s.trim())
+  .filter(Boolean);
+const compareRevs = (values['compare-rev'] ?? []).flatMap((v) => v.split(',')).map((s) => s.trim()).filter(Boolean);
+
+const log = (line: string) => console.error(`[per-call] ${line}`);
+
+/** One kind of call: what the client sends. */
+interface CallShape {
+  method: 'GET' | 'POST';
+  path: string;
+  body?: string;
+}
+
+interface Row {
+  target: Target;
+  call: CallShape;
+  /** Built from another revision (`--compare-rev`): its schema may refuse the config, which skips the row. */
+  compared?: boolean;
+}
+
+const chat = (stream: boolean, content = 'Say ok.') =>
+  JSON.stringify({ model: 'gpt-4o-mini', messages: [{ role: 'user', content }], max_tokens: 16, ...(stream ? { stream: true } : {}) });
+/** An agent's prompt is rarely two words: 16 KiB of text (a document and a question), read by every layer that parses the body. */
+const LONG_PROMPT = 'Summarize the following notes in one line. '.repeat(Math.ceil(16384 / 43)).slice(0, 16384);
+const GET_JSON: CallShape = { method: 'GET', path: `${PREFIX}/json` };
+const CHAT_JSON: CallShape = { method: 'POST', path: `${PREFIX}/v1/chat/completions`, body: chat(false) };
+const CHAT_SSE: CallShape = { method: 'POST', path: `${PREFIX}/v1/chat-sse`, body: chat(true) };
+const CHAT_JSON_LONG: CallShape = { method: 'POST', path: `${PREFIX}/v1/chat/completions`, body: chat(false, LONG_PROMPT) };
+
+/** Agent, route and fleet caps, high enough that nothing is refused: every call reserves and commits in the store. */
+const CAPS = { store: { kind: 'memory' }, budgets: { agent: { dailyUsd: 1e6, dailyTokens: 1e12 }, fleet: { dailyUsd: 1e6 } } };
+
+
+const floorRows: Row[] = [
+  { target: { name: 'floor: node:http + undici', role: 'floor', script: 'bare.ts', env: (up) => ({ BENCH_UPSTREAM: up }) }, call: GET_JSON },
+  { target: { name: 'floor: @fastify/http-proxy', role: 'floor', script: 'floor.ts', env: (up) => ({ BENCH_UPSTREAM: up }) }, call: GET_JSON },
+];
+
+const fuseboxRows: Row[] = [
+  { target: fusebox('fusebox: plain route', (up) => fuseboxConfig(up)), call: GET_JSON },
+  { target: fusebox('fusebox: caps (memory store)', (up) => fuseboxConfig(up, { top: CAPS })), call: GET_JSON },
+  { target: fusebox('fusebox: openai JSON + caps', (up) => fuseboxConfig(up, { top: CAPS, route: { provider: 'openai' } })), call: CHAT_JSON },
+  { target: fusebox('fusebox: openai SSE + caps', (up) => fuseboxConfig(up, { top: CAPS, route: { provider: 'openai' } })), call: CHAT_SSE },
+  { target: fusebox('fusebox: openai JSON + caps, 16 KiB prompt', (up) => fuseboxConfig(up, { top: CAPS, route: { provider: 'openai' } })), call: CHAT_JSON_LONG },
+  { target: fusebox('fusebox: openai JSON + caps, 500 routes, 200 models', manyRoutes), call: CHAT_JSON },
+];
+
+/** Drive `calls` calls, `CONCURRENCY` at a time, each read to its end; throws on any answer that is not a 200. */
+const drive = async (pool: Pool, call: CallShape, calls: number): Promise<void> => {
+  let started = 0;
+  const headers = call.body !== undefined ? { 'content-type': 'application/json' } : {};
+  const worker = async () => {
+    while (started < calls) {
+      started += 1;
+      const res = await pool.request({ method: call.method, path: call.path, headers, body: call.body ?? null });
+      await res.body.text();
+      if (res.statusCode !== 200) throw new Error(`${call.method} ${call.path} answered ${res.statusCode}`);
+    }
+  };
+  await Promise.all(Array.from({ length: CONCURRENCY }, worker));
+};
+
+interface RowResult {
+  name: string;
+  call: CallShape;
+  passes: Footprint[];
+  skipped?: string;
+}
+
+const median = (xs: number[]): number => {
+  const s = [...xs].sort((a, b) => a - b);
+  const mid = Math.floor(s.length / 2);
+  return s.length % 2 === 1 ? s[mid]! : (s[mid - 1]! + s[mid]!) / 2;
+};
+
+const profileDir = values['alloc-profile'] || values['cpu-profile'] ? mkdtempSync(join(tmpdir(), 'fusebox-per-call-')) : undefined;
+const profiles: string[] = [];
+const slug = (name: string) => name.replace(/[^A-Za-z0-9]+/g, '-').replace(/^-|-$/g, '').toLowerCase();
+
+const measureRow = async (row: Row, upstreamUrl: string): Promise<RowResult> => {
+  const server: ServerChild = await startServer(row.target.script, PROXY_CPU, row.target.env(upstreamUrl));
+  const pool = new Pool(server.url, { connections: CONCURRENCY, ...CLIENT_TIMEOUTS });
+  try {
+    await drive(pool, row.call, WARMUP);
+    const passes: Footprint[] = [];
+    for (let i = 0; i < PASSES; i++) {
+      await server.command({ cmd: 'measure-start' });
+      await drive(pool, row.call, CALLS);
+      const f = await server.command({ cmd: 'measure-stop' });
+      if (f === undefined) throw new Error(`${row.target.name}: measure-stop returned no figures`);
+      passes.push(f);
+    }
+    // Profiled passes come after the measured ones: a profiler's own cost is in no figure of the table.
+    // A profile that cannot be taken (a huge one written too slowly) is reported, and the figures above still stand.
+    if (profileDir !== undefined && row.target.role === 'fusebox') {
+      if (values['alloc-profile']) {
+        const file = join(profileDir, `${slug(row.target.name)}.heapprofile`);
+        try {
+          await server.command({ cmd: 'alloc-profile-start' });
+          await drive(pool, row.call, CALLS);
+          await server.command({ cmd: 'alloc-profile-stop', file }, 120_000);
+          profiles.push(`\nAllocations of ${row.target.name}, ${CALLS} calls (${file}):\n${summarizeHeapProfile(file)}`);
+        } catch (err) {
+          profiles.push(`\nAllocations of ${row.target.name}: no profile (${(err as Error).message})`);
+        }
+      }
+      if (values['cpu-profile']) {
+        const file = join(profileDir, `${slug(row.target.name)}.cpuprofile`);
+        try {
+          await server.command({ cmd: 'profile-start' });
+          await drive(pool, row.call, CALLS);
+          await server.command({ cmd: 'profile-stop', file }, 120_000);
+          profiles.push(`\nCPU profile of ${row.target.name}, ${CALLS} calls (${file}):\n${summarizeProfile(file)}`);
+        } catch (err) {
+          profiles.push(`\nCPU profile of ${row.target.name}: no profile (${(err as Error).message})`);
+        }
+      }
+    }
+    return { name: row.target.name, call: row.call, passes };
+  } finally {
+    await pool.destroy();
+    await server.stop();
+  }
+};
+
+const fmt = (n: number, digits = 0) => n.toLocaleString('en-US', { minimumFractionDigits: digits, maximumFractionDigits: digits });
+
+const render = (results: RowResult[]): string => {
+  const floor = results.find((r) => r.passes.length > 0 && r.name.startsWith('floor: node:http'));
+  const perCall = (r: RowResult, pick: (f: Footprint) => number) => r.passes.map((f) => pick(f) / CALLS);
+  const lines = [
+    // GC pauses are timed on the wall clock (a preempted pause counts whole): a hint, not a share of the CPU column.
+    `| row | call | KiB allocated / call | CPU µs / call (spread) | GC pauses, % of CPU time | GCs / 1k calls | CPU µs over the bare floor |`,
+    `|---|---|--:|--:|--:|--:|--:|`,
+  ];
+  for (const r of results) {
+    if (r.skipped !== undefined) {
+      lines.push(`| ${r.name} | — | skipped: ${r.skipped} | | | | |`);
+      continue;
+    }
+    const kib = median(perCall(r, (f) => f.allocatedBytes)) / 1024;
+    const cpus = perCall(r, (f) => f.cpuUs);
+    const cpu = median(cpus);
+    const gcPct = median(r.passes.map((f) => (f.gcUs / f.cpuUs) * 100));
+    const gcs = median(perCall(r, (f) => f.gcs)) * 1000;
+    const delta = floor !== undefined && r !== floor ? cpu - median(perCall(floor, (f) => f.cpuUs)) : undefined;
+    const over = delta === undefined ? '—' : `${delta < 0 ? '−' : '+'}${fmt(Math.abs(delta))}`;
+    lines.push(
+      `| ${r.name} | ${r.call.method} ${r.call.path.slice(PREFIX.length)} | ${fmt(kib, 1)} | ${fmt(cpu)} (${fmt(Math.min(...cpus))}–${fmt(Math.max(...cpus))}) | ${fmt(gcPct, 1)} | ${fmt(gcs, 1)} | ${over} |`,
+    );
+  }
+  return lines.join('\n');
+};
+
+const main = async () => {
+  pinSelf(LOAD_CPU);
+  const revisions: Revision[] = [];
+  const skipped: RowResult[] = [];
+  log('building dist/ (tsc -p tsconfig.build.json)');
+  execFileSync(process.execPath, [join(REPO_ROOT, 'node_modules', 'typescript', 'bin', 'tsc'), '-p', 'tsconfig.build.json'], { cwd: REPO_ROOT, stdio: 'inherit' });
+  for (const spec of compareRevs) {
+    log(`--compare-rev=${spec}: git worktree add --detach, then tsc -p tsconfig.build.json`);
+    const prepared = prepareRevision(spec);
+    if ('revision' in prepared) revisions.push(prepared.revision);
+    else skipped.push({ name: `@${spec}`, call: GET_JSON, passes: [], skipped: prepared.reason });
+  }
+  const selected = fuseboxRows.filter((r) => only.length === 0 || only.some((s) => r.target.name.includes(s)));
+  const rows: Row[] = [
+    ...floorRows,
+    ...selected.flatMap((r) => [r, ...revisions.map((rev) => ({ target: atRevision(r.target, rev), call: r.call, compared: true }))]),
+  ];
+  const upstream = await startServer('upstream.ts', LOAD_CPU, {});
+  const results: RowResult[] = [];
+  try {
+    for (const row of rows) {
+      const refusal = row.compared === true ? configRefusal(row.target.env(upstream.url)) : undefined;
+      if (refusal !== undefined) {
+        results.push({ name: row.target.name, call: row.call, passes: [], skipped: refusal });
+        continue;
+      }
+      log(`${row.target.name}: ${WARMUP} warm-up calls, then ${PASSES} × ${CALLS} calls, ${CONCURRENCY} at a time`);
+      results.push(await measureRow(row, upstream.url));
+    }
+  } finally {
+    await upstream.stop();
+  }
+  console.log(
+    `Per-call cost, ${new Date().toISOString().slice(0, 16)} UTC, Node ${process.version}: ${PASSES} passes of ${CALLS} calls (${CONCURRENCY} in flight) per row after ${WARMUP} warm-up calls; median pass, CPU spread over the passes.\n`,
+  );
+  console.log(render([...results, ...skipped]));
+  for (const rev of revisions) console.log(`\n@${rev.short}: ${rev.subject} (${rev.date})${rev.lockDiffers ? '; its package-lock.json differs: measured on the current node_modules' : ''}`);
+  for (const p of profiles) console.log(p);
+};
+
+process.on('exit', () => {
+  killAll();
+  removeRevisions();
+});
+try {
+  await main();
+} catch (err) {
+  console.error(`per-call bench failed: ${(err as Error).stack ?? String(err)}`);
+  process.exitCode = 1;
+} finally {
+  killAll();
+  removeRevisions();
+}
