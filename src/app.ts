@@ -11,7 +11,7 @@ import type { Config } from './config/schema.js';
 import { registerAdmin } from './http/admin.js';
 import { registerAdminBreakers } from './http/admin-breakers.js';
 import { refreshBudgetGauges, registerAdminBudgets } from './http/admin-budgets.js';
-import { createBudgetStore, loadPrices } from './budget/factory.js';
+import { createBudgetStore } from './budget/factory.js';
 import type { BudgetStore } from './budget/store.js';
 import { warmTokenizer } from './budget/estimate.js';
 import { registerAdminSlo } from './http/admin-slo.js';
@@ -22,25 +22,22 @@ import { LiveStats } from './telemetry/live.js';
 import { RedisSloBoard } from './slo/board.js';
 import { MemoryCounterStore, RedisCounterStore } from './slo/counter-store.js';
 import { SloEvaluator } from './slo/evaluator.js';
-import { applySloGauges, dropSloGauges, zeroSloEventSeries } from './slo/exports.js';
+import { applySloGauges, zeroSloEventSeries } from './slo/exports.js';
 import { SloRecorder } from './slo/recorder.js';
 import type { RedisConnection } from './store/redis-connection.js';
 import { sloSpecsOf } from './slo/spec.js';
 import { handleConnect } from './http/connect.js';
 import { clientErrorAnswer, createProxyServer } from './http/proxy-server.js';
 import { Interceptor } from './http/intercept.js';
-import { createPodCa, interceptedHosts } from './intercept/setup.js';
+import { createPodCa } from './intercept/setup.js';
 import type { PodCa } from './intercept/ca.js';
-import { configWarnings } from './config/warnings.js';
 import { ConfigError } from './config/load.js';
-import { configHash, restartOnlyChanges, routeChanges, type RestartOnlyChange } from './config/reload.js';
 import { handleProxyRequest, type ForwardRequest, type ProxyState } from './http/proxy.js';
-import { RouteTable } from './http/route-table.js';
-import { buildRoutes, RouteState, type BuiltRoute, type PipelineDeps } from './pipeline/build.js';
 import { createMetrics, type Metrics } from './telemetry/metrics.js';
 import { PoolSet } from './upstream/pool.js';
 import { PendingWork } from './pipeline/pending.js';
 import { tracingDecision } from './telemetry/tracing-env.js';
+import { Generations, type Generation, type ReloadResult, type SharedPipelineDeps } from './generations.js';
 import type { Tracing } from './telemetry/tracing.js';
 
 export interface AppDeps {
@@ -55,22 +52,7 @@ export interface AppDeps {
   store?: BudgetStore;
 }
 
-/** What `Fusebox.reload` did. Unless `ok`, the old config goes on serving, untouched. */
-export type ReloadResult =
-  | {
-      result: 'ok';
-      hash: string;
-      /** The same config as the one in effect (same hash): nothing was rebuilt. */
-      unchanged: boolean;
-      added: string[];
-      removed: string[];
-      /** Kept routes whose settings changed. */
-      changed: string[];
-      /** Kept routes whose breakers, retry budgets or last-good cache start fresh (their settings changed). */
-      freshState: string[];
-    }
-  | { result: 'invalid'; problems: string[] }
-  | { result: 'refused'; restartOnly: RestartOnlyChange[] };
+export type { ReloadResult } from './generations.js';
 
 export interface Fusebox {
   /** The config in effect: a reload replaces it. */
@@ -360,19 +342,6 @@ const drainAndClose = async (r: Running): Promise<void> => {
 };
 
 /**
- * The config in effect and everything built from it. A reload makes a new one and swaps it in with one
- * assignment; a call holds the route it was matched to, so it finishes on the old handler.
- */
-interface Generation {
-  config: Config;
-  hash: string;
-  built: BuiltRoute[];
-  routes: RouteTable<BuiltRoute>;
-  /** Breakers, retry budgets and last-good caches, for the next reload to keep. */
-  state: RouteState;
-}
-
-/**
  * Tracing, when the standard OTEL_* variables ask for it: the SDK is imported only then (src/telemetry/tracing.ts).
  * Variables that ask for it but cannot be honoured stop the start, as a bad config file does: a sidecar that was
  * told to trace and silently does not would be found out only when the traces are needed.
@@ -415,7 +384,7 @@ export const buildApp = async (config: Config, deps: AppDeps = {}): Promise<Fuse
   // walk, the largest single cost of a proxied call in bench/ profiles; every other line keeps it.
   const accessLog = logger.child({}, { redact: [] });
   const pools = new PoolSet(baseDir);
-  const baseDeps: Omit<PipelineDeps, 'prices' | 'budgets' | 'maxRequestBodyBytes'> = {
+  const baseDeps: SharedPipelineDeps = {
     pools,
     metrics,
     logger,
@@ -431,26 +400,13 @@ export const buildApp = async (config: Config, deps: AppDeps = {}): Promise<Fuse
     live,
     tracing,
   };
-  // What a config contributes to the pipeline besides its routes: the price table is read again on each reload.
-  const generation = (next: Config, previous: RouteState): Generation => {
-    const deps: PipelineDeps = { ...baseDeps, prices: loadPrices(next, baseDir), budgets: next.budgets, maxRequestBodyBytes: next.limits.maxRequestBodyBytes };
-    const { built, state: routeState } = buildRoutes(next.routes, deps, previous);
-    return { config: next, hash: configHash(next), built, routes: new RouteTable(built), state: routeState };
-  };
-  const describe = (g: Generation) => {
-    metrics.configInfo.reset();
-    metrics.configInfo.labels(String(g.config.routes.length), g.config.store.kind, g.config.agent.id, g.hash).set(1);
-    metrics.configLoadedTimestamp.set(now() / 1000);
-  };
-  let current = generation(config, new RouteState());
-  for (const warning of configWarnings(config)) logger.warn(warning);
-  describe(current);
-  for (const result of ['ok', 'invalid', 'refused']) metrics.configReloads.labels(result).inc(0);
+  const generations = new Generations(config, { pipeline: baseDeps, baseDir, metrics, logger, slo: { recorder, evaluator }, now });
+  const current = () => generations.current;
 
   // Getters: every new call reads the generation in effect.
   const proxyDeps = {
-    get config() { return current.config; },
-    get routes() { return current.routes; },
+    get config() { return current().config; },
+    get routes() { return current().routes; },
     metrics,
     live,
     logger,
@@ -474,9 +430,9 @@ export const buildApp = async (config: Config, deps: AppDeps = {}): Promise<Fuse
     metrics,
     live,
     handle,
-    connect: (req, socket, head) => handleConnect(req, socket, head, { routes: current.routes, metrics, live, logger, state, tunnels, interceptor }),
+    connect: (req, socket, head) => handleConnect(req, socket, head, { routes: current().routes, metrics, live, logger, state, tunnels, interceptor }),
   });
-  const admin = buildAdmin(() => current, {
+  const admin = buildAdmin(current, {
     env,
     metrics,
     logger,
@@ -489,76 +445,16 @@ export const buildApp = async (config: Config, deps: AppDeps = {}): Promise<Fuse
     isReady: () => state.accepting && proxy.listening && (ca === undefined || ca.daysLeft() > 0),
   });
 
-  /**
-   * Gauges of what a reload dropped would keep their last value (an open breaker of a removed route would read open
-   * forever, and alert): the breakers of registries not carried over, the SLO gauges of removed routes, and the
-   * budget gauges, which the next scrape refills from the store for the routes in effect.
-   */
-  const dropStaleSeries = (prev: Generation, made: Generation, removed: readonly string[]) => {
-    for (const [chain, kept] of prev.state.chains) {
-      if (made.state.chains.get(chain)?.registry === kept.registry) continue;
-      // Deleting reports each key to the registry's onEvict, which removes its gauge series.
-      for (const { key } of kept.registry.list()) kept.registry.delete(key);
-    }
-    for (const route of removed) dropSloGauges({ budgetRemaining: metrics.sloBudgetRemaining, burnRate: metrics.sloBurnRate, action: metrics.sloAction }, route);
-    metrics.budgetSpent.reset();
-    metrics.budgetLimit.reset();
-  };
-
-  const caHosts = interceptedHosts(config);
-  const invalid = (source: string, problems: string[]): ReloadResult => {
-    metrics.configReloads.labels('invalid').inc();
-    logger.error({ source, problems, hash: current.hash }, `config reload failed: ${problems.length} problem${problems.length === 1 ? '' : 's'}; the config in effect keeps serving`);
-    for (const problem of problems) logger.error({ source }, `config reload: ${problem}`);
-    return { result: 'invalid', problems };
-  };
   const reload = (next: Config | ConfigError): ReloadResult => {
-    if (next instanceof ConfigError) return invalid(next.source, next.problems);
-    const restartOnly = restartOnlyChanges(current.config, next, { prev: caHosts, next: interceptedHosts(next) });
-    if (restartOnly.length > 0) {
-      metrics.configReloads.labels('refused').inc();
-      logger.error({ restartOnly, hash: current.hash }, `config reload refused: ${restartOnly.map((c) => c.path).join(', ')} changed (restart to apply); the config in effect keeps serving`);
-      for (const c of restartOnly) logger.error({ path: c.path }, `config reload: ${c.path} changed: ${c.reason}; restart to apply`);
-      return { result: 'refused', restartOnly };
-    }
-    const hash = configHash(next);
-    if (hash === current.hash) {
-      metrics.configReloads.labels('ok').inc();
-      logger.info({ hash }, 'config reloaded: unchanged');
-      return { result: 'ok', hash, unchanged: true, added: [], removed: [], changed: [], freshState: [] };
-    }
-    let made: Generation;
-    try {
-      made = generation(next, current.state);
-    } catch (err) {
-      // What the schema cannot see (a price table that cannot be read or parsed) is as bad as a schema problem.
-      return invalid('config', [(err as Error).message]);
-    }
-    const prev = current;
-    const { added, removed, changed } = routeChanges(prev.config, next);
-    const freshState = changed.filter(
-      (name) => prev.state.chains.get(name)?.registry !== made.state.chains.get(name)?.registry || prev.state.lastGood.get(name)?.cache !== made.state.lastGood.get(name)?.cache,
-    );
-    // The swap: one assignment. Calls in flight hold their route's handler and finish on it.
-    current = made;
-    const specs = sloSpecsOf(next.routes);
-    recorder.setRoutes(specs);
-    evaluator.setRoutes(specs);
-    zeroSloEventSeries(metrics.sloEvents, specs);
-    dropStaleSeries(prev, made, removed);
-    warmTokenizerIfAsked(next);
-    logger.level = next.log.level;
-    describe(made);
-    metrics.configReloads.labels('ok').inc();
-    for (const warning of configWarnings(next)) logger.warn(warning);
-    logger.info({ hash: made.hash, previousHash: prev.hash, added, removed, changed, freshState }, 'config reloaded');
-    return { result: 'ok', hash: made.hash, unchanged: false, added, removed, changed, freshState };
+    const result = generations.reload(next);
+    if (result.result === 'ok' && !result.unchanged) warmTokenizerIfAsked(generations.current.config);
+    return result;
   };
 
   let closed: Promise<void> | undefined;
   const fusebox: Fusebox = {
     get config() {
-      return current.config;
+      return current().config;
     },
     ca,
     proxy,
@@ -587,14 +483,14 @@ export const buildApp = async (config: Config, deps: AppDeps = {}): Promise<Fuse
       evaluator.start();
       metrics.ready.set(1);
       logger.info(
-        { proxy: urlOf(proxy), admin: urlOf(admin.server), routes: current.config.routes.map((r) => r.name), agent: config.agent.id, store: config.store.kind, configHash: current.hash },
+        { proxy: urlOf(proxy), admin: urlOf(admin.server), routes: current().config.routes.map((r) => r.name), agent: config.agent.id, store: config.store.kind, configHash: current().hash },
         'fusebox listening',
       );
       // Batched lines would otherwise wait for the next second: supervisors and people watch for this one.
       logger.flush();
       return { proxyUrl: urlOf(proxy), adminUrl: urlOf(admin.server) };
     },
-    shutdown(graceMs = current.config.shutdown.graceMs) {
+    shutdown(graceMs = current().config.shutdown.graceMs) {
       closed ??= drainAndClose({ graceMs, state, metrics, logger, inflight, tunnels, proxy, interceptor, pools, pending, admin, recorder, evaluator, counterStore, store, redis, tracing });
       return closed;
     },
