@@ -3,7 +3,8 @@ import type { LeaseReply } from './lease-source.js';
 
 /**
  * The lease script run by RedisLeaseSource: the Lua twin of MemoryLeaseSource.acquire (read the rules there).
- * It touches one key, the scope window's lease hash, so it runs on that scope's own Cluster slot:
+ * It touches two keys of one hash tag, the scope window's lease hash and its expiry set, so it runs on that scope's
+ * own Cluster slot:
  * `{<prefix>:f}:lease:...` for the fleet, `{<prefix>:r:<route>}:lease:...` for a route (the tags the sharded
  * per-call scripts use for those scopes).
  *
@@ -13,6 +14,9 @@ import type { LeaseReply } from './lease-source.js';
  *   alerted            the alert percent was reported in this window
  *   h:<holder>         "<grant>|<expiresAt>|<last seq applied>"
  *   p:<holder>         µUSD of that holder's lapsed slices counted in usd until it reports
+ * KEYS[2], a sorted set: holder → expiry of its slice, for the holders with a slice (grant > 0). Reaping and counting
+ * the live holders read only it (O(log N) plus the lapsed ones), never every holder of the day: with a thousand
+ * sidecars reporting each second, reading the whole hash per request made the script O(N) and the fleet O(N²).
  *
  * INVARIANT: out = Σ grant over the h: fields; usd + out never grows past the cap except by what holders spent
  * above their slices (calls that cost more than their estimate), because a reported spend is at most the slice
@@ -46,22 +50,28 @@ local function state(live, alert)
 end
 
 -- Reap slices lapsed for longer than the grace; count the live ones of other holders.
-local live = 0
-local fields = redis.call('HGETALL', h)
-for i = 1, #fields, 2 do
-  local f = fields[i]
-  if f ~= me and string.sub(f, 1, 2) == 'h:' then
-    local g, e, q = entry(fields[i + 1])
-    if g > 0 and e + a.grace <= now then
-      -- Its holder may have spent all of it before it went silent: spent until it reports.
-      redis.call('HINCRBY', h, 'out', -g)
-      redis.call('HINCRBY', h, 'usd', g)
-      redis.call('HINCRBY', h, 'p:' .. string.sub(f, 3), g)
-      redis.call('HSET', h, f, string.format('0|%d|%d', e, q))
-    elseif g > 0 and e > now then
-      live = live + 1
+local x = KEYS[2]
+for _, holder in ipairs(redis.call('ZRANGEBYSCORE', x, '-inf', now - a.grace)) do
+  if holder ~= a.holder then
+    local f = 'h:' .. holder
+    local v = redis.call('HGET', h, f)
+    if v then
+      local g, e, q = entry(v)
+      if g > 0 and e + a.grace <= now then
+        -- Its holder may have spent all of it before it went silent: spent until it reports.
+        redis.call('HINCRBY', h, 'out', -g)
+        redis.call('HINCRBY', h, 'usd', g)
+        redis.call('HINCRBY', h, 'p:' .. holder, g)
+        redis.call('HSET', h, f, string.format('0|%d|%d', e, q))
+      end
     end
+    redis.call('ZREM', x, holder)
   end
+end
+local live = redis.call('ZCOUNT', x, '(' .. now, '+inf')
+local mine_exp = redis.call('ZSCORE', x, a.holder)
+if mine_exp and tonumber(mine_exp) > now then
+  live = live - 1
 end
 
 local mine = redis.call('HGET', h, me)
@@ -108,7 +118,13 @@ if a.cap >= 0 and a.keep == 1 then
   end
 end
 redis.call('HSET', h, me, string.format('%d|%d|%d', grant, exp, a.seq))
+if grant > 0 then
+  redis.call('ZADD', x, exp, a.holder)
+else
+  redis.call('ZREM', x, a.holder)
+end
 redis.call('PEXPIRE', h, a.gc)
+redis.call('PEXPIRE', x, a.gc)
 local alert = 0
 if a.cap >= 0 and a.alert > 0 and not v[3] and spent * 100 >= a.cap * a.alert then
   redis.call('HSET', h, 'alerted', 1)

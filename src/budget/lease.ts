@@ -46,7 +46,7 @@ export interface LeasedStoreOptions {
   renewBelowPercent?: number;
   /** µUSD admitted per outage per window on no valid slice. Default 0. */
   allowanceUsdMicros?: number;
-  /** Spend of an uncapped window is reported at most this often, ms. Default 1000. */
+  /** Spend is reported at most this often while there is some, ms. Default 10000 (config `store.lease.reportIntervalMs`). */
   reportIntervalMs?: number;
   /** How often slices of idle windows are given back and uncapped spend reported, ms. Default 1000. */
   tickMs?: number;
@@ -153,7 +153,7 @@ export class LeasedStore implements BudgetStore {
     this.holder = opts.holder ?? randomUUID();
     this.renewBelow = (opts.renewBelowPercent ?? 25) / 100;
     this.allowance = opts.allowanceUsdMicros ?? 0;
-    this.reportIntervalMs = opts.reportIntervalMs ?? 1_000;
+    this.reportIntervalMs = opts.reportIntervalMs ?? 10_000;
     this.tickMs = opts.tickMs ?? 1_000;
     this.alertPercent = opts.alertPercent ?? DEFAULT_ALERT_PERCENT;
     this.emit = opts.onEvent ?? (() => {});

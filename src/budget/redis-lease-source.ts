@@ -48,7 +48,8 @@ export class RedisLeaseSource implements LeaseSource {
       alert: this.sizing.alertPercent,
       gc,
     };
-    return this.redis.run(LEASE_ACQUIRE, [this.keyOf(req.scope)], [JSON.stringify(args)]);
+    const key = this.keyOf(req.scope);
+    return this.redis.run(LEASE_ACQUIRE, [key, `${key}:x`], [JSON.stringify(args)]);
   }
 
   /** One HMGET per window: windows live on different slots. */

@@ -386,8 +386,12 @@ export const StoreSchema = z.strictObject({
        * outage). Default 0: nothing.
        */
       allowanceUsd: z.number().nonnegative().default(0),
-      /** Spend on uncapped route/fleet windows is reported at most this often, ms. Default 1000. */
-      reportIntervalMs: positiveInt.default(1_000),
+      /**
+       * Spend on route/fleet windows is reported at most this often while there is some (slice renewals report it
+       * too), ms. Default 10000: each report is a script call on the route's or the fleet's slot, so with 1 s a fleet
+       * calling once a second per sidecar sent three per call; other sidecars' views of that spend lag by this much.
+       */
+      reportIntervalMs: positiveInt.default(10_000),
     })
     .prefault({}),
 });

@@ -241,7 +241,13 @@ describe('a fleet sharing one Redis', () => {
   it('50 concurrent calls worth 3× the budget through two sidecars: spend stays within the cap, the rest get 402', async () => {
     // Each call reserves its estimate (prompt + 500 max output tokens at $8/M ≈ 4.1 m$) and really costs 5.8 m$
     // — more than estimated, so the stated bound applies: cap + Σ in-flight (actual − estimate).
-    const cfg = { agent: { id: 'fleet-agent' }, store: { kind: 'redis', url: redis.url, keyPrefix: 'cap50' }, budgets: { fleet: { dailyUsd: 0.1 } }, routes: llmRoutes(up) };
+    const cfg = {
+      agent: { id: 'fleet-agent' },
+      // Reports every 250 ms, so the check below need not wait the default 10 s for the other sidecar's spend.
+      store: { kind: 'redis', url: redis.url, keyPrefix: 'cap50', lease: { reportIntervalMs: 250 } },
+      budgets: { fleet: { dailyUsd: 0.1 } },
+      routes: llmRoutes(up),
+    };
     const a = await start(cfg);
     const b = await start(cfg);
     const results = await Promise.all(
@@ -256,7 +262,7 @@ describe('a fleet sharing one Redis', () => {
     const refused = results.filter((s) => s === 402).length;
     expect(ok + refused).toBe(50);
     expect(refused).toBeGreaterThan(0);
-    // Each sidecar reports its spend on the leased fleet cap within store.lease.reportIntervalMs (1 s).
+    // Each sidecar reports its spend on the leased fleet cap within store.lease.reportIntervalMs.
     const fleet = await vi.waitFor(
       async () => {
         const budgets = (await (await request(`${a.adminUrl}/admin/budgets`)).body.json()) as { scopes: Array<{ scope: string; window: string; spentUsd: number }> };
