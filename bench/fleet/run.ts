@@ -305,8 +305,9 @@ const extrapolate = (rows: Row[], opts: FleetOptions): string => {
   const clients = N * clientsPerSidecar;
   const maxclients = base.maxclients || 10_000;
   const memConnGiB = (N * base.memoryPerSidecar) / 2 ** 30;
-  const growthPerCallBytes = base.busy.memoryBytes / Math.max(1, base.load.completed);
-  const memDayGiB = (growthPerCallBytes * N * opts.rate * 600) / 2 ** 30;
+  // Nothing is written per call (commits remove their hold): what the busy phase added is each sidecar's windows.
+  const keysPerSidecarBytes = Math.max(0, base.busy.memoryBytes) / base.sidecars;
+  const memKeysGiB = (N * keysPerSidecarBytes) / 2 ** 30;
   const aofPerCall = Math.max(0, base.busy.aofBytes) / Math.max(1, served(base));
   const idleOps = (N * base.idle.commands) / base.idle.seconds / base.sidecars;
   const limits = [
@@ -319,7 +320,7 @@ const extrapolate = (rows: Row[], opts: FleetOptions): string => {
     `- idle traffic: ${fmt(idleOps)} commands/s (${fmt(base.idle.commands / base.idle.seconds / base.sidecars, 2)} per sidecar)`,
     `- connections: ${fmt(clientsPerSidecar, 2)} per sidecar per node → **${fmt(clients)}** per node (maxclients ${fmt(maxclients)})`,
     `- AOF: ${fmt(aofPerCall, 0)} B appended per call (scripts are written as the commands they ran) → ${fmt((aofPerCall * N * opts.rate) / 2 ** 20, 1)} MiB/s of appends at ${fmt(N * opts.rate)} calls/s, ${fmt((aofPerCall * N * opts.rate * 3600) / 2 ** 30, 0)} GiB an hour between rewrites`,
-    `- memory: ${fmt(memConnGiB, 2)} GiB for connections; keys grow ${fmt(growthPerCallBytes, 0)} B per call while the settled-id TTL (10 min) fills → ~${fmt(memDayGiB, 2)} GiB steady`,
+    `- memory: ${fmt(memConnGiB, 2)} GiB for connections + ${fmt(keysPerSidecarBytes / 1024, 1)} KiB of keys per sidecar (the busy phase's growth ÷ sidecars: its agent windows and holds; no key per call) → ~${fmt(memConnGiB + memKeysGiB, 2)} GiB`,
     `- first limit: **${limits[0]!.name}** (${fmt(100 * limits[0]!.ratio)} % of it); then ${limits[1]!.name} (${fmt(100 * limits[1]!.ratio)} %).`,
     `- a cluster does not help connections: every sidecar holds one to every master (${cluster ? `${fmt(Math.max(...cluster.busy.clientsPerNode) / cluster.sidecars, 2)} per sidecar per node measured` : 'not measured'}), so each master needs maxclients ≥ the fleet. It divides CPU only as far as the keys spread: with ${cluster ? `the largest script share on one node at ${fmt((100 * Math.max(...cluster.busy.scriptsPerNode)) / Math.max(1, cluster.busy.scriptsPerNode.reduce((a, b) => a + b, 0)))} %` : 'no cluster run'}, the busiest master carries that share of ${fmt(cores, 2)} cores.`,
   ].join('\n');

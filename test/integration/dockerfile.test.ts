@@ -6,7 +6,7 @@ import { cpSync, existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, 
 import { tmpdir } from 'node:os';
 import { delimiter, dirname, join, posix, relative, resolve } from 'node:path';
 import { promisify } from 'node:util';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { parseDocument } from 'yaml';
 import { loadConfigFile, parseConfig } from '../../src/config/load.js';
 import { freePort } from '../helpers/net.js';
@@ -360,7 +360,8 @@ describe('the image, built and started without Docker', () => {
       await new Promise((r) => setTimeout(r, 200));
     }
     expect(healthz?.status, output).toBe(200);
-    expect(output).toContain('fusebox listening');
+    // The admin port answers a moment before the start line is written (listen() logs once both ports are bound).
+    await vi.waitFor(() => expect(output).toContain('fusebox listening'), { timeout: 30_000, interval: 50 });
     expect((await fetch(`${admin}/readyz`)).status).toBe(200);
     const metrics = await (await fetch(`${admin}/metrics`)).text();
     expect(metrics).toMatch(/^# TYPE fusebox_requests_total counter$/m);

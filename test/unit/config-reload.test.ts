@@ -37,7 +37,7 @@ describe('restartOnlyChanges', () => {
           store: { keyPrefix: 'other' },
           limits: { maxHeaderBytes: 4096 },
           agent: { id: 'b' },
-          sloCounters: { flushIntervalMs: 5000 },
+          sloCounters: { flushIntervalMs: 7000 },
           budgets: { alertPercent: 50 },
           intercept: { maxLeaves: 10 },
         },
