@@ -22,7 +22,7 @@ import type { LeaseReply } from './lease-source.js';
  * above their slices (calls that cost more than their estimate), because a reported spend is at most the slice
  * it is taken from, and it enters usd in the same step as that slice leaves out.
  *
- * ARGV[1]: {holder, seq, rep: [usd, tokens, calls], keep: 0|1, want, cap (-1: uncapped), now, ttl, grace, min,
+ * ARGV[1]: {holder, seq, rep: [usd, tokens, calls], keep: 0|1, want, dem (demand), cap (-1: uncapped), now, ttl, grace, min,
  * whole: 0|1, alert, gc}. Reply: {grant, expiresAt, spent usd, out, live others, alert 0|1}.
  */
 const ACQUIRE_LUA = `
@@ -110,9 +110,9 @@ if a.cap >= 0 and a.keep == 1 then
   if remaining > 0 then
     local size = remaining
     if a.whole == 0 then
-      size = math.floor(remaining / (2 * (live + 1)))
+      size = math.min(math.floor(remaining / (live + 1)), math.max(a.dem or 0, a.min))
     end
-    grant = math.min(math.max(size, a.want, a.min), remaining)
+    grant = math.min(math.max(size, a.want), remaining)
     exp = now + a.ttl
     redis.call('HINCRBY', h, 'out', grant)
   end

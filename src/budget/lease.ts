@@ -62,6 +62,8 @@ interface Pending {
   readonly report: Amounts;
   readonly keep: boolean;
   readonly want: number;
+  /** Spend rate since the last report, µUSD/s: sizes the next slice. */
+  readonly rate: number;
 }
 
 /** One route or fleet window as this sidecar leases it. */
@@ -483,7 +485,12 @@ export class LeasedStore implements BudgetStore {
     } else {
       wanted = Math.max(want, l.held.usdMicros + l.waiting);
     }
-    l.pending = { seq: ++this.seq, report: { ...l.unreported }, keep, want: wanted };
+    const now = this.now();
+    // Spend since the last report over the time it took (at least a second, so one call just after a grant does not
+    // read as a torrent): what the next slice should last at. A first request knows none.
+    const elapsedMs = now - l.lastReportAt;
+    const rate = Number.isFinite(elapsedMs) ? (l.unreported.usdMicros * 1000) / Math.max(1_000, elapsedMs) : 0;
+    l.pending = { seq: ++this.seq, report: { ...l.unreported }, keep, want: wanted, rate };
     return this.send(l);
   }
 
@@ -492,7 +499,7 @@ export class LeasedStore implements BudgetStore {
     const now = this.now();
     let r: LeaseReply;
     try {
-      r = await this.source.acquire({ scope: l.scope, holder: this.holder, seq: p.seq, report: p.report, keep: p.keep, wantUsdMicros: p.want, capUsdMicros: l.cap, now });
+      r = await this.source.acquire({ scope: l.scope, holder: this.holder, seq: p.seq, report: p.report, keep: p.keep, wantUsdMicros: p.want, rateUsdMicrosPerS: p.rate, capUsdMicros: l.cap, now });
     } catch (err) {
       if (err instanceof TypeError) throw err;
       l.failedAt = this.now();

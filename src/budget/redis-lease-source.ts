@@ -1,7 +1,7 @@
 import type { RedisConnection } from '../store/redis-connection.js';
 import { reply } from '../store/redis-script.js';
 import { LEASE_ACQUIRE } from './lease-scripts.js';
-import type { LeaseReply, LeaseRequest, LeaseSizing, LeaseSource, LeaseUsage } from './lease-source.js';
+import { demandOf, type LeaseReply, type LeaseRequest, type LeaseSizing, type LeaseSource, type LeaseUsage } from './lease-source.js';
 import type { ReservedScope } from './store.js';
 import { windowEndFromId } from './windows.js';
 
@@ -39,6 +39,7 @@ export class RedisLeaseSource implements LeaseSource {
       rep: [req.report.usdMicros, req.report.tokens, req.report.calls],
       keep: req.keep ? 1 : 0,
       want: req.wantUsdMicros,
+      dem: demandOf(req.rateUsdMicrosPerS ?? 0, this.sizing.ttlMs),
       cap: req.capUsdMicros ?? -1,
       now: req.now,
       ttl: this.sizing.ttlMs,

@@ -158,6 +158,8 @@ describe('leased fleet cap over a real Redis that is killed and restarted', () =
         report: retry ? { usdMicros: 0, tokens: 0, calls: 0 } : { usdMicros: Math.floor(random() * usd(0.4)), tokens: 3, calls: 1 },
         keep: random() < 0.9,
         wantUsdMicros: Math.floor(random() * usd(0.3)),
+        // Spend rates from none to fast enough that the fair share caps the slice (two 30 s lifetimes at 0.1 $/s = 6 $).
+        rateUsdMicrosPerS: random() < 0.3 ? 0 : random() * usd(0.1),
         capUsdMicros: usd(10),
         now: t,
       };

@@ -1,6 +1,6 @@
 import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
 import { LeasedStore, type LeaseEvent } from '../../src/budget/lease.js';
-import { MemoryLeaseSource, sliceSize, type LeaseReply, type LeaseRequest, type LeaseSource, type LeaseUsage } from '../../src/budget/lease-source.js';
+import { demandOf, MemoryLeaseSource, sliceSize, type LeaseReply, type LeaseRequest, type LeaseSource, type LeaseUsage } from '../../src/budget/lease-source.js';
 import { MemoryStore } from '../../src/budget/memory-store.js';
 import type { Reservation, ReservedScope, ScopeBudget } from '../../src/budget/store.js';
 import { StoreUnavailableError } from '../../src/errors.js';
@@ -44,15 +44,28 @@ const settle = async () => {
 };
 
 describe('slice size', () => {
-  it('is remaining / (2 × (live holders + 1)), at least the estimate at hand and the minimum, at most what is left', () => {
-    expect(sliceSize(1_000, 0, 10, 1, false)).toBe(500);
-    expect(sliceSize(1_000, 4, 10, 1, false)).toBe(100);
-    expect(sliceSize(1_000, 4, 300, 1, false)).toBe(300);
-    expect(sliceSize(1_000, 99, 0, 50, false)).toBe(50);
-    expect(sliceSize(40, 99, 0, 50, false)).toBe(40);
+  it('is two lifetimes of the holder’s recent spend (at least the minimum), at most a fair share of what is left, and at least the estimate at hand', () => {
+    // No spend known yet: the minimum, unless a fair share is smaller; never less than what the call needs.
+    expect(sliceSize(1_000, 0, 10, 50, false)).toBe(50);
+    expect(sliceSize(1_000, 0, 80, 50, false)).toBe(80);
+    expect(sliceSize(1_000, 99, 0, 50, false)).toBe(10);
+    expect(sliceSize(1_000, 99, 30, 50, false)).toBe(30);
+    // A holder spending fast gets its demand, capped by its fair share: remaining / (live holders + 1).
+    expect(sliceSize(1_000, 0, 10, 50, false, 600)).toBe(600);
+    expect(sliceSize(1_000, 4, 10, 50, false, 600)).toBe(200);
+    expect(sliceSize(1_000, 4, 300, 50, false, 100)).toBe(300);
+    // Never more than is left; a source with one holder grants all of it.
+    expect(sliceSize(40, 0, 0, 50, false)).toBe(40);
+    expect(sliceSize(40, 99, 0, 50, false)).toBe(0);
     expect(sliceSize(1_000, 4, 10, 1, true)).toBe(1_000);
     expect(sliceSize(0, 0, 10, 1, false)).toBe(0);
     expect(sliceSize(-5, 0, 10, 1, false)).toBe(0);
+  });
+
+  it('sizes demand as two slice lifetimes at the rate', () => {
+    expect(demandOf(0, 30_000)).toBe(0);
+    // 1,000 µUSD/s for two 30 s lifetimes.
+    expect(demandOf(1_000, 30_000)).toBe(60_000);
   });
 });
 
@@ -120,21 +133,25 @@ describe('LeasedStore', () => {
     expect(counters.spentIn({ ...fleetDay(usd(1)), windowId: '2026-12-05' })).toEqual({ usdMicros: 14 * usd(0.07), tokens: 70, calls: 14 });
   });
 
-  it('leases a share sized by the live holders, renews in the background while spending, and an idle sidecar does no lease traffic', async () => {
+  it('leases a slice sized by demand within a fair share, renews in the background while spending, and an idle sidecar does no lease traffic', async () => {
     const { counters, net } = fleet({ whole: false });
     const a = sidecar(counters, net);
     const b = sidecar(counters, net);
     const scopes = [fleetDay(usd(100))];
     const ra = await a.reserve({ scopes, estimate: est(usd(0.1)) });
-    // Alone: half of the 100 left.
-    expect(a.leaseViews()[0]?.remainingUsdMicros).toBe(usd(50) - usd(0.1));
+    // No spend known yet: the minimum (0.01), or what the call needs if more, not half of the 100 left. The slice
+    // then renewed ahead of need holds the call in flight and one more like it.
+    await settle();
+    expect(net.sent[0]?.rateUsdMicrosPerS).toBe(0);
+    expect(a.leaseViews()[0]?.remainingUsdMicros).toBe(usd(0.1));
     await b.reserve({ scopes, estimate: est(usd(0.1)) });
-    // One live holder besides it: a quarter of the 50 left.
-    expect(b.leaseViews()[0]?.remainingUsdMicros).toBe(usd(12.5) - usd(0.1));
+    await settle();
+    expect(b.leaseViews()[0]?.remainingUsdMicros).toBe(usd(0.1));
     if (!ra.ok) throw new Error('refused');
     await a.commit(ra.reservation, { usdMicros: usd(0.1), tokens: 0 });
 
-    // A spends its slice down: below 25 % left, one renew goes out in the background and calls never wait.
+    // A spends fast: its next slices follow its rate, capped by a fair share of what is left (one other live
+    // holder: half). Below 25 % left, a renew goes out in the background; only a few are needed for 40 calls.
     const before = net.sent.length;
     for (let i = 0; i < 40; i++) {
       const r = await a.reserve({ scopes, estimate: est(usd(1)) });
@@ -296,14 +313,16 @@ describe('LeasedStore', () => {
     const r = await silent.reserve({ scopes, estimate: est(usd(1)) });
     if (!r.ok) throw new Error('refused');
     await silent.commit(r.reservation, { usdMicros: usd(1), tokens: 0 });
-    const slice = usd(5);
+    // No spend known yet: its slice holds its call and one more like it (renewed ahead of need), not half the cap.
+    await settle();
+    const slice = usd(2);
     expect(silent.leaseViews()[0]?.remainingUsdMicros).toBe(slice - usd(1));
     silentNet.cut = true;
     // Past expiry + grace the other sidecar's request reaps it: the whole slice counts as spent meanwhile.
     t += SIZING.ttlMs + SIZING.graceMs;
     const o = await other.reserve({ scopes, estimate: est(usd(0.1)) });
     expect(o.ok && o.used[0]?.usdMicros).toBe(slice + usd(0.1));
-    // The silent one comes back and reports 1 USD: the other 4 return to the pool.
+    // The silent one comes back and reports the 1 USD it spent: its presumed spend is replaced by the real one.
     silentNet.cut = false;
     await silent.close();
     const [u] = await source.usage([{ ...scopes[0]!, windowId: '2026-12-05' }]);
