@@ -377,7 +377,7 @@ export const StoreSchema = z.strictObject({
       ttlMs: positiveInt.default(30_000),
       /** An expired slice is returned to the pool only this long after its expiry (covers clock skew), ms. Default 5000. */
       graceMs: positiveInt.default(5_000),
-      /** Smallest slice granted (unless less is left), USD. Default 0.05. */
+      /** Slice granted to a sidecar with no spend rate known yet, and the least granted after (unless a fair share of what is left is less), USD. Default 0.05. */
       minSliceUsd: z.number().nonnegative().default(0.05),
       /** A slice is renewed in the background once less than this percent of it is left. Default 25. */
       renewBelowPercent: percent.default(25),
