@@ -30,6 +30,8 @@ export interface SharedStore extends BudgetStore {
   onReady(listener: () => void): void;
   /** Resolves once connected; rejects after `timeoutMs`. */
   waitReady(timeoutMs: number): Promise<void>;
+  /** The kill set as the shared store last read it (no I/O): what an outage goes on obeying. */
+  knownKills(): Kill[];
 }
 
 /** A commit made while the shared store was away, replayed into it later. */
@@ -69,8 +71,6 @@ export interface LocalFallbackOptions extends StoreCommonOptions {
   journalMaxEntries?: number;
   /** How often a pending journal is retried while the shared store is away, ms. Default 1000. */
   replayIntervalMs?: number;
-  /** The kill set is re-read at most this often (for use during an outage), ms. Default 1000. */
-  killRefreshMs?: number;
   onEvent?: (e: FallbackEvent) => void;
 }
 
@@ -105,7 +105,6 @@ export class LocalFallbackStore implements BudgetStore {
   private readonly local: MemoryStore;
   private readonly now: () => number;
   private readonly share: Record<ScopeKind, number>;
-  private readonly killRefreshMs: number;
   private readonly emit: (e: FallbackEvent) => void;
   private readonly lastKnown = new Map<string, Amounts>();
   private readonly pending: JournalEntry[] = [];
@@ -114,8 +113,6 @@ export class LocalFallbackStore implements BudgetStore {
   private seq = 0;
   private readonly journalMax: number;
   private dropped = { entries: 0, usdMicros: 0, reportedAt: -Infinity };
-  private kills: Kill[] = [];
-  private killsReadAt = -Infinity;
   private down = false;
   private replaying: Promise<number> | undefined;
   private readonly timer: NodeJS.Timeout;
@@ -124,7 +121,6 @@ export class LocalFallbackStore implements BudgetStore {
     this.shared = opts.shared;
     this.now = opts.now;
     this.share = { ...DEFAULT_SHARE, ...opts.localShare };
-    this.killRefreshMs = opts.killRefreshMs ?? 1_000;
     this.journalMax = opts.journalMaxEntries ?? DEFAULT_JOURNAL_MAX_ENTRIES;
     this.emit = opts.onEvent ?? (() => {});
     const { now, alertPercent, reservationTtlMs, newId } = opts;
@@ -141,7 +137,6 @@ export class LocalFallbackStore implements BudgetStore {
       try {
         const result = await this.shared.reserve(req);
         if (result.ok) this.remember(result.reservation.scopes, result.used);
-        this.refreshKills();
         return result;
       } catch (err) {
         this.markDown(err);
@@ -198,23 +193,17 @@ export class LocalFallbackStore implements BudgetStore {
 
   /** The shared kill set; during an outage, the one last read. */
   async getKills(): Promise<Kill[]> {
-    if (!this.up()) return [...this.kills];
-    const kills = await this.viaShared(() => this.shared.getKills());
-    this.kills = kills;
-    this.killsReadAt = this.now();
-    return kills;
+    if (!this.up()) return this.shared.knownKills();
+    return this.viaShared(() => this.shared.getKills());
   }
 
   /** Fails with StoreUnavailableError during an outage: a kill only this sidecar obeyed would mislead. */
-  async setKill(target: KillTarget, reason?: string): Promise<void> {
-    await this.viaShared(() => this.shared.setKill(target, reason));
-    this.killsReadAt = -Infinity;
+  setKill(target: KillTarget, reason?: string): Promise<void> {
+    return this.viaShared(() => this.shared.setKill(target, reason));
   }
 
-  async clearKill(target: KillTarget): Promise<boolean> {
-    const cleared = await this.viaShared(() => this.shared.clearKill(target));
-    this.killsReadAt = -Infinity;
-    return cleared;
+  clearKill(target: KillTarget): Promise<boolean> {
+    return this.viaShared(() => this.shared.clearKill(target));
   }
 
   /** False from the first failed call until the shared store is back and the journal replayed. */
@@ -350,22 +339,10 @@ export class LocalFallbackStore implements BudgetStore {
     }
   }
 
-  /** Re-reads the kill set in the background at most every killRefreshMs, so an outage starts with a fresh one. */
-  private refreshKills(): void {
-    if (this.now() - this.killsReadAt < this.killRefreshMs) return;
-    this.killsReadAt = this.now();
-    this.shared.getKills().then(
-      (k) => {
-        this.kills = k;
-      },
-      () => {},
-    );
-  }
-
   private async syncKills(): Promise<void> {
     const current = await this.local.getKills();
     for (const k of current) await this.local.clearKill(k.target);
-    for (const k of this.kills) await this.local.setKill(k.target, k.reason);
+    for (const k of this.shared.knownKills()) await this.local.setKill(k.target, k.reason);
   }
 
   private async viaShared<T>(op: () => Promise<T>): Promise<T> {

@@ -203,6 +203,14 @@ export class RedisStore implements BudgetStore {
   /** Read from Redis (the admin API wants the truth), refreshing the copy reserve checks. */
   async getKills(): Promise<Kill[]> {
     await this.readKills(this.now());
+    return this.knownKills();
+  }
+
+  /**
+   * The copy reserve checks, as last read or as this sidecar last set it; no I/O. Kept fresh by reserves (every
+   * killRefreshMs while calls come), it is the kill set LocalFallbackStore goes on obeying through an outage.
+   */
+  knownKills(): Kill[] {
     const out: Kill[] = [];
     for (const [field, value] of this.kills) {
       const target = killTargetFromField(field);
