@@ -24,7 +24,7 @@ import {
   type ScopeRef,
   type ScopeUsage,
 } from './store.js';
-import { windowAt, windowEndFromId, type WindowKind } from './windows.js';
+import { dayId, monthId, windowAt, windowEndFromId, type WindowKind } from './windows.js';
 
 /** Things worth a metric and a log line. */
 export type LeaseEvent =
@@ -103,6 +103,20 @@ const ENTRY = Symbol('lease entry');
 type Leased = Reservation & { readonly [ENTRY]?: Entry };
 
 const isLeased = (kind: ScopeRef['kind']) => kind === 'route' || kind === 'fleet';
+
+/**
+ * A request's scope list split once per day and month: the inner store gets the same list object on every call
+ * (MemoryStore pins its windows and keys per list, so a list made per call would cost them again), and the leased
+ * windows' ids and keys are not formatted per call.
+ */
+interface Split {
+  readonly day: string;
+  readonly month: string;
+  readonly inner: readonly ScopeBudget[];
+  readonly leased: readonly ScopeBudget[];
+  readonly windowIds: readonly string[];
+  readonly keys: readonly string[];
+}
 const addTo = (to: Mutable, a: Amounts, sign: 1 | -1) => {
   to.usdMicros += sign * a.usdMicros;
   to.tokens += sign * a.tokens;
@@ -139,6 +153,8 @@ export class LeasedStore implements BudgetStore {
   private readonly alertPercent: number;
   private readonly emit: (e: LeaseEvent) => void;
   private readonly leases = new Map<string, Lease>();
+  /** Weak: the budget layer keeps one list per route and agent; a list made for one call goes with it. */
+  private readonly splits = new WeakMap<readonly ScopeBudget[], Split>();
   private crossings: AlertCrossing[] = [];
   private sourceUp = true;
   /**
@@ -166,19 +182,12 @@ export class LeasedStore implements BudgetStore {
   async reserve(req: ReserveRequest): Promise<ReserveResult> {
     if (!req.scopes.some((s) => isLeased(s.scope.kind))) return this.inner.reserve(req);
     assertAmounts('estimate', req.estimate);
-    const now = this.now();
-    const innerScopes: ScopeBudget[] = [];
-    const leasedScopes: ScopeBudget[] = [];
-    for (const s of req.scopes) {
-      if (!isLeased(s.scope.kind)) innerScopes.push(s);
-      else if (s.caps.tokens !== undefined || s.caps.calls !== undefined) throw new TypeError(`${s.scope.kind} caps are USD only (leased slices)`);
-      else leasedScopes.push(s);
-    }
+    const split = this.split(req.scopes, this.now());
     const taken: Lease[] = [];
     const unhold = () => taken.forEach((l) => addTo(l.held, req.estimate, -1));
     try {
-      for (const s of leasedScopes) {
-        const lease = this.leaseFor(s, now);
+      for (let k = 0; k < split.leased.length; k++) {
+        const lease = this.leaseFor(split.leased[k]!, split.windowIds[k]!, split.keys[k]!);
         const refusal = await this.admit(lease, req.estimate, req.onUnavailable);
         if (refusal) {
           unhold();
@@ -192,7 +201,7 @@ export class LeasedStore implements BudgetStore {
     }
     let inner: ReserveResult;
     try {
-      inner = await this.inner.reserve({ ...req, scopes: innerScopes });
+      inner = await this.inner.reserve({ ...req, scopes: split.inner });
     } catch (err) {
       unhold();
       throw err;
@@ -331,9 +340,26 @@ export class LeasedStore implements BudgetStore {
     await this.inner.close();
   }
 
-  private leaseFor(s: ScopeBudget, now: number): Lease {
-    const windowId = windowAt(s.window, now).id;
-    const key = scopeKey(s, windowId);
+  private split(list: readonly ScopeBudget[], now: number): Split {
+    const day = dayId(now);
+    const month = monthId(now);
+    const kept = this.splits.get(list);
+    if (kept !== undefined && kept.day === day && kept.month === month) return kept;
+    const inner: ScopeBudget[] = [];
+    const leased: ScopeBudget[] = [];
+    for (const s of list) {
+      if (!isLeased(s.scope.kind)) inner.push(s);
+      else if (s.caps.tokens !== undefined || s.caps.calls !== undefined) throw new TypeError(`${s.scope.kind} caps are USD only (leased slices)`);
+      else leased.push(s);
+    }
+    const windowIds = leased.map((s) => windowAt(s.window, now).id);
+    const made: Split = { day, month, inner, leased, windowIds, keys: leased.map((s, k) => scopeKey(s, windowIds[k]!)) };
+    this.splits.set(list, made);
+    return made;
+  }
+
+  /** This sidecar's lease of a window (made on first use; dropped by `tick` once idle and reported). */
+  private leaseFor(s: ScopeBudget, windowId: string, key: string): Lease {
     let l = this.leases.get(key);
     if (!l) {
       l = {
