@@ -243,8 +243,10 @@ describe('a fleet sharing one Redis', () => {
     // — more than estimated, so the stated bound applies: cap + Σ in-flight (actual − estimate).
     const cfg = {
       agent: { id: 'fleet-agent' },
-      // Reports every 250 ms, so the check below need not wait the default 10 s for the other sidecar's spend.
-      store: { kind: 'redis', url: redis.url, keyPrefix: 'cap50', lease: { reportIntervalMs: 250 } },
+      // Reports every 250 ms, so the check below need not wait the default 10 s for the other sidecar's spend. A
+      // command timeout far above the default 250 ms: this test is about the cap, not about timeouts, and on a loaded
+      // machine a timed-out command sends a call to the local fallback (the likely cause of one failure under load).
+      store: { kind: 'redis', url: redis.url, keyPrefix: 'cap50', timeoutMs: 5_000, lease: { reportIntervalMs: 250 } },
       budgets: { fleet: { dailyUsd: 0.1 } },
       routes: llmRoutes(up),
     };

@@ -91,7 +91,9 @@ const logsOf = (child: ChildProcessByStdio<null, Readable, Readable>) => {
   return { next };
 };
 
-describe('fusebox CLI', () => {
+// Each test starts the CLI cold through tsx (seconds under load; one test ran past the default 20 s once with 14 other
+// files in parallel). Nothing waits on time: the bound only stops a hung child.
+describe('fusebox CLI', { timeout: 90_000 }, () => {
   const cli = (args: string[], env: NodeJS.ProcessEnv = {}) =>
     spawn(process.execPath, ['--import', 'tsx', 'src/main.ts', ...args], { env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
   const collect = (child: ReturnType<typeof cli>) =>
