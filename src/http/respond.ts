@@ -10,8 +10,9 @@ import type { BodyEnd, HeaderMap, ProxyResponse } from '../pipeline/types.js';
 export const sendResponse = (res: ServerResponse, answer: ProxyResponse, extraHeaders: HeaderMap): Promise<BodyEnd> => {
   const headers = { ...answer.headers, ...extraHeaders };
   const observers = answer.observers;
-  const body = answer.body;
-  if (Buffer.isBuffer(body)) {
+  const rewrite = answer.rewrite;
+  if (Buffer.isBuffer(answer.body)) {
+    const body = rewrite === undefined ? answer.body : Buffer.concat([rewrite.push(answer.body), rewrite.end()]);
     headers['content-length'] = String(body.length);
     res.writeHead(answer.statusCode, headers);
     res.end(body);
@@ -21,6 +22,7 @@ export const sendResponse = (res: ServerResponse, answer: ProxyResponse, extraHe
     return Promise.resolve(end);
   }
 
+  const body = answer.body;
   return new Promise<BodyEnd>((resolve) => {
     res.writeHead(answer.statusCode, headers);
     // SSE: let the agent see the status before the first event arrives.
@@ -37,15 +39,21 @@ export const sendResponse = (res: ServerResponse, answer: ProxyResponse, extraHe
       notifyEnd(observers, end);
       resolve(end);
     };
-    const onData = (chunk: Buffer) => {
+    const send = (chunk: Buffer): boolean => {
       bytes += chunk.length;
       for (const o of observers) o.onChunk?.(chunk);
-      if (!res.write(chunk)) body.pause();
+      return res.write(chunk);
+    };
+    const onData = (received: Buffer) => {
+      const chunk = rewrite === undefined ? received : rewrite.push(received);
+      if (chunk.length > 0 && !send(chunk)) body.pause();
     };
     const onDrain = () => body.resume();
     body.on('data', onData);
     res.on('drain', onDrain);
     body.once('end', () => {
+      const rest = rewrite?.end();
+      if (rest !== undefined && rest.length > 0) send(rest);
       res.end();
       finish({ ok: true, bytes });
     });

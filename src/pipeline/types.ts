@@ -92,13 +92,29 @@ export interface Verdict {
   readonly retryAfterMs?: number;
 }
 
+/**
+ * Rewrites a response body on its way to the agent, chunk by chunk, on the one data path that sends it (no stream of
+ * its own: an upstream error, the agent going away and a discard reach the upstream body directly).
+ */
+export interface BodyRewrite {
+  /** The bytes to send for this chunk as received; may be empty (held, or dropped). */
+  push(chunk: Buffer): Buffer;
+  /** The bytes still held once the body has ended cleanly (not called when it broke off). */
+  end(): Buffer;
+}
+
 export interface ProxyResponse {
   statusCode: number;
   headers: HeaderMap;
   /** A stream from the upstream, or a complete body made by Fusebox (static fallback, cached answer). */
   body: Readable | Buffer;
-  /** Observers are called in order for every chunk and once at the end. */
+  /** Observers are called in order for every chunk and once at the end, with the bytes sent (after `rewrite`). */
   observers: BodyObserver[];
+  /**
+   * Applied to the body as it is sent (src/http/respond.ts). Writer: the budget layer, removing the usage chunk it
+   * asked for. A response with one has no `content-length` (the length changes).
+   */
+  rewrite?: BodyRewrite;
   /**
    * The verdict on the attempt that produced this response, made once where it arose (the upstream send) with the
    * route's classifier settings. Retry, breaker and fallback read it (`verdictOf` in upstream/classify.ts) and never

@@ -1,4 +1,3 @@
-import { pipeline, Transform } from 'node:stream';
 import type { BudgetsConfig, RouteConfig } from '../config/schema.js';
 import { asksForTokens, estimateRequest, type RequestEstimate } from '../budget/estimate.js';
 import { costMicroUsd, type PriceBook } from '../budget/prices.js';
@@ -15,7 +14,7 @@ import { createUsageMeter, DEFAULT_MAX_JSON_BYTES, isEventStream, type UsageMete
 import { createUsageChunkFilter } from '../providers/openai.js';
 import { withStreamUsage } from '../providers/request.js';
 import type { Usage } from '../providers/usage.js';
-import type { BodyEnd, CallContext, CallSettlement, Layer, ProxyRequest, ProxyResponse } from '../pipeline/types.js';
+import type { BodyEnd, BodyRewrite, CallContext, CallSettlement, Layer, ProxyRequest, ProxyResponse } from '../pipeline/types.js';
 import type { PendingWork } from '../pipeline/pending.js';
 
 /** Windows resetting within this long get a Retry-After; a day away is not worth an agent's wait. */
@@ -239,33 +238,22 @@ export const budgetLayer = (route: RouteConfig, deps: BudgetLayerDeps): Layer =>
 };
 
 /**
- * The answer with the usage-only chunk removed from its event stream; `meter` still reads every byte as the
- * upstream sent it. The length changes, so any `content-length` goes (the stream is sent chunked).
+ * The answer with the usage-only chunk removed from its event stream as it is sent (`ProxyResponse.rewrite`: no
+ * Transform or pipeline per call); `meter` still reads every byte as the upstream sent it. The length changes, so
+ * any `content-length` goes (the stream is sent chunked).
  */
 const withoutUsageChunk = (answer: ProxyResponse, meter: UsageMeter): ProxyResponse => {
   const filter = createUsageChunkFilter(DEFAULT_MAX_JSON_BYTES);
   const headers = { ...answer.headers };
   delete headers['content-length'];
-  if (Buffer.isBuffer(answer.body)) {
-    meter.push(answer.body);
-    return { ...answer, headers, body: Buffer.concat([filter.push(answer.body), filter.end()]) };
-  }
-  const strip = new Transform({
-    transform(chunk: Buffer, _encoding, done) {
+  const rewrite: BodyRewrite = {
+    push(chunk) {
       meter.push(chunk);
-      const kept = filter.push(chunk);
-      done(null, kept.length > 0 ? kept : undefined);
+      return filter.push(chunk);
     },
-    flush(done) {
-      const rest = filter.end();
-      done(null, rest.length > 0 ? rest : undefined);
-    },
-  });
-  // pipeline, not pipe: an upstream error reaches the reader as this stream's 'error', and destroying this stream
-  // (agent gone, answer discarded) destroys the upstream body, so its socket is not left hanging. Errors are
-  // reported through the streams' own 'error' events; the callback only keeps pipeline from rethrowing.
-  pipeline(answer.body, strip, () => {});
-  return { ...answer, headers, body: strip };
+    end: () => filter.end(),
+  };
+  return { ...answer, headers, rewrite };
 };
 
 /** The scopes with only their call caps: what a call that cannot be billed is checked against. */

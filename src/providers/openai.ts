@@ -78,7 +78,31 @@ const isUsageOnlyChunk = (data: string): boolean => {
  * asked for. Every other event, `[DONE]` included, passes byte for byte.
  */
 export const createUsageChunkFilter = (maxEventBytes: number): SseEventFilter =>
-  createSseEventFilter({ mayDrop: (event) => event.includes('"usage"'), drop: isUsageOnlyChunk, maxEventBytes });
+  createSseEventFilter({ mayDrop: mayHoldUsageObject, drop: isUsageOnlyChunk, maxEventBytes });
+
+const USAGE_KEY = Buffer.from('"usage"');
+const NULL = Buffer.from('null');
+const SPACE = 0x20;
+const TAB = 0x09;
+const COLON = 0x3a;
+
+/**
+ * Whether the event `buf[start, end)` may hold a `"usage"` object: false only when every `"usage"` in it is followed
+ * by `: null` on the same line (what every chunk before the last says once usage is asked for), so only the last
+ * chunk is decoded. Anything else (`"usage"` then a line break, an unusual space) says maybe: `isUsageOnlyChunk`
+ * decides. A `"usage"` inside generated text is escaped (`\"usage\"`) and never matches.
+ */
+const mayHoldUsageObject = (buf: Buffer, start: number, end: number): boolean => {
+  for (let at = buf.indexOf(USAGE_KEY, start); at !== -1 && at + USAGE_KEY.length <= end; at = buf.indexOf(USAGE_KEY, at + USAGE_KEY.length)) {
+    let i = at + USAGE_KEY.length;
+    while (i < end && (buf[i] === SPACE || buf[i] === TAB)) i++;
+    if (i === end || buf[i] !== COLON) return true;
+    i++;
+    while (i < end && (buf[i] === SPACE || buf[i] === TAB)) i++;
+    if (i + NULL.length > end || buf.compare(NULL, 0, NULL.length, i, i + NULL.length) !== 0) return true;
+  }
+  return false;
+};
 
 /** Reads an OpenAI SSE stream (Chat Completions, legacy Completions or Responses API). */
 export const createOpenAIStreamReader = (): StreamUsageReader => {

@@ -24,33 +24,48 @@ interface FakeLlm extends TestUpstream {
   bodies: Array<Record<string, unknown>>;
   /** Cut the connection after the first streamed chunk, while set. */
   cutStreams: boolean;
+  /** While set, a stream waits for it after its first chunk (an answer still being generated). */
+  hold: Promise<void> | undefined;
+  /** End streams cleanly after this many bytes of the rest (the chunks after the first), mid-event, while set. */
+  endAfter: number | undefined;
 }
+
+const BASE = { id: 'chatcmpl-1', created: 1, model: 'test-model' };
+/** A content chunk of the fake LLM's stream, as sent (before the usage was asked for: `"usage":null`). */
+const sseChunk = (word: string) => `data: ${JSON.stringify({ ...BASE, object: 'chat.completion.chunk', choices: [{ index: 0, delta: { content: word }, finish_reason: null }], usage: null })}\n\n`;
+const usageEvent = `data: ${JSON.stringify({ ...BASE, object: 'chat.completion.chunk', choices: [], usage: USAGE })}\n\n`;
 
 const fakeLlm = async (): Promise<FakeLlm> => {
   const up = await startUpstream();
-  const llm = Object.assign(up, { failWith: undefined as number | undefined, bodies: [] as Array<Record<string, unknown>>, cutStreams: false });
-  up.on('/v1/chat/completions', (_req, res, raw) => {
+  const llm = Object.assign(up, {
+    failWith: undefined as number | undefined,
+    bodies: [] as Array<Record<string, unknown>>,
+    cutStreams: false,
+    hold: undefined as Promise<void> | undefined,
+    endAfter: undefined as number | undefined,
+  });
+  up.on('/v1/chat/completions', async (_req, res, raw) => {
     const body = JSON.parse(raw.toString()) as { model: string; stream?: boolean; stream_options?: { include_usage?: boolean } };
     llm.bodies.push(body);
     if (llm.failWith !== undefined) return json(res, llm.failWith, { error: { message: 'the upstream itself is down', type: 'server_error', param: null, code: null } });
-    const base = { id: 'chatcmpl-1', created: 1, model: body.model };
+    const base = { ...BASE, model: body.model };
     if (!body.stream) {
       return json(res, 200, { ...base, object: 'chat.completion', choices: [{ index: 0, message: { role: 'assistant', content: 'ok' }, finish_reason: 'stop', logprobs: null }], usage: USAGE });
     }
     res.writeHead(200, { 'content-type': 'text/event-stream' });
-    for (const word of ['hello', ' world']) {
-      const data = `data: ${JSON.stringify({ ...base, object: 'chat.completion.chunk', choices: [{ index: 0, delta: { content: word }, finish_reason: null }], usage: null })}\n\n`;
-      if (llm.cutStreams) {
-        // Cut once the headers and this chunk are on the wire: a failure after the commit point.
-        res.write(data, () => res.socket?.destroy());
-        return undefined;
-      }
-      res.write(data);
+    const first = sseChunk('hello');
+    if (llm.cutStreams) {
+      // Cut once the headers and this chunk are on the wire: a failure after the commit point.
+      res.write(first, () => res.socket?.destroy());
+      return undefined;
     }
-    if (body.stream_options?.include_usage) {
-      res.write(`data: ${JSON.stringify({ ...base, object: 'chat.completion.chunk', choices: [], usage: USAGE })}\n\n`);
-    }
-    res.end('data: [DONE]\n\n');
+    res.write(first);
+    if (llm.hold) await llm.hold;
+    if (res.destroyed) return undefined;
+    let rest = sseChunk(' world');
+    if (body.stream_options?.include_usage) rest += usageEvent;
+    rest += 'data: [DONE]\n\n';
+    res.end(llm.endAfter === undefined ? rest : rest.slice(0, llm.endAfter));
     return undefined;
   });
   up.on('/v1/messages', (_req, res, raw) => {
@@ -258,6 +273,71 @@ describe('the usage chunk Fusebox asks for stays with Fusebox', () => {
     expect(llm.bodies.at(-1)).toMatchObject({ stream_options: { include_usage: true } });
     const metrics = await waitForMetrics(fb, (t) => cost(t) > before);
     expect(cost(metrics) - before).toBeCloseTo(COST_USD, 9);
+  });
+
+  const streamed = () =>
+    request(`${fb.proxyUrl}/openai/v1/chat/completions`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+      body: JSON.stringify({ model: 'test-model', messages: hi, stream: true }),
+    });
+
+  it('sends each event on as it arrives: the first reaches the agent while the upstream is still generating', async () => {
+    let release!: () => void;
+    llm.hold = new Promise<void>((r) => (release = r));
+    try {
+      const res = await streamed();
+      const it = res.body[Symbol.asyncIterator]();
+      const first = String((await it.next()).value);
+      expect(first).toMatch(/^data: \{.*"content":"hello".*\}\n\n$/);
+      release();
+      let rest = '';
+      for (let n = await it.next(); !n.done; n = await it.next()) rest += String(n.value);
+      expect(rest).toContain('" world"');
+      expect(rest).not.toContain('"prompt_tokens"');
+      expect(rest.endsWith('data: [DONE]\n\n')).toBe(true);
+    } finally {
+      llm.hold = undefined;
+    }
+  });
+
+  it('an agent that goes away mid-stream closes the upstream call, and the call is settled from the bytes seen', async () => {
+    const estimated = (t: string) => metricValue(t, 'fusebox_usage_estimated_total', { route: 'oa' });
+    const aborted = (t: string) => metricValue(t, 'fusebox_requests_total', { route: 'oa', outcome: 'aborted' });
+    const text = await fb.metricsText();
+    const before = estimated(text);
+    const abortedBefore = aborted(text);
+    llm.hold = new Promise<void>(() => {});
+    try {
+      const res = await streamed();
+      const it = res.body[Symbol.asyncIterator]();
+      await it.next();
+      const seen = llm.seen.at(-1)!;
+      res.body.destroy();
+      // Waits for the event itself: an upstream call left open fails this test by its timeout.
+      await seen.closed;
+    } finally {
+      llm.hold = undefined;
+    }
+    const metrics = await waitForMetrics(fb, (t) => estimated(t) > before);
+    expect(estimated(metrics) - before).toBe(1);
+    expect(aborted(await waitForMetrics(fb, (t) => aborted(t) > abortedBefore)) - abortedBefore).toBe(1);
+  });
+
+  it('a stream the upstream ends cleanly mid-event: an unfinished chunk reaches the agent as sent, an unfinished usage chunk is read and removed', async () => {
+    const world = sseChunk(' world');
+    llm.endAfter = 30;
+    try {
+      expect(await (await streamed()).body.text()).toBe(sseChunk('hello') + world.slice(0, 30));
+      const before = cost(await fb.metricsText());
+      // The usage chunk's data line is complete, its blank line never comes.
+      llm.endAfter = world.length + usageEvent.length - 1;
+      expect(await (await streamed()).body.text()).toBe(sseChunk('hello') + world);
+      const metrics = await waitForMetrics(fb, (t) => cost(t) > before);
+      expect(cost(metrics) - before).toBeCloseTo(COST_USD, 9);
+    } finally {
+      llm.endAfter = undefined;
+    }
   });
 
   it('a stream the upstream cuts is still cut for the agent, and settled from the bytes seen', async () => {

@@ -48,6 +48,16 @@ describe('createUsageChunkFilter', () => {
     expect(run([Buffer.from(`${split}data: [DONE]\n\n`)])).toBe('data: [DONE]\n\n');
   });
 
+  it('drops a usage object whose key and value the upstream put on two data lines', () => {
+    const split = `data: {"choices":[],"usage"\ndata: :{"prompt_tokens":1}}\n\n`;
+    for (const parts of cuts(`${split}data: [DONE]\n\n`)) expect(run(parts)).toBe('data: [DONE]\n\n');
+  });
+
+  it('keeps every chunk that says "usage": null, however spaced, even with choices: []', () => {
+    const stream = [`data: {"choices":[],"usage" :\tnull}\n\n`, `data: {"choices":[],"usage":null,"x":{"usage":null}}\n\n`, `data: ${delta('a')}\n\n`].join('');
+    for (const parts of cuts(stream)) expect(run(parts)).toBe(stream);
+  });
+
   it('drops the usage event even when the stream ends without its blank line, and forwards any other unfinished event', () => {
     expect(run([Buffer.from(`data: ${delta('a')}\n\ndata: ${USAGE_CHUNK}\n`)])).toBe(`data: ${delta('a')}\n\n`);
     expect(run([Buffer.from(`data: ${delta('a')}\n\ndata: ${delta('b')}`)])).toBe(`data: ${delta('a')}\n\ndata: ${delta('b')}`);
