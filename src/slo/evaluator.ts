@@ -1,6 +1,7 @@
 import { SloBudgetExhaustedError, SloThrottledError } from '../errors.js';
 import { assessmentSpecKey, LocalSloBoard, type PublishedRead, type PublishedSlo, type SloBoard } from './board.js';
-import { assessSlo, SLO_KINDS, type SloAssessment, type SloKind } from './burn.js';
+import { minuteIndex } from './buckets.js';
+import { assessSlo, BURN_WINDOWS, SLO_KINDS, type SloAssessment, type SloKind, type WindowFields } from './burn.js';
 import type { CounterStore } from './counter-store.js';
 import { objectiveOf, type SloRouteSpec } from './spec.js';
 import { TokenBucket } from './token-bucket.js';
@@ -76,6 +77,21 @@ export interface SloEvaluatorOptions {
   cache?: BucketCache | false;
 }
 
+/** The windows of a route no call was ever counted for: every sum empty, whatever the time. */
+const NO_COUNTS: WindowFields = Object.freeze(Object.fromEntries([...BURN_WINDOWS, 'budget'].map((w) => [w, Object.freeze({})])) as unknown as WindowFields);
+
+/**
+ * A route's last assessment from the buckets, and what it was made from: the same spec, the store's write count of
+ * the route (`CounterStore.writesTo`) and the minute (the windows' buckets move with it). While all three hold, a
+ * new read would sum the very same buckets.
+ */
+interface Assessed {
+  readonly spec: SloRouteSpec;
+  readonly writes: number;
+  readonly minute: number;
+  readonly slos: Partial<Record<SloKind, SloAssessment>>;
+}
+
 const pct = (x: number): string => `${(x * 100).toFixed(1)} %`;
 
 const reasonsOf = (slos: Partial<Record<SloKind, SloAssessment>>): { exhausted: boolean; fastBurn: boolean; reasons: string[] } => {
@@ -109,6 +125,7 @@ export class SloEvaluator {
   private readonly states = new Map<string, RouteSloState>();
   private readonly suspended = new Map<string, number>();
   private readonly buckets = new Map<string, TokenBucket>();
+  private readonly assessed = new Map<string, Assessed>();
   private readonly cache: BucketCache | undefined;
   private readonly board: SloBoard;
   /** Routes whose lease this sidecar holds (a shared board). */
@@ -162,6 +179,7 @@ export class SloEvaluator {
       this.states.delete(route);
       this.suspended.delete(route);
       this.buckets.delete(route);
+      this.assessed.delete(route);
       this.publishFailing.delete(route);
       this.undecodable.delete(route);
       for (const series of [this.opts.metrics?.leader, this.opts.metrics?.assessments, this.opts.metrics?.publishFailures]) series?.remove({ route });
@@ -284,6 +302,17 @@ export class SloEvaluator {
 
   private async pass(): Promise<void> {
     const now = this.opts.now();
+    if (!this.board.shared) {
+      // Alone: a route whose buckets have not changed is settled here, without a read or a promise of its own.
+      const reads: Array<Promise<void>> = [];
+      for (const spec of this.specs.values()) {
+        const slos = this.remembered(spec, now);
+        if (slos !== undefined) this.took(spec.route, slos, now);
+        else reads.push(this.assessAndPublish(spec, now, false));
+      }
+      await Promise.all(reads);
+      return;
+    }
     const specs = [...this.specs.values()];
     let board: PublishedRead | undefined;
     let readError: unknown;
@@ -347,18 +376,47 @@ export class SloEvaluator {
   /** Read the buckets, assess, take the result; publish it when leading. */
   private async assessAndPublish(spec: SloRouteSpec, now: number, publish: boolean): Promise<void> {
     const route = spec.route;
-    let slos: Partial<Record<SloKind, SloAssessment>>;
-    try {
-      const windows = await readSloWindows(this.opts.store, route, spec.windowDays, now, this.cache);
-      slos = {};
-      for (const kind of SLO_KINDS) slos[kind] = assessSlo(windows, objectiveOf(spec, kind));
-    } catch (err) {
-      this.keepLast(route, now, `SLO counters of route "${route}" unreadable`, err);
-      return;
+    let slos = this.remembered(spec, now);
+    if (slos === undefined) {
+      try {
+        slos = await this.assess(spec, now);
+      } catch (err) {
+        this.keepLast(route, now, `SLO counters of route "${route}" unreadable`, err);
+        return;
+      }
     }
+    this.took(route, slos, now);
+    if (publish) await this.publish(route, { at: now, spec: assessmentSpecKey(spec), slos });
+  }
+
+  /** An assessment made at `now` is the route's state from now on. */
+  private took(route: string, slos: Partial<Record<SloKind, SloAssessment>>, now: number): void {
     this.opts.metrics?.assessments?.inc({ route });
     this.update(route, { slos, evaluatedAt: now, stale: false });
-    if (publish) await this.publish(route, { at: now, spec: assessmentSpecKey(spec), slos });
+  }
+
+  /**
+   * The route's last assessment, when a read now would sum the very same buckets: the store counts its writes
+   * (`CounterStore.writesTo`), none landed in the route since, and the minute has not turned (a route never written to
+   * has empty windows at any minute). So the tick reads the routes with traffic, not every route configured.
+   */
+  private remembered(spec: SloRouteSpec, now: number): Partial<Record<SloKind, SloAssessment>> | undefined {
+    const writes = this.opts.store.writesTo?.(spec.route);
+    if (writes === undefined) return undefined;
+    const last = this.assessed.get(spec.route);
+    if (last === undefined || last.spec !== spec || last.writes !== writes) return undefined;
+    return writes === 0 || last.minute === minuteIndex(now) ? last.slos : undefined;
+  }
+
+  /** The route's SLOs from its buckets (none to read while the store says no write ever landed in them). */
+  private async assess(spec: SloRouteSpec, now: number): Promise<Partial<Record<SloKind, SloAssessment>>> {
+    const route = spec.route;
+    const writes = this.opts.store.writesTo?.(route);
+    const windows = writes === 0 ? NO_COUNTS : await readSloWindows(this.opts.store, route, spec.windowDays, now, this.cache);
+    const slos: Partial<Record<SloKind, SloAssessment>> = {};
+    for (const kind of SLO_KINDS) slos[kind] = assessSlo(windows, objectiveOf(spec, kind));
+    if (writes !== undefined) this.assessed.set(route, { spec, writes, minute: minuteIndex(now), slos });
+    return slos;
   }
 
   private async publish(route: string, result: Omit<PublishedSlo, 'by'>): Promise<void> {
@@ -413,7 +471,8 @@ export class SloEvaluator {
     // A read that was in flight when a reload removed its route.
     if (spec === undefined || prev === undefined) return;
     const slos = change.slos ?? prev.slos;
-    const { exhausted, fastBurn, reasons } = reasonsOf(slos);
+    // The same assessment as before (a route whose counts did not change) has the same reasons.
+    const { exhausted, fastBurn, reasons } = slos === prev.slos ? prev : reasonsOf(slos);
     let configuredAction: SloAction = 'none';
     if (exhausted) configuredAction = harsher(configuredAction, spec.onBudgetExhausted);
     if (fastBurn) configuredAction = harsher(configuredAction, spec.onFastBurn);

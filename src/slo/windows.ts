@@ -1,6 +1,47 @@
-import { coverWindow, DAY_MS, MINUTE_MS, refId, sumFields, TIER_MS, type BucketFields, type BucketRef } from './buckets.js';
+import { addFields, coverWindow, DAY_MS, minuteIndex, MINUTE_MS, refId, TIER_MS, type BucketFields, type BucketRef } from './buckets.js';
 import { BURN_WINDOWS, BURN_WINDOWS_MS, type WindowFields } from './burn.js';
 import type { CounterStore } from './counter-store.js';
+
+/** A bucket of some route: what a window plan lists, the route added at read time. */
+type Slot = Pick<BucketRef, 'tier' | 'index'>;
+
+/**
+ * Which buckets a set of windows covers at one minute, each listed once, and which of them each window sums. The same
+ * for every route, and until the minute turns (coverWindow depends on the minute alone): made once per minute and set
+ * of windows, not once per route per read.
+ */
+interface WindowPlan<W extends string> {
+  readonly minute: number;
+  readonly slots: readonly Slot[];
+  readonly windows: ReadonlyArray<readonly [W, readonly number[]]>;
+}
+
+const plans = new WeakMap<object, WindowPlan<string>>();
+
+const planOf = <W extends string>(windowsMs: Readonly<Record<W, number>>, now: number): WindowPlan<W> => {
+  const minute = minuteIndex(now);
+  const cached = plans.get(windowsMs) as WindowPlan<W> | undefined;
+  if (cached?.minute === minute) return cached;
+  const slots: Slot[] = [];
+  const slotOf = new Map<string, number>();
+  const windows: Array<readonly [W, number[]]> = [];
+  for (const [name, ms] of Object.entries(windowsMs) as Array<[W, number]>) {
+    const covered: number[] = [];
+    for (const { tier, index } of coverWindow('', ms, now)) {
+      const id = `${tier}:${index}`;
+      let i = slotOf.get(id);
+      if (i === undefined) {
+        i = slots.push({ tier, index }) - 1;
+        slotOf.set(id, i);
+      }
+      covered.push(i);
+    }
+    windows.push([name, covered]);
+  }
+  const plan: WindowPlan<W> = { minute, slots, windows };
+  plans.set(windowsMs, plan);
+  return plan;
+};
 
 /**
  * Reads the buckets behind a set of windows in one store call and sums them per window. Buckets shared by two
@@ -13,35 +54,43 @@ export const readWindows = async <W extends string>(
   now: number,
   cache?: BucketCache,
 ): Promise<Record<W, BucketFields>> => {
-  const covers = new Map<W, BucketRef[]>();
-  const unique = new Map<string, BucketRef>();
-  for (const [name, ms] of Object.entries(windowsMs) as Array<[W, number]>) {
-    const refs = coverWindow(route, ms, now);
-    covers.set(name, refs);
-    for (const r of refs) unique.set(refId(r), r);
-  }
-  const values = new Map<string, BucketFields>();
+  const plan = planOf(windowsMs, now);
+  const values: BucketFields[] = new Array<BucketFields>(plan.slots.length);
   const missing: BucketRef[] = [];
-  for (const [id, ref] of unique) {
-    const hit = cache?.get(id, now);
-    if (hit) values.set(id, hit);
-    else missing.push(ref);
-  }
+  const missingAt: number[] = [];
+  plan.slots.forEach(({ tier, index }, i) => {
+    const ref: BucketRef = { route, tier, index };
+    const hit = cache?.get(refId(ref), now);
+    if (hit) values[i] = hit;
+    else {
+      missing.push(ref);
+      missingAt.push(i);
+    }
+  });
   const fetched = await store.read(missing);
-  missing.forEach((ref, i) => {
-    const fields = fetched[i] ?? {};
-    values.set(refId(ref), fields);
+  missing.forEach((ref, j) => {
+    const fields = fetched[j] ?? {};
+    values[missingAt[j]!] = fields;
     cache?.put(ref, fields, now);
   });
   const out = {} as Record<W, BucketFields>;
-  for (const [name, refs] of covers) out[name] = sumFields(refs.map((r) => values.get(refId(r)) ?? {}));
+  for (const [name, covered] of plan.windows) {
+    const sum: BucketFields = {};
+    for (const i of covered) addFields(sum, values[i]!);
+    out[name] = sum;
+  }
   return out;
 };
 
-/** The burn windows and the SLO window of a route. */
+const sloWindows = new Map<number, Record<keyof WindowFields, number>>();
+
+/** The burn windows and the SLO window of a route (one object per `windowDays`, so its window plan is kept). */
 export const sloWindowsMs = (windowDays: number): Record<keyof WindowFields, number> => {
+  const known = sloWindows.get(windowDays);
+  if (known !== undefined) return known;
   const out = { budget: windowDays * DAY_MS } as Record<keyof WindowFields, number>;
   for (const w of BURN_WINDOWS) out[w] = BURN_WINDOWS_MS[w];
+  sloWindows.set(windowDays, Object.freeze(out));
   return out;
 };
 

@@ -243,6 +243,76 @@ describe('SloEvaluator', () => {
   });
 });
 
+describe('SloEvaluator over a store that counts its writes (one sidecar, memory)', () => {
+  /** Delegates to the memory store, with or without its write count, and records which routes each read asked for. */
+  class Watched implements CounterStore {
+    readonly reads: string[] = [];
+    writesTo?: (route: string) => number;
+    constructor(
+      readonly inner: MemoryCounterStore,
+      counts: boolean,
+    ) {
+      if (counts) this.writesTo = (route) => inner.writesTo(route);
+    }
+    write(id: string, b: readonly CounterBatch[]) {
+      return this.inner.write(id, b);
+    }
+    read(refs: readonly BucketRef[]): Promise<BucketFields[]> {
+      for (const route of new Set(refs.map((r) => r.route))) this.reads.push(route);
+      return this.inner.read(refs);
+    }
+    async close() {}
+  }
+
+  it('reads again only the routes written to since, or all written ones when the minute turns, and assesses exactly as reading every route', async () => {
+    const clock = { t: T };
+    const now = () => clock.t;
+    const specs = Array.from({ length: 40 }, (_, i) => sloSpecOf(`r${i}`, SloSchema.parse({ onFastBurn: 'shed' })));
+    const memory = new MemoryCounterStore({ now });
+    const counted = new Watched(memory, true);
+    const full = new Watched(memory, false);
+    const quiet = { warn: () => {}, info: () => {} };
+    const ev = new SloEvaluator({ store: counted, routes: specs, now, logger: quiet });
+    const reference = new SloEvaluator({ store: full, routes: specs, now, logger: quiet });
+    const rec = new SloRecorder({ store: counted, routes: specs, now, flushIntervalMs: 1000 });
+    const traffic = async (route: string, good: number, bad: number) => {
+      for (let i = 0; i < good; i++) rec.record(route, { availability: 'good', latencyMs: 50 });
+      for (let i = 0; i < bad; i++) rec.record(route, { availability: 'bad', latencyMs: 50 });
+      await rec.flush();
+    };
+    /** One tick of both; the routes the counting one read. */
+    const tick = async () => {
+      counted.reads.length = 0;
+      await Promise.all([ev.evaluate(), reference.evaluate()]);
+      expect(ev.all()).toEqual(reference.all());
+      expect(full.reads).toHaveLength(specs.length);
+      full.reads.length = 0;
+      return [...counted.reads].sort();
+    };
+
+    expect(await tick()).toEqual([]);
+    await traffic('r3', 80, 20);
+    expect(await tick()).toEqual(['r3']);
+    expect(ev.state('r3')).toMatchObject({ fastBurn: true, action: 'shed' });
+    clock.t += 5_000;
+    expect(await tick()).toEqual([]);
+    await traffic('r7', 100, 0);
+    expect(await tick()).toEqual(['r7']);
+    // The windows move with the minute: the routes with counts are read again, the others still not.
+    clock.t += MINUTE_MS;
+    expect(await tick()).toEqual(['r3', 'r7']);
+    clock.t += 5 * MINUTE_MS;
+    expect(await tick()).toEqual(['r3', 'r7']);
+    // 6 min on, the 5-minute window is empty: the fast burn is over (the spent budget stays), as a full read says too.
+    expect(ev.state('r3')).toMatchObject({ fastBurn: false, exhausted: true, action: 'alert' });
+    // A reload's new spec is assessed afresh, even unchanged counts.
+    const reloaded = specs.map((s) => (s.route === 'r3' ? sloSpecOf('r3', SloSchema.parse({ onFastBurn: 'shed', windowDays: 7 })) : s));
+    ev.setRoutes(reloaded);
+    reference.setRoutes(reloaded);
+    expect(await tick()).toEqual(['r3']);
+  });
+});
+
 describe('zeroSloEventSeries', () => {
   it('creates a good and a bad series at 0 for every route and SLO', () => {
     const seen: string[] = [];
