@@ -24,6 +24,7 @@ import { MemoryCounterStore, RedisCounterStore } from './slo/counter-store.js';
 import { SloEvaluator } from './slo/evaluator.js';
 import { applySloGauges, zeroSloEventSeries } from './slo/exports.js';
 import { SloRecorder } from './slo/recorder.js';
+import { sloEventCounters } from './telemetry/slo-events.js';
 import type { RedisConnection } from './store/redis-connection.js';
 import { sloSpecsOf } from './slo/spec.js';
 import { handleConnect } from './http/connect.js';
@@ -190,7 +191,7 @@ const buildSlo = (config: Config, stores: Pick<Stores, 'counterStore' | 'sloBoar
     now,
     flushIntervalMs: config.sloCounters.flushIntervalMs,
     logger,
-    counters: { events: metrics.sloEvents, refused: metrics.sloRefused },
+    counters: sloEventCounters(metrics),
   });
   const evaluator = new SloEvaluator({
     store: counterStore,

@@ -375,8 +375,9 @@ export const createMetrics = (opts: { defaultMetrics?: boolean } = {}) => {
 export type Metrics = ReturnType<typeof createMetrics>;
 
 /** Methods outside this set are one label value, so a client cannot mint label values. */
-const KNOWN_METHODS = new Set(['GET', 'HEAD', 'POST', 'PUT', 'PATCH', 'DELETE', 'OPTIONS']);
-export const methodLabel = (method: string): string => (KNOWN_METHODS.has(method) ? method : 'OTHER');
+export const KNOWN_METHODS: readonly string[] = ['GET', 'HEAD', 'POST', 'PUT', 'PATCH', 'DELETE', 'OPTIONS'];
+const KNOWN_METHOD_SET = new Set(KNOWN_METHODS);
+export const methodLabel = (method: string): string => (KNOWN_METHOD_SET.has(method) ? method : 'OTHER');
 const CODE_CLASSES = ['0xx', '1xx', '2xx', '3xx', '4xx', '5xx', '6xx', '7xx', '8xx', '9xx'];
 /** `2xx` for 200..299: a label of every call, so the strings are made once. */
 export const codeClass = (status: number | undefined): string =>

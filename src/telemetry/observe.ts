@@ -10,9 +10,10 @@ import {
 } from '../errors.js';
 import { redactPath } from './redact.js';
 import type { PendingWork } from '../pipeline/pending.js';
-import type { BodyEnd, CallContext, Layer, ProxyRequest } from '../pipeline/types.js';
-import type { CallOutcome, LiveStats } from './live.js';
-import { codeClass, methodLabel, type Metrics } from './metrics.js';
+import type { BodyEnd, CallContext, CallMode, Layer, ProxyRequest } from '../pipeline/types.js';
+import { counterSeries, gaugeSeries, histogramSeries, type CounterSeries, type GaugeSeries, type HistogramSeries } from './fast-metrics.js';
+import { CALL_OUTCOMES, type CallOutcome, type LiveStats } from './live.js';
+import { codeClass, KNOWN_METHODS, methodLabel, type Metrics } from './metrics.js';
 
 const errorOutcome = (err: ProxyError): CallOutcome =>
   err instanceof ClientClosedError
@@ -48,8 +49,8 @@ export interface ObserveDeps {
 export const observeLayer = (deps: ObserveDeps): Layer => {
   const m = deps.metrics;
   // What every call of the route shares, made on its first call (the layer is built per route, and its calls all
-  // carry the same route and agent): labels() makes a child per call, and a pino child serializes its bindings once
-  // rather than on every line.
+  // carry the same route and agent): the metric series of the route, and a pino child, which serializes its
+  // bindings once rather than on every line.
   let shared: RouteTelemetry | undefined;
   const telemetryOf = (ctx: CallContext): RouteTelemetry => {
     const route = ctx.route.name;
@@ -57,10 +58,10 @@ export const observeLayer = (deps: ObserveDeps): Layer => {
       shared = {
         route,
         agent: ctx.agent,
-        inflight: m.inflight.labels(route),
-        duration: m.requestDuration.labels(route),
-        requestBytes: m.requestBytes.labels(route),
-        responseBytes: m.responseBytes.labels(route),
+        inflight: gaugeSeries(m.inflight, route),
+        duration: histogramSeries(m.requestDuration, route),
+        requestBytes: counterSeries(m.requestBytes, route),
+        responseBytes: counterSeries(m.responseBytes, route),
         log: deps.accessLog.child({ route, agent: ctx.agent }),
         requests: new Map(),
       };
@@ -81,10 +82,9 @@ export const observeLayer = (deps: ObserveDeps): Layer => {
       deps.inflight.count -= 1;
       const seconds = Number(process.hrtime.bigint() - startedHr) / 1e9;
       const bytesIn = ctx.facts.requestBytes ?? 0;
-      const method = methodLabel(req.method);
-      const key = `${method} ${status} ${outcome} ${ctx.mode}`;
+      const key = requestsKey(req.method, status, outcome, ctx.mode);
       let requests = t.requests.get(key);
-      if (requests === undefined) t.requests.set(key, (requests = m.requests.labels(route, method, codeClass(status), outcome, ctx.mode)));
+      if (requests === undefined) t.requests.set(key, (requests = counterSeries(m.requests, route, methodLabel(req.method), codeClass(status), outcome, ctx.mode)));
       requests.inc();
       t.duration.observe(seconds);
       deps.live.call(route, outcome, seconds);
@@ -112,21 +112,29 @@ export const observeLayer = (deps: ObserveDeps): Layer => {
   };
 };
 
-/** The labelled metric children and the access log (route and agent bound) of one route's calls. */
+/** The metric series and the access log (route and agent bound) of one route's calls. */
 interface RouteTelemetry {
   readonly route: string;
   readonly agent: string;
-  readonly inflight: { inc(): void; dec(): void };
-  readonly duration: { observe(seconds: number): void };
-  readonly requestBytes: { inc(n: number): void };
-  readonly responseBytes: { inc(n: number): void };
+  readonly inflight: GaugeSeries;
+  readonly duration: HistogramSeries;
+  readonly requestBytes: CounterSeries;
+  readonly responseBytes: CounterSeries;
   readonly log: Logger;
-  /**
-   * `fusebox_requests_total` children by method, status, outcome and mode: bounded (known methods or OTHER, three-digit
-   * statuses, fixed outcomes and modes).
-   */
-  readonly requests: Map<string, { inc(): void }>;
+  /** `fusebox_requests_total` series by `requestsKey`: bounded (methods, statuses, outcomes and modes are). */
+  readonly requests: Map<number, CounterSeries>;
 }
+
+const MODES: readonly CallMode[] = ['base-url', 'proxy', 'intercept'];
+
+/**
+ * One number per (method label, status, outcome, mode), so finding a call's series builds no string. Methods outside
+ * KNOWN_METHODS share the OTHER slot, as their label does.
+ */
+const requestsKey = (method: string, status: number, outcome: CallOutcome, mode: CallMode): number => {
+  const m = KNOWN_METHODS.indexOf(method);
+  return ((status * 8 + (m < 0 ? KNOWN_METHODS.length : m)) * 8 + CALL_OUTCOMES.indexOf(outcome)) * 4 + MODES.indexOf(mode);
+};
 
 interface LineFields {
   status: number;
