@@ -354,6 +354,11 @@ export const createMetrics = (opts: { defaultMetrics?: boolean } = {}) => {
       help: 'Unix time the config in effect was loaded (at start, then at each applied reload).',
       registers: [registry],
     }),
+    logLinesDropped: new Counter({
+      name: 'fusebox_log_lines_dropped_total',
+      help: "Log lines dropped, never written: stdout's reader fell more than 4 MiB behind, or closed. The log says how many once writing catches up.",
+      registers: [registry],
+    }),
     configReloads: new Counter({
       name: 'fusebox_config_reloads_total',
       help: 'Config reloads (SIGHUP, --watch-config), by result: ok (applied), invalid (the file has problems), refused (it changes a setting only a restart applies). The old config keeps serving unless ok.',
