@@ -154,36 +154,31 @@ const familyOf = <S extends { labels: Labels }>(metric: object, make: (labelName
   return family;
 };
 
+/** Hands each updated series' amount since the last read to prom-client (`inc` takes a delta on counters and gauges). */
+const foldDeltas =
+  (family: Family<PendingCount | PendingLevel>, inc: (labels: Labels, by: number) => void) =>
+  (): void => {
+    for (const s of family.all()) {
+      if (!s.touched) continue;
+      const by = s.pending;
+      s.pending = 0;
+      s.touched = false;
+      inc(s.labels, by);
+    }
+  };
+
 /** The series of `counter` with these label values (in the metric's label order); the same object for the same values. */
 export const counterSeries = (counter: Counter<string>, ...values: string[]): CounterSeries =>
   familyOf(counter, (names) => {
     const family = new Family(names, (labels) => new PendingCount(labels));
-    const fold = () => {
-      for (const s of family.all()) {
-        if (!s.touched) continue;
-        const by = s.pending;
-        s.pending = 0;
-        s.touched = false;
-        counter.inc(s.labels, by);
-      }
-    };
-    return { family, fold };
+    return { family, fold: foldDeltas(family, (labels, by) => counter.inc(labels, by)) };
   }).series(values);
 
 /** The series of `gauge` with these label values; the same object for the same values. */
 export const gaugeSeries = (gauge: Gauge<string>, ...values: string[]): GaugeSeries =>
   familyOf(gauge, (names) => {
     const family = new Family(names, (labels) => new PendingLevel(labels));
-    const fold = () => {
-      for (const s of family.all()) {
-        if (!s.touched) continue;
-        const by = s.pending;
-        s.pending = 0;
-        s.touched = false;
-        gauge.inc(s.labels, by);
-      }
-    };
-    return { family, fold };
+    return { family, fold: foldDeltas(family, (labels, by) => gauge.inc(labels, by)) };
   }).series(values);
 
 /** The series of `histogram` with these label values; the same object for the same values. */
