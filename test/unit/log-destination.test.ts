@@ -29,7 +29,7 @@ describe('LineDestination', () => {
     return d;
   };
 
-  it('writes every line, in order and whole, across batches and partial writes; flush(cb) calls back once they are out', async () => {
+  it('writes every line, in order and whole, across batches and a line longer than a batch; flush(cb) calls back once they are out', async () => {
     dir = mkdtempSync(join(tmpdir(), 'fusebox-dest-'));
     const file = join(dir, 'out.log');
     const d = destination({ fd: open(file, 'w') });
