@@ -19,11 +19,14 @@ import { registerAdminCa } from './http/admin-ca.js';
 import { registerAdminStatus } from './http/admin-status.js';
 import { registerAdminUi } from './http/admin-ui.js';
 import { LiveStats } from './telemetry/live.js';
+import { LineDestination } from './telemetry/log-destination.js';
+import { counterSeries } from './telemetry/fast-metrics.js';
 import { RedisSloBoard } from './slo/board.js';
 import { MemoryCounterStore, RedisCounterStore } from './slo/counter-store.js';
 import { SloEvaluator } from './slo/evaluator.js';
 import { applySloGauges, zeroSloEventSeries } from './slo/exports.js';
 import { SloRecorder } from './slo/recorder.js';
+import { sloEventCounters } from './telemetry/slo-events.js';
 import type { RedisConnection } from './store/redis-connection.js';
 import { sloSpecsOf } from './slo/spec.js';
 import { handleConnect } from './http/connect.js';
@@ -105,9 +108,9 @@ export const REDACT_PATHS = [
 ];
 
 /**
- * Lines are written to stdout in batches of 4 KiB or more, flushed at least every second and synchronously when
- * the process exits (pino's exit hook): one write(2) per line showed as ~5 % of a call's CPU in bench/ profiles.
- * What a SIGKILL can lose is the last second of lines.
+ * Lines are written to stdout in batches of 4 KiB or more, flushed at least every second, at shutdown, and
+ * synchronously when the process exits (src/telemetry/log-destination.ts): one write(2) per line showed as ~5 % of
+ * a call's CPU in bench/ profiles. What a SIGKILL can lose is the last second of lines.
  */
 export const createLogger = (level: Config['log']['level'], env: NodeJS.ProcessEnv = process.env): Logger => {
   // `host` is the pod name in Kubernetes, where `agent` (the budget identity) is the agent label.
@@ -118,9 +121,19 @@ export const createLogger = (level: Config['log']['level'], env: NodeJS.ProcessE
     const build = createRequire(import.meta.url)('pino-pretty') as (o: Record<string, unknown>) => NodeJS.WritableStream;
     return pino(options, build({ colorize: process.stdout.isTTY === true, translateTime: 'SYS:HH:MM:ss.l', ignore: 'pid,hostname,service,host', sync: true }));
   }
-  const dest = pino.destination({ dest: 1, minLength: 4096, sync: false });
-  setInterval(() => dest.flush(), 1000).unref();
-  return pino(options, dest);
+  const dest = new LineDestination();
+  const logger = pino(options, dest);
+  // Said once writing works again, in the log that missed them (the metric counts them as they go).
+  dest.on('caught-up', (dropped) => logger.warn({ droppedLines: dropped }, "log lines dropped: stdout's reader fell behind"));
+  return logger;
+};
+
+/** `fusebox_log_lines_dropped_total`, when the logger writes through Fusebox's own destination (not a test's stream). */
+const countDroppedLines = (logger: Logger, metrics: Metrics): void => {
+  const dest = (logger as unknown as Record<symbol, unknown>)[pino.symbols.streamSym];
+  if (!(dest instanceof LineDestination)) return;
+  const dropped = counterSeries(metrics.logLinesDropped);
+  dest.on('drop', (lines) => dropped.inc(lines));
 };
 
 /** Only a route that asks for exact OpenAI counts carries the tokenizer (~45 MB); the others estimate from bytes. */
@@ -190,7 +203,7 @@ const buildSlo = (config: Config, stores: Pick<Stores, 'counterStore' | 'sloBoar
     now,
     flushIntervalMs: config.sloCounters.flushIntervalMs,
     logger,
-    counters: { events: metrics.sloEvents, refused: metrics.sloRefused },
+    counters: sloEventCounters(metrics),
   });
   const evaluator = new SloEvaluator({
     store: counterStore,
@@ -338,7 +351,11 @@ const drainAndClose = async (r: Running): Promise<void> => {
   // Last: the budget store's close replays its journal through it.
   await r.redis?.close();
   logger.info('stopped');
-  logger.flush();
+  // Every line out before the process exits (the CLI exits right after): a stalled stdout reader gets 2 s, then the
+  // exit hook's synchronous flush has what is left.
+  let flushTimer: NodeJS.Timeout | undefined;
+  await Promise.race([new Promise<void>((done) => logger.flush(() => done())), new Promise<void>((done) => (flushTimer = setTimeout(done, 2_000)))]);
+  clearTimeout(flushTimer);
 };
 
 /**
@@ -383,6 +400,7 @@ export const buildApp = async (config: Config, deps: AppDeps = {}): Promise<Fuse
   // The access line is built field by field from redacted values (no headers), so it skips pino's redaction
   // walk, the largest single cost of a proxied call in bench/ profiles; every other line keeps it.
   const accessLog = logger.child({}, { redact: [] });
+  countDroppedLines(logger, metrics);
   const pools = new PoolSet(baseDir);
   const baseDeps: SharedPipelineDeps = {
     pools,

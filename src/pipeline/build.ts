@@ -15,6 +15,7 @@ import { LastGoodCache, lastGoodRecordLayer, lastGoodStep } from '../policies/la
 import { retryLayer } from '../policies/retry.js';
 import { RetryBudget } from '../policies/retry-budget.js';
 import type { LiveStats } from '../telemetry/live.js';
+import { counterSeries, type CounterSeries } from '../telemetry/fast-metrics.js';
 import { codeClass, type Metrics } from '../telemetry/metrics.js';
 import { classifyPolicy } from '../upstream/classify.js';
 import type { PoolSet } from '../upstream/pool.js';
@@ -115,13 +116,13 @@ export class RouteState {
 /** The terminal handler for one upstream, with the attempts metric and the startup warnings about it. */
 const upstreamTerminal = (route: RouteConfig, spec: UpstreamSpec, deps: PipelineDeps): Handler => {
   const attempts = deps.metrics.upstreamAttempts;
-  // One child per upstream and result (a status class or an error code: bounded), made on first use.
-  const children = new Map<string, Map<string, { inc(): void }>>();
+  // One series per upstream and result (a status class or an error code: bounded), found on first use.
+  const children = new Map<string, Map<string, CounterSeries>>();
   const attemptsOf = (upstream: string, result: string) => {
     let byResult = children.get(upstream);
     if (byResult === undefined) children.set(upstream, (byResult = new Map()));
     let child = byResult.get(result);
-    if (child === undefined) byResult.set(result, (child = attempts.labels(route.name, upstream, result)));
+    if (child === undefined) byResult.set(result, (child = counterSeries(attempts, route.name, upstream, result)));
     return child;
   };
   const made = makeUpstreamHandler(spec, {

@@ -1,12 +1,12 @@
 import type { BudgetEvents } from '../policies/budget.js';
 import { classifyRedisError } from '../store/redis-errors.js';
+import { counterSeries, histogramSeries, type CounterSeries } from './fast-metrics.js';
 import type { Metrics } from './metrics.js';
 
 /** Budget decisions → metrics and one log line each. Unknown models are logged once per route and model. */
 export const budgetEvents = (m: Metrics): BudgetEvents => {
   const warnedModels = new Set<string>();
-  // Children made once per label set: labels() makes a child per call.
-  const storeSeconds = { reserve: m.storeSeconds.labels('reserve'), commit: m.storeSeconds.labels('commit') };
+  const storeSeconds = { reserve: histogramSeries(m.storeSeconds, 'reserve'), commit: histogramSeries(m.storeSeconds, 'commit') };
   const settledByRoute = new Map<string, Map<string, SettledMetrics>>();
   const settledMetrics = (route: string, model: string): SettledMetrics => {
     let byModel = settledByRoute.get(route);
@@ -14,11 +14,11 @@ export const budgetEvents = (m: Metrics): BudgetEvents => {
     let s = byModel.get(model);
     if (s === undefined) {
       s = {
-        input: m.tokens.labels(route, model, 'input'),
-        cachedInput: m.tokens.labels(route, model, 'cached_input'),
-        output: m.tokens.labels(route, model, 'output'),
-        reasoning: m.tokens.labels(route, model, 'reasoning'),
-        cost: m.cost.labels(route, model),
+        input: counterSeries(m.tokens, route, model, 'input'),
+        cachedInput: counterSeries(m.tokens, route, model, 'cached_input'),
+        output: counterSeries(m.tokens, route, model, 'output'),
+        reasoning: counterSeries(m.tokens, route, model, 'reasoning'),
+        cost: counterSeries(m.cost, route, model),
       };
       byModel.set(model, s);
     }
@@ -67,11 +67,11 @@ export const budgetEvents = (m: Metrics): BudgetEvents => {
 };
 
 
-/** The labelled children a settlement increments, per route and model. */
+/** The series a settlement adds to, per route and model. */
 interface SettledMetrics {
-  readonly input: { inc(n: number): void };
-  readonly cachedInput: { inc(n: number): void };
-  readonly output: { inc(n: number): void };
-  readonly reasoning: { inc(n: number): void };
-  readonly cost: { inc(n: number): void };
+  readonly input: CounterSeries;
+  readonly cachedInput: CounterSeries;
+  readonly output: CounterSeries;
+  readonly reasoning: CounterSeries;
+  readonly cost: CounterSeries;
 }

@@ -354,6 +354,11 @@ export const createMetrics = (opts: { defaultMetrics?: boolean } = {}) => {
       help: 'Unix time the config in effect was loaded (at start, then at each applied reload).',
       registers: [registry],
     }),
+    logLinesDropped: new Counter({
+      name: 'fusebox_log_lines_dropped_total',
+      help: "Log lines dropped, never written: stdout's reader fell more than 4 MiB behind, or closed. The log says how many once writing catches up.",
+      registers: [registry],
+    }),
     configReloads: new Counter({
       name: 'fusebox_config_reloads_total',
       help: 'Config reloads (SIGHUP, --watch-config), by result: ok (applied), invalid (the file has problems), refused (it changes a setting only a restart applies). The old config keeps serving unless ok.',
@@ -375,8 +380,9 @@ export const createMetrics = (opts: { defaultMetrics?: boolean } = {}) => {
 export type Metrics = ReturnType<typeof createMetrics>;
 
 /** Methods outside this set are one label value, so a client cannot mint label values. */
-const KNOWN_METHODS = new Set(['GET', 'HEAD', 'POST', 'PUT', 'PATCH', 'DELETE', 'OPTIONS']);
-export const methodLabel = (method: string): string => (KNOWN_METHODS.has(method) ? method : 'OTHER');
+export const KNOWN_METHODS: readonly string[] = ['GET', 'HEAD', 'POST', 'PUT', 'PATCH', 'DELETE', 'OPTIONS'];
+const KNOWN_METHOD_SET = new Set(KNOWN_METHODS);
+export const methodLabel = (method: string): string => (KNOWN_METHOD_SET.has(method) ? method : 'OTHER');
 const CODE_CLASSES = ['0xx', '1xx', '2xx', '3xx', '4xx', '5xx', '6xx', '7xx', '8xx', '9xx'];
 /** `2xx` for 200..299: a label of every call, so the strings are made once. */
 export const codeClass = (status: number | undefined): string =>

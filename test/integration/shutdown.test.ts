@@ -163,6 +163,37 @@ describe('fusebox CLI', { timeout: 90_000 }, () => {
     expect(r.out).toContain('"msg":"stopped"');
   });
 
+  it('writes the access line of every call of a burst answered just before SIGTERM, the last line included', async () => {
+    const upstream = await startUpstream();
+    try {
+      const dir = mkdtempSync(join(tmpdir(), 'fusebox-cfg-'));
+      const file = join(dir, 'ok.yaml');
+      writeFileSync(file, `listen: { proxy: { port: 0 }, admin: { port: 0 } }\nroutes:\n  - { name: r, match: { pathPrefix: /r }, upstream: { url: "${upstream.url}" } }\n`);
+      const child = cli(['--config', file]);
+      const done = collect(child);
+      const listening = await logsOf(child).next((l) => l.msg === 'fusebox listening', 'that it listens');
+      // 300 lines (~150 KiB): dozens of batches, the last one still waiting when the signal comes.
+      const ids = await Promise.all(
+        Array.from({ length: 300 }, async (_, i) => {
+          const id = `burst-${i}`;
+          const res = await request(`${String(listening.proxy)}/r/fast`, { headers: { 'x-request-id': id } });
+          await res.body.dump();
+          expect(res.statusCode).toBe(200);
+          return id;
+        }),
+      );
+      child.kill('SIGTERM');
+      const r = await done;
+      expect(r.code).toBe(0);
+      const lines = r.out.split('\n').filter((l) => l !== '').map((l) => JSON.parse(l) as Log);
+      const logged = new Set(lines.filter((l) => l.msg === 'request').map((l) => l.requestId));
+      expect(ids.filter((id) => !logged.has(id))).toEqual([]);
+      expect(lines.at(-1)?.msg).toBe('stopped');
+    } finally {
+      await upstream.close();
+    }
+  });
+
   it('writes readable lines instead of JSON for a person (FUSEBOX_LOG_FORMAT=pretty, the default on a terminal)', async () => {
     const dir = mkdtempSync(join(tmpdir(), 'fusebox-cfg-'));
     const file = join(dir, 'ok.yaml');
