@@ -41,6 +41,13 @@ describe('upstream send: one attempt, aborted or cut in every phase', () => {
       await new Promise<void>((r) => releases.push(r));
       if (!res.destroyed) res.end('last half!');
     });
+    // Headers and a first chunk, then the connection cut when released.
+    up.on('/cut', async (_req, res) => {
+      res.writeHead(200, { 'content-type': 'text/plain', 'content-length': '20' });
+      res.write('first half');
+      await new Promise<void>((r) => releases.push(r));
+      res.socket?.destroy();
+    });
     pools = new PoolSet(process.cwd());
     // One connection, so a second attempt waits in the pool's queue.
     route = RouteSchema.parse({ name: 'r', match: { pathPrefix: '/r' }, upstream: { url: up.url, connections: 1 } });
@@ -114,5 +121,18 @@ describe('upstream send: one attempt, aborted or cut in every phase', () => {
     ctx.abort(reason);
     expect((await heard)[0]).toBe(reason);
     await seen.closed;
+  });
+
+  it('an upstream cut before anyone listens to the body: the error waits for the pipeline’s listeners, never unheard', async () => {
+    const answer = await send(get('/cut'), {}, callContext(route));
+    const body = answer.body as Readable;
+    const seen = up.seen.findLast((s) => s.url === '/cut')!;
+    releases.shift()!();
+    await seen.closed;
+    // undici sees the cut on a later turn of the event loop; the pipeline's layers are still a few hops from
+    // listening then. An error emitted at once would be unheard and crash this process.
+    while (!body.destroyed) await new Promise((r) => setImmediate(r));
+    const [err] = (await once(body, 'error')) as [Error & { code?: string }];
+    expect(err.code).toMatch(/^UND_ERR_/);
   });
 });
