@@ -157,6 +157,7 @@ class UpstreamExchange extends Readable implements Dispatcher.DispatchHandler {
       // Still queued for a connection (or connecting): answered now, so a deadline or an agent gone is not kept
       // waiting for other calls to free a connection; undici drops the request unsent when its turn comes.
       this.abortedEarly = reason;
+      this.releaseRequestBody(reason);
       this.reject(reason);
     }
   }
@@ -191,13 +192,17 @@ class UpstreamExchange extends Readable implements Dispatcher.DispatchHandler {
   onResponseError(_controller: Dispatcher.DispatchController | null, error: Error): void {
     this.settled = true;
     this.stopListening();
+    this.releaseRequestBody(error);
+    if (this.started) this.destroy(error);
+    else this.reject(error);
+  }
+
+  /** Nobody will read the agent's body for this attempt now: destroyed, and its own listeners hear why. */
+  private releaseRequestBody(error: Error): void {
     if (this.requestBody !== null && !this.requestBody.destroyed) {
-      // Nobody else will read the agent's body now; its own listeners hear the error.
       this.requestBody.on('error', noop);
       this.requestBody.destroy(error);
     }
-    if (this.started) this.destroy(error);
-    else this.reject(error);
   }
 
   /** The attempt failed before its headers: the answer is the mapped error, once. */
@@ -256,10 +261,9 @@ export const makeSend = (target: UpstreamTarget, pools: PoolSet, classifier: Sen
   const { headersMs, bodyIdleMs } = target.timeouts;
   return (req, headers, ctx) => {
     ctx.attempts += 1;
-    let body: Buffer | Readable | null = null;
-    if (req.body.kind === 'buffered') body = req.body.bytes;
-    else if (req.body.kind === 'stream') body = req.body.stream;
-    const exchange = new UpstreamExchange(setup, ctx, req.body.kind === 'stream' ? req.body.stream : null);
+    const stream = req.body.kind === 'stream' ? req.body.stream : null;
+    const body = req.body.kind === 'buffered' ? req.body.bytes : stream;
+    const exchange = new UpstreamExchange(setup, ctx, stream);
     pool.dispatch(
       {
         method: req.method as Dispatcher.HttpMethod,

@@ -2,7 +2,7 @@
 // call is aborted in each phase (queued for a connection, waiting for headers, streaming), and when the body reader
 // stops early. Every wait is on an event: a connection left open or an answer never settled fails by the timeout.
 import { once } from 'node:events';
-import type { Readable } from 'node:stream';
+import { PassThrough, type Readable } from 'node:stream';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { RouteSchema, type RouteConfig } from '../../src/config/schema.js';
 import { ClientClosedError, UpstreamTimeoutError } from '../../src/errors.js';
@@ -62,18 +62,22 @@ describe('upstream send: one attempt, aborted or cut in every phase', () => {
     await up?.close();
   });
 
-  it('answers an attempt queued behind a busy connection with the call’s abort reason at once, and never sends it', async () => {
+  it('answers an attempt queued behind a busy connection with the call’s abort reason at once, releases its upload, and never sends it', async () => {
     const arrived = arrival();
     const busy = send(get('/held'), {}, callContext(route));
     // The upstream has the first request: the only connection is taken.
     await arrived;
     const queuedCtx = callContext(route);
-    const queued = send(get('/held?queued'), {}, queuedCtx);
+    // A streamed upload (past the replay buffer): released with the attempt, not left for undici's turn.
+    const upload = new PassThrough();
+    upload.write('part of a large upload');
+    const queued = send({ method: 'POST', path: '/held?queued', headers: {}, body: { kind: 'stream', stream: upload } }, {}, queuedCtx);
     const deadline = new UpstreamTimeoutError('the call took longer than 1 ms (timeouts.totalMs)', { phase: 'total' });
     queuedCtx.abort(deadline);
     // Answered while the first attempt still holds the connection (releasing it is what this test must not need).
     await expect(queued).rejects.toBe(deadline);
     expect(queuedCtx.attempts).toBe(1);
+    expect(upload.destroyed).toBe(true);
     releases.shift()!();
     const answer = await busy;
     (answer.body as Readable).resume();
