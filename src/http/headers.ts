@@ -37,14 +37,24 @@ export interface SplitHeaders {
 const MAX_CONTROL_VALUE = 256;
 
 /**
+ * The headers the agent's `Connection` header names as this hop's (RFC 9110 §7.6.1). Almost every client sends just
+ * `keep-alive` or `close`, which name nothing beyond the hop-by-hop list: no set is made for those.
+ */
+const namedByConnection = (connection: string | undefined): Set<string> | undefined => {
+  if (!connection) return undefined;
+  const lower = connection.toLowerCase();
+  if (lower === 'keep-alive' || lower === 'close') return undefined;
+  return new Set(lower.split(',').map((s) => s.trim()));
+};
+
+/**
  * Copy the agent's headers for the upstream: drop hop-by-hop ones (and any header the `Connection` header names),
  * read and drop `x-fusebox-*`. Returns a fresh object the pipeline may change.
  */
 export const splitRequestHeaders = (incoming: IncomingHttpHeaders): SplitHeaders => {
   const headers: HeaderMap = {};
   const control: ControlHeaders = {};
-  const connection = incoming.connection;
-  const named = connection ? new Set(connection.toLowerCase().split(',').map((s) => s.trim())) : undefined;
+  const named = namedByConnection(incoming.connection);
   for (const name in incoming) {
     const value = incoming[name];
     if (value === undefined || HOP_BY_HOP.has(name) || named?.has(name)) continue;

@@ -1,4 +1,3 @@
-import { randomUUID } from 'node:crypto';
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { Logger } from 'pino';
 import type { Config } from '../config/schema.js';
@@ -15,6 +14,7 @@ import { redactPath } from '../telemetry/redact.js';
 import { sendError } from './error-answer.js';
 import { splitRequestHeaders } from './headers.js';
 import { lingeringClose } from './lingering-close.js';
+import { newRequestId } from './request-id.js';
 import { sendResponse } from './respond.js';
 import type { RouteTable } from './route-table.js';
 
@@ -49,6 +49,23 @@ export interface ProxyDeps {
 const REQUEST_ID = /^[A-Za-z0-9._:-]{1,128}$/;
 
 /**
+ * Answer a call refused before it reached a route's pipeline: counted, shown on the status page, logged. A function
+ * of its own, not a closure in the handler: most calls are never refused and should not make one.
+ */
+const refuse = (raw: ForwardRequest, res: ServerResponse, deps: ProxyDeps, requestId: string, err: ProxyError, closeConnection = false): void => {
+  const forward = raw[FORWARD_TARGET]?.url;
+  const mode: CallMode = raw[FORWARD_TARGET]?.mode ?? 'base-url';
+  const method = raw.method ?? 'GET';
+  deps.metrics.refusals.labels(err.code).inc();
+  deps.live.refused({ code: err.code, status: err.statusCode, route: undefined, message: err.message, requestId, mode });
+  sendError(res, err, { requestId }, closeConnection);
+  deps.logger.info(
+    { requestId, method, target: forward ? `${forward.host}${redactPath(forward.pathname)}` : redactPath(raw.url ?? ''), status: err.statusCode, code: err.code },
+    'request refused',
+  );
+};
+
+/**
  * The HTTP adapter for one proxied call, in any mode: base-URL (origin-form, matched by path prefix), HTTP_PROXY
  * (absolute-form, matched by host and port) or inside an intercepted tunnel. It refuses what no route allows, turns
  * the socket into a call (context, headers, the agent going away), runs the route's pipeline (src/pipeline/build.ts:
@@ -57,25 +74,15 @@ const REQUEST_ID = /^[A-Za-z0-9._:-]{1,128}$/;
  */
 export const handleProxyRequest = async (raw: ForwardRequest, res: ServerResponse, deps: ProxyDeps): Promise<void> => {
   const incomingId = raw.headers['x-request-id'];
-  const requestId = typeof incomingId === 'string' && REQUEST_ID.test(incomingId) ? incomingId : randomUUID();
+  const requestId = typeof incomingId === 'string' && REQUEST_ID.test(incomingId) ? incomingId : newRequestId();
   const forward = raw[FORWARD_TARGET]?.url;
   const mode: CallMode = raw[FORWARD_TARGET]?.mode ?? 'base-url';
   const method = raw.method ?? 'GET';
 
-  const refuse = (err: ProxyError, closeConnection = false) => {
-    deps.metrics.refusals.labels(err.code).inc();
-    deps.live.refused({ code: err.code, status: err.statusCode, route: undefined, message: err.message, requestId, mode });
-    sendError(res, err, { requestId }, closeConnection);
-    deps.logger.info(
-      { requestId, method, target: forward ? `${forward.host}${redactPath(forward.pathname)}` : redactPath(raw.url ?? ''), status: err.statusCode, code: err.code },
-      'request refused',
-    );
-  };
-
-  if (!deps.state.accepting) return refuse(new ShuttingDownError('Fusebox is shutting down; retry on the new instance'), true);
+  if (!deps.state.accepting) return refuse(raw, res, deps, requestId, new ShuttingDownError('Fusebox is shutting down; retry on the new instance'), true);
   const via = raw.headers.via;
   if (via !== undefined && (Array.isArray(via) ? via.join(',') : via).includes(deps.via)) {
-    return refuse(new ProxyLoopError('this request already passed through this Fusebox (Via header): a route points back at Fusebox'));
+    return refuse(raw, res, deps, requestId, new ProxyLoopError('this request already passed through this Fusebox (Via header): a route points back at Fusebox'));
   }
 
   // --- route: the allow-list decides, nothing else reaches a socket ---
@@ -88,12 +95,16 @@ export const handleProxyRequest = async (raw: ForwardRequest, res: ServerRespons
     const h = forward.hostname;
     const host = h.startsWith('[') || h.endsWith('.') ? (normalizeHost(h) ?? h) : h;
     if (isLocalHost(host) && deps.state.ownPorts.has(port)) {
-      return refuse(new ProxyLoopError(`refusing to proxy to Fusebox's own port ${port}`));
+      return refuse(raw, res, deps, requestId, new ProxyLoopError(`refusing to proxy to Fusebox's own port ${port}`));
     }
     path = forward.pathname + forward.search;
     built = deps.routes.byHost(host, port, path);
     if (built === undefined) {
       return refuse(
+        raw,
+        res,
+        deps,
+        requestId,
         new DestinationNotAllowedError(`destination ${host}:${port} is not allowed: no route lists this host and port (match.hosts; a host without a port allows 80 and 443)`, {
           destination: `${host}:${port}`,
         }),
@@ -103,6 +114,10 @@ export const handleProxyRequest = async (raw: ForwardRequest, res: ServerRespons
     const match = deps.routes.byPrefix(raw.url ?? '/');
     if (match === undefined) {
       return refuse(
+        raw,
+        res,
+        deps,
+        requestId,
         new NoRouteError(`no route matches path ${redactPath(raw.url ?? '/').split('?')[0]}; routes are matched by match.pathPrefix`),
       );
     }
@@ -119,15 +134,14 @@ export const handleProxyRequest = async (raw: ForwardRequest, res: ServerRespons
   const onClientGone = () => {
     if (!res.writableFinished) ctx.abort(new ClientClosedError('the client closed the connection'));
   };
-  res.once('close', onClientGone);
+  // `on`, not `once`: removed in `finally` either way, and `once` wraps the listener per call.
+  res.on('close', onClientGone);
   const request: ProxyRequest = { method, path, headers, body: { kind: 'unread', source: raw } };
   if (callChannels.start.hasSubscribers) callChannels.start.publish({ call: ctx, request } satisfies CallStartMessage);
   try {
     const answer = await built.handler(request, ctx);
     if (callChannels.answer.hasSubscribers) callChannels.answer.publish({ call: ctx, response: answer } satisfies CallAnswerMessage);
-    const extra: Record<string, string> = { 'x-request-id': requestId };
-    if (ctx.fallbackStep !== undefined) extra['x-fusebox-fallback'] = ctx.fallbackStep;
-    await sendResponse(res, answer, extra);
+    await sendResponse(res, answer, requestId, ctx.fallbackStep);
   } catch (caught) {
     // The observer (outermost layer) has counted and logged it and made it a ProxyError.
     const err = toProxyError(caught);

@@ -7,8 +7,12 @@ import type { BodyEnd, HeaderMap, ProxyResponse } from '../pipeline/types.js';
  * The body is streamed chunk by chunk with backpressure; observers see each chunk and the end (complete, broken
  * upstream, or agent gone). Resolves when the body is done either way; never rejects.
  */
-export const sendResponse = (res: ServerResponse, answer: ProxyResponse, extraHeaders: HeaderMap): Promise<BodyEnd> => {
-  const headers = { ...answer.headers, ...extraHeaders };
+export const sendResponse = (res: ServerResponse, answer: ProxyResponse, requestId: string, fallbackStep: string | undefined): Promise<BodyEnd> => {
+  // A copy: the answer's headers may be shared (a cached or static answer).
+  const headers: HeaderMap = { ...answer.headers };
+  headers['x-request-id'] = requestId;
+  // Which fallback step answered, when it was not the primary.
+  if (fallbackStep !== undefined) headers['x-fusebox-fallback'] = fallbackStep;
   const observers = answer.observers;
   const rewrite = answer.rewrite;
   if (Buffer.isBuffer(answer.body)) {
@@ -49,20 +53,23 @@ export const sendResponse = (res: ServerResponse, answer: ProxyResponse, extraHe
       if (chunk.length > 0 && !send(chunk)) body.pause();
     };
     const onDrain = () => body.resume();
+    // `on`, not `once` (which wraps each listener per call): `finish` runs once whatever fires after it, and the
+    // body's 'error' listener stays, so a late error is never unheard.
     body.on('data', onData);
     res.on('drain', onDrain);
-    body.once('end', () => {
+    body.on('end', () => {
       const rest = rewrite?.end();
       if (rest !== undefined && rest.length > 0) send(rest);
       res.end();
       finish({ ok: true, bytes });
     });
-    body.once('error', (error: Error) => {
+    body.on('error', (error: Error) => {
+      if (done) return;
       // Headers are gone; the only honest signal left is to cut the connection so the agent sees a broken body.
       res.destroy(error);
       finish({ ok: false, bytes, error, failedBy: 'upstream' });
     });
-    res.once('close', () => {
+    res.on('close', () => {
       if (done) return;
       body.destroy();
       finish({ ok: false, bytes, error: new Error('client closed the connection mid-response'), failedBy: 'client' });

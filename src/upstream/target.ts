@@ -60,14 +60,14 @@ export const makeUpstreamHandler = (
   const via = deps.via;
   return {
     handler: (req, ctx) => {
-      // A copy: retries and fallback hops reuse the request, and each hop sets its own credential.
+      // A copy: retries and fallback hops reuse the request's headers, and each hop sets its own credential.
       const h = { ...req.headers };
       for (const name of remove) delete h[name];
       for (const [name, value] of setEntries) h[name] = value;
       // RFC 9110 §7.6.3: a proxy appends itself to Via; Fusebox also uses it to refuse requests that loop back to it.
       const prior = h.via;
       h.via = prior === undefined ? via : `${Array.isArray(prior) ? prior.join(', ') : prior}, ${via}`;
-      return send({ ...req, headers: h }, ctx);
+      return send(req, h, ctx);
     },
   };
 };
