@@ -23,7 +23,7 @@ import type { LeaseReply } from './lease-source.js';
  * it is taken from, and it enters usd in the same step as that slice leaves out.
  *
  * ARGV[1]: {holder, seq, rep: [usd, tokens, calls], keep: 0|1, want, dem (demand), cap (-1: uncapped), now, ttl, grace, min,
- * whole: 0|1, alert, gc}. Reply: {grant, expiresAt, spent usd, out, live others, alert 0|1}.
+ * whole: 0|1, alert, gc}. Reply: {grant, expiresAt, spent usd, out, live others, alert 0|1, spent tokens, spent calls}.
  */
 const ACQUIRE_LUA = `
 local h = KEYS[1]
@@ -41,12 +41,12 @@ local function entry(v)
 end
 
 local function state(live, alert)
-  local v = redis.call('HMGET', h, 'usd', 'out', me)
+  local v = redis.call('HMGET', h, 'usd', 'out', me, 'tokens', 'calls')
   local g, e = 0, 0
   if v[3] then
     g, e = entry(v[3])
   end
-  return {g, e, num(v[1]), num(v[2]), live, alert}
+  return {g, e, num(v[1]), num(v[2]), live, alert, num(v[4]), num(v[5])}
 end
 
 -- Reap slices lapsed for longer than the grace; count the live ones of other holders.
@@ -134,11 +134,13 @@ return state(live, alert)
 `;
 
 export const LEASE_ACQUIRE = defineScript('fuseboxLeaseAcquire', ACQUIRE_LUA, (raw): LeaseReply => {
-  const [grant, expiresAt, spent, out, live, alert] = reply.tuple(raw, 6, 'reply');
+  const [grant, expiresAt, spent, out, live, alert, tokens, calls] = reply.tuple(raw, 8, 'reply');
   return {
     grantUsdMicros: reply.int(grant, 'grant'),
     expiresAt: reply.int(expiresAt, 'expiresAt'),
     spentUsdMicros: reply.int(spent, 'spent'),
+    spentTokens: reply.int(tokens, 'tokens'),
+    spentCalls: reply.int(calls, 'calls'),
     outstandingUsdMicros: reply.int(out, 'out'),
     liveHolders: reply.int(live, 'live'),
     alert: reply.intIn(alert, 0, 1, 'alert') === 1,

@@ -2,7 +2,7 @@ import type { RedisConnection } from '../store/redis-connection.js';
 import { reply } from '../store/redis-script.js';
 import { LEASE_ACQUIRE } from './lease-scripts.js';
 import { demandOf, type LeaseReply, type LeaseRequest, type LeaseSizing, type LeaseSource, type LeaseUsage } from './lease-source.js';
-import type { ReservedScope } from './store.js';
+import type { ReservedScope, ScopeRef } from './store.js';
 import { windowEndFromId } from './windows.js';
 
 /** Lease hashes outlive their window by two days, like the counters, so late reports still land. */
@@ -24,10 +24,26 @@ export class RedisLeaseSource implements LeaseSource {
 
   private readonly sizing: LeaseSizing;
 
-  /** The lease hash of a route or fleet window: `{fusebox:r:openai}:lease:day:2026-12-05`, `{fusebox:f}:lease:month:2026-12`. */
+  /**
+   * The lease hash of a window, on its scope's own hash tag (the tags RedisStore gives the scope's counters):
+   * `{fusebox:r:openai}:lease:day:2026-12-05`, `{fusebox:f}:lease:month:2026-12`, `{fusebox:a:pod-1}:lease:day:2026-12-05`.
+   * An agent's lease shares its counters' slot, so a cluster spreads agents' leases as it spreads their counters.
+   */
   keyOf(s: ReservedScope): string {
-    const tag = s.scope.kind === 'route' ? `{${this.prefix}:r:${s.scope.id}}` : `{${this.prefix}:f}`;
-    return `${tag}:lease:${s.window}:${s.windowId}`;
+    return `${this.tagOf(s.scope)}:lease:${s.window}:${s.windowId}`;
+  }
+
+  private tagOf(scope: ScopeRef): string {
+    switch (scope.kind) {
+      case 'route':
+        return `{${this.prefix}:r:${scope.id}}`;
+      case 'fleet':
+        return `{${this.prefix}:f}`;
+      case 'agent':
+        return `{${this.prefix}:a:${scope.id}}`;
+      case 'workflow':
+        throw new TypeError('workflow windows are never leased: their call caps stay exact per call');
+    }
   }
 
   acquire(req: LeaseRequest): Promise<LeaseReply> {

@@ -109,7 +109,7 @@ export class RedisStore implements BudgetStore {
     const now = this.now();
     const scopes = reservedScopes(req.scopes, now);
     const kills = await this.killsAsOf(now);
-    for (const field of killFieldsFor(scopes)) {
+    for (const field of killFieldsFor(scopes, req.leasedScopes)) {
       const value = kills.get(field);
       if (value === undefined) continue;
       const kill = parseKillValue(value);
@@ -125,6 +125,8 @@ export class RedisStore implements BudgetStore {
       estimate: { usdMicros: req.estimate.usdMicros, tokens: req.estimate.tokens, calls: req.estimate.calls },
       expiresAt: now + ttlMs,
     };
+    // Every window of the call is leased (LeasedStore): the kill copy was all there was to check, and no script runs.
+    if (scopes.length === 0) return { ok: true, reservation, used: [], crossed: [] };
     const e = reservation.estimate;
     const r = await this.run(RESERVE, this.windowKeys(scopes), [
       now,
