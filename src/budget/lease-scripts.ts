@@ -14,6 +14,10 @@ import type { LeaseReply } from './lease-source.js';
  *   alerted            the alert percent was reported in this window
  *   h:<holder>         "<grant>|<expiresAt>|<last seq applied>"
  *   p:<holder>         µUSD of that holder's lapsed slices counted in usd until it reports
+ * KEYS[3], agent windows only: the window's counters hash as RedisStore's per-call scripts keep it (same slot). When
+ * the lease hash does not exist yet, its settled spend (u, t, c) and alert mark (au) seed it, so leasing an agent's
+ * window mid-window (an upgrade, a token cap removed) does not start its count again from zero. The other way (a
+ * token cap added mid-window) the per-call scripts start from their own counters: the README says so.
  * KEYS[2], a sorted set: holder → expiry of its slice, for the holders with a slice (grant > 0). Reaping and counting
  * the live holders read only it (O(log N) plus the lapsed ones), never every holder of the day: with a thousand
  * sidecars reporting each second, reading the whole hash per request made the script O(N) and the fleet O(N²).
@@ -30,6 +34,18 @@ local h = KEYS[1]
 local a = cjson.decode(ARGV[1])
 local now = a.now
 local me = 'h:' .. a.holder
+
+-- An agent window's first lease request in a window starts from what the per-call scripts counted there (the
+-- sidecar ran before the agent's windows were leased, or its cap had a token limit since removed).
+if KEYS[3] and redis.call('EXISTS', h) == 0 then
+  local c = redis.call('HMGET', KEYS[3], 'u', 't', 'c', 'au')
+  if c[1] or c[2] or c[3] then
+    redis.call('HSET', h, 'usd', tonumber(c[1]) or 0, 'tokens', tonumber(c[2]) or 0, 'calls', tonumber(c[3]) or 0)
+  end
+  if c[4] then
+    redis.call('HSET', h, 'alerted', 1)
+  end
+end
 
 local function num(v)
   return tonumber(v) or 0

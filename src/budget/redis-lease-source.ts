@@ -66,7 +66,10 @@ export class RedisLeaseSource implements LeaseSource {
       gc,
     };
     const key = this.keyOf(req.scope);
-    return this.redis.run(LEASE_ACQUIRE, [key, `${key}:x`], [JSON.stringify(args)]);
+    const keys = [key, `${key}:x`];
+    // RedisStore's counters hash of the same window (`{fusebox:a:pod-1}:day:2026-12-05`): seeds a new lease hash.
+    if (req.scope.scope.kind === 'agent') keys.push(`${this.tagOf(req.scope.scope)}:${req.scope.window}:${req.scope.windowId}`);
+    return this.redis.run(LEASE_ACQUIRE, keys, [JSON.stringify(args)]);
   }
 
   /** One HMGET per window: windows live on different slots. */

@@ -182,6 +182,28 @@ describe('leased fleet cap over a real Redis that is killed and restarted', () =
     }
   });
 
+  it("starts an agent's leased window from what the per-call scripts counted in it (an upgrade mid-day, a token cap removed)", async () => {
+    redis = await startRedis();
+    const connection = new RedisConnection({ url: redis.url, keyPrefix: 'up' });
+    connections.push(connection);
+    await connection.ready(2_000);
+    const now = () => Date.parse('2026-12-05T10:00:00Z');
+    const shared = new RedisStore({ redis: connection, now });
+    // Counted per call: the day window had a token cap (or the sidecar ran a version that leased no agent window).
+    const exact: ScopeBudget = { scope: { kind: 'agent', id: 'pod-1' }, window: 'day', caps: { usdMicros: usd(1), tokens: 1_000_000 } };
+    const before = await shared.reserve({ scopes: [exact], estimate: { usdMicros: usd(0.8), tokens: 10, calls: 1 } });
+    if (!before.ok) throw new Error('refused');
+    await shared.commit(before.reservation, { usdMicros: usd(0.8), tokens: 10 });
+    const store = new LeasedStore({ inner: new LocalFallbackStore({ shared, now }), source: new RedisLeaseSource({ redis: connection, ...SIZING }), now });
+    const leased: ScopeBudget = { ...exact, caps: { usdMicros: usd(1) } };
+    // 0.2 is left, not the whole dollar: the spend already counted is the window's.
+    const fits = await store.reserve({ scopes: [leased], estimate: { usdMicros: usd(0.15), tokens: 0, calls: 1 } });
+    expect(fits.ok && fits.used).toEqual([{ usdMicros: usd(0.95), tokens: 10, calls: 2 }]);
+    const refused = await store.reserve({ scopes: [leased], estimate: { usdMicros: usd(0.1), tokens: 0, calls: 1 } });
+    expect(refused.ok || refused.refusal).toMatchObject({ reason: 'BUDGET_EXCEEDED', scope: { kind: 'agent', id: 'pod-1' }, limit: usd(1), spent: usd(0.8) });
+    await store.close();
+  });
+
   it('runs the same lease rules in Lua as in memory: 300 random requests from 4 holders get the same answers', async () => {
     redis = await startRedis();
     const connection = new RedisConnection({ url: redis.url, keyPrefix: 'twin' });
