@@ -3,9 +3,9 @@ import { reachedAlert, scopeKey, type Amounts, type ReservedScope } from './stor
 import { windowEndFromId } from './windows.js';
 
 /**
- * Where a sidecar leases its slices of the money caps lease.ts serves (route, fleet, an agent's USD-only windows). One call does everything a
- * holder needs, atomically: report the spend settled since its last report, give back its previous slice, and
- * take a new one. Both implementations follow the same rules (the Lua in lease-scripts.ts mirrors
+ * Where a sidecar leases its slices of the money caps lease.ts serves (route, fleet, an agent's USD-only windows).
+ * One call does everything a holder needs, atomically: report the spend settled since its last report, give back
+ * its previous slice, and take a new one. Both implementations follow the same rules (the Lua in lease-scripts.ts mirrors
  * {@link MemoryLeaseSource.acquire}):
  * - `remaining = cap − spent − Σ outstanding slices`; a slice is `min(max(size, want), remaining)`, where `size` is
  *   what the holder would spend in two slice lifetimes at its recent rate (at least `minSlice`), but never more

@@ -2,7 +2,8 @@ import type { RedisConnection } from '../store/redis-connection.js';
 import { reply } from '../store/redis-script.js';
 import { LEASE_ACQUIRE } from './lease-scripts.js';
 import { demandOf, type LeaseReply, type LeaseRequest, type LeaseSizing, type LeaseSource, type LeaseUsage } from './lease-source.js';
-import type { ReservedScope, ScopeRef } from './store.js';
+import { counterKey, scopeTag } from './redis-keys.js';
+import type { ReservedScope } from './store.js';
 import { windowEndFromId } from './windows.js';
 
 /** Lease hashes outlive their window by two days, like the counters, so late reports still land. */
@@ -30,20 +31,8 @@ export class RedisLeaseSource implements LeaseSource {
    * An agent's lease shares its counters' slot, so a cluster spreads agents' leases as it spreads their counters.
    */
   keyOf(s: ReservedScope): string {
-    return `${this.tagOf(s.scope)}:lease:${s.window}:${s.windowId}`;
-  }
-
-  private tagOf(scope: ScopeRef): string {
-    switch (scope.kind) {
-      case 'route':
-        return `{${this.prefix}:r:${scope.id}}`;
-      case 'fleet':
-        return `{${this.prefix}:f}`;
-      case 'agent':
-        return `{${this.prefix}:a:${scope.id}}`;
-      case 'workflow':
-        throw new TypeError('workflow windows are never leased: their call caps stay exact per call');
-    }
+    if (s.scope.kind === 'workflow') throw new TypeError('workflow windows are never leased: their call caps stay exact per call');
+    return `${scopeTag(this.prefix, s.scope)}:lease:${s.window}:${s.windowId}`;
   }
 
   acquire(req: LeaseRequest): Promise<LeaseReply> {
@@ -68,7 +57,7 @@ export class RedisLeaseSource implements LeaseSource {
     const key = this.keyOf(req.scope);
     const keys = [key, `${key}:x`];
     // RedisStore's counters hash of the same window (`{fusebox:a:pod-1}:day:2026-12-05`): seeds a new lease hash.
-    if (req.scope.scope.kind === 'agent') keys.push(`${this.tagOf(req.scope.scope)}:${req.scope.window}:${req.scope.windowId}`);
+    if (req.scope.scope.kind === 'agent') keys.push(counterKey(this.prefix, req.scope));
     return this.redis.run(LEASE_ACQUIRE, keys, [JSON.stringify(args)]);
   }
 
