@@ -210,7 +210,7 @@ export class LeasedStore implements BudgetStore {
     try {
       for (let k = 0; k < split.leased.length; k++) {
         const lease = this.leaseFor(split.leased[k]!, split.windowIds[k]!, split.keys[k]!);
-        const refusal = await this.admit(lease, req.estimate, req.onUnavailable);
+        const refusal = this.holdAtOnce(lease, req.estimate) ? undefined : await this.admit(lease, req.estimate, req.onUnavailable);
         if (refusal) {
           unhold();
           return { ok: false, refusal: (await this.killed(req)) ?? refusal };
@@ -443,16 +443,30 @@ export class LeasedStore implements BudgetStore {
     return l.expiresAt > now && !overCap(l.unreported.usdMicros + l.held.usdMicros, e, limit);
   }
 
-  /** Holds `e` on the window's slice, or says why not (undefined: admitted). Throws StoreUnavailableError in an outage with no slice. */
-  private async admit(l: Lease, estimate: Amounts, onUnavailable: ReserveRequest['onUnavailable']): Promise<Refusal | undefined> {
-    const e = estimate.usdMicros;
+  /**
+   * Holds `estimate` on the window when that needs no waiting: it is uncapped (only counted), or the call fits the
+   * slice held. Synchronous, so the usual call makes no promise per leased window (an async admit per window was
+   * 2.4 % of a capped call's allocation in memory mode, beside 5.8 % for the rest of reserve: bench:per-call --alloc-profile).
+   */
+  private holdAtOnce(l: Lease, estimate: Amounts): boolean {
     l.lastUseAt = this.now();
-    l.lastEstimate = e;
+    l.lastEstimate = estimate.usdMicros;
     if (l.cap === undefined) {
       addTo(l.held, estimate, 1);
-      return undefined;
+      return true;
     }
-    if (this.fits(l, e, this.now())) return this.hold(l, estimate, false);
+    if (!this.fits(l, estimate.usdMicros, this.now())) return false;
+    this.hold(l, estimate, false);
+    return true;
+  }
+
+  /**
+   * The rest of admission, once {@link holdAtOnce} could not hold the call: holds it after a renew, or says why not
+   * (undefined: admitted). Throws StoreUnavailableError in an outage with no slice.
+   */
+  private async admit(l: Lease, estimate: Amounts, onUnavailable: ReserveRequest['onUnavailable']): Promise<Refusal | undefined> {
+    const e = estimate.usdMicros;
+    if (l.cap === undefined) throw new TypeError('an uncapped window is always held at once');
     // The pool was found (nearly) empty less than a tick ago: refuse without asking again, so a fleet whose cap is
     // spent does not send every refused call to the one slot that holds it.
     if (l.short && this.sourceUp && this.now() - l.grantedAt < this.tickMs) return this.exhausted(l, l.cap, e);
