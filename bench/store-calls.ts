@@ -1,7 +1,12 @@
 /**
- * `npm run bench:store -- [--calls=N] [--compare-rev=REV]...`: what one budgeted call costs the shared Redis (issue 14).
- * Runs N reserve + commit pairs, one at a time, of a call counted in an agent's day and month windows and one workflow
- * (the scopes the per-call scripts get once the lease layer admits route and fleet caps locally), against a throwaway
+ * `npm run bench:store -- [--calls=N] [--call=scripts|agent|workflow] [--compare-rev=REV]...`: what one budgeted call
+ * costs the shared Redis (issue 14). Runs N reserve + commit pairs, one at a time, of one kind of call:
+ * - `scripts` (default): RedisStore alone, a call counted in an agent's day (USD and token caps) and month windows and
+ *   one workflow: what the per-call scripts cost;
+ * - `agent`: the sidecar's store stack (LeasedStore over LocalFallbackStore over RedisStore, as factory.ts builds
+ *   it), a call with the agent's `dailyUsd` and `monthlyUsd` caps, a route cap and the fleet's day and month windows;
+ * - `workflow`: the same stack and call plus a workflow window with `maxCalls` (exact per call: its script runs);
+ * against a throwaway
  * `redis-server` with `--appendonly yes --appendfsync everysec`, and prints per call, side by side for the current tree
  * and each `--compare-rev` (its `src/` taken with `git archive`, run by the same tsx on the same node_modules):
  * - Redis CPU (INFO cpu, user + sys: everything the server did, networking and AOF included) and the time spent
@@ -40,6 +45,7 @@ const { values } = parseArgs({
   options: {
     calls: { type: 'string', default: '1000' },
     rounds: { type: 'string', default: '5' },
+    call: { type: 'string', default: 'scripts' },
     'compare-rev': { type: 'string', multiple: true, default: [] },
   },
 });
@@ -50,6 +56,11 @@ const positive = (name: string, v: string | undefined): number => {
 };
 const calls = positive('calls', values.calls);
 const rounds = positive('rounds', values.rounds);
+const CALLS = ['scripts', 'agent', 'workflow'] as const;
+type Call = (typeof CALLS)[number];
+const isCall = (v: string): v is Call => (CALLS as readonly string[]).includes(v);
+if (!isCall(values.call)) throw new Error(`--call must be one of ${CALLS.join(', ')}, got ${values.call}`);
+const call: Call = values.call;
 
 const cleanups: Array<() => void> = [];
 process.on('exit', () => cleanups.forEach((c) => c()));
@@ -156,10 +167,45 @@ async function pings(url: string): Promise<Subject> {
   };
 }
 
+/** The variant's module at `path` (under its `src/`). */
+const load = async <M>(v: Variant, path: string): Promise<M> => (await import(pathToFileURL(join(v.root, 'src', path)).href)) as M;
+
+/** The sidecar's stack over `shared`, as factory.ts builds it (default lease sizing). */
+async function stack(v: Variant, shared: BudgetStore, connection: unknown, now: () => number): Promise<BudgetStore> {
+  const { LeasedStore } = await load<{ LeasedStore: new (o: { inner: BudgetStore; source: unknown; now: () => number }) => BudgetStore }>(v, 'budget/lease.ts');
+  const { LocalFallbackStore } = await load<{ LocalFallbackStore: new (o: { shared: BudgetStore; now: () => number }) => BudgetStore }>(
+    v,
+    'budget/local-fallback-store.ts',
+  );
+  const { RedisLeaseSource } = await load<{ RedisLeaseSource: new (o: Record<string, unknown>) => unknown }>(v, 'budget/redis-lease-source.ts');
+  const source = new RedisLeaseSource({ redis: connection, ttlMs: 30_000, graceMs: 5_000, minSliceUsdMicros: 50_000, alertPercent: 75 });
+  return new LeasedStore({ inner: new LocalFallbackStore({ shared, now }), source, now });
+}
+
+const agentCall: ScopeBudget[] = [
+  { scope: { kind: 'agent', id: 'pod-1' }, window: 'day', caps: { usdMicros: 1e12 } },
+  { scope: { kind: 'agent', id: 'pod-1' }, window: 'month', caps: { usdMicros: 1e12 } },
+  { scope: { kind: 'route', id: 'chat' }, window: 'day', caps: { usdMicros: 1e12 } },
+  { scope: { kind: 'fleet', id: 'all' }, window: 'day', caps: {} },
+  { scope: { kind: 'fleet', id: 'all' }, window: 'month', caps: {} },
+];
+const scopesOf: Record<Call, ScopeBudget[]> = {
+  scripts: [
+    { scope: { kind: 'agent', id: 'pod-1' }, window: 'day', caps: { usdMicros: 1e12, tokens: 1e12 } },
+    { scope: { kind: 'agent', id: 'pod-1' }, window: 'month', caps: { usdMicros: 1e12 } },
+    { scope: { kind: 'workflow', id: 'w1', agent: 'pod-1' }, window: 'workflow', caps: { usdMicros: 1e12, calls: 1e9 }, idleTtlMs: 3_600_000 },
+  ],
+  agent: agentCall,
+  workflow: [...agentCall, { scope: { kind: 'workflow', id: 'w1', agent: 'pod-1' }, window: 'workflow', caps: { calls: 1e9 }, idleTtlMs: 3_600_000 }],
+};
+const callTitle: Record<Call, string> = {
+  scripts: 'RedisStore alone; agent day (USD + tokens) + month + workflow',
+  agent: 'the sidecar stack (LeasedStore › LocalFallbackStore › RedisStore); agent dailyUsd + monthlyUsd, route cap, fleet day + month',
+  workflow: 'the sidecar stack; agent dailyUsd + monthlyUsd, route cap, fleet day + month, workflow maxCalls',
+};
+
 async function store(url: string, v: Variant, index: number): Promise<Subject> {
-  const { RedisStore } = (await import(pathToFileURL(join(v.root, 'src/budget/redis-store.ts')).href)) as {
-    RedisStore: new (o: { redis: unknown; now: () => number }) => BudgetStore;
-  };
+  const { RedisStore } = await load<{ RedisStore: new (o: { redis: unknown; now: () => number }) => BudgetStore }>(v, 'budget/redis-store.ts');
   const { RedisConnection } = (await import(pathToFileURL(join(v.root, 'src/store/redis-connection.ts')).href)) as {
     RedisConnection: new (o: { url: string; keyPrefix: string; timeoutMs: number }) => { ready(ms: number): Promise<void>; close(): Promise<void> };
   };
@@ -167,12 +213,10 @@ async function store(url: string, v: Variant, index: number): Promise<Subject> {
   const connection = new RedisConnection({ url, keyPrefix: prefix, timeoutMs: 5_000 });
   await connection.ready(5_000);
   let t = Date.now();
-  const budgetStore = new RedisStore({ redis: connection, now: () => t });
-  const scopes: ScopeBudget[] = [
-    { scope: { kind: 'agent', id: 'pod-1' }, window: 'day', caps: { usdMicros: 1e12, tokens: 1e12 } },
-    { scope: { kind: 'agent', id: 'pod-1' }, window: 'month', caps: { usdMicros: 1e12 } },
-    { scope: { kind: 'workflow', id: 'w1', agent: 'pod-1' }, window: 'workflow', caps: { usdMicros: 1e12, calls: 1e9 }, idleTtlMs: 3_600_000 },
-  ];
+  const now = () => t;
+  const shared = new RedisStore({ redis: connection, now });
+  const budgetStore = call === 'scripts' ? shared : await stack(v, shared, connection, now);
+  const scopes = scopesOf[call];
   const pair = async () => {
     t += 1;
     const r = await budgetStore.reserve({ scopes, estimate: { usdMicros: 12_000, tokens: 900, calls: 1 } });
@@ -215,9 +259,8 @@ const rows: Array<[string, keyof Figures, number]> = [
   ['key bytes added per call (MEMORY USAGE)', 'memoryBytes', 0],
   ['AOF bytes per call', 'aofBytes', 0],
 ];
-console.log(
-  `${rounds} rounds × ${calls} reserve + commit pairs (agent day + month + workflow), one at a time, medians; redis-server --appendonly yes --appendfsync everysec`,
-);
+console.log(`${rounds} rounds × ${calls} reserve + commit pairs, one at a time, medians; redis-server --appendonly yes --appendfsync everysec`);
+console.log(`call: ${callTitle[call]}`);
 const width = Math.max(...rows.map(([name]) => name.length));
 console.log(' '.repeat(width) + subjects.map((s) => s.label.padStart(12)).join(''));
 for (const [name, key, digits] of rows) console.log(name.padEnd(width) + figures.map((f) => median(f.map((x) => x[key])).toFixed(digits).padStart(12)).join(''));

@@ -15,6 +15,8 @@ export interface FleetOptions {
   cluster: boolean;
   single: boolean;
   outage: boolean;
+  /** Every call in a workflow with `maxCalls` (its window is exact per call: reserve + commit scripts on the agent's slot). */
+  workflow: boolean;
   /** Sidecars in the outage run. */
   outageSidecars: number;
   /** How long the store is stopped in the outage run, seconds. */
@@ -29,6 +31,8 @@ export const FLEET_USAGE = `npm run bench:fleet -- [--sidecars=100,1000] [--rate
   --single=on|off     measure one Redis node (default on)
   --cluster=on|off    measure a 3-master Redis Cluster too (default on)
   --outage=on|off     stop the single node for --outage-seconds and restart it from its AOF (default on)
+  --workflow=on|off   every call in a workflow with maxCalls: per-call scripts on the agent's slot (default off:
+                      the agent's USD caps, route and fleet are all leased, so a call runs no script)
   --outage-seconds=S  (default 10)   --outage-sidecars=N (default 100)
   --max=on            after the list, double the fleet while it keeps up, up to --max-sidecars (default 8000)`;
 
@@ -56,6 +60,7 @@ export const parseFleetOptions = (argv: string[]): FleetOptions => {
       cluster: { type: 'string' },
       single: { type: 'string' },
       outage: { type: 'string' },
+      workflow: { type: 'string' },
       'outage-seconds': { type: 'string' },
       'outage-sidecars': { type: 'string' },
       max: { type: 'string' },
@@ -76,6 +81,7 @@ export const parseFleetOptions = (argv: string[]): FleetOptions => {
     cluster: onOff('cluster', values.cluster, true),
     single: onOff('single', values.single, true),
     outage: onOff('outage', values.outage, true),
+    workflow: onOff('workflow', values.workflow, false),
     outageSeconds: num('outage-seconds', values['outage-seconds'], 10, 1, 60),
     outageSidecars: num('outage-sidecars', values['outage-sidecars'], 100, 1, 5_000),
   };

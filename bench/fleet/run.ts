@@ -123,7 +123,7 @@ const startTarget = async (mode: Target['mode']): Promise<Target> => {
 async function measure(target: Target, n: number, opts: FleetOptions, run: number): Promise<Row> {
   const probes = target.ports.map((p) => new NodeProbe(p));
   const maxclients = await probes[0]!.maxclients();
-  const fleet: FleetConfig = { url: target.url, keyPrefix: `fleet${run}` };
+  const fleet: FleetConfig = { url: target.url, keyPrefix: `fleet${run}`, workflow: opts.workflow };
   const empty = await sampleAll(probes);
   log(`${target.mode}: connecting ${n} sidecars`);
   const sidecars: SimSidecar[] = [];
@@ -360,7 +360,7 @@ async function main(): Promise<void> {
       await target.stop();
     }
   }
-  const out: string[] = [`## Fleet benchmark (${new Date().toISOString()}, ${opts.rate} call/s per sidecar, ${opts.seconds} s busy, ${opts.idleSeconds} s idle)`, ''];
+  const out: string[] = [`## Fleet benchmark (${new Date().toISOString()}, ${opts.rate} call/s per sidecar, ${opts.seconds} s busy, ${opts.idleSeconds} s idle${opts.workflow ? ', every call in a workflow with maxCalls' : ''})`, ''];
   if (rows.length > 0) out.push(table(rows), '');
   for (const f of failures) out.push(`Not measured: ${f}`, '');
   if (opts.outage) out.push(await outageRun(opts), '');

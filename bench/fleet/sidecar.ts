@@ -21,6 +21,8 @@ export interface FleetConfig {
   keyPrefix: string;
   /** The fleet's daily cap, USD (the outage run sets one the fleet reaches). */
   fleetDailyUsd?: number;
+  /** Every call runs in a workflow with `maxCalls` (`--workflow=on`): a window exact per call, on the agent's slot. */
+  workflow?: boolean;
 }
 
 /** The config every simulated sidecar runs: one metered LLM route with the default SLOs, a fleet cap when asked. */
@@ -29,7 +31,11 @@ export const fleetConfig = (f: FleetConfig, agent: string): Config =>
     {
       agent: { id: agent },
       store: { kind: 'redis', url: f.url, keyPrefix: f.keyPrefix, timeoutMs: 250 },
-      budgets: { agent: { dailyUsd: 1_000 }, ...(f.fleetDailyUsd !== undefined && { fleet: { dailyUsd: f.fleetDailyUsd } }) },
+      budgets: {
+        agent: { dailyUsd: 1_000 },
+        ...(f.workflow === true && { workflow: { maxCalls: 1_000_000 } }),
+        ...(f.fleetDailyUsd !== undefined && { fleet: { dailyUsd: f.fleetDailyUsd } }),
+      },
       routes: [{ name: ROUTE, provider: 'openai', match: { pathPrefix: '/chat' }, upstream: { url: 'http://127.0.0.1:9' } }],
     },
     'bench fleet config',
@@ -77,7 +83,7 @@ export class SimSidecar {
     const board = new RedisSloBoard(this.redis, { sidecarId: agent });
     this.evaluator = new SloEvaluator({ store: counters, routes: specs, now: Date.now, logger, board });
     const route = config.routes[0]!;
-    this.scopes = budgetScopes(config.budgets, route, { agent, route: ROUTE });
+    this.scopes = budgetScopes(config.budgets, route, { agent, route: ROUTE, ...(fleet.workflow === true && { workflow: 'task-1' }) });
     this.ttlMs = route.timeouts.totalMs + 60_000;
   }
 

@@ -27,10 +27,11 @@ export const loadPrices = (config: Config, baseDir: string): PriceTable =>
 
 /**
  * The store the config asks for, as a stack (outermost first):
- * - LeasedStore: route and fleet caps served from leased slices (lease.ts), so a call's store script touches the
- *   agent's keys only and an outage spends at most the slices held. It wraps memory and Redis alike, so both
- *   behave the same; the memory lease source hands its one holder all that is left, which keeps memory exact.
- * - memory: MemoryStore (one sidecar, optional snapshot file; it also keeps route and fleet spend).
+ * - LeasedStore: route, fleet and an agent's money-only caps served from leased slices (lease.ts), so a call's store
+ *   script touches the agent's keys only (its workflow, a token cap), often none at all, and an outage spends at
+ *   most the slices held. It wraps memory and Redis alike, so both behave the same; the memory lease source hands
+ *   its one holder all that is left, which keeps memory exact.
+ * - memory: MemoryStore (one sidecar, optional snapshot file; it also keeps the leased windows' spend).
  * - redis: RedisStore wrapped in LocalFallbackStore, so an outage follows each route's `budget.storeUnavailable`
  *   instead of failing every call. It runs on `deps.redis`, the process's one connection, which the caller closes
  *   after the store.

@@ -14,6 +14,10 @@ import type { LeaseReply } from './lease-source.js';
  *   alerted            the alert percent was reported in this window
  *   h:<holder>         "<grant>|<expiresAt>|<last seq applied>"
  *   p:<holder>         µUSD of that holder's lapsed slices counted in usd until it reports
+ * KEYS[3], agent windows only: the window's counters hash as RedisStore's per-call scripts keep it (same slot). When
+ * the lease hash does not exist yet, its settled spend (u, t, c) and alert mark (au) seed it, so leasing an agent's
+ * window mid-window (an upgrade, a token cap removed) does not start its count again from zero. The other way (a
+ * token cap added mid-window) the per-call scripts start from their own counters: the README says so.
  * KEYS[2], a sorted set: holder → expiry of its slice, for the holders with a slice (grant > 0). Reaping and counting
  * the live holders read only it (O(log N) plus the lapsed ones), never every holder of the day: with a thousand
  * sidecars reporting each second, reading the whole hash per request made the script O(N) and the fleet O(N²).
@@ -23,13 +27,25 @@ import type { LeaseReply } from './lease-source.js';
  * it is taken from, and it enters usd in the same step as that slice leaves out.
  *
  * ARGV[1]: {holder, seq, rep: [usd, tokens, calls], keep: 0|1, want, dem (demand), cap (-1: uncapped), now, ttl, grace, min,
- * whole: 0|1, alert, gc}. Reply: {grant, expiresAt, spent usd, out, live others, alert 0|1}.
+ * whole: 0|1, alert, gc}. Reply: {grant, expiresAt, spent usd, out, live others, alert 0|1, spent tokens, spent calls}.
  */
 const ACQUIRE_LUA = `
 local h = KEYS[1]
 local a = cjson.decode(ARGV[1])
 local now = a.now
 local me = 'h:' .. a.holder
+
+-- An agent window's first lease request in a window starts from what the per-call scripts counted there (the
+-- sidecar ran before the agent's windows were leased, or its cap had a token limit since removed).
+if KEYS[3] and redis.call('EXISTS', h) == 0 then
+  local c = redis.call('HMGET', KEYS[3], 'u', 't', 'c', 'au')
+  if c[1] or c[2] or c[3] then
+    redis.call('HSET', h, 'usd', tonumber(c[1]) or 0, 'tokens', tonumber(c[2]) or 0, 'calls', tonumber(c[3]) or 0)
+  end
+  if c[4] then
+    redis.call('HSET', h, 'alerted', 1)
+  end
+end
 
 local function num(v)
   return tonumber(v) or 0
@@ -41,12 +57,12 @@ local function entry(v)
 end
 
 local function state(live, alert)
-  local v = redis.call('HMGET', h, 'usd', 'out', me)
+  local v = redis.call('HMGET', h, 'usd', 'out', me, 'tokens', 'calls')
   local g, e = 0, 0
   if v[3] then
     g, e = entry(v[3])
   end
-  return {g, e, num(v[1]), num(v[2]), live, alert}
+  return {g, e, num(v[1]), num(v[2]), live, alert, num(v[4]), num(v[5])}
 end
 
 -- Reap slices lapsed for longer than the grace; count the live ones of other holders.
@@ -134,11 +150,13 @@ return state(live, alert)
 `;
 
 export const LEASE_ACQUIRE = defineScript('fuseboxLeaseAcquire', ACQUIRE_LUA, (raw): LeaseReply => {
-  const [grant, expiresAt, spent, out, live, alert] = reply.tuple(raw, 6, 'reply');
+  const [grant, expiresAt, spent, out, live, alert, tokens, calls] = reply.tuple(raw, 8, 'reply');
   return {
     grantUsdMicros: reply.int(grant, 'grant'),
     expiresAt: reply.int(expiresAt, 'expiresAt'),
     spentUsdMicros: reply.int(spent, 'spent'),
+    spentTokens: reply.int(tokens, 'tokens'),
+    spentCalls: reply.int(calls, 'calls'),
     outstandingUsdMicros: reply.int(out, 'out'),
     liveHolders: reply.int(live, 'live'),
     alert: reply.intIn(alert, 0, 1, 'alert') === 1,

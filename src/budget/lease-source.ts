@@ -3,9 +3,9 @@ import { reachedAlert, scopeKey, type Amounts, type ReservedScope } from './stor
 import { windowEndFromId } from './windows.js';
 
 /**
- * Where a sidecar leases its slices of the route and fleet caps (see lease.ts). One call does everything a
- * holder needs, atomically: report the spend settled since its last report, give back its previous slice, and
- * take a new one. Both implementations follow the same rules (the Lua in lease-scripts.ts mirrors
+ * Where a sidecar leases its slices of the money caps lease.ts serves (route, fleet, an agent's USD-only windows).
+ * One call does everything a holder needs, atomically: report the spend settled since its last report, give back
+ * its previous slice, and take a new one. Both implementations follow the same rules (the Lua in lease-scripts.ts mirrors
  * {@link MemoryLeaseSource.acquire}):
  * - `remaining = cap − spent − Σ outstanding slices`; a slice is `min(max(size, want), remaining)`, where `size` is
  *   what the holder would spend in two slice lifetimes at its recent rate (at least `minSlice`), but never more
@@ -26,7 +26,7 @@ export interface LeaseSource {
 }
 
 export interface LeaseRequest {
-  /** A route or fleet scope window (window id fixed). */
+  /** A leased scope window (window id fixed): route, fleet, or an agent's day or month. */
   readonly scope: ReservedScope;
   /** This sidecar (one id per process). */
   readonly holder: string;
@@ -51,6 +51,9 @@ export interface LeaseReply {
   readonly expiresAt: number;
   /** Spend of the window as reported by every holder, presumed spend of lapsed slices included, µUSD. */
   readonly spentUsdMicros: number;
+  /** Tokens and calls reported by every holder (no presumed part: a slice is money only). */
+  readonly spentTokens: number;
+  readonly spentCalls: number;
   /** Σ of the slices outstanding, this one included, µUSD. */
   readonly outstandingUsdMicros: number;
   /** Other holders with a live slice. */
@@ -138,14 +141,19 @@ export class MemoryLeaseSource implements LeaseSource {
     }
     let me = w.holders.get(req.holder);
     if (!me) w.holders.set(req.holder, (me = { grant: 0, expiresAt: 0, seq: 0, presumed: 0 }));
-    const reply = (alert: boolean): LeaseReply => ({
-      grantUsdMicros: me.grant,
-      expiresAt: me.expiresAt,
-      spentUsdMicros: this.counters.spentIn(req.scope).usdMicros + presumed + me.presumed,
-      outstandingUsdMicros: outstanding + me.grant,
-      liveHolders: live,
-      alert,
-    });
+    const reply = (alert: boolean): LeaseReply => {
+      const spent = this.counters.spentIn(req.scope);
+      return {
+        grantUsdMicros: me.grant,
+        expiresAt: me.expiresAt,
+        spentUsdMicros: spent.usdMicros + presumed + me.presumed,
+        spentTokens: spent.tokens,
+        spentCalls: spent.calls,
+        outstandingUsdMicros: outstanding + me.grant,
+        liveHolders: live,
+        alert,
+      };
+    };
     if (req.seq <= me.seq) return reply(false);
     me.seq = req.seq;
     if (req.report.usdMicros > 0 || req.report.tokens > 0 || req.report.calls > 0) this.counters.charge(req.scope, req.report);

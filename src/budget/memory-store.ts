@@ -185,7 +185,7 @@ export class MemoryStore implements BudgetStore {
     this.maybeSweep(now);
     // Almost always none: the kill fields of the call are only worked out when there is a kill to find.
     if (this.kills.size > 0) {
-      for (const field of killFieldsFor(req.scopes)) {
+      for (const field of killFieldsFor(req.scopes, req.leasedScopes)) {
         const kill = this.kills.get(field);
         if (kill) {
           return {
@@ -317,7 +317,7 @@ export class MemoryStore implements BudgetStore {
 
   /**
    * Adds settled spend to a scope window without a reservation: the memory lease source (lease-source.ts) keeps
-   * route and fleet spend here, so it is in the snapshot file and in `snapshot` like any other window's.
+   * the leased windows' spend here, so it is in the snapshot file and in `snapshot` like any other window's.
    */
   charge(s: ReservedScope, amounts: Amounts): void {
     assertAmounts('charge', amounts);

@@ -2,6 +2,7 @@ import type { RedisConnection } from '../store/redis-connection.js';
 import { reply } from '../store/redis-script.js';
 import { LEASE_ACQUIRE } from './lease-scripts.js';
 import { demandOf, type LeaseReply, type LeaseRequest, type LeaseSizing, type LeaseSource, type LeaseUsage } from './lease-source.js';
+import { counterKey, scopeTag } from './redis-keys.js';
 import type { ReservedScope } from './store.js';
 import { windowEndFromId } from './windows.js';
 
@@ -24,10 +25,14 @@ export class RedisLeaseSource implements LeaseSource {
 
   private readonly sizing: LeaseSizing;
 
-  /** The lease hash of a route or fleet window: `{fusebox:r:openai}:lease:day:2026-12-05`, `{fusebox:f}:lease:month:2026-12`. */
+  /**
+   * The lease hash of a window, on its scope's own hash tag (the tags RedisStore gives the scope's counters):
+   * `{fusebox:r:openai}:lease:day:2026-12-05`, `{fusebox:f}:lease:month:2026-12`, `{fusebox:a:pod-1}:lease:day:2026-12-05`.
+   * An agent's lease shares its counters' slot, so a cluster spreads agents' leases as it spreads their counters.
+   */
   keyOf(s: ReservedScope): string {
-    const tag = s.scope.kind === 'route' ? `{${this.prefix}:r:${s.scope.id}}` : `{${this.prefix}:f}`;
-    return `${tag}:lease:${s.window}:${s.windowId}`;
+    if (s.scope.kind === 'workflow') throw new TypeError('workflow windows are never leased: their call caps stay exact per call');
+    return `${scopeTag(this.prefix, s.scope)}:lease:${s.window}:${s.windowId}`;
   }
 
   acquire(req: LeaseRequest): Promise<LeaseReply> {
@@ -50,7 +55,10 @@ export class RedisLeaseSource implements LeaseSource {
       gc,
     };
     const key = this.keyOf(req.scope);
-    return this.redis.run(LEASE_ACQUIRE, [key, `${key}:x`], [JSON.stringify(args)]);
+    const keys = [key, `${key}:x`];
+    // RedisStore's counters hash of the same window (`{fusebox:a:pod-1}:day:2026-12-05`): seeds a new lease hash.
+    if (req.scope.scope.kind === 'agent') keys.push(counterKey(this.prefix, req.scope));
+    return this.redis.run(LEASE_ACQUIRE, keys, [JSON.stringify(args)]);
   }
 
   /** One HMGET per window: windows live on different slots. */

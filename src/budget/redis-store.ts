@@ -2,6 +2,7 @@ import { randomUUID } from 'node:crypto';
 import type { RedisConnection } from '../store/redis-connection.js';
 import { RedisReplyError, type RedisScript } from '../store/redis-script.js';
 import { CrossSlotError, sameSlot } from '../store/redis-slots.js';
+import { counterKey } from './redis-keys.js';
 import { COMMIT, RELEASE, RESERVE, SNAPSHOT, type CrossingReply } from './redis-scripts.js';
 import {
   assertAmounts,
@@ -26,7 +27,6 @@ import {
   type ReserveRequest,
   type ReserveResult,
   type ScopeBudget,
-  type ScopeRef,
   type ScopeUsage,
   type StoreCommonOptions,
 } from './store.js';
@@ -109,7 +109,7 @@ export class RedisStore implements BudgetStore {
     const now = this.now();
     const scopes = reservedScopes(req.scopes, now);
     const kills = await this.killsAsOf(now);
-    for (const field of killFieldsFor(scopes)) {
+    for (const field of killFieldsFor(scopes, req.leasedScopes)) {
       const value = kills.get(field);
       if (value === undefined) continue;
       const kill = parseKillValue(value);
@@ -125,6 +125,8 @@ export class RedisStore implements BudgetStore {
       estimate: { usdMicros: req.estimate.usdMicros, tokens: req.estimate.tokens, calls: req.estimate.calls },
       expiresAt: now + ttlMs,
     };
+    // Every window of the call is leased (LeasedStore): the kill copy was all there was to check, and no script runs.
+    if (scopes.length === 0) return { ok: true, reservation, used: [], crossed: [] };
     const e = reservation.estimate;
     const r = await this.run(RESERVE, this.windowKeys(scopes), [
       now,
@@ -297,30 +299,10 @@ export class RedisStore implements BudgetStore {
     this.killsReadAt = now;
   }
 
-  /** The hash tag of a scope's keys (see the class comment). */
-  private tag(scope: ScopeRef): string {
-    switch (scope.kind) {
-      case 'agent':
-        return `{${this.prefix}:a:${scope.id}}`;
-      case 'workflow':
-        return scope.agent !== undefined ? `{${this.prefix}:a:${scope.agent}}` : `{${this.prefix}:w:${scope.id}}`;
-      case 'route':
-        return `{${this.prefix}:r:${scope.id}}`;
-      case 'fleet':
-        return `{${this.prefix}:f}`;
-    }
-  }
-
-  /** Counters hash of a scope window: `{fusebox:a:pod-1}:day:2026-11-22`, `{fusebox:a:pod-1}:wf:w1`. */
-  private windowKey(s: ReservedScope): string {
-    const tag = this.tag(s.scope);
-    return s.scope.kind === 'workflow' ? `${tag}:wf:${s.scope.id}` : `${tag}:${s.window}:${s.windowId}`;
-  }
-
   /** Per window: counters hash, holds zset, reaped holds zset. */
   private windowKeys(scopes: readonly ReservedScope[]): string[] {
     return scopes.flatMap((s) => {
-      const k = this.windowKey(s);
+      const k = counterKey(this.prefix, s);
       return [k, `${k}:h`, `${k}:e`];
     });
   }

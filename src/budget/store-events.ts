@@ -60,14 +60,14 @@ export const leaseEvents =
       case 'sourceDown':
         logger.error(
           { error: e.error.message },
-          'budget leases unreachable: route and fleet caps admit only on the slices held until they expire (store.lease), then refuse with 503',
+          'budget leases unreachable: leased caps (route, fleet, agent USD) admit only on the slices held until they expire (store.lease), then refuse with 503',
         );
         return;
       case 'sourceUp':
         logger.info('budget leases reachable again: unreported spend reported');
         return;
       case 'unreportedDropped':
-        logger.error({ scope: e.scope.kind, id: e.scope.id, window: e.window, usd: e.usdMicros / 1e6 }, 'spend on a route/fleet cap never reported: the store was unreachable at shutdown');
+        logger.error({ scope: e.scope.kind, id: e.scope.id, window: e.window, usd: e.usdMicros / 1e6 }, 'spend on a leased window never reported: the store was unreachable at shutdown');
     }
   };
 

@@ -5,7 +5,7 @@ import { windowAt, windowEndFromId, type WindowKind } from './windows.js';
 
 /**
  * The shared budget store: one interface, implemented by memory, Redis, a wrapper that keeps enforcing locally
- * while Redis is away, and LeasedStore, which serves route and fleet caps from leased slices in front of either. A request is admitted by `reserve` (checks every scope and holds
+ * while Redis is away, and LeasedStore, which serves money caps (route, fleet, an agent's USD-only windows) from leased slices in front of either. A request is admitted by `reserve` (checks every scope and holds
  * its estimate in one atomic step), then settled by `commit` (charges the actual cost) or `release`
  * (returns the hold). Per-request caps (`maxRequestUsd`, `maxRequestTokens`) are the caller's business.
  *
@@ -27,14 +27,15 @@ import { windowAt, windowEndFromId, type WindowKind } from './windows.js';
  *   reaped holds aside for that), so such a request adds a_j, not a_j − e_j, to the bound. Keep the TTL
  *   above the route's total timeout.
  * - A request is charged to the windows it was reserved in, even if it settles after midnight.
- * - Route and fleet caps are served by LeasedStore (lease.ts) from leased slices: the source keeps
+ * - Route and fleet caps, and an agent's day and month windows that cap USD only (or nothing), are served by
+ *   LeasedStore (lease.ts) from leased slices: the source keeps
  *   `spent + Σ slices outstanding ≤ C`, and a sidecar admits e only if its unreported spend + holds + e ≤ its
  *   slice. So fleet/route spend ≤ C + Σ (a − e) of calls in flight + N × allowance (N sidecars,
- *   `store.lease.allowanceUsd`), and during an outage the spend admitted is at most what was left of the slices
+ *   `store.lease.allowanceUsd`) for each such window, and during an outage the spend admitted is at most what was left of the slices
  *   outstanding when it began (+ allowances); it does not grow with N. This assumes clocks agree within the lease
  *   grace (a lapsed slice returns to the pool only `graceMs` after its expiry, counted as spent until its holder
  *   reports, and a report made with calls in flight asks for a slice covering their holds).
- * - While Redis is unreachable, LocalFallbackStore enforces agent and workflow caps against their last-known
+ * - While Redis is unreachable, LocalFallbackStore enforces the windows left to it (workflows, token caps) against their last-known
  *   remaining (one agent id lives in one sidecar; see local-fallback-store.ts).
  * - A scope whose cap is used up refuses every request, even one estimated at zero (a tool call), so a
  *   runaway workflow stops; calls are counted at reserve time, so `maxCalls` stops the (N+1)th call
@@ -98,6 +99,12 @@ export interface ReserveRequest {
    * Other stores ignore it.
    */
   readonly onUnavailable?: 'local' | 'closed';
+  /**
+   * Scopes of the call that LeasedStore serves from leased slices (lease.ts) and left out of `scopes`: not counted
+   * here, but a kill of their agent still refuses the call. So a call whose every window is leased (an empty
+   * `scopes`) is checked against the store's kill copy and nothing else.
+   */
+  readonly leasedScopes?: readonly ScopeBudget[];
 }
 
 /** A scope window as reserved: the window id is fixed at reserve time, so settling charges that window. */
@@ -248,13 +255,15 @@ export const killTargetFromField = (field: string): KillTarget | undefined => {
   return undefined;
 };
 
-/** The kill fields that stop a request on these scopes, `global` first. */
-export const killFieldsFor = (scopes: readonly ScopeBudget[]): string[] => {
+/** The kill fields that stop a request on these scopes (and on the ones leased elsewhere, see ReserveRequest), `global` first. */
+export const killFieldsFor = (scopes: readonly ScopeBudget[], leased: readonly ScopeBudget[] = []): string[] => {
   const fields = ['global'];
-  for (const s of scopes) {
-    if (s.scope.kind !== 'agent' && s.scope.kind !== 'workflow') continue;
-    const f = killField({ kind: s.scope.kind, id: s.scope.id });
-    if (!fields.includes(f)) fields.push(f);
+  for (const list of [leased, scopes]) {
+    for (const s of list) {
+      if (s.scope.kind !== 'agent' && s.scope.kind !== 'workflow') continue;
+      const f = killField({ kind: s.scope.kind, id: s.scope.id });
+      if (!fields.includes(f)) fields.push(f);
+    }
   }
   return fields;
 };

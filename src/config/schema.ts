@@ -370,7 +370,10 @@ export const StoreSchema = z.strictObject({
    * `fusebox_store_journal_dropped_total`.
    */
   journalMaxEntries: positiveInt.default(100_000),
-  /** How route and fleet caps are shared by the sidecars: each holds a leased slice (see README, "Leases"). */
+  /**
+   * How money caps are shared by the sidecars (route, fleet, and an agent's windows without a token cap): each holds a
+   * leased slice (see README, "Leases").
+   */
   lease: z
     .strictObject({
       /** How long a slice is this sidecar's, ms. Past it the sidecar admits nothing on it until renewed. Default 30000. */
@@ -387,9 +390,9 @@ export const StoreSchema = z.strictObject({
        */
       allowanceUsd: z.number().nonnegative().default(0),
       /**
-       * Spend on route/fleet windows is reported at most this often while there is some (slice renewals report it
-       * too), ms. Default 10000: each report is a script call on the route's or the fleet's slot, so with 1 s a fleet
-       * calling once a second per sidecar sent three per call; other sidecars' views of that spend lag by this much.
+       * Spend on leased windows is reported at most this often while there is some (slice renewals report it too),
+       * ms. Default 10000: each report is a script call on the window's slot, so with 1 s a fleet calling once a second
+       * per sidecar sent three per call; other sidecars' views of that spend lag by this much.
        */
       reportIntervalMs: positiveInt.default(10_000),
     })
@@ -397,7 +400,10 @@ export const StoreSchema = z.strictObject({
 });
 
 export const BudgetsSchema = z.strictObject({
-  /** Caps for this agent (the `agent.id`), UTC windows. */
+  /**
+   * Caps for this agent (the `agent.id`), UTC windows. Without `dailyTokens` the day and month windows are served from
+   * leased slices like the fleet's (README, "Leases"): a call then runs no store script for them.
+   */
   agent: z
     .strictObject({
       dailyUsd: z.number().positive().optional(),

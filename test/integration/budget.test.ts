@@ -327,7 +327,8 @@ describe('a fleet sharing one Redis', () => {
       const fb = await start({ agent: { id: 'one-conn' }, store: { kind: 'redis', url: redis.url, keyPrefix: 'oneconn' }, routes: llmRoutes(up) });
       await (await chat(fb)).body.dump();
       await fb.app.slo.recorder.flush();
-      expect(await raw.keys('{oneconn:a:one-conn}:*')).not.toEqual([]);
+      // The agent's windows (uncapped) are leased: their spend is reported by the first background tick.
+      await expect.poll(() => raw.keys('{oneconn:a:one-conn}:lease:*'), { timeout: 5_000, interval: 20 }).not.toEqual([]);
       expect(await raw.keys('{oneconn:slo:*')).not.toEqual([]);
       expect(await connections()).toBe(before + 1);
       await fb.stop();
@@ -359,7 +360,12 @@ describe('a fleet sharing one Redis', () => {
   });
 
   it('spends only its leased slice of a fleet cap while Redis is down; a sidecar started in the outage answers 503 on it', async () => {
-    const cfg = { agent: { id: 'lease-a' }, store: { kind: 'redis', url: redis.url, keyPrefix: 'lease', timeoutMs: 100 }, budgets: { fleet: { dailyUsd: 1 } }, routes: llmRoutes(up) };
+    const cfg = {
+      agent: { id: 'lease-a' },
+      store: { kind: 'redis', url: redis.url, keyPrefix: 'lease', timeoutMs: 100, lease: { reportIntervalMs: 200 } },
+      budgets: { fleet: { dailyUsd: 1 } },
+      routes: llmRoutes(up),
+    };
     const a = await start(cfg);
     // The first call leases a slice of the fleet cap (no spend known yet: the minimum, $0.05, enough for the few
     // calls below), and is settled before the outage.
@@ -376,7 +382,9 @@ describe('a fleet sharing one Redis', () => {
     expect(during).toEqual([200, 200, 200]);
     const text = await a.metricsText();
     expect(metricValue(text, 'fusebox_budget_lease_outage_admissions_total', { scope_kind: 'fleet', route: '', on: 'lease' })).toBe(3);
-    expect(metricValue(text, 'fusebox_store_journal_entries')).toBe(3);
+    // Every window of these calls is leased (the agent's are uncapped): nothing is journaled, the spend waits in the
+    // leases until Redis is back.
+    expect(metricValue(text, 'fusebox_store_journal_entries')).toBe(0);
     // What is left of the slice, never more than the slice: the outage spends nothing beyond it.
     const left = metricValue(text, 'fusebox_budget_lease_remaining_usd', { scope_kind: 'fleet', window: 'day' });
     expect(left).toBeGreaterThan(0);
@@ -389,7 +397,12 @@ describe('a fleet sharing one Redis', () => {
     expect(metricValue(await b.metricsText(), 'fusebox_budget_lease_refusals_total', { scope_kind: 'fleet', route: '', reason: 'no_lease' })).toBe(1);
 
     await redis.restart();
-    await expect.poll(async () => metricValue(await a.metricsText(), 'fusebox_store_journal_entries'), { timeout: 5000, interval: 100 }).toBe(0);
+    // A reports its outage spend once Redis is back: B (no spend of its own yet) sees all four of A's calls.
+    const fleetSpent = async (fb: typeof b) => {
+      const body = (await (await request(`${fb.adminUrl}/admin/budgets`)).body.json()) as { scopes?: Array<{ scope: string; window: string; spentUsd: number }> };
+      return body.scopes?.find((s) => s.scope === 'fleet' && s.window === 'day')?.spentUsd;
+    };
+    await expect.poll(() => fleetSpent(b), { timeout: 10_000, interval: 100 }).toBeCloseTo(4 * COST_USD, 9);
     // B reconnects on its own schedule.
     await expect.poll(async () => metricValue(await b.metricsText(), 'fusebox_store_up'), { timeout: 5000, interval: 100 }).toBe(1);
     const after = await chat(b);
@@ -415,6 +428,8 @@ describe('a fleet sharing one Redis', () => {
       await first.body.dump();
       expect(metricValue(await fb.metricsText(), 'fusebox_store_up')).toBe(1);
       own.kill();
+      // A call whose windows are all leased sends Redis nothing, so the outage shows once the connection drops.
+      await expect.poll(async () => metricValue(await fb.metricsText(), 'fusebox_store_up'), { timeout: 5_000, interval: 20 }).toBe(0);
       const before = up.count('/fast');
       const refused = await request(`${fb.proxyUrl}/strict/fast`);
       expect(refused.statusCode).toBe(503);

@@ -52,7 +52,7 @@ describe('leased fleet cap over a real Redis that is killed and restarted', () =
         now,
         onEvent: (e) => events.push(e),
       });
-      return { store, scopes: [{ scope: { kind: 'agent', id: `pod-${i}` }, window: 'day', caps: {} }, fleet] as ScopeBudget[], charged: 0 };
+      return { store, scopes: [{ scope: { kind: 'agent', id: `pod-${i}` }, window: 'day', caps: {} }, fleet] as ScopeBudget[], charged: 0, calls: 0 };
     };
     const sidecars = await Promise.all(Array.from({ length: 5 }, (_, i) => sidecar(i)));
     const random = seeded(3);
@@ -70,6 +70,7 @@ describe('leased fleet cap over a real Redis that is killed and restarted', () =
     const settle = async (s: (typeof sidecars)[number], c: { r: Reservation; actual: number }) => {
       await s.store.commit(c.r, { usdMicros: c.actual, tokens: 1 });
       s.charged += c.actual;
+      s.calls++;
     };
 
     for (let round = 0; round < 8; round++) {
@@ -115,17 +116,92 @@ describe('leased fleet cap over a real Redis that is killed and restarted', () =
       expect(Number(lease.usd)).toBe(total);
       expect(Number(lease.out)).toBe(0);
       expect(total).toBeLessThanOrEqual(CAP);
-      // The agents' own windows went through the journal: replayed exactly (read as another sidecar would).
-      const readerConnection = new RedisConnection({ url: redis.url, keyPrefix: 'ls' });
-      connections.push(readerConnection);
-      const reader = new RedisStore({ redis: readerConnection, now });
-      await reader.waitReady(2_000);
-      for (const s of sidecars) expect((await reader.snapshot([s.scopes[0]!]))[0]?.spent.usdMicros).toBe(s.charged);
+      // The agents' own windows (uncapped, so leased and only counted) were reported exactly, each on its agent's slot.
+      for (const [i, s] of sidecars.entries()) {
+        const agentLease = await raw.hgetall(`{ls:a:pod-${i}}:lease:day:${day}`);
+        expect([Number(agentLease.usd), Number(agentLease.calls)]).toEqual([s.charged, s.calls]);
+      }
+      // No per-call script ran: every window of these calls is leased, so no agent counters were written.
+      expect(await raw.keys('{ls:a:*}:day:*')).toEqual([]);
       // No per-call key names the fleet: it lives only in its lease hash, on its own slot.
       expect((await raw.keys('*fleet*')).length).toBe(0);
     } finally {
       raw.disconnect();
     }
+  });
+
+  it("sends Redis nothing for calls whose every window is leased (an agent's USD caps, route, fleet), and two scripts per call with a workflow window", async () => {
+    redis = await startRedis();
+    const connection = new RedisConnection({ url: redis.url, keyPrefix: 'nc' });
+    connections.push(connection);
+    await connection.ready(2_000);
+    // Frozen: within one kill refresh time and one slice lifetime, so only the calls themselves could reach Redis.
+    const t = Date.parse('2026-12-05T10:00:00Z');
+    const now = () => t;
+    const store = new LeasedStore({
+      inner: new LocalFallbackStore({ shared: new RedisStore({ redis: connection, now }), now }),
+      source: new RedisLeaseSource({ redis: connection, ...SIZING }),
+      now,
+    });
+    const agent = { kind: 'agent', id: 'pod-1' } as const;
+    const leased: ScopeBudget[] = [
+      { scope: agent, window: 'day', caps: { usdMicros: usd(100) } },
+      { scope: agent, window: 'month', caps: { usdMicros: usd(1_000) } },
+      { scope: { kind: 'route', id: 'chat' }, window: 'day', caps: { usdMicros: usd(100) } },
+      // Capped: an uncapped window's spend is reported at the first background tick (then every reportIntervalMs).
+      { scope: { kind: 'fleet', id: 'all' }, window: 'day', caps: { usdMicros: usd(1_000) } },
+    ];
+    const withWorkflow: ScopeBudget[] = [...leased, { scope: { kind: 'workflow', id: 'w1', agent: 'pod-1' }, window: 'workflow', caps: { calls: 1_000 }, idleTtlMs: 600_000 }];
+    const calls = async (scopes: ScopeBudget[], n: number) => {
+      for (let i = 0; i < n; i++) {
+        const r = await store.reserve({ scopes, estimate: { usdMicros: 100, tokens: 10, calls: 1 } });
+        if (!r.ok) throw new Error(`refused: ${JSON.stringify(r.refusal)}`);
+        await store.commit(r.reservation, { usdMicros: 100, tokens: 10 });
+      }
+    };
+    const raw = new Redis(redis.url);
+    try {
+      // The first calls lease the slices (and read the kill set once).
+      await calls(withWorkflow, 2);
+      /** Commands Redis ran for `n` calls (those inside scripts included), and how many of them were scripts. */
+      const counted = async (n: number, scopes: ScopeBudget[]) => {
+        await raw.config('RESETSTAT');
+        await calls(scopes, n);
+        const stats = [...(await raw.info('commandstats')).matchAll(/^cmdstat_([^:]+):calls=(\d+)/gm)].filter(([, cmd]) => !/^(info|config)\b/.test(cmd!));
+        const sum = (of: typeof stats) => of.reduce((total, [, , k]) => total + Number(k), 0);
+        return { commands: sum(stats), scripts: sum(stats.filter(([, cmd]) => cmd === 'evalsha' || cmd === 'eval')) };
+      };
+      expect(await counted(300, leased)).toEqual({ commands: 0, scripts: 0 });
+      expect((await counted(10, withWorkflow)).scripts).toBe(20);
+      // The agent's leases live beside its counters, on its own slot.
+      expect(await raw.exists('{nc:a:pod-1}:lease:day:2026-12-05', '{nc:a:pod-1}:lease:month:2026-12')).toBe(2);
+      expect(await raw.exists('{nc:a:pod-1}:day:2026-12-05')).toBe(0);
+      await store.close();
+    } finally {
+      raw.disconnect();
+    }
+  });
+
+  it("starts an agent's leased window from what the per-call scripts counted in it (an upgrade mid-day, a token cap removed)", async () => {
+    redis = await startRedis();
+    const connection = new RedisConnection({ url: redis.url, keyPrefix: 'up' });
+    connections.push(connection);
+    await connection.ready(2_000);
+    const now = () => Date.parse('2026-12-05T10:00:00Z');
+    const shared = new RedisStore({ redis: connection, now });
+    // Counted per call: the day window had a token cap (or the sidecar ran a version that leased no agent window).
+    const exact: ScopeBudget = { scope: { kind: 'agent', id: 'pod-1' }, window: 'day', caps: { usdMicros: usd(1), tokens: 1_000_000 } };
+    const before = await shared.reserve({ scopes: [exact], estimate: { usdMicros: usd(0.8), tokens: 10, calls: 1 } });
+    if (!before.ok) throw new Error('refused');
+    await shared.commit(before.reservation, { usdMicros: usd(0.8), tokens: 10 });
+    const store = new LeasedStore({ inner: new LocalFallbackStore({ shared, now }), source: new RedisLeaseSource({ redis: connection, ...SIZING }), now });
+    const leased: ScopeBudget = { ...exact, caps: { usdMicros: usd(1) } };
+    // 0.2 is left, not the whole dollar: the spend already counted is the window's.
+    const fits = await store.reserve({ scopes: [leased], estimate: { usdMicros: usd(0.15), tokens: 0, calls: 1 } });
+    expect(fits.ok && fits.used).toEqual([{ usdMicros: usd(0.95), tokens: 10, calls: 2 }]);
+    const refused = await store.reserve({ scopes: [leased], estimate: { usdMicros: usd(0.1), tokens: 0, calls: 1 } });
+    expect(refused.ok || refused.refusal).toMatchObject({ reason: 'BUDGET_EXCEEDED', scope: { kind: 'agent', id: 'pod-1' }, limit: usd(1), spent: usd(0.8) });
+    await store.close();
   });
 
   it('runs the same lease rules in Lua as in memory: 300 random requests from 4 holders get the same answers', async () => {

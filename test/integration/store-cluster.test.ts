@@ -76,7 +76,9 @@ describe('the shared store on a 3-master Redis Cluster', () => {
     const fb = await startFusebox({
       agent: { id: agent },
       store: { kind: 'redis', url: cluster.url, keyPrefix: 'kill', timeoutMs: 200 },
-      budgets: { agent: { dailyUsd: 10 } },
+      // A token cap keeps the agent's day window exact per call, on the per-call script and its journal (what this
+      // test is about); a USD-only cap would be served from a leased slice.
+      budgets: { agent: { dailyUsd: 10, dailyTokens: 10_000_000 } },
       routes: routes(up),
     });
     try {
@@ -176,7 +178,7 @@ describe('the shared store on a 3-master Redis Cluster', () => {
 describe('a Redis at maxmemory (one node)', () => {
   it('counts OOM refusals by kind and node, serves on the local slice with store_up 0, and replays once Redis has room again', async () => {
     const [redis, up] = await Promise.all([startRedis({ args: ['--maxmemory', '1mb', '--maxmemory-policy', 'noeviction'] }), startLlmUpstream()]);
-    const fb = await startFusebox({ agent: { id: 'full' }, store: { kind: 'redis', url: redis.url, keyPrefix: 'oom' }, budgets: { agent: { dailyUsd: 10 } }, routes: routes(up) });
+    const fb = await startFusebox({ agent: { id: 'full' }, store: { kind: 'redis', url: redis.url, keyPrefix: 'oom' }, budgets: { agent: { dailyUsd: 10, dailyTokens: 10_000_000 } }, routes: routes(up) });
     const raw = new Redis(redis.url);
     try {
       // An empty Redis already uses more than 1 MB: every script that may write is refused.

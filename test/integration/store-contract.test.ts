@@ -171,7 +171,9 @@ function describeStoreContract(name: string, factory: Factory): void {
     it('returns the hold of a reservation never settled once its TTL passes, and still charges a late commit', async () => {
       const store = await setup();
       try {
-        const day = agentDay('a1', { usdMicros: usd(1) });
+        // A token cap keeps the window exact per call in every stack. A leased window (USD only) has no TTL: its
+        // hold lasts until the call settles (the budget layer settles every call) or the sidecar dies with it.
+        const day = agentDay('a1', { usdMicros: usd(1), tokens: 1_000_000_000 });
         const r = await mustReserve(store, [day], est(usd(0.9)), 300);
         expect((await store.reserve({ scopes: [day], estimate: est(usd(0.2)) })).ok).toBe(false);
         clock.advance(299);

@@ -2,7 +2,7 @@ import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
 import { LeasedStore, type LeaseEvent } from '../../src/budget/lease.js';
 import { demandOf, MemoryLeaseSource, sliceSize, type LeaseReply, type LeaseRequest, type LeaseSource, type LeaseUsage } from '../../src/budget/lease-source.js';
 import { MemoryStore } from '../../src/budget/memory-store.js';
-import type { Reservation, ReservedScope, ScopeBudget } from '../../src/budget/store.js';
+import type { Actual, CommitResult, Reservation, ReservedScope, ReserveRequest, ReserveResult, ScopeBudget } from '../../src/budget/store.js';
 import { StoreUnavailableError } from '../../src/errors.js';
 import { seeded } from '../helpers/pipeline.js';
 
@@ -10,6 +10,14 @@ const usd = (n: number) => Math.round(n * 1_000_000);
 const est = (usdMicros: number) => ({ usdMicros, tokens: 0, calls: 1 });
 const fleetDay = (cap?: number): ScopeBudget => ({ scope: { kind: 'fleet', id: 'all' }, window: 'day', caps: cap === undefined ? {} : { usdMicros: cap } });
 const agentDay = (id: string): ScopeBudget => ({ scope: { kind: 'agent', id }, window: 'day', caps: {} });
+const agentDayUsd = (id: string, cap: number): ScopeBudget => ({ scope: { kind: 'agent', id }, window: 'day', caps: { usdMicros: cap } });
+const agentMonth = (id: string, cap: number): ScopeBudget => ({ scope: { kind: 'agent', id }, window: 'month', caps: { usdMicros: cap } });
+const workflow = (id: string, agent: string, calls?: number): ScopeBudget => ({
+  scope: { kind: 'workflow', id, agent },
+  window: 'workflow',
+  caps: calls === undefined ? {} : { calls },
+  idleTtlMs: 600_000,
+});
 const SIZING = { ttlMs: 30_000, graceMs: 5_000, minSliceUsdMicros: usd(0.01), alertPercent: 75 };
 const START = Date.parse('2026-12-05T12:00:00Z');
 
@@ -202,13 +210,17 @@ describe('LeasedStore', () => {
     expect(second.ok || second.refusal).toMatchObject({ limit: usd(1), spent: usd(0.5), requested: usd(0.6) });
   });
 
-  it('during an outage admits only what is left of the slices held when it began, then answers 503 BUDGET_STORE_UNAVAILABLE', async () => {
+  // An agent's money cap is leased like the fleet's; 20 replicas sharing one agent id make it as shared as the fleet's.
+  it.each([
+    ['the fleet day cap', (cap: number) => fleetDay(cap)],
+    ['an agent day cap (USD only)', (cap: number) => agentDayUsd('replicas', cap)],
+  ])('during an outage admits on %s only what is left of the slices held when it began, then answers 503 BUDGET_STORE_UNAVAILABLE', async (_, capped) => {
     const { counters, net } = fleet({ whole: false });
     const random = seeded(14);
     const N = 20;
     const cap = usd(50);
     const sidecars = Array.from({ length: N }, () => sidecar(counters, net));
-    const scopes = [fleetDay(cap)];
+    const scopes = [capped(cap)];
     let spent = 0;
     // Traffic before the outage: every sidecar holds a slice and has spent some of it.
     for (let round = 0; round < 5; round++) {
@@ -374,12 +386,80 @@ describe('LeasedStore', () => {
   it('releases the lease hold when the inner store refuses, and the inner hold when the lease refuses', async () => {
     const { counters, net } = fleet();
     const store = sidecar(counters, net);
-    const capped = { ...agentDay('a1'), caps: { usdMicros: usd(0.2) } };
+    // A token cap keeps the agent's day window exact per call, in the inner store.
+    const capped = { ...agentDay('a1'), caps: { usdMicros: usd(0.2), tokens: 1_000_000 } };
     const refusedInside = await store.reserve({ scopes: [capped, fleetDay(usd(1))], estimate: est(usd(0.5)) });
     expect(refusedInside.ok || refusedInside.refusal.scope).toEqual({ kind: 'agent', id: 'a1' });
-    expect(store.leaseViews()[0]?.remainingUsdMicros).toBe(usd(1));
-    const refusedByLease = await store.reserve({ scopes: [agentDay('a2'), fleetDay(usd(1))], estimate: est(usd(1.5)) });
+    expect(store.leaseViews().map((v) => [v.scope.kind, v.remainingUsdMicros])).toEqual([['fleet', usd(1)]]);
+    const wf = workflow('w1', 'a2');
+    const refusedByLease = await store.reserve({ scopes: [agentDay('a2'), wf, fleetDay(usd(1))], estimate: est(usd(1.5)) });
     expect(refusedByLease.ok || refusedByLease.refusal.scope).toEqual({ kind: 'fleet', id: 'all' });
-    expect((await counters.snapshot([agentDay('a2')]))[0]?.reserved.calls).toBe(0);
+    // Neither the workflow's hold (inner) nor the agent's (leased, uncapped) is left behind.
+    expect((await counters.snapshot([wf]))[0]?.reserved.calls).toBe(0);
+    expect((await store.snapshot([agentDay('a2')]))[0]?.reserved.calls).toBe(0);
+  });
+
+  it("leases an agent's USD-only day and month caps and its uncapped windows; a token cap and every workflow window stay exact per call in the inner store", async () => {
+    const counters = new RecordingStore({ now });
+    const net = new Network(new MemoryLeaseSource(counters, SIZING));
+    const store = sidecar(counters, net);
+    const usdOnly = [agentDayUsd('a1', usd(1)), agentMonth('a1', usd(5)), fleetDay()];
+    let admitted = 0;
+    for (;;) {
+      const r = await store.reserve({ scopes: usdOnly, estimate: est(usd(0.3)) });
+      if (!r.ok) {
+        expect(r.refusal).toMatchObject({ reason: 'BUDGET_EXCEEDED', scope: { kind: 'agent', id: 'a1' }, window: 'day', limit: usd(1), spent: usd(0.9), requested: usd(0.3) });
+        break;
+      }
+      admitted++;
+      await store.commit(r.reservation, { usdMicros: usd(0.3), tokens: 7 });
+    }
+    expect(admitted).toBe(3);
+    // The inner store was asked with an empty list each time (its kill copy only), and never to commit.
+    expect(counters.reserved).toEqual([[], [], [], []]);
+    expect(counters.commits).toBe(0);
+    expect(new Set(net.sent.map((x) => `${x.scope.scope.kind} ${x.scope.window}`))).toEqual(new Set(['agent day', 'agent month']));
+    const [day, month, f] = await store.snapshot(usdOnly);
+    expect([day?.spent, month?.spent.usdMicros, f?.spent.usdMicros]).toEqual([{ usdMicros: usd(0.9), tokens: 21, calls: 3 }, usd(0.9), usd(0.9)]);
+
+    const withTokens = { ...agentDayUsd('a2', usd(1)), caps: { usdMicros: usd(1), tokens: 1_000 } };
+    const wf = workflow('w1', 'a2', 3);
+    const r = await store.reserve({ scopes: [withTokens, agentMonth('a2', usd(5)), wf], estimate: est(usd(0.1)) });
+    if (!r.ok) throw new Error('refused');
+    expect(counters.reserved.at(-1)).toEqual([withTokens, wf]);
+    await store.commit(r.reservation, { usdMicros: usd(0.1), tokens: 7 });
+    expect(counters.commits).toBe(1);
+  });
+
+  it('answers KILLED, not BUDGET_EXCEEDED, to a killed agent whose leased cap is spent, and not 503 in an outage', async () => {
+    const { counters, net } = fleet();
+    const store = sidecar(counters, net);
+    const scopes = [agentDayUsd('a1', usd(1)), agentMonth('a1', usd(5))];
+    const r = await store.reserve({ scopes, estimate: est(usd(1)) });
+    if (!r.ok) throw new Error('refused');
+    await store.commit(r.reservation, { usdMicros: usd(1), tokens: 0 });
+    expect((await store.reserve({ scopes, estimate: est(usd(0.1)) })).ok || 'refused').toBe('refused');
+    await store.setKill({ kind: 'agent', id: 'a1' }, 'runaway loop');
+    const killed = { ok: false, refusal: { reason: 'KILLED', scope: { kind: 'agent', id: 'a1' }, killReason: 'runaway loop', resetAt: null } };
+    expect(await store.reserve({ scopes, estimate: est(usd(0.1)) })).toMatchObject(killed);
+    // A sidecar started during an outage holds no slice: the call would be a 503, but the kill is known here.
+    net.cut = true;
+    const fresh = sidecar(counters, net);
+    expect(await fresh.reserve({ scopes, estimate: est(usd(0.1)) })).toMatchObject(killed);
+    await expect(fresh.reserve({ scopes: [agentDayUsd('a2', usd(1))], estimate: est(usd(0.1)) })).rejects.toBeInstanceOf(StoreUnavailableError);
   });
 });
+
+/** A real MemoryStore that notes the scope lists it is asked to reserve and how many reservations it settles. */
+class RecordingStore extends MemoryStore {
+  readonly reserved: (readonly ScopeBudget[])[] = [];
+  commits = 0;
+  override reserve(req: ReserveRequest): Promise<ReserveResult> {
+    this.reserved.push(req.scopes);
+    return super.reserve(req);
+  }
+  override commit(r: Reservation, actual: Actual): Promise<CommitResult> {
+    this.commits++;
+    return super.commit(r, actual);
+  }
+}
