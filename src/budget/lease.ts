@@ -88,7 +88,8 @@ interface Lease {
   /** Admitted on the outage allowance since the source last answered. */
   allowanceUsed: number;
   /** The source's figures at the last answer: spend reported by every holder (µUSD with presumed spend, tokens, calls) and slices outstanding. */
-  known: { spent: number; tokens: number; calls: number; outstanding: number };
+  /** The source's figures in its last answer: spend (presumed included), slices outstanding, other live holders. */
+  known: { spent: number; tokens: number; calls: number; outstanding: number; liveOthers: number };
   lastEstimate: number;
   lastUseAt: number;
   lastReportAt: number;
@@ -420,7 +421,7 @@ export class LeasedStore implements BudgetStore {
         short: false,
         failedAt: -Infinity,
         allowanceUsed: 0,
-        known: { spent: 0, tokens: 0, calls: 0, outstanding: 0 },
+        known: { spent: 0, tokens: 0, calls: 0, outstanding: 0, liveOthers: 0 },
         lastEstimate: 0,
         lastUseAt: 0,
         lastReportAt: -Infinity,
@@ -510,7 +511,7 @@ export class LeasedStore implements BudgetStore {
   }
 
   /** The source is unreachable: the slice held (if any is left and live), the allowance, or a 503. */
-  private unreachable(l: Lease, estimate: Amounts, onUnavailable: ReserveRequest['onUnavailable']): undefined {
+  private unreachable(l: Lease, estimate: Amounts, onUnavailable: ReserveRequest['onUnavailable']): Refusal | undefined {
     const e = estimate.usdMicros;
     if (onUnavailable !== 'closed') {
       if (this.fits(l, e, this.now())) return this.hold(l, estimate, false);
@@ -518,6 +519,8 @@ export class LeasedStore implements BudgetStore {
         l.allowanceUsed += e;
         return this.hold(l, estimate, true);
       }
+      const alone = this.aloneRemaining(l);
+      if (alone !== undefined) return alone >= e ? this.hold(l, estimate, false) : this.exhausted(l, l.cap!, e);
     }
     this.emit({ type: 'refused', scope: l.scope.scope, window: l.scope.window, reason: 'no_lease', requestedUsdMicros: e });
     throw new StoreUnavailableError(
@@ -526,6 +529,20 @@ export class LeasedStore implements BudgetStore {
         : `the budget store is unreachable and this sidecar holds no slice of the ${l.scope.scope.kind} ${l.scope.window} cap left (store.lease)`,
       { scope: l.scope.scope.kind, id: l.scope.scope.id, window: l.scope.window },
     );
+  }
+
+  /**
+   * An agent's window past its slice in an outage, on a `local` route, when this sidecar was the window's only live
+   * holder at the source's last answer (one agent id normally runs in one pod): what was left of the cap then, less
+   * what this sidecar spent and holds since. Nobody else was spending it, so this keeps the agent within its cap
+   * through an outage of any length, as the local fallback did before agent windows were leased; without it a Redis
+   * outage longer than a slice's life (30 s) would answer 503 to every capped agent of the fleet until it ends.
+   * Undefined (no such guess): route and fleet caps (the fleet's, issue 14), an agent id other sidecars were spending
+   * too (replicas: their slices bound the outage, as for the fleet), a window the source never answered for.
+   */
+  private aloneRemaining(l: Lease): number | undefined {
+    if (l.scope.scope.kind !== 'agent' || l.cap === undefined || !Number.isFinite(l.lastReportAt) || l.known.liveOthers > 0) return undefined;
+    return l.cap - l.known.spent - Math.max(0, l.known.outstanding - l.grant) - l.unreported.usdMicros - l.held.usdMicros;
   }
 
   private hold(l: Lease, estimate: Amounts, onAllowance: boolean): undefined {
@@ -602,7 +619,7 @@ export class LeasedStore implements BudgetStore {
     l.grant = r.grantUsdMicros;
     l.grantedAt = now;
     l.expiresAt = r.expiresAt;
-    l.known = { spent: r.spentUsdMicros, tokens: r.spentTokens, calls: r.spentCalls, outstanding: r.outstandingUsdMicros };
+    l.known = { spent: r.spentUsdMicros, tokens: r.spentTokens, calls: r.spentCalls, outstanding: r.outstandingUsdMicros, liveOthers: r.liveHolders };
     l.allowanceUsed = 0;
     l.lastReportAt = now;
     if (!this.sourceUp) {

@@ -315,6 +315,37 @@ describe('LeasedStore', () => {
     expect(admitted).toBe(4 * usd(0.12));
   });
 
+  // One agent id in one pod (the usual case): the only holder of its window. A Redis outage longer than a slice's life
+  // must not stop it (a 503 for every capped agent of the fleet), nor let it pass its cap: it spends what was left.
+  it('keeps an agent that was its window\'s only holder within what was left of its cap through an outage longer than a slice, then refuses with BUDGET_EXCEEDED', async () => {
+    const { counters, net } = fleet({ whole: false });
+    const store = sidecar(counters, net);
+    const scopes = [agentDayUsd('solo', usd(2))];
+    const first = await store.reserve({ scopes, estimate: est(usd(0.5)) });
+    if (!first.ok) throw new Error('refused');
+    await store.commit(first.reservation, { usdMicros: usd(0.5), tokens: 0 });
+    await settle();
+    net.cut = true;
+    // Past the slice's life and grace: no slice left, the source still unreachable.
+    await advance(60_000);
+    let admitted = 0;
+    let refusal: unknown;
+    for (let i = 0; i < 10 && refusal === undefined; i++) {
+      const r = await store.reserve({ scopes, estimate: est(usd(0.4)) });
+      if (!r.ok) refusal = r.refusal;
+      else {
+        admitted += usd(0.4);
+        await store.commit(r.reservation, { usdMicros: usd(0.4), tokens: 0 });
+      }
+    }
+    // 2 − 0.5 = 1.5 was left: three calls of 0.4 fit, the fourth does not.
+    expect(admitted).toBe(usd(1.2));
+    expect(refusal).toMatchObject({ reason: 'BUDGET_EXCEEDED', limit: usd(2), requested: usd(0.4) });
+    net.cut = false;
+    await store.close();
+    expect(counters.spentIn({ ...scopes[0]!, windowId: '2026-12-05' }).usdMicros).toBe(usd(1.7));
+  });
+
   it('counts a silent holder\'s lapsed slice as spent until it reports, then charges what it really spent', async () => {
     const counters = new MemoryStore({ now });
     const source = new MemoryLeaseSource(counters, SIZING, { whole: false });
