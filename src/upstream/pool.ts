@@ -17,15 +17,20 @@ export interface UpstreamTarget {
   timeouts: TimeoutsConfig;
 }
 
+const requireUndici = createRequire(import.meta.url);
+
 /**
- * undici's Pool alone, from its own file: the package's index also loads fetch, WebSocket, EventSource, the cache
- * and the mocks, which Fusebox never uses: 12 MB of RSS and 3 MB of V8 heap in a bare process (`npm run bench:idle
- * -- --deps`); with fastify's schema compilers left unloaded too (src/http/schema-compilers.ts), an idle sidecar went
- * from 93.2 to 89.0 MB. The package has no `exports` map, so the path is public in practice, and
- * test/unit/upstream-pool.test.ts checks it is still the class the index exports: an upgrade that moves it fails
- * there, not in production.
+ * undici's Pool alone, from its own files: the package's index also loads fetch, WebSocket, EventSource, the cache
+ * and the mocks, which Fusebox never uses: 13 MB of RSS and 2.7 MB of V8 heap in a bare process (`npm run bench:idle
+ * -- --deps`). Hazard: the index is also what gives every dispatcher its `request`/`stream`/`pipeline`/`connect`/
+ * `upgrade` methods (`Object.assign(Dispatcher.prototype, api)`), so that is done here too; a test process that
+ * imports 'undici' anywhere would hide its absence, which is why test/integration/startup-footprint.test.ts calls
+ * through this Pool before anything imports the index. The package has no `exports` map; the same test checks these
+ * are still the classes the index exports, so an upgrade that moves them fails there, not in production.
  */
-export const Pool = createRequire(import.meta.url)('undici/lib/dispatcher/pool.js') as typeof UndiciPool;
+const Dispatcher = requireUndici('undici/lib/dispatcher/dispatcher.js') as { prototype: object };
+Object.assign(Dispatcher.prototype, requireUndici('undici/lib/api/index.js'));
+export const Pool = requireUndici('undici/lib/dispatcher/pool.js') as typeof UndiciPool;
 type Pool = UndiciPool;
 
 export const parseUpstreamUrl = (url: string): { origin: string; basePath: string } => {

@@ -1,4 +1,6 @@
+import { createServer } from 'node:http';
 import { createRequire } from 'node:module';
+import type { AddressInfo } from 'node:net';
 import { join } from 'node:path';
 import Fastify from 'fastify';
 import { pino } from 'pino';
@@ -28,6 +30,17 @@ describe('startup footprint', () => {
     expect((await fetch(`${adminUrl}/readyz`)).status).toBe(200);
     expect((await fetch(`${adminUrl}/metrics`)).status).toBe(200);
 
+    // Through undici's Pool as the sidecar loads it (without the package's index, which adds `request` to dispatchers).
+    const upstream = createServer((_req, res) => res.end('pooled'));
+    await new Promise<void>((done) => upstream.listen(0, '127.0.0.1', done));
+    const pool = new Pool(`http://127.0.0.1:${(upstream.address() as AddressInfo).port}`);
+    try {
+      expect(await (await pool.request({ method: 'GET', path: '/' })).body.text()).toBe('pooled');
+    } finally {
+      await pool.close();
+      upstream.close();
+    }
+
     const paths = loaded();
     // The sidecar itself is in the cache: the check sees what it loads.
     expect(anyUnder(paths, 'fastify/')).toBe(true);
@@ -41,7 +54,9 @@ describe('startup footprint', () => {
 
   // After the test above: importing the package's index is what that test checks the sidecar does not do.
   it('undici\'s Pool loaded from its own file is the class the package exports (an upgrade that moves it fails here)', async () => {
-    expect(Pool).toBe((await import('undici')).Pool);
+    const undici = await import('undici');
+    expect(Pool).toBe(undici.Pool);
+    expect(Pool.prototype).toBeInstanceOf(undici.Dispatcher);
   });
 
   it('a fastify route that declares a schema still gets it compiled and enforced: ajv loads then', async () => {
