@@ -171,7 +171,7 @@ export const TARGETS: Target[] = [
 export const OPTIONAL_TARGETS: Target[] = [
   // What the access log costs: the same Fusebox without its one line per request.
   fusebox('fusebox (access log off)', (up) => fuseboxConfig(up, { top: { log: { level: 'warn' } } })),
-  // Without the image's NODE_OPTIONS (V8's own young-generation sizing): what the flag saves in memory and costs in CPU.
+  // Without the image's NODE_OPTIONS (V8 sizes the young generation from this machine's RAM): what the flag saves in memory and costs in CPU.
   fusebox('fusebox (V8 defaults)', (up) => fuseboxConfig(up), undefined, { NODE_OPTIONS: '' }),
 ];
 
