@@ -98,15 +98,20 @@ const measureOnce = async (root: string, cgroup: PodCgroup | undefined, heapFlag
       const pid = child.pid!;
       const proc = status(pid);
       child.kill('SIGUSR2');
-      let report: string | undefined;
-      for (let i = 0; i < 200 && report === undefined; i++) {
-        report = readdirSync(dir).find((f) => f.startsWith('report.') && f.endsWith('.json'));
-        if (report === undefined) await sleep(50);
+      // The report is written after the signal, in pieces: read until it parses (bounded).
+      type Report = { javascriptHeap: { totalMemory: number; usedMemory: number; heapSpaces: Record<string, { memorySize: number }> } };
+      let parsed: Report | undefined;
+      for (let i = 0; i < 200 && parsed === undefined; i++) {
+        const file = readdirSync(dir).find((f) => f.startsWith('report.') && f.endsWith('.json'));
+        try {
+          if (file !== undefined) parsed = JSON.parse(readFileSync(join(dir, file), 'utf8')) as Report;
+        } catch {
+          // Not all written yet.
+        }
+        if (parsed === undefined) await sleep(50);
       }
-      if (report === undefined) throw new Error('no diagnostic report within 10 s');
-      // Written in one go, but give the writer its close.
-      await sleep(100);
-      const heap = (JSON.parse(readFileSync(join(dir, report), 'utf8')) as { javascriptHeap: { totalMemory: number; usedMemory: number; heapSpaces: Record<string, { memorySize: number }> } }).javascriptHeap;
+      if (parsed === undefined) throw new Error('no complete diagnostic report within 10 s');
+      const heap = parsed.javascriptHeap;
       const spaces = Object.fromEntries(Object.entries(heap.heapSpaces).map(([k, v]) => [k.replace(/_space$/, ''), v.memorySize / 2 ** 20]).filter(([, v]) => (v as number) >= 0.05));
       return { ...proc, heapCommittedMb: heap.totalMemory / 2 ** 20, heapUsedMb: heap.usedMemory / 2 ** 20, spaces };
     } finally {

@@ -64,10 +64,13 @@ const ownMemoryCgroup = (): { dir: string; limitFile: string } | undefined => {
  * A child cgroup of ours limited to `limitMiB`, or why there cannot be one. Made under our own cgroup so that what the
  * child uses is still counted where it was (v1 with `use_hierarchy`, and v2, charge parents too).
  */
+let made = 0;
+
 export const makePodCgroup = (limitMiB: number, name: string): PodCgroup | { reason: string } => {
   const own = ownMemoryCgroup();
   if (own === undefined) return { reason: 'no memory cgroup visible in /proc/self/cgroup' };
-  const dir = join(own.dir, name);
+  // A new folder each time: the last one may still be on its way out (see remove).
+  const dir = join(own.dir, `${name}-${++made}`);
   try {
     mkdirSync(dir);
     writeFileSync(join(dir, own.limitFile), String(limitMiB * 1024 * 1024));
@@ -83,12 +86,16 @@ export const makePodCgroup = (limitMiB: number, name: string): PodCgroup | { rea
     dir,
     wrap: (cmd, args) => ['sh', ['-c', 'echo $$ > "$0/cgroup.procs" && exec "$@"', dir, cmd, ...args]],
     remove: () => {
-      try {
-        rmdirSync(dir);
-      } catch {
-        // A process still in it (killed, not yet reaped): the kernel frees an empty cgroup's folder only by rmdir;
-        // one left behind holds no memory.
+      // Its process has exited, but the kernel may not have let go of the cgroup yet (EBUSY): a few tries, 50 ms apart.
+      for (let i = 0; i < 40; i++) {
+        try {
+          rmdirSync(dir);
+          return;
+        } catch {
+          Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 50);
+        }
       }
+      console.error(`bench: could not remove the cgroup ${dir} (rmdir it once its processes are gone; it holds no memory)`);
     },
   };
 };

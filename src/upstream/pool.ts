@@ -17,7 +17,16 @@ export interface UpstreamTarget {
   timeouts: TimeoutsConfig;
 }
 
-const requireUndici = createRequire(import.meta.url);
+const requireFromHere = createRequire(import.meta.url);
+
+/** A file of undici's, with an error that names the cause if an upgrade moved it. */
+const requireUndici = (file: string): unknown => {
+  try {
+    return requireFromHere(file);
+  } catch (err) {
+    throw new Error(`cannot load ${file} (src/upstream/pool.ts loads undici's Pool from its own files; did an undici upgrade move them?): ${(err as Error).message}`, { cause: err });
+  }
+};
 
 /**
  * undici's Pool alone, from its own files: the package's index also loads fetch, WebSocket, EventSource, the cache
