@@ -140,7 +140,7 @@ const depCost = (specifiers: string[]) => {
 const DEPS: Array<[string, string[]]> = [
   ['node:http', ['node:http']],
   ['undici (index: fetch, WebSocket, cache, mocks...)', ['undici']],
-  ['undici Pool alone (lib/dispatcher/pool.js)', ['undici/lib/dispatcher/pool.js']],
+  ['undici Pool and the dispatcher API alone (what src/upstream/pool.ts loads)', ['undici/lib/dispatcher/pool.js', 'undici/lib/api/index.js']],
   ['fastify', ['fastify']],
   ['ajv + fast-json-stringify (fastify\'s default schema compilers)', ['@fastify/ajv-compiler', '@fastify/fast-json-stringify-compiler']],
   ['prom-client', ['prom-client']],
