@@ -22,14 +22,19 @@ RUN npm ci --omit=dev --ignore-scripts && npm cache clean --force
 
 FROM node:24-bookworm-slim
 ENV NODE_ENV=production
-# No heap flag: Node sizes V8's heap from the container's memory limit (cgroup v1 or v2, read by libuv): under
-# `fusebox inject`'s 384Mi, 256 MiB of old space and 1 MiB semi-spaces. The --max-semi-space-size=16 this image used to
-# set was measured on a 24 GiB host (where V8 picks 32 MiB); in a pod it raised the young generation from 1 to 16 MiB
-# semi-spaces: +17 MB idle and +25 MB RSS after 10 s at 1,000 req/s in bench/ (which runs with the pod's heap), at a
-# CPU per request the development machine could not tell apart.
+# V8's heap as Node sizes it under `fusebox inject`'s 384Mi (from the cgroup limit: any limit up to 512 MiB gives 256 MiB
+# of old space and 1 MiB semi-spaces), made independent of the limit. Without the flags, a container with no limit is
+# sized from the host's RAM and a limit above 512Mi from the limit: on a 24 GiB machine, V8 let the heap grow to
+# ~300 MB RSS after load (~200 MB with the semi-space flag alone: old space grows as freely) instead of ~118 MB.
+# Measured with caps(memory), 20,000 + 20,000 calls (2026-12-05, RSS after both): no limit 301 MB, no limit with these
+# flags 118, a 384 MiB cgroup 113-120; semi-spaces in that cgroup: 1 MiB 115-117 MB, 2 MiB 121-132, 4 MiB 124-128,
+# 8 MiB 128-130, 16 MiB 145-160, CPU per call 311-446 us for all of them, inside this loaded machine's noise.
+# To give the heap more room (a larger limit for large bodies), set NODE_OPTIONS in the pod spec.
+# bench/ runs Fusebox with this image's ENV lines (bench/pod.ts reads them).
+ENV NODE_OPTIONS="--max-old-space-size=256 --max-semi-space-size=1"
 # At most 2 glibc malloc arenas: V8's compiler threads peak at ~35 MB of zone memory while the code warms up, and
 # with an arena per thread glibc keeps most of it once freed; 2 arenas hold ~6 MB less after 10 s at 1,000 req/s
-# (bench/, 4 runs), at no visible CPU cost. bench/ runs Fusebox with this image's ENV lines (it reads them).
+# (bench/, 4 runs), at no visible CPU cost.
 ENV MALLOC_ARENA_MAX=2
 WORKDIR /app
 COPY --from=prod-deps /app/node_modules ./node_modules

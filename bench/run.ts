@@ -27,6 +27,7 @@ import { summarizeProfile } from './profile-summary.js';
 import { renderReport, writeReadme, type InterceptPhase, type Measured, type RunInfo, type Skipped } from './report.js';
 import { configRefusal, prepareRevision, removeRevisions, type Revision } from './revisions.js';
 import { interceptCounters } from './scrape.js';
+import { heapFlagsNodeDerives, makePodCgroup, type PodCgroup } from './pod.js';
 import { atRevision, benchRedis, INTERCEPT_BASELINE, INTERCEPT_HOST, INTERCEPTED, PREFIX, selectTargets, TARGETS, type Role, type Target } from './targets.js';
 
 /**
@@ -126,6 +127,17 @@ const cpuBetween = (a: CpuSample, b: CpuSample) => {
 };
 
 const mb = (bytes: number) => bytes / (1024 * 1024);
+
+/**
+ * A target's pod memory limit: a real cgroup where one can be made, else the heap flags Node would derive from the
+ * limit added to the child's NODE_OPTIONS. `how` says which, for the log and the report.
+ */
+const podFor = (limitMiB: number, env: Record<string, string>): { cgroup?: PodCgroup; env: Record<string, string>; how: string } => {
+  const made = makePodCgroup(limitMiB, `fusebox-bench-${process.pid}`);
+  if (!('reason' in made)) return { cgroup: made, env, how: `in a memory cgroup limited to ${limitMiB} MiB` };
+  const flags = heapFlagsNodeDerives(limitMiB).join(' ');
+  return { env: { ...env, NODE_OPTIONS: `${env.NODE_OPTIONS ?? ''} ${flags}`.trim() }, how: `no cgroup (${made.reason}): ${flags}, the heap Node sizes for ${limitMiB} MiB` };
+};
 
 const measure = async (p: Phase, o: BenchOptions, runTool: ThroughputTool): Promise<Measured> => {
   const json = `${p.prefix}/json`;
@@ -269,13 +281,18 @@ const main = async () => {
         continue;
       }
       let server: ServerChild | undefined;
+      let podCgroup: PodCgroup | undefined;
       // Where the intercepted target's Fusebox writes its pod CA certificate, for the client to trust.
       const caDir = t.via === 'https-proxy' ? mkdtempSync(join(tmpdir(), 'fusebox-bench-ca-')) : undefined;
       try {
         let phase: Phase;
         let profile: Phase['profile'];
         try {
-          server = await startServer(t.script, PROXY_CPU, { ...t.env(upstream.url), ...(caDir !== undefined ? { FUSEBOX_CA_DIR: caDir } : {}) });
+          const env = { ...t.env(upstream.url), ...(caDir !== undefined ? { FUSEBOX_CA_DIR: caDir } : {}) };
+          const pod = t.memoryLimitMiB !== undefined ? podFor(t.memoryLimitMiB, env) : undefined;
+          podCgroup = pod?.cgroup;
+          if (pod !== undefined) log(`${t.name}: ${pod.how}`);
+          server = await startServer(t.script, PROXY_CPU, pod?.env ?? env, undefined, pod?.cgroup?.wrap);
           // HAProxy is not a Node process: nothing to profile.
           profile = profileDir !== undefined && t.role !== 'reference' ? { server, file: join(profileDir, `${slug(t.name)}.cpuprofile`) } : undefined;
           const common = { name: t.name, role: t.role, pid: server.pid, upstreamPid: upstream.pid, ...(profile ? { profile } : {}) };
@@ -302,6 +319,7 @@ const main = async () => {
         if (profile !== undefined) profiles.push({ name: t.name, file: profile.file });
       } finally {
         await server?.stop();
+        podCgroup?.remove();
         if (caDir !== undefined) rmSync(caDir, { recursive: true, force: true });
       }
     }

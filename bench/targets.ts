@@ -1,5 +1,5 @@
-import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
+import { IMAGE_ENV, POD_LIMIT_MIB } from './pod.js';
 import { canConnect, hasCommand, REPO_ROOT } from './proc.js';
 
 /** Path prefix the proxies route on; the upstream sees the path without it. */
@@ -33,15 +33,17 @@ export interface Target {
    * run gives the child `FUSEBOX_CA_DIR` and trusts the `ca.crt` written there).
    */
   via?: 'base-url' | 'https-proxy';
+  /**
+   * Run the child under this memory limit, MiB, as a pod's limit: in a real cgroup where one can be made (Node sizes
+   * V8's heap from it), else with the heap flags Node would derive from it (bench/pod.ts). Undefined: the host's RAM.
+   */
+  memoryLimitMiB?: number;
 }
 
 type RawConfig = Record<string, unknown>;
 
-/** `NODE_OPTIONS` of the image (the Dockerfile's `ENV NODE_OPTIONS=` line): Fusebox is measured as it ships. */
-export const PRODUCTION_NODE_OPTIONS = ((): string => {
-  const m = /^ENV NODE_OPTIONS=(.*)$/m.exec(readFileSync(join(REPO_ROOT, 'Dockerfile'), 'utf8'));
-  return m?.[1]?.replace(/^"|"$/g, '') ?? '';
-})();
+/** The image's environment (the Dockerfile's last-stage `ENV` lines, NODE_OPTIONS included): Fusebox is measured as it ships. */
+export const PRODUCTION_ENV: Readonly<Record<string, string>> = { NODE_OPTIONS: '', ...IMAGE_ENV };
 
 /** The one route every Fusebox target proxies through. Options a target adds go on top of it. */
 export const benchRoute = (upstreamUrl: string, extra: RawConfig = {}): RawConfig => ({
@@ -68,6 +70,7 @@ export const fusebox = (
   unavailable?: () => string | undefined,
   extraEnv: Record<string, string> | ((upstreamUrl: string) => Record<string, string>) = {},
   via: Target['via'] = 'base-url',
+  memoryLimitMiB?: number,
 ): Target => ({
   name,
   role: 'fusebox',
@@ -75,11 +78,12 @@ export const fusebox = (
   env: (up) => ({
     BENCH_CONFIG: JSON.stringify(config(up)),
     BENCH_FUSEBOX_DIST: join(REPO_ROOT, 'dist'),
-    NODE_OPTIONS: PRODUCTION_NODE_OPTIONS,
+    ...PRODUCTION_ENV,
     ...(typeof extraEnv === 'function' ? extraEnv(up) : extraEnv),
   }),
   ...(unavailable !== undefined ? { unavailable } : {}),
   via,
+  ...(memoryLimitMiB !== undefined ? { memoryLimitMiB } : {}),
 });
 
 /**
@@ -140,6 +144,9 @@ export const TARGETS: Target[] = [
   // bench upstream, which answers 200 to any POST and discards it. What tracing costs is this row against the one above.
   fusebox('fusebox+tracing', (up) => fuseboxConfig(up), undefined, (up) => ({ OTEL_EXPORTER_OTLP_TRACES_ENDPOINT: `${up}/v1/traces` })),
   fusebox(INTERCEPT_BASELINE, capsMemory),
+  // The same config under `fusebox inject`'s memory limit, as a pod runs it: Node sizes V8's heap from the limit
+  // instead of this machine's RAM (issue 15). What the pod's heap does to RSS and CPU is this row against the one above.
+  fusebox(`${INTERCEPT_BASELINE}, pod heap`, capsMemory, undefined, {}, 'base-url', POD_LIMIT_MIB),
   // The same Fusebox, reached as an agent with only HTTPS_PROXY set reaches it: CONNECT + TLS interception (issue 10).
   fusebox(INTERCEPTED, capsMemory, undefined, {}, 'https-proxy'),
   fusebox('fusebox+caps(memory), 500 routes, 200 models', manyRoutes),
@@ -164,7 +171,7 @@ export const TARGETS: Target[] = [
 export const OPTIONAL_TARGETS: Target[] = [
   // What the access log costs: the same Fusebox without its one line per request.
   fusebox('fusebox (access log off)', (up) => fuseboxConfig(up, { top: { log: { level: 'warn' } } })),
-  // Without the image's NODE_OPTIONS (V8's own young-generation sizing): what the flag saves in memory and costs in CPU.
+  // Without the image's NODE_OPTIONS (V8 sizes the young generation from this machine's RAM): what the flag saves in memory and costs in CPU.
   fusebox('fusebox (V8 defaults)', (up) => fuseboxConfig(up), undefined, { NODE_OPTIONS: '' }),
 ];
 

@@ -18,6 +18,7 @@ import { registerAdminSlo } from './http/admin-slo.js';
 import { registerAdminCa } from './http/admin-ca.js';
 import { registerAdminStatus } from './http/admin-status.js';
 import { registerAdminUi } from './http/admin-ui.js';
+import { lazySchemaCompilers } from './http/schema-compilers.js';
 import { LiveStats } from './telemetry/live.js';
 import { LineDestination } from './telemetry/log-destination.js';
 import { counterSeries } from './telemetry/fast-metrics.js';
@@ -233,7 +234,7 @@ const buildAdmin = (
   },
 ): FastifyInstance => {
   const { metrics, store, evaluator } = deps;
-  const admin = Fastify({ logger: false, forceCloseConnections: true });
+  const admin = Fastify({ logger: false, forceCloseConnections: true, schemaController: { compilersFactory: lazySchemaCompilers() } });
   // listen.admin cannot change on a reload (see restartOnlyChanges), so its token is read once.
   const config = current().config;
   const token = deps.env[config.listen.admin.tokenEnv];

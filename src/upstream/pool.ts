@@ -1,6 +1,7 @@
 import { readFileSync } from 'node:fs';
+import { createRequire } from 'node:module';
 import { resolve } from 'node:path';
-import { Pool } from 'undici';
+import type { Pool as UndiciPool } from 'undici';
 import type { TimeoutsConfig, TlsConfig } from '../config/schema.js';
 
 /** What identifies one upstream connection pool: its origin plus the TLS settings used to reach it. */
@@ -15,6 +16,31 @@ export interface UpstreamTarget {
   connections: number;
   timeouts: TimeoutsConfig;
 }
+
+const requireFromHere = createRequire(import.meta.url);
+
+/** A file of undici's, with an error that names the cause if an upgrade moved it. */
+const requireUndici = (file: string): unknown => {
+  try {
+    return requireFromHere(file);
+  } catch (err) {
+    throw new Error(`cannot load ${file} (src/upstream/pool.ts loads undici's Pool from its own files; did an undici upgrade move them?): ${(err as Error).message}`, { cause: err });
+  }
+};
+
+/**
+ * undici's Pool alone, from its own files: the package's index also loads fetch, WebSocket, EventSource, the cache
+ * and the mocks, which Fusebox never uses: 13 MB of RSS and 2.7 MB of V8 heap in a bare process (`npm run bench:idle
+ * -- --deps`). Hazard: the index is also what gives every dispatcher its `request`/`stream`/`pipeline`/`connect`/
+ * `upgrade` methods (`Object.assign(Dispatcher.prototype, api)`), so that is done here too; a test process that
+ * imports 'undici' anywhere would hide its absence, which is why test/integration/startup-footprint.test.ts calls
+ * through this Pool before anything imports the index. The package has no `exports` map; the same test checks these
+ * are still the classes the index exports, so an upgrade that moves them fails there, not in production.
+ */
+const Dispatcher = requireUndici('undici/lib/dispatcher/dispatcher.js') as { prototype: object };
+Object.assign(Dispatcher.prototype, requireUndici('undici/lib/api/index.js'));
+export const Pool = requireUndici('undici/lib/dispatcher/pool.js') as typeof UndiciPool;
+type Pool = UndiciPool;
 
 export const parseUpstreamUrl = (url: string): { origin: string; basePath: string } => {
   const u = new URL(url);
