@@ -189,7 +189,10 @@ export interface Kill {
 export interface BudgetStore {
   /** Checks kills and every cap of every scope, and holds the estimate, in one atomic step. */
   reserve(req: ReserveRequest): Promise<ReserveResult>;
-  /** Settles a hold with the actual cost, charged even above the estimate; never refuses; idempotent per reservation. */
+  /**
+   * Settles a hold with the actual cost, charged even above the estimate; never refuses; idempotent per reservation.
+   * Resolves once the charge landed, which may wait for the next reserve to carry it (RedisStore's commitDelayMs).
+   */
   commit(reservation: Reservation, actual: Actual): Promise<CommitResult>;
   /** Returns a hold unspent (the request never reached the upstream). Idempotent. */
   release(reservation: Reservation): Promise<void>;
@@ -205,6 +208,12 @@ export interface BudgetStore {
    * sidecar accepts calls, so its first calls do not find a store that is merely still connecting "down".
    */
   ready?(timeoutMs: number): Promise<void>;
+  /**
+   * Sends commits still waiting to ride a reserve (RedisStore's commitDelayMs) now; resolves once each landed or was
+   * journaled. Never rejects. Stores that keep no commit waiting have none.
+   */
+  flush?(): Promise<void>;
+  /** Sends what is waiting (flush), then lets go. */
   close(): Promise<void>;
   /** Slices of route and fleet caps this sidecar holds (LeasedStore only), for the lease gauge. */
   leaseViews?(): LeaseView[];

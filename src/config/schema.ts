@@ -370,6 +370,14 @@ export const StoreSchema = z.strictObject({
    * `fusebox_store_journal_dropped_total`.
    */
   journalMaxEntries: positiveInt.default(100_000),
+  /**
+   * Redis store: how long a commit may wait to ride the next reserve of the same agent (one script call and one round
+   * trip for both), ms; sent alone after this long, or at shutdown. Default 1000; 0: every commit is sent at once.
+   * Meanwhile the call's hold stays counted (a cap can only refuse more), its spend shows in Redis (other sidecars,
+   * `/admin/budgets`, the spend gauges) up to this much later, and a sidecar killed without a drain loses the commits
+   * waiting (their holds expire). At most 30000: holds last a route's totalMs plus a minute.
+   */
+  commitDelayMs: z.number().int().min(0).max(30_000).default(1_000),
   /** How route and fleet caps are shared by the sidecars: each holds a leased slice (see README, "Leases"). */
   lease: z
     .strictObject({

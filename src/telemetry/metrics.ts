@@ -235,6 +235,12 @@ export const createMetrics = (opts: { defaultMetrics?: boolean } = {}) => {
       labelNames: ['op', 'kind'] as const,
       registers: [registry],
     }),
+    storeCommits: new Counter({
+      name: 'fusebox_store_commits_total',
+      help: 'Budget commits sent to Redis, by how: ridden (inside the next reserve of the same agent, within store.commitDelayMs: no round trip of their own) or alone (a commit script call: no reserve came in time, shutdown, a journal replay; commits queued for one agent share it).',
+      labelNames: ['sent'] as const,
+      registers: [registry],
+    }),
 
     journalEntries: new Gauge({
       name: 'fusebox_store_journal_entries',
