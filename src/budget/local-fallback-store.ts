@@ -164,7 +164,9 @@ export class LocalFallbackStore implements BudgetStore {
     }
     const settled = this.commitShared(reservation, actual);
     this.committing.add(settled);
-    void settled.finally(() => this.committing.delete(settled));
+    // then(f, f), not finally(): finally's own promise would reject again, unheard, when the caller's commit fails.
+    const forget = () => this.committing.delete(settled);
+    settled.then(forget, forget);
     return settled;
   }
 

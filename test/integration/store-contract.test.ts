@@ -405,10 +405,10 @@ afterAll(async () => {
 });
 
 /** A RedisStore on its own connection, as each sidecar has one; the connections are closed after all tests. */
-const redisStore = async (now: () => number, keyPrefix: string, url = redis.url) => {
+const redisStore = async (now: () => number, keyPrefix: string, url = redis.url, commitDelayMs = 0) => {
   const connection = new RedisConnection({ url, keyPrefix });
   connections.push(connection);
-  const store = new RedisStore({ redis: connection, now });
+  const store = new RedisStore({ redis: connection, now, commitDelayMs });
   await store.waitReady(2_000);
   return store;
 };
@@ -420,6 +420,18 @@ describeStoreContract('redis', async (clock) => {
   return { store, peer: () => redisStore(clock.now, prefix), close: () => store.close() };
 });
 
+/**
+ * Commits wait up to this long (real time) for the next reserve of their agent; an awaited commit is sent when it is
+ * over. The contract holds either way (issue 14: a commit rides the next reserve).
+ */
+const RIDE_MS = 20;
+
+describeStoreContract('redis, commits riding the next reserve', async (clock) => {
+  const prefix = `t${++prefixes}`;
+  const store = await redisStore(clock.now, prefix, redis.url, RIDE_MS);
+  return { store, peer: () => redisStore(clock.now, prefix, redis.url, RIDE_MS), close: () => store.close() };
+});
+
 const SIZING = { ttlMs: 30_000, graceMs: 5_000, minSliceUsdMicros: 50_000, alertPercent: 75 };
 
 // The stack a sidecar runs on a cluster: the lease layer takes route and fleet scopes off each call, so every
@@ -428,6 +440,21 @@ describeStoreContract('leased slices over local fallback over a redis cluster (3
   const prefix = `c${++prefixes}`;
   const make = async () => {
     const shared = await redisStore(clock.now, prefix, cluster.url);
+    const connection = connections.at(-1)!;
+    return new LeasedStore({
+      inner: new LocalFallbackStore({ shared, now: clock.now }),
+      source: new RedisLeaseSource({ redis: connection, ...SIZING }),
+      now: clock.now,
+    });
+  };
+  const store = await make();
+  return { store, peer: make, close: () => store.close() };
+});
+
+describeStoreContract('leased slices over local fallback over a redis cluster (3 masters), commits riding the next reserve', async (clock) => {
+  const prefix = `c${++prefixes}`;
+  const make = async () => {
+    const shared = await redisStore(clock.now, prefix, cluster.url, RIDE_MS);
     const connection = connections.at(-1)!;
     return new LeasedStore({
       inner: new LocalFallbackStore({ shared, now: clock.now }),
