@@ -223,7 +223,7 @@ export const createMetrics = (opts: { defaultMetrics?: boolean } = {}) => {
     }),
     storeSeconds: new Histogram({
       name: 'fusebox_store_operation_seconds',
-      help: 'Budget store latency by operation (reserve, commit).',
+      help: 'Budget store latency by operation (reserve, commit). A commit counts until it landed: with store.commitDelayMs, its wait to ride the next reserve is included.',
       labelNames: ['op'] as const,
       buckets: [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5],
       registers: [registry],
