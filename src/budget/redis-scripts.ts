@@ -38,7 +38,8 @@ import { METRICS, type Amounts, type Metric } from './store.js';
  * MEASURED (bench/store-calls.ts): one hash per hash tag holding all of an agent's windows, its holds and reaped holds
  * cut a call to 5 commands and 1,111 AOF bytes (from 18 and ~1,560) but cost ~30 % more Redis CPU: field names built
  * per call (`<window>.<field>`) and the longer HMGET/HSET of one big hash outweigh the commands saved. Constant field
- * names in small per-window hashes are cheaper; that layout stays.
+ * names in small per-window hashes are cheaper; that layout stays. A commit riding the next reserve (same bench, same
+ * run): 113 µs of Redis CPU per call, 12 commands, 1,226 AOF bytes, against 198 µs, 18 and 1,564 sent alone before.
  */
 
 const COMMON = `

@@ -183,16 +183,16 @@ export class RedisStore implements BudgetStore {
     const keys = this.windowKeys(scopes);
     // Commits queued for these very keys' tags ride along: settled first, in the same script call.
     const riders = this.takeRiders(keys);
-    const riderKeys: string[] = [];
-    const args: Array<string | number> = [now, this.alertPercent, riders.length];
-    for (const c of riders) {
-      riderKeys.push(...c.keys);
-      args.push(...this.commitArgs(c, now));
-    }
-    args.push(member(reservation), reservation.expiresAt, e.usdMicros, e.tokens, e.calls, ...this.windowArgs(scopes, now, ttlMs));
-    if (riders.length > 0) this.onCommitsSent('ridden', riders.length);
     let r;
     try {
+      const riderKeys: string[] = [];
+      const args: Array<string | number> = [now, this.alertPercent, riders.length];
+      for (const c of riders) {
+        riderKeys.push(...c.keys);
+        args.push(...this.commitArgs(c, now));
+      }
+      args.push(member(reservation), reservation.expiresAt, e.usdMicros, e.tokens, e.calls, ...this.windowArgs(scopes, now, ttlMs));
+      if (riders.length > 0) this.onCommitsSent('ridden', riders.length);
       r = await this.run(RESERVE, riders.length > 0 ? [...riderKeys, ...keys] : keys, args);
       if (r.settled.length !== riders.length) throw new RedisReplyError(RESERVE.name, `${r.settled.length} commits settled for ${riders.length} sent`);
     } catch (err) {
