@@ -184,6 +184,24 @@ end
 local function used(w)
   return {w.spent[1] + w.held[1], w.spent[2] + w.held[2], w.spent[3] + w.held[3]}
 end
+
+-- Adds sign * d to the counters c of w (w.spent or w.held; their fields F), metric by metric.
+local function add(w, c, F, d, sign)
+  for mi = 1, 3 do
+    if d[mi] > 0 then
+      c[mi] = c[mi] + sign * d[mi]
+      put(w, F[mi], c[mi])
+    end
+  end
+end
+
+-- A workflow window's idle time starts again from now (calendar windows have none).
+local function touch(w, idle, now)
+  if idle > 0 then
+    w.seen = now
+    put(w, 's', now)
+  end
+end
 `;
 
 /** Per window, from ARGV position `base`: idle (ms, 0: calendar window), gc (ms), slack (ms), then caps usd, tokens, calls (-1: none). */
@@ -275,27 +293,14 @@ local function commitOne(kc, ac, now, pct)
       end
     elseif redis.call('ZREM', z, m) == 1 then
       charge = true
-      for mi = 1, 3 do
-        if est[mi] > 0 then
-          w.held[mi] = w.held[mi] - est[mi]
-          put(w, R[mi], w.held[mi])
-        end
-      end
+      add(w, w.held, R, est, -1)
     elseif redis.call('ZREM', e, m) == 1 then
       charge = true
     end
     if charge then
       charged = true
-      for mi = 1, 3 do
-        if act[mi] > 0 then
-          w.spent[mi] = w.spent[mi] + act[mi]
-          put(w, A[mi], w.spent[mi])
-        end
-      end
-      if idle > 0 then
-        w.seen = now
-        put(w, 's', now)
-      end
+      add(w, w.spent, A, act, 1)
+      touch(w, idle, now)
       extend(w, now, gc, slack)
       alerts(w, i, caps, pct, crossed)
     end
@@ -352,16 +357,8 @@ local usedOut, crossed = {}, {}
 for i = 1, n do
   local idle, gc, slack, caps = windowArgs(base, i)
   local w = ws[i]
-  for mi = 1, 3 do
-    if est[mi] > 0 then
-      w.held[mi] = w.held[mi] + est[mi]
-      put(w, R[mi], w.held[mi])
-    end
-  end
-  if idle > 0 then
-    w.seen = now
-    put(w, 's', now)
-  end
+  add(w, w.held, R, est, 1)
+  touch(w, idle, now)
   if w.x == 0 or exp < w.x then
     w.x = exp
     put(w, 'x', exp)
