@@ -406,7 +406,9 @@ afterAll(async () => {
 
 /** A RedisStore on its own connection, as each sidecar has one; the connections are closed after all tests. */
 const redisStore = async (now: () => number, keyPrefix: string, url = redis.url, commitDelayMs = 0) => {
-  const connection = new RedisConnection({ url, keyPrefix });
+  // The contract is about what the stores count, not about timeouts: the default 250 ms command timeout failed single
+  // commands of this file on the loaded 2-core machine (load ~18, 20:01 and 20:38 UTC on 2026-12-05, passing on rerun).
+  const connection = new RedisConnection({ url, keyPrefix, timeoutMs: 5_000 });
   connections.push(connection);
   const store = new RedisStore({ redis: connection, now, commitDelayMs });
   await store.waitReady(2_000);
@@ -436,10 +438,11 @@ const SIZING = { ttlMs: 30_000, graceMs: 5_000, minSliceUsdMicros: 50_000, alert
 
 // The stack a sidecar runs on a cluster: the lease layer takes route and fleet scopes off each call, so every
 // per-call script touches one agent's slot (a bare RedisStore refuses a call spanning slots: see CrossSlotError).
-describeStoreContract('leased slices over local fallback over a redis cluster (3 masters)', async (clock) => {
-  const prefix = `c${++prefixes}`;
+/** The stack a sidecar runs (factory.ts), each instance on its own connection; `url` of a cluster or one node. */
+const redisStack = (prefixLetter: string, url: () => string, commitDelayMs = 0): Factory => async (clock) => {
+  const prefix = `${prefixLetter}${++prefixes}`;
   const make = async () => {
-    const shared = await redisStore(clock.now, prefix, cluster.url);
+    const shared = await redisStore(clock.now, prefix, url(), commitDelayMs);
     const connection = connections.at(-1)!;
     return new LeasedStore({
       inner: new LocalFallbackStore({ shared, now: clock.now }),
@@ -449,22 +452,11 @@ describeStoreContract('leased slices over local fallback over a redis cluster (3
   };
   const store = await make();
   return { store, peer: make, close: () => store.close() };
-});
+};
 
-describeStoreContract('leased slices over local fallback over a redis cluster (3 masters), commits riding the next reserve', async (clock) => {
-  const prefix = `c${++prefixes}`;
-  const make = async () => {
-    const shared = await redisStore(clock.now, prefix, cluster.url, RIDE_MS);
-    const connection = connections.at(-1)!;
-    return new LeasedStore({
-      inner: new LocalFallbackStore({ shared, now: clock.now }),
-      source: new RedisLeaseSource({ redis: connection, ...SIZING }),
-      now: clock.now,
-    });
-  };
-  const store = await make();
-  return { store, peer: make, close: () => store.close() };
-});
+describeStoreContract('leased slices over local fallback over a redis cluster (3 masters)', redisStack('c', () => cluster.url));
+
+describeStoreContract('leased slices over local fallback over a redis cluster (3 masters), commits riding the next reserve', redisStack('c', () => cluster.url, RIDE_MS));
 
 describeStoreContract('local fallback over redis (redis up)', async (clock) => {
   const prefix = `t${++prefixes}`;
@@ -479,20 +471,7 @@ describeStoreContract('leased slices over memory (the memory stack)', async (clo
   return { store, peer: async () => store, close: () => store.close() };
 });
 
-describeStoreContract('leased slices over local fallback over redis (the redis stack)', async (clock) => {
-  const prefix = `t${++prefixes}`;
-  const make = async () => {
-    const shared = await redisStore(clock.now, prefix);
-    const connection = connections.at(-1)!;
-    return new LeasedStore({
-      inner: new LocalFallbackStore({ shared, now: clock.now }),
-      source: new RedisLeaseSource({ redis: connection, ...SIZING }),
-      now: clock.now,
-    });
-  };
-  const store = await make();
-  return { store, peer: make, close: () => store.close() };
-});
+describeStoreContract('leased slices over local fallback over redis (the redis stack)', redisStack('t', () => redis.url));
 
 describe('RedisStore', () => {
   it('returns an unsettled hold after a real TTL, not before', async () => {
