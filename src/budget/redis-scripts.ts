@@ -9,7 +9,7 @@ import { METRICS, type Amounts, type Metric } from './store.js';
  * and Redis turns them into integer replies.
  *
  * Data per scope window (KEYS triple h, z, e):
- *   h  hash  u t c       settled charges (µUSD, tokens, calls)
+ *   h  hash  u t c       spent (µUSD, tokens, calls): settled charges and presumed spend of expired holds (e)
  *            ru rt rc    held by unsettled reservations
  *            au at ac    alert already reported in this window
  *            s           workflow windows: clock time of the last reserve/commit (idle time); calendar windows
@@ -20,19 +20,26 @@ import { METRICS, type Amounts, type Metric } from './store.js';
  *            j:<journal> last journal sequence number applied (commits of reservations made locally in an outage)
  *   z  zset  member "<id>|<usd>|<tokens>|<calls>", score = expiry (clock ms); plus a sentinel "~" scored +inf, so
  *            z never empties and keeps the TTL it was given once (no PEXPIRE per call)
- *   e  zset  holds reaped before they were settled, score = reap time: a late commit still charges them, once. Rare
- *            (a sidecar that died mid-call, an outage longer than a hold); it expires with the window
+ *   e  zset  holds reaped before they were settled. Score = reap time (> 0): PRESUMED SPEND OF EXPIRED HOLDS, the
+ *            reaper moved the estimate from r<m> to <m> (the sidecar may have died after the upstream answered: a
+ *            crash over-counts the calls in flight by their estimate, never under-counts), so a late commit charges
+ *            actual − estimate (negative brings spent down to the true figure) and a late release refunds the
+ *            estimate. Score 0: moved by an idle reset, whose new counters never held it: a late commit charges
+ *            its actual cost, a release nothing. Rare (a sidecar that died mid-call, an outage longer than a hold);
+ *            it expires with the window
  *
- * INVARIANT: r<m> of h equals the sum of <m> over the holds in z. A hold enters both in one step (reserve); it
- * leaves z only by ZREM (commit, release) or the reaper (to e), and only the script that removed it subtracts it.
- * EXACTLY ONCE: a commit charges iff its ZREM removed the hold from z, or else from e; a hold gone from both was
+ * INVARIANT: r<m> of h equals the sum of <m> over the holds in z, and <m> includes the sum over the members of e
+ * scored > 0. A hold enters z and r<m> in one step (reserve); it leaves z only by ZREM (commit, release) or the
+ * reaper (to e, r<m> to <m>: spent + held unchanged, so a reap crosses no alert), and only the script that removed
+ * it from z or e adjusts the counters. EXACTLY ONCE: a commit charges iff its ZREM removed the hold from z, or else
+ * from e; a hold gone from both was
  * settled before, and the commit is a replay (no key per call remembers settled ids). A commit of a reservation made
  * locally during an outage (it never had a hold here) charges iff its journal sequence number is above the window's
  * j:<journal> mark; journals replay in order, so the mark only grows.
  * Cost per call (reserve + commit) and window: HMGET, ZADD, HSET; HMGET, ZREM, HSET. A commit that rides the next
  * reserve of its agent (RedisStore's commitDelayMs) runs first in that reserve's script, on the same window state
  * (WINDOW_CACHE): HMGET, ZREM, ZADD, HSET, and one script call and round trip instead of two. Everything else (reap,
- * idle reset, TTLs) runs only when x, s or g say it is due. Times come from the caller's clock (one per script call:
+ * idle reset, TTLs) runs only when x, s or g say it is due; a late commit or release of a reaped hold adds a ZSCORE. Times come from the caller's clock (one per script call:
  * a ridden commit lands at the reserve's time); TTLs are only GC.
  *
  * MEASURED (bench/store-calls.ts): one hash per hash tag holding all of an agent's windows, its holds and reaped holds
@@ -95,8 +102,19 @@ local function flush(w, h)
   end
 end
 
--- A workflow window unseen for its idle time starts again from zero. Its holds go to e, so their commits still
--- charge (the new window) once.
+-- Adds sign * d to the counters c of w (w.spent or w.held; their fields F), metric by metric.
+local function add(w, c, F, d, sign)
+  for mi = 1, 3 do
+    if d[mi] > 0 then
+      c[mi] = c[mi] + sign * d[mi]
+      put(w, F[mi], c[mi])
+    end
+  end
+end
+
+-- A workflow window unseen for its idle time starts again from zero. Its holds go to e scored 0, and so do the
+-- holds reaped before (their presumed spend went with the old counters): a late commit charges the new window its
+-- actual cost, once.
 local function idleReset(w, h, z, e, idle, now, ttl, mark)
   if idle <= 0 or not w.seen then
     return w
@@ -106,7 +124,7 @@ local function idleReset(w, h, z, e, idle, now, ttl, mark)
     return w
   end
   if w.z then
-    redis.call('ZUNIONSTORE', e, 2, e, z)
+    redis.call('ZUNIONSTORE', e, 2, e, z, 'WEIGHTS', 0, 0)
     redis.call('ZREM', e, '~')
     redis.call('PEXPIRE', e, ttl)
   end
@@ -114,7 +132,9 @@ local function idleReset(w, h, z, e, idle, now, ttl, mark)
   return load(h, mark)
 end
 
--- Returns the holds that expired by now to the window and keeps them in e for a late commit.
+-- Presumed spend of expired holds: a hold that expired by now is charged to the window as spent (its sidecar may
+-- have died after the upstream answered: counted, never lost) and kept in e, scored by the reap time, for a late
+-- commit to correct (actual - estimate) or a late release to refund. spent + held is unchanged, so no alert crosses.
 local function reap(w, z, e, now, ttl)
   if w.x == 0 or w.x > now then
     return
@@ -141,12 +161,8 @@ local function reap(w, z, e, now, ttl)
     end
     redis.call('PEXPIRE', e, ttl)
     redis.call('ZREMRANGEBYSCORE', z, '-inf', now)
-    for i = 1, 3 do
-      if d[i] ~= 0 then
-        w.held[i] = w.held[i] - d[i]
-        put(w, R[i], w.held[i])
-      end
-    end
+    add(w, w.held, R, d, -1)
+    add(w, w.spent, A, d, 1)
   end
   local first = redis.call('ZRANGE', z, 0, 0, 'WITHSCORES')
   w.x = (first[1] and first[1] ~= '~') and tonumber(first[2]) or 0
@@ -183,16 +199,6 @@ end
 
 local function used(w)
   return {w.spent[1] + w.held[1], w.spent[2] + w.held[2], w.spent[3] + w.held[3]}
-end
-
--- Adds sign * d to the counters c of w (w.spent or w.held; their fields F), metric by metric.
-local function add(w, c, F, d, sign)
-  for mi = 1, 3 do
-    if d[mi] > 0 then
-      c[mi] = c[mi] + sign * d[mi]
-      put(w, F[mi], c[mi])
-    end
-  end
 end
 
 -- A workflow window's idle time starts again from now (calendar windows have none).
@@ -294,8 +300,15 @@ local function commitOne(kc, ac, now, pct)
     elseif redis.call('ZREM', z, m) == 1 then
       charge = true
       add(w, w.held, R, est, -1)
-    elseif redis.call('ZREM', e, m) == 1 then
-      charge = true
+    else
+      -- Reaped (score > 0: its estimate is presumed spent here) or moved by an idle reset (score 0: nothing here).
+      local reaped = redis.call('ZSCORE', e, m)
+      if reaped and redis.call('ZREM', e, m) == 1 then
+        charge = true
+        if tonumber(reaped) > 0 then
+          add(w, w.spent, A, est, -1)
+        end
+      end
     end
     if charge then
       charged = true
@@ -409,8 +422,21 @@ for i = 1, #KEYS / 3 do
       redis.call('HSET', h, unpack(out))
     end
   else
-    -- Reaped already: its hold was returned then; forget it so nothing charges it later.
-    redis.call('ZREM', e, m)
+    -- Reaped already: its estimate, presumed spent then (score > 0), is refunded; forgotten so nothing charges it later.
+    local reaped = redis.call('ZSCORE', e, m)
+    if reaped and redis.call('ZREM', e, m) == 1 and tonumber(reaped) > 0 then
+      local v = redis.call('HMGET', h, 'u', 't', 'c')
+      local out = {}
+      for mi = 1, 3 do
+        if est[mi] > 0 then
+          table.insert(out, A[mi])
+          table.insert(out, num(v[mi]) - est[mi])
+        end
+      end
+      if #out > 0 then
+        redis.call('HSET', h, unpack(out))
+      end
+    end
   end
 end
 return 1

@@ -223,8 +223,8 @@ export class RedisStore implements BudgetStore {
   }
 
   /**
-   * Charges a window iff this call removed the reservation's hold from it (held, or reaped after its TTL): a replay
-   * charges nothing. With commitDelayMs, resolves once the commit landed: ridden on a reserve, or sent alone.
+   * Charges a window iff this call removed the reservation's hold from it (held, or reaped after its TTL, when only
+   * actual − estimate is charged: the reap presumed the estimate spent): a replay charges nothing. With commitDelayMs, resolves once the commit landed: ridden on a reserve, or sent alone.
    */
   commit(reservation: Reservation, actual: Actual): Promise<CommitResult> {
     try {
@@ -233,7 +233,8 @@ export class RedisStore implements BudgetStore {
       return Promise.reject(err);
     }
     const keys = this.windowKeys(reservation.scopes);
-    // A hold that could expire while its commit waits would be reaped and its estimate no longer counted: not queued.
+    // A hold that could expire while its commit waits would be reaped (its estimate presumed spent, shown as spent
+    // until the commit corrects it): not queued.
     if (this.commitDelayMs <= 0 || this.closed || reservation.expiresAt - this.now() <= this.commitDelayMs) {
       return this.sendOne({ reservation, actual, keys });
     }
@@ -556,7 +557,7 @@ const rideKey = (keys: readonly string[]): string => {
   return tags.length === 1 ? tags[0]! : tags.join('');
 };
 
-/** A hold's zset member carries its amounts so the reaper can return them without another lookup. */
+/** A hold's zset member carries its amounts so the reaper can presume them spent without another lookup. */
 const member = (r: Reservation) => `${r.id}|${r.estimate.usdMicros}|${r.estimate.tokens}|${r.estimate.calls}`;
 
 const parseKillValue = (value: string): { reason: string; at: number } => {
