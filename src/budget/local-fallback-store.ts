@@ -101,7 +101,8 @@ const JOURNALED: CommitResult = { crossed: [] };
  *   mark), so an interrupted replay or a commit that timed out after it ran is never counted twice, and
  *   afterwards the shared totals equal the sum of all charges. Commits of local reservations go through the
  *   journal even after the store is back, to keep their order. Releases are not journaled: holds expire by
- *   their TTL. A commit the shared store keeps waiting to ride a reserve (RedisStore's commitDelayMs) is journaled
+ *   their TTL and are then presumed spent at their estimate (RedisStore's reaper), so a release lost to an outage
+ *   over-counts that call's estimate; it never under-counts. A commit the shared store keeps waiting to ride a reserve (RedisStore's commitDelayMs) is journaled
  *   the same way when its ride or its own send fails; replays never wait (commitNow), and close() sends what waits.
  * The journal lives in memory and holds at most `journalMaxEntries`: past it the oldest entry is dropped and
  * reported (`journalDropped`, at most once a second with the totals); a sidecar that dies during an outage
