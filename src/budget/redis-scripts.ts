@@ -39,8 +39,9 @@ import { METRICS, type Amounts, type Metric } from './store.js';
  * Cost per call (reserve + commit) and window: HMGET, ZADD, HSET; HMGET, ZREM, HSET. A commit that rides the next
  * reserve of its agent (RedisStore's commitDelayMs) runs first in that reserve's script, on the same window state
  * (WINDOW_CACHE): HMGET, ZREM, ZADD, HSET, and one script call and round trip instead of two. Everything else (reap,
- * idle reset, TTLs) runs only when x, s or g say it is due; a late commit or release of a reaped hold adds a ZSCORE. Times come from the caller's clock (one per script call:
- * a ridden commit lands at the reserve's time); TTLs are only GC.
+ * idle reset, TTLs) runs only when x, s or g say it is due; a late commit or release of a reaped hold adds a ZSCORE.
+ * Times come from the caller's clock (one per script call: a ridden commit lands at the reserve's time); TTLs are
+ * only GC.
  *
  * MEASURED (bench/store-calls.ts): one hash per hash tag holding all of an agent's windows, its holds and reaped holds
  * cut a call to 5 commands and 1,111 AOF bytes (from 18 and ~1,560) but cost ~30 % more Redis CPU: field names built
