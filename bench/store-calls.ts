@@ -8,7 +8,11 @@
  * - `workflow`: the same stack and call plus a workflow window with `maxCalls` (exact per call: its script runs);
  * against a throwaway
  * `redis-server` with `--appendonly yes --appendfsync everysec`, and prints per call, side by side for the current tree
- * and each `--compare-rev` (its `src/` taken with `git archive`, run by the same tsx on the same node_modules):
+ * and each `--compare-rev` (its `src/` taken with `git archive`, run by the same tsx on the same node_modules). The
+ * current tree runs twice: `rides`, a sequential agent (each commit waits, `commitDelayMs` 1000, and rides the next
+ * reserve, as the budget layer's commits do: it does not wait for them), and `alone`, a lone call (its commit is sent
+ * alone, as when the delay is over: flush() does it without the wait). A revision from before commits rode runs once (it sends
+ * every commit alone whatever it is given):
  * - Redis CPU (INFO cpu, user + sys: everything the server did, networking and AOF included) and the time spent
  *   inside the scripts (INFO commandstats, evalsha usec);
  * - Redis commands run by the scripts (commandstats calls of everything but EVALSHA itself);
@@ -30,11 +34,14 @@ interface Variant {
   label: string;
   /** A tree with `src/` (the current one, or a revision's). */
   root: string;
+  /** How commits go: `rides` (not awaited, commitDelayMs 1000), `alone` (sent alone at once, awaited). */
+  commits: 'rides' | 'alone';
 }
 
 interface Figures {
   cpuUs: number;
   scriptUs: number;
+  scriptCalls: number;
   commands: number;
   keys: number;
   memoryBytes: number;
@@ -73,7 +80,7 @@ const checkout = (rev: string): Variant => {
   mkdirSync(root, { recursive: true });
   cleanups.push(() => rmSync(root, { recursive: true, force: true }));
   execFileSync('sh', ['-c', `git -C "${REPO_ROOT}" archive ${sha} src | tar -x -C "${root}"`]);
-  return { label: `@${sha}`, root };
+  return { label: `@${sha}`, root, commits: 'alone' };
 };
 
 const startRedis = async (): Promise<string> => {
@@ -135,15 +142,19 @@ async function around(raw: Redis, prefix: string, run: () => Promise<void>): Pro
   const stats = await info(raw, 'commandstats');
   let commands = 0;
   let scriptUs = 0;
+  let scriptCalls = 0;
   for (const [k, v] of stats) {
     const n = Number(/calls=(\d+)/.exec(v)?.[1] ?? 0);
     const usec = Number(/usec=(\d+)/.exec(v)?.[1] ?? 0);
-    if (k === 'cmdstat_evalsha' || k === 'cmdstat_eval') scriptUs += usec;
-    else if (!['cmdstat_info', 'cmdstat_config', 'cmdstat_ping', 'cmdstat_scan', 'cmdstat_memory|usage'].includes(k)) commands += n;
+    if (k === 'cmdstat_evalsha' || k === 'cmdstat_eval') {
+      scriptUs += usec;
+      scriptCalls += n;
+    } else if (!['cmdstat_info', 'cmdstat_config', 'cmdstat_ping', 'cmdstat_scan', 'cmdstat_memory|usage'].includes(k)) commands += n;
   }
   return {
     cpuUs: ((cpu1 - cpu0) * 1e6) / calls,
     scriptUs: scriptUs / calls,
+    scriptCalls: scriptCalls / calls,
     commands: commands / calls,
     ...(await keysOf(raw, prefix).then((k) => ({ keys: (k.count - keys0.count) / calls, memoryBytes: (k.bytes - keys0.bytes) / calls }))),
     aofBytes: (aof1 - aof0) / calls,
@@ -205,7 +216,7 @@ const callTitle: Record<Call, string> = {
 };
 
 async function store(url: string, v: Variant, index: number): Promise<Subject> {
-  const { RedisStore } = await load<{ RedisStore: new (o: { redis: unknown; now: () => number }) => BudgetStore }>(v, 'budget/redis-store.ts');
+  const { RedisStore } = await load<{ RedisStore: new (o: { redis: unknown; now: () => number; commitDelayMs?: number }) => BudgetStore }>(v, 'budget/redis-store.ts');
   const { RedisConnection } = (await import(pathToFileURL(join(v.root, 'src/store/redis-connection.ts')).href)) as {
     RedisConnection: new (o: { url: string; keyPrefix: string; timeoutMs: number }) => { ready(ms: number): Promise<void>; close(): Promise<void> };
   };
@@ -214,22 +225,38 @@ async function store(url: string, v: Variant, index: number): Promise<Subject> {
   await connection.ready(5_000);
   let t = Date.now();
   const now = () => t;
-  const shared = new RedisStore({ redis: connection, now });
+  const shared = new RedisStore({ redis: connection, now, commitDelayMs: 1_000 });
   const budgetStore = call === 'scripts' ? shared : await stack(v, shared, connection, now);
   const scopes = scopesOf[call];
+  // Commits not awaited, as the budget layer's: every one must land all the same.
+  let commits: Array<Promise<unknown>> = [];
   const pair = async () => {
     t += 1;
     const r = await budgetStore.reserve({ scopes, estimate: { usdMicros: 12_000, tokens: 900, calls: 1 } });
     if (!r.ok) throw new Error(`${v.label}: refused ${JSON.stringify(r.refusal)}`);
-    await budgetStore.commit(r.reservation, { usdMicros: 9_000, tokens: 700 });
+    const committed = budgetStore.commit(r.reservation, { usdMicros: 9_000, tokens: 700 });
+    if (v.commits === 'rides') commits.push(committed);
+    else {
+      // What the delay's timer does, without waiting for it: a machine idle between calls measures colder caches.
+      await budgetStore.flush?.();
+      await committed;
+    }
+  };
+  /** The last commit of a run waits for no reserve: sent now, so it counts in this run and no other. */
+  const settle = async () => {
+    await budgetStore.flush?.();
+    await Promise.all(commits);
+    commits = [];
   };
   const raw = new Redis(url);
   for (let i = 0; i < 50; i++) await pair();
+  await settle();
   return {
-    label: v.label,
+    label: v.root === REPO_ROOT ? `${v.label} ${v.commits}` : v.label,
     round: () =>
       around(raw, prefix, async () => {
         for (let i = 0; i < calls; i++) await pair();
+        await settle();
       }),
     close: async () => {
       raw.disconnect();
@@ -239,7 +266,11 @@ async function store(url: string, v: Variant, index: number): Promise<Subject> {
   };
 }
 
-const variants: Variant[] = [{ label: 'now', root: REPO_ROOT }, ...values['compare-rev'].map(checkout)];
+const variants: Variant[] = [
+  { label: 'now', root: REPO_ROOT, commits: 'rides' },
+  { label: 'now', root: REPO_ROOT, commits: 'alone' },
+  ...values['compare-rev'].map(checkout),
+];
 const url = await startRedis();
 const subjects = [...(await Promise.all(variants.map((v, i) => store(url, v, i)))), await pings(url)];
 // Rounds interleave the subjects, so a neighbour's burst on a shared machine hits them alike; the median is shown.
@@ -254,6 +285,7 @@ const median = (xs: number[]): number => {
 const rows: Array<[string, keyof Figures, number]> = [
   ['Redis CPU per call, µs (INFO cpu)', 'cpuUs', 0],
   ['inside the scripts, µs (evalsha usec)', 'scriptUs', 0],
+  ['script calls per call (round trips)', 'scriptCalls', 2],
   ['Redis commands per call', 'commands', 1],
   ['keys added per call', 'keys', 2],
   ['key bytes added per call (MEMORY USAGE)', 'memoryBytes', 0],
@@ -264,4 +296,5 @@ console.log(`call: ${callTitle[call]}`);
 const width = Math.max(...rows.map(([name]) => name.length));
 console.log(' '.repeat(width) + subjects.map((s) => s.label.padStart(12)).join(''));
 for (const [name, key, digits] of rows) console.log(name.padEnd(width) + figures.map((f) => median(f.map((x) => x[key])).toFixed(digits).padStart(12)).join(''));
+console.log('rides: a sequential agent, each commit riding the next reserve (commitDelayMs 1000); alone: each commit sent alone after the delay (a lone call)');
 process.exit(0);

@@ -388,13 +388,14 @@ export const buildApp = async (config: Config, deps: AppDeps = {}): Promise<Fuse
   const state: ProxyState = { accepting: true, ownPorts: new Set() };
   const inflight = { count: 0 };
   const tunnels = new Set<Duplex>();
-  const pending = new PendingWork();
   const live = new LiveStats({ now });
 
   // First of what can fail at start (bad OTEL_* variables, an unreadable CA file): nothing is open yet that would need closing.
   const tracing = await startTracingIfAsked(env, { metrics, logger });
   const ca = await createPodCa(config, { baseDir, now, metrics, env, logger });
   const { redis, store, counterStore, sloBoard } = await buildStores(config, { store: deps.store, now, logger, metrics });
+  // Whoever waits for the pending work (shutdown, idle()) should not wait out store.commitDelayMs: commits go at once.
+  const pending = new PendingWork(() => void store.flush?.());
   const { recorder, evaluator } = buildSlo(config, { counterStore, sloBoard }, { now, logger, metrics });
   warmTokenizerIfAsked(config);
 

@@ -21,6 +21,8 @@ export interface FleetOptions {
   outageSidecars: number;
   /** How long the store is stopped in the outage run, seconds. */
   outageSeconds: number;
+  /** `store.commitDelayMs` values measured at every fleet size, in order (0: every commit alone, as before issue 14's rides). */
+  commitDelaysMs: number[];
 }
 
 export const FLEET_USAGE = `npm run bench:fleet -- [--sidecars=100,1000] [--rate=1] [--seconds=20] [--idle-seconds=10] [--cluster=on|off] [--single=on|off] [--outage=on|off] [--max=on]
@@ -34,7 +36,8 @@ export const FLEET_USAGE = `npm run bench:fleet -- [--sidecars=100,1000] [--rate
   --workflow=on|off   every call in a workflow with maxCalls: per-call scripts on the agent's slot (default off:
                       the agent's USD caps, route and fleet are all leased, so a call runs no script)
   --outage-seconds=S  (default 10)   --outage-sidecars=N (default 100)
-  --max=on            after the list, double the fleet while it keeps up, up to --max-sidecars (default 8000)`;
+  --max=on            after the list, double the fleet while it keeps up, up to --max-sidecars (default 8000)
+  --commit-delay-ms=LIST  store.commitDelayMs values run at every size, comma-separated (default 1000; 0: commits never ride)`;
 
 const num = (name: string, v: string | undefined, def: number, min: number, max: number): number => {
   if (v === undefined) return def;
@@ -65,6 +68,7 @@ export const parseFleetOptions = (argv: string[]): FleetOptions => {
       'outage-sidecars': { type: 'string' },
       max: { type: 'string' },
       'max-sidecars': { type: 'string' },
+      'commit-delay-ms': { type: 'string' },
       help: { type: 'boolean', short: 'h' },
     },
     strict: true,
@@ -84,5 +88,6 @@ export const parseFleetOptions = (argv: string[]): FleetOptions => {
     workflow: onOff('workflow', values.workflow, false),
     outageSeconds: num('outage-seconds', values['outage-seconds'], 10, 1, 60),
     outageSidecars: num('outage-sidecars', values['outage-sidecars'], 100, 1, 5_000),
+    commitDelaysMs: (values['commit-delay-ms'] ?? '1000').split(',').map((s) => num('commit-delay-ms', s.trim(), 0, 0, 30_000)),
   };
 };

@@ -23,6 +23,8 @@ export interface FleetConfig {
   fleetDailyUsd?: number;
   /** Every call runs in a workflow with `maxCalls` (`--workflow=on`): a window exact per call, on the agent's slot. */
   workflow?: boolean;
+  /** `store.commitDelayMs`; default the config's. */
+  commitDelayMs?: number;
 }
 
 /** The config every simulated sidecar runs: one metered LLM route with the default SLOs, a fleet cap when asked. */
@@ -30,7 +32,7 @@ export const fleetConfig = (f: FleetConfig, agent: string): Config =>
   parseConfig(
     {
       agent: { id: agent },
-      store: { kind: 'redis', url: f.url, keyPrefix: f.keyPrefix, timeoutMs: 250 },
+      store: { kind: 'redis', url: f.url, keyPrefix: f.keyPrefix, timeoutMs: 250, ...(f.commitDelayMs !== undefined && { commitDelayMs: f.commitDelayMs }) },
       budgets: {
         agent: { dailyUsd: 1_000 },
         ...(f.workflow === true && { workflow: { maxCalls: 1_000_000 } }),
@@ -101,12 +103,20 @@ export class SimSidecar {
       this.recorder.record(ROUTE, { availability: 'skip', refused: true });
       return { reserveS: Number(t1 - t0) / 1e9, commitS: 0, charged: false, local: false };
     }
+    // Resolves once the commit landed: ridden on this sidecar's next call, or alone after store.commitDelayMs.
     await this.store.commit(r.reservation, { usdMicros: CHARGE_MICROS, tokens: 400 });
     const t2 = process.hrtime.bigint();
     this.chargedMicros += CHARGE_MICROS;
     this.chargedCalls++;
     this.recorder.record(ROUTE, { availability: 'good', latencyMs: 800, costUsdMicros: CHARGE_MICROS });
     return { reserveS: Number(t1 - t0) / 1e9, commitS: Number(t2 - t1) / 1e9, charged: true, local: r.reservation.local === true };
+  }
+
+  /** Commits this sidecar sent, by how (fusebox_store_commits_total). */
+  async commitsSent(): Promise<{ ridden: number; alone: number }> {
+    const values = (await this.metrics.storeCommits.get()).values;
+    const of = (sent: string) => values.find((v) => v.labels.sent === sent)?.value ?? 0;
+    return { ridden: of('ridden'), alone: of('alone') };
   }
 
   /** Journaled charges not yet replayed (the local fallback's journal, as its gauge says). */

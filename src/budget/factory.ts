@@ -67,7 +67,16 @@ export const createBudgetStore = (config: Config, deps: { now: () => number; log
     return leased(store, new MemoryLeaseSource(store, sizing));
   }
   if (!redis) throw new TypeError('a redis budget store needs the Redis connection (deps.redis)');
-  const shared = new RedisStore({ redis, now, alertPercent, reservationTtlMs });
+  const shared = new RedisStore({
+    redis,
+    now,
+    alertPercent,
+    reservationTtlMs,
+    commitDelayMs: config.store.commitDelayMs,
+    onCommitsSent: (how, n) => metrics.storeCommits.labels(how).inc(n),
+  });
+  // Both series from the first scrape, so the ridden share can be read before either moves.
+  for (const how of ['ridden', 'alone']) metrics.storeCommits.labels(how).inc(0);
   const fallback = new LocalFallbackStore({
     shared,
     now,

@@ -353,6 +353,11 @@ export class LeasedStore implements BudgetStore {
     }));
   }
 
+  /** Route and fleet spend is settled in memory here; the inner store may keep commits waiting. */
+  async flush(): Promise<void> {
+    await this.inner.flush?.();
+  }
+
   /** Gives every slice back and reports what is unreported; what cannot be reported is an event (lost spend). */
   async close(): Promise<void> {
     clearInterval(this.timer);

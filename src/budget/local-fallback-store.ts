@@ -25,6 +25,10 @@ import { windowAt } from './windows.js';
 
 /** The store being protected (RedisStore): a BudgetStore that says when it is connected again. */
 export interface SharedStore extends BudgetStore {
+  /** Commits at once, never waiting for a reserve to ride (a journal replay goes one entry at a time). */
+  commitNow(reservation: Reservation, actual: Actual): Promise<CommitResult>;
+  /** Sends the commits waiting to ride a reserve now; resolves once each has landed or failed. Never rejects. */
+  flush(): Promise<void>;
   /** Commits a reservation made locally (no hold in the shared store); charged once per journal position. */
   commitJournaled(reservation: Reservation, actual: Actual, at: JournalPosition): Promise<CommitResult>;
   onReady(listener: () => void): void;
@@ -80,6 +84,8 @@ export const DEFAULT_JOURNAL_MAX_ENTRIES = 100_000;
 /** Drops for a full journal are reported at most this often (one line per second, not one per call), ms. */
 const DROP_REPORT_MS = 1_000;
 const MAX_REMEMBERED = 10_000;
+/** A journaled commit reports no alert crossing: its replay's crossings are not reported either. */
+const JOURNALED: CommitResult = { crossed: [] };
 
 /**
  * Wraps the shared (Redis) store so an outage is a decision, not an accident. While the shared store
@@ -96,7 +102,9 @@ const MAX_REMEMBERED = 10_000;
  *   mark), so an interrupted replay or a commit that timed out after it ran is never counted twice, and
  *   afterwards the shared totals equal the sum of all charges. Commits of local reservations go through the
  *   journal even after the store is back, to keep their order. Releases are not journaled: holds expire by
- *   their TTL.
+ *   their TTL and are then presumed spent at their estimate (RedisStore's reaper), so a release lost to an outage
+ *   over-counts that call's estimate; it never under-counts. A commit the shared store keeps waiting to ride a reserve (RedisStore's commitDelayMs) is journaled
+ *   the same way when its ride or its own send fails; replays never wait (commitNow), and close() sends what waits.
  * The journal lives in memory and holds at most `journalMaxEntries`: past it the oldest entry is dropped and
  * reported (`journalDropped`, at most once a second with the totals); a sidecar that dies during an outage
  * loses it (reported on close()).
@@ -117,6 +125,8 @@ export class LocalFallbackStore implements BudgetStore {
   private down = false;
   private replaying: Promise<number> | undefined;
   private readonly timer: NodeJS.Timeout;
+  /** Commits sent to the shared store and not yet answered (they may wait to ride a reserve): close() journals the failures first. */
+  private readonly committing = new Set<Promise<CommitResult>>();
 
   constructor(opts: LocalFallbackOptions) {
     this.shared = opts.shared;
@@ -149,17 +159,29 @@ export class LocalFallbackStore implements BudgetStore {
     return this.reserveLocally(req);
   }
 
-  async commit(reservation: Reservation, actual: Actual): Promise<CommitResult> {
+  commit(reservation: Reservation, actual: Actual): Promise<CommitResult> {
     if (reservation.local) return this.commitLocal(reservation, actual);
-    if (this.up()) {
-      try {
-        return await this.shared.commit(reservation, actual);
-      } catch (err) {
-        this.markDown(err);
-      }
+    if (!this.up()) {
+      this.journalAdd({ id: reservation.id, reservation, actual });
+      return Promise.resolve(JOURNALED);
     }
-    this.journalAdd({ id: reservation.id, reservation, actual });
-    return { crossed: [] };
+    const settled = this.commitShared(reservation, actual);
+    this.committing.add(settled);
+    // then(f, f), not finally(): finally's own promise would reject again, unheard, when the caller's commit fails.
+    const forget = () => this.committing.delete(settled);
+    settled.then(forget, forget);
+    return settled;
+  }
+
+  /** A commit the shared store failed (or may have, unanswered: a replay charges nothing twice) goes to the journal. */
+  private async commitShared(reservation: Reservation, actual: Actual): Promise<CommitResult> {
+    try {
+      return await this.shared.commit(reservation, actual);
+    } catch (err) {
+      this.markDown(err);
+      this.journalAdd({ id: reservation.id, reservation, actual });
+      return JOURNALED;
+    }
   }
 
   /**
@@ -233,8 +255,16 @@ export class LocalFallbackStore implements BudgetStore {
     await this.shared.waitReady(timeoutMs).catch(() => {});
   }
 
+  /** Sends the shared store's waiting commits; resolves once each landed or was journaled. Never rejects. */
+  async flush(): Promise<void> {
+    await this.shared.flush();
+    await Promise.allSettled(this.committing);
+  }
+
   async close(): Promise<void> {
     clearInterval(this.timer);
+    // Waiting commits first: one that fails now is journaled, then replayed or reported below like any other.
+    await this.flush();
     if (this.pending.length > 0 && this.shared.available()) await this.replayJournal();
     this.reportDropped(true);
     if (this.pending.length > 0) {
@@ -254,7 +284,7 @@ export class LocalFallbackStore implements BudgetStore {
     let applied = 0;
     try {
       for (let e = this.pending[0]; e !== undefined; e = this.pending[0]) {
-        await (e.at ? this.shared.commitJournaled(e.reservation, e.actual, e.at) : this.shared.commit(e.reservation, e.actual));
+        await (e.at ? this.shared.commitJournaled(e.reservation, e.actual, e.at) : this.shared.commitNow(e.reservation, e.actual));
         // Entries leave from the front only here (this is the only replay running); a full journal drops the
         // second entry while a replay runs, so the front is still the entry just applied.
         this.pending.shift();

@@ -57,6 +57,12 @@ interface Counter {
   readonly reserved: Mutable;
   readonly alerted: Set<Metric>;
   readonly holds: Map<string, Hold>;
+  /**
+   * Presumed spend of expired holds: a hold reaped unsettled had its estimate charged to `spent` (its caller may have
+   * died after the upstream answered); kept here so a late commit charges only actual − estimate and a late release
+   * refunds the estimate. Gone with the window (an idle reset drops its presumed spend too).
+   */
+  readonly presumed: Map<string, Amounts>;
   /** No hold expires before this (ms): holds are scanned for reaping only from then on, not on every call. */
   nextExpiry: number;
   /** Last reserve or commit (workflow idle time counts from it). */
@@ -259,6 +265,12 @@ export class MemoryStore implements BudgetStore {
       if (hold) {
         add(c.reserved, hold.amounts, -1);
         c.holds.delete(reservation.id);
+      } else {
+        const presumed = c.presumed.get(reservation.id);
+        if (presumed) {
+          add(c.spent, presumed, -1);
+          c.presumed.delete(reservation.id);
+        }
       }
       add(c.spent, charge, 1);
       this.touch(c, s, now);
@@ -271,10 +283,18 @@ export class MemoryStore implements BudgetStore {
     const keys = this.keysFor(reservation.scopes);
     for (let i = 0; i < reservation.scopes.length; i++) {
       const c = this.counters.get(keys[i]!);
-      const hold = c?.holds.get(reservation.id);
-      if (!c || !hold) continue;
-      add(c.reserved, hold.amounts, -1);
-      c.holds.delete(reservation.id);
+      if (!c) continue;
+      const hold = c.holds.get(reservation.id);
+      if (hold) {
+        add(c.reserved, hold.amounts, -1);
+        c.holds.delete(reservation.id);
+        continue;
+      }
+      const presumed = c.presumed.get(reservation.id);
+      if (presumed) {
+        add(c.spent, presumed, -1);
+        c.presumed.delete(reservation.id);
+      }
     }
   }
 
@@ -396,7 +416,7 @@ export class MemoryStore implements BudgetStore {
     }
     if (!c) {
       if (!create) return undefined;
-      c = { spent: zero(), reserved: zero(), alerted: new Set(), holds: new Map(), nextExpiry: Infinity, lastSeen: null, gcAt: 0 };
+      c = { spent: zero(), reserved: zero(), alerted: new Set(), holds: new Map(), presumed: new Map(), nextExpiry: Infinity, lastSeen: null, gcAt: 0 };
       this.counters.set(key, c);
     }
     // Scanning every hold on every call cost more than the rest of reserve+commit with 32 calls in flight.
@@ -407,7 +427,10 @@ export class MemoryStore implements BudgetStore {
           next = Math.min(next, hold.expiresAt);
           continue;
         }
+        // Presumed spent: moved from reserved to spent, so spent + reserved (and the alerts) stay as they were.
         add(c.reserved, hold.amounts, -1);
+        add(c.spent, hold.amounts, 1);
+        c.presumed.set(id, hold.amounts);
         c.holds.delete(id);
       }
       c.nextExpiry = next;
@@ -482,7 +505,7 @@ export class MemoryStore implements BudgetStore {
       );
     }
     for (const [k, c] of file.counters) {
-      this.counters.set(k, { spent: { ...c.spent }, reserved: zero(), alerted: new Set(c.alerted), holds: new Map(), nextExpiry: Infinity, lastSeen: c.lastSeen, gcAt: c.gcAt });
+      this.counters.set(k, { spent: { ...c.spent }, reserved: zero(), alerted: new Set(c.alerted), holds: new Map(), presumed: new Map(), nextExpiry: Infinity, lastSeen: c.lastSeen, gcAt: c.gcAt });
     }
     for (const [field, k] of file.kills) this.kills.set(field, k);
     return undefined;

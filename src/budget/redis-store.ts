@@ -3,7 +3,7 @@ import type { RedisConnection } from '../store/redis-connection.js';
 import { RedisReplyError, type RedisScript } from '../store/redis-script.js';
 import { CrossSlotError, sameSlot } from '../store/redis-slots.js';
 import { counterKey } from './redis-keys.js';
-import { COMMIT, RELEASE, RESERVE, SNAPSHOT, type CrossingReply } from './redis-scripts.js';
+import { COMMIT, RELEASE, RESERVE, SNAPSHOT, type CommitReply, type CrossingReply } from './redis-scripts.js';
 import {
   assertAmounts,
   DEFAULT_ALERT_PERCENT,
@@ -42,6 +42,16 @@ export interface RedisStoreOptions extends StoreCommonOptions {
    * nothing.
    */
   killRefreshMs?: number;
+  /**
+   * How long a commit may wait to ride the next reserve of its agent (the same hash tags), ms. Default 0: every commit
+   * is sent at once, in a script call of its own. Above 0 a commit is queued: the next reserve on its tags carries it
+   * (one script call and one round trip for both), or it is sent after this long, with the other commits queued for
+   * those tags, or at flush() and close(). Its hold stays counted until it lands, so a cap can only refuse more
+   * meanwhile, never admit more; a hold that would expire within the delay is committed at once.
+   */
+  commitDelayMs?: number;
+  /** Told how every commit script call or ride went out: `ridden` inside a reserve, `alone` in a commit script call. */
+  onCommitsSent?: (how: 'ridden' | 'alone', commits: number) => void;
 }
 
 /** Where a journaled commit of a reservation made locally stands in its sidecar's journal (LocalFallbackStore). */
@@ -53,6 +63,32 @@ export interface JournalPosition {
 }
 
 export const DEFAULT_KILL_REFRESH_MS = 1_000;
+
+/**
+ * Most commits one script call carries. Each adds its windows' keys and arguments; an agent with many calls in flight
+ * sends its queue in several calls rather than one huge one.
+ */
+const MAX_COMMITS_PER_CALL = 32;
+
+/** A commit and where it is in a journal (journaled commits of local reservations only). */
+interface CommitOp {
+  readonly reservation: Reservation;
+  readonly actual: Actual;
+  readonly at?: JournalPosition | undefined;
+}
+
+/** A commit waiting to ride a reserve, and its caller's promise. */
+interface QueuedCommit extends CommitOp {
+  readonly keys: readonly string[];
+  readonly resolve: (r: CommitResult) => void;
+  readonly reject: (err: unknown) => void;
+}
+
+/** The commits queued for one set of hash tags, and the timer that sends them alone if no reserve comes. */
+interface CommitQueue {
+  readonly commits: QueuedCommit[];
+  timer: NodeJS.Timeout | undefined;
+}
 
 /** Calendar windows are kept this long after they end so "yesterday" can still be read and late commits land. */
 const CALENDAR_GRACE_MS = 2 * 86_400_000;
@@ -73,6 +109,15 @@ const capArgs = (s: ScopeBudget) => METRICS.map((m) => s.caps[m] ?? NO_CAP);
  * a standalone Redis; on a cluster (where the lease layer leaves only one agent's scopes per call) it is refused before
  * it is sent, with a CrossSlotError.
  *
+ * COMMITS RIDE (issue 14, `commitDelayMs`): each script call costs Redis a round trip (~17 µs of its CPU: read, parse,
+ * reply) besides its work, and an agent's calls come one after another. So a commit waits up to commitDelayMs for the
+ * next reserve on the same hash tags and runs first inside that reserve's script, sharing its window reads and writes;
+ * several queued commits go in one call. It keeps every guarantee of a commit sent alone: the same Lua decides what it
+ * charges (exactly once, reaped holds, journal marks), its hold counts against the caps until it lands (so waiting can
+ * only refuse more), it lands even when the reserve it rides is refused, and a failed or unanswered ride rejects the
+ * commit's promise exactly as a failed commit does (LocalFallbackStore journals it; a replay charges nothing twice).
+ * Releases never wait: a failed call's hold goes back at once.
+ *
  * Kills are not read by the per-call script: the store keeps a copy of the kills hash (see `killRefreshMs`).
  * Commands fail fast when Redis is away (see RedisConnection), and a reply of the wrong shape rejects with a
  * RedisReplyError; the caller (LocalFallbackStore) decides what a failure means.
@@ -92,6 +137,13 @@ export class RedisStore implements BudgetStore {
   /** Bumped by every local change, so a read that started before one cannot undo it. */
   private killsVersion = 0;
   private killsReading: Promise<void> | undefined;
+  private readonly commitDelayMs: number;
+  private readonly onCommitsSent: (how: 'ridden' | 'alone', commits: number) => void;
+  /** Commits waiting to ride, by the hash tags of their keys (see rideKey). */
+  private readonly queues = new Map<string, CommitQueue>();
+  /** Queued commits being sent alone (flush, the delay's timer), so flush() and close() can wait for them. */
+  private readonly sending = new Set<Promise<void>>();
+  private closed = false;
 
   constructor(opts: RedisStoreOptions) {
     this.now = opts.now;
@@ -102,6 +154,8 @@ export class RedisStore implements BudgetStore {
     this.redis = opts.redis;
     this.prefix = opts.redis.keyPrefix;
     this.killsKey = `{${this.prefix}}:kills`;
+    this.commitDelayMs = opts.commitDelayMs ?? 0;
+    this.onCommitsSent = opts.onCommitsSent ?? (() => {});
   }
 
   async reserve(req: ReserveRequest): Promise<ReserveResult> {
@@ -128,16 +182,27 @@ export class RedisStore implements BudgetStore {
     // Every window of the call is leased (LeasedStore): the kill copy was all there was to check, and no script runs.
     if (scopes.length === 0) return { ok: true, reservation, used: [], crossed: [] };
     const e = reservation.estimate;
-    const r = await this.run(RESERVE, this.windowKeys(scopes), [
-      now,
-      member(reservation),
-      reservation.expiresAt,
-      e.usdMicros,
-      e.tokens,
-      e.calls,
-      this.alertPercent,
-      ...this.windowArgs(scopes, now, ttlMs),
-    ]);
+    const keys = this.windowKeys(scopes);
+    // Commits queued for these very keys' tags ride along: settled first, in the same script call.
+    const riders = this.takeRiders(keys);
+    let r;
+    try {
+      const riderKeys: string[] = [];
+      const args: Array<string | number> = [now, this.alertPercent, riders.length];
+      for (const c of riders) {
+        riderKeys.push(...c.keys);
+        args.push(...this.commitArgs(c, now));
+      }
+      args.push(member(reservation), reservation.expiresAt, e.usdMicros, e.tokens, e.calls, ...this.windowArgs(scopes, now, ttlMs));
+      if (riders.length > 0) this.onCommitsSent('ridden', riders.length);
+      r = await this.run(RESERVE, riders.length > 0 ? [...riderKeys, ...keys] : keys, args);
+      if (r.settled.length !== riders.length) throw new RedisReplyError(RESERVE.name, `${r.settled.length} commits settled for ${riders.length} sent`);
+    } catch (err) {
+      // The script may have run (a lost answer): the commits' callers journal them, and a replay charges nothing twice.
+      for (const c of riders) c.reject(err);
+      throw err;
+    }
+    riders.forEach((c, i) => this.answer(RESERVE.name, c, r.settled[i]!));
     if (r.admitted) {
       if (r.used.length !== scopes.length) throw new RedisReplyError(RESERVE.name, `${r.used.length} windows used for ${scopes.length} given`);
       return { ok: true, reservation, used: r.used, crossed: this.crossings(RESERVE.name, scopes, r.crossed) };
@@ -159,9 +224,33 @@ export class RedisStore implements BudgetStore {
     };
   }
 
-  /** Charges a window iff this call removed the reservation's hold from it (held, or reaped after its TTL): a replay charges nothing. */
+  /**
+   * Charges a window iff this call removed the reservation's hold from it (held, or reaped after its TTL, when only
+   * actual − estimate is charged: the reap presumed the estimate spent): a replay charges nothing. With commitDelayMs, resolves once the commit landed: ridden on a reserve, or sent alone.
+   */
   commit(reservation: Reservation, actual: Actual): Promise<CommitResult> {
-    return this.settle(reservation, actual, undefined);
+    try {
+      assertAmounts('actual', actual);
+    } catch (err) {
+      return Promise.reject(err);
+    }
+    const keys = this.windowKeys(reservation.scopes);
+    // A hold that could expire while its commit waits would be reaped (its estimate presumed spent, shown as spent
+    // until the commit corrects it): not queued.
+    if (this.commitDelayMs <= 0 || this.closed || reservation.expiresAt - this.now() <= this.commitDelayMs) {
+      return this.sendOne({ reservation, actual, keys });
+    }
+    return new Promise((resolve, reject) => this.enqueue({ reservation, actual, keys, resolve, reject }));
+  }
+
+  /** Commits at once, in a script call of its own (journal replays, which go one entry at a time in order). */
+  commitNow(reservation: Reservation, actual: Actual): Promise<CommitResult> {
+    try {
+      assertAmounts('actual', actual);
+    } catch (err) {
+      return Promise.reject(err);
+    }
+    return this.sendOne({ reservation, actual, keys: this.windowKeys(reservation.scopes) });
   }
 
   /**
@@ -171,7 +260,14 @@ export class RedisStore implements BudgetStore {
    */
   async commitJournaled(reservation: Reservation, actual: Actual, at: JournalPosition): Promise<CommitResult> {
     if (!Number.isSafeInteger(at.seq) || at.seq < 1) throw new TypeError(`journal sequence numbers start at 1, got ${at.seq}`);
-    return this.settle(reservation, actual, at);
+    assertAmounts('actual', actual);
+    return this.sendOne({ reservation, actual, at, keys: this.windowKeys(reservation.scopes) });
+  }
+
+  /** Sends every queued commit now, alone; resolves once each has landed or failed (its caller was told). Never rejects. */
+  async flush(): Promise<void> {
+    const sends = [...this.queues.keys()].map((k) => this.sendQueued(k));
+    await Promise.all([...sends, ...this.sending]);
   }
 
   async release(reservation: Reservation): Promise<void> {
@@ -252,16 +348,96 @@ export class RedisStore implements BudgetStore {
     return this.redis.ready(timeoutMs);
   }
 
-  /** Nothing to do: the connection belongs to whoever made it. */
-  async close(): Promise<void> {}
+  /** Sends the queued commits; later commits are sent at once. The connection belongs to whoever made it. */
+  async close(): Promise<void> {
+    this.closed = true;
+    await this.flush();
+  }
 
-  private async settle(reservation: Reservation, actual: Actual, at: JournalPosition | undefined): Promise<CommitResult> {
-    assertAmounts('actual', actual);
+  private enqueue(c: QueuedCommit): void {
+    const key = rideKey(c.keys);
+    let q = this.queues.get(key);
+    if (!q) {
+      q = { commits: [], timer: undefined };
+      this.queues.set(key, q);
+    }
+    q.commits.push(c);
+    // From the oldest commit waiting: none waits longer than the delay.
+    q.timer ??= setTimeout(() => void this.sendQueued(key), this.commitDelayMs);
+  }
+
+  /** The commits waiting for these keys' tags, oldest first, as many as one call carries. */
+  private takeRiders(keys: readonly string[]): QueuedCommit[] {
+    if (this.queues.size === 0) return [];
+    const key = rideKey(keys);
+    const q = this.queues.get(key);
+    if (!q) return [];
+    const riders = q.commits.splice(0, MAX_COMMITS_PER_CALL);
+    if (q.commits.length === 0) {
+      clearTimeout(q.timer);
+      this.queues.delete(key);
+    }
+    return riders;
+  }
+
+  /** Sends one tag set's queue alone, in calls of at most MAX_COMMITS_PER_CALL. Never rejects. */
+  private sendQueued(key: string): Promise<void> {
+    const q = this.queues.get(key);
+    if (!q) return Promise.resolve();
+    this.queues.delete(key);
+    clearTimeout(q.timer);
+    const calls: Array<Promise<void>> = [];
+    for (let i = 0; i < q.commits.length; i += MAX_COMMITS_PER_CALL) {
+      const batch = q.commits.slice(i, i + MAX_COMMITS_PER_CALL);
+      calls.push(
+        this.sendAlone(batch).then(
+          (replies) => batch.forEach((c, j) => this.answer(COMMIT.name, c, replies[j]!)),
+          (err: unknown) => batch.forEach((c) => c.reject(err)),
+        ),
+      );
+    }
+    const sent = Promise.all(calls).then(() => {
+      this.sending.delete(sent);
+    });
+    this.sending.add(sent);
+    return sent;
+  }
+
+  private async sendOne(op: CommitOp & { readonly keys: readonly string[] }): Promise<CommitResult> {
+    const [reply] = await this.sendAlone([op]);
+    return { crossed: this.crossings(COMMIT.name, op.reservation.scopes, reply!.crossed) };
+  }
+
+  /** One commit script call for these commits (their keys may repeat: the script reads each window once). */
+  private async sendAlone(ops: ReadonlyArray<CommitOp & { readonly keys: readonly string[] }>): Promise<CommitReply[]> {
     const now = this.now();
+    const keys: string[] = [];
+    const args: Array<string | number> = [now, this.alertPercent, ops.length];
+    for (const op of ops) {
+      keys.push(...op.keys);
+      args.push(...this.commitArgs(op, now));
+    }
+    this.onCommitsSent('alone', ops.length);
+    const replies = await this.run(COMMIT, keys, args);
+    if (replies.length !== ops.length) throw new RedisReplyError(COMMIT.name, `${replies.length} commits settled for ${ops.length} sent`);
+    return replies;
+  }
+
+  /** A queued commit's answer to its caller: its crossings, or a reply error. */
+  private answer(script: string, c: QueuedCommit, reply: CommitReply): void {
+    try {
+      c.resolve({ crossed: this.crossings(script, c.reservation.scopes, reply.crossed) });
+    } catch (err) {
+      c.reject(err);
+    }
+  }
+
+  /** One commit's ARGV (COMMIT_ONE in redis-scripts.ts). */
+  private commitArgs(op: CommitOp, now: number): Array<string | number> {
+    const { reservation, actual, at } = op;
     const e = reservation.estimate;
     const holdLeftMs = Math.max(0, reservation.expiresAt - now);
-    const r = await this.run(COMMIT, this.windowKeys(reservation.scopes), [
-      now,
+    return [
       member(reservation),
       e.usdMicros,
       e.tokens,
@@ -269,12 +445,11 @@ export class RedisStore implements BudgetStore {
       actual.usdMicros,
       actual.tokens,
       e.calls,
-      this.alertPercent,
       at?.journal ?? '',
       at?.seq ?? 0,
+      reservation.scopes.length,
       ...this.windowArgs(reservation.scopes, now, holdLeftMs),
-    ]);
-    return { crossed: this.crossings(COMMIT.name, reservation.scopes, r.crossed) };
+    ];
   }
 
   /** The kill set as of `now`: this store's copy, re-read first when it is older than killRefreshMs. */
@@ -350,7 +525,21 @@ const scopeAt = (script: string, scopes: readonly ReservedScope[], i: number): R
   return s;
 };
 
-/** A hold's zset member carries its amounts so the reaper can return them without another lookup. */
+/**
+ * The hash tags of a script's keys (every third key is a window's counters hash), each once, in order: a commit rides
+ * only a reserve whose keys carry exactly its tags, so a ride never adds a slot to a script call.
+ */
+const rideKey = (keys: readonly string[]): string => {
+  const tags: string[] = [];
+  for (let i = 0; i < keys.length; i += 3) {
+    const k = keys[i]!;
+    const tag = k.slice(0, k.indexOf('}') + 1);
+    if (!tags.includes(tag)) tags.push(tag);
+  }
+  return tags.length === 1 ? tags[0]! : tags.join('');
+};
+
+/** A hold's zset member carries its amounts so the reaper can presume them spent without another lookup. */
 const member = (r: Reservation) => `${r.id}|${r.estimate.usdMicros}|${r.estimate.tokens}|${r.estimate.calls}`;
 
 const parseKillValue = (value: string): { reason: string; at: number } => {

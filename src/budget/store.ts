@@ -22,10 +22,11 @@ import { windowAt, windowEndFromId, type WindowKind } from './windows.js';
  * i.e. total committed spend never exceeds the cap by more than the sum, over in-flight requests, of
  * (actual − estimated); if no request costs more than its estimate, spend never exceeds the cap.
  * Qualifications, each deliberate:
- * - A reservation not settled within its TTL is reaped (its hold returns, so a crashed sidecar cannot
- *   freeze a budget); a commit arriving after that is still charged in full, once (the Redis store keeps
- *   reaped holds aside for that), so such a request adds a_j, not a_j − e_j, to the bound. Keep the TTL
- *   above the route's total timeout.
+ * - Presumed spend of expired holds: a reservation not settled within its TTL is reaped, its estimate moved
+ *   from `reserved` to `spent` (its sidecar may have died after the upstream answered: over-counted, never
+ *   under-counted), and kept aside so that a late commit charges a_j − e_j and a late release refunds e_j,
+ *   once. spent + reserved never changes at a reap, so the bound holds as stated (a request never settled
+ *   counts as a_j = e_j). Keep the TTL above the route's total timeout.
  * - A request is charged to the windows it was reserved in, even if it settles after midnight.
  * - Route and fleet caps, and an agent's day and month windows that cap USD only (or nothing), are served by
  *   LeasedStore (lease.ts) from leased slices: the source keeps
@@ -117,7 +118,7 @@ export interface Reservation {
   readonly id: string;
   readonly scopes: readonly ReservedScope[];
   readonly estimate: Estimate;
-  /** Clock time (ms) after which the hold is reaped. */
+  /** Clock time (ms) after which the hold is reaped: its estimate is then presumed spent until it is settled. */
   readonly expiresAt: number;
   /** Made by LocalFallbackStore's local slice while the shared store was away. */
   readonly local?: boolean;
@@ -196,7 +197,10 @@ export interface Kill {
 export interface BudgetStore {
   /** Checks kills and every cap of every scope, and holds the estimate, in one atomic step. */
   reserve(req: ReserveRequest): Promise<ReserveResult>;
-  /** Settles a hold with the actual cost, charged even above the estimate; never refuses; idempotent per reservation. */
+  /**
+   * Settles a hold with the actual cost, charged even above the estimate; never refuses; idempotent per reservation.
+   * Resolves once the charge landed, which may wait for the next reserve to carry it (RedisStore's commitDelayMs).
+   */
   commit(reservation: Reservation, actual: Actual): Promise<CommitResult>;
   /** Returns a hold unspent (the request never reached the upstream). Idempotent. */
   release(reservation: Reservation): Promise<void>;
@@ -212,6 +216,12 @@ export interface BudgetStore {
    * sidecar accepts calls, so its first calls do not find a store that is merely still connecting "down".
    */
   ready?(timeoutMs: number): Promise<void>;
+  /**
+   * Sends commits still waiting to ride a reserve (RedisStore's commitDelayMs) now; resolves once each landed or was
+   * journaled. Never rejects. Stores that keep no commit waiting have none.
+   */
+  flush?(): Promise<void>;
+  /** Sends what is waiting (flush), then lets go. */
   close(): Promise<void>;
   /** Slices of route and fleet caps this sidecar holds (LeasedStore only), for the lease gauge. */
   leaseViews?(): LeaseView[];

@@ -371,6 +371,15 @@ export const StoreSchema = z.strictObject({
    */
   journalMaxEntries: positiveInt.default(100_000),
   /**
+   * Redis store: how long a commit may wait to ride the next reserve of the same agent (one script call and one round
+   * trip for both), ms; sent alone after this long, or at shutdown. Default 1000; 0: every commit is sent at once.
+   * Meanwhile the call's hold stays counted (a cap can only refuse more), its spend shows in Redis (other sidecars,
+   * `/admin/budgets`, the spend gauges) up to this much later, and the commits waiting when a sidecar is killed
+   * without a drain count at their estimate (their holds expire and are presumed spent). At most 30000: holds last a
+   * route's totalMs plus a minute.
+   */
+  commitDelayMs: z.number().int().min(0).max(30_000).default(1_000),
+  /**
    * How money caps are shared by the sidecars (route, fleet, and an agent's windows without a token cap): each holds a
    * leased slice (see README, "Leases").
    */

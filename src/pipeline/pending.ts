@@ -7,12 +7,19 @@ export class PendingWork {
   private count = 0;
   private waiters: Array<() => void> = [];
 
+  /**
+   * @param hurry called when someone waits for idle() while work is pending, and again for work begun while they wait:
+   *   work that would otherwise wait on purpose (a budget commit waiting to ride the next reserve) goes now.
+   */
+  constructor(private readonly hurry: () => void = () => {}) {}
+
   get size(): number {
     return this.count;
   }
 
   begin(): void {
     this.count += 1;
+    if (this.waiters.length > 0) this.hurry();
   }
 
   end(): void {
@@ -36,6 +43,8 @@ export class PendingWork {
   /** Resolves once nothing is pending (at once when nothing is). */
   idle(): Promise<void> {
     if (this.count === 0) return Promise.resolve();
-    return new Promise((resolve) => this.waiters.push(resolve));
+    const idle = new Promise<void>((resolve) => this.waiters.push(resolve));
+    this.hurry();
+    return idle;
   }
 }

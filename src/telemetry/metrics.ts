@@ -223,7 +223,7 @@ export const createMetrics = (opts: { defaultMetrics?: boolean } = {}) => {
     }),
     storeSeconds: new Histogram({
       name: 'fusebox_store_operation_seconds',
-      help: 'Budget store latency by operation (reserve, commit).',
+      help: 'Budget store latency by operation (reserve, commit). A commit counts until it landed: with store.commitDelayMs, its wait to ride the next reserve is included.',
       labelNames: ['op'] as const,
       buckets: [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5],
       registers: [registry],
@@ -233,6 +233,12 @@ export const createMetrics = (opts: { defaultMetrics?: boolean } = {}) => {
       help:
         'Shared store commands that failed, by op (the Redis script or command group: fuseboxReserve, fuseboxSloApply, kills, sloRead...; reserve/commit/release when the budget layer itself saw the failure) and kind (connection, timeout, loading, oom, clusterdown, redirect, crossslot, noscript, reply, other).',
       labelNames: ['op', 'kind'] as const,
+      registers: [registry],
+    }),
+    storeCommits: new Counter({
+      name: 'fusebox_store_commits_total',
+      help: 'Budget commits sent to Redis, by how: ridden (inside the next reserve of the same agent, within store.commitDelayMs: no round trip of their own) or alone (a commit script call: no reserve came in time, shutdown, a journal replay; commits queued for one agent share it).',
+      labelNames: ['sent'] as const,
       registers: [registry],
     }),
 

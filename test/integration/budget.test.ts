@@ -340,6 +340,34 @@ describe('a fleet sharing one Redis', () => {
     }
   });
 
+  it("carries each call's commit on the next call's reserve, and sends the commits still waiting when idle() or shutdown waits for them", async () => {
+    const raw = new Redis(redis.url);
+    // A delay no test waits out: only a ride, idle() or the drain can have sent a commit. A token cap keeps the agent's
+    // day exact per call (a USD-only or uncapped agent window is leased: no per-call script, nothing to ride).
+    const fb = await start({
+      agent: { id: 'rider' },
+      store: { kind: 'redis', url: redis.url, keyPrefix: 'ride', commitDelayMs: 30_000 },
+      budgets: { agent: { dailyTokens: 1_000_000_000 } },
+      routes: llmRoutes(up),
+    });
+    const spent = async () => Number(await raw.hget(`{ride:a:rider}:day:${new Date().toISOString().slice(0, 10)}`, 'u')) / 1e6;
+    try {
+      for (let i = 0; i < 4; i++) await (await chat(fb)).body.dump();
+      await fb.app.idle();
+      expect(await spent()).toBeCloseTo(4 * COST_USD, 9);
+      const text = await fb.metricsText();
+      const ridden = metricValue(text, 'fusebox_store_commits_total', { sent: 'ridden' });
+      // Each commit is queued as its answer ends, before the agent's next call: at least the first ones rode.
+      expect(ridden).toBeGreaterThanOrEqual(1);
+      expect(ridden + metricValue(text, 'fusebox_store_commits_total', { sent: 'alone' })).toBe(4);
+      await (await chat(fb)).body.dump();
+      await fb.stop();
+      expect(await spent()).toBeCloseTo(5 * COST_USD, 9);
+    } finally {
+      raw.disconnect();
+    }
+  });
+
   it('keeps serving within caps while Redis is down (local mode), then replays every charge', async () => {
     const cfg = { agent: { id: 'outage' }, store: { kind: 'redis', url: redis.url, keyPrefix: 'outage', timeoutMs: 100 }, budgets: { agent: { dailyUsd: 1 } }, routes: llmRoutes(up) };
     const fb = await start(cfg);

@@ -127,6 +127,7 @@ const RARE: Record<string, string> = {
   fusebox_trace_spans_exported_total: 'only when OTEL_* variables turn tracing on (off by default)',
   fusebox_budget_lease_outage_admissions_total: 'only while the store is unreachable',
   fusebox_budget_lease_outage_admitted_usd_total: 'only while the store is unreachable',
+  fusebox_store_commits_total: 'only with store.kind: redis (this test runs the memory store)',
 };
 
 describe('deploy/prometheus, checked by the real promtool', () => {
