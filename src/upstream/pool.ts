@@ -1,7 +1,7 @@
 import { readFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { resolve } from 'node:path';
-import type { Pool as UndiciPool } from 'undici';
+import type { Pool as UndiciPool, errors as UndiciErrors } from 'undici';
 import type { TimeoutsConfig, TlsConfig } from '../config/schema.js';
 
 /** What identifies one upstream connection pool: its origin plus the TLS settings used to reach it. */
@@ -40,6 +40,8 @@ const requireUndici = (file: string): unknown => {
 const Dispatcher = requireUndici('undici/lib/dispatcher/dispatcher.js') as { prototype: object };
 Object.assign(Dispatcher.prototype, requireUndici('undici/lib/api/index.js'));
 export const Pool = requireUndici('undici/lib/dispatcher/pool.js') as typeof UndiciPool;
+/** undici's error classes (what the index exports as `errors`), from the same files. */
+export const undiciErrors = requireUndici('undici/lib/core/errors.js') as typeof UndiciErrors;
 type Pool = UndiciPool;
 
 export const parseUpstreamUrl = (url: string): { origin: string; basePath: string } => {

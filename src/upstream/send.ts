@@ -1,6 +1,6 @@
 import type { IncomingHttpHeaders } from 'node:http';
 import { Readable } from 'node:stream';
-import { errors, type Dispatcher } from 'undici';
+import type { Dispatcher } from 'undici';
 import {
   ClientClosedError,
   ProxyError,
@@ -11,7 +11,7 @@ import {
 } from '../errors.js';
 import type { CallContext, HeaderMap, ProxyRequest, ProxyResponse } from '../pipeline/types.js';
 import { classifyResponse, codesOf, transportFailure, type ClassifyPolicy } from './classify.js';
-import type { PoolSet, UpstreamTarget } from './pool.js';
+import { undiciErrors, type PoolSet, type UpstreamTarget } from './pool.js';
 
 /**
  * The code an error is named by: the first one the transport table knows, preferring undici's wrapped errno
@@ -221,7 +221,7 @@ class UpstreamExchange extends Readable implements Dispatcher.DispatchHandler {
   override _destroy(err: Error | null, callback: (error?: Error | null) => void): void {
     this.stopListening();
     // Destroyed before its end: the upstream request is aborted, and readers hear why (as from undici's body).
-    const error = err ?? (this.readableEnded ? null : new errors.RequestAbortedError());
+    const error = err ?? (this.readableEnded ? null : new undiciErrors.RequestAbortedError());
     if (error !== null && !this.settled) {
       this.settled = true;
       this.controller?.abort(error);
@@ -244,7 +244,7 @@ const noop = (): void => {};
 
 const abortReason = (signal: AbortSignal): Error => {
   const reason: unknown = signal.reason;
-  return reason instanceof Error ? reason : new errors.RequestAbortedError();
+  return reason instanceof Error ? reason : new undiciErrors.RequestAbortedError();
 };
 
 /** One attempt: the request and the headers to send (each attempt sets its own credential and `via`). */

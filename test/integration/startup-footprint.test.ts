@@ -8,7 +8,7 @@ import { afterAll, describe, expect, it } from 'vitest';
 import { buildApp, type Fusebox } from '../../src/app.js';
 import { loadConfigFile } from '../../src/config/load.js';
 import { lazySchemaCompilers } from '../../src/http/schema-compilers.js';
-import { Pool } from '../../src/upstream/pool.js';
+import { Pool, undiciErrors } from '../../src/upstream/pool.js';
 
 /**
  * What an idle sidecar loads (issue 15): each test file runs in its own process (vitest's forks pool), so Node's
@@ -57,6 +57,7 @@ describe('startup footprint', () => {
     const undici = await import('undici');
     expect(Pool).toBe(undici.Pool);
     expect(Pool.prototype).toBeInstanceOf(undici.Dispatcher);
+    expect(undiciErrors).toBe(undici.errors);
   });
 
   it('a fastify route that declares a schema still gets it compiled and enforced: ajv loads then', async () => {
