@@ -29,9 +29,12 @@ ENV NODE_ENV=production
 # Measured with caps(memory), 20,000 + 20,000 calls (2026-12-05, RSS after both): no limit 301 MB, no limit with these
 # flags 118, a 384 MiB cgroup 113-120; semi-spaces in that cgroup: 1 MiB 115-117 MB, 2 MiB 121-132, 4 MiB 124-128,
 # 8 MiB 128-130, 16 MiB 145-160, CPU per call 311-446 us for all of them, inside this loaded machine's noise.
+# On the quiet machine (21:34 UTC, no limit, 256 MiB old space, 2 rounds), CPU per call warm: 1 MiB 283-288 us, 4 MiB
+# 249-255, 8 MiB 230; RSS after load 118-129 / 121-125 / 132-138 MB, idle 88 / 93 / 102. 4 MiB: 12 % less CPU for
+# ~5 MB of idle RSS and the same RSS after load (1 MiB promotes in-flight calls' objects to old space under load).
 # To give the heap more room (a larger limit for large bodies), set NODE_OPTIONS in the pod spec.
 # bench/ runs Fusebox with this image's ENV lines (bench/pod.ts reads them).
-ENV NODE_OPTIONS="--max-old-space-size=256 --max-semi-space-size=1"
+ENV NODE_OPTIONS="--max-old-space-size=256 --max-semi-space-size=4"
 # At most 2 glibc malloc arenas: V8's compiler threads peak at ~35 MB of zone memory while the code warms up, and
 # with an arena per thread glibc keeps most of it once freed; 2 arenas hold ~6 MB less after 10 s at 1,000 req/s
 # (bench/, 4 runs), at no visible CPU cost.

@@ -345,7 +345,7 @@ describe('the image, built and started without Docker', () => {
     const imageEnv = built.env.at(-1)!;
     expect(imageEnv.NODE_ENV).toBe('production');
     // The heap as Node sizes it under inject's limit, whatever the limit (the Dockerfile says why, with figures).
-    expect(imageEnv.NODE_OPTIONS).toBe('--max-old-space-size=256 --max-semi-space-size=1');
+    expect(imageEnv.NODE_OPTIONS).toBe('--max-old-space-size=256 --max-semi-space-size=4');
     expect(imageEnv.MALLOC_ARENA_MAX).toBe('2');
     expect(process.versions.node.split('.')[0], 'the test runs the image command on Node 24, like the base image').toBe('24');
     child = spawn(process.execPath, args, { cwd: app, env: { PATH: cleanPath(), ...imageEnv }, stdio: ['ignore', 'pipe', 'pipe'] });
