@@ -408,35 +408,29 @@ return settled
 const RELEASE_LUA = `${COMMON}
 local m = ARGV[1]
 local est = {tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])}
+-- Takes the estimate off the fields F (held: R, or spent: A) of h.
+local function subtract(h, F)
+  local v = redis.call('HMGET', h, F[1], F[2], F[3])
+  local out = {}
+  for mi = 1, 3 do
+    if est[mi] > 0 then
+      table.insert(out, F[mi])
+      table.insert(out, num(v[mi]) - est[mi])
+    end
+  end
+  if #out > 0 then
+    redis.call('HSET', h, unpack(out))
+  end
+end
 for i = 1, #KEYS / 3 do
   local h, z, e = KEYS[3 * i - 2], KEYS[3 * i - 1], KEYS[3 * i]
   if redis.call('ZREM', z, m) == 1 then
-    local v = redis.call('HMGET', h, 'ru', 'rt', 'rc')
-    local out = {}
-    for mi = 1, 3 do
-      if est[mi] > 0 then
-        table.insert(out, R[mi])
-        table.insert(out, num(v[mi]) - est[mi])
-      end
-    end
-    if #out > 0 then
-      redis.call('HSET', h, unpack(out))
-    end
+    subtract(h, R)
   else
     -- Reaped already: its estimate, presumed spent then (score > 0), is refunded; forgotten so nothing charges it later.
     local reaped = redis.call('ZSCORE', e, m)
     if reaped and redis.call('ZREM', e, m) == 1 and tonumber(reaped) > 0 then
-      local v = redis.call('HMGET', h, 'u', 't', 'c')
-      local out = {}
-      for mi = 1, 3 do
-        if est[mi] > 0 then
-          table.insert(out, A[mi])
-          table.insert(out, num(v[mi]) - est[mi])
-        end
-      end
-      if #out > 0 then
-        redis.call('HSET', h, unpack(out))
-      end
+      subtract(h, A)
     end
   end
 end
