@@ -194,7 +194,7 @@ export class LeasedStore implements BudgetStore {
     this.holder = opts.holder ?? randomUUID();
     this.renewBelow = (opts.renewBelowPercent ?? 25) / 100;
     this.allowance = opts.allowanceUsdMicros ?? 0;
-    this.reportIntervalMs = opts.reportIntervalMs ?? 10_000;
+    this.reportIntervalMs = opts.reportIntervalMs ?? 20_000;
     this.tickMs = opts.tickMs ?? 1_000;
     this.alertPercent = opts.alertPercent ?? DEFAULT_ALERT_PERCENT;
     this.emit = opts.onEvent ?? (() => {});
