@@ -12,6 +12,7 @@ import { StoreUnavailableError } from '../../src/errors.js';
 import { RedisConnection } from '../../src/store/redis-connection.js';
 import { seeded } from '../helpers/pipeline.js';
 import { startRedis, type TestRedis } from '../helpers/redis.js';
+import { startRedisCluster, type TestRedisCluster } from '../helpers/redis-cluster.js';
 
 const usd = (n: number) => Math.round(n * 1_000_000);
 const SIZING = { ttlMs: 30_000, graceMs: 5_000, minSliceUsdMicros: usd(0.05), alertPercent: 75 };
@@ -253,5 +254,118 @@ describe('leased fleet cap over a real Redis that is killed and restarted', () =
     expect(answers.at(-1)![0].spentUsdMicros).toBeGreaterThan(usd(10));
     const [u] = await lua.usage([scope]);
     expect(u).toEqual((await memory.usage([scope]))[0]);
+  });
+});
+
+/** EVALSHA and EVAL calls a Redis ran so far, from INFO commandstats (no MONITOR: it would count itself). */
+const scriptCalls = (commandstats: string): number =>
+  [...commandstats.matchAll(/^cmdstat_(evalsha|eval):calls=(\d+)/gm)].reduce((sum, [, , n]) => sum + Number(n), 0);
+
+describe("one lease script call per hash tag for the windows requested in the same turn", () => {
+  let redis: TestRedis | undefined;
+  let cluster: TestRedisCluster | undefined;
+  const connections: RedisConnection[] = [];
+  afterEach(async () => {
+    await Promise.all(connections.splice(0).map((c) => c.close()));
+    await Promise.all([redis?.stop(), cluster?.stop()]);
+    redis = cluster = undefined;
+  });
+
+  const t = Date.parse('2026-12-05T10:00:00Z');
+  const agentDay: ReservedScope = { scope: { kind: 'agent', id: 'pod-1' }, window: 'day', caps: { usdMicros: usd(5) }, windowId: '2026-12-05' };
+  const agentMonth: ReservedScope = { scope: { kind: 'agent', id: 'pod-1' }, window: 'month', caps: { usdMicros: usd(50) }, windowId: '2026-12' };
+  const fleetDay: ReservedScope = { scope: { kind: 'fleet', id: 'all' }, window: 'day', caps: { usdMicros: usd(500) }, windowId: '2026-12-05' };
+  const request = (scope: ReservedScope, seq: number, spent: number): LeaseRequest => ({
+    scope,
+    holder: 'h1',
+    seq,
+    report: { usdMicros: spent, tokens: 7, calls: 2 },
+    keep: true,
+    wantUsdMicros: usd(0.2),
+    rateUsdMicrosPerS: usd(0.01),
+    capUsdMicros: scope.caps.usdMicros,
+    now: t,
+  });
+
+  const single = async (prefix: string) => {
+    redis = await startRedis({ persist: true });
+    const connection = new RedisConnection({ url: redis.url, keyPrefix: prefix, timeoutMs: 200 });
+    connections.push(connection);
+    await connection.ready(2_000);
+    return { source: new RedisLeaseSource({ redis: connection, ...SIZING }), connection, raw: new Redis(redis.url) };
+  };
+
+  it("sends an agent's day and month window in one EVALSHA, each request answered as if alone", async () => {
+    const { source, raw } = await single('b1');
+    const memory = new MemoryLeaseSource(new MemoryStore({ now: () => t }), SIZING, { whole: false });
+    try {
+      const reqs = [request(agentDay, 1, 100), request(agentMonth, 2, 300)];
+      const before = scriptCalls(await raw.info('commandstats'));
+      const replies = await Promise.all(reqs.map((r) => source.acquire(r)));
+      expect(scriptCalls(await raw.info('commandstats')) - before).toBe(1);
+      expect(replies.map((r) => r.spentUsdMicros)).toEqual([100, 300]);
+      for (const [i, r] of reqs.entries()) expect(replies[i]).toEqual(await memory.acquire(r));
+      expect(await raw.hmget('{b1:a:pod-1}:lease:day:2026-12-05', 'usd', 'calls')).toEqual(['100', '2']);
+      expect(await raw.hmget('{b1:a:pod-1}:lease:month:2026-12', 'usd', 'calls')).toEqual(['300', '2']);
+    } finally {
+      raw.disconnect();
+    }
+  });
+
+  it('sends windows of two hash tags in two calls', async () => {
+    const { source, raw } = await single('b2');
+    try {
+      const before = scriptCalls(await raw.info('commandstats'));
+      const replies = await Promise.all([source.acquire(request(agentDay, 1, 100)), source.acquire(request(fleetDay, 2, 400)), source.acquire(request(agentMonth, 3, 300))]);
+      expect(scriptCalls(await raw.info('commandstats')) - before).toBe(2);
+      expect(replies.map((r) => r.spentUsdMicros)).toEqual([100, 400, 300]);
+    } finally {
+      raw.disconnect();
+    }
+  });
+
+  it('fails every request of a call Redis never answered; their resends (same seq) apply once', async () => {
+    const { source, connection, raw } = await single('b3');
+    raw.disconnect();
+    await Promise.all([source.acquire(request(agentDay, 1, 100)), source.acquire(request(agentMonth, 2, 300))]);
+    redis!.kill();
+    const lost = await Promise.allSettled([source.acquire(request(agentDay, 3, 10)), source.acquire(request(agentMonth, 4, 30))]);
+    expect(lost.map((r) => r.status)).toEqual(['rejected', 'rejected']);
+    await redis!.restart();
+    await connection.ready(10_000);
+    const resend = () => Promise.all([source.acquire(request(agentDay, 3, 10)), source.acquire(request(agentMonth, 4, 30))]);
+    const first = await resend();
+    // A lost answer to a call that did run: the same seq again applies nothing.
+    const again = await resend();
+    expect(first.map((r) => r.spentUsdMicros)).toEqual([110, 330]);
+    expect(again).toEqual(first);
+  });
+
+  it("on a cluster, sends an agent's windows to its slot and the fleet's to the fleet's", async () => {
+    cluster = await startRedisCluster();
+    const fleetNode = await cluster.nodeOfKey('{bc:f}:x');
+    let agent = '';
+    for (let i = 0; agent === ''; i++) {
+      if ((await cluster.nodeOfKey(`{bc:a:pod-${i}}:x`)).address !== fleetNode.address) agent = `pod-${i}`;
+    }
+    const agentNode = await cluster.nodeOfKey(`{bc:a:${agent}}:x`);
+    const connection = new RedisConnection({ url: cluster.url, keyPrefix: 'bc' });
+    connections.push(connection);
+    await connection.ready(10_000);
+    const source = new RedisLeaseSource({ redis: connection, ...SIZING });
+    const fleetMonth: ReservedScope = { ...fleetDay, window: 'month', windowId: '2026-12' };
+    const mine = (s: ReservedScope): ReservedScope => ({ ...s, scope: { kind: 'agent', id: agent } });
+    const calls = () => Promise.all(cluster!.nodes.map(async (n) => scriptCalls(await n.info('commandstats'))));
+    const before = await calls();
+    const replies = await Promise.all([
+      source.acquire(request(mine(agentDay), 1, 100)),
+      source.acquire(request(fleetDay, 2, 400)),
+      source.acquire(request(mine(agentMonth), 3, 300)),
+      source.acquire(request(fleetMonth, 4, 700)),
+    ]);
+    const after = await calls();
+    const delta = cluster.nodes.map((n, i) => [n.address, after[i]! - before[i]!]);
+    expect(Object.fromEntries(delta.filter(([, d]) => d !== 0))).toEqual({ [agentNode.address]: 1, [fleetNode.address]: 1 });
+    expect(replies.map((r) => r.spentUsdMicros)).toEqual([100, 400, 300, 700]);
   });
 });
