@@ -10,10 +10,6 @@
  * one-minute refresh. A span shorter than a minute misses some of the cache refreshes of the old evaluator, so
  * 60 s gives its honest figure.
  */
-import { execFileSync } from 'node:child_process';
-import { copyFileSync, mkdtempSync, rmSync, symlinkSync, unlinkSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { Redis } from 'ioredis';
 import { SloSchema } from '../src/config/schema.js';
@@ -23,7 +19,7 @@ import { SloRecorder } from '../src/slo/recorder.js';
 import { sloSpecOf } from '../src/slo/spec.js';
 import { RedisConnection } from '../src/store/redis-connection.js';
 import { startRedis } from '../test/helpers/redis.js';
-import { REPO_ROOT } from './proc.js';
+import { runBenchAtRevision } from './at-revision.js';
 
 interface Result {
   rev: string;
@@ -112,27 +108,13 @@ const measure = async (): Promise<Result> => {
 };
 
 /** This file run against another revision's sources: it is copied into a detached worktree of `rev`. */
-const measureRevision = (rev: string): Result => {
-  const git = (args: string[]) => execFileSync('git', ['-C', REPO_ROOT, ...args], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] }).trim();
-  const short = git(['rev-parse', '--short=7', rev]);
-  const dir = mkdtempSync(join(tmpdir(), `fusebox-slo-bench-${short}-`));
-  git(['worktree', 'add', '--detach', dir, rev]);
-  try {
-    symlinkSync(join(REPO_ROOT, 'node_modules'), join(dir, 'node_modules'), 'dir');
-    copyFileSync(join(REPO_ROOT, 'bench', 'slo-idle.ts'), join(dir, 'bench', 'slo-idle.ts'));
-    const args = ['--import', 'tsx', 'bench/slo-idle.ts', '--json', `--label=@${short}`, `--sidecars=${sidecars}`, `--routes=${routeCount}`, `--seconds=${seconds}`];
-    const out = execFileSync(process.execPath, args, { cwd: dir, encoding: 'utf8', stdio: ['ignore', 'pipe', 'inherit'], timeout: (seconds + 120) * 1_000 });
-    return JSON.parse(out.trim().split('\n').pop()!) as Result;
-  } finally {
-    unlinkSync(join(dir, 'node_modules'));
-    try {
-      git(['worktree', 'remove', '--force', dir]);
-    } catch {
-      rmSync(dir, { recursive: true, force: true });
-      git(['worktree', 'prune']);
-    }
-  }
-};
+const measureRevision = (rev: string): Result =>
+  runBenchAtRevision<Result>(
+    'slo-idle.ts',
+    rev,
+    (short) => ['--json', `--label=@${short}`, `--sidecars=${sidecars}`, `--routes=${routeCount}`, `--seconds=${seconds}`],
+    (seconds + 120) * 1_000,
+  );
 
 const results: Result[] = [];
 if (values['compare-rev'] !== undefined) results.push(measureRevision(values['compare-rev']));

@@ -9,17 +9,13 @@
  * `--compare-rev=REV` runs this same file against REV's sources first (a detached worktree, the current
  * node_modules) and prints both rows.
  */
-import { execFileSync } from 'node:child_process';
-import { copyFileSync, mkdtempSync, rmSync, symlinkSync, unlinkSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { SloSchema } from '../src/config/schema.js';
 import { MemoryCounterStore } from '../src/slo/counter-store.js';
 import { SloEvaluator } from '../src/slo/evaluator.js';
 import { SloRecorder } from '../src/slo/recorder.js';
 import { sloSpecOf } from '../src/slo/spec.js';
-import { REPO_ROOT } from './proc.js';
+import { runBenchAtRevision } from './at-revision.js';
 import { startFootprint } from './servers/footprint.js';
 
 interface Result {
@@ -71,27 +67,8 @@ const measure = async (): Promise<Result> => {
 };
 
 /** This file run against another revision's sources: it is copied into a detached worktree of `rev`. */
-const measureRevision = (rev: string): Result => {
-  const git = (args: string[]) => execFileSync('git', ['-C', REPO_ROOT, ...args], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] }).trim();
-  const short = git(['rev-parse', '--short=7', rev]);
-  const dir = mkdtempSync(join(tmpdir(), `fusebox-slo-tick-${short}-`));
-  git(['worktree', 'add', '--detach', dir, rev]);
-  try {
-    symlinkSync(join(REPO_ROOT, 'node_modules'), join(dir, 'node_modules'), 'dir');
-    copyFileSync(join(REPO_ROOT, 'bench', 'slo-tick.ts'), join(dir, 'bench', 'slo-tick.ts'));
-    const args = ['--import', 'tsx', 'bench/slo-tick.ts', '--json', `--label=@${short}`, `--routes=${routes}`, `--active=${active}`, `--ticks=${ticks}`];
-    const out = execFileSync(process.execPath, args, { cwd: dir, encoding: 'utf8', stdio: ['ignore', 'pipe', 'inherit'], timeout: 600_000 });
-    return JSON.parse(out.trim().split('\n').pop()!) as Result;
-  } finally {
-    unlinkSync(join(dir, 'node_modules'));
-    try {
-      git(['worktree', 'remove', '--force', dir]);
-    } catch {
-      rmSync(dir, { recursive: true, force: true });
-      git(['worktree', 'prune']);
-    }
-  }
-};
+const measureRevision = (rev: string): Result =>
+  runBenchAtRevision<Result>('slo-tick.ts', rev, (short) => ['--json', `--label=@${short}`, `--routes=${routes}`, `--active=${active}`, `--ticks=${ticks}`], 600_000);
 
 const results: Result[] = [];
 if (values['compare-rev'] !== undefined) results.push(measureRevision(values['compare-rev']));
