@@ -620,7 +620,9 @@ describe('RedisStore', () => {
       raw.disconnect();
       await store.close();
     }
-  });
+    // 4,000 round trips one after another: ~4 s here when quiet, past the default 20 s once at load ~17 (2026-12-05).
+    // Nothing in it waits on time; the bound only stops a run that never ends.
+  }, 120_000);
 
   it('charges a hold reaped after its TTL exactly once when its commit comes late, and never again', async () => {
     const clock = makeClock();
