@@ -56,6 +56,11 @@ export interface GenerationsOptions {
   readonly now: () => number;
 }
 
+/** How long a pool the new generation dropped stays open: the longest call the previous one may still be running, ms. */
+const retireGraceMs = (prev: Config): number => Math.max(...prev.routes.map((r) => r.timeouts.totalMs || TOTAL_UNBOUNDED_GRACE_MS), 1_000);
+/** A route with `timeouts.totalMs: 0` bounds its calls by nothing; its dropped pools close after this long. */
+const TOTAL_UNBOUNDED_GRACE_MS = 3_600_000;
+
 /**
  * The generations of a running sidecar: the one in effect, and `reload`, which validates a new config, builds its
  * routes on the state of the kept ones and swaps it in, or leaves the one in effect serving and says why. Every
@@ -99,6 +104,8 @@ export class Generations {
       return { result: 'ok', hash, unchanged: true, added: [], removed: [], changed: [], freshState: [] };
     }
     let made: Generation;
+    const pools = this.opts.pipeline.pools;
+    pools.beginGeneration();
     try {
       made = this.make(next, current.state);
     } catch (err) {
@@ -117,11 +124,14 @@ export class Generations {
     this.opts.slo.evaluator.setRoutes(specs);
     zeroSloEventSeries(metrics.sloEvents, specs);
     this.dropStaleSeries(prev, made, removed);
+    // Pools the new routes did not ask for (a removed upstream, or changed connections, connect timeout or CA file)
+    // are closed once the previous generation's calls are over: none lasts longer than its route's totalMs.
+    const poolsRetired = pools.retireUnused(retireGraceMs(prev.config));
     logger.level = next.log.level;
     this.describe(made);
     metrics.configReloads.labels('ok').inc();
     for (const warning of configWarnings(next)) logger.warn(warning);
-    logger.info({ hash: made.hash, previousHash: prev.hash, added, removed, changed, freshState }, 'config reloaded');
+    logger.info({ hash: made.hash, previousHash: prev.hash, added, removed, changed, freshState, poolsRetired }, 'config reloaded');
     return { result: 'ok', hash: made.hash, unchanged: false, added, removed, changed, freshState };
   }
 

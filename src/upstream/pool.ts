@@ -1,10 +1,11 @@
+import { createHash } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { resolve } from 'node:path';
 import type { Pool as UndiciPool, errors as UndiciErrors } from 'undici';
 import type { TimeoutsConfig, TlsConfig } from '../config/schema.js';
 
-/** What identifies one upstream connection pool: its origin plus the TLS settings used to reach it. */
+/** One upstream as a route sends to it: what its connection pool is made with (see PoolSet), and its name and base path. */
 export interface UpstreamTarget {
   /** Label for metrics and logs (route name, or `<route>/<step>`). */
   name: string;
@@ -50,30 +51,43 @@ export const parseUpstreamUrl = (url: string): { origin: string; basePath: strin
 };
 
 /**
- * One undici Pool per (origin, TLS settings). Our own pools, never the global dispatcher: the global one would
+ * One undici Pool per (origin, connection settings). Our own pools, never the global dispatcher: the global one would
  * honour HTTP_PROXY from Fusebox's environment once `EnvHttpProxyAgent` is installed, and Fusebox must never loop
  * its upstream calls through a proxy (itself, in a pod where HTTP_PROXY is set for every container).
+ *
+ * A pool is made with its settings (connections, connect timeout, TLS, the CA file's bytes) and keeps them, so they
+ * are all in its key: a reload that raises `connections` or rotates the CA file behind `tls.caFile` gets a new pool
+ * rather than the old one unchanged. A reload marks which pools its generation got ({@link beginGeneration}); the
+ * others are retired ({@link retireUnused}): out of the set at once, closed once no call of the previous generation
+ * can still send on them.
  */
 export class PoolSet {
   private readonly pools = new Map<string, Pool>();
+  /** Keys got since the generation being built began. */
+  private gotten = new Set<string>();
+  private readonly retiring = new Set<{ pool: Pool; timer: NodeJS.Timeout }>();
 
   constructor(private readonly baseDir: string) {}
 
   get(target: UpstreamTarget): Pool {
-    const key = `${target.origin}|${target.tls.caFile ?? ''}|${target.tls.rejectUnauthorized}|${target.tls.servername ?? ''}`;
+    const ca = target.tls.caFile !== undefined ? readFileSync(resolve(this.baseDir, target.tls.caFile)) : undefined;
+    const caDigest = ca === undefined ? '' : createHash('sha256').update(ca).digest('hex');
+    const { origin, connections, tls } = target;
+    const key = `${origin}|${connections}|${target.timeouts.connectMs}|${caDigest}|${tls.rejectUnauthorized}|${tls.servername ?? ''}`;
+    this.gotten.add(key);
     let pool = this.pools.get(key);
     if (pool === undefined) {
-      pool = new Pool(target.origin, {
-        connections: target.connections,
+      pool = new Pool(origin, {
+        connections,
         // Keep-alive slightly below common upstream idle timeouts (OpenAI/Cloudflare ~ 60-90 s, nginx 75 s)
         // so we close idle sockets before the server does and never write into a socket it is closing.
         keepAliveTimeout: 30_000,
         keepAliveMaxTimeout: 55_000,
         connect: {
           timeout: target.timeouts.connectMs || undefined,
-          rejectUnauthorized: target.tls.rejectUnauthorized,
-          ...(target.tls.caFile !== undefined ? { ca: readFileSync(resolve(this.baseDir, target.tls.caFile)) } : {}),
-          ...(target.tls.servername !== undefined ? { servername: target.tls.servername } : {}),
+          rejectUnauthorized: tls.rejectUnauthorized,
+          ...(ca !== undefined ? { ca } : {}),
+          ...(tls.servername !== undefined ? { servername: tls.servername } : {}),
         },
       });
       this.pools.set(key, pool);
@@ -81,14 +95,59 @@ export class PoolSet {
     return pool;
   }
 
+  /** A generation is about to be built: the pools it gets from here on are the ones it uses. */
+  beginGeneration(): void {
+    this.gotten = new Set();
+  }
+
+  /**
+   * The generation built since {@link beginGeneration} is in effect: every pool it did not get leaves the set now and
+   * is closed (gracefully: requests it holds finish) after `graceMs`, the longest a call of the previous generation
+   * can still be running and send a retry or a fallback hop on it. Returns the origins retired, for the reload's log line.
+   */
+  retireUnused(graceMs: number): string[] {
+    const origins: string[] = [];
+    for (const [key, pool] of this.pools) {
+      if (this.gotten.has(key)) continue;
+      this.pools.delete(key);
+      origins.push(key.slice(0, key.indexOf('|')));
+      const entry = {
+        pool,
+        timer: setTimeout(() => {
+          this.retiring.delete(entry);
+          pool.close().catch(() => pool.destroy());
+        }, graceMs),
+      };
+      // A retired pool must not keep the process alive; shutdown closes it with the rest.
+      entry.timer.unref();
+      this.retiring.add(entry);
+    }
+    return origins;
+  }
+
+  /** Pools in use (retired ones not counted). */
+  get size(): number {
+    return this.pools.size;
+  }
+
   async close(): Promise<void> {
-    await Promise.all([...this.pools.values()].map((p) => p.close().catch(() => p.destroy())));
-    this.pools.clear();
+    await Promise.all(this.takeAll().map((p) => p.close().catch(() => p.destroy())));
   }
 
   /** Sockets are cut mid-flight: only for the end of a grace period. */
   async destroy(): Promise<void> {
-    await Promise.all([...this.pools.values()].map((p) => p.destroy()));
+    await Promise.all(this.takeAll().map((p) => p.destroy()));
+  }
+
+  /** Every pool, retired ones included, out of the set. */
+  private takeAll(): Pool[] {
+    const all = [...this.pools.values()];
+    for (const r of this.retiring) {
+      clearTimeout(r.timer);
+      all.push(r.pool);
+    }
     this.pools.clear();
+    this.retiring.clear();
+    return all;
   }
 }

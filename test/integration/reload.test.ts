@@ -190,4 +190,40 @@ describe('config reload', () => {
     expect((await get(`${fb.proxyUrl}/r/fast`)).status).toBe(200);
     expect(metricValue(await fb.metricsText(), 'fusebox_config_reloads_total', { result: 'refused' })).toBe(1);
   });
+  it('applies a changed upstream.connections on reload, and closes the old pool once its grace is over', async () => {
+    up = await startUpstream();
+    // The upstream answers /pair only once two requests are in: with one connection the second would wait behind
+    // the first forever, so the pair completes only on a pool that may open two.
+    const ports: number[] = [];
+    const held: Array<() => void> = [];
+    up.on('/pair', (req, res) => {
+      ports.push(req.socket.remotePort!);
+      held.push(() => json(res, 200, { ok: true }));
+      if (held.length === 2) for (const answer of held.splice(0)) answer();
+    });
+    const oldSockets: Array<Promise<void>> = [];
+    up.on('/one', (req, res) => {
+      ports.push(req.socket.remotePort!);
+      // 'end': the peer (Fusebox) closed it; the upstream's own keep-alive timeout (5 s) would destroy it without one.
+      oldSockets.push(new Promise((r) => req.socket.once('end', () => r())));
+      json(res, 200, { ok: true });
+    });
+    const limited = (connections: number) =>
+      ({ ...route('r', up!.url), upstream: { url: up!.url, connections }, timeouts: { totalMs: 1_500 }, retry: { enabled: false } });
+    fb = await startFusebox({ routes: [limited(1)] });
+
+    const one = await Promise.all([get(`${fb.proxyUrl}/r/one`), get(`${fb.proxyUrl}/r/one`)]);
+    expect(one.map((r) => r.status)).toEqual([200, 200]);
+    expect(new Set(ports).size).toBe(1);
+    ports.length = 0;
+
+    expect(fb.app.reload(configOf([limited(2)]))).toMatchObject({ result: 'ok', changed: ['r'] });
+    const line = await fb.waitForLog((l) => l.msg === 'config reloaded');
+    expect(line.poolsRetired).toEqual([up.url]);
+    const pair = await Promise.all([get(`${fb.proxyUrl}/r/pair`), get(`${fb.proxyUrl}/r/pair`)]);
+    expect(pair.map((r) => r.status)).toEqual([200, 200]);
+    expect(new Set(ports).size).toBe(2);
+    // The retired pool closes its idle socket after the old routes' totalMs (1.5 s), not at keep-alive's 30 s.
+    await oldSockets[0];
+  });
 });
