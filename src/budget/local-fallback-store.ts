@@ -20,6 +20,7 @@ import {
   type ScopeKind,
   type ScopeUsage,
   type StoreCommonOptions,
+  ZERO,
 } from './store.js';
 import { windowAt } from './windows.js';
 
@@ -50,6 +51,11 @@ export interface JournalEntry {
    * way replaying an entry twice charges once.
    */
   readonly at?: JournalPosition;
+  /**
+   * A release (the call was refused or failed before it cost anything), with `actual` zero: replayed as a release,
+   * so its hold is handed back instead of lapsing and being presumed spent at its estimate.
+   */
+  readonly release?: true;
 }
 
 /** Things worth a log line; none of them is an error the caller must handle. */
@@ -101,9 +107,11 @@ const JOURNALED: CommitResult = { crossed: [] };
  *   charges iff its hold is still there to remove; a local one iff its sequence number is past the journal's
  *   mark), so an interrupted replay or a commit that timed out after it ran is never counted twice, and
  *   afterwards the shared totals equal the sum of all charges. Commits of local reservations go through the
- *   journal even after the store is back, to keep their order. Releases are not journaled: holds expire by
- *   their TTL and are then presumed spent at their estimate (RedisStore's reaper), so a release lost to an outage
- *   over-counts that call's estimate; it never under-counts. A commit the shared store keeps waiting to ride a reserve (RedisStore's commitDelayMs) is journaled
+ *   journal even after the store is back, to keep their order. Releases of shared reservations are journaled and
+ *   replayed the same way (a release removes its hold once, like a commit): unreplayed, the hold would outlive its
+ *   call, lapse and be presumed spent at its estimate by RedisStore's reaper, over-counting a call that cost
+ *   nothing (which a release dropped with a full or lost journal still does). A commit the shared store keeps
+ *   waiting to ride a reserve (RedisStore's commitDelayMs) is journaled
  *   the same way when its ride or its own send fails; replays never wait (commitNow), and close() sends what waits.
  * The journal lives in memory and holds at most `journalMaxEntries`: past it the oldest entry is dropped and
  * reported (`journalDropped`, at most once a second with the totals); a sidecar that dies during an outage
@@ -202,11 +210,16 @@ export class LocalFallbackStore implements BudgetStore {
 
   async release(reservation: Reservation): Promise<void> {
     if (reservation.local) return this.local.release(reservation);
-    if (!this.up()) return;
+    if (!this.up()) {
+      this.journalAdd({ id: reservation.id, reservation, actual: ZERO, release: true });
+      return;
+    }
     try {
       await this.shared.release(reservation);
     } catch (err) {
       this.markDown(err);
+      // It may have run (an answer lost): replaying it again removes nothing twice.
+      this.journalAdd({ id: reservation.id, reservation, actual: ZERO, release: true });
     }
   }
 
@@ -284,7 +297,8 @@ export class LocalFallbackStore implements BudgetStore {
     let applied = 0;
     try {
       for (let e = this.pending[0]; e !== undefined; e = this.pending[0]) {
-        await (e.at ? this.shared.commitJournaled(e.reservation, e.actual, e.at) : this.shared.commitNow(e.reservation, e.actual));
+        if (e.release) await this.shared.release(e.reservation);
+        else await (e.at ? this.shared.commitJournaled(e.reservation, e.actual, e.at) : this.shared.commitNow(e.reservation, e.actual));
         // Entries leave from the front only here (this is the only replay running); a full journal drops the
         // second entry while a replay runs, so the front is still the entry just applied.
         this.pending.shift();

@@ -121,6 +121,31 @@ describe('LocalFallbackStore over a Redis that goes away', () => {
     expect(events.map((e) => e.type)).toEqual(['unavailable', 'recovered']);
   });
 
+  it('hands back a hold released during an outage once Redis is back, instead of leaving it to be presumed spent', async () => {
+    const { fb, reader, redis } = await setup();
+    const held = await admit(fb, usd(0.5));
+    expect(held.local).toBeUndefined();
+    const failed = await admit(fb, usd(0.3));
+    redis.kill();
+    await waitFor('the outage to be seen', () => !fb.available());
+    // Both calls end in the outage: one cost nothing (refused upstream), one cost $0.2.
+    await fb.release(failed);
+    await fb.commit(held, { usdMicros: usd(0.2), tokens: 1 });
+    expect(fb.journal().map((e) => [e.id, e.release ?? false])).toEqual([[failed.id, true], [held.id, false]]);
+
+    await redis.restart();
+    await waitFor('the journal to be replayed', () => fb.available(), 8_000);
+    expect(fb.journal()).toEqual([]);
+    await reader.waitReady(8_000);
+    for (const u of await reader.snapshot(scopes)) {
+      expect(u.reserved).toEqual({ usdMicros: 0, tokens: 0, calls: 0 });
+      expect(u.spent).toEqual({ usdMicros: usd(0.2), tokens: 1, calls: 1 });
+    }
+    // A replay run again (interrupted, retried) hands back nothing twice.
+    await reader.release(failed);
+    expect((await reader.snapshot(scopes)).map((u) => u.spent.usdMicros)).toEqual([usd(0.2), usd(0.2), usd(0.2)]);
+  });
+
   it('counts a commit that timed out but ran anyway exactly once, when its journal entry is replayed', async () => {
     const { fb, reader, events, redis } = await setup({ persist: false, timeoutMs: 100 });
     const held = await admit(fb, usd(1));
