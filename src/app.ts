@@ -38,6 +38,7 @@ import type { PodCa } from './intercept/ca.js';
 import { ConfigError } from './config/load.js';
 import { handleProxyRequest, type ForwardRequest, type ProxyState } from './http/proxy.js';
 import { createMetrics, type Metrics } from './telemetry/metrics.js';
+import { readRedisTls } from './store/redis-tls.js';
 import { PoolSet } from './upstream/pool.js';
 import { PendingWork } from './pipeline/pending.js';
 import { tracingDecision } from './telemetry/tracing-env.js';
@@ -166,12 +167,15 @@ interface Stores {
  * The budget store and the SLO counter store: the same kind, so a fleet shares its error budgets as its caps. The
  * Redis client (ioredis, ~6 MB of memory once loaded) is imported only for a Redis store.
  */
-const buildStores = async (config: Config, deps: { store?: BudgetStore | undefined; now: () => number; logger: Logger; metrics: Metrics }): Promise<Stores> => {
+const buildStores = async (config: Config, deps: { store?: BudgetStore | undefined; now: () => number; logger: Logger; metrics: Metrics; baseDir: string }): Promise<Stores> => {
   const { now, logger, metrics } = deps;
+  const tls = config.store.kind === 'redis' ? readRedisTls(config.store.tls, deps.baseDir) : undefined;
+  if (tls?.rejectUnauthorized === false) logger.warn('store.tls.rejectUnauthorized is false: the Redis certificate is not verified');
   const redis =
     config.store.kind === 'redis'
       ? new (await import('./store/redis-connection.js')).RedisConnection({
           url: config.store.url!,
+          ...(tls !== undefined && { tls }),
           keyPrefix: config.store.keyPrefix,
           timeoutMs: config.store.timeoutMs,
           onError: (err) => logger.warn({ error: err.message }, 'redis connection problem'),
@@ -393,7 +397,7 @@ export const buildApp = async (config: Config, deps: AppDeps = {}): Promise<Fuse
   // First of what can fail at start (bad OTEL_* variables, an unreadable CA file): nothing is open yet that would need closing.
   const tracing = await startTracingIfAsked(env, { metrics, logger });
   const ca = await createPodCa(config, { baseDir, now, metrics, env, logger });
-  const { redis, store, counterStore, sloBoard } = await buildStores(config, { store: deps.store, now, logger, metrics });
+  const { redis, store, counterStore, sloBoard } = await buildStores(config, { store: deps.store, now, logger, metrics, baseDir });
   // Whoever waits for the pending work (shutdown, idle()) should not wait out store.commitDelayMs: commits go at once.
   const pending = new PendingWork(() => void store.flush?.());
   const { recorder, evaluator } = buildSlo(config, { counterStore, sloBoard }, { now, logger, metrics });

@@ -1,3 +1,4 @@
+import { dirname, resolve } from 'node:path';
 import { parseArgs } from 'node:util';
 import { ConfigError, loadConfigFile } from '../config/load.js';
 import { closest } from '../config/problems.js';
@@ -7,6 +8,7 @@ import { assessSlo, BURN_WINDOWS, SLO_KINDS, type BurnWindow, type GoodBad, type
 import { compareSamples, DEFAULT_COMPARE_THRESHOLDS, sampleOf, type CompareThresholds, type Comparison } from '../slo/compare.js';
 import { CounterStoreUnavailableError, RedisCounterStore } from '../slo/counter-store.js';
 import { RedisConnection } from '../store/redis-connection.js';
+import { readRedisTls, StoreTlsFileError, type RedisTlsOptions } from '../store/redis-tls.js';
 import { DEFAULT_GATE_THRESHOLDS, GATE_EXIT, judgeSlos, type GateThresholds, type GateVerdict, type SloJudgement } from '../slo/gate.js';
 import { objectiveOf, sloSpecOf, type SloRouteSpec } from '../slo/spec.js';
 import { readSloWindows, readWindows } from '../slo/windows.js';
@@ -117,6 +119,7 @@ const redactUrl = (url: string): string => {
 
 interface Plan {
   url: string;
+  tls?: RedisTlsOptions;
   keyPrefix: string;
   timeoutMs: number;
   json: boolean;
@@ -134,11 +137,14 @@ const plan = (values: Values, env: NodeJS.ProcessEnv): Plan => {
   if (values.config) config = loadConfigFile(values.config, env).config;
   const url = values.store ?? (config?.store.kind === 'redis' ? config.store.url : undefined);
   if (!url) throw new UsageError('--store redis://HOST:PORT is required (or a --config whose store is redis): the gate reads the fleet counters there');
-  if (!/^rediss?:\/\//.test(url)) {
-    throw new UsageError(`--store must be a redis:// or rediss:// URL, got "${redactUrl(url)}" (a memory store lives inside one sidecar; the gate needs the shared store)`);
+  if (!/^rediss?(\+cluster)?:\/\//.test(url)) {
+    throw new UsageError(`--store must be a redis://, rediss:// or redis+cluster:// URL, got "${redactUrl(url)}" (a memory store lives inside one sidecar; the gate needs the shared store)`);
   }
+  // The config's store.tls goes with a TLS URL, whether the URL came from the config or --store.
+  const tls = config && /^rediss/.test(url) ? readRedisTls(config.store.tls, dirname(resolve(values.config!))) : undefined;
   const common = {
     url,
+    ...(tls !== undefined && { tls }),
     keyPrefix: values['key-prefix'] ?? config?.store.keyPrefix ?? 'fusebox',
     timeoutMs: numberOpt(values, 'timeout-ms', positiveInt, 'a whole number of milliseconds') ?? 2000,
     json: values.json ?? false,
@@ -323,14 +329,14 @@ export const runGate = async (argv: string[], io: GateIo): Promise<number> => {
     }
     p = plan(values, io.env ?? process.env);
   } catch (err) {
-    const known = err instanceof UsageError || err instanceof ConfigError || (err as { code?: string }).code?.startsWith('ERR_PARSE_ARGS');
+    const known = err instanceof UsageError || err instanceof ConfigError || err instanceof StoreTlsFileError || (err as { code?: string }).code?.startsWith('ERR_PARSE_ARGS');
     await write(io.stderr, `fusebox gate: ${known ? (err as Error).message : String(err)}\nRun "fusebox gate --help" for the options.\n`);
     return GATE_EXIT.USAGE;
   }
   const now = (io.now ?? Date.now)();
   // One connection attempt: a gate that cannot read the counters says so (exit 31) instead of waiting for Redis.
   const connectTimeoutMs = Math.max(p.timeoutMs, 1_000);
-  const redis = new RedisConnection({ url: p.url, keyPrefix: p.keyPrefix, timeoutMs: p.timeoutMs, connectTimeoutMs, reconnect: false });
+  const redis = new RedisConnection({ url: p.url, ...(p.tls !== undefined && { tls: p.tls }), keyPrefix: p.keyPrefix, timeoutMs: p.timeoutMs, connectTimeoutMs, reconnect: false });
   const store = new RedisCounterStore(redis);
   try {
     let verdict: GateVerdict;

@@ -356,6 +356,25 @@ export const StoreSchema = z.strictObject({
    * in the URL (`redis://:${REDIS_PASSWORD}@host:6379`); `${VAR}` is expanded and the password is never logged.
    */
   url: z.string().optional(),
+  /**
+   * TLS to Redis, for a `rediss://` or `rediss+cluster://` URL: a private CA (an in-cluster Redis whose certificate
+   * cert-manager issued) and a client certificate (Redis asks for one by default: `tls-auth-clients yes`). Files
+   * are read once at start; relative paths from the config file's folder.
+   */
+  tls: z
+    .strictObject({
+      /** PEM file of the CA certificates to trust for Redis (instead of Node's public CAs). */
+      caFile: z.string().optional(),
+      /** PEM client certificate, with `keyFile`, for Redis's `tls-auth-clients yes`. */
+      certFile: z.string().optional(),
+      /** PEM private key of `certFile`. */
+      keyFile: z.string().optional(),
+      /** Verify Redis's certificate. Default true; turning it off is logged at startup. */
+      rejectUnauthorized: z.boolean().default(true),
+      /** Name to expect on Redis's certificate (and SNI), when it differs from the URL's host. */
+      servername: z.string().optional(),
+    })
+    .optional(),
   /** Prefix of every key Fusebox writes. Default `fusebox`. */
   keyPrefix: z.string().regex(/^[A-Za-z0-9:_-]+$/).default('fusebox'),
   /** Per-command timeout, ms. Default 250. */
@@ -666,11 +685,17 @@ export const ConfigSchema = z
         ctx.addIssue({ code: 'custom', path: ['store', 'url'], message: 'is required when store.kind is "redis" (e.g. redis://127.0.0.1:6379)' });
       } else if (typed('store') && cfg.store.kind === 'redis' && cfg.store.url) {
         try {
-          parseRedisUrl(cfg.store.url);
+          const target = parseRedisUrl(cfg.store.url);
+          if (cfg.store.tls !== undefined && !target.tls) {
+            ctx.addIssue({ code: 'custom', path: ['store', 'tls'], message: 'is set but store.url does not use TLS: use rediss:// (or rediss+cluster://), or remove store.tls' });
+          }
         } catch (err) {
           if (!(err instanceof RedisUrlError)) throw err;
           ctx.addIssue({ code: 'custom', path: ['store', 'url'], message: err.message });
         }
+      }
+      if (typed('store') && cfg.store.tls !== undefined && (cfg.store.tls.certFile === undefined) !== (cfg.store.tls.keyFile === undefined)) {
+        ctx.addIssue({ code: 'custom', path: ['store', 'tls'], message: 'certFile and keyFile go together: a client certificate needs its key' });
       }
     },
     { when: () => true },
@@ -689,4 +714,5 @@ export type TimeoutsConfig = z.infer<typeof TimeoutsSchema>;
 export type CredentialConfig = z.infer<typeof CredentialSchema>;
 export type SloConfig = z.infer<typeof SloSchema>;
 export type TlsConfig = z.infer<typeof TlsSchema>;
+export type StoreTlsConfig = NonNullable<z.infer<typeof StoreSchema>['tls']>;
 export type InterceptConfig = z.infer<typeof InterceptSchema>;

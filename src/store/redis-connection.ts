@@ -2,6 +2,7 @@ import calculateSlot from 'cluster-key-slot';
 import { Cluster, Redis, type ClusterOptions, type RedisOptions } from 'ioredis';
 import { classifyRedisError, type StoreErrorKind } from './redis-errors.js';
 import { RedisReplyError, type RedisScript } from './redis-script.js';
+import type { RedisTlsOptions } from './redis-tls.js';
 import { describeRedisTarget, nodeName, parseRedisUrl, type RedisTarget } from './redis-url.js';
 
 /** How to reach the Redis every shared store of a process uses (config `store`). */
@@ -15,6 +16,8 @@ export interface RedisConnectionOptions {
   readonly keyPrefix?: string;
   /** Per-command timeout, ms (config `store.timeoutMs`). Default 250. */
   readonly timeoutMs?: number;
+  /** TLS settings of a `rediss` URL (config `store.tls`, read by redis-tls.ts); without them Node's public CAs are trusted. */
+  readonly tls?: RedisTlsOptions;
   /** How long one connection attempt may take, ms. Default max(1000, 4 × `timeoutMs`). */
   readonly connectTimeoutMs?: number;
   /**
@@ -98,7 +101,13 @@ export class RedisConnection {
     // Reconnect soon after an outage; the cap keeps a dead Redis from being hammered.
     const backoff = (times: number) => Math.min(50 * 2 ** times, 1_000);
     if (this.target.mode === 'single') {
-      this.client = new Redis(opts.url, { ...perNode, enableOfflineQueue: false, retryStrategy: opts.reconnect === false ? () => null : backoff });
+      this.client = new Redis(opts.url, {
+        ...perNode,
+        // rediss:// only (the schema refuses store.tls otherwise); ioredis then uses these instead of its own `tls: true`.
+        ...(this.target.tls && opts.tls !== undefined && { tls: { ...opts.tls } }),
+        enableOfflineQueue: false,
+        retryStrategy: opts.reconnect === false ? () => null : backoff,
+      });
     } else {
       const t = this.target;
       const clusterOptions: ClusterOptions = {
@@ -122,7 +131,7 @@ export class RedisConnection {
           ...perNode,
           ...(t.username !== undefined && { username: t.username }),
           ...(t.password !== undefined && { password: t.password }),
-          ...(t.tls && { tls: {} }),
+          ...(t.tls && { tls: { ...opts.tls } }),
         },
       };
       this.client = new Cluster(

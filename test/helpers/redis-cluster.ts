@@ -4,6 +4,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { freePort } from './net.js';
 import { assertRedisInstalled, pollUntil, rawCommand, redisProcess, type RedisProcess } from './redis-server.js';
+import { redisTlsArgs, type TestTlsFiles } from './tls-files.js';
 
 /** One master of a {@link TestRedisCluster}. */
 export interface ClusterNode {
@@ -21,6 +22,8 @@ export interface ClusterNode {
 export interface TestRedisCluster {
   /** `redis+cluster://` URL with every master as a seed. */
   readonly url: string;
+  /** With `tls`: `rediss+cluster://` URL of every master's TLS port (the ports the cluster then announces). */
+  readonly tlsUrl?: string;
   readonly nodes: readonly ClusterNode[];
   /** The master serving a key's slot now (CLUSTER KEYSLOT + CLUSTER NODES' slot ranges). */
   nodeOfKey(key: string): Promise<ClusterNode>;
@@ -39,6 +42,11 @@ export interface StartClusterOptions {
   nodeTimeoutMs?: number;
   /** More `redis-server` arguments for every node. */
   args?: readonly string[];
+  /**
+   * A TLS port on every node as well (client certificates required), and TLS on the cluster bus (`tls-cluster yes`),
+   * so the cluster announces the TLS ports. The plain ports stay open for the helper's own checks.
+   */
+  tls?: TestTlsFiles;
 }
 
 const clusterOk = async (port: number) => (await rawCommand(port, 'CLUSTER INFO')).includes('cluster_state:ok');
@@ -54,6 +62,7 @@ export async function startRedisCluster(opts: StartClusterOptions = {}): Promise
   const masters = opts.masters ?? 3;
   const root = mkdtempSync(join(tmpdir(), 'fusebox-cluster-'));
   const procs: RedisProcess[] = [];
+  const tlsPorts: number[] = [];
   const waitOk = (ms = 15_000) =>
     pollUntil('the cluster did not report cluster_state:ok on every node', async () => (await Promise.all(procs.map((p) => clusterOk(p.port)))).every(Boolean), ms, () =>
       procs.map((p) => `${p.port}: ${p.output().slice(-300)}`).join('\n'),
@@ -64,6 +73,8 @@ export async function startRedisCluster(opts: StartClusterOptions = {}): Promise
       const busPort = await freePort();
       const dir = join(root, String(port));
       mkdirSync(dir);
+      const tls = opts.tls ? [...redisTlsArgs(opts.tls, await freePort()), '--tls-cluster', 'yes'] : [];
+      if (opts.tls) tlsPorts.push(Number(tls[1]));
       const proc = redisProcess(port, [
         '--dir',
         dir,
@@ -79,6 +90,7 @@ export async function startRedisCluster(opts: StartClusterOptions = {}): Promise
         'yes',
         '--appendfsync',
         opts.fsync ?? 'always',
+        ...tls,
         ...(opts.args ?? []),
       ]);
       procs.push(proc);
@@ -111,6 +123,7 @@ export async function startRedisCluster(opts: StartClusterOptions = {}): Promise
   }));
   return {
     url: `redis+cluster://${nodes.map((n) => n.address).join(',')}`,
+    ...(opts.tls && { tlsUrl: `rediss+cluster://${tlsPorts.map((p) => `127.0.0.1:${p}`).join(',')}` }),
     nodes,
     waitOk,
     async nodeOfKey(key) {

@@ -124,7 +124,7 @@ describe('config schema', () => {
     ]);
     // Nothing close: the allowed keys, so the reader does not have to open the reference.
     expect(problems({ store: { flavour: 'redis' }, routes: [route] })).toEqual([
-      'store: unknown key "flavour" (allowed here: kind, url, keyPrefix, timeoutMs, snapshotPath, snapshotIntervalMs, journalMaxEntries, commitDelayMs, lease)',
+      'store: unknown key "flavour" (allowed here: kind, url, tls, keyPrefix, timeoutMs, snapshotPath, snapshotIntervalMs, journalMaxEntries, commitDelayMs, lease)',
     ]);
     // Two unknown keys in one object: one line each (each has its own place in the file).
     expect(problems({ routes: [{ ...route, retyr: {}, breakr: {} }] })).toEqual([
