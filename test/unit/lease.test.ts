@@ -40,9 +40,9 @@ class Network implements LeaseSource {
     }
     return r;
   }
-  usage(scopes: readonly ReservedScope[]): Promise<LeaseUsage[]> {
+  usage(scopes: readonly ReservedScope[], now: number): Promise<LeaseUsage[]> {
     if (this.cut) return Promise.reject(new Error('connection refused'));
-    return this.inner.usage(scopes);
+    return this.inner.usage(scopes, now);
   }
 }
 
@@ -150,7 +150,7 @@ describe('LeasedStore', () => {
     // No spend known yet: the minimum (0.01), or what the call needs if more, not half of the 100 left. The slice
     // then renewed ahead of need holds the call in flight and one more like it.
     await settle();
-    expect(net.sent[0]?.rateUsdMicrosPerS).toBe(0);
+    expect(net.sent[0]?.rate?.usdMicros).toBe(0);
     expect(a.leaseViews()[0]?.remainingUsdMicros).toBe(usd(0.1));
     await b.reserve({ scopes, estimate: est(usd(0.1)) });
     await settle();
@@ -286,7 +286,7 @@ describe('LeasedStore', () => {
     const back = await store.reserve({ scopes, estimate: est(usd(0.1)) });
     expect(back.ok).toBe(true);
     // The lapsed slice was replaced, not added to: one slice outstanding.
-    const [u] = await new MemoryLeaseSource(counters, SIZING).usage([{ ...scopes[0]!, windowId: '2026-12-05' }]);
+    const [u] = await new MemoryLeaseSource(counters, SIZING).usage([{ ...scopes[0]!, windowId: '2026-12-05' }], t);
     expect(u?.spent.usdMicros).toBe(usd(0.1));
   });
 
@@ -368,7 +368,7 @@ describe('LeasedStore', () => {
     // The silent one comes back and reports the 1 USD it spent: its presumed spend is replaced by the real one.
     silentNet.cut = false;
     await silent.close();
-    const [u] = await source.usage([{ ...scopes[0]!, windowId: '2026-12-05' }]);
+    const [u] = await source.usage([{ ...scopes[0]!, windowId: '2026-12-05' }], t);
     expect(u?.spent.usdMicros).toBe(usd(1));
   });
 
@@ -404,7 +404,7 @@ describe('LeasedStore', () => {
     // A's background report: its call is still in flight, so it asks for a slice covering the 2 USD it holds.
     await advance(1_000);
     const reports = aNet.sent.filter((r) => r.report.usdMicros > 0);
-    expect(reports.map((r) => [r.report.usdMicros, r.keep, r.wantUsdMicros >= usd(2)])).toEqual(reports.map(() => [usd(0.5), true, true]));
+    expect(reports.map((r) => [r.report.usdMicros, r.keep, r.want.usdMicros >= usd(2)])).toEqual(reports.map(() => [usd(0.5), true, true]));
     expect(reports.length).toBeGreaterThan(0);
     bSpent += await drain();
     await a.commit(inFlight.reservation, { usdMicros: usd(2), tokens: 0 });
