@@ -97,7 +97,7 @@ interface Lease {
   /** Admitted on the outage allowance since the source last answered. */
   allowanceUsed: number;
   /** The source's figures in its last answer: spend (presumed included), slices outstanding, other live holders. */
-  known: { spent: Amounts; outstanding: Amounts; liveOthers: number };
+  known: { spent: Amounts; outstanding: Amounts; liveOthers: number; seenAt: number | null };
   lastEstimate: Amounts;
   /** Last call that asked for this window (admitted or not): an idle window's slice is given back. */
   lastUseAt: number;
@@ -116,22 +116,15 @@ const ENTRY = Symbol('lease entry');
 type Leased = Reservation & { readonly [ENTRY]?: Entry };
 
 /**
- * The windows served from leased slices: every route and fleet window (their caps are USD only), and an agent's day
- * and month windows unless they cap tokens or calls. A token or call cap stays exact per call in the inner store's
- * script, and so does every workflow window: its `maxCalls` is the runaway-loop stopper, and a slice of calls would
- * let a loop run on in several sidecars at once.
+ * The windows served from leased slices: all of them (route, fleet, an agent's day and month, workflows), whatever
+ * they cap. A slice has a part per capped metric (µUSD, tokens, calls), and the source keeps Σ slices ≤ what is left
+ * of each cap, so a slice of calls is safe for a workflow's `maxCalls`, the runaway-loop stopper: calls are taken from
+ * a slice when admitted, so however many sidecars run the loop, the fleet admits at most `maxCalls` calls (exactly,
+ * not approximately: a slice of calls cannot be overspent, unlike money, whose actual cost may pass the estimate).
+ * What a sidecar may leave unused is only a delay: its slice returns when it is given back or lapses.
+ * Kept as a function (and the inner store behind LeasedStore) so a window kind could be exact per call again.
  */
-export const isLeased = (s: ScopeBudget): boolean => {
-  switch (s.scope.kind) {
-    case 'route':
-    case 'fleet':
-      return true;
-    case 'agent':
-      return s.caps.tokens === undefined && s.caps.calls === undefined;
-    case 'workflow':
-      return false;
-  }
-};
+export const isLeased = (_s: ScopeBudget): boolean => true;
 const NO_SCOPES: readonly ScopeBudget[] = [];
 
 /**
@@ -336,7 +329,7 @@ export class LeasedStore implements BudgetStore {
           calls: u.spent.calls + (l?.unreported.calls ?? 0),
         },
         reserved: { usdMicros: l?.held.usdMicros ?? 0, tokens: l?.held.tokens ?? 0, calls: l?.held.calls ?? 0 },
-        resetAt: r.window === 'workflow' ? resetTimeOf(r, r.windowId, u.seenAt) : windowEndFromId(r.window, r.windowId),
+        resetAt: this.resetAt(l, u.seenAt, r),
       };
     });
   }
@@ -353,8 +346,13 @@ export class LeasedStore implements BudgetStore {
     return this.inner.clearKill(target);
   }
 
+  /**
+   * False while the inner store is away, or the lease source failed its last request (every window is leased: a
+   * Redis that answers reads but refuses scripts, OOM, serves no call). Back once a lease request is answered (a
+   * failed request is resent by the tick).
+   */
   available(): boolean {
-    return this.inner.available();
+    return this.sourceUp && this.inner.available();
   }
 
   async ready(timeoutMs: number): Promise<void> {
@@ -444,7 +442,7 @@ export class LeasedStore implements BudgetStore {
         short: false,
         failedAt: -Infinity,
         allowanceUsed: 0,
-        known: { spent: ZERO_AMOUNTS, outstanding: ZERO_AMOUNTS, liveOthers: 0 },
+        known: { spent: ZERO_AMOUNTS, outstanding: ZERO_AMOUNTS, liveOthers: 0, seenAt: null },
         lastEstimate: ZERO_AMOUNTS,
         lastUseAt: 0,
         usedAt: 0,
@@ -556,8 +554,18 @@ export class LeasedStore implements BudgetStore {
       spent: l.known.spent[m] + l.unreported[m],
       reserved: Math.max(0, l.known.outstanding[m] - l.grant[m]) + l.held[m],
       requested: estimate[m],
-      resetAt: l.scope.window === 'workflow' ? null : windowEndFromId(l.scope.window, l.scope.windowId),
+      resetAt: this.resetAt(l, l.known.seenAt),
     };
+  }
+
+  /** When a window starts again: its calendar end, or a workflow's last use (anyone's as last known, or ours) + its idle time. */
+  private resetAt(l: Lease | undefined, seenAt: number | null, s: ReservedScope | undefined = l?.scope): number | null {
+    if (s === undefined) return null;
+    if (s.window !== 'workflow') return windowEndFromId(s.window, s.windowId);
+    const last = Math.max(seenAt ?? 0, l?.usedAt ?? 0);
+    const at = resetTimeOf(s, s.windowId, last > 0 ? last : null);
+    // Gone idle already: the window starts again at its next call (as the per-call snapshot reads it).
+    return at !== null && at <= this.now() ? null : at;
   }
 
   /** The source is unreachable: the slice held (if any is left and live), the allowance, or a 503. */
@@ -680,7 +688,7 @@ export class LeasedStore implements BudgetStore {
     l.grant = r.grant;
     l.grantedAt = now;
     l.expiresAt = r.expiresAt;
-    l.known = { spent: r.spent, outstanding: r.outstanding, liveOthers: r.liveHolders };
+    l.known = { spent: r.spent, outstanding: r.outstanding, liveOthers: r.liveHolders, seenAt: r.seenAt };
     l.allowanceUsed = 0;
     l.lastReportAt = now;
     if (!this.sourceUp) {

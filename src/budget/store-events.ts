@@ -58,12 +58,16 @@ export const leaseEvents =
         metrics.leaseOutageAdmittedUsd.labels(e.scope.kind, routeLabel(e.scope)).inc(e.usdMicros / 1e6);
         return;
       case 'sourceDown':
+        // Every window is leased: a lease request that fails is the store failing calls (an OOM Redis answers the
+        // kill reads LocalFallbackStore watches, but refuses every lease script).
+        metrics.storeUp.set(0);
         logger.error(
           { error: e.error.message },
           'budget leases unreachable: leased caps (route, fleet, agent, workflow) admit only on the slices held until they expire (store.lease), then refuse with 503',
         );
         return;
       case 'sourceUp':
+        metrics.storeUp.set(1);
         logger.info('budget leases reachable again: unreported spend reported');
         return;
       case 'unreportedDropped':

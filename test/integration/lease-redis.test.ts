@@ -131,7 +131,7 @@ describe('leased fleet cap over a real Redis that is killed and restarted', () =
     }
   });
 
-  it("sends Redis nothing for calls whose every window is leased (an agent's USD caps, route, fleet), and two scripts per call with a workflow window", async () => {
+  it("sends Redis nothing per call, whatever the call's windows cap: an agent's USD and token caps, route, fleet, a workflow's calls", async () => {
     redis = await startRedis();
     const connection = new RedisConnection({ url: redis.url, keyPrefix: 'nc' });
     connections.push(connection);
@@ -152,7 +152,11 @@ describe('leased fleet cap over a real Redis that is killed and restarted', () =
       // Capped: an uncapped window's spend is reported at the first background tick (then every reportIntervalMs).
       { scope: { kind: 'fleet', id: 'all' }, window: 'day', caps: { usdMicros: usd(1_000) } },
     ];
-    const withWorkflow: ScopeBudget[] = [...leased, { scope: { kind: 'workflow', id: 'w1', agent: 'pod-1' }, window: 'workflow', caps: { calls: 1_000 }, idleTtlMs: 600_000 }];
+    const withWorkflow: ScopeBudget[] = [
+      { scope: agent, window: 'day', caps: { usdMicros: usd(100), tokens: 1_000_000 } },
+      ...leased.slice(1),
+      { scope: { kind: 'workflow', id: 'w1', agent: 'pod-1' }, window: 'workflow', caps: { usdMicros: usd(50), tokens: 500_000, calls: 1_000 }, idleTtlMs: 600_000 },
+    ];
     const calls = async (scopes: ScopeBudget[], n: number) => {
       for (let i = 0; i < n; i++) {
         const r = await store.reserve({ scopes, estimate: { usdMicros: 100, tokens: 10, calls: 1 } });
@@ -162,8 +166,10 @@ describe('leased fleet cap over a real Redis that is killed and restarted', () =
     };
     const raw = new Redis(redis.url);
     try {
-      // The first calls lease the slices (and read the kill set once).
-      await calls(withWorkflow, 2);
+      // The first calls lease the slices; token and call slices start at what a call needs (no minimum), then follow
+      // the rate reported, so a few renews size them for thousands of calls (the µUSD slices too, past their minimum).
+      await calls(withWorkflow, 400);
+      await calls(leased, 2);
       /** Commands Redis ran for `n` calls (those inside scripts included), and how many of them were scripts. */
       const counted = async (n: number, scopes: ScopeBudget[]) => {
         await raw.config('RESETSTAT');
@@ -173,10 +179,15 @@ describe('leased fleet cap over a real Redis that is killed and restarted', () =
         return { commands: sum(stats), scripts: sum(stats.filter(([, cmd]) => cmd === 'evalsha' || cmd === 'eval')) };
       };
       expect(await counted(300, leased)).toEqual({ commands: 0, scripts: 0 });
-      expect((await counted(10, withWorkflow)).scripts).toBe(20);
-      // The agent's leases live beside its counters, on its own slot.
-      expect(await raw.exists('{nc:a:pod-1}:lease:day:2026-12-05', '{nc:a:pod-1}:lease:month:2026-12')).toBe(2);
-      expect(await raw.exists('{nc:a:pod-1}:day:2026-12-05')).toBe(0);
+      // Before, a workflow window (maxCalls) and a token cap cost a reserve and a commit script per call.
+      expect(await counted(300, withWorkflow)).toEqual({ commands: 0, scripts: 0 });
+      // The agent's leases live beside its counters, on its own slot, its workflow's too; no per-call counters.
+      expect(await raw.exists('{nc:a:pod-1}:lease:day:2026-12-05', '{nc:a:pod-1}:lease:month:2026-12', '{nc:a:pod-1}:lease:wf:w1')).toBe(3);
+      expect(await raw.exists('{nc:a:pod-1}:day:2026-12-05', '{nc:a:pod-1}:wf:w1')).toBe(0);
+      // The workflow's lease hash lives its idle time past its last request (plus a slice's life and grace), not two days.
+      const ttl = await raw.pttl('{nc:a:pod-1}:lease:wf:w1');
+      expect(ttl).toBeGreaterThan(600_000);
+      expect(ttl).toBeLessThanOrEqual(600_000 + SIZING.ttlMs + SIZING.graceMs);
       await store.close();
     } finally {
       raw.disconnect();
