@@ -150,18 +150,19 @@ const ZERO_AMOUNTS: Amounts = { usdMicros: 0, tokens: 0, calls: 0 };
 const sum = (a: Amounts, b: Amounts): Amounts => ({ usdMicros: a.usdMicros + b.usdMicros, tokens: a.tokens + b.tokens, calls: a.calls + b.calls });
 
 /**
- * Serves the money caps of route, fleet and agent windows from leased slices (see {@link isLeased}), in front of a
- * store that keeps the windows that must stay exact per call: token and call caps, workflows (issue 14). Why: a
- * fleet-wide cap checked by every call makes one Redis key every sidecar's call touches (one hot slot), and during a
- * Redis outage each sidecar used to guess its own share (25 % of the cap each); and per-call scripts over an agent's
- * day and month windows cost Redis ~140 µs a call, two round trips of it whatever the scripts do.
+ * Serves every cap of every window (route, fleet, an agent's day and month, workflows; µUSD, tokens and calls) from
+ * leased slices (see {@link isLeased}), in front of a store that now only checks kills (its per-call path is kept for
+ * a window kind that would be exact per call again). Why (issue 14): a fleet-wide cap checked by every call makes one
+ * Redis key every sidecar's call touches (one hot slot), and during a Redis outage each sidecar used to guess its own
+ * share (25 % of the cap each); and per-call scripts over an agent's windows cost Redis ~140 µs a call (a workflow
+ * window ~200 µs in a fleet of 1,000), two round trips of it whatever the scripts do.
  * Instead each sidecar leases a slice of each capped window (lease-source.ts), admits calls against it in memory,
  * reports the spend of every leased window (capped or only counted) with its renewals or every `reportIntervalMs`,
  * and renews in the background while it spends. Hence:
  * - a call touches only the inner store (one slot for the agent's keys), and not even that when every window of
  *   the call is leased (the inner store then checks its kill copy only); the lease costs a round trip per slice,
- *   not per call. A call that does not fit waits for one renew before it is refused (BUDGET_EXCEEDED, with the
- *   source's figures), unless its agent is killed (KILLED).
+ *   not per call. A call that does not fit waits for one renew before it is refused (BUDGET_EXCEEDED, or
+ *   CALL_LIMIT for calls, naming the metric, with the source's figures), unless its agent is killed (KILLED).
  * - during an outage a sidecar spends what is left of the slices it holds until they expire, then nothing on
  *   that cap (or `allowanceUsdMicros`): a 503 BUDGET_STORE_UNAVAILABLE. A sidecar that starts during an outage
  *   has no slice, so it admits nothing there. Spend settled meanwhile is kept and reported (idempotently, by

@@ -503,8 +503,8 @@ describeStoreContract('redis, commits riding the next reserve', async (clock) =>
 
 const SIZING = { ttlMs: 30_000, graceMs: 5_000, minSliceUsdMicros: 50_000, alertPercent: 75 };
 
-// The stack a sidecar runs on a cluster: the lease layer takes route and fleet scopes off each call, so every
-// per-call script touches one agent's slot (a bare RedisStore refuses a call spanning slots: see CrossSlotError).
+// The stack a sidecar runs on a cluster: the lease layer serves every window, so a call runs no per-call script and
+// each lease script touches one scope's slot (a bare RedisStore refuses a call spanning slots: see CrossSlotError).
 /** The stack a sidecar runs (factory.ts), each instance on its own connection; `url` of a cluster or one node. */
 const redisStack = (prefixLetter: string, url: () => string, commitDelayMs = 0): Factory => async (clock) => {
   const prefix = `${prefixLetter}${++prefixes}`;
