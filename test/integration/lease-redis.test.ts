@@ -374,7 +374,7 @@ describe("one lease script call per hash tag for the windows requested in the sa
     expect(again).toEqual(first);
   });
 
-  it("on a cluster, sends an agent's windows to its slot and the fleet's to the fleet's", async () => {
+  it("on a cluster, sends an agent's windows (its workflow's too) to its slot in one call, the fleet's to the fleet's, a workflow naming no agent to its own", async () => {
     cluster = await startRedisCluster();
     const fleetNode = await cluster.nodeOfKey('{bc:f}:x');
     let agent = '';
@@ -388,6 +388,14 @@ describe("one lease script call per hash tag for the windows requested in the sa
     const source = new RedisLeaseSource({ redis: connection, ...SIZING });
     const fleetMonth: ReservedScope = { ...fleetDay, window: 'month', windowId: '2026-12' };
     const mine = (s: ReservedScope): ReservedScope => ({ ...s, scope: { kind: 'agent', id: agent } });
+    const workflowOf = (id: string, of?: string): ReservedScope => ({
+      scope: { kind: 'workflow', id, ...(of !== undefined && { agent: of }) },
+      window: 'workflow',
+      caps: { calls: 100 },
+      idleTtlMs: 600_000,
+      windowId: 'all',
+    });
+    const soloNode = await cluster.nodeOfKey('{bc:w:solo}:x');
     const calls = () => Promise.all(cluster!.nodes.map(async (n) => scriptCalls(await n.info('commandstats'))));
     const before = await calls();
     const replies = await Promise.all([
@@ -395,10 +403,16 @@ describe("one lease script call per hash tag for the windows requested in the sa
       source.acquire(request(fleetDay, 2, 400)),
       source.acquire(request(mine(agentMonth), 3, 300)),
       source.acquire(request(fleetMonth, 4, 700)),
+      source.acquire(request(workflowOf('task-1', agent), 5, 50)),
+      source.acquire(request(workflowOf('solo'), 6, 60)),
     ]);
     const after = await calls();
-    const delta = cluster.nodes.map((n, i) => [n.address, after[i]! - before[i]!]);
-    expect(Object.fromEntries(delta.filter(([, d]) => d !== 0))).toEqual({ [agentNode.address]: 1, [fleetNode.address]: 1 });
-    expect(replies.map((r) => r.spent.usdMicros)).toEqual([100, 400, 300, 700]);
+    const delta = cluster.nodes.map((n, i) => [n.address, after[i]! - before[i]!] as const);
+    const expected: Record<string, number> = {};
+    for (const n of [agentNode, fleetNode, soloNode]) expected[n.address] = (expected[n.address] ?? 0) + 1;
+    expect(Object.fromEntries(delta.filter(([, d]) => d !== 0))).toEqual(expected);
+    expect(replies.map((r) => r.spent.usdMicros)).toEqual([100, 400, 300, 700, 50, 60]);
+    // No call rate known yet: the minimum call slice (10) of the 100.
+    expect(replies.slice(4).map((r) => r.grant.calls)).toEqual([10, 10]);
   });
 });
