@@ -126,6 +126,14 @@ type Leased = Reservation & { readonly [ENTRY]?: Entry };
  */
 export const isLeased = (_s: ScopeBudget): boolean => true;
 const NO_SCOPES: readonly ScopeBudget[] = [];
+const REMEMBERED_WORKFLOWS = 10_000;
+
+/** A dropped workflow lease's last answer, kept for an outage (LeasedStore.remembered). */
+interface Remembered {
+  readonly known: Lease['known'];
+  readonly lastReportAt: number;
+  readonly usedAt: number;
+}
 
 /**
  * A request's scope list split once per day and month: the inner store gets the same list object on every call
@@ -183,6 +191,12 @@ export class LeasedStore implements BudgetStore {
   private readonly alertPercent: number;
   private readonly emit: (e: LeaseEvent) => void;
   private readonly leases = new Map<string, Lease>();
+  /**
+   * What the source last said of workflow windows whose lease went idle and was dropped (at most
+   * REMEMBERED_WORKFLOWS, oldest first out): a workflow that pauses, then goes on during an outage, is held to what
+   * was left of its caps, not handed them whole again (see aloneRemaining).
+   */
+  private readonly remembered = new Map<string, Remembered>();
   /** Weak: the budget layer keeps one list per route and agent; a list made for one call goes with it. */
   private readonly splits = new WeakMap<readonly ScopeBudget[], Split>();
   private crossings: AlertCrossing[] = [];
@@ -449,6 +463,13 @@ export class LeasedStore implements BudgetStore {
         usedAt: 0,
         lastReportAt: -Infinity,
       };
+      const before = this.remembered.get(key);
+      if (before !== undefined) {
+        this.remembered.delete(key);
+        l.known = before.known;
+        l.lastReportAt = before.lastReportAt;
+        l.usedAt = before.usedAt;
+      }
       this.leases.set(key, l);
     }
     // A reload may change the caps; the newest ones count.
@@ -601,14 +622,30 @@ export class LeasedStore implements BudgetStore {
    * the agent within its caps through an outage of any length, as the local fallback did before these windows were
    * leased; without it a Redis outage longer than a slice's life (30 s) would answer 503 to every capped agent of the
    * fleet until it ends. Undefined (no such guess): route and fleet caps (the fleet's, issue 14), an agent id other
-   * sidecars were spending too (replicas: their slices bound the outage, as for the fleet), a window the source never
-   * answered for.
+   * sidecars were spending too (replicas: their slices bound the outage, as for the fleet), an agent window the
+   * source never answered for.
+   * A workflow window the source never answered for (a workflow started during the outage) counts as new: its whole
+   * caps, as the local fallback gave it before workflow windows were leased (one agent id and its workflows run in
+   * one sidecar; workflows count per agent id), unless its agent's windows showed other live holders. One this
+   * sidecar ran before and dropped when idle starts from what the source last said of it (`remembered`), and one
+   * unseen for its idle time from zero, as its next request would.
    */
   private aloneRemaining(l: Lease): Amounts | undefined {
-    const kind = l.scope.scope.kind;
-    if ((kind !== 'agent' && kind !== 'workflow') || !l.capped || !Number.isFinite(l.lastReportAt) || l.known.liveOthers > 0) return undefined;
-    const left = (m: Metric) => (l.caps[m] ?? 0) - l.known.spent[m] - Math.max(0, l.known.outstanding[m] - l.grant[m]) - l.unreported[m] - l.held[m];
+    const scope = l.scope.scope;
+    if ((scope.kind !== 'agent' && scope.kind !== 'workflow') || !l.capped) return undefined;
+    const fresh = scope.kind === 'workflow' && (!Number.isFinite(l.lastReportAt) || this.idleExpired(l, this.now()));
+    if (fresh) {
+      if (scope.agent === undefined || this.sharedAgent(scope.agent)) return undefined;
+    } else if (!Number.isFinite(l.lastReportAt) || l.known.liveOthers > 0) return undefined;
+    const known = fresh ? { spent: ZERO_AMOUNTS, outstanding: ZERO_AMOUNTS } : l.known;
+    const left = (m: Metric) => (l.caps[m] ?? 0) - known.spent[m] - Math.max(0, known.outstanding[m] - l.grant[m]) - l.unreported[m] - l.held[m];
     return { usdMicros: left('usdMicros'), tokens: left('tokens'), calls: left('calls') };
+  }
+
+  /** An agent id whose windows other sidecars held live slices of at the source's last answer (replicas). */
+  private sharedAgent(agent: string): boolean {
+    for (const l of this.leases.values()) if (l.scope.scope.kind === 'agent' && l.scope.scope.id === agent && l.known.liveOthers > 0) return true;
+    return false;
   }
 
   private hold(l: Lease, estimate: Amounts, onAllowance: boolean): undefined {
@@ -706,6 +743,12 @@ export class LeasedStore implements BudgetStore {
     return true;
   }
 
+  private remember(key: string, l: Lease): void {
+    this.remembered.delete(key);
+    this.remembered.set(key, { known: l.known, lastReportAt: l.lastReportAt, usedAt: l.usedAt });
+    if (this.remembered.size > REMEMBERED_WORKFLOWS) this.remembered.delete(this.remembered.keys().next().value!);
+  }
+
   private takeCrossings(): AlertCrossing[] {
     if (this.crossings.length === 0) return [];
     const out = this.crossings;
@@ -731,7 +774,10 @@ export class LeasedStore implements BudgetStore {
       else if (unreported && now - l.lastReportAt >= this.reportIntervalMs) {
         this.inBackground(l, sum(l.held, l.lastEstimate), l.capped && (l.expiresAt > now || l.held.calls > 0));
       }
-      else if (!unreported && !anyAmount(l.grant) && idle) this.leases.delete(key);
+      else if (!unreported && !anyAmount(l.grant) && idle) {
+        this.leases.delete(key);
+        if (l.scope.window === 'workflow' && Number.isFinite(l.lastReportAt)) this.remember(key, l);
+      }
     }
   }
 }

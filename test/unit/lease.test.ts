@@ -602,6 +602,45 @@ describe('LeasedStore', () => {
     expect(net.sent.filter((x) => x.scope.window === 'workflow').length).toBeGreaterThan(0);
   });
 
+  it('in an outage, a workflow started then gets its whole caps (as the local fallback gave it), one paused before only what was left', async () => {
+    const { counters, net } = fleet({ whole: false });
+    const store = sidecar(counters, net);
+    const call = { usdMicros: 0, tokens: 10, calls: 1 };
+    const loop = async (wf: ScopeBudget) => {
+      let admitted = 0;
+      for (let i = 0; i < 20; i++) {
+        const r = await store.reserve({ scopes: [agentDay('a1'), wf], estimate: call });
+        if (!r.ok) {
+          expect(r.refusal).toMatchObject({ reason: 'CALL_LIMIT', scope: { kind: 'workflow', id: wf.scope.id } });
+          break;
+        }
+        admitted++;
+        await store.commit(r.reservation, { usdMicros: 0, tokens: 10 });
+      }
+      return admitted;
+    };
+    // A workflow run before the outage, 4 of its 6 calls, then paused: its slice given back, its lease dropped.
+    const paused = workflow('paused', 'a1', 6);
+    for (let i = 0; i < 4; i++) {
+      const r = await store.reserve({ scopes: [agentDay('a1'), paused], estimate: call });
+      if (!r.ok) throw new Error('refused');
+      await store.commit(r.reservation, { usdMicros: 0, tokens: 10 });
+    }
+    await advance(120_000);
+    // Ticks: the slice given back (with the spend), then the idle lease dropped.
+    await advance(1_000);
+    await advance(1_000);
+    expect(store.leaseViews().some((v) => v.scope.kind === 'workflow')).toBe(false);
+    net.cut = true;
+    expect(await loop(paused)).toBe(2);
+    expect(await loop(workflow('new-in-outage', 'a1', 5))).toBe(5);
+    // A workflow naming no agent may be anyone's: nothing admitted without a slice.
+    await expect(store.reserve({ scopes: [{ ...workflow('anon', 'x', 5), scope: { kind: 'workflow', id: 'anon' } }], estimate: call })).rejects.toBeInstanceOf(StoreUnavailableError);
+    net.cut = false;
+    await store.close();
+    expect(counters.spentIn({ scope: paused.scope, window: 'workflow', caps: {}, windowId: 'all' }).calls).toBe(6);
+  });
+
   it('reports an alert crossing per metric, once per window, when the source sees the spend', async () => {
     const { counters, net } = fleet();
     const store = sidecar(counters, net);
