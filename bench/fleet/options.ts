@@ -15,7 +15,7 @@ export interface FleetOptions {
   cluster: boolean;
   single: boolean;
   outage: boolean;
-  /** Every call in a workflow with `maxCalls` (its window is exact per call: reserve + commit scripts on the agent's slot). */
+  /** Every call in a workflow with `maxCalls` (a leased window too since the multi-metric leases; before, reserve + commit scripts per call). */
   workflow: boolean;
   /** Sidecars in the outage run. */
   outageSidecars: number;
@@ -33,8 +33,9 @@ export const FLEET_USAGE = `npm run bench:fleet -- [--sidecars=100,1000] [--rate
   --single=on|off     measure one Redis node (default on)
   --cluster=on|off    measure a 3-master Redis Cluster too (default on)
   --outage=on|off     stop the single node for --outage-seconds and restart it from its AOF (default on)
-  --workflow=on|off   every call in a workflow with maxCalls: per-call scripts on the agent's slot (default off:
-                      the agent's USD caps, route and fleet are all leased, so a call runs no script)
+  --workflow=on|off   every call in a workflow with maxCalls too (default off). Every window is leased, so a call
+                      runs no script either way; at a revision before the multi-metric leases, a workflow call
+                      ran reserve + commit scripts on the agent's slot
   --outage-seconds=S  (default 10)   --outage-sidecars=N (default 100)
   --max=on            after the list, double the fleet while it keeps up, up to --max-sidecars (default 8000)
   --commit-delay-ms=LIST  store.commitDelayMs values run at every size, comma-separated (default 1000; 0: commits never ride)`;

@@ -242,7 +242,8 @@ async function outageRun(opts: FleetOptions): Promise<string> {
   const reader = new RedisLeaseSource({ redis: readerConnection, ttlMs: lease.ttlMs, graceMs: lease.graceMs, minSliceUsdMicros: 0, alertPercent: 0 });
   const fleetScope = budgetScopes(config.budgets, config.routes[0]!, { agent: 'reader', route: ROUTE }).find((s) => s.scope.kind === 'fleet')!;
   const fleetUsed = async () => {
-    const [u] = await reader.usage(reservedScopes([fleetScope], Date.now()));
+    const now = Date.now();
+    const [u] = await reader.usage(reservedScopes([fleetScope], now), now);
     return { spent: u!.spent.usdMicros, outstanding: u!.outstandingUsdMicros, calls: u!.spent.calls };
   };
   try {

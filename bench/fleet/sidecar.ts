@@ -21,7 +21,7 @@ export interface FleetConfig {
   keyPrefix: string;
   /** The fleet's daily cap, USD (the outage run sets one the fleet reaches). */
   fleetDailyUsd?: number;
-  /** Every call runs in a workflow with `maxCalls` (`--workflow=on`): a window exact per call, on the agent's slot. */
+  /** Every call runs in a workflow with `maxCalls` (`--workflow=on`): a leased window on the agent's slot, reported with its day and month. */
   workflow?: boolean;
   /** `store.commitDelayMs`; default the config's. */
   commitDelayMs?: number;

@@ -27,9 +27,9 @@ export const loadPrices = (config: Config, baseDir: string): PriceTable =>
 
 /**
  * The store the config asks for, as a stack (outermost first):
- * - LeasedStore: route, fleet and an agent's money-only caps served from leased slices (lease.ts), so a call's store
- *   script touches the agent's keys only (its workflow, a token cap), often none at all, and an outage spends at
- *   most the slices held. It wraps memory and Redis alike, so both behave the same; the memory lease source hands
+ * - LeasedStore: every cap (route, fleet, agent, workflow; µUSD, tokens, calls) served from leased slices (lease.ts),
+ *   so a call runs no store script (the inner store checks its kill copy only), and an outage spends at most the
+ *   slices held. It wraps memory and Redis alike, so both behave the same; the memory lease source hands
  *   its one holder all that is left, which keeps memory exact.
  * - memory: MemoryStore (one sidecar, optional snapshot file; it also keeps the leased windows' spend).
  * - redis: RedisStore wrapped in LocalFallbackStore, so an outage follows each route's `budget.storeUnavailable`

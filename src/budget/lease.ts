@@ -4,8 +4,11 @@ import type { LeaseReply, LeaseSource } from './lease-source.js';
 import {
   assertAmounts,
   DEFAULT_ALERT_PERCENT,
+  METRICS,
   overCap,
+  refusalReasonFor,
   reservedScopes,
+  resetTimeOf,
   scopeKey,
   type Actual,
   type AlertCrossing,
@@ -15,6 +18,7 @@ import {
   type Kill,
   type KillTarget,
   type LeaseView,
+  type Metric,
   type Refusal,
   type Reservation,
   type ReservedScope,
@@ -28,8 +32,8 @@ import { dayId, monthId, windowAt, windowEndFromId, type WindowKind } from './wi
 
 /** Things worth a metric and a log line. */
 export type LeaseEvent =
-  | { readonly type: 'granted'; readonly scope: ScopeRef; readonly window: WindowKind; readonly grantUsdMicros: number; readonly renewal: boolean; readonly liveHolders: number }
-  | { readonly type: 'refused'; readonly scope: ScopeRef; readonly window: WindowKind; readonly reason: 'exhausted' | 'no_lease'; readonly requestedUsdMicros: number }
+  | { readonly type: 'granted'; readonly scope: ScopeRef; readonly window: WindowKind; readonly grant: Amounts; readonly renewal: boolean; readonly liveHolders: number }
+  | { readonly type: 'refused'; readonly scope: ScopeRef; readonly window: WindowKind; readonly reason: 'exhausted' | 'no_lease'; readonly metric: Metric; readonly requested: number }
   | { readonly type: 'outageAdmission'; readonly scope: ScopeRef; readonly window: WindowKind; readonly usdMicros: number; readonly onAllowance: boolean }
   | { readonly type: 'sourceDown'; readonly error: Error }
   | { readonly type: 'sourceUp' }
@@ -61,16 +65,21 @@ interface Pending {
   readonly seq: number;
   readonly report: Amounts;
   readonly keep: boolean;
-  readonly want: number;
-  /** Spend rate since the last report, µUSD/s: sizes the next slice. */
-  readonly rate: number;
+  readonly want: Amounts;
+  /** Spend rate since the last report, per second: sizes the next slice. */
+  readonly rate: Amounts;
+  /** Workflow windows: this sidecar's last use of the window when the request was made. */
+  readonly usedAt: number;
 }
 
-/** One route or fleet window as this sidecar leases it. */
+/** One window as this sidecar leases it. */
 interface Lease {
   readonly scope: ReservedScope;
-  cap: number | undefined;
-  grant: number;
+  /** The window's caps; none: only counted. */
+  caps: Partial<Amounts>;
+  capped: boolean;
+  /** The slice held, per metric. */
+  grant: Amounts;
   grantedAt: number;
   expiresAt: number;
   /** Settled since the last report applied. While a slice is live this is what was spent of it. */
@@ -80,18 +89,20 @@ interface Lease {
   /** A lease request sent but not answered: resent as is (same seq) until it is. */
   pending: Pending | undefined;
   renewing: Promise<boolean> | undefined;
-  /** Estimates of calls waiting for a renew, µUSD. */
-  waiting: number;
+  /** Estimates of calls waiting for a renew. */
+  readonly waiting: Mutable;
   /** The last answer granted less than was asked: the pool is (nearly) empty. */
   short: boolean;
   failedAt: number;
   /** Admitted on the outage allowance since the source last answered. */
   allowanceUsed: number;
-  /** The source's figures at the last answer: spend reported by every holder (µUSD with presumed spend, tokens, calls) and slices outstanding. */
   /** The source's figures in its last answer: spend (presumed included), slices outstanding, other live holders. */
-  known: { spent: number; tokens: number; calls: number; outstanding: number; liveOthers: number };
-  lastEstimate: number;
+  known: { spent: Amounts; outstanding: Amounts; liveOthers: number; seenAt: number | null };
+  lastEstimate: Amounts;
+  /** Last call that asked for this window (admitted or not): an idle window's slice is given back. */
   lastUseAt: number;
+  /** Last call admitted or settled on this window (0: none): the `usedAt` reported, a workflow window's idle time. */
+  usedAt: number;
   lastReportAt: number;
 }
 
@@ -105,23 +116,24 @@ const ENTRY = Symbol('lease entry');
 type Leased = Reservation & { readonly [ENTRY]?: Entry };
 
 /**
- * The windows served from leased slices: every route and fleet window (their caps are USD only), and an agent's day
- * and month windows unless they cap tokens or calls. A token or call cap stays exact per call in the inner store's
- * script, and so does every workflow window: its `maxCalls` is the runaway-loop stopper, and a slice of calls would
- * let a loop run on in several sidecars at once.
+ * The windows served from leased slices: all of them (route, fleet, an agent's day and month, workflows), whatever
+ * they cap. A slice has a part per capped metric (µUSD, tokens, calls), and the source keeps Σ slices ≤ what is left
+ * of each cap, so a slice of calls is safe for a workflow's `maxCalls`, the runaway-loop stopper: calls are taken from
+ * a slice when admitted, so however many sidecars run the loop, the fleet admits at most `maxCalls` calls (exactly,
+ * not approximately: a slice of calls cannot be overspent, unlike money, whose actual cost may pass the estimate).
+ * What a sidecar may leave unused is only a delay: its slice returns when it is given back or lapses.
+ * Kept as a function (and the inner store behind LeasedStore) so a window kind could be exact per call again.
  */
-export const isLeased = (s: ScopeBudget): boolean => {
-  switch (s.scope.kind) {
-    case 'route':
-    case 'fleet':
-      return true;
-    case 'agent':
-      return s.caps.tokens === undefined && s.caps.calls === undefined;
-    case 'workflow':
-      return false;
-  }
-};
+export const isLeased = (_s: ScopeBudget): boolean => true;
 const NO_SCOPES: readonly ScopeBudget[] = [];
+const REMEMBERED_WORKFLOWS = 10_000;
+
+/** A dropped workflow lease's last answer, kept for an outage (LeasedStore.remembered). */
+interface Remembered {
+  readonly known: Lease['known'];
+  readonly lastReportAt: number;
+  readonly usedAt: number;
+}
 
 /**
  * A request's scope list split once per day and month: the inner store gets the same list object on every call
@@ -142,20 +154,23 @@ const addTo = (to: Mutable, a: Amounts, sign: 1 | -1) => {
   to.calls += sign * a.calls;
 };
 const anyAmount = (a: Amounts) => a.usdMicros > 0 || a.tokens > 0 || a.calls > 0;
+const ZERO_AMOUNTS: Amounts = { usdMicros: 0, tokens: 0, calls: 0 };
+const sum = (a: Amounts, b: Amounts): Amounts => ({ usdMicros: a.usdMicros + b.usdMicros, tokens: a.tokens + b.tokens, calls: a.calls + b.calls });
 
 /**
- * Serves the money caps of route, fleet and agent windows from leased slices (see {@link isLeased}), in front of a
- * store that keeps the windows that must stay exact per call: token and call caps, workflows (issue 14). Why: a
- * fleet-wide cap checked by every call makes one Redis key every sidecar's call touches (one hot slot), and during a
- * Redis outage each sidecar used to guess its own share (25 % of the cap each); and per-call scripts over an agent's
- * day and month windows cost Redis ~140 µs a call, two round trips of it whatever the scripts do.
+ * Serves every cap of every window (route, fleet, an agent's day and month, workflows; µUSD, tokens and calls) from
+ * leased slices (see {@link isLeased}), in front of a store that now only checks kills (its per-call path is kept for
+ * a window kind that would be exact per call again). Why (issue 14): a fleet-wide cap checked by every call makes one
+ * Redis key every sidecar's call touches (one hot slot), and during a Redis outage each sidecar used to guess its own
+ * share (25 % of the cap each); and per-call scripts over an agent's windows cost Redis ~140 µs a call (a workflow
+ * window ~200 µs in a fleet of 1,000), two round trips of it whatever the scripts do.
  * Instead each sidecar leases a slice of each capped window (lease-source.ts), admits calls against it in memory,
  * reports the spend of every leased window (capped or only counted) with its renewals or every `reportIntervalMs`,
  * and renews in the background while it spends. Hence:
  * - a call touches only the inner store (one slot for the agent's keys), and not even that when every window of
  *   the call is leased (the inner store then checks its kill copy only); the lease costs a round trip per slice,
- *   not per call. A call that does not fit waits for one renew before it is refused (BUDGET_EXCEEDED, with the
- *   source's figures), unless its agent is killed (KILLED).
+ *   not per call. A call that does not fit waits for one renew before it is refused (BUDGET_EXCEEDED, or
+ *   CALL_LIMIT for calls, naming the metric, with the source's figures), unless its agent is killed (KILLED).
  * - during an outage a sidecar spends what is left of the slices it holds until they expire, then nothing on
  *   that cap (or `allowanceUsdMicros`): a 503 BUDGET_STORE_UNAVAILABLE. A sidecar that starts during an outage
  *   has no slice, so it admits nothing there. Spend settled meanwhile is kept and reported (idempotently, by
@@ -176,6 +191,12 @@ export class LeasedStore implements BudgetStore {
   private readonly alertPercent: number;
   private readonly emit: (e: LeaseEvent) => void;
   private readonly leases = new Map<string, Lease>();
+  /**
+   * What the source last said of workflow windows whose lease went idle and was dropped (at most
+   * REMEMBERED_WORKFLOWS, oldest first out): a workflow that pauses, then goes on during an outage, is held to what
+   * was left of its caps, not handed them whole again (see aloneRemaining).
+   */
+  private readonly remembered = new Map<string, Remembered>();
   /** Weak: the budget layer keeps one list per route and agent; a list made for one call goes with it. */
   private readonly splits = new WeakMap<readonly ScopeBudget[], Split>();
   private crossings: AlertCrossing[] = [];
@@ -247,8 +268,7 @@ export class LeasedStore implements BudgetStore {
       if (isLeased(s)) {
         const l = taken[j++]!;
         scopes.push(l.scope);
-        const k = l.known;
-        used.push({ usdMicros: k.spent + l.unreported.usdMicros + l.held.usdMicros, tokens: k.tokens + l.unreported.tokens + l.held.tokens, calls: k.calls + l.unreported.calls + l.held.calls });
+        used.push(sum(sum(l.known.spent, l.unreported), l.held));
       } else {
         scopes.push(inner.reservation.scopes[i]!);
         used.push(inner.used[i++] ?? { usdMicros: 0, tokens: 0, calls: 0 });
@@ -266,7 +286,9 @@ export class LeasedStore implements BudgetStore {
     assertAmounts('actual', actual);
     if (!entry.settled) {
       entry.settled = true;
+      const now = this.now();
       for (const l of entry.leases) {
+        l.usedAt = now;
         addTo(l.held, reservation.estimate, -1);
         l.unreported.usdMicros += actual.usdMicros;
         l.unreported.tokens += actual.tokens;
@@ -284,7 +306,11 @@ export class LeasedStore implements BudgetStore {
     if (!entry) return this.inner.release(reservation);
     if (!entry.settled) {
       entry.settled = true;
-      for (const l of entry.leases) addTo(l.held, reservation.estimate, -1);
+      const now = this.now();
+      for (const l of entry.leases) {
+        l.usedAt = now;
+        addTo(l.held, reservation.estimate, -1);
+      }
     }
     if (entry.inner.scopes.length > 0) await this.inner.release(entry.inner);
   }
@@ -296,7 +322,7 @@ export class LeasedStore implements BudgetStore {
     const innerScopes = scopes.filter((s) => !isLeased(s));
     const [inner, fromSource] = await Promise.all([
       innerScopes.length > 0 ? this.inner.snapshot(innerScopes) : [],
-      this.source.usage(leased).catch((err: unknown) => {
+      this.source.usage(leased, now).catch((err: unknown) => {
         throw new StoreUnavailableError('the budget store is unreachable', {}, { cause: err });
       }),
     ]);
@@ -318,7 +344,7 @@ export class LeasedStore implements BudgetStore {
           calls: u.spent.calls + (l?.unreported.calls ?? 0),
         },
         reserved: { usdMicros: l?.held.usdMicros ?? 0, tokens: l?.held.tokens ?? 0, calls: l?.held.calls ?? 0 },
-        resetAt: windowEndFromId(r.window, r.windowId),
+        resetAt: this.resetAt(l, u.seenAt, r),
       };
     });
   }
@@ -335,8 +361,13 @@ export class LeasedStore implements BudgetStore {
     return this.inner.clearKill(target);
   }
 
+  /**
+   * False while the inner store is away, or the lease source failed its last request (every window is leased: a
+   * Redis that answers reads but refuses scripts, OOM, serves no call). Back once a lease request is answered (a
+   * failed request is resent by the tick).
+   */
   available(): boolean {
-    return this.inner.available();
+    return this.sourceUp && this.inner.available();
   }
 
   async ready(timeoutMs: number): Promise<void> {
@@ -349,7 +380,7 @@ export class LeasedStore implements BudgetStore {
     return [...this.leases.values()].map((l) => ({
       scope: l.scope.scope,
       window: l.scope.window,
-      remainingUsdMicros: l.cap === undefined ? undefined : l.expiresAt > now ? Math.max(0, l.grant - l.unreported.usdMicros - l.held.usdMicros) : 0,
+      remainingUsdMicros: l.caps.usdMicros === undefined ? undefined : l.expiresAt > now ? Math.max(0, l.grant.usdMicros - l.unreported.usdMicros - l.held.usdMicros) : 0,
     }));
   }
 
@@ -365,7 +396,7 @@ export class LeasedStore implements BudgetStore {
       [...this.leases.values()].map(async (l) => {
         // A renew in flight may be keeping the slice: wait for it, then give the slice back.
         if (l.renewing) await l.renewing;
-        if ((l.grant > 0 || anyAmount(l.unreported) || l.pending) && !(await this.renew(l, 0, false))) {
+        if ((anyAmount(l.grant) || anyAmount(l.unreported) || l.pending) && !(await this.renew(l, ZERO_AMOUNTS, false))) {
           // A pending request's report is part of `unreported` until it is answered.
           if (l.unreported.usdMicros > 0) this.emit({ type: 'unreportedDropped', scope: l.scope.scope, window: l.scope.window, usdMicros: l.unreported.usdMicros });
         }
@@ -399,7 +430,6 @@ export class LeasedStore implements BudgetStore {
     const leased: ScopeBudget[] = [];
     for (const s of list) {
       if (!isLeased(s)) inner.push(s);
-      else if (s.caps.tokens !== undefined || s.caps.calls !== undefined) throw new TypeError(`${s.scope.kind} caps are USD only (leased slices)`);
       else leased.push(s);
     }
     const windowIds = leased.map((s) => windowAt(s.window, now).id);
@@ -414,39 +444,71 @@ export class LeasedStore implements BudgetStore {
     if (!l) {
       l = {
         scope: { ...s, windowId },
-        cap: undefined,
-        grant: 0,
+        caps: {},
+        capped: false,
+        grant: ZERO_AMOUNTS,
         grantedAt: 0,
         expiresAt: 0,
         unreported: { usdMicros: 0, tokens: 0, calls: 0 },
         held: { usdMicros: 0, tokens: 0, calls: 0 },
         pending: undefined,
         renewing: undefined,
-        waiting: 0,
+        waiting: { usdMicros: 0, tokens: 0, calls: 0 },
         short: false,
         failedAt: -Infinity,
         allowanceUsed: 0,
-        known: { spent: 0, tokens: 0, calls: 0, outstanding: 0, liveOthers: 0 },
-        lastEstimate: 0,
+        known: { spent: ZERO_AMOUNTS, outstanding: ZERO_AMOUNTS, liveOthers: 0, seenAt: null },
+        lastEstimate: ZERO_AMOUNTS,
         lastUseAt: 0,
+        usedAt: 0,
         lastReportAt: -Infinity,
       };
+      const before = this.remembered.get(key);
+      if (before !== undefined) {
+        this.remembered.delete(key);
+        l.known = before.known;
+        l.lastReportAt = before.lastReportAt;
+        l.usedAt = before.usedAt;
+      }
       this.leases.set(key, l);
     }
-    // A reload may change the cap; the newest one counts.
-    l.cap = s.caps.usdMicros;
+    // A reload may change the caps; the newest ones count.
+    if (l.caps !== s.caps) {
+      l.caps = s.caps;
+      l.capped = METRICS.some((m) => s.caps[m] !== undefined);
+    }
     return l;
   }
 
   /**
-   * While a renew is unanswered, calls are admitted on the old slice only up to what the renew asked for: Redis
-   * takes the old slice back in the same step, and the new one covers at least `min(want, unspent of the old)`, so
-   * nothing admitted meanwhile is left uncovered, even when the answer is lost (the limit holds until the resent
-   * request is answered).
+   * The capped metric a call of estimate `e` does not fit in the slice held (undefined: it fits). While a renew is
+   * unanswered, calls are admitted on the old slice only up to what the renew asked for: Redis takes the old slice
+   * back in the same step, and the new one covers at least `min(want, unspent of the old)`, so nothing admitted
+   * meanwhile is left uncovered, even when the answer is lost (the limit holds until the resent request is answered).
    */
-  private fits(l: Lease, e: number, now: number): boolean {
-    const limit = l.pending ? Math.min(l.grant, l.pending.report.usdMicros + l.pending.want) : l.grant;
-    return l.expiresAt > now && !overCap(l.unreported.usdMicros + l.held.usdMicros, e, limit);
+  private misfit(l: Lease, e: Amounts, now: number): Metric | undefined {
+    const first = METRICS.find((m) => l.caps[m] !== undefined) ?? 'usdMicros';
+    if (l.expiresAt <= now) return first;
+    const p = l.pending;
+    for (const m of METRICS) {
+      if (l.caps[m] === undefined) continue;
+      const limit = p ? Math.min(l.grant[m], p.report[m] + p.want[m]) : l.grant[m];
+      if (overCap(l.unreported[m] + l.held[m], e[m], limit)) return m;
+    }
+    return undefined;
+  }
+
+  private fits(l: Lease, e: Amounts, now: number): boolean {
+    return this.misfit(l, e, now) === undefined;
+  }
+
+  /**
+   * A workflow window this sidecar last used its idle time ago or more: the source restarts it from zero when no
+   * other sidecar used it meanwhile, so the slice held (of the old window) is not admitted on; the call asks.
+   */
+  private idleExpired(l: Lease, now: number): boolean {
+    const idle = l.scope.idleTtlMs;
+    return l.scope.window === 'workflow' && idle !== undefined && l.usedAt > 0 && now - l.usedAt >= idle;
   }
 
   /**
@@ -455,13 +517,15 @@ export class LeasedStore implements BudgetStore {
    * 2.4 % of a capped call's allocation in memory mode, beside 5.8 % for the rest of reserve: bench:per-call --alloc-profile).
    */
   private holdAtOnce(l: Lease, estimate: Amounts): boolean {
-    l.lastUseAt = this.now();
-    l.lastEstimate = estimate.usdMicros;
-    if (l.cap === undefined) {
+    const now = this.now();
+    l.lastUseAt = now;
+    l.lastEstimate = estimate;
+    if (!l.capped) {
       addTo(l.held, estimate, 1);
+      l.usedAt = now;
       return true;
     }
-    if (!this.fits(l, estimate.usdMicros, this.now())) return false;
+    if (!this.fits(l, estimate, now) || this.idleExpired(l, now)) return false;
     this.hold(l, estimate, false);
     return true;
   }
@@ -471,63 +535,78 @@ export class LeasedStore implements BudgetStore {
    * (undefined: admitted). Throws StoreUnavailableError in an outage with no slice.
    */
   private async admit(l: Lease, estimate: Amounts, onUnavailable: ReserveRequest['onUnavailable']): Promise<Refusal | undefined> {
-    const e = estimate.usdMicros;
-    if (l.cap === undefined) throw new TypeError('an uncapped window is always held at once');
+    if (!l.capped) throw new TypeError('an uncapped window is always held at once');
     // The pool was found (nearly) empty less than a tick ago: refuse without asking again, so a fleet whose cap is
     // spent does not send every refused call to the one slot that holds it.
-    if (l.short && this.sourceUp && this.now() - l.grantedAt < this.tickMs) return this.exhausted(l, l.cap, e);
+    if (l.short && this.sourceUp && this.now() - l.grantedAt < this.tickMs && !this.idleExpired(l, this.now())) return this.exhausted(l, estimate);
     // Calls waiting for a renew say so, so one renew asks for all of them (50 concurrent calls: one round trip).
-    l.waiting += e;
+    addTo(l.waiting, estimate, 1);
     try {
       if (l.renewing) {
         await l.renewing;
-        if (this.fits(l, e, this.now())) return this.hold(l, estimate, false);
+        if (this.fits(l, estimate, this.now()) && !this.idleExpired(l, this.now())) return this.hold(l, estimate, false);
       }
       for (let round = 0; round < 2; round++) {
-        if (!(await this.renew(l, l.held.usdMicros + l.waiting, true))) {
+        if (!(await this.renew(l, sum(l.held, l.waiting), true))) {
           // Connected but no answer in time (a loaded Redis): ask once more (same seq, so applied at most once)
           // before treating it as an outage. A Redis that is down fails at once and is not asked again.
           if (round === 0 && this.inner.available()) continue;
           return this.unreachable(l, estimate, onUnavailable);
         }
-        if (this.fits(l, e, this.now())) return this.hold(l, estimate, false);
+        if (this.fits(l, estimate, this.now())) return this.hold(l, estimate, false);
         // The pool had less than asked: another renew finds no more. Else the renew was someone else's, too small.
         if (l.short) break;
       }
     } finally {
-      l.waiting -= e;
+      addTo(l.waiting, estimate, -1);
     }
-    return this.exhausted(l, l.cap, e);
+    return this.exhausted(l, estimate);
   }
 
-  private exhausted(l: Lease, limit: number, e: number): Refusal {
-    this.emit({ type: 'refused', scope: l.scope.scope, window: l.scope.window, reason: 'exhausted', requestedUsdMicros: e });
+  /** BUDGET_EXCEEDED (CALL_LIMIT for calls), naming the metric whose slice the call does not fit, with the source's figures. */
+  private exhausted(l: Lease, estimate: Amounts, metric = this.misfit(l, estimate, this.now())): Refusal {
+    const m = metric ?? METRICS.find((x) => l.caps[x] !== undefined) ?? 'usdMicros';
+    this.emit({ type: 'refused', scope: l.scope.scope, window: l.scope.window, reason: 'exhausted', metric: m, requested: estimate[m] });
     return {
-      reason: 'BUDGET_EXCEEDED',
+      reason: refusalReasonFor(m),
       scope: l.scope.scope,
       window: l.scope.window,
-      metric: 'usdMicros',
-      limit,
-      spent: l.known.spent + l.unreported.usdMicros,
-      reserved: Math.max(0, l.known.outstanding - l.grant) + l.held.usdMicros,
-      requested: e,
-      resetAt: windowEndFromId(l.scope.window, l.scope.windowId),
+      metric: m,
+      limit: l.caps[m] ?? 0,
+      spent: l.known.spent[m] + l.unreported[m],
+      reserved: Math.max(0, l.known.outstanding[m] - l.grant[m]) + l.held[m],
+      requested: estimate[m],
+      resetAt: this.resetAt(l, l.known.seenAt),
     };
+  }
+
+  /** When a window starts again: its calendar end, or a workflow's last use (anyone's as last known, or ours) + its idle time. */
+  private resetAt(l: Lease | undefined, seenAt: number | null, s: ReservedScope | undefined = l?.scope): number | null {
+    if (s === undefined) return null;
+    if (s.window !== 'workflow') return windowEndFromId(s.window, s.windowId);
+    const last = Math.max(seenAt ?? 0, l?.usedAt ?? 0);
+    const at = resetTimeOf(s, s.windowId, last > 0 ? last : null);
+    // Gone idle already: the window starts again at its next call (as the per-call snapshot reads it).
+    return at !== null && at <= this.now() ? null : at;
   }
 
   /** The source is unreachable: the slice held (if any is left and live), the allowance, or a 503. */
   private unreachable(l: Lease, estimate: Amounts, onUnavailable: ReserveRequest['onUnavailable']): Refusal | undefined {
     const e = estimate.usdMicros;
     if (onUnavailable !== 'closed') {
-      if (this.fits(l, e, this.now())) return this.hold(l, estimate, false);
-      if (this.allowance > 0 && l.allowanceUsed + e <= this.allowance) {
+      if (this.fits(l, estimate, this.now())) return this.hold(l, estimate, false);
+      // The allowance is money: a window capping tokens or calls gets none (a loop stopper must not run on an allowance).
+      if (this.allowance > 0 && l.caps.tokens === undefined && l.caps.calls === undefined && l.allowanceUsed + e <= this.allowance) {
         l.allowanceUsed += e;
         return this.hold(l, estimate, true);
       }
       const alone = this.aloneRemaining(l);
-      if (alone !== undefined) return alone >= e ? this.hold(l, estimate, false) : this.exhausted(l, l.cap!, e);
+      if (alone !== undefined) {
+        const short = METRICS.find((m) => l.caps[m] !== undefined && (alone[m] <= 0 ? estimate[m] > 0 || m === 'calls' : alone[m] < estimate[m]));
+        return short === undefined ? this.hold(l, estimate, false) : this.exhausted(l, estimate, short);
+      }
     }
-    this.emit({ type: 'refused', scope: l.scope.scope, window: l.scope.window, reason: 'no_lease', requestedUsdMicros: e });
+    this.emit({ type: 'refused', scope: l.scope.scope, window: l.scope.window, reason: 'no_lease', metric: 'usdMicros', requested: e });
     throw new StoreUnavailableError(
       onUnavailable === 'closed'
         ? 'the budget store is unreachable and this route fails closed (budget.storeUnavailable: closed)'
@@ -537,21 +616,41 @@ export class LeasedStore implements BudgetStore {
   }
 
   /**
-   * An agent's window past its slice in an outage, on a `local` route, when this sidecar was the window's only live
-   * holder at the source's last answer (one agent id normally runs in one pod): what was left of the cap then, less
-   * what this sidecar spent and holds since. Nobody else was spending it, so this keeps the agent within its cap
-   * through an outage of any length, as the local fallback did before agent windows were leased; without it a Redis
-   * outage longer than a slice's life (30 s) would answer 503 to every capped agent of the fleet until it ends.
-   * Undefined (no such guess): route and fleet caps (the fleet's, issue 14), an agent id other sidecars were spending
-   * too (replicas: their slices bound the outage, as for the fleet), a window the source never answered for.
+   * An agent's or workflow's window past its slice in an outage, on a `local` route, when this sidecar was the
+   * window's only live holder at the source's last answer (one agent id normally runs in one pod): per metric, what
+   * was left of the cap then, less what this sidecar spent and holds since. Nobody else was spending it, so this keeps
+   * the agent within its caps through an outage of any length, as the local fallback did before these windows were
+   * leased; without it a Redis outage longer than a slice's life (30 s) would answer 503 to every capped agent of the
+   * fleet until it ends. Undefined (no such guess): route and fleet caps (the fleet's, issue 14), an agent id other
+   * sidecars were spending too (replicas: their slices bound the outage, as for the fleet), an agent window the
+   * source never answered for.
+   * A workflow window the source never answered for (a workflow started during the outage) counts as new: its whole
+   * caps, as the local fallback gave it before workflow windows were leased (one agent id and its workflows run in
+   * one sidecar; workflows count per agent id), unless its agent's windows showed other live holders. One this
+   * sidecar ran before and dropped when idle starts from what the source last said of it (`remembered`), and one
+   * unseen for its idle time from zero, as its next request would.
    */
-  private aloneRemaining(l: Lease): number | undefined {
-    if (l.scope.scope.kind !== 'agent' || l.cap === undefined || !Number.isFinite(l.lastReportAt) || l.known.liveOthers > 0) return undefined;
-    return l.cap - l.known.spent - Math.max(0, l.known.outstanding - l.grant) - l.unreported.usdMicros - l.held.usdMicros;
+  private aloneRemaining(l: Lease): Amounts | undefined {
+    const scope = l.scope.scope;
+    if ((scope.kind !== 'agent' && scope.kind !== 'workflow') || !l.capped) return undefined;
+    const fresh = scope.kind === 'workflow' && (!Number.isFinite(l.lastReportAt) || this.idleExpired(l, this.now()));
+    if (fresh) {
+      if (scope.agent === undefined || this.sharedAgent(scope.agent)) return undefined;
+    } else if (!Number.isFinite(l.lastReportAt) || l.known.liveOthers > 0) return undefined;
+    const known = fresh ? { spent: ZERO_AMOUNTS, outstanding: ZERO_AMOUNTS } : l.known;
+    const left = (m: Metric) => (l.caps[m] ?? 0) - known.spent[m] - Math.max(0, known.outstanding[m] - l.grant[m]) - l.unreported[m] - l.held[m];
+    return { usdMicros: left('usdMicros'), tokens: left('tokens'), calls: left('calls') };
+  }
+
+  /** An agent id whose windows other sidecars held live slices of at the source's last answer (replicas). */
+  private sharedAgent(agent: string): boolean {
+    for (const l of this.leases.values()) if (l.scope.scope.kind === 'agent' && l.scope.scope.id === agent && l.known.liveOthers > 0) return true;
+    return false;
   }
 
   private hold(l: Lease, estimate: Amounts, onAllowance: boolean): undefined {
     addTo(l.held, estimate, 1);
+    l.usedAt = this.now();
     // The lease source learns of an outage only when a lease request fails; the inner store's view is quicker.
     if (!this.sourceUp || !this.inner.available()) this.emit({ type: 'outageAdmission', scope: l.scope.scope, window: l.scope.window, usdMicros: estimate.usdMicros, onAllowance });
     else this.maybeRenew(l);
@@ -562,41 +661,44 @@ export class LeasedStore implements BudgetStore {
   private maybeRenew(l: Lease): void {
     const now = this.now();
     if (l.renewing || now - l.failedAt < this.tickMs) return;
-    const left = l.grant - l.unreported.usdMicros - l.held.usdMicros;
     const lifeLeft = l.expiresAt - now;
-    if (left < this.renewBelow * l.grant || lifeLeft < this.renewBelow * (l.expiresAt - l.grantedAt)) {
-      this.inBackground(l, l.held.usdMicros + l.lastEstimate, true);
+    const low = METRICS.some((m) => l.caps[m] !== undefined && l.grant[m] - l.unreported[m] - l.held[m] < this.renewBelow * l.grant[m]);
+    if (low || lifeLeft < this.renewBelow * (l.expiresAt - l.grantedAt)) {
+      this.inBackground(l, sum(l.held, l.lastEstimate), true);
     }
   }
 
   /** A renew nobody awaits: a bug it throws (a TypeError) is logged, not left to crash the process as an unhandled rejection. */
-  private inBackground(l: Lease, want: number, keep: boolean): void {
+  private inBackground(l: Lease, want: Amounts, keep: boolean): void {
     this.renew(l, want, keep).catch((err: unknown) => this.emit({ type: 'sourceDown', error: err instanceof Error ? err : new Error(String(err)) }));
   }
 
   /** One lease request at a time per window; a pending one (answer lost) is resent first. False: source unreachable. */
-  private renew(l: Lease, want: number, keep: boolean): Promise<boolean> {
+  private renew(l: Lease, want: Amounts, keep: boolean): Promise<boolean> {
     l.renewing ??= this.sendAll(l, want, keep).finally(() => {
       l.renewing = undefined;
     });
     return l.renewing;
   }
 
-  private async sendAll(l: Lease, want: number, keep: boolean): Promise<boolean> {
+  private async sendAll(l: Lease, want: Amounts, keep: boolean): Promise<boolean> {
     if (l.pending && !(await this.send(l))) return false;
     let wanted = want;
     if (!keep) {
       // Nothing may be admitted on a slice being given back: Redis counts it free once the answer is in.
       l.expiresAt = Math.min(l.expiresAt, this.now());
     } else {
-      wanted = Math.max(want, l.held.usdMicros + l.waiting);
+      const need = sum(l.held, l.waiting);
+      wanted = { usdMicros: Math.max(want.usdMicros, need.usdMicros), tokens: Math.max(want.tokens, need.tokens), calls: Math.max(want.calls, need.calls) };
     }
     const now = this.now();
     // Spend since the last report over the time it took (at least a second, so one call just after a grant does not
     // read as a torrent): what the next slice should last at. A first request knows none.
     const elapsedMs = now - l.lastReportAt;
-    const rate = Number.isFinite(elapsedMs) ? (l.unreported.usdMicros * 1000) / Math.max(1_000, elapsedMs) : 0;
-    l.pending = { seq: ++this.seq, report: { ...l.unreported }, keep, want: wanted, rate };
+    const per = Number.isFinite(elapsedMs) ? 1000 / Math.max(1_000, elapsedMs) : 0;
+    const u = l.unreported;
+    const rate = { usdMicros: u.usdMicros * per, tokens: u.tokens * per, calls: u.calls * per };
+    l.pending = { seq: ++this.seq, report: { ...l.unreported }, keep, want: wanted, rate, usedAt: l.usedAt };
     return this.send(l);
   }
 
@@ -605,7 +707,7 @@ export class LeasedStore implements BudgetStore {
     const now = this.now();
     let r: LeaseReply;
     try {
-      r = await this.source.acquire({ scope: l.scope, holder: this.holder, seq: p.seq, report: p.report, keep: p.keep, wantUsdMicros: p.want, rateUsdMicrosPerS: p.rate, capUsdMicros: l.cap, now });
+      r = await this.source.acquire({ scope: l.scope, holder: this.holder, seq: p.seq, report: p.report, keep: p.keep, want: p.want, rate: p.rate, caps: l.caps, usedAt: p.usedAt, now });
     } catch (err) {
       if (err instanceof TypeError) throw err;
       l.failedAt = this.now();
@@ -616,27 +718,35 @@ export class LeasedStore implements BudgetStore {
       return false;
     }
     l.pending = undefined;
-    l.short = p.keep && r.grantUsdMicros < p.want;
+    l.short = p.keep && METRICS.some((m) => l.caps[m] !== undefined && r.grant[m] < p.want[m]);
     l.unreported.usdMicros -= p.report.usdMicros;
     l.unreported.tokens -= p.report.tokens;
     l.unreported.calls -= p.report.calls;
     const renewal = l.expiresAt > now;
-    l.grant = r.grantUsdMicros;
+    l.grant = r.grant;
     l.grantedAt = now;
     l.expiresAt = r.expiresAt;
-    l.known = { spent: r.spentUsdMicros, tokens: r.spentTokens, calls: r.spentCalls, outstanding: r.outstandingUsdMicros, liveOthers: r.liveHolders };
+    l.known = { spent: r.spent, outstanding: r.outstanding, liveOthers: r.liveHolders, seenAt: r.seenAt };
     l.allowanceUsed = 0;
     l.lastReportAt = now;
     if (!this.sourceUp) {
       this.sourceUp = true;
       this.emit({ type: 'sourceUp' });
     }
-    if (r.grantUsdMicros > 0) this.emit({ type: 'granted', scope: l.scope.scope, window: l.scope.window, grantUsdMicros: r.grantUsdMicros, renewal, liveHolders: r.liveHolders });
-    if (r.alert && l.cap !== undefined) {
+    if (anyAmount(r.grant)) this.emit({ type: 'granted', scope: l.scope.scope, window: l.scope.window, grant: r.grant, renewal, liveHolders: r.liveHolders });
+    for (const m of r.alerts) {
+      const limit = l.caps[m];
+      if (limit === undefined) continue;
       const s = l.scope;
-      this.crossings.push({ scope: s.scope, window: s.window, windowId: s.windowId, metric: 'usdMicros', percent: this.alertPercent, used: r.spentUsdMicros, limit: l.cap });
+      this.crossings.push({ scope: s.scope, window: s.window, windowId: s.windowId, metric: m, percent: this.alertPercent, used: r.spent[m], limit });
     }
     return true;
+  }
+
+  private remember(key: string, l: Lease): void {
+    this.remembered.delete(key);
+    this.remembered.set(key, { known: l.known, lastReportAt: l.lastReportAt, usedAt: l.usedAt });
+    if (this.remembered.size > REMEMBERED_WORKFLOWS) this.remembered.delete(this.remembered.keys().next().value!);
   }
 
   private takeCrossings(): AlertCrossing[] {
@@ -658,13 +768,16 @@ export class LeasedStore implements BudgetStore {
       if (l.renewing || now - l.failedAt < this.tickMs) continue;
       const unreported = anyAmount(l.unreported) || l.pending !== undefined;
       const idle = l.held.calls === 0 && now - l.lastUseAt >= this.tickMs;
-      if (l.grant > 0 && idle && l.expiresAt - now <= 2 * this.tickMs) this.inBackground(l, 0, false);
+      if (anyAmount(l.grant) && idle && l.expiresAt - now <= 2 * this.tickMs) this.inBackground(l, ZERO_AMOUNTS, false);
       // A lapsed slice with calls still in flight is renewed, not given back: the new slice must cover their holds
       // (there is room: the old slice they were admitted on returns in the same step).
       else if (unreported && now - l.lastReportAt >= this.reportIntervalMs) {
-        this.inBackground(l, l.held.usdMicros + l.lastEstimate, l.cap !== undefined && (l.expiresAt > now || l.held.usdMicros > 0));
+        this.inBackground(l, sum(l.held, l.lastEstimate), l.capped && (l.expiresAt > now || l.held.calls > 0));
       }
-      else if (!unreported && l.grant === 0 && idle) this.leases.delete(key);
+      else if (!unreported && !anyAmount(l.grant) && idle) {
+        this.leases.delete(key);
+        if (l.scope.window === 'workflow' && Number.isFinite(l.lastReportAt)) this.remember(key, l);
+      }
     }
   }
 }

@@ -73,8 +73,8 @@ export interface LocalFallbackOptions extends StoreCommonOptions {
    * Fraction of a scope's last known remaining budget this sidecar may spend on its own while the shared
    * store is away, per scope kind. Default: agent 1 and workflow 1 (one agent id and its workflows run in
    * one sidecar: `agent.id` is normally the pod name), route 0 and fleet 0: those caps are the fleet's, and
-   * LeasedStore (lease.ts) serves them from leased slices in front of this store, so they never reach it (nor do
-   * an agent's windows without a token cap). A
+   * LeasedStore (lease.ts) serves them from leased slices in front of this store, so they never reach it (nor, since
+   * the multi-metric leases, does any window: a sidecar's calls reach this store with no scope, for the kill copy). A
    * share guessed here (it used to be 0.25: "a few replicas") let 20 sidecars spend 6.6× what was left (issue 14).
    */
   localShare?: Partial<Record<ScopeKind, number>>;

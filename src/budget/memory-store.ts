@@ -339,12 +339,27 @@ export class MemoryStore implements BudgetStore {
    * Adds settled spend to a scope window without a reservation: the memory lease source (lease-source.ts) keeps
    * the leased windows' spend here, so it is in the snapshot file and in `snapshot` like any other window's.
    */
-  charge(s: ReservedScope, amounts: Amounts): void {
+  charge(s: ReservedScope, amounts: Amounts, use?: { readonly seenAt: number; readonly gcAt: number }): void {
     assertAmounts('charge', amounts);
     const now = this.now();
     const c = this.live(s, scopeKey(s, s.windowId), now, true);
     add(c.spent, amounts, 1);
-    this.touch(c, s, now);
+    if (use === undefined) this.touch(c, s, now);
+    else {
+      // A leased workflow window: its last use is what the holders report (0: none), and the source says how long to keep it.
+      if (use.seenAt > 0) c.lastSeen = Math.max(c.lastSeen ?? 0, use.seenAt);
+      c.gcAt = use.gcAt;
+    }
+  }
+
+  /** Last reserve or commit of a scope window (null if unseen). */
+  lastSeenIn(s: ReservedScope): number | null {
+    return this.counters.get(scopeKey(s, s.windowId))?.lastSeen ?? null;
+  }
+
+  /** Drops a scope window's counters: the memory lease source's idle reset of a workflow window. */
+  forget(s: ReservedScope): void {
+    this.counters.delete(scopeKey(s, s.windowId));
   }
 
   /** Settled spend of a scope window (zero if unseen), read without side effects other than reaping. */

@@ -2,9 +2,9 @@ import type { RedisConnection } from '../store/redis-connection.js';
 import { reply, RedisReplyError } from '../store/redis-script.js';
 import { CrossSlotError, sameSlot } from '../store/redis-slots.js';
 import { LEASE_ACQUIRE } from './lease-scripts.js';
-import { demandOf, type LeaseReply, type LeaseRequest, type LeaseSizing, type LeaseSource, type LeaseUsage } from './lease-source.js';
+import { demandOf, minSlices, workflowLeaseGcMs, type LeaseReply, type LeaseRequest, type LeaseSizing, type LeaseSource, type LeaseUsage } from './lease-source.js';
 import { counterKey, scopeTag } from './redis-keys.js';
-import type { ReservedScope } from './store.js';
+import { METRICS, type Amounts, type ReservedScope } from './store.js';
 import { windowEndFromId } from './windows.js';
 
 /** Lease hashes outlive their window by two days, like the counters, so late reports still land. */
@@ -35,43 +35,52 @@ export class RedisLeaseSource implements LeaseSource {
     this.redis = opts.redis;
     this.prefix = opts.redis.keyPrefix;
     this.sizing = opts;
+    this.min = minSlices(opts);
   }
 
   private readonly sizing: LeaseSizing;
+  private readonly min: Amounts;
 
   /**
    * The lease hash of a window, on its scope's own hash tag (the tags RedisStore gives the scope's counters):
-   * `{fusebox:r:openai}:lease:day:2026-12-05`, `{fusebox:f}:lease:month:2026-12`, `{fusebox:a:pod-1}:lease:day:2026-12-05`.
-   * An agent's lease shares its counters' slot, so a cluster spreads agents' leases as it spreads their counters.
+   * `{fusebox:r:openai}:lease:day:2026-12-05`, `{fusebox:f}:lease:month:2026-12`, `{fusebox:a:pod-1}:lease:day:2026-12-05`,
+   * a workflow `{fusebox:a:pod-1}:lease:wf:task-1` (its agent's tag: batched with the agent's day and month) or, naming
+   * no agent, `{fusebox:w:task-1}:lease:wf:task-1`. An agent's lease shares its counters' slot, so a cluster spreads
+   * agents' leases as it spreads their counters.
    */
   keyOf(s: ReservedScope): string {
-    if (s.scope.kind === 'workflow') throw new TypeError('workflow windows are never leased: their call caps stay exact per call');
-    return `${scopeTag(this.prefix, s.scope)}:lease:${s.window}:${s.windowId}`;
+    const tag = scopeTag(this.prefix, s.scope);
+    return s.scope.kind === 'workflow' ? `${tag}:lease:wf:${s.scope.id}` : `${tag}:lease:${s.window}:${s.windowId}`;
   }
 
   acquire(req: LeaseRequest): Promise<LeaseReply> {
+    const idle = req.scope.window === 'workflow' ? (req.scope.idleTtlMs ?? 0) : 0;
     const end = windowEndFromId(req.scope.window, req.scope.windowId);
-    const gc = Math.max(1_000, Math.ceil((end ?? req.now) - req.now + CALENDAR_GRACE_MS));
+    // A workflow's lease hash goes with its idle time (refreshed by every request); a calendar one with its window.
+    const gc = idle > 0 ? workflowLeaseGcMs(idle, this.sizing) : Math.max(1_000, Math.ceil((end ?? req.now) - req.now + CALENDAR_GRACE_MS));
     const key = this.keyOf(req.scope);
     const keys = [key, `${key}:x`];
     // RedisStore's counters hash of the same window (`{fusebox:a:pod-1}:day:2026-12-05`): seeds a new lease hash.
-    if (req.scope.scope.kind === 'agent') keys.push(counterKey(this.prefix, req.scope));
+    if (req.scope.scope.kind === 'agent' || req.scope.scope.kind === 'workflow') keys.push(counterKey(this.prefix, req.scope));
+    const list = (f: (m: (typeof METRICS)[number]) => number) => METRICS.map(f);
     const args = {
       k: keys.length,
       holder: req.holder,
       seq: req.seq,
-      rep: [req.report.usdMicros, req.report.tokens, req.report.calls],
+      rep: list((m) => req.report[m]),
       keep: req.keep ? 1 : 0,
-      want: req.wantUsdMicros,
-      dem: demandOf(req.rateUsdMicrosPerS ?? 0, this.sizing.ttlMs),
-      cap: req.capUsdMicros ?? -1,
+      want: list((m) => req.want[m]),
+      dem: list((m) => demandOf(req.rate?.[m] ?? 0, this.sizing.ttlMs)),
+      cap: list((m) => req.caps[m] ?? -1),
+      min: list((m) => this.min[m]),
       now: req.now,
       ttl: this.sizing.ttlMs,
       grace: this.sizing.graceMs,
-      min: this.sizing.minSliceUsdMicros,
       whole: 0,
       alert: this.sizing.alertPercent,
       gc,
+      idle,
+      used: idle > 0 ? (req.usedAt ?? 0) : 0,
     };
     const tag = scopeTag(this.prefix, req.scope.scope);
     let batch = this.batches.get(tag);
@@ -108,13 +117,23 @@ export class RedisLeaseSource implements LeaseSource {
   }
 
   /** One HMGET per window: windows live on different slots. */
-  usage(scopes: readonly ReservedScope[]): Promise<LeaseUsage[]> {
+  usage(scopes: readonly ReservedScope[], now: number): Promise<LeaseUsage[]> {
     return Promise.all(
-      scopes.map(async (s) => {
+      scopes.map(async (s): Promise<LeaseUsage> => {
         const key = this.keyOf(s);
-        const [usd, tokens, calls, out] = await this.redis.command('leaseUsage', key, (c) => c.hmget(key, 'usd', 'tokens', 'calls', 'out'));
-        const n = (v: string | null | undefined, what: string) => (v === null || v === undefined ? 0 : reply.int(v, what));
-        return { spent: { usdMicros: n(usd, 'usd'), tokens: n(tokens, 'tokens'), calls: n(calls, 'calls') }, outstandingUsdMicros: n(out, 'out') };
+        const v = await this.redis.command('leaseUsage', key, (c) => c.hmget(key, 'usd', 'tokens', 'calls', 'out', 'out_t', 'out_c', 'seen'));
+        const n = (i: number, what: string) => {
+          const x = v[i];
+          return x === null || x === undefined ? 0 : reply.int(x, what);
+        };
+        const outstanding = { usdMicros: n(3, 'out'), tokens: n(4, 'out_t'), calls: n(5, 'out_c') };
+        const seenAt = v[6] === null || v[6] === undefined ? null : reply.int(v[6], 'seen');
+        const idle = s.window === 'workflow' ? s.idleTtlMs : undefined;
+        // A workflow window gone idle reads as the reset its next request will make (lease-source.ts).
+        if (idle !== undefined && seenAt !== null && now - seenAt >= idle && outstanding.usdMicros + outstanding.tokens + outstanding.calls === 0) {
+          return { spent: { usdMicros: 0, tokens: 0, calls: 0 }, outstandingUsdMicros: 0, outstanding, seenAt: null };
+        }
+        return { spent: { usdMicros: n(0, 'usd'), tokens: n(1, 'tokens'), calls: n(2, 'calls') }, outstandingUsdMicros: outstanding.usdMicros, outstanding, seenAt };
       }),
     );
   }

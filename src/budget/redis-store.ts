@@ -106,8 +106,8 @@ const capArgs = (s: ScopeBudget) => METRICS.map((m) => s.caps[m] ?? NO_CAP);
  * `{<prefix>:r:<routeId>}`; the fleet's `{<prefix>:f}`; kills `{<prefix>}:kills`. A workflow is therefore counted per
  * agent id (normally the pod name): a workflow id used by two agents has two sets of counters. A workflow scope that
  * names no agent gets its own tag `{<prefix>:w:<id>}`. A call whose scopes span several tags still runs as one script on
- * a standalone Redis; on a cluster (where the lease layer leaves only one agent's scopes per call) it is refused before
- * it is sent, with a CrossSlotError.
+ * a standalone Redis; on a cluster it is refused before it is sent, with a CrossSlotError. (Behind LeasedStore, which
+ * leases every window, a sidecar's calls reach this store with no scope at all: the kill copy is all they read.)
  *
  * COMMITS RIDE (issue 14, `commitDelayMs`): each script call costs Redis a round trip (~17 µs of its CPU: read, parse,
  * reply) besides its work, and an agent's calls come one after another. So a commit waits up to commitDelayMs for the

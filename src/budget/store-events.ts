@@ -44,13 +44,13 @@ export const leaseEvents =
     switch (e.type) {
       case 'granted':
         metrics.leaseGrants.labels(e.scope.kind, routeLabel(e.scope), e.renewal ? 'renew' : 'acquire').inc();
-        logger.debug({ scope: e.scope.kind, id: e.scope.id, window: e.window, usd: e.grantUsdMicros / 1e6, liveHolders: e.liveHolders }, 'budget slice leased');
+        logger.debug({ scope: e.scope.kind, id: e.scope.id, window: e.window, usd: e.grant.usdMicros / 1e6, tokens: e.grant.tokens, calls: e.grant.calls, liveHolders: e.liveHolders }, 'budget slice leased');
         return;
       case 'refused':
         metrics.leaseRefusals.labels(e.scope.kind, routeLabel(e.scope), e.reason).inc();
         // An exhausted cap is logged by the budget layer with the refusal; a missing slice is a 503 it does not log.
         if (e.reason === 'no_lease') {
-          logger.warn({ scope: e.scope.kind, id: e.scope.id, window: e.window, requestedUsd: e.requestedUsdMicros / 1e6 }, 'call refused: the budget store is unreachable and no slice of this cap is left');
+          logger.warn({ scope: e.scope.kind, id: e.scope.id, window: e.window, metric: e.metric, requested: e.metric === 'usdMicros' ? e.requested / 1e6 : e.requested }, 'call refused: the budget store is unreachable and no slice of this cap is left');
         }
         return;
       case 'outageAdmission':
@@ -58,12 +58,16 @@ export const leaseEvents =
         metrics.leaseOutageAdmittedUsd.labels(e.scope.kind, routeLabel(e.scope)).inc(e.usdMicros / 1e6);
         return;
       case 'sourceDown':
+        // Every window is leased: a lease request that fails is the store failing calls (an OOM Redis answers the
+        // kill reads LocalFallbackStore watches, but refuses every lease script).
+        metrics.storeUp.set(0);
         logger.error(
           { error: e.error.message },
-          'budget leases unreachable: leased caps (route, fleet, agent USD) admit only on the slices held until they expire (store.lease), then refuse with 503',
+          'budget leases unreachable: leased caps (route, fleet, agent, workflow) admit only on the slices held until they expire (store.lease), then refuse with 503',
         );
         return;
       case 'sourceUp':
+        metrics.storeUp.set(1);
         logger.info('budget leases reachable again: unreported spend reported');
         return;
       case 'unreportedDropped':

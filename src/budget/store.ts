@@ -5,7 +5,7 @@ import { windowAt, windowEndFromId, type WindowKind } from './windows.js';
 
 /**
  * The shared budget store: one interface, implemented by memory, Redis, a wrapper that keeps enforcing locally
- * while Redis is away, and LeasedStore, which serves money caps (route, fleet, an agent's USD-only windows) from leased slices in front of either. A request is admitted by `reserve` (checks every scope and holds
+ * while Redis is away, and LeasedStore, which serves every cap from leased slices in front of either. A request is admitted by `reserve` (checks every scope and holds
  * its estimate in one atomic step), then settled by `commit` (charges the actual cost) or `release`
  * (returns the hold). Per-request caps (`maxRequestUsd`, `maxRequestTokens`) are the caller's business.
  *
@@ -28,16 +28,18 @@ import { windowAt, windowEndFromId, type WindowKind } from './windows.js';
  *   once. spent + reserved never changes at a reap, so the bound holds as stated (a request never settled
  *   counts as a_j = e_j). Keep the TTL above the route's total timeout.
  * - A request is charged to the windows it was reserved in, even if it settles after midnight.
- * - Route and fleet caps, and an agent's day and month windows that cap USD only (or nothing), are served by
- *   LeasedStore (lease.ts) from leased slices: the source keeps
+ * - Every cap of every window (route, fleet, an agent's day and month, workflows; µUSD, tokens, calls) is served by
+ *   LeasedStore (lease.ts) from leased slices: the source keeps, per metric,
  *   `spent + Σ slices outstanding ≤ C`, and a sidecar admits e only if its unreported spend + holds + e ≤ its
- *   slice. So fleet/route spend ≤ C + Σ (a − e) of calls in flight + N × allowance (N sidecars,
+ *   slice. Calls are taken from a slice at admission, so a call cap (`maxCalls`) holds exactly fleet-wide. So
+ *   spend ≤ C + Σ (a − e) of calls in flight + N × allowance (N sidecars, money only,
  *   `store.lease.allowanceUsd`) for each such window, and during an outage the spend admitted is at most what was left of the slices
  *   outstanding when it began (+ allowances); it does not grow with N. This assumes clocks agree within the lease
  *   grace (a lapsed slice returns to the pool only `graceMs` after its expiry, counted as spent until its holder
  *   reports, and a report made with calls in flight asks for a slice covering their holds).
- * - While Redis is unreachable, LocalFallbackStore enforces the windows left to it (workflows, token caps) against their last-known
- *   remaining (one agent id lives in one sidecar; see local-fallback-store.ts).
+ * - While Redis is unreachable, LocalFallbackStore enforces the windows left to it against their last-known remaining
+ *   (one agent id lives in one sidecar; see local-fallback-store.ts): none once LeasedStore leases every window,
+ *   whose own rule (`aloneRemaining`) does the same for an agent's or workflow's window a sidecar alone held.
  * - A scope whose cap is used up refuses every request, even one estimated at zero (a tool call), so a
  *   runaway workflow stops; calls are counted at reserve time, so `maxCalls` stops the (N+1)th call
  *   exactly even under concurrency.
@@ -223,11 +225,11 @@ export interface BudgetStore {
   flush?(): Promise<void>;
   /** Sends what is waiting (flush), then lets go. */
   close(): Promise<void>;
-  /** Slices of route and fleet caps this sidecar holds (LeasedStore only), for the lease gauge. */
+  /** Slices this sidecar holds (LeasedStore only), for the lease gauge. */
   leaseViews?(): LeaseView[];
 }
 
-/** A leased route or fleet window as this sidecar sees it. */
+/** A leased window as this sidecar sees it. */
 export interface LeaseView {
   readonly scope: ScopeRef;
   readonly window: WindowKind;

@@ -399,8 +399,8 @@ export const StoreSchema = z.strictObject({
    */
   commitDelayMs: z.number().int().min(0).max(30_000).default(1_000),
   /**
-   * How money caps are shared by the sidecars (route, fleet, and an agent's windows without a token cap): each holds a
-   * leased slice (see README, "Leases").
+   * How caps are shared by the sidecars (every window: route, fleet, agent, workflow; USD, tokens, calls): each holds
+   * a leased slice (see README, "Leases").
    */
   lease: z
     .strictObject({
@@ -431,8 +431,8 @@ export const StoreSchema = z.strictObject({
 
 export const BudgetsSchema = z.strictObject({
   /**
-   * Caps for this agent (the `agent.id`), UTC windows. Without `dailyTokens` the day and month windows are served from
-   * leased slices like the fleet's (README, "Leases"): a call then runs no store script for them.
+   * Caps for this agent (the `agent.id`), UTC windows. Served from leased slices like the fleet's (README, "Leases"):
+   * a call runs no store script for them.
    */
   agent: z
     .strictObject({
@@ -441,7 +441,7 @@ export const BudgetsSchema = z.strictObject({
       dailyTokens: positiveInt.optional(),
     })
     .prefault({}),
-  /** Caps per workflow (`x-fusebox-workflow` header). */
+  /** Caps per workflow (`x-fusebox-workflow` header), served from leased slices (README, "Leases"): `maxCalls` holds exactly fleet-wide. */
   workflow: z
     .strictObject({
       usd: z.number().positive().optional(),

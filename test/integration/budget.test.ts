@@ -281,6 +281,37 @@ describe('a fleet sharing one Redis', () => {
     expect(fleet.spentUsd).toBeLessThanOrEqual(0.1 + ok * perCallOvershoot + 1e-9);
   });
 
+  it('stops a workflow loop run through two sidecars at exactly maxCalls from leased slices of calls: every other call gets 402 CALL_LIMIT', async () => {
+    // One agent id on two sidecars (replicas), one workflow: 30 concurrent calls, 10 allowed fleet-wide.
+    const cfg = { agent: { id: 'looper' }, store: { kind: 'redis', url: redis.url, keyPrefix: 'loop2', timeoutMs: 5_000 }, budgets: { workflow: { maxCalls: 10 } }, routes: llmRoutes(up) };
+    const a = await start(cfg);
+    const b = await start(cfg);
+    const raw = new Redis(redis.url);
+    try {
+      const answers = await Promise.all(
+        Array.from({ length: 30 }, async (_, i) => {
+          const res = await chat(i % 2 === 0 ? a : b, { 'x-fusebox-workflow': 'loop-2' });
+          if (res.statusCode === 200) {
+            await res.body.dump();
+            return { status: 200 };
+          }
+          return { status: res.statusCode, body: await fuseboxBody(res) };
+        }),
+      );
+      expect(answers.filter((x) => x.status === 200)).toHaveLength(10);
+      const refused = answers.filter((x) => x.status !== 200);
+      expect(refused).toHaveLength(20);
+      for (const r of refused) expect(r).toMatchObject({ status: 402, body: { code: 'CALL_LIMIT', scope: 'workflow', scopeId: 'loop-2', limit: 10 } });
+      await Promise.all([a.app.idle(), b.app.idle()]);
+      await Promise.all([a.stop(), b.stop()]);
+      // Served from the workflow's lease hash on the agent's slot: no per-call counters were written.
+      expect(await raw.hget('{loop2:a:looper}:lease:wf:loop-2', 'calls')).toBe('10');
+      expect(await raw.exists('{loop2:a:looper}:wf:loop-2')).toBe(0);
+    } finally {
+      raw.disconnect();
+    }
+  });
+
   it('a kill switch set through one sidecar stops it at once and the other within its kill refresh time; lifting it restores service', async () => {
     const cfg = { agent: { id: 'killable' }, store: { kind: 'redis', url: redis.url, keyPrefix: 'kill' }, routes: llmRoutes(up) };
     const a = await start(cfg);
@@ -340,29 +371,34 @@ describe('a fleet sharing one Redis', () => {
     }
   });
 
-  it("carries each call's commit on the next call's reserve, and sends the commits still waiting when idle() or shutdown waits for them", async () => {
+  it('serves a token-capped agent in a workflow with maxCalls from leased slices: no per-call script, spend reported by shutdown', async () => {
     const raw = new Redis(redis.url);
-    // A delay no test waits out: only a ride, idle() or the drain can have sent a commit. A token cap keeps the agent's
-    // day exact per call (a USD-only or uncapped agent window is leased: no per-call script, nothing to ride).
+    // Before issue 14's multi-metric leases a token cap or a workflow window ran a reserve and a commit script per
+    // call (commits riding the next reserve with commitDelayMs). Now every window is leased: nothing rides.
     const fb = await start({
       agent: { id: 'rider' },
       store: { kind: 'redis', url: redis.url, keyPrefix: 'ride', commitDelayMs: 30_000 },
-      budgets: { agent: { dailyTokens: 1_000_000_000 } },
+      budgets: { agent: { dailyTokens: 1_000_000_000 }, workflow: { maxCalls: 1_000 } },
       routes: llmRoutes(up),
     });
-    const spent = async () => Number(await raw.hget(`{ride:a:rider}:day:${new Date().toISOString().slice(0, 10)}`, 'u')) / 1e6;
+    const day = new Date().toISOString().slice(0, 10);
+    const lease = async (key: string) => {
+      const [usd, calls] = await raw.hmget(key, 'usd', 'calls');
+      return [Number(usd) / 1e6, Number(calls)];
+    };
     try {
-      for (let i = 0; i < 4; i++) await (await chat(fb)).body.dump();
+      for (let i = 0; i < 4; i++) await (await chat(fb, { 'x-fusebox-workflow': 'task-1' })).body.dump();
       await fb.app.idle();
-      expect(await spent()).toBeCloseTo(4 * COST_USD, 9);
       const text = await fb.metricsText();
-      const ridden = metricValue(text, 'fusebox_store_commits_total', { sent: 'ridden' });
-      // Each commit is queued as its answer ends, before the agent's next call: at least the first ones rode.
-      expect(ridden).toBeGreaterThanOrEqual(1);
-      expect(ridden + metricValue(text, 'fusebox_store_commits_total', { sent: 'alone' })).toBe(4);
-      await (await chat(fb)).body.dump();
+      expect(metricValue(text, 'fusebox_store_commits_total', { sent: 'ridden' }) + metricValue(text, 'fusebox_store_commits_total', { sent: 'alone' })).toBe(0);
+      expect(await raw.exists(`{ride:a:rider}:day:${day}`, '{ride:a:rider}:wf:task-1')).toBe(0);
+      await (await chat(fb, { 'x-fusebox-workflow': 'task-1' })).body.dump();
       await fb.stop();
-      expect(await spent()).toBeCloseTo(5 * COST_USD, 9);
+      // Shutdown gives every slice back with the spend not yet reported: the day's and the workflow's, 5 calls each.
+      const [usd, calls] = await lease(`{ride:a:rider}:lease:day:${day}`);
+      expect(usd).toBeCloseTo(5 * COST_USD, 9);
+      expect(calls).toBe(5);
+      expect(await lease('{ride:a:rider}:lease:wf:task-1')).toEqual([expect.closeTo(5 * COST_USD, 9), 5]);
     } finally {
       raw.disconnect();
     }

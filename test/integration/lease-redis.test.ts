@@ -6,7 +6,7 @@ import { LocalFallbackStore } from '../../src/budget/local-fallback-store.js';
 import { RedisLeaseSource } from '../../src/budget/redis-lease-source.js';
 import { MemoryStore } from '../../src/budget/memory-store.js';
 import { RedisStore } from '../../src/budget/redis-store.js';
-import type { ReservedScope, Reservation, ScopeBudget } from '../../src/budget/store.js';
+import type { Amounts, ReservedScope, Reservation, ScopeBudget } from '../../src/budget/store.js';
 import { dayId } from '../../src/budget/windows.js';
 import { StoreUnavailableError } from '../../src/errors.js';
 import { RedisConnection } from '../../src/store/redis-connection.js';
@@ -131,7 +131,7 @@ describe('leased fleet cap over a real Redis that is killed and restarted', () =
     }
   });
 
-  it("sends Redis nothing for calls whose every window is leased (an agent's USD caps, route, fleet), and two scripts per call with a workflow window", async () => {
+  it("sends Redis nothing per call, whatever the call's windows cap: an agent's USD and token caps, route, fleet, a workflow's calls", async () => {
     redis = await startRedis();
     const connection = new RedisConnection({ url: redis.url, keyPrefix: 'nc' });
     connections.push(connection);
@@ -152,7 +152,11 @@ describe('leased fleet cap over a real Redis that is killed and restarted', () =
       // Capped: an uncapped window's spend is reported at the first background tick (then every reportIntervalMs).
       { scope: { kind: 'fleet', id: 'all' }, window: 'day', caps: { usdMicros: usd(1_000) } },
     ];
-    const withWorkflow: ScopeBudget[] = [...leased, { scope: { kind: 'workflow', id: 'w1', agent: 'pod-1' }, window: 'workflow', caps: { calls: 1_000 }, idleTtlMs: 600_000 }];
+    const withWorkflow: ScopeBudget[] = [
+      { scope: agent, window: 'day', caps: { usdMicros: usd(100), tokens: 1_000_000 } },
+      ...leased.slice(1),
+      { scope: { kind: 'workflow', id: 'w1', agent: 'pod-1' }, window: 'workflow', caps: { usdMicros: usd(50), tokens: 500_000, calls: 1_000 }, idleTtlMs: 600_000 },
+    ];
     const calls = async (scopes: ScopeBudget[], n: number) => {
       for (let i = 0; i < n; i++) {
         const r = await store.reserve({ scopes, estimate: { usdMicros: 100, tokens: 10, calls: 1 } });
@@ -162,8 +166,10 @@ describe('leased fleet cap over a real Redis that is killed and restarted', () =
     };
     const raw = new Redis(redis.url);
     try {
-      // The first calls lease the slices (and read the kill set once).
-      await calls(withWorkflow, 2);
+      // The first calls lease the slices; token and call slices start at what a call needs (no minimum), then follow
+      // the rate reported, so a few renews size them for thousands of calls (the µUSD slices too, past their minimum).
+      await calls(withWorkflow, 400);
+      await calls(leased, 2);
       /** Commands Redis ran for `n` calls (those inside scripts included), and how many of them were scripts. */
       const counted = async (n: number, scopes: ScopeBudget[]) => {
         await raw.config('RESETSTAT');
@@ -173,10 +179,15 @@ describe('leased fleet cap over a real Redis that is killed and restarted', () =
         return { commands: sum(stats), scripts: sum(stats.filter(([, cmd]) => cmd === 'evalsha' || cmd === 'eval')) };
       };
       expect(await counted(300, leased)).toEqual({ commands: 0, scripts: 0 });
-      expect((await counted(10, withWorkflow)).scripts).toBe(20);
-      // The agent's leases live beside its counters, on its own slot.
-      expect(await raw.exists('{nc:a:pod-1}:lease:day:2026-12-05', '{nc:a:pod-1}:lease:month:2026-12')).toBe(2);
-      expect(await raw.exists('{nc:a:pod-1}:day:2026-12-05')).toBe(0);
+      // Before, a workflow window (maxCalls) and a token cap cost a reserve and a commit script per call.
+      expect(await counted(300, withWorkflow)).toEqual({ commands: 0, scripts: 0 });
+      // The agent's leases live beside its counters, on its own slot, its workflow's too; no per-call counters.
+      expect(await raw.exists('{nc:a:pod-1}:lease:day:2026-12-05', '{nc:a:pod-1}:lease:month:2026-12', '{nc:a:pod-1}:lease:wf:w1')).toBe(3);
+      expect(await raw.exists('{nc:a:pod-1}:day:2026-12-05', '{nc:a:pod-1}:wf:w1')).toBe(0);
+      // The workflow's lease hash lives its idle time past its last request (plus a slice's life and grace), not two days.
+      const ttl = await raw.pttl('{nc:a:pod-1}:lease:wf:w1');
+      expect(ttl).toBeGreaterThan(600_000);
+      expect(ttl).toBeLessThanOrEqual(600_000 + SIZING.ttlMs + SIZING.graceMs);
       await store.close();
     } finally {
       raw.disconnect();
@@ -205,55 +216,77 @@ describe('leased fleet cap over a real Redis that is killed and restarted', () =
     await store.close();
   });
 
-  it('runs the same lease rules in Lua as in memory: 300 random requests from 4 holders get the same answers', async () => {
+  const twins: Array<[string, ReservedScope, (random: () => number) => Amounts]> = [
+    ['a route (µUSD)', { scope: { kind: 'route', id: 'openai' }, window: 'day', caps: { usdMicros: usd(10) }, windowId: '2026-12-05' }, () => ({ usdMicros: 0, tokens: 0, calls: 0 })],
+    [
+      'a workflow (µUSD, tokens, calls; idle 40 s)',
+      { scope: { kind: 'workflow', id: 'task-1', agent: 'pod-1' }, window: 'workflow', caps: { usdMicros: usd(10), tokens: 3_000, calls: 120 }, idleTtlMs: 40_000, windowId: 'all' },
+      (random) => ({ usdMicros: 0, tokens: Math.floor(random() * 200), calls: 1 + Math.floor(random() * 3) }),
+    ],
+  ];
+  it.each(twins)('runs the same lease rules in Lua as in memory for %s: 300 random requests from 4 holders get the same answers', async (name, scope, extra) => {
     redis = await startRedis();
     const connection = new RedisConnection({ url: redis.url, keyPrefix: 'twin' });
     connections.push(connection);
     await connection.ready(2_000);
     let t = Date.parse('2026-12-05T10:00:00Z');
     const now = () => t;
-    const lua = new RedisLeaseSource({ redis: connection, ...SIZING });
-    const memory = new MemoryLeaseSource(new MemoryStore({ now }), SIZING, { whole: false });
-    const scope: ReservedScope = { scope: { kind: 'route', id: 'openai' }, window: 'day', caps: { usdMicros: usd(10) }, windowId: '2026-12-05' };
+    const lua = new RedisLeaseSource({ redis: connection, ...SIZING, minSliceCalls: 2 });
+    const memory = new MemoryLeaseSource(new MemoryStore({ now }), { ...SIZING, minSliceCalls: 2 }, { whole: false });
     const random = seeded(99);
     const seqs = new Map<string, number>();
+    const lastUse = new Map<string, number>();
     const answers: [LeaseReply, LeaseReply][] = [];
     let retries = 0;
     let reaped = 0;
+    let resets = 0;
     for (let i = 0; i < 300; i++) {
-      t += Math.floor(random() * 4_000);
+      // Now and then a pause longer than a workflow's idle time.
+      t += random() < 0.03 ? 45_000 : Math.floor(random() * 4_000);
       const holder = `h${Math.floor(random() * 4)}`;
       // One request in eight is a retry of that holder's last one (its answer lost): same seq, same report.
       const retry = random() < 0.125 && seqs.has(holder);
       if (retry) retries++;
       const seq = retry ? seqs.get(holder)! : (seqs.get(holder) ?? 0) + 1;
       seqs.set(holder, seq);
+      const more = extra(random);
+      if (!retry && random() < 0.8) lastUse.set(holder, t - Math.floor(random() * 2_000));
       const req: LeaseRequest = {
         scope,
         holder,
         seq,
-        report: retry ? { usdMicros: 0, tokens: 0, calls: 0 } : { usdMicros: Math.floor(random() * usd(0.4)), tokens: 3, calls: 1 },
+        report: retry ? { usdMicros: 0, tokens: 0, calls: 0 } : { usdMicros: Math.floor(random() * usd(0.4)), tokens: 3 + more.tokens, calls: more.calls || 1 },
         keep: random() < 0.9,
-        wantUsdMicros: Math.floor(random() * usd(0.3)),
+        want: { usdMicros: Math.floor(random() * usd(0.3)), tokens: more.tokens, calls: more.calls },
         // Spend rates from none to fast enough that the fair share caps the slice (two 30 s lifetimes at 0.1 $/s = 6 $).
-        rateUsdMicrosPerS: random() < 0.3 ? 0 : random() * usd(0.1),
-        capUsdMicros: usd(10),
+        rate: random() < 0.3 ? { usdMicros: 0, tokens: 0, calls: 0 } : { usdMicros: random() * usd(0.1), tokens: random() * 30, calls: random() * 2 },
+        caps: scope.caps,
+        usedAt: lastUse.get(holder) ?? 0,
         now: t,
       };
       const pair: [LeaseReply, LeaseReply] = [await lua.acquire(req), await memory.acquire(req)];
       answers.push(pair);
       expect(pair[0], `request ${i}: ${JSON.stringify(req)}`).toEqual(pair[1]);
-      if (i > 0 && pair[0].outstandingUsdMicros < answers[i - 1]![0].outstandingUsdMicros && pair[0].spentUsdMicros > answers[i - 1]![0].spentUsdMicros) reaped++;
+      const prev = answers[i - 1]?.[0];
+      if (prev && pair[0].outstanding.usdMicros < prev.outstanding.usdMicros && pair[0].spent.usdMicros > prev.spent.usdMicros) reaped++;
+      if (prev && pair[0].spent.calls < prev.spent.calls) resets++;
     }
     // The sequence went through the interesting cases: retries, grants, a pool used up, an alert, lapsed slices.
     expect(retries).toBeGreaterThan(10);
-    expect(answers.some(([a]) => a.grantUsdMicros > 0)).toBe(true);
-    expect(answers.some(([a]) => a.alert)).toBe(true);
+    expect(answers.some(([a]) => a.grant.usdMicros > 0)).toBe(true);
+    expect(answers.some(([a]) => a.alerts.length > 0)).toBe(true);
     expect(reaped).toBeGreaterThan(0);
-    expect(answers.at(-1)![0]).toMatchObject({ grantUsdMicros: 0 });
-    expect(answers.at(-1)![0].spentUsdMicros).toBeGreaterThan(usd(10));
-    const [u] = await lua.usage([scope]);
-    expect(u).toEqual((await memory.usage([scope]))[0]);
+    if (scope.window === 'workflow') {
+      // Workflow windows went idle and started again, and their calls and tokens ran out in between.
+      expect(resets, name).toBeGreaterThan(0);
+      expect(answers.some(([a]) => a.grant.calls > 0)).toBe(true);
+      expect(answers.some(([a]) => a.alerts.includes('calls'))).toBe(true);
+    } else {
+      expect(answers.at(-1)![0]).toMatchObject({ grant: { usdMicros: 0 } });
+      expect(answers.at(-1)![0].spent.usdMicros).toBeGreaterThan(usd(10));
+    }
+    const [u] = await lua.usage([scope], t);
+    expect(u).toEqual((await memory.usage([scope], t))[0]);
   });
 });
 
@@ -281,9 +314,9 @@ describe("one lease script call per hash tag for the windows requested in the sa
     seq,
     report: { usdMicros: spent, tokens: 7, calls: 2 },
     keep: true,
-    wantUsdMicros: usd(0.2),
-    rateUsdMicrosPerS: usd(0.01),
-    capUsdMicros: scope.caps.usdMicros,
+    want: { usdMicros: usd(0.2), tokens: 0, calls: 0 },
+    rate: { usdMicros: usd(0.01), tokens: 0, calls: 0 },
+    caps: scope.caps,
     now: t,
   });
 
@@ -303,7 +336,7 @@ describe("one lease script call per hash tag for the windows requested in the sa
       const before = scriptCalls(await raw.info('commandstats'));
       const replies = await Promise.all(reqs.map((r) => source.acquire(r)));
       expect(scriptCalls(await raw.info('commandstats')) - before).toBe(1);
-      expect(replies.map((r) => r.spentUsdMicros)).toEqual([100, 300]);
+      expect(replies.map((r) => r.spent.usdMicros)).toEqual([100, 300]);
       for (const [i, r] of reqs.entries()) expect(replies[i]).toEqual(await memory.acquire(r));
       expect(await raw.hmget('{b1:a:pod-1}:lease:day:2026-12-05', 'usd', 'calls')).toEqual(['100', '2']);
       expect(await raw.hmget('{b1:a:pod-1}:lease:month:2026-12', 'usd', 'calls')).toEqual(['300', '2']);
@@ -318,7 +351,7 @@ describe("one lease script call per hash tag for the windows requested in the sa
       const before = scriptCalls(await raw.info('commandstats'));
       const replies = await Promise.all([source.acquire(request(agentDay, 1, 100)), source.acquire(request(fleetDay, 2, 400)), source.acquire(request(agentMonth, 3, 300))]);
       expect(scriptCalls(await raw.info('commandstats')) - before).toBe(2);
-      expect(replies.map((r) => r.spentUsdMicros)).toEqual([100, 400, 300]);
+      expect(replies.map((r) => r.spent.usdMicros)).toEqual([100, 400, 300]);
     } finally {
       raw.disconnect();
     }
@@ -337,11 +370,11 @@ describe("one lease script call per hash tag for the windows requested in the sa
     const first = await resend();
     // A lost answer to a call that did run: the same seq again applies nothing.
     const again = await resend();
-    expect(first.map((r) => r.spentUsdMicros)).toEqual([110, 330]);
+    expect(first.map((r) => r.spent.usdMicros)).toEqual([110, 330]);
     expect(again).toEqual(first);
   });
 
-  it("on a cluster, sends an agent's windows to its slot and the fleet's to the fleet's", async () => {
+  it("on a cluster, sends an agent's windows (its workflow's too) to its slot in one call, the fleet's to the fleet's, a workflow naming no agent to its own", async () => {
     cluster = await startRedisCluster();
     const fleetNode = await cluster.nodeOfKey('{bc:f}:x');
     let agent = '';
@@ -355,6 +388,14 @@ describe("one lease script call per hash tag for the windows requested in the sa
     const source = new RedisLeaseSource({ redis: connection, ...SIZING });
     const fleetMonth: ReservedScope = { ...fleetDay, window: 'month', windowId: '2026-12' };
     const mine = (s: ReservedScope): ReservedScope => ({ ...s, scope: { kind: 'agent', id: agent } });
+    const workflowOf = (id: string, of?: string): ReservedScope => ({
+      scope: { kind: 'workflow', id, ...(of !== undefined && { agent: of }) },
+      window: 'workflow',
+      caps: { calls: 100 },
+      idleTtlMs: 600_000,
+      windowId: 'all',
+    });
+    const soloNode = await cluster.nodeOfKey('{bc:w:solo}:x');
     const calls = () => Promise.all(cluster!.nodes.map(async (n) => scriptCalls(await n.info('commandstats'))));
     const before = await calls();
     const replies = await Promise.all([
@@ -362,10 +403,16 @@ describe("one lease script call per hash tag for the windows requested in the sa
       source.acquire(request(fleetDay, 2, 400)),
       source.acquire(request(mine(agentMonth), 3, 300)),
       source.acquire(request(fleetMonth, 4, 700)),
+      source.acquire(request(workflowOf('task-1', agent), 5, 50)),
+      source.acquire(request(workflowOf('solo'), 6, 60)),
     ]);
     const after = await calls();
-    const delta = cluster.nodes.map((n, i) => [n.address, after[i]! - before[i]!]);
-    expect(Object.fromEntries(delta.filter(([, d]) => d !== 0))).toEqual({ [agentNode.address]: 1, [fleetNode.address]: 1 });
-    expect(replies.map((r) => r.spentUsdMicros)).toEqual([100, 400, 300, 700]);
+    const delta = cluster.nodes.map((n, i) => [n.address, after[i]! - before[i]!] as const);
+    const expected: Record<string, number> = {};
+    for (const n of [agentNode, fleetNode, soloNode]) expected[n.address] = (expected[n.address] ?? 0) + 1;
+    expect(Object.fromEntries(delta.filter(([, d]) => d !== 0))).toEqual(expected);
+    expect(replies.map((r) => r.spent.usdMicros)).toEqual([100, 400, 300, 700, 50, 60]);
+    // No call rate known yet: the minimum call slice (10) of the 100.
+    expect(replies.slice(4).map((r) => r.grant.calls)).toEqual([10, 10]);
   });
 });

@@ -40,9 +40,9 @@ class Network implements LeaseSource {
     }
     return r;
   }
-  usage(scopes: readonly ReservedScope[]): Promise<LeaseUsage[]> {
+  usage(scopes: readonly ReservedScope[], now: number): Promise<LeaseUsage[]> {
     if (this.cut) return Promise.reject(new Error('connection refused'));
-    return this.inner.usage(scopes);
+    return this.inner.usage(scopes, now);
   }
 }
 
@@ -150,7 +150,7 @@ describe('LeasedStore', () => {
     // No spend known yet: the minimum (0.01), or what the call needs if more, not half of the 100 left. The slice
     // then renewed ahead of need holds the call in flight and one more like it.
     await settle();
-    expect(net.sent[0]?.rateUsdMicrosPerS).toBe(0);
+    expect(net.sent[0]?.rate?.usdMicros).toBe(0);
     expect(a.leaseViews()[0]?.remainingUsdMicros).toBe(usd(0.1));
     await b.reserve({ scopes, estimate: est(usd(0.1)) });
     await settle();
@@ -286,7 +286,7 @@ describe('LeasedStore', () => {
     const back = await store.reserve({ scopes, estimate: est(usd(0.1)) });
     expect(back.ok).toBe(true);
     // The lapsed slice was replaced, not added to: one slice outstanding.
-    const [u] = await new MemoryLeaseSource(counters, SIZING).usage([{ ...scopes[0]!, windowId: '2026-12-05' }]);
+    const [u] = await new MemoryLeaseSource(counters, SIZING).usage([{ ...scopes[0]!, windowId: '2026-12-05' }], t);
     expect(u?.spent.usdMicros).toBe(usd(0.1));
   });
 
@@ -368,7 +368,7 @@ describe('LeasedStore', () => {
     // The silent one comes back and reports the 1 USD it spent: its presumed spend is replaced by the real one.
     silentNet.cut = false;
     await silent.close();
-    const [u] = await source.usage([{ ...scopes[0]!, windowId: '2026-12-05' }]);
+    const [u] = await source.usage([{ ...scopes[0]!, windowId: '2026-12-05' }], t);
     expect(u?.spent.usdMicros).toBe(usd(1));
   });
 
@@ -404,7 +404,7 @@ describe('LeasedStore', () => {
     // A's background report: its call is still in flight, so it asks for a slice covering the 2 USD it holds.
     await advance(1_000);
     const reports = aNet.sent.filter((r) => r.report.usdMicros > 0);
-    expect(reports.map((r) => [r.report.usdMicros, r.keep, r.wantUsdMicros >= usd(2)])).toEqual(reports.map(() => [usd(0.5), true, true]));
+    expect(reports.map((r) => [r.report.usdMicros, r.keep, r.want.usdMicros >= usd(2)])).toEqual(reports.map(() => [usd(0.5), true, true]));
     expect(reports.length).toBeGreaterThan(0);
     bSpent += await drain();
     await a.commit(inFlight.reservation, { usdMicros: usd(2), tokens: 0 });
@@ -414,23 +414,24 @@ describe('LeasedStore', () => {
     expect(total).toBeLessThanOrEqual(cap);
   });
 
-  it('releases the lease hold when the inner store refuses, and the inner hold when the lease refuses', async () => {
+  it('returns the holds taken on the windows before one that refuses, and all of them when the inner store refuses (a kill)', async () => {
     const { counters, net } = fleet();
     const store = sidecar(counters, net);
-    // A token cap keeps the agent's day window exact per call, in the inner store.
-    const capped = { ...agentDay('a1'), caps: { usdMicros: usd(0.2), tokens: 1_000_000 } };
-    const refusedInside = await store.reserve({ scopes: [capped, fleetDay(usd(1))], estimate: est(usd(0.5)) });
-    expect(refusedInside.ok || refusedInside.refusal.scope).toEqual({ kind: 'agent', id: 'a1' });
-    expect(store.leaseViews().map((v) => [v.scope.kind, v.remainingUsdMicros])).toEqual([['fleet', usd(1)]]);
     const wf = workflow('w1', 'a2');
     const refusedByLease = await store.reserve({ scopes: [agentDay('a2'), wf, fleetDay(usd(1))], estimate: est(usd(1.5)) });
     expect(refusedByLease.ok || refusedByLease.refusal.scope).toEqual({ kind: 'fleet', id: 'all' });
-    // Neither the workflow's hold (inner) nor the agent's (leased, uncapped) is left behind.
-    expect((await counters.snapshot([wf]))[0]?.reserved.calls).toBe(0);
-    expect((await store.snapshot([agentDay('a2')]))[0]?.reserved.calls).toBe(0);
+    // Neither the workflow's hold nor the agent's (leased, uncapped) is left behind.
+    const held = async () => (await store.snapshot([agentDay('a2'), wf])).map((u) => u.reserved.calls);
+    expect(await held()).toEqual([0, 0]);
+    // Every window fits; the inner store (kill copy) refuses: the leased holds go back.
+    await store.setKill({ kind: 'workflow', id: 'w1' }, 'loop');
+    const killed = await store.reserve({ scopes: [agentDay('a2'), wf, fleetDay(usd(1))], estimate: est(usd(0.1)) });
+    expect(killed.ok || killed.refusal.reason).toBe('KILLED');
+    expect(await held()).toEqual([0, 0]);
+    expect(store.leaseViews().find((v) => v.scope.kind === 'fleet')?.remainingUsdMicros).toBe(usd(1));
   });
 
-  it("leases an agent's USD-only day and month caps and its uncapped windows; a token cap and every workflow window stay exact per call in the inner store", async () => {
+  it("leases every window: an agent's day and month caps (USD, tokens), its uncapped windows, a workflow's; the inner store checks kills only", async () => {
     const counters = new RecordingStore({ now });
     const net = new Network(new MemoryLeaseSource(counters, SIZING));
     const store = sidecar(counters, net);
@@ -453,13 +454,208 @@ describe('LeasedStore', () => {
     const [day, month, f] = await store.snapshot(usdOnly);
     expect([day?.spent, month?.spent.usdMicros, f?.spent.usdMicros]).toEqual([{ usdMicros: usd(0.9), tokens: 21, calls: 3 }, usd(0.9), usd(0.9)]);
 
+    // A token cap is leased too: 1,000 tokens, calls estimated at 400 each, the third refused naming the tokens.
     const withTokens = { ...agentDayUsd('a2', usd(1)), caps: { usdMicros: usd(1), tokens: 1_000 } };
     const wf = workflow('w1', 'a2', 3);
-    const r = await store.reserve({ scopes: [withTokens, agentMonth('a2', usd(5)), wf], estimate: est(usd(0.1)) });
-    if (!r.ok) throw new Error('refused');
-    expect(counters.reserved.at(-1)).toEqual([withTokens, wf]);
-    await store.commit(r.reservation, { usdMicros: usd(0.1), tokens: 7 });
-    expect(counters.commits).toBe(1);
+    const tokenEst = { usdMicros: usd(0.1), tokens: 400, calls: 1 };
+    for (let i = 0; i < 2; i++) {
+      const r = await store.reserve({ scopes: [withTokens, agentMonth('a2', usd(5)), wf], estimate: tokenEst });
+      if (!r.ok) throw new Error('refused');
+      expect(counters.reserved.at(-1)).toEqual([]);
+      await store.commit(r.reservation, { usdMicros: usd(0.1), tokens: 400 });
+    }
+    const third = await store.reserve({ scopes: [withTokens, agentMonth('a2', usd(5)), wf], estimate: tokenEst });
+    expect(third.ok || third.refusal).toMatchObject({ reason: 'BUDGET_EXCEEDED', scope: { kind: 'agent', id: 'a2' }, metric: 'tokens', limit: 1_000, spent: 800, requested: 400 });
+    expect(counters.commits).toBe(0);
+  });
+
+  it('grants token and call slices beside the µUSD one, each sized by the same rules (minimum, demand, fair share, all that is left for one holder)', async () => {
+    const shared = fleet({ whole: false });
+    const a = sidecar(shared.counters, shared.net);
+    const scopes = [{ ...agentDayUsd('a1', usd(100)), caps: { usdMicros: usd(100), tokens: 100_000, calls: 1_000 } }];
+    const call = { usdMicros: usd(0.1), tokens: 500, calls: 1 };
+    const first = await a.reserve({ scopes, estimate: call });
+    if (!first.ok) throw new Error('refused');
+    // No rate known: the µUSD minimum (0.01, so the estimate), and for tokens and calls (minimum 0) what the call needs.
+    expect(shared.net.sent[0]).toMatchObject({ caps: scopes[0]!.caps, want: call });
+    await a.commit(first.reservation, { usdMicros: usd(0.1), tokens: 400 });
+    // A second sidecar spending 500 tokens and a call a second for 10 s: its next slices follow that rate, per metric
+    // (two 30 s lifetimes: 30,000 tokens, 60 calls), within a fair share of what is left.
+    const b = sidecar(shared.counters, shared.net);
+    for (let i = 0; i < 10; i++) {
+      const r = await b.reserve({ scopes, estimate: call });
+      if (!r.ok) throw new Error(`refused: ${JSON.stringify(r.refusal)}`);
+      await b.commit(r.reservation, { usdMicros: usd(0.1), tokens: 500 });
+      await advance(1_000);
+    }
+    expect(shared.net.sent.some((x) => x.keep && x.rate!.tokens > 0 && x.rate!.calls > 0)).toBe(true);
+    const [u] = await shared.net.usage([{ ...scopes[0]!, windowId: '2026-12-05' }], t);
+    expect(u!.outstanding.tokens).toBeGreaterThan(500);
+    expect(u!.outstanding.calls).toBeGreaterThan(1);
+    expect(u!.outstanding.tokens).toBeLessThanOrEqual(100_000 - u!.spent.tokens);
+
+    // One holder on the memory source (the memory stack): all that is left, per metric.
+    const solo = fleet();
+    const s = sidecar(solo.counters, solo.net);
+    expect((await s.reserve({ scopes, estimate: call })).ok).toBe(true);
+    const [v] = await solo.net.usage([{ ...scopes[0]!, windowId: '2026-12-05' }], t);
+    expect(v!.outstanding).toEqual({ usdMicros: usd(100), tokens: 100_000, calls: 1_000 });
+  });
+
+  it('stops a workflow loop run by two sidecars at exactly maxCalls, never one call over, from slices of calls', async () => {
+    const { counters, net } = fleet({ whole: false });
+    const inner = new RecordingStore({ now });
+    const a = new LeasedStore({ inner, source: net, now });
+    const b = new LeasedStore({ inner, source: net, now });
+    const maxCalls = 37;
+    const scopes = [agentDay('loop'), workflow('task-1', 'loop', maxCalls), fleetDay(usd(1_000))];
+    let admitted = 0;
+    const refusals: unknown[] = [];
+    // The loop: each sidecar calls on as long as it is let, tool calls (estimate 0) and model calls alike; time passes
+    // between rounds, so slices lapse, are given back and are taken again.
+    for (let round = 0; round < 200 && refusals.length < 20; round++) {
+      for (const s of [a, b, a, b, a]) {
+        const r = await s.reserve({ scopes, estimate: { usdMicros: round % 3 === 0 ? 0 : usd(0.01), tokens: 10, calls: 1 } });
+        if (r.ok) {
+          admitted++;
+          await s.commit(r.reservation, { usdMicros: r.reservation.estimate.usdMicros, tokens: 10 });
+        } else refusals.push(r.refusal);
+        expect(admitted).toBeLessThanOrEqual(maxCalls);
+      }
+      await advance(round % 5 === 0 ? 40_000 : 500);
+    }
+    expect(admitted).toBe(maxCalls);
+    expect(refusals[0]).toMatchObject({ reason: 'CALL_LIMIT', scope: { kind: 'workflow', id: 'task-1' }, metric: 'calls', limit: maxCalls });
+    // Served from slices: the inner store's per-call path saw empty scope lists only (kill checks).
+    expect(inner.reserved.every((list) => list.length === 0)).toBe(true);
+    expect(net.sent.some((x) => x.scope.window === 'workflow')).toBe(true);
+    await Promise.all([a.close(), b.close()]);
+    expect(counters.spentIn({ ...workflow('task-1', 'loop', maxCalls), windowId: 'all', idleTtlMs: undefined } as never).calls).toBe(maxCalls);
+  });
+
+  it('starts a leased workflow window again from zero once unseen for its idle time, counted from its last call', async () => {
+    const { counters, net } = fleet();
+    const store = sidecar(counters, net);
+    const wf = { ...workflow('w1', 'a1', 2), idleTtlMs: 60_000 };
+    const scopes = [wf];
+    const call = { usdMicros: 0, tokens: 0, calls: 1 };
+    for (let i = 0; i < 2; i++) {
+      const r = await store.reserve({ scopes, estimate: call });
+      if (!r.ok) throw new Error('refused');
+      await store.commit(r.reservation, { usdMicros: 0, tokens: 0 });
+      if (i === 0) await advance(30_000);
+    }
+    const lastSeen = t;
+    await advance(59_999);
+    const refused = await store.reserve({ scopes, estimate: call });
+    expect(refused.ok || refused.refusal).toMatchObject({ reason: 'CALL_LIMIT', metric: 'calls', resetAt: lastSeen + 60_000 });
+    await advance(1);
+    const fresh = await store.reserve({ scopes, estimate: call });
+    expect(fresh.ok).toBe(true);
+    const [u] = await store.snapshot(scopes);
+    expect([u?.spent.calls, u?.reserved.calls]).toEqual([0, 1]);
+    // A second sidecar whose slice is outstanding keeps the window from resetting under it.
+    const other = sidecar(counters, net);
+    expect((await other.reserve({ scopes, estimate: call })).ok).toBe(false);
+  });
+
+  it('in an outage, a workflow the sidecar alone was running admits only what was left of each cap (calls and tokens too)', async () => {
+    const { counters, net } = fleet({ whole: false });
+    const store = sidecar(counters, net);
+    const wf = { ...workflow('w1', 'a1'), caps: { calls: 10, tokens: 1_000 } };
+    const scopes = [wf];
+    for (let i = 0; i < 3; i++) {
+      const r = await store.reserve({ scopes, estimate: { usdMicros: 0, tokens: 100, calls: 1 } });
+      if (!r.ok) throw new Error('refused');
+      await store.commit(r.reservation, { usdMicros: 0, tokens: 100 });
+    }
+    await advance(SIZING.ttlMs);
+    net.cut = true;
+    // Past its slice, alone on the window at the last answer: the calls and tokens left (7 calls, 700 tokens), no more.
+    let admitted = 0;
+    for (let i = 0; i < 20; i++) {
+      const r = await store.reserve({ scopes, estimate: { usdMicros: 0, tokens: 50, calls: 1 } });
+      if (!r.ok) {
+        expect(r.refusal).toMatchObject({ reason: 'CALL_LIMIT', metric: 'calls' });
+        break;
+      }
+      admitted++;
+      await store.commit(r.reservation, { usdMicros: 0, tokens: 50 });
+    }
+    expect(admitted).toBe(7);
+    // Tokens run out first when calls cost more of them.
+    const tokensWf = { ...workflow('w2', 'a1'), caps: { calls: 100, tokens: 1_000 } };
+    net.cut = false;
+    const first = await store.reserve({ scopes: [tokensWf], estimate: { usdMicros: 0, tokens: 300, calls: 1 } });
+    if (!first.ok) throw new Error('refused');
+    await store.commit(first.reservation, { usdMicros: 0, tokens: 300 });
+    await advance(SIZING.ttlMs);
+    net.cut = true;
+    const results = [];
+    for (let i = 0; i < 4; i++) {
+      const r = await store.reserve({ scopes: [tokensWf], estimate: { usdMicros: 0, tokens: 300, calls: 1 } });
+      results.push(r.ok || r.refusal.metric);
+      if (r.ok) await store.commit(r.reservation, { usdMicros: 0, tokens: 300 });
+    }
+    expect(results).toEqual([true, true, 'tokens', 'tokens']);
+    // All of it from the lease layer: the workflow windows were leased, not counted per call by the inner store.
+    expect(net.sent.filter((x) => x.scope.window === 'workflow').length).toBeGreaterThan(0);
+  });
+
+  it('in an outage, a workflow started then gets its whole caps (as the local fallback gave it), one paused before only what was left', async () => {
+    const { counters, net } = fleet({ whole: false });
+    const store = sidecar(counters, net);
+    const call = { usdMicros: 0, tokens: 10, calls: 1 };
+    const loop = async (wf: ScopeBudget) => {
+      let admitted = 0;
+      for (let i = 0; i < 20; i++) {
+        const r = await store.reserve({ scopes: [agentDay('a1'), wf], estimate: call });
+        if (!r.ok) {
+          expect(r.refusal).toMatchObject({ reason: 'CALL_LIMIT', scope: { kind: 'workflow', id: wf.scope.id } });
+          break;
+        }
+        admitted++;
+        await store.commit(r.reservation, { usdMicros: 0, tokens: 10 });
+      }
+      return admitted;
+    };
+    // A workflow run before the outage, 4 of its 6 calls, then paused: its slice given back, its lease dropped.
+    const paused = workflow('paused', 'a1', 6);
+    for (let i = 0; i < 4; i++) {
+      const r = await store.reserve({ scopes: [agentDay('a1'), paused], estimate: call });
+      if (!r.ok) throw new Error('refused');
+      await store.commit(r.reservation, { usdMicros: 0, tokens: 10 });
+    }
+    await advance(120_000);
+    // Ticks: the slice given back (with the spend), then the idle lease dropped.
+    await advance(1_000);
+    await advance(1_000);
+    expect(store.leaseViews().some((v) => v.scope.kind === 'workflow')).toBe(false);
+    net.cut = true;
+    expect(await loop(paused)).toBe(2);
+    expect(await loop(workflow('new-in-outage', 'a1', 5))).toBe(5);
+    // A workflow naming no agent may be anyone's: nothing admitted without a slice.
+    await expect(store.reserve({ scopes: [{ ...workflow('anon', 'x', 5), scope: { kind: 'workflow', id: 'anon' } }], estimate: call })).rejects.toBeInstanceOf(StoreUnavailableError);
+    net.cut = false;
+    await store.close();
+    expect(counters.spentIn({ scope: paused.scope, window: 'workflow', caps: {}, windowId: 'all' }).calls).toBe(6);
+  });
+
+  it('reports an alert crossing per metric, once per window, when the source sees the spend', async () => {
+    const { counters, net } = fleet();
+    const store = sidecar(counters, net);
+    const wf = { ...workflow('w1', 'a1'), caps: { usdMicros: usd(1), tokens: 1_000, calls: 100 } };
+    const crossed: string[] = [];
+    for (let i = 0; i < 9; i++) {
+      const r = await store.reserve({ scopes: [wf], estimate: { usdMicros: usd(0.01), tokens: 100, calls: 1 } });
+      if (!r.ok) throw new Error('refused');
+      crossed.push(...r.crossed.map((c) => `${c.metric} ${c.used}/${c.limit}`));
+      const c = await store.commit(r.reservation, { usdMicros: usd(0.01), tokens: 100 });
+      crossed.push(...c.crossed.map((x) => `${x.metric} ${x.used}/${x.limit}`));
+      await advance(20_000);
+    }
+    expect(crossed).toEqual(['tokens 800/1000']);
+    expect(net.sent.filter((x) => x.scope.window === 'workflow').length).toBeGreaterThan(0);
   });
 
   it('answers KILLED, not BUDGET_EXCEEDED, to a killed agent whose leased cap is spent, and not 503 in an outage', async () => {
