@@ -392,6 +392,7 @@ export const StoreSchema = z.strictObject({
   /**
    * Redis store: how long a commit may wait to ride the next reserve of the same agent (one script call and one round
    * trip for both), ms; sent alone after this long, or at shutdown. Default 1000; 0: every commit is sent at once.
+   * No effect on a sidecar's calls since every window is leased (README, "Leases"): they run no per-call script.
    * Meanwhile the call's hold stays counted (a cap can only refuse more), its spend shows in Redis (other sidecars,
    * `/admin/budgets`, the spend gauges) up to this much later, and the commits waiting when a sidecar is killed
    * without a drain count at their estimate (their holds expire and are presumed spent). At most 30000: holds last a
