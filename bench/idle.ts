@@ -4,8 +4,9 @@
  * answers and it has sat idle for `--settle` seconds: RSS and its parts (anonymous, file-backed: mostly the node
  * binary's own pages), and V8's heap from a diagnostic report taken after the figures are read.
  *
- *   npm run bench:idle -- [--runs=3] [--settle=3] [--memory-limit=MiB|0] [--compare-rev=REV]... [--deps]
+ *   npm run bench:idle -- [--runs=3] [--settle=3] [--memory-limit=MiB|0] [--compare-rev=REV]... [--config=FILE] [--deps]
  *
+ * `--config=FILE` starts another config (a variant without a feature, to see what that feature costs at idle).
  * Builds are measured in turns (now, REV, now, REV...) so a disturbance hits both. `--deps` adds what each dependency
  * costs when imported alone into a bare Node process (RSS, anonymous, V8 heap used, after two GCs): a guide to what is
  * worth loading lazily, not additive (they share Node's own modules).
@@ -19,11 +20,12 @@ import { heapFlagsNodeDerives, IMAGE_ENV, makePodCgroup, POD_LIMIT_MIB, type Pod
 import { freePort, killAll, REPO_ROOT } from './proc.js';
 import { prepareRevision, removeRevisions } from './revisions.js';
 
-const USAGE = `npm run bench:idle -- [--runs=N] [--settle=S] [--memory-limit=MiB] [--compare-rev=REV]... [--deps]
+const USAGE = `npm run bench:idle -- [--runs=N] [--settle=S] [--memory-limit=MiB] [--compare-rev=REV]... [--config=FILE] [--deps]
   --runs=N          starts per build, in turns (default 3)
   --settle=S        idle seconds after /readyz before reading (default 3)
   --memory-limit=M  cgroup memory limit, MiB (default ${POD_LIMIT_MIB}, fusebox inject's; 0: none, the host's RAM sizes the heap)
   --compare-rev=R   also measure the sidecar built from git revision R
+  --config=FILE     the config to start (default config/example.yaml; its ports 4000 and 9901 are moved)
   --deps            also: each dependency imported alone into a bare process`;
 
 const { values } = parseArgs({
@@ -32,6 +34,7 @@ const { values } = parseArgs({
     settle: { type: 'string', default: '3' },
     'memory-limit': { type: 'string', default: String(POD_LIMIT_MIB) },
     'compare-rev': { type: 'string', multiple: true },
+    config: { type: 'string', default: join(REPO_ROOT, 'config', 'example.yaml') },
     deps: { type: 'boolean', default: false },
     help: { type: 'boolean', short: 'h' },
   },
@@ -83,7 +86,7 @@ const measureOnce = async (root: string, cgroup: PodCgroup | undefined, heapFlag
   const dir = mkdtempSync(join(tmpdir(), 'fusebox-idle-'));
   try {
     const [proxyPort, adminPort] = [await freePort(), await freePort()];
-    const config = readFileSync(join(REPO_ROOT, 'config', 'example.yaml'), 'utf8').replace('port: 4000', `port: ${proxyPort}`).replace('port: 9901', `port: ${adminPort}`);
+    const config = readFileSync(values.config, 'utf8').replace('port: 4000', `port: ${proxyPort}`).replace('port: 9901', `port: ${adminPort}`);
     writeFileSync(join(dir, 'config.yaml'), config);
     const args = [...heapFlags, '--report-on-signal', '--report-signal=SIGUSR2', `--report-directory=${dir}`, join(root, 'dist', 'src', 'main.js'), '--config', join(dir, 'config.yaml')];
     const [cmd, argv] = cgroup?.wrap(node, args) ?? [node, args];
