@@ -55,6 +55,8 @@ const mb = (kib: number) => kib / 1024;
 
 interface Sample {
   rssMb: number;
+  /** What the memory cgroup is charged (NaN without one): RSS less the page cache other processes already hold. */
+  chargedMb: number;
   anonMb: number;
   fileMb: number;
   heapCommittedMb: number;
@@ -99,7 +101,7 @@ const measureOnce = async (root: string, cgroup: PodCgroup | undefined, heapFlag
       await Promise.race([readyz(`http://127.0.0.1:${adminPort}/readyz`, Date.now() + 30_000), exited.then(() => Promise.reject(new Error(`exited before ready: ${stderr}`)))]);
       await sleep(settleS * 1000);
       const pid = child.pid!;
-      const proc = status(pid);
+      const proc = { ...status(pid), chargedMb: cgroup?.chargedMiB() ?? NaN };
       child.kill('SIGUSR2');
       // The report is written after the signal, in pieces: read until it parses (bounded).
       type Report = { javascriptHeap: { totalMemory: number; usedMemory: number; heapSpaces: Record<string, { memorySize: number }> } };
@@ -150,7 +152,9 @@ const DEPS: Array<[string, string[]]> = [
   ['zod', ['zod']],
   ['pino', ['pino']],
   ['yaml', ['yaml']],
-  ['@peculiar/x509 (the pod CA)', ['reflect-metadata', '@peculiar/x509']],
+  ['@peculiar/x509 (the pod CA until issue 15; no longer loaded)', ['reflect-metadata', '@peculiar/x509']],
+  ['dist/src/intercept/ca.js (the pod CA now: node:crypto and der.ts)', [join(REPO_ROOT, 'dist', 'src', 'intercept', 'ca.js')]],
+  ['@opentelemetry/api (what prom-client\'s index loads for exemplars)', ['@opentelemetry/api']],
   ['ioredis (Redis store only)', ['ioredis']],
   ['gpt-tokenizer o200k (budget.tokenizer: o200k only)', ['gpt-tokenizer/encoding/o200k_base']],
   ['dist/src/config/load.js (zod + yaml + the schema)', [join(REPO_ROOT, 'dist', 'src', 'config', 'load.js')]],
@@ -189,7 +193,7 @@ const main = async () => {
     for (let i = 0; i < runs; i++) {
       for (const b of builds) {
         const s = await measureOnce(b.root, cgroup, heapFlags);
-        log(`${b.name} run ${i + 1}: RSS ${s.rssMb.toFixed(1)} MB (anon ${s.anonMb.toFixed(1)}, file ${s.fileMb.toFixed(1)}), V8 heap ${s.heapCommittedMb.toFixed(1)} committed / ${s.heapUsedMb.toFixed(1)} used`);
+        log(`${b.name} run ${i + 1}: RSS ${s.rssMb.toFixed(1)} MB (cgroup charged ${s.chargedMb.toFixed(1)}, anon ${s.anonMb.toFixed(1)}, file ${s.fileMb.toFixed(1)}), V8 heap ${s.heapCommittedMb.toFixed(1)} committed / ${s.heapUsedMb.toFixed(1)} used`);
         samples.get(b.name)!.push(s);
       }
     }
@@ -197,8 +201,8 @@ const main = async () => {
     cgroup?.remove();
   }
   console.log(`\nIdle, config/example.yaml, ${how}; median of ${runs} (min–max RSS):\n`);
-  console.log('| build | RSS MB | anonymous MB | file-backed MB | V8 heap committed MB | V8 heap used MB | anonymous outside the V8 heap MB | V8 spaces committed MB |');
-  console.log('|---|--:|--:|--:|--:|--:|--:|---|');
+  console.log('| build | RSS MB | cgroup charged MB | anonymous MB | file-backed MB | V8 heap committed MB | V8 heap used MB | anonymous outside the V8 heap MB | V8 spaces committed MB |');
+  console.log('|---|--:|--:|--:|--:|--:|--:|--:|---|');
   for (const b of builds) {
     const ss = samples.get(b.name)!;
     const m = (f: (s: Sample) => number) => median(ss.map(f));
@@ -206,7 +210,7 @@ const main = async () => {
     const mid = ss.find((s) => s.rssMb === m((x) => x.rssMb))!;
     const spaces = Object.entries(mid.spaces).map(([k, v]) => `${k} ${v.toFixed(1)}`).join(', ');
     console.log(
-      `| ${b.name} | ${m((s) => s.rssMb).toFixed(1)} (${Math.min(...rss).toFixed(1)}–${Math.max(...rss).toFixed(1)}) | ${m((s) => s.anonMb).toFixed(1)} | ${m((s) => s.fileMb).toFixed(1)} | ${m((s) => s.heapCommittedMb).toFixed(1)} | ${m((s) => s.heapUsedMb).toFixed(1)} | ${m((s) => s.anonMb - s.heapCommittedMb).toFixed(1)} | ${spaces} |`,
+      `| ${b.name} | ${m((s) => s.rssMb).toFixed(1)} (${Math.min(...rss).toFixed(1)}–${Math.max(...rss).toFixed(1)}) | ${m((s) => s.chargedMb).toFixed(1)} | ${m((s) => s.anonMb).toFixed(1)} | ${m((s) => s.fileMb).toFixed(1)} | ${m((s) => s.heapCommittedMb).toFixed(1)} | ${m((s) => s.heapUsedMb).toFixed(1)} | ${m((s) => s.anonMb - s.heapCommittedMb).toFixed(1)} | ${spaces} |`,
     );
   }
   if (values.deps) {
