@@ -16,12 +16,15 @@ type GcFunction = (options: { type: 'major'; flavor: 'last-resort' }) => void;
  * Node has no API for it. `--expose-gc` set at run time gives `gc` to contexts made afterwards only, so it is taken
  * from a fresh vm context and the flag is turned off again: the sidecar's own globals never get a `gc`.
  */
+/** Runs the collection; false when this Node offers no way to (the sidecar runs on, with the larger heap). */
 export const settleHeap = (): boolean => {
   let gc: unknown = (globalThis as { gc?: unknown }).gc; // started with --expose-gc: nothing to switch
   if (typeof gc !== 'function') {
     try {
       setFlagsFromString('--expose-gc');
       gc = runInNewContext('typeof gc === "function" ? gc : undefined');
+    } catch {
+      return false; // a saving, never a reason to stop a sidecar that is listening already
     } finally {
       setFlagsFromString('--no-expose-gc');
     }
