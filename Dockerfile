@@ -31,7 +31,9 @@ ENV NODE_ENV=production
 # 8 MiB 128-130, 16 MiB 145-160, CPU per call 311-446 us for all of them, inside this loaded machine's noise.
 # On the quiet machine (21:34 UTC, no limit, 256 MiB old space, 2 rounds), CPU per call warm: 1 MiB 283-288 us, 4 MiB
 # 249-255, 8 MiB 230; RSS after load 118-129 / 121-125 / 132-138 MB, idle 88 / 93 / 102. 4 MiB: 12 % less CPU for
-# ~5 MB of idle RSS and the same RSS after load (1 MiB promotes in-flight calls' objects to old space under load).
+# ~5 MB of idle RSS and the same RSS after load (1 MiB promotes in-flight calls' objects to old space under load). The
+# idle 5 MB are given back since: once listening, the sidecar runs one memory-reducing GC (src/cli/settle-heap.ts)
+# that shrinks the young generation to 1 MiB; it grows back under load only.
 # To give the heap more room (a larger limit for large bodies), set NODE_OPTIONS in the pod spec.
 # bench/ runs Fusebox with this image's ENV lines (bench/pod.ts reads them).
 ENV NODE_OPTIONS="--max-old-space-size=256 --max-semi-space-size=4"

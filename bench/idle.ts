@@ -4,8 +4,9 @@
  * answers and it has sat idle for `--settle` seconds: RSS and its parts (anonymous, file-backed: mostly the node
  * binary's own pages), and V8's heap from a diagnostic report taken after the figures are read.
  *
- *   npm run bench:idle -- [--runs=3] [--settle=3] [--memory-limit=MiB|0] [--compare-rev=REV]... [--deps]
+ *   npm run bench:idle -- [--runs=3] [--settle=3] [--memory-limit=MiB|0] [--compare-rev=REV]... [--config=FILE] [--deps]
  *
+ * `--config=FILE` starts another config (a variant without a feature, to see what that feature costs at idle).
  * Builds are measured in turns (now, REV, now, REV...) so a disturbance hits both. `--deps` adds what each dependency
  * costs when imported alone into a bare Node process (RSS, anonymous, V8 heap used, after two GCs): a guide to what is
  * worth loading lazily, not additive (they share Node's own modules).
@@ -19,11 +20,12 @@ import { heapFlagsNodeDerives, IMAGE_ENV, makePodCgroup, POD_LIMIT_MIB, type Pod
 import { freePort, killAll, REPO_ROOT } from './proc.js';
 import { prepareRevision, removeRevisions } from './revisions.js';
 
-const USAGE = `npm run bench:idle -- [--runs=N] [--settle=S] [--memory-limit=MiB] [--compare-rev=REV]... [--deps]
+const USAGE = `npm run bench:idle -- [--runs=N] [--settle=S] [--memory-limit=MiB] [--compare-rev=REV]... [--config=FILE] [--deps]
   --runs=N          starts per build, in turns (default 3)
   --settle=S        idle seconds after /readyz before reading (default 3)
   --memory-limit=M  cgroup memory limit, MiB (default ${POD_LIMIT_MIB}, fusebox inject's; 0: none, the host's RAM sizes the heap)
   --compare-rev=R   also measure the sidecar built from git revision R
+  --config=FILE     the config to start (default config/example.yaml; its ports 4000 and 9901 are moved)
   --deps            also: each dependency imported alone into a bare process`;
 
 const { values } = parseArgs({
@@ -32,6 +34,7 @@ const { values } = parseArgs({
     settle: { type: 'string', default: '3' },
     'memory-limit': { type: 'string', default: String(POD_LIMIT_MIB) },
     'compare-rev': { type: 'string', multiple: true },
+    config: { type: 'string', default: join(REPO_ROOT, 'config', 'example.yaml') },
     deps: { type: 'boolean', default: false },
     help: { type: 'boolean', short: 'h' },
   },
@@ -52,6 +55,8 @@ const mb = (kib: number) => kib / 1024;
 
 interface Sample {
   rssMb: number;
+  /** What the memory cgroup is charged (NaN without one): RSS less the page cache other processes already hold. */
+  chargedMb: number;
   anonMb: number;
   fileMb: number;
   heapCommittedMb: number;
@@ -83,7 +88,7 @@ const measureOnce = async (root: string, cgroup: PodCgroup | undefined, heapFlag
   const dir = mkdtempSync(join(tmpdir(), 'fusebox-idle-'));
   try {
     const [proxyPort, adminPort] = [await freePort(), await freePort()];
-    const config = readFileSync(join(REPO_ROOT, 'config', 'example.yaml'), 'utf8').replace('port: 4000', `port: ${proxyPort}`).replace('port: 9901', `port: ${adminPort}`);
+    const config = readFileSync(values.config, 'utf8').replace('port: 4000', `port: ${proxyPort}`).replace('port: 9901', `port: ${adminPort}`);
     writeFileSync(join(dir, 'config.yaml'), config);
     const args = [...heapFlags, '--report-on-signal', '--report-signal=SIGUSR2', `--report-directory=${dir}`, join(root, 'dist', 'src', 'main.js'), '--config', join(dir, 'config.yaml')];
     const [cmd, argv] = cgroup?.wrap(node, args) ?? [node, args];
@@ -96,7 +101,7 @@ const measureOnce = async (root: string, cgroup: PodCgroup | undefined, heapFlag
       await Promise.race([readyz(`http://127.0.0.1:${adminPort}/readyz`, Date.now() + 30_000), exited.then(() => Promise.reject(new Error(`exited before ready: ${stderr}`)))]);
       await sleep(settleS * 1000);
       const pid = child.pid!;
-      const proc = status(pid);
+      const proc = { ...status(pid), chargedMb: cgroup?.chargedMiB() ?? NaN };
       child.kill('SIGUSR2');
       // The report is written after the signal, in pieces: read until it parses (bounded).
       type Report = { javascriptHeap: { totalMemory: number; usedMemory: number; heapSpaces: Record<string, { memorySize: number }> } };
@@ -147,7 +152,9 @@ const DEPS: Array<[string, string[]]> = [
   ['zod', ['zod']],
   ['pino', ['pino']],
   ['yaml', ['yaml']],
-  ['@peculiar/x509 (the pod CA)', ['reflect-metadata', '@peculiar/x509']],
+  ['@peculiar/x509 (the pod CA until issue 15; no longer loaded)', ['reflect-metadata', '@peculiar/x509']],
+  ['dist/src/intercept/ca.js (the pod CA now: node:crypto and der.ts)', [join(REPO_ROOT, 'dist', 'src', 'intercept', 'ca.js')]],
+  ['@opentelemetry/api (what prom-client\'s index loads for exemplars)', ['@opentelemetry/api']],
   ['ioredis (Redis store only)', ['ioredis']],
   ['gpt-tokenizer o200k (budget.tokenizer: o200k only)', ['gpt-tokenizer/encoding/o200k_base']],
   ['dist/src/config/load.js (zod + yaml + the schema)', [join(REPO_ROOT, 'dist', 'src', 'config', 'load.js')]],
@@ -186,7 +193,7 @@ const main = async () => {
     for (let i = 0; i < runs; i++) {
       for (const b of builds) {
         const s = await measureOnce(b.root, cgroup, heapFlags);
-        log(`${b.name} run ${i + 1}: RSS ${s.rssMb.toFixed(1)} MB (anon ${s.anonMb.toFixed(1)}, file ${s.fileMb.toFixed(1)}), V8 heap ${s.heapCommittedMb.toFixed(1)} committed / ${s.heapUsedMb.toFixed(1)} used`);
+        log(`${b.name} run ${i + 1}: RSS ${s.rssMb.toFixed(1)} MB (cgroup charged ${s.chargedMb.toFixed(1)}, anon ${s.anonMb.toFixed(1)}, file ${s.fileMb.toFixed(1)}), V8 heap ${s.heapCommittedMb.toFixed(1)} committed / ${s.heapUsedMb.toFixed(1)} used`);
         samples.get(b.name)!.push(s);
       }
     }
@@ -194,8 +201,8 @@ const main = async () => {
     cgroup?.remove();
   }
   console.log(`\nIdle, config/example.yaml, ${how}; median of ${runs} (min–max RSS):\n`);
-  console.log('| build | RSS MB | anonymous MB | file-backed MB | V8 heap committed MB | V8 heap used MB | anonymous outside the V8 heap MB | V8 spaces committed MB |');
-  console.log('|---|--:|--:|--:|--:|--:|--:|---|');
+  console.log('| build | RSS MB | cgroup charged MB | anonymous MB | file-backed MB | V8 heap committed MB | V8 heap used MB | anonymous outside the V8 heap MB | V8 spaces committed MB |');
+  console.log('|---|--:|--:|--:|--:|--:|--:|--:|---|');
   for (const b of builds) {
     const ss = samples.get(b.name)!;
     const m = (f: (s: Sample) => number) => median(ss.map(f));
@@ -203,7 +210,7 @@ const main = async () => {
     const mid = ss.find((s) => s.rssMb === m((x) => x.rssMb))!;
     const spaces = Object.entries(mid.spaces).map(([k, v]) => `${k} ${v.toFixed(1)}`).join(', ');
     console.log(
-      `| ${b.name} | ${m((s) => s.rssMb).toFixed(1)} (${Math.min(...rss).toFixed(1)}–${Math.max(...rss).toFixed(1)}) | ${m((s) => s.anonMb).toFixed(1)} | ${m((s) => s.fileMb).toFixed(1)} | ${m((s) => s.heapCommittedMb).toFixed(1)} | ${m((s) => s.heapUsedMb).toFixed(1)} | ${m((s) => s.anonMb - s.heapCommittedMb).toFixed(1)} | ${spaces} |`,
+      `| ${b.name} | ${m((s) => s.rssMb).toFixed(1)} (${Math.min(...rss).toFixed(1)}–${Math.max(...rss).toFixed(1)}) | ${m((s) => s.chargedMb).toFixed(1)} | ${m((s) => s.anonMb).toFixed(1)} | ${m((s) => s.fileMb).toFixed(1)} | ${m((s) => s.heapCommittedMb).toFixed(1)} | ${m((s) => s.heapUsedMb).toFixed(1)} | ${m((s) => s.anonMb - s.heapCommittedMb).toFixed(1)} | ${spaces} |`,
     );
   }
   if (values.deps) {

@@ -46,17 +46,23 @@ export interface PodCgroup {
   dir: string;
   /** `cmd args` → the same, started inside the cgroup (a shell that joins it and execs). */
   wrap(cmd: string, args: string[]): [string, string[]];
+  /**
+   * Memory the kernel charges to the cgroup now, MiB (v1 `memory.usage_in_bytes`, v2 `memory.current`): what its limit
+   * and kubelet's working set count. Page-cache pages (the `node` binary's) are charged to the cgroup that first read
+   * them, so a process whose binary is already cached is charged its anonymous memory and little else.
+   */
+  chargedMiB(): number;
   /** Remove the cgroup; its processes must have exited. */
   remove(): void;
 }
 
 /** Our own memory cgroup's folder, v1 or v2, or undefined when there is none we can see. */
-const ownMemoryCgroup = (): { dir: string; limitFile: string } | undefined => {
+const ownMemoryCgroup = (): { dir: string; limitFile: string; usageFile: string } | undefined => {
   const lines = existsSync('/proc/self/cgroup') ? readFileSync('/proc/self/cgroup', 'utf8').split('\n') : [];
   const v1 = lines.map((l) => /^\d+:(?:[^:]*,)?memory(?:,[^:]*)?:(.*)$/.exec(l)?.[1]).find((p) => p !== undefined);
-  if (v1 !== undefined && existsSync('/sys/fs/cgroup/memory/memory.limit_in_bytes')) return { dir: join('/sys/fs/cgroup/memory', v1), limitFile: 'memory.limit_in_bytes' };
+  if (v1 !== undefined && existsSync('/sys/fs/cgroup/memory/memory.limit_in_bytes')) return { dir: join('/sys/fs/cgroup/memory', v1), limitFile: 'memory.limit_in_bytes', usageFile: 'memory.usage_in_bytes' };
   const v2 = lines.map((l) => /^0::(.*)$/.exec(l)?.[1]).find((p) => p !== undefined);
-  if (v2 !== undefined && existsSync(join('/sys/fs/cgroup', v2, 'memory.max'))) return { dir: join('/sys/fs/cgroup', v2), limitFile: 'memory.max' };
+  if (v2 !== undefined && existsSync(join('/sys/fs/cgroup', v2, 'memory.max'))) return { dir: join('/sys/fs/cgroup', v2), limitFile: 'memory.max', usageFile: 'memory.current' };
   return undefined;
 };
 
@@ -85,6 +91,7 @@ export const makePodCgroup = (limitMiB: number, name: string): PodCgroup | { rea
   return {
     dir,
     wrap: (cmd, args) => ['sh', ['-c', 'echo $$ > "$0/cgroup.procs" && exec "$@"', dir, cmd, ...args]],
+    chargedMiB: () => Number(readFileSync(join(dir, own.usageFile), 'utf8')) / 2 ** 20,
     remove: () => {
       // Its process has exited, but the kernel may not have let go of the cgroup yet (EBUSY): a few tries, 50 ms apart.
       for (let i = 0; i < 40; i++) {

@@ -54,13 +54,14 @@ export interface InjectOptions {
   cpuLimit: string;
   /**
    * Sidecar memory request. Default `128Mi`: what it holds at work. Measured in a 384 MiB cgroup with the image's
-   * environment (issue 15, 2026-12-05): ~89 MB RSS idle with config/example.yaml (`npm run bench:idle`), 113–121 MB
+   * environment (issue 15, 2026-12-05): ~80 MB RSS idle with config/example.yaml (`npm run bench:idle`; the cgroup is
+   * charged ~30 MB of it, the rest being the node binary's shared page cache), 113–121 MB
    * after 20,000–40,000 calls with caps, 120 MB after the `npm run bench` phases (a saturation last).
    */
   memoryRequest: string;
   /**
    * Sidecar memory limit. Default `384Mi`: room for the V8 heap Node sizes from any limit up to 512 MiB (259 MiB: 256
-   * of old space, at most) plus the ~60 MB the process holds outside it (of an idle sidecar's ~89 MB RSS, ~28 MB is
+   * of old space, at most) plus the ~60 MB the process holds outside it (of an idle sidecar's ~80 MB RSS, ~21 MB is
    * V8's heap), so a heap that runs full fails in V8, with a report, before the kernel's OOM killer (which takes the
    * agent's egress with it); ~3× the RSS measured at saturation in bench/. A lower limit gets the same heap (Node
    * keeps its 256 MiB floor of old space), so it would trade V8's failure for the OOM killer's.

@@ -1,14 +1,3 @@
-// Must stay the first import: @peculiar/x509 throws at import time without a Reflect metadata API.
-import 'reflect-metadata';
-import * as x509 from '@peculiar/x509';
-import { AsnConvert } from '@peculiar/asn1-schema';
-import {
-  GeneralName as AsnGeneralName,
-  GeneralSubtree,
-  GeneralSubtrees,
-  NameConstraints,
-  id_ce_nameConstraints,
-} from '@peculiar/asn1-x509';
 import { KeyObject, X509Certificate as NodeX509Certificate, createPrivateKey, randomBytes, webcrypto } from 'node:crypto';
 import { access, chmod, mkdir, readFile, rename, rm, writeFile } from 'node:fs/promises';
 import { BlockList, isIPv4, isIPv6 } from 'node:net';
@@ -16,6 +5,22 @@ import { join } from 'node:path';
 import tls from 'node:tls';
 import { domainToASCII } from 'node:url';
 import { LRUCache } from 'lru-cache';
+import {
+  OID,
+  extension,
+  generalName,
+  keyIdentifierOf,
+  nameConstraintsValue,
+  nameOf,
+  pemOf,
+  readCertificate,
+  parseNameConstraints,
+  signCertificate,
+  type CertificateParts,
+  type ConstraintName,
+  type Signer,
+} from './certificate.js';
+import { bitString, boolean, contentOf, objectIdentifier, readElement, sequence, tlv, unsignedInteger } from './der.js';
 
 /** Options of the pod-local interception CA. */
 export interface PodCaOptions {
@@ -156,72 +161,49 @@ const prefixOf = (h: NormalizedHost): string => (h.kind === 'dns' ? `DNS:${h.nam
  * every DNS name, 0.0.0.0/0 and ::/0 every address. This is what the CA/Browser Forum Baseline Requirements
  * (§7.1.2.5.2, technically constrained CAs) demand for the same reason.
  */
-function nameConstraintsFor(hosts: NormalizedHost[]): { extension: x509.Extension; permitted: string[]; excluded: string[] } {
-  const permitted = hosts.map((h) =>
-    h.kind === 'dns'
-      ? new AsnGeneralName({ dNSName: h.name })
-      : new AsnGeneralName({ iPAddress: `${h.name}/${isIPv4(h.name) ? 32 : 128}` }),
-  );
-  const excluded: AsnGeneralName[] = [];
+function nameConstraintsFor(hosts: NormalizedHost[]): { extension: Buffer; value: Buffer; permitted: string[]; excluded: string[] } {
+  const permitted = hosts.map((h) => (h.kind === 'dns' ? generalName('dns', h.name) : generalName('ip', h.name, isIPv4(h.name) ? 32 : 128)));
+  const excluded: Buffer[] = [];
   const excludedText: string[] = [];
   if (!hosts.some((h) => h.kind === 'dns')) {
-    excluded.push(new AsnGeneralName({ dNSName: '' }));
+    excluded.push(generalName('dns', ''));
     excludedText.push('DNS:');
   }
   if (!hosts.some((h) => h.kind === 'ip')) {
-    excluded.push(new AsnGeneralName({ iPAddress: '0.0.0.0/0' }), new AsnGeneralName({ iPAddress: '::/0' }));
+    excluded.push(generalName('ip', '0.0.0.0', 0), generalName('ip', '::', 0));
     excludedText.push('IP:0.0.0.0/0', 'IP:::/0');
   }
-  const subtrees = (names: AsnGeneralName[]) => new GeneralSubtrees(names.map((base) => new GeneralSubtree({ base })));
-  const value = new NameConstraints({
-    permittedSubtrees: subtrees(permitted),
-    ...(excluded.length > 0 ? { excludedSubtrees: subtrees(excluded) } : {}),
-  });
+  const value = nameConstraintsValue(permitted, excluded);
   // RFC 5280: "Conforming CAs MUST mark this extension as critical."
-  return {
-    extension: new x509.Extension(id_ce_nameConstraints, true, AsnConvert.serialize(value)),
-    permitted: hosts.map(prefixOf),
-    excluded: excludedText,
-  };
+  return { extension: extension(OID.nameConstraints, true, value), value, permitted: hosts.map(prefixOf), excluded: excludedText };
 }
 
 /**
- * The name constraints extension a generated CA carries for `hosts` (exported so tests can build a CA whose
- * key they hold with exactly our encoding, and sign rogue leaves with it).
+ * The DER value of the (critical) name constraints extension a generated CA carries for `hosts` (exported so tests
+ * can build a CA whose key they hold with exactly our encoding, and sign rogue leaves with it).
  */
-export function nameConstraintsExtension(hosts: string[]): x509.Extension {
+export function nameConstraintsExtension(hosts: string[]): Buffer {
   return nameConstraintsFor(
     hosts.map((raw) => {
       const h = normalizeHost(raw);
       if (h === undefined) throw new CaError('OPTIONS_INVALID', `'${raw}' is neither a DNS name nor an IP literal`, { host: raw });
       return h;
     }),
-  ).extension;
+  ).value;
 }
 
 /** Name constraints of a loaded CA, in CaInfo notation, plus a matcher to check our hosts against them. */
-function readNameConstraints(cert: x509.X509Certificate): {
+function readNameConstraints(cert: CertificateParts): {
   permitted: string[];
   excluded: string[];
   allows: (h: NormalizedHost) => boolean;
 } {
-  const ext = cert.getExtension(id_ce_nameConstraints);
-  if (ext === null) return { permitted: [], excluded: [], allows: () => true };
-  const nc = AsnConvert.parse(ext.value, NameConstraints);
-  const read = (subtrees: GeneralSubtrees | undefined) =>
-    (subtrees ?? []).map((s) => {
-      try {
-        const g = new x509.GeneralName(s.base);
-        return { type: g.type, value: g.value };
-      } catch {
-        return { type: 'other', value: '' }; // otherName, x400Address...: nothing a TLS server name uses
-      }
-    });
-  const permitted = read(nc.permittedSubtrees);
-  const excluded = read(nc.excludedSubtrees);
+  const value = cert.extensions.get(OID.nameConstraints);
+  if (value === undefined) return { permitted: [], excluded: [], allows: () => true };
+  const { permitted, excluded } = parseNameConstraints(value);
   const label: Record<string, string> = { dns: 'DNS', ip: 'IP' };
-  const text = (n: { type: string; value: string }) => `${label[n.type] ?? n.type.toUpperCase()}:${n.value}`;
-  const matches = (h: NormalizedHost, n: { type: string; value: string }): boolean => {
+  const text = (n: ConstraintName) => `${label[n.type] ?? n.type.toUpperCase()}:${n.value}`;
+  const matches = (h: NormalizedHost, n: ConstraintName): boolean => {
     if (h.kind === 'dns' && n.type === 'dns') {
       const base = n.value.toLowerCase();
       if (base === '') return true;
@@ -252,7 +234,7 @@ function readNameConstraints(cert: x509.X509Certificate): {
 
 interface SigningAlgorithm {
   importAlg: webcrypto.EcKeyImportParams | webcrypto.RsaHashedImportParams;
-  hash: string;
+  hash: Signer['hash'];
 }
 
 /** How to sign with a loaded CA key, or a refusal naming the key types we support. */
@@ -284,36 +266,73 @@ const iso = (d: Date) => d.toISOString();
 /** What both ways of getting a CA hand to the PodCa. */
 interface CaMaterial {
   source: CaInfo['source'];
-  cert: x509.X509Certificate;
-  signingKey: webcrypto.CryptoKey;
-  signingHash: string;
+  pem: string;
+  /** The CA's subject Name as its certificate encodes it: the issuer of every leaf, byte for byte. */
+  subjectName: Buffer;
+  subject: string;
+  notBefore: Date;
+  notAfter: Date;
+  /** The CA's subject key identifier (its own extension; SHA-1 of its key when it has none): every leaf's AKI. */
+  keyId: Buffer;
+  signer: Signer;
   permitted: string[];
   excluded: string[];
 }
+
+const BASIC_CONSTRAINTS_LEAF = extension(OID.basicConstraints, true, sequence());
+// KeyUsage is a named BIT STRING written without trailing zero bits: bit 0 digitalSignature (0x80, 7 unused bits);
+// bits 5 keyCertSign + 6 cRLSign (0x06, 1 unused bit).
+const KEY_USAGE_LEAF = extension(OID.keyUsage, true, bitString(Buffer.from([0x80]), 7));
+const KEY_USAGE_CA = extension(OID.keyUsage, true, bitString(Buffer.from([0x06]), 1));
+const KEY_CERT_SIGN = 0x04; // bit 5 of the first byte
+const EXT_KEY_USAGE_SERVER_AUTH = extension(OID.extKeyUsage, false, sequence(objectIdentifier(OID.serverAuth)));
+const subjectKeyIdentifier = (keyId: Buffer) => extension(OID.subjectKeyIdentifier, false, tlv(0x04, keyId));
 
 async function generateCa(hosts: NormalizedHost[], validityDays: number, now: number, extractable: boolean): Promise<CaMaterial> {
   // Not extractable unless it is to be kept (keepDir, a memory-backed volume): otherwise the generated CA key lives
   // in this process only and can never be exported or written.
   const keys = (await webcrypto.subtle.generateKey(EC_P256, extractable, ['sign', 'verify'])) as webcrypto.CryptoKeyPair;
+  const spki = Buffer.from(await webcrypto.subtle.exportKey('spki', keys.publicKey));
+  const keyId = keyIdentifierOf(spki);
   const nc = nameConstraintsFor(hosts);
-  const cert = await x509.X509CertificateGenerator.createSelfSigned(
+  const cn = `Fusebox pod CA ${randomBytes(4).toString('hex')}`;
+  const name = nameOf([
+    [OID.commonName, cn],
+    [OID.organizationName, 'Fusebox'],
+  ]);
+  // Whole seconds, as the certificate writes them: the dates CaInfo reports are the certificate's.
+  const notBefore = new Date(Math.floor((now - CLOCK_SKEW_MS) / 1000) * 1000);
+  const notAfter = new Date(Math.floor((now + validityDays * DAY_MS) / 1000) * 1000);
+  const signer: Signer = { key: keys.privateKey, hash: 'SHA-256' };
+  const der = await signCertificate(
     {
-      name: [{ CN: [`Fusebox pod CA ${randomBytes(4).toString('hex')}`] }, { O: ['Fusebox'] }],
-      keys,
-      notBefore: new Date(now - CLOCK_SKEW_MS),
-      notAfter: new Date(now + validityDays * DAY_MS),
-      signingAlgorithm: { ...EC_P256, hash: 'SHA-256' },
+      issuer: name,
+      subject: name,
+      notBefore,
+      notAfter,
+      spki,
       extensions: [
         // pathlen 0: this CA signs leaves only, never another CA.
-        new x509.BasicConstraintsExtension(true, 0, true),
-        new x509.KeyUsagesExtension(x509.KeyUsageFlags.keyCertSign | x509.KeyUsageFlags.cRLSign, true),
-        await x509.SubjectKeyIdentifierExtension.create(keys.publicKey, false, webcrypto),
+        extension(OID.basicConstraints, true, sequence(boolean(true), unsignedInteger(Buffer.from([0])))),
+        KEY_USAGE_CA,
+        subjectKeyIdentifier(keyId),
         nc.extension,
       ],
     },
-    webcrypto,
+    signer,
   );
-  return { source: 'generated', cert, signingKey: keys.privateKey, signingHash: 'SHA-256', permitted: nc.permitted, excluded: nc.excluded };
+  return {
+    source: 'generated',
+    pem: pemOf(der),
+    subjectName: name,
+    subject: `CN=${cn}, O=Fusebox`,
+    notBefore,
+    notAfter,
+    keyId,
+    signer,
+    permitted: nc.permitted,
+    excluded: nc.excluded,
+  };
 }
 
 async function loadCa(certFile: string, keyFile: string, hosts: NormalizedHost[], now: number): Promise<CaMaterial> {
@@ -326,10 +345,10 @@ async function loadCa(certFile: string, keyFile: string, hosts: NormalizedHost[]
   // (no X509_V_FLAG_PARTIAL_CHAIN), so an intermediate with its chain cannot serve as the pod CA.
   if (blocks !== 1) throw invalid(`CA certificate ${certFile} holds ${blocks} PEM certificates: it must hold the CA certificate alone`);
   let nodeCert: NodeX509Certificate;
-  let cert: x509.X509Certificate;
+  let cert: CertificateParts;
   try {
     nodeCert = new NodeX509Certificate(certPem);
-    cert = new x509.X509Certificate(nodeCert.raw);
+    cert = readCertificate(nodeCert.raw);
   } catch (err) {
     throw invalid(`CA certificate ${certFile} is not a valid PEM X.509 certificate: ${(err as Error).message}`, {}, err);
   }
@@ -345,8 +364,10 @@ async function loadCa(certFile: string, keyFile: string, hosts: NormalizedHost[]
   }
 
   if (!nodeCert.ca) throw invalid(`${certFile} is not a CA certificate (basicConstraints cA is not true): it cannot sign leaves`);
-  const keyUsage = cert.getExtension(x509.KeyUsagesExtension);
-  if (keyUsage !== null && (keyUsage.usages & x509.KeyUsageFlags.keyCertSign) === 0) {
+  const keyUsage = cert.extensions.get(OID.keyUsage);
+  // A BIT STRING: its first content byte counts the unused bits, the next holds bits 0-7.
+  const keyUsageBits = keyUsage === undefined ? undefined : contentOf(keyUsage, readElement(keyUsage));
+  if (keyUsageBits !== undefined && ((keyUsageBits[1] ?? 0) & KEY_CERT_SIGN) === 0) {
     throw invalid(`CA certificate ${certFile} has a keyUsage without keyCertSign: clients would reject every leaf it signs`);
   }
   if (!nodeCert.checkIssued(nodeCert) || !nodeCert.verify(nodeCert.publicKey)) {
@@ -357,15 +378,17 @@ async function loadCa(certFile: string, keyFile: string, hosts: NormalizedHost[]
   }
   const { importAlg, hash } = signingAlgorithmFor(key, keyFile);
 
-  if (cert.notAfter.getTime() <= now) {
-    throw new CaError('CA_EXPIRED', `CA certificate ${certFile} expired on ${iso(cert.notAfter)}: renew the Secret`, {
+  const notBefore = nodeCert.validFromDate;
+  const notAfter = nodeCert.validToDate;
+  if (notAfter.getTime() <= now) {
+    throw new CaError('CA_EXPIRED', `CA certificate ${certFile} expired on ${iso(notAfter)}: renew the Secret`, {
       certFile,
-      notAfter: iso(cert.notAfter),
+      notAfter: iso(notAfter),
     });
   }
-  if (cert.notBefore.getTime() > now) {
-    throw invalid(`CA certificate ${certFile} is not valid before ${iso(cert.notBefore)}: check this machine's clock`, {
-      notBefore: iso(cert.notBefore),
+  if (notBefore.getTime() > now) {
+    throw invalid(`CA certificate ${certFile} is not valid before ${iso(notBefore)}: check this machine's clock`, {
+      notBefore: iso(notBefore),
     });
   }
 
@@ -380,11 +403,18 @@ async function loadCa(certFile: string, keyFile: string, hosts: NormalizedHost[]
       { outside },
     );
   }
+  const ski = cert.extensions.get(OID.subjectKeyIdentifier);
   return {
     source: 'file',
-    cert,
-    signingKey: key.toCryptoKey(importAlg, false, ['sign']),
-    signingHash: hash,
+    pem: pemOf(nodeCert.raw),
+    subjectName: cert.subjectName,
+    // Node writes one attribute a line; CaInfo's notation puts them on one, as RFC 4514 does.
+    subject: nodeCert.subject.split('\n').join(', '),
+    notBefore,
+    notAfter,
+    // The AKI must repeat the CA's own SKI: a loaded CA may have derived it by another method than ours.
+    keyId: ski !== undefined ? contentOf(ski, readElement(ski)) : keyIdentifierOf(cert.spki),
+    signer: { key: key.toCryptoKey(importAlg, false, ['sign']), hash },
     permitted: nc.permitted,
     excluded: nc.excluded,
   };
@@ -413,12 +443,12 @@ function checkOptions(opts: PodCaOptions): NormalizedHost[] {
 
 /** What every leaf of one PodCa shares. */
 interface LeafTemplate {
-  /** Encoded once: handing @peculiar/x509 a CryptoKey makes it export the SPKI again at every mint. */
-  publicKey: x509.PublicKey;
+  /** DER SubjectPublicKeyInfo of the shared leaf key. */
+  spki: Buffer;
   /** PKCS#8 PEM of the shared leaf key, for OpenSSL (tls.createSecureContext). */
   keyPem: string;
   /** basicConstraints, keyUsage, EKU serverAuth, AKI, SKI. */
-  extensions: x509.Extension[];
+  extensions: Buffer[];
 }
 
 interface CachedLeaf {
@@ -476,38 +506,32 @@ export class PodCa {
     const leafKeys = (await webcrypto.subtle.generateKey(EC_P256, true, ['sign', 'verify'])) as webcrypto.CryptoKeyPair;
     const leafKeyPem = KeyObject.from(leafKeys.privateKey).export({ type: 'pkcs8', format: 'pem' }).toString();
 
-    // The AKI must repeat the CA's own SKI: a loaded CA may have derived it by another method than ours.
-    const caSki = ca.cert.getExtension(x509.SubjectKeyIdentifierExtension);
-    const aki =
-      caSki !== null
-        ? new x509.AuthorityKeyIdentifierExtension(caSki.keyId, false)
-        : await x509.AuthorityKeyIdentifierExtension.create(ca.cert.publicKey, false, webcrypto);
+    const leafSpki = Buffer.from(await webcrypto.subtle.exportKey('spki', leafKeys.publicKey));
     // Everything but the SAN is the same in every leaf: encoded once here, not at each mint.
     const leafExtensions = [
-      new x509.BasicConstraintsExtension(false, undefined, true),
-      new x509.KeyUsagesExtension(x509.KeyUsageFlags.digitalSignature, true),
-      new x509.ExtendedKeyUsageExtension([x509.ExtendedKeyUsage.serverAuth], false),
-      aki,
-      await x509.SubjectKeyIdentifierExtension.create(leafKeys.publicKey, false, webcrypto),
+      BASIC_CONSTRAINTS_LEAF,
+      KEY_USAGE_LEAF,
+      EXT_KEY_USAGE_SERVER_AUTH,
+      extension(OID.authorityKeyIdentifier, false, sequence(tlv(0x80, ca.keyId))),
+      subjectKeyIdentifier(keyIdentifierOf(leafSpki)),
     ];
 
-    const pem = ca.cert.toString('pem');
     const info: CaInfo = {
       source: ca.source,
-      subject: ca.cert.subject,
-      fingerprintSha256: new NodeX509Certificate(pem).fingerprint256,
-      notBefore: ca.cert.notBefore,
-      notAfter: ca.cert.notAfter,
+      subject: ca.subject,
+      fingerprintSha256: new NodeX509Certificate(ca.pem).fingerprint256,
+      notBefore: ca.notBefore,
+      notAfter: ca.notAfter,
       permitted: ca.permitted,
       excluded: ca.excluded,
-      pem,
+      pem: ca.pem,
       ...(replaced !== undefined ? { replaced } : {}),
     };
     return new PodCa(
       info,
       ca,
       new Map(hosts.map((h) => [h.name, h])),
-      { publicKey: await x509.PublicKey.create(leafKeys.publicKey, webcrypto), keyPem: leafKeyPem, extensions: leafExtensions },
+      { spki: leafSpki, keyPem: leafKeyPem, extensions: leafExtensions },
       opts.leafValidityHours * HOUR_MS,
       opts.maxLeaves,
       now,
@@ -619,23 +643,26 @@ export class PodCa {
     const notAfter = Math.min(now + this.leafValidityMs, caNotAfter);
     let context: tls.SecureContext;
     try {
-      const leaf = await x509.X509CertificateGenerator.create(
+      const leaf = await signCertificate(
         {
+          issuer: this.ca.subjectName,
           // No CN for an IP: OpenSSL checks a CN that looks like a host name against the CA's DNS constraints,
           // and `127.0.0.1` would violate them. Clients match the SAN; the CN is for people reading s_client.
           subject:
-            host.kind === 'dns' && host.name.length <= MAX_CN_LENGTH ? [{ CN: [host.name] }, { O: ['Fusebox'] }] : [{ O: ['Fusebox'] }],
-          issuer: this.ca.cert.subjectName,
-          publicKey: this.leaf.publicKey,
-          signingKey: this.ca.signingKey,
-          signingAlgorithm: { name: this.ca.signingKey.algorithm.name, hash: this.ca.signingHash },
+            host.kind === 'dns' && host.name.length <= MAX_CN_LENGTH
+              ? nameOf([
+                  [OID.commonName, host.name],
+                  [OID.organizationName, 'Fusebox'],
+                ])
+              : nameOf([[OID.organizationName, 'Fusebox']]),
           notBefore: new Date(now - CLOCK_SKEW_MS),
           notAfter: new Date(notAfter),
-          extensions: [...this.leaf.extensions, new x509.SubjectAlternativeNameExtension([{ type: host.kind, value: host.name }], false)],
+          spki: this.leaf.spki,
+          extensions: [...this.leaf.extensions, extension(OID.subjectAltName, false, sequence(generalName(host.kind, host.name)))],
         },
-        webcrypto,
+        this.ca.signer,
       );
-      context = tls.createSecureContext({ key: this.leaf.keyPem, cert: `${leaf.toString('pem')}\n${this.info.pem}` });
+      context = tls.createSecureContext({ key: this.leaf.keyPem, cert: `${pemOf(leaf)}\n${this.info.pem}` });
     } catch (err) {
       const message = `cannot mint a certificate for '${host.name}': ${(err as Error).message}`;
       throw new CaError('LEAF_MINT_FAILED', message, { host: host.name }, { cause: err });
@@ -678,9 +705,9 @@ async function keep(ca: CaMaterial, dir: string): Promise<void> {
   } catch (err) {
     throw new CaError('CA_WRITE_FAILED', `cannot create the CA keep directory ${dir}: ${(err as Error).message}`, { path: dir }, { cause: err });
   }
-  const keyPem = KeyObject.from(ca.signingKey).export({ type: 'pkcs8', format: 'pem' }).toString();
+  const keyPem = KeyObject.from(ca.signer.key).export({ type: 'pkcs8', format: 'pem' }).toString();
   await writeAtomically(join(dir, KEPT_KEY), keyPem, 0o600);
-  await writeAtomically(join(dir, KEPT_CERT), `${ca.cert.toString('pem').trim()}\n`);
+  await writeAtomically(join(dir, KEPT_CERT), `${ca.pem.trim()}\n`);
 }
 
 async function writeAtomically(file: string, content: string, mode = 0o644): Promise<void> {

@@ -149,14 +149,17 @@ describe('fusebox CLI', { timeout: 90_000 }, () => {
     expect(r.out).not.toContain('fusebox listening');
   });
 
-  it('runs from a config file and exits 0 on SIGTERM', async () => {
+  it('runs from a config file, gives back the young generation startup grew once listening, and exits 0 on SIGTERM', async () => {
     const dir = mkdtempSync(join(tmpdir(), 'fusebox-cfg-'));
     const file = join(dir, 'ok.yaml');
-    writeFileSync(file, 'listen: { proxy: { port: 0 }, admin: { port: 0 } }\nroutes:\n  - { name: r, match: { pathPrefix: /r }, upstream: { url: "http://127.0.0.1:9" } }\n');
+    writeFileSync(file, 'log: { level: debug }\nlisten: { proxy: { port: 0 }, admin: { port: 0 } }\nroutes:\n  - { name: r, match: { pathPrefix: /r }, upstream: { url: "http://127.0.0.1:9" } }\n');
     const child = cli(['--config', file]);
     const done = collect(child);
+    const logs = logsOf(child);
     // A whole line, not a chunk: the text could be split across two reads.
-    await logsOf(child).next((l) => l.msg === 'fusebox listening', 'that it listens');
+    await logs.next((l) => l.msg === 'fusebox listening', 'that it listens');
+    // Issue 15: the idle footprint (src/cli/settle-heap.ts).
+    await logs.next((l) => l.msg === 'heap settled after start', 'that it settled its heap');
     child.kill('SIGTERM');
     const r = await done;
     expect(r.code).toBe(0);

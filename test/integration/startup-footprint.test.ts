@@ -22,7 +22,7 @@ let app: Fusebox | undefined;
 afterAll(async () => app?.shutdown(0));
 
 describe('startup footprint', () => {
-  it('a sidecar on config/example.yaml loads neither fastify\'s schema compilers (ajv, fast-json-stringify), undici\'s fetch and WebSocket, nor ioredis', async () => {
+  it('a sidecar on config/example.yaml loads neither fastify\'s schema compilers (ajv, fast-json-stringify), undici\'s fetch and WebSocket, ioredis, nor an X.509 library', async () => {
     const { config } = loadConfigFile(join(REPO, 'config', 'example.yaml'), { POD_NAME: 'footprint-test' });
     const onPortZero = { ...config, listen: { proxy: { ...config.listen.proxy, port: 0 }, admin: { ...config.listen.admin, port: 0 } } };
     app = await buildApp(onPortZero, { logger: pino({ level: 'silent' }), env: {} });
@@ -50,6 +50,10 @@ describe('startup footprint', () => {
     expect(anyUnder(paths, 'undici/index.js')).toBe(false);
     expect(anyUnder(paths, 'undici/lib/web/')).toBe(false);
     expect(anyUnder(paths, 'ioredis/')).toBe(false);
+    // The example routes list hosts, so the pod CA is made and leaves are minted at start: with node:crypto and
+    // src/intercept/der.ts, not @peculiar/x509 (with tsyringe, reflect-metadata and the @peculiar/asn1-* packages).
+    expect(app.ca?.leavesCached).toBe(3);
+    for (const dir of ['@peculiar/', 'tsyringe/', 'reflect-metadata/', 'asn1js/', 'pvtsutils/']) expect(anyUnder(paths, dir), dir).toBe(false);
   });
 
   // After the test above: importing the package's index is what that test checks the sidecar does not do.

@@ -148,7 +148,7 @@ async function writeTestCa(
           true,
         ),
         await x509.SubjectKeyIdentifierExtension.create(keys.publicKey, false, webcrypto),
-        ...(opts.constrainTo ? [nameConstraintsExtension(opts.constrainTo)] : []),
+        ...(opts.constrainTo ? [new x509.Extension('2.5.29.30', true, nameConstraintsExtension(opts.constrainTo))] : []),
       ],
     },
     webcrypto,
