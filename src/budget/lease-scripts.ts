@@ -32,16 +32,23 @@ import { METRICS, type Metric } from './store.js';
  *
  * One call carries the requests of several windows of one hash tag (an agent's day, month and workflows, the fleet's
  * day and month: RedisLeaseSource batches those made in the same turn), applied in order, each by the same rules as
- * alone. ARGV[i], window i: {k (its key count: 2, or 3 with the counters hash), holder, seq, rep, keep: 0|1, want,
- * dem (demand), cap (-1: uncapped), min (each of those five a list usd, tokens, calls), now, ttl, grace, whole: 0|1,
- * alert, gc, idle (workflow idle time, 0: a calendar window), used (the holder's usedAt, 0: none)}; its keys follow
- * window i-1's in KEYS. Reply: one entry per window, {grant usd, tokens, calls, expiresAt, spent usd, tokens, calls,
- * out usd, tokens, calls, live others, alert bits (1 usd, 2 tokens, 4 calls), seen (-1: none)}.
+ * alone. Window i's arguments are WINDOW_ARGS positional ones (see {@link leaseArgs}: no JSON to decode in Lua); its
+ * keys follow window i-1's in KEYS. Reply: one entry per window, {grant usd, tokens, calls, expiresAt, spent usd,
+ * tokens, calls, out usd, tokens, calls, live others, alert bits (1 usd, 2 tokens, 4 calls), seen (-1: none)}.
+ *
+ * Cost: a window reads its hash by one HMGET, works in Lua and writes what changed by one HSET (plus the expiry set's
+ * ZRANGEBYSCORE, ZCOUNT, ZADD and two PEXPIREs): ~7 commands where it took ~19 (HGETs, HINCRBYs one by one), each
+ * redis.call costing a few µs beyond its command's own work. Figures: bench/README.md, "The lease script's commands".
  */
+/** Arguments per window, in the order {@link leaseArgs} writes them. */
+export const WINDOW_ARGS = 27;
+
 const ACQUIRE_LUA = `
 local SP = {'usd', 'tokens', 'calls'}
 local OUT = {'out', 'out_t', 'out_c'}
 local AL = {'alerted', 'alerted_t', 'alerted_c'}
+-- Arguments per window (WINDOW_ARGS).
+local W = ${WINDOW_ARGS}
 
 local function num(v)
   return tonumber(v) or 0
@@ -76,192 +83,289 @@ local function put(g, e, q)
   return string.format('%d|%d|%d|%d|%d', g[1], g[2], g[3], e, q)
 end
 
--- One window's request: its lease hash h, expiry set x, and (agent and workflow windows) counters hash.
-local function acquire(h, x, counters, a)
-  local now = a.now
-  local me = 'h:' .. a.holder
+local function three(o)
+  return {tonumber(ARGV[o]), tonumber(ARGV[o + 1]), tonumber(ARGV[o + 2])}
+end
+
+-- One window's request, its arguments from ARGV[o + 1]: its lease hash h, expiry set x, and (agent and workflow
+-- windows) counters hash. The hash is read by one HMGET, worked on in Lua, written by one HSET: each redis.call costs
+-- a few µs beyond its command's work, and a window used to take ~19 of them.
+local function acquire(h, x, counters, o)
+  local holder = ARGV[o + 2]
+  local seq = tonumber(ARGV[o + 3])
+  local rep, keep, want, dem, cap, min = three(o + 4), tonumber(ARGV[o + 7]), three(o + 8), three(o + 11), three(o + 14), three(o + 17)
+  local now, ttl, grace, whole = tonumber(ARGV[o + 20]), tonumber(ARGV[o + 21]), tonumber(ARGV[o + 22]), tonumber(ARGV[o + 23])
+  local alertp, gc, idle, used = tonumber(ARGV[o + 24]), ARGV[o + 25], tonumber(ARGV[o + 26]), tonumber(ARGV[o + 27])
+  local me, pme = 'h:' .. holder, 'p:' .. holder
+
+  local v = redis.call('HMGET', h, 'usd', 'tokens', 'calls', 'out', 'out_t', 'out_c', 'alerted', 'alerted_t', 'alerted_c', 'seen', me, pme)
+  -- What the hash holds (a missing counter reads 0, a missing flag false, a missing seen nil), and what was read:
+  -- the final HSET writes only what changed.
+  local sp, out, al = {num(v[1]), num(v[2]), num(v[3])}, {num(v[4]), num(v[5]), num(v[6])}, {v[7] ~= false, v[8] ~= false, v[9] ~= false}
+  local seen = v[10] and num(v[10]) or nil
+  local sp0, out0, al0, seen0 = {sp[1], sp[2], sp[3]}, {out[1], out[2], out[3]}, {al[1], al[2], al[3]}, seen
+  local mine, presumed = v[11], v[12]
+
   -- A window's first lease request starts from what the per-call scripts counted there (the sidecar ran before
-  -- its windows were leased).
-  if counters and redis.call('EXISTS', h) == 0 then
+  -- its windows were leased). None of the fields read: the hash may not exist (EXISTS only then).
+  if counters and not (v[1] or v[2] or v[3] or v[4] or v[5] or v[6] or v[7] or v[8] or v[9] or v[10] or mine or presumed)
+      and redis.call('EXISTS', h) == 0 then
     local c = redis.call('HMGET', counters, 'u', 't', 'c', 'au', 'at', 'ac', 's')
     if c[1] or c[2] or c[3] then
-      redis.call('HSET', h, 'usd', num(c[1]), 'tokens', num(c[2]), 'calls', num(c[3]))
+      sp = {num(c[1]), num(c[2]), num(c[3])}
+      -- Written even when 0, as the seeding always did.
+      sp0 = {nil, nil, nil}
     end
     for m = 1, 3 do
       if c[3 + m] then
-        redis.call('HSET', h, AL[m], 1)
+        al[m] = true
       end
     end
-    if a.idle > 0 and c[7] then
-      redis.call('HSET', h, 'seen', num(c[7]))
+    if idle > 0 and c[7] then
+      seen = num(c[7])
     end
-  end
-
-  local function state(live, alert)
-    local v = redis.call('HMGET', h, 'usd', 'tokens', 'calls', 'out', 'out_t', 'out_c', me, 'seen')
-    local g, e = {0, 0, 0}, 0
-    if v[7] then
-      g, e = entry(v[7])
-    end
-    local seen = -1
-    if v[8] then
-      seen = num(v[8])
-    end
-    return {g[1], g[2], g[3], e, num(v[1]), num(v[2]), num(v[3]), num(v[4]), num(v[5]), num(v[6]), live, alert, seen}
   end
 
   -- Reap slices lapsed for longer than the grace; count the live ones of other holders.
-  for _, holder in ipairs(redis.call('ZRANGEBYSCORE', x, '-inf', now - a.grace)) do
-    if holder ~= a.holder then
-      local f = 'h:' .. holder
-      local v = redis.call('HGET', h, f)
-      if v then
-        local g, e, q = entry(v)
-        if any(g) and e + a.grace <= now then
+  local lapsed = redis.call('ZRANGEBYSCORE', x, '-inf', now - grace)
+  local gone = {}
+  for _, other in ipairs(lapsed) do
+    if other ~= holder then
+      local f, pf = 'h:' .. other, 'p:' .. other
+      local r = redis.call('HMGET', h, f, pf)
+      if r[1] then
+        local g, e, q = entry(r[1])
+        if any(g) and e + grace <= now then
           -- Its holder may have spent all of it before it went silent: spent until it reports.
-          local p = amounts(redis.call('HGET', h, 'p:' .. holder))
+          local p = amounts(r[2] or nil)
           for m = 1, 3 do
             if g[m] > 0 then
-              redis.call('HINCRBY', h, OUT[m], -g[m])
-              redis.call('HINCRBY', h, SP[m], g[m])
+              out[m] = out[m] - g[m]
+              sp[m] = sp[m] + g[m]
               p[m] = p[m] + g[m]
             end
           end
-          redis.call('HSET', h, 'p:' .. holder, string.format('%d|%d|%d', p[1], p[2], p[3]))
-          redis.call('HSET', h, f, put({0, 0, 0}, e, q))
+          redis.call('HSET', h, pf, string.format('%d|%d|%d', p[1], p[2], p[3]), f, put({0, 0, 0}, e, q))
         end
       end
-      redis.call('ZREM', x, holder)
+      gone[#gone + 1] = other
     end
   end
+  -- ZREM in bounded batches: unpack() of a long list would overflow Lua's C stack.
+  for i = 1, #gone, 500 do
+    redis.call('ZREM', x, unpack(gone, i, math.min(i + 499, #gone)))
+  end
   local live = redis.call('ZCOUNT', x, '(' .. now, '+inf')
-  local mine_exp = redis.call('ZSCORE', x, a.holder)
-  if mine_exp and tonumber(mine_exp) > now then
+
+  local mg, me_exp, mq = {0, 0, 0}, 0, 0
+  if mine then
+    mg, me_exp, mq = entry(mine)
+  end
+  -- The set holds this holder's expiry exactly when its entry holds a grant (both written below, reaped together).
+  if any(mg) and me_exp > now then
     live = live - 1
   end
 
-  local mine = redis.call('HGET', h, me)
-  local mg, mq = {0, 0, 0}, 0
-  if mine then
-    local _
-    mg, _, mq = entry(mine)
+  -- Writes the counters and flags that changed, plus extra field/value pairs, in one HSET.
+  local function save(extra)
+    local w = extra
+    for m = 1, 3 do
+      if sp[m] ~= sp0[m] then
+        w[#w + 1] = SP[m]
+        w[#w + 1] = string.format('%d', sp[m])
+      end
+      if out[m] ~= out0[m] then
+        w[#w + 1] = OUT[m]
+        w[#w + 1] = string.format('%d', out[m])
+      end
+      if al[m] and not al0[m] then
+        w[#w + 1] = AL[m]
+        w[#w + 1] = 1
+      end
+    end
+    if seen and seen ~= seen0 then
+      w[#w + 1] = 'seen'
+      w[#w + 1] = string.format('%d', seen)
+    end
+    if #w > 0 then
+      redis.call('HSET', h, unpack(w))
+    end
   end
-  if a.seq <= mq then
+
+  local function state(g, e, alert)
+    return {g[1], g[2], g[3], e, sp[1], sp[2], sp[3], out[1], out[2], out[3], live, alert, seen or -1}
+  end
+
+  if seq <= mq then
     -- A retry of a request already applied, whose answer was lost: answer again, apply nothing.
-    return state(live, 0)
+    save({})
+    return state(mg, me_exp, 0)
   end
 
   local apply = true
-  if a.idle > 0 then
-    local seen = num(redis.call('HGET', h, 'seen'))
-    if a.used > seen then
-      seen = a.used
+  if idle > 0 then
+    local last = seen or 0
+    if used > last then
+      last = used
     end
-    local o = redis.call('HMGET', h, 'out', 'out_t', 'out_c')
     local others = 0
     for m = 1, 3 do
-      others = others + num(o[m]) - mg[m]
+      others = others + out[m] - mg[m]
     end
-    if seen > 0 and now - seen >= a.idle and others == 0 then
+    if last > 0 and now - last >= idle and others == 0 then
       -- Unseen for its idle time: the window starts again from zero, as the per-call scripts' idle reset does, and
       -- this report (spend of the window gone idle) goes with it. Holders keep their last seq (retries stay retries).
-      local fields = redis.call('HKEYS', h)
-      for _, f in ipairs(fields) do
+      -- Rare, so field by field. What the reap above changed in the counters goes with the rest.
+      local all = redis.call('HGETALL', h)
+      for i = 1, #all, 2 do
+        local f = all[i]
         if string.sub(f, 1, 2) == 'h:' then
-          local _, e, q = entry(redis.call('HGET', h, f))
+          local _, _, q = entry(all[i + 1])
           redis.call('HSET', h, f, put({0, 0, 0}, 0, q))
         else
           redis.call('HDEL', h, f)
         end
       end
       redis.call('DEL', x)
+      sp, out, al, seen = {0, 0, 0}, {0, 0, 0}, {false, false, false}, nil
+      sp0, out0, al0, seen0 = {0, 0, 0}, {0, 0, 0}, {false, false, false}, nil
+      presumed = false
       mg = {0, 0, 0}
       apply = false
-    elseif a.used > 0 then
-      redis.call('HSET', h, 'seen', seen)
+    elseif used > 0 then
+      seen = last
     end
   end
 
+  local drop = false
   if apply then
-    local presumed = amounts(redis.call('HGET', h, 'p:' .. a.holder))
+    local p = amounts(presumed or nil)
     for m = 1, 3 do
-      local d = a.rep[m] - presumed[m]
-      if d ~= 0 then
-        redis.call('HINCRBY', h, SP[m], d)
-      end
+      sp[m] = sp[m] + rep[m] - p[m]
     end
-    if any(presumed) then
-      redis.call('HDEL', h, 'p:' .. a.holder)
-    end
+    drop = any(p)
   end
   for m = 1, 3 do
-    if mg[m] > 0 then
-      redis.call('HINCRBY', h, OUT[m], -mg[m])
-    end
+    out[m] = out[m] - mg[m]
   end
 
-  local v = redis.call('HMGET', h, 'usd', 'tokens', 'calls', 'out', 'out_t', 'out_c', 'alerted', 'alerted_t', 'alerted_c')
   local grant, exp = {0, 0, 0}, 0
-  local capped = false
-  for m = 1, 3 do
-    if a.cap[m] >= 0 then
-      capped = true
-    end
-  end
-  if capped and a.keep == 1 then
+  local capped = cap[1] >= 0 or cap[2] >= 0 or cap[3] >= 0
+  if capped and keep == 1 then
     for m = 1, 3 do
-      if a.cap[m] >= 0 then
-        local remaining = a.cap[m] - num(v[m]) - num(v[3 + m])
+      if cap[m] >= 0 then
+        local remaining = cap[m] - sp[m] - out[m]
         if remaining > 0 then
           local size = remaining
-          if a.whole == 0 then
-            size = math.min(math.floor(remaining / (live + 1)), math.max(a.dem[m] or 0, a.min[m]))
+          if whole == 0 then
+            size = math.min(math.floor(remaining / (live + 1)), math.max(dem[m], min[m]))
           end
-          grant[m] = math.min(math.max(size, a.want[m]), remaining)
+          grant[m] = math.min(math.max(size, want[m]), remaining)
           if grant[m] > 0 then
-            redis.call('HINCRBY', h, OUT[m], grant[m])
+            out[m] = out[m] + grant[m]
           end
         end
       end
     end
     if any(grant) then
-      exp = now + a.ttl
+      exp = now + ttl
     end
   end
-  redis.call('HSET', h, me, put(grant, exp, a.seq))
-  if any(grant) then
-    redis.call('ZADD', x, exp, a.holder)
-  else
-    redis.call('ZREM', x, a.holder)
-  end
-  redis.call('PEXPIRE', h, a.gc)
-  redis.call('PEXPIRE', x, a.gc)
+  -- The alert compares the spend before this request's slice (a slice is not spend).
   local alert = 0
-  if a.alert > 0 then
+  if alertp > 0 then
     for m = 1, 3 do
-      if a.cap[m] >= 0 and not v[6 + m] and num(v[m]) * 100 >= a.cap[m] * a.alert then
-        redis.call('HSET', h, AL[m], 1)
+      if cap[m] >= 0 and not al[m] and sp[m] * 100 >= cap[m] * alertp then
+        al[m] = true
         alert = alert + 2 ^ (m - 1)
       end
     end
   end
-  return state(live, alert)
+  save({me, put(grant, exp, seq)})
+  if drop then
+    redis.call('HDEL', h, pme)
+  end
+  if any(grant) then
+    redis.call('ZADD', x, string.format('%d', exp), holder)
+  elseif any(mg) or #lapsed > 0 then
+    -- ZREM only when the set may hold this holder: its entry had a grant (or it is in the lapsed list).
+    redis.call('ZREM', x, holder)
+  end
+  redis.call('PEXPIRE', h, gc)
+  redis.call('PEXPIRE', x, gc)
+  return state(grant, exp, alert)
 end
 
--- ARGV[i] is window i's request; its keys follow the previous window's in KEYS (a.k of them: 2, or 3 with counters).
+-- Window i's W arguments follow window i-1's in ARGV, its keys window i-1's in KEYS (2, or 3 with counters).
+if #ARGV % W ~= 0 then
+  return redis.error_reply('fuseboxLeaseAcquire: ' .. #ARGV .. ' arguments, not ' .. W .. ' per window')
+end
 local replies = {}
 local k = 1
-for i = 1, #ARGV do
-  local a = cjson.decode(ARGV[i])
+for i = 1, #ARGV / W do
+  local o = (i - 1) * W
+  local n = tonumber(ARGV[o + 1])
   local counters = nil
-  if a.k == 3 then
+  if n == 3 then
     counters = KEYS[k + 2]
   end
-  replies[i] = acquire(KEYS[k], KEYS[k + 1], counters, a)
-  k = k + a.k
+  replies[i] = acquire(KEYS[k], KEYS[k + 1], counters, o)
+  k = k + n
 end
 return replies
 `;
+
+/** One window's request as the script reads it: each amount a list usd, tokens, calls. */
+export interface LeaseWindowArgs {
+  /** Its key count: 2, or 3 with the counters hash. */
+  keys: 2 | 3;
+  holder: string;
+  seq: number;
+  report: readonly number[];
+  keep: boolean;
+  want: readonly number[];
+  demand: readonly number[];
+  /** -1: uncapped. */
+  caps: readonly number[];
+  min: readonly number[];
+  now: number;
+  ttlMs: number;
+  graceMs: number;
+  /** A slice is all that is left (one holder). */
+  whole: boolean;
+  alertPercent: number;
+  gcMs: number;
+  /** Workflow idle time, 0: a calendar window. */
+  idleMs: number;
+  /** The holder's usedAt, 0: none. */
+  usedAt: number;
+}
+
+const three = (xs: readonly number[], what: string): string[] => {
+  if (xs.length !== 3) throw new TypeError(`lease ${what}: expected 3 amounts (usd, tokens, calls), got ${xs.length}`);
+  return xs.map(String);
+};
+
+/** The ARGV of one window, in the order the Lua reads it. */
+export const leaseArgs = (a: LeaseWindowArgs): string[] => [
+  String(a.keys),
+  a.holder,
+  String(a.seq),
+  ...three(a.report, 'report'),
+  a.keep ? '1' : '0',
+  ...three(a.want, 'want'),
+  ...three(a.demand, 'demand'),
+  ...three(a.caps, 'caps'),
+  ...three(a.min, 'min'),
+  String(a.now),
+  String(a.ttlMs),
+  String(a.graceMs),
+  a.whole ? '1' : '0',
+  String(a.alertPercent),
+  String(a.gcMs),
+  String(a.idleMs),
+  String(a.usedAt),
+];
 
 const amountsOf = (u: unknown, t: unknown, c: unknown, what: string) => ({
   usdMicros: reply.int(u, `${what} usd`),

@@ -1,7 +1,7 @@
 import type { RedisConnection } from '../store/redis-connection.js';
 import { reply, RedisReplyError } from '../store/redis-script.js';
 import { CrossSlotError, sameSlot } from '../store/redis-slots.js';
-import { LEASE_ACQUIRE } from './lease-scripts.js';
+import { LEASE_ACQUIRE, leaseArgs } from './lease-scripts.js';
 import { demandOf, minSlices, workflowLeaseGcMs, type LeaseReply, type LeaseRequest, type LeaseSizing, type LeaseSource, type LeaseUsage } from './lease-source.js';
 import { counterKey, scopeTag } from './redis-keys.js';
 import { METRICS, type Amounts, type ReservedScope } from './store.js';
@@ -63,25 +63,25 @@ export class RedisLeaseSource implements LeaseSource {
     // RedisStore's counters hash of the same window (`{fusebox:a:pod-1}:day:2026-12-05`): seeds a new lease hash.
     if (req.scope.scope.kind === 'agent' || req.scope.scope.kind === 'workflow') keys.push(counterKey(this.prefix, req.scope));
     const list = (f: (m: (typeof METRICS)[number]) => number) => METRICS.map(f);
-    const args = {
-      k: keys.length,
+    const args = leaseArgs({
+      keys: keys.length === 3 ? 3 : 2,
       holder: req.holder,
       seq: req.seq,
-      rep: list((m) => req.report[m]),
-      keep: req.keep ? 1 : 0,
+      report: list((m) => req.report[m]),
+      keep: req.keep,
       want: list((m) => req.want[m]),
-      dem: list((m) => demandOf(req.rate?.[m] ?? 0, this.sizing.ttlMs)),
-      cap: list((m) => req.caps[m] ?? -1),
+      demand: list((m) => demandOf(req.rate?.[m] ?? 0, this.sizing.ttlMs)),
+      caps: list((m) => req.caps[m] ?? -1),
       min: list((m) => this.min[m]),
       now: req.now,
-      ttl: this.sizing.ttlMs,
-      grace: this.sizing.graceMs,
-      whole: 0,
-      alert: this.sizing.alertPercent,
-      gc,
-      idle,
-      used: idle > 0 ? (req.usedAt ?? 0) : 0,
-    };
+      ttlMs: this.sizing.ttlMs,
+      graceMs: this.sizing.graceMs,
+      whole: false,
+      alertPercent: this.sizing.alertPercent,
+      gcMs: gc,
+      idleMs: idle,
+      usedAt: idle > 0 ? (req.usedAt ?? 0) : 0,
+    });
     const tag = scopeTag(this.prefix, req.scope.scope);
     let batch = this.batches.get(tag);
     if (batch === undefined) {
@@ -90,7 +90,7 @@ export class RedisLeaseSource implements LeaseSource {
       if (this.batches.size === 1) queueMicrotask(() => this.flush());
     }
     batch.keys.push(...keys);
-    batch.args.push(JSON.stringify(args));
+    batch.args.push(...args);
     return new Promise((resolve, reject) => batch.waiting.push({ resolve, reject }));
   }
 

@@ -416,3 +416,75 @@ describe("one lease script call per hash tag for the windows requested in the sa
     expect(replies.slice(4).map((r) => r.grant.calls)).toEqual([10, 10]);
   });
 });
+
+describe('the lease script: few commands per window, hashes written by earlier versions still read', () => {
+  let redis: TestRedis | undefined;
+  const connections: RedisConnection[] = [];
+  afterEach(async () => {
+    await Promise.all(connections.splice(0).map((c) => c.close()));
+    await redis?.stop();
+    redis = undefined;
+  });
+
+  const t = Date.parse('2026-12-05T10:00:00Z');
+  const fleetDay: ReservedScope = { scope: { kind: 'fleet', id: 'all' }, window: 'day', caps: { usdMicros: usd(500) }, windowId: '2026-12-05' };
+  const workflow: ReservedScope = { scope: { kind: 'workflow', id: 'task-1', agent: 'pod-1' }, window: 'workflow', caps: { calls: 1_000 }, idleTtlMs: 600_000, windowId: 'task-1' };
+  const request = (scope: ReservedScope, holder: string, seq: number, spent: number, now: number): LeaseRequest => ({
+    scope,
+    holder,
+    seq,
+    report: { usdMicros: spent, tokens: 0, calls: 1 },
+    keep: true,
+    want: { usdMicros: 0, tokens: 0, calls: 1 },
+    caps: scope.caps,
+    usedAt: now,
+    now,
+  });
+  const single = async (prefix: string) => {
+    redis = await startRedis();
+    const connection = new RedisConnection({ url: redis.url, keyPrefix: prefix });
+    connections.push(connection);
+    await connection.ready(2_000);
+    return { source: new RedisLeaseSource({ redis: connection, ...SIZING }), raw: new Redis(redis.url) };
+  };
+  /** Commands run inside scripts since the last RESETSTAT (EVALSHA itself and the test's own INFO left out). */
+  const innerCommands = (commandstats: string): number =>
+    [...commandstats.matchAll(/^cmdstat_(\w+):calls=(\d+)/gm)].filter(([, c]) => !['evalsha', 'eval', 'info', 'config'].includes(c!)).reduce((sum, [, , n]) => sum + Number(n), 0);
+
+  it("renews a workflow window's slice with 7 Redis commands (it took 19: an HGET or HINCRBY per field)", async () => {
+    const { source, raw } = await single('c1');
+    try {
+      await source.acquire(request(workflow, 'h1', 1, 100, t));
+      await raw.config('RESETSTAT');
+      const r = await source.acquire(request(workflow, 'h1', 2, 100, t + 1_000));
+      // HMGET, ZRANGEBYSCORE, ZCOUNT, HSET, ZADD, PEXPIRE × 2.
+      expect(innerCommands(await raw.info('commandstats'))).toBe(7);
+      expect(r).toMatchObject({ spent: { usdMicros: 200, calls: 2 }, grant: { calls: 10 }, outstanding: { calls: 10 } });
+    } finally {
+      raw.disconnect();
+    }
+  });
+
+  it('reads a holder entry and presumed spend written before slices had a part per metric (an upgrade mid-day)', async () => {
+    const { source, raw } = await single('c2');
+    try {
+      const key = source.keyOf(fleetDay);
+      // h1 holds a 5,000 µUSD slice in the old "<grant usd>|<expiresAt>|<seq>"; h2 lapsed with 1,200 presumed spent
+      // (a bare µUSD figure).
+      await raw.hset(key, 'usd', 10_000, 'out', 5_000, 'h:h1', `5000|${t + 20_000}|3`, 'h:h2', `0|${t - 60_000}|7`, 'p:h2', '1200');
+      await raw.zadd(`${key}:x`, t + 20_000, 'h1');
+      // A retry of h1's last request answers its old slice; h2 sees it as a live other holder.
+      expect(await source.acquire(request(fleetDay, 'h1', 3, 999, t))).toMatchObject({ grant: { usdMicros: 5_000, tokens: 0, calls: 0 }, expiresAt: t + 20_000, spent: { usdMicros: 10_000 } });
+      const h2 = await source.acquire({ ...request(fleetDay, 'h2', 8, 2_000, t), keep: false });
+      expect(h2).toMatchObject({ spent: { usdMicros: 10_800 }, outstanding: { usdMicros: 5_000 }, liveHolders: 1 });
+      expect(await raw.hexists(key, 'p:h2')).toBe(0);
+      // h1 reports 3,000 of its old slice and hands it back.
+      const h1 = await source.acquire({ ...request(fleetDay, 'h1', 4, 3_000, t + 1_000), keep: false });
+      expect(h1).toMatchObject({ grant: { usdMicros: 0 }, spent: { usdMicros: 13_800 }, outstanding: { usdMicros: 0 }, liveHolders: 0 });
+      expect(await raw.hmget(key, 'usd', 'out', 'h:h1')).toEqual(['13800', '0', `0|0|0|0|4`]);
+      expect(await raw.zscore(`${key}:x`, 'h1')).toBeNull();
+    } finally {
+      raw.disconnect();
+    }
+  });
+});
