@@ -22,6 +22,8 @@ import type { LeaseRequest, LeaseSizing } from '../src/budget/lease-source.js';
 import type { ReservedScope } from '../src/budget/store.js';
 import { startRedis } from '../test/helpers/redis.js';
 import { REPO_ROOT } from './proc.js';
+import { cpuSeconds, infoSection } from './fleet/redis-info.js';
+import { positiveInteger } from './options.js';
 
 const USAGE = `npm run bench:lease -- [--holders=N] [--turns=N] [--rounds=N] [--compare-rev=REV]...
   --holders=N      holders (sidecars), default 100
@@ -42,14 +44,10 @@ if (values.help) {
   console.log(USAGE);
   process.exit(0);
 }
-const positive = (name: string, v: string | undefined, def: number): number => {
-  const n = v === undefined ? def : Number(v);
-  if (!Number.isInteger(n) || n < 1) throw new Error(`--${name} must be a positive integer, got "${v}"\n${USAGE}`);
-  return n;
-};
-const holders = positive('holders', values.holders, 100);
-const turns = positive('turns', values.turns, 10);
-const rounds = positive('rounds', values.rounds, 5);
+
+const holders = positiveInteger('holders', values.holders, 100, USAGE);
+const turns = positiveInteger('turns', values.turns, 10, USAGE);
+const rounds = positiveInteger('rounds', values.rounds, 5, USAGE);
 
 const SIZING: LeaseSizing = { ttlMs: 30_000, graceMs: 5_000, minSliceUsdMicros: 50_000, alertPercent: 75 };
 const T0 = Date.parse('2026-12-05T10:00:00Z');
@@ -68,17 +66,6 @@ interface Figures {
 
 type Shape = 'workflow' | 'fleet';
 
-const info = async (raw: Redis, section: string): Promise<Map<string, string>> =>
-  new Map(
-    (await raw.info(section))
-      .split('\r\n')
-      .filter((l) => l.includes(':'))
-      .map((l) => [l.slice(0, l.indexOf(':')), l.slice(l.indexOf(':') + 1)]),
-  );
-const cpuSeconds = async (raw: Redis): Promise<number> => {
-  const cpu = await info(raw, 'cpu');
-  return Number(cpu.get('used_cpu_user')) + Number(cpu.get('used_cpu_sys'));
-};
 
 interface LeaseSourceLike {
   acquire(req: LeaseRequest): Promise<unknown>;
@@ -130,7 +117,7 @@ async function round(v: Variant, url: string, raw: Redis, shape: Shape, prefix: 
     let scriptUs = 0;
     let scriptCalls = 0;
     let commands = 0;
-    for (const [k, s] of await info(raw, 'commandstats')) {
+    for (const [k, s] of await infoSection(raw, 'commandstats')) {
       const n = Number(/calls=(\d+)/.exec(s)?.[1] ?? 0);
       if (k === 'cmdstat_evalsha' || k === 'cmdstat_eval') {
         scriptUs += Number(/usec=(\d+)/.exec(s)?.[1] ?? 0);

@@ -43,6 +43,13 @@ const positive = (name: string, v: string | undefined, def: number): number => {
   return n;
 };
 
+/** A whole-number option of a bench (`--calls=4000`): its default when not given, an error naming it and `usage` otherwise. */
+export const positiveInteger = (name: string, v: string | undefined, def: number, usage = ''): number => {
+  const n = v === undefined ? def : Number(v);
+  if (!Number.isSafeInteger(n) || n < 1) throw new Error(`--${name} must be a positive integer, got "${v}"${usage && `\n${usage}`}`);
+  return n;
+};
+
 export const parseOptions = (argv: string[], env: NodeJS.ProcessEnv): BenchOptions => {
   const { values } = parseArgs({
     args: argv,

@@ -10,6 +10,7 @@ import { summarizeHeapProfile, summarizeProfile } from './profile-summary.js';
 import { configRefusal, prepareRevision, removeRevisions, type Revision } from './revisions.js';
 import type { Footprint } from './servers/footprint.js';
 import { atRevision, fusebox, fuseboxConfig, manyRoutes, PREFIX, type Target } from './targets.js';
+import { positiveInteger } from './options.js';
 
 /**
  * `npm run bench:per-call`: what one call costs Fusebox, in figures a busy machine does not move much — JS heap bytes
@@ -49,11 +50,7 @@ if (values.help) {
   console.log(USAGE);
   process.exit(0);
 }
-const count = (name: string, v: string | undefined, def: number): number => {
-  const n = v === undefined ? def : Number(v);
-  if (!Number.isInteger(n) || n <= 0) throw new Error(`--${name} must be a positive integer, got "${v}"\n${USAGE}`);
-  return n;
-};
+const count = (name: string, v: string | undefined, def: number): number => positiveInteger(name, v, def, USAGE);
 const CALLS = count('calls', values.calls, 4000);
 const WARMUP = count('warmup', values.warmup, 2000);
 const CONCURRENCY = count('concurrency', values.concurrency, 8);

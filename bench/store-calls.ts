@@ -29,6 +29,8 @@ import { parseArgs } from 'node:util';
 import { Redis } from 'ioredis';
 import type { BudgetStore, ScopeBudget } from '../src/budget/store.js';
 import { canConnect, freePort, REPO_ROOT } from './proc.js';
+import { cpuSeconds, infoSection } from './fleet/redis-info.js';
+import { positiveInteger } from './options.js';
 
 interface Variant {
   label: string;
@@ -56,13 +58,8 @@ const { values } = parseArgs({
     'compare-rev': { type: 'string', multiple: true, default: [] },
   },
 });
-const positive = (name: string, v: string | undefined): number => {
-  const n = Number(v);
-  if (!Number.isSafeInteger(n) || n < 1) throw new Error(`--${name} must be a positive integer, got ${v}`);
-  return n;
-};
-const calls = positive('calls', values.calls);
-const rounds = positive('rounds', values.rounds);
+const calls = positiveInteger('calls', values.calls, 1000);
+const rounds = positiveInteger('rounds', values.rounds, 5);
 const CALLS = ['scripts', 'agent', 'workflow'] as const;
 type Call = (typeof CALLS)[number];
 const isCall = (v: string): v is Call => (CALLS as readonly string[]).includes(v);
@@ -100,18 +97,7 @@ const startRedis = async (): Promise<string> => {
   return `redis://127.0.0.1:${port}`;
 };
 
-const info = async (raw: Redis, section: string): Promise<Map<string, string>> =>
-  new Map(
-    (await raw.info(section))
-      .split('\r\n')
-      .filter((l) => l.includes(':'))
-      .map((l) => [l.slice(0, l.indexOf(':')), l.slice(l.indexOf(':') + 1)]),
-  );
 const field = (m: Map<string, string>, k: string): number => Number(m.get(k) ?? NaN);
-const cpuSeconds = async (raw: Redis) => {
-  const cpu = await info(raw, 'cpu');
-  return field(cpu, 'used_cpu_user') + field(cpu, 'used_cpu_sys');
-};
 /** The variant's keys: how many, and their bytes (MEMORY USAGE, which counts a key's whole value). */
 const keysOf = async (raw: Redis, prefix: string): Promise<{ count: number; bytes: number }> => {
   let count = 0;
@@ -134,12 +120,12 @@ interface Subject {
 async function around(raw: Redis, prefix: string, run: () => Promise<void>): Promise<Figures> {
   const keys0 = await keysOf(raw, prefix);
   await raw.config('RESETSTAT');
-  const aof0 = field(await info(raw, 'persistence'), 'aof_current_size');
+  const aof0 = field(await infoSection(raw, 'persistence'), 'aof_current_size');
   const cpu0 = await cpuSeconds(raw);
   await run();
   const cpu1 = await cpuSeconds(raw);
-  const aof1 = field(await info(raw, 'persistence'), 'aof_current_size');
-  const stats = await info(raw, 'commandstats');
+  const aof1 = field(await infoSection(raw, 'persistence'), 'aof_current_size');
+  const stats = await infoSection(raw, 'commandstats');
   let commands = 0;
   let scriptUs = 0;
   let scriptCalls = 0;

@@ -22,6 +22,21 @@ const field = (info: string, name: string): number => {
 const calls = (info: string, cmd: string): number => Number(new RegExp(`^cmdstat_${cmd}:calls=(\\d+)`, 'm').exec(info)?.[1] ?? 0);
 const usec = (info: string, cmd: string): number => Number(new RegExp(`^cmdstat_${cmd}:calls=\\d+,usec=(\\d+)`, 'm').exec(info)?.[1] ?? 0);
 
+/** One INFO section as name → value (what bench:store and bench:lease read around a round). */
+export const infoSection = async (raw: Redis, section: string): Promise<Map<string, string>> =>
+  new Map(
+    (await raw.info(section))
+      .split('\r\n')
+      .filter((l) => l.includes(':'))
+      .map((l) => [l.slice(0, l.indexOf(':')), l.slice(l.indexOf(':') + 1)]),
+  );
+
+/** Redis's CPU time so far (user + system), seconds. */
+export const cpuSeconds = async (raw: Redis): Promise<number> => {
+  const cpu = await infoSection(raw, 'cpu');
+  return Number(cpu.get('used_cpu_user') ?? NaN) + Number(cpu.get('used_cpu_sys') ?? NaN);
+};
+
 /** One admin connection per node (counted out of `clients`), reading INFO. */
 export class NodeProbe {
   private readonly client: Redis;
