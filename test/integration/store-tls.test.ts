@@ -112,18 +112,34 @@ describe('store.tls: Redis over TLS with a private CA and a client certificate',
     }, 60_000);
     afterAll(async () => cluster?.stop());
 
-    it('enforces a workflow cap with every node reached over TLS', async () => {
-      fb = await startFusebox({
-        store: { kind: 'redis', url: cluster.tlsUrl!, tls: storeTls(), keyPrefix: 'tls2' },
-        budgets: { workflow: { maxCalls: 1 } },
-        routes: routes(),
-      });
-      // Workflows of different agents' tags land on different masters.
-      for (const w of ['a', 'b', 'c', 'd']) {
-        expect(await call(w)).toBe(200);
-        expect(await call(w)).toBe(402);
+    it('enforces a workflow cap on every master, each reached over TLS', async () => {
+      // An agent's windows sit on its own tag: one agent id per master, so each master serves a sidecar over TLS.
+      const agents = new Map<number, string>();
+      for (let i = 0; agents.size < cluster.nodes.length && i < 1_000; i++) {
+        const node = await cluster.nodeOfKey(`{tls2:a:agent-${i}}`);
+        if (!agents.has(node.port)) agents.set(node.port, `agent-${i}`);
       }
-      expect(metricValue(await fb.metricsText(), 'fusebox_store_up')).toBe(1);
+      expect(agents.size).toBe(cluster.nodes.length);
+      for (const [port, agent] of agents) {
+        fb = await startFusebox({
+          agent: { id: agent },
+          store: { kind: 'redis', url: cluster.tlsUrl!, tls: storeTls(), keyPrefix: 'tls2' },
+          budgets: { workflow: { maxCalls: 1 } },
+          routes: routes(),
+        });
+        expect(await call('w')).toBe(200);
+        expect(await call('w')).toBe(402);
+        expect(metricValue(await fb.metricsText(), 'fusebox_store_up')).toBe(1);
+        await fb.stop();
+        fb = undefined;
+        // The agent's lease keys are on that master (read through its plain port).
+        const plain = new Redis({ host: '127.0.0.1', port });
+        try {
+          expect((await plain.keys(`{tls2:a:${agent}}*`)).length).toBeGreaterThan(0);
+        } finally {
+          plain.disconnect();
+        }
+      }
     });
 
     it('lets `fusebox gate` read a cluster over TLS too', async () => {
