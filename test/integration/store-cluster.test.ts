@@ -64,6 +64,7 @@ describe('the shared store on a 3-master Redis Cluster', () => {
     }
   });
 
+  // A real kill and restart: each wait below polls the cluster's state for up to 30 s, so the test has its own bound.
   it('survives a real kill and restart of the node owning its slot: store_up 0 then 1, errors counted by kind and node, every charge reported once', async () => {
     // Keys are hash-tagged per agent and per route: pick an agent whose keys live on the node that holds the route's
     // SLO counters, so killing that one node cuts both the budget store and the SLO flush.
@@ -94,17 +95,13 @@ describe('the shared store on a 3-master Redis Cluster', () => {
     try {
       for (let i = 0; i < 3; i++) expect(await chat(fb)).toBe(200);
       await fb.app.idle();
-      // On a loaded machine a commit can outlast the 200 ms timeout: it is journaled and replayed by the next replay
-      // pass (idempotent). Wait for that pass, so the journal holds only this outage's charges when the node dies
-      // (else the replay below counts 4 + those: seen once as 6).
-      await expect.poll(async () => metricValue(await fb.metricsText(), 'fusebox_store_journal_entries'), { timeout: 30_000, interval: 100 }).toBe(0);
       await expect.poll(async () => metricValue(await fb.metricsText(), 'fusebox_store_up'), { timeout: 30_000, interval: 100 }).toBe(1);
       const owner = sloNode;
       // Only log lines written from here on belong to this outage.
       const killedAt = Date.now();
       const since = (l: Record<string, unknown>) => typeof l.time === 'number' && l.time >= killedAt;
       await owner.kill();
-      // Calls keep flowing on the local slice; their charges wait in the journal.
+      // Calls keep flowing on the slice held (the agent's only holder: what was left of its caps); the lease layer keeps their spend.
       const during: number[] = [];
       for (let i = 0; i < 4; i++) during.push(await chat(fb));
       expect(during).toEqual([200, 200, 200, 200]);
@@ -134,7 +131,7 @@ describe('the shared store on a 3-master Redis Cluster', () => {
     } finally {
       await fb.stop();
     }
-  });
+  }, 120_000);
 
   it('counts a script whose keys span slots as crossslot, a key-layout bug that marks no node down', async () => {
     const errors: StoreCommandError[] = [];
@@ -196,12 +193,12 @@ describe('the shared store on a 3-master Redis Cluster', () => {
 
 describe('a Redis at maxmemory (one node)', () => {
   it('counts OOM refusals by kind and node with store_up 0, refuses a cap it never leased with 503, and serves once Redis has room again', async () => {
-    const [redis, up] = await Promise.all([startRedis({ args: ['--maxmemory', '1mb', '--maxmemory-policy', 'noeviction'] }), startLlmUpstream()]);
+    const [redis, up] = await Promise.all([startRedis({ args: ['--maxmemory-policy', 'noeviction'] }), startLlmUpstream()]);
     const fb = await startFusebox({ agent: { id: 'full' }, store: { kind: 'redis', url: redis.url, keyPrefix: 'oom' }, budgets: { agent: { dailyUsd: 10, dailyTokens: 10_000_000 } }, routes: routes(up) });
     const raw = new Redis(redis.url);
     try {
-      // An empty Redis already uses about 1 MB (not always more: a first lease script got through once under load);
-      // at 1 byte every script that may write is refused, the lease script too. The agent's caps were never leased,
+      // At 1 byte every script that may write is refused, the lease script too (at 1 MB, about what an empty Redis
+      // uses, a first lease script got through once under load). The agent's caps were never leased,
       // so nothing is admitted on them (issue 14: no slice guessed in an outage).
       await raw.config('SET', 'maxmemory', '1');
       expect(await chat(fb)).toBe(503);
