@@ -357,7 +357,7 @@ const drainAndClose = async (r: Running): Promise<void> => {
   await r.redis?.close();
   logger.info('stopped');
   // Every line out before the process exits (the CLI exits right after): a stalled stdout reader gets 2 s, then the
-  // exit hook's synchronous flush has what is left.
+  // exit hook's synchronous flush tries what is left for at most 1 s more and counts the rest as dropped.
   let flushTimer: NodeJS.Timeout | undefined;
   await Promise.race([new Promise<void>((done) => logger.flush(() => done())), new Promise<void>((done) => (flushTimer = setTimeout(done, 2_000)))]);
   clearTimeout(flushTimer);

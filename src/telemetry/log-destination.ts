@@ -21,6 +21,8 @@ const CHUNK_BYTES = 16 * 1024;
 const SPARE_CHUNKS = 4;
 /** Wait before writing again to an fd that said EAGAIN (a non-blocking pipe that is full), ms. */
 const RETRY_MS = 10;
+/** Longest a synchronous flush (process exit) waits for a reader that does not read, ms. */
+const SYNC_FLUSH_MAX_MS = 1_000;
 
 /** A buffer of whole lines waiting to be written, or being written. */
 interface Batch {
@@ -132,9 +134,12 @@ export class LineDestination extends EventEmitter<{ drop: [lines: number]; 'caug
       this.writing = false;
       batches = [...this.inFlight.splice(0), ...batches];
     }
+    // Bounded: at exit a reader that stopped reading must not keep the process from exiting (what is left is dropped
+    // and counted, as in a stall while running).
+    const deadline = performance.now() + SYNC_FLUSH_MAX_MS;
     for (const batch of batches) {
       let off = 0;
-      while (off < batch.len) {
+      while (off < batch.len && performance.now() < deadline) {
         try {
           off += writeSync(this.fd, batch.buf, off, batch.len - off);
         } catch (err) {

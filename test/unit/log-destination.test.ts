@@ -1,5 +1,5 @@
 import { execFileSync, spawn } from 'node:child_process';
-import { closeSync, createReadStream, mkdtempSync, openSync, readFileSync, rmSync } from 'node:fs';
+import { closeSync, constants, createReadStream, mkdtempSync, openSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { pino } from 'pino';
@@ -76,6 +76,20 @@ describe('LineDestination', () => {
     expect(got).toEqual([...got].sort((a, b) => a - b));
     expect(got[0]).toBe(0);
     expect(caughtUp).toEqual([d.dropped]);
+  });
+
+  it('gives up a synchronous flush (process exit) on a reader that never reads, counting the rest as dropped', () => {
+    dir = mkdtempSync(join(tmpdir(), 'fusebox-dest-'));
+    const fifo = join(dir, 'fifo');
+    execFileSync('mkfifo', [fifo]);
+    // Non-blocking, as a pipe to a log collector is: a full pipe answers EAGAIN, which flushSync retries. Nothing reads.
+    const d = destination({ fd: open(fifo, constants.O_RDWR | constants.O_NONBLOCK), maxBufferedBytes: 1 << 20 });
+    const total = 3000; // ~300 KB: more than the pipe holds
+    for (let i = 0; i < total; i++) d.write(line(i));
+    const droppedBefore = d.dropped;
+    // Returns (a reader that never reads would otherwise hold the exit hook forever) and says what it could not write.
+    d.flushSync();
+    expect(d.dropped).toBeGreaterThan(droppedBefore);
   });
 
   it('writes what waits when the process exits, with no flush asked for', async () => {
