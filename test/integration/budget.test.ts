@@ -431,8 +431,8 @@ describe('a fleet sharing one Redis', () => {
       routes: llmRoutes(up),
     };
     const a = await start(cfg);
-    // The first call leases a slice of the fleet cap (no spend known yet: the minimum, $0.05, enough for the few
-    // calls below), and is settled before the outage.
+    // The first call leases a slice of the fleet cap and is settled before the outage. (reportIntervalMs 200: B's
+    // view of A's spend after the outage comes within the poll below.)
     await (await chat(a)).body.dump();
     await a.app.idle();
     redis.kill();
@@ -441,6 +441,8 @@ describe('a fleet sharing one Redis', () => {
     // have renewed it to a slice sized by that call's spend rate (larger than the $0.05 minimum).
     const leftAtCut = metricValue(await a.metricsText(), 'fusebox_budget_lease_remaining_usd', { scope_kind: 'fleet', window: 'day' });
     expect(leftAtCut).toBeGreaterThan(3 * COST_USD);
+    // A slice is never more than what was left of the cap (one call spent of $1).
+    expect(leftAtCut).toBeLessThanOrEqual(1 - COST_USD + 1e-9);
     const during: number[] = [];
     for (let i = 0; i < 3; i++) {
       const res = await chat(a);
