@@ -602,7 +602,8 @@ export class LeasedStore implements BudgetStore {
       }
       const alone = this.aloneRemaining(l);
       if (alone !== undefined) {
-        const short = METRICS.find((m) => l.caps[m] !== undefined && (alone[m] <= 0 ? estimate[m] > 0 || m === 'calls' : alone[m] < estimate[m]));
+        // The store's rule: a cap used up refuses even a call estimated at zero (a tool call), as `misfit` does.
+        const short = METRICS.find((m) => l.caps[m] !== undefined && overCap(0, estimate[m], alone[m]));
         return short === undefined ? this.hold(l, estimate, false) : this.exhausted(l, estimate, short);
       }
     }

@@ -346,6 +346,23 @@ describe('LeasedStore', () => {
     expect(counters.spentIn({ ...scopes[0]!, windowId: '2026-12-05' }).usdMicros).toBe(usd(1.7));
   });
 
+  it('refuses even a call estimated at zero (a tool call) in an outage once an agent alone on its window spent the cap', async () => {
+    const { counters, net } = fleet({ whole: false });
+    const store = sidecar(counters, net);
+    const scopes = [agentDayUsd('spent', usd(1))];
+    const r = await store.reserve({ scopes, estimate: est(usd(1)) });
+    if (!r.ok) throw new Error('refused');
+    await store.commit(r.reservation, { usdMicros: usd(1), tokens: 0 });
+    await settle();
+    net.cut = true;
+    await advance(60_000);
+    // The store's rule (store.ts): a cap used up refuses every request, so a runaway loop of free calls stops too.
+    const tool = await store.reserve({ scopes, estimate: est(0) });
+    expect(tool.ok || tool.refusal).toMatchObject({ reason: 'BUDGET_EXCEEDED', limit: usd(1), requested: 0 });
+    net.cut = false;
+    await store.close();
+  });
+
   it('counts a silent holder\'s lapsed slice as spent until it reports, then charges what it really spent', async () => {
     const counters = new MemoryStore({ now });
     const source = new MemoryLeaseSource(counters, SIZING, { whole: false });
