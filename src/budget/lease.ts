@@ -40,7 +40,7 @@ export type LeaseEvent =
   | { readonly type: 'unreportedDropped'; readonly scope: ScopeRef; readonly window: WindowKind; readonly usdMicros: number };
 
 export interface LeasedStoreOptions {
-  /** Agent and workflow scopes, kills: MemoryStore, or LocalFallbackStore over Redis. */
+  /** Kills (its kill copy), and the reservation ids: MemoryStore, or LocalFallbackStore over Redis. */
   inner: BudgetStore;
   source: LeaseSource;
   now: () => number;
@@ -50,7 +50,7 @@ export interface LeasedStoreOptions {
   renewBelowPercent?: number;
   /** µUSD admitted per outage per window on no valid slice. Default 0. */
   allowanceUsdMicros?: number;
-  /** Spend is reported at most this often while there is some, ms. Default 10000 (config `store.lease.reportIntervalMs`). */
+  /** Spend is reported at most this often while there is some, ms. Default 20000 (config `store.lease.reportIntervalMs`). */
   reportIntervalMs?: number;
   /** How often slices of idle windows are given back and uncapped spend reported, ms. Default 1000. */
   tickMs?: number;
@@ -107,7 +107,6 @@ interface Lease {
 }
 
 interface Entry {
-  readonly inner: Reservation;
   readonly leases: readonly Lease[];
   settled: boolean;
 }
@@ -115,16 +114,16 @@ interface Entry {
 const ENTRY = Symbol('lease entry');
 type Leased = Reservation & { readonly [ENTRY]?: Entry };
 
-/**
- * The windows served from leased slices: all of them (route, fleet, an agent's day and month, workflows), whatever
- * they cap. A slice has a part per capped metric (µUSD, tokens, calls), and the source keeps Σ slices ≤ what is left
+/*
+ * Every window is served from leased slices (route, fleet, an agent's day and month, workflows), whatever
+ * it caps. A slice has a part per capped metric (µUSD, tokens, calls), and the source keeps Σ slices ≤ what is left
  * of each cap, so a slice of calls is safe for a workflow's `maxCalls`, the runaway-loop stopper: calls are taken from
  * a slice when admitted, so however many sidecars run the loop, the fleet admits at most `maxCalls` calls (exactly,
  * not approximately: a slice of calls cannot be overspent, unlike money, whose actual cost may pass the estimate).
- * What a sidecar may leave unused is only a delay: its slice returns when it is given back or lapses.
- * Kept as a function (and the inner store behind LeasedStore) so a window kind could be exact per call again.
+ * What a sidecar may leave unused is only a delay: its slice returns when it is given back or lapses. The inner
+ * store behind LeasedStore checks kills only (its per-call path stays, tested, should a window kind need to be exact
+ * per call again).
  */
-export const isLeased = (_s: ScopeBudget): boolean => true;
 const NO_SCOPES: readonly ScopeBudget[] = [];
 const REMEMBERED_WORKFLOWS = 10_000;
 
@@ -135,15 +134,10 @@ interface Remembered {
   readonly usedAt: number;
 }
 
-/**
- * A request's scope list split once per day and month: the inner store gets the same list object on every call
- * (MemoryStore pins its windows and keys per list, so a list made per call would cost them again), and the leased
- * windows' ids and keys are not formatted per call.
- */
+/** A request's windows' ids and keys, worked out once per scope list and day and month, not per call. */
 interface Split {
   readonly day: string;
   readonly month: string;
-  readonly inner: readonly ScopeBudget[];
   readonly leased: readonly ScopeBudget[];
   readonly windowIds: readonly string[];
   readonly keys: readonly string[];
@@ -159,7 +153,7 @@ const sum = (a: Amounts, b: Amounts): Amounts => ({ usdMicros: a.usdMicros + b.u
 
 /**
  * Serves every cap of every window (route, fleet, an agent's day and month, workflows; µUSD, tokens and calls) from
- * leased slices (see {@link isLeased}), in front of a store that now only checks kills (its per-call path is kept for
+ * leased slices (why that is exact for `maxCalls`: the note above NO_SCOPES), in front of a store that only checks kills (its per-call path is kept for
  * a window kind that would be exact per call again). Why (issue 14): a fleet-wide cap checked by every call makes one
  * Redis key every sidecar's call touches (one hot slot), and during a Redis outage each sidecar used to guess its own
  * share (25 % of the cap each); and per-call scripts over an agent's windows cost Redis ~140 µs a call (a workflow
@@ -167,9 +161,8 @@ const sum = (a: Amounts, b: Amounts): Amounts => ({ usdMicros: a.usdMicros + b.u
  * Instead each sidecar leases a slice of each capped window (lease-source.ts), admits calls against it in memory,
  * reports the spend of every leased window (capped or only counted) with its renewals or every `reportIntervalMs`,
  * and renews in the background while it spends. Hence:
- * - a call touches only the inner store (one slot for the agent's keys), and not even that when every window of
- *   the call is leased (the inner store then checks its kill copy only); the lease costs a round trip per slice,
- *   not per call. A call that does not fit waits for one renew before it is refused (BUDGET_EXCEEDED, or
+ * - a call asks the inner store for its kill copy only (no store command, but the copy's refresh once a second);
+ *   the lease costs a round trip per slice, not per call. A call that does not fit waits for one renew before it is refused (BUDGET_EXCEEDED, or
  *   CALL_LIMIT for calls, naming the metric, with the source's figures), unless its agent is killed (KILLED).
  * - during an outage a sidecar spends what is left of the slices it holds until they expire, then nothing on
  *   that cap (or `allowanceUsdMicros`): a 503 BUDGET_STORE_UNAVAILABLE. A sidecar that starts during an outage
@@ -224,7 +217,8 @@ export class LeasedStore implements BudgetStore {
   }
 
   async reserve(req: ReserveRequest): Promise<ReserveResult> {
-    if (!req.scopes.some(isLeased)) return this.inner.reserve(req);
+    // No window at all: the inner store's kill check is the whole answer.
+    if (req.scopes.length === 0) return this.inner.reserve(req);
     assertAmounts('estimate', req.estimate);
     const split = this.split(req.scopes, this.now());
     const taken: Lease[] = [];
@@ -250,7 +244,8 @@ export class LeasedStore implements BudgetStore {
     }
     let inner: ReserveResult;
     try {
-      inner = await this.inner.reserve({ ...req, scopes: split.inner, leasedScopes: split.leased });
+      // The kill check: the inner store holds no window of the call.
+      inner = await this.inner.reserve({ ...req, scopes: NO_SCOPES, leasedScopes: req.scopes });
     } catch (err) {
       unhold();
       throw err;
@@ -259,24 +254,16 @@ export class LeasedStore implements BudgetStore {
       unhold();
       return inner;
     }
-    // The reservation lists the scopes in the order asked, so `used` lines up with them.
+    // In the order asked (the leases were taken in it), so `used` lines up with the scopes.
     const scopes: ReservedScope[] = [];
     const used: Amounts[] = [];
-    let i = 0;
-    let j = 0;
-    for (const s of req.scopes) {
-      if (isLeased(s)) {
-        const l = taken[j++]!;
-        scopes.push(l.scope);
-        used.push(sum(sum(l.known.spent, l.unreported), l.held));
-      } else {
-        scopes.push(inner.reservation.scopes[i]!);
-        used.push(inner.used[i++] ?? { usdMicros: 0, tokens: 0, calls: 0 });
-      }
+    for (const l of taken) {
+      scopes.push(l.scope);
+      used.push(sum(sum(l.known.spent, l.unreported), l.held));
     }
     const reservation: Reservation = { ...inner.reservation, scopes };
     // On the reservation itself, hidden (not enumerable): a WeakMap of one entry per call tripled the GC time.
-    Object.defineProperty(reservation, ENTRY, { value: { inner: inner.reservation, leases: taken, settled: false } satisfies Entry });
+    Object.defineProperty(reservation, ENTRY, { value: { leases: taken, settled: false } satisfies Entry });
     return { ok: true, reservation, used, crossed: [...inner.crossed, ...this.takeCrossings()] };
   }
 
@@ -295,10 +282,8 @@ export class LeasedStore implements BudgetStore {
         l.unreported.calls += reservation.estimate.calls;
       }
     }
-    // Every window leased: the inner reservation holds nothing (and a Redis one never ran a script).
-    if (entry.inner.scopes.length === 0) return { crossed: this.takeCrossings() };
-    const r = await this.inner.commit(entry.inner, actual);
-    return { crossed: [...r.crossed, ...this.takeCrossings()] };
+    // The inner reservation held nothing (and a Redis one never ran a script): nothing to settle there.
+    return { crossed: this.takeCrossings() };
   }
 
   async release(reservation: Reservation): Promise<void> {
@@ -312,26 +297,17 @@ export class LeasedStore implements BudgetStore {
         addTo(l.held, reservation.estimate, -1);
       }
     }
-    if (entry.inner.scopes.length > 0) await this.inner.release(entry.inner);
   }
 
   /** Leased windows as the source knows them, plus this sidecar's unreported spend and holds. */
   async snapshot(scopes: readonly ScopeBudget[]): Promise<ScopeUsage[]> {
     const now = this.now();
-    const leased = reservedScopes(scopes.filter(isLeased), now);
-    const innerScopes = scopes.filter((s) => !isLeased(s));
-    const [inner, fromSource] = await Promise.all([
-      innerScopes.length > 0 ? this.inner.snapshot(innerScopes) : [],
-      this.source.usage(leased, now).catch((err: unknown) => {
-        throw new StoreUnavailableError('the budget store is unreachable', {}, { cause: err });
-      }),
-    ]);
-    let i = 0;
-    let j = 0;
-    return scopes.map((s) => {
-      if (!isLeased(s)) return inner[i++]!;
-      const r = leased[j]!;
-      const u = fromSource[j++]!;
+    const leased = reservedScopes(scopes, now);
+    const fromSource = await this.source.usage(leased, now).catch((err: unknown) => {
+      throw new StoreUnavailableError('the budget store is unreachable', {}, { cause: err });
+    });
+    return leased.map((r, j) => {
+      const u = fromSource[j]!;
       const l = this.leases.get(scopeKey(r, r.windowId));
       return {
         scope: r.scope,
@@ -384,7 +360,7 @@ export class LeasedStore implements BudgetStore {
     }));
   }
 
-  /** Route and fleet spend is settled in memory here; the inner store may keep commits waiting. */
+  /** Spend is settled in memory here (reported with the leases); the inner store has nothing of the calls to send. */
   async flush(): Promise<void> {
     await this.inner.flush?.();
   }
@@ -426,14 +402,8 @@ export class LeasedStore implements BudgetStore {
     const month = monthId(now);
     const kept = this.splits.get(list);
     if (kept !== undefined && kept.day === day && kept.month === month) return kept;
-    const inner: ScopeBudget[] = [];
-    const leased: ScopeBudget[] = [];
-    for (const s of list) {
-      if (!isLeased(s)) inner.push(s);
-      else leased.push(s);
-    }
-    const windowIds = leased.map((s) => windowAt(s.window, now).id);
-    const made: Split = { day, month, inner, leased, windowIds, keys: leased.map((s, k) => scopeKey(s, windowIds[k]!)) };
+    const windowIds = list.map((s) => windowAt(s.window, now).id);
+    const made: Split = { day, month, leased: list, windowIds, keys: list.map((s, k) => scopeKey(s, windowIds[k]!)) };
     this.splits.set(list, made);
     return made;
   }
