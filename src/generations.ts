@@ -98,7 +98,8 @@ export class Generations {
       return { result: 'refused', restartOnly };
     }
     const hash = configHash(next);
-    if (hash === current.hash) {
+    // Same file, same CA files: nothing to rebuild. A CA file rotated in place makes the same config a new pool.
+    if (hash === current.hash && !this.opts.pipeline.pools.caFilesChanged()) {
       metrics.configReloads.labels('ok').inc();
       logger.info({ hash }, 'config reloaded: unchanged');
       return { result: 'ok', hash, unchanged: true, added: [], removed: [], changed: [], freshState: [] };

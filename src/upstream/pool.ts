@@ -45,6 +45,8 @@ export const Pool = requireUndici('undici/lib/dispatcher/pool.js') as typeof Und
 export const undiciErrors = requireUndici('undici/lib/core/errors.js') as typeof UndiciErrors;
 type Pool = UndiciPool;
 
+const digest = (bytes: Buffer): string => createHash('sha256').update(bytes).digest('hex');
+
 export const parseUpstreamUrl = (url: string): { origin: string; basePath: string } => {
   const u = new URL(url);
   return { origin: u.origin, basePath: u.pathname.replace(/\/+$/, '') };
@@ -66,12 +68,16 @@ export class PoolSet {
   /** Keys got since the generation being built began. */
   private gotten = new Set<string>();
   private readonly retiring = new Set<{ pool: Pool; timer: NodeJS.Timeout }>();
+  /** The sha256 of each `tls.caFile` as last read (resolved path → digest): a reload compares them (caFilesChanged). */
+  private readonly caDigests = new Map<string, string>();
 
   constructor(private readonly baseDir: string) {}
 
   get(target: UpstreamTarget): Pool {
-    const ca = target.tls.caFile !== undefined ? readFileSync(resolve(this.baseDir, target.tls.caFile)) : undefined;
-    const caDigest = ca === undefined ? '' : createHash('sha256').update(ca).digest('hex');
+    const caPath = target.tls.caFile !== undefined ? resolve(this.baseDir, target.tls.caFile) : undefined;
+    const ca = caPath !== undefined ? readFileSync(caPath) : undefined;
+    const caDigest = ca === undefined ? '' : digest(ca);
+    if (caPath !== undefined) this.caDigests.set(caPath, caDigest);
     const { origin, connections, tls } = target;
     const key = `${origin}|${connections}|${target.timeouts.connectMs}|${caDigest}|${tls.rejectUnauthorized}|${tls.servername ?? ''}`;
     this.gotten.add(key);
@@ -93,6 +99,22 @@ export class PoolSet {
       this.pools.set(key, pool);
     }
     return pool;
+  }
+
+  /**
+   * Whether a CA file read for a pool holds other bytes now (a certificate rotated in place, as a mounted Secret is):
+   * a reload of an unchanged config file then rebuilds, so the new CA is read. A file that cannot be read counts as
+   * changed: the rebuild says why.
+   */
+  caFilesChanged(): boolean {
+    for (const [path, was] of this.caDigests) {
+      try {
+        if (digest(readFileSync(path)) !== was) return true;
+      } catch {
+        return true;
+      }
+    }
+    return false;
   }
 
   /** A generation is about to be built: the pools it gets from here on are the ones it uses. */

@@ -1,4 +1,4 @@
-import { mkdtempSync, writeFileSync } from 'node:fs';
+import { copyFileSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { request } from 'undici';
@@ -6,7 +6,7 @@ import { afterEach, describe, expect, it } from 'vitest';
 import { tokenizerLoaded } from '../../src/budget/estimate.js';
 import { ConfigError, loadConfigFile, parseConfig } from '../../src/config/load.js';
 import { metricValue, startFusebox, type RunningFusebox } from '../helpers/fusebox.js';
-import { json, startUpstream, type TestUpstream } from '../helpers/upstream.js';
+import { json, startUpstream, testCertificate, type TestUpstream } from '../helpers/upstream.js';
 
 const route = (name: string, url: string, extra: Record<string, unknown> = {}) => ({ name, match: { pathPrefix: `/${name}` }, upstream: { url }, ...extra });
 const configOf = (routes: unknown[], extra: Record<string, unknown> = {}) =>
@@ -225,5 +225,21 @@ describe('config reload', () => {
     expect(new Set(ports).size).toBe(2);
     // The retired pool closes its idle socket after the old routes' totalMs (1.5 s), not at keep-alive's 30 s.
     await oldSockets[0];
+  });
+  it('reads a CA file rotated in place on a reload of the same config, and moves its upstream to a new pool', async () => {
+    up = await startUpstream({ tls: true });
+    const ca = join(mkdtempSync(join(tmpdir(), 'fusebox-ca-')), 'ca.pem');
+    copyFileSync(testCertificate().caFile, ca);
+    const tlsRoute = () => ({ ...route('r', up!.url), upstream: { url: up!.url, tls: { caFile: ca } } });
+    fb = await startFusebox({ routes: [tlsRoute()] });
+    expect((await get(`${fb.proxyUrl}/r/fast`)).status).toBe(200);
+    // Same file, same CA bytes: nothing to rebuild.
+    expect(fb.app.reload(configOf([tlsRoute()]))).toMatchObject({ result: 'ok', unchanged: true });
+    // The Secret behind the file is renewed (here: the same certificate, other bytes); the config file is not touched.
+    writeFileSync(ca, `${readFileSync(ca, 'utf8')}\n`);
+    expect(fb.app.reload(configOf([tlsRoute()]))).toMatchObject({ result: 'ok', unchanged: false, changed: [] });
+    const line = await fb.waitForLog((l) => l.msg === 'config reloaded');
+    expect(line.poolsRetired).toEqual([up.url]);
+    expect((await get(`${fb.proxyUrl}/r/fast`)).status).toBe(200);
   });
 });
