@@ -32,14 +32,11 @@ const requireUndici = (file: string): unknown => {
 /**
  * undici's Pool alone, from its own files: the package's index also loads fetch, WebSocket, EventSource, the cache
  * and the mocks, which Fusebox never uses: 13 MB of RSS and 2.7 MB of V8 heap in a bare process (`npm run bench:idle
- * -- --deps`). Hazard: the index is also what gives every dispatcher its `request`/`stream`/`pipeline`/`connect`/
- * `upgrade` methods (`Object.assign(Dispatcher.prototype, api)`), so that is done here too; a test process that
- * imports 'undici' anywhere would hide its absence, which is why test/integration/startup-footprint.test.ts calls
- * through this Pool before anything imports the index. The package has no `exports` map; the same test checks these
- * are still the classes the index exports, so an upgrade that moves them fails there, not in production.
+ * -- --deps`). The index is also what gives dispatchers their `request`/`stream`/`pipeline` methods; Fusebox needs
+ * none of them (send.ts calls `dispatch`), and test/integration/startup-footprint.test.ts dispatches through this
+ * Pool before anything imports the index. The package has no `exports` map; the same test checks these are still
+ * the classes the index exports, so an upgrade that moves them fails there, not in production.
  */
-const Dispatcher = requireUndici('undici/lib/dispatcher/dispatcher.js') as { prototype: object };
-Object.assign(Dispatcher.prototype, requireUndici('undici/lib/api/index.js'));
 export const Pool = requireUndici('undici/lib/dispatcher/pool.js') as typeof UndiciPool;
 /** undici's error classes (what the index exports as `errors`), from the same files. */
 export const undiciErrors = requireUndici('undici/lib/core/errors.js') as typeof UndiciErrors;

@@ -30,12 +30,25 @@ describe('startup footprint', () => {
     expect((await fetch(`${adminUrl}/readyz`)).status).toBe(200);
     expect((await fetch(`${adminUrl}/metrics`)).status).toBe(200);
 
-    // Through undici's Pool as the sidecar loads it (without the package's index, which adds `request` to dispatchers).
+    // Through undici's Pool as the sidecar loads it (without the package's index), by `dispatch` as send.ts calls it.
     const upstream = createServer((_req, res) => res.end('pooled'));
     await new Promise<void>((done) => upstream.listen(0, '127.0.0.1', done));
     const pool = new Pool(`http://127.0.0.1:${(upstream.address() as AddressInfo).port}`);
     try {
-      expect(await (await pool.request({ method: 'GET', path: '/' })).body.text()).toBe('pooled');
+      const body = await new Promise<string>((resolveBody, reject) => {
+        const chunks: Buffer[] = [];
+        pool.dispatch(
+          { method: 'GET', path: '/' },
+          {
+            onRequestStart: () => {},
+            onResponseStart: () => {},
+            onResponseData: (_c, chunk: Buffer) => void chunks.push(chunk),
+            onResponseEnd: () => resolveBody(Buffer.concat(chunks).toString()),
+            onResponseError: (_c, err: Error) => reject(err),
+          },
+        );
+      });
+      expect(body).toBe('pooled');
     } finally {
       await pool.close();
       upstream.close();
