@@ -317,7 +317,7 @@ export class SloEvaluator {
     let board: PublishedRead | undefined;
     let readError: unknown;
     // A sidecar leading every route has nothing to read: its own assessments are the newest.
-    if (this.board.shared && specs.some((s) => !this.leading.has(s.route))) {
+    if (specs.some((s) => !this.leading.has(s.route))) {
       try {
         board = await this.board.read();
         this.noteUndecodable(board.unreadable);
@@ -328,9 +328,9 @@ export class SloEvaluator {
     await Promise.all(specs.map((s) => this.evaluateRoute(s, now, board, readError)));
   }
 
+  /** A shared board's route: lead it, or adopt what its leader published. */
   private async evaluateRoute(spec: SloRouteSpec, now: number, board: PublishedRead | undefined, readError: unknown): Promise<void> {
     const route = spec.route;
-    if (!this.board.shared) return this.assessAndPublish(spec, now, false);
     const published = board?.results.get(route);
     // Only after a successful read: with the board unreachable, taking leases would only add failing commands.
     if (board !== undefined && !this.leading.has(route) && (published === undefined || now - published.at > 2 * this.intervalMs)) {
@@ -373,17 +373,15 @@ export class SloEvaluator {
     }
   }
 
-  /** Read the buckets, assess, take the result; publish it when leading. */
+  /** Read the buckets, assess, take the result; publish it when leading. (`pass` has found nothing to remember.) */
   private async assessAndPublish(spec: SloRouteSpec, now: number, publish: boolean): Promise<void> {
     const route = spec.route;
-    let slos = this.remembered(spec, now);
-    if (slos === undefined) {
-      try {
-        slos = await this.assess(spec, now);
-      } catch (err) {
-        this.keepLast(route, now, `SLO counters of route "${route}" unreadable`, err);
-        return;
-      }
+    let slos: Partial<Record<SloKind, SloAssessment>>;
+    try {
+      slos = await this.assess(spec, now);
+    } catch (err) {
+      this.keepLast(route, now, `SLO counters of route "${route}" unreadable`, err);
+      return;
     }
     this.took(route, slos, now);
     if (publish) await this.publish(route, { at: now, spec: assessmentSpecKey(spec), slos });
