@@ -137,9 +137,10 @@ const MODES: readonly CallMode[] = ['base-url', 'proxy', 'intercept'];
  * One number per (method label, status, outcome, mode), so finding a call's series builds no string. Methods outside
  * KNOWN_METHODS share the OTHER slot, as their label does.
  */
+const METHOD_SLOTS = KNOWN_METHODS.length + 1;
 const requestsKey = (method: string, status: number, outcome: CallOutcome, mode: CallMode): number => {
   const m = KNOWN_METHODS.indexOf(method);
-  return ((status * 8 + (m < 0 ? KNOWN_METHODS.length : m)) * 8 + CALL_OUTCOMES.indexOf(outcome)) * 4 + MODES.indexOf(mode);
+  return ((status * METHOD_SLOTS + (m < 0 ? KNOWN_METHODS.length : m)) * CALL_OUTCOMES.length + CALL_OUTCOMES.indexOf(outcome)) * MODES.length + MODES.indexOf(mode);
 };
 
 interface LineFields {
