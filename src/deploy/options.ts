@@ -63,8 +63,10 @@ export interface InjectOptions {
    * Sidecar memory limit. Default `384Mi`: room for the V8 heap Node sizes from any limit up to 512 MiB (259 MiB: 256
    * of old space, at most) plus the ~60 MB the process holds outside it (of an idle sidecar's ~80 MB RSS, ~21 MB is
    * V8's heap), so a heap that runs full fails in V8, with a report, before the kernel's OOM killer (which takes the
-   * agent's egress with it); ~3× the RSS measured at saturation in bench/. A lower limit gets the same heap (Node
-   * keeps its 256 MiB floor of old space), so it would trade V8's failure for the OOM killer's.
+   * agent's egress with it); ~3× the RSS measured at saturation in bench/. The image fixes that heap
+   * (`NODE_OPTIONS=--max-old-space-size=256 --max-semi-space-size=4`, Dockerfile), so a higher limit gives the heap
+   * no more room unless NODE_OPTIONS is set in the pod too, and a lower one keeps the same heap: it would trade V8's
+   * failure for the OOM killer's.
    */
   memoryLimit: string;
   /** Fusebox's drain time after SIGTERM (config `shutdown.graceMs`), ms. Default 25000. */
