@@ -37,7 +37,7 @@ export type LeaseEvent =
   | { readonly type: 'outageAdmission'; readonly scope: ScopeRef; readonly window: WindowKind; readonly usdMicros: number; readonly onAllowance: boolean }
   | { readonly type: 'sourceDown'; readonly error: Error }
   | { readonly type: 'sourceUp' }
-  | { readonly type: 'unreportedDropped'; readonly scope: ScopeRef; readonly window: WindowKind; readonly usdMicros: number };
+  | { readonly type: 'unreportedDropped'; readonly scope: ScopeRef; readonly window: WindowKind; readonly unreported: Amounts };
 
 export interface LeasedStoreOptions {
   /** Kills (its kill copy), and the reservation ids: MemoryStore, or LocalFallbackStore over Redis. */
@@ -77,7 +77,8 @@ interface Lease {
   readonly scope: ReservedScope;
   /** The window's caps; none: only counted. */
   caps: Partial<Amounts>;
-  capped: boolean;
+  /** The first metric the window caps (undefined: only counted), worked out when its caps are set, not per call. */
+  firstCap: Metric | undefined;
   /** The slice held, per metric. */
   grant: Amounts;
   grantedAt: number;
@@ -374,7 +375,8 @@ export class LeasedStore implements BudgetStore {
         if (l.renewing) await l.renewing;
         if ((anyAmount(l.grant) || anyAmount(l.unreported) || l.pending) && !(await this.renew(l, ZERO_AMOUNTS, false))) {
           // A pending request's report is part of `unreported` until it is answered.
-          if (l.unreported.usdMicros > 0) this.emit({ type: 'unreportedDropped', scope: l.scope.scope, window: l.scope.window, usdMicros: l.unreported.usdMicros });
+          // Calls and tokens too: a workflow's lost call count is what its maxCalls stood on.
+          if (anyAmount(l.unreported)) this.emit({ type: 'unreportedDropped', scope: l.scope.scope, window: l.scope.window, unreported: { ...l.unreported } });
         }
       }),
     );
@@ -415,7 +417,7 @@ export class LeasedStore implements BudgetStore {
       l = {
         scope: { ...s, windowId },
         caps: {},
-        capped: false,
+        firstCap: undefined,
         grant: ZERO_AMOUNTS,
         grantedAt: 0,
         expiresAt: 0,
@@ -445,7 +447,7 @@ export class LeasedStore implements BudgetStore {
     // A reload may change the caps; the newest ones count.
     if (l.caps !== s.caps) {
       l.caps = s.caps;
-      l.capped = METRICS.some((m) => s.caps[m] !== undefined);
+      l.firstCap = METRICS.find((m) => s.caps[m] !== undefined);
     }
     return l;
   }
@@ -457,8 +459,7 @@ export class LeasedStore implements BudgetStore {
    * meanwhile is left uncovered, even when the answer is lost (the limit holds until the resent request is answered).
    */
   private misfit(l: Lease, e: Amounts, now: number): Metric | undefined {
-    const first = METRICS.find((m) => l.caps[m] !== undefined) ?? 'usdMicros';
-    if (l.expiresAt <= now) return first;
+    if (l.expiresAt <= now) return l.firstCap ?? 'usdMicros';
     const p = l.pending;
     for (const m of METRICS) {
       if (l.caps[m] === undefined) continue;
@@ -490,7 +491,7 @@ export class LeasedStore implements BudgetStore {
     const now = this.now();
     l.lastUseAt = now;
     l.lastEstimate = estimate;
-    if (!l.capped) {
+    if (l.firstCap === undefined) {
       addTo(l.held, estimate, 1);
       l.usedAt = now;
       return true;
@@ -505,7 +506,7 @@ export class LeasedStore implements BudgetStore {
    * (undefined: admitted). Throws StoreUnavailableError in an outage with no slice.
    */
   private async admit(l: Lease, estimate: Amounts, onUnavailable: ReserveRequest['onUnavailable']): Promise<Refusal | undefined> {
-    if (!l.capped) throw new TypeError('an uncapped window is always held at once');
+    if (l.firstCap === undefined) throw new TypeError('an uncapped window is always held at once');
     // The pool was found (nearly) empty less than a tick ago: refuse without asking again, so a fleet whose cap is
     // spent does not send every refused call to the one slot that holds it.
     if (l.short && this.sourceUp && this.now() - l.grantedAt < this.tickMs && !this.idleExpired(l, this.now())) return this.exhausted(l, estimate);
@@ -535,7 +536,7 @@ export class LeasedStore implements BudgetStore {
 
   /** BUDGET_EXCEEDED (CALL_LIMIT for calls), naming the metric whose slice the call does not fit, with the source's figures. */
   private exhausted(l: Lease, estimate: Amounts, metric = this.misfit(l, estimate, this.now())): Refusal {
-    const m = metric ?? METRICS.find((x) => l.caps[x] !== undefined) ?? 'usdMicros';
+    const m = metric ?? l.firstCap ?? 'usdMicros';
     this.emit({ type: 'refused', scope: l.scope.scope, window: l.scope.window, reason: 'exhausted', metric: m, requested: estimate[m] });
     return {
       reason: refusalReasonFor(m),
@@ -577,7 +578,8 @@ export class LeasedStore implements BudgetStore {
         return short === undefined ? this.hold(l, estimate, false) : this.exhausted(l, estimate, short);
       }
     }
-    this.emit({ type: 'refused', scope: l.scope.scope, window: l.scope.window, reason: 'no_lease', metric: 'usdMicros', requested: e });
+    const metric = l.firstCap ?? 'usdMicros';
+    this.emit({ type: 'refused', scope: l.scope.scope, window: l.scope.window, reason: 'no_lease', metric, requested: estimate[metric] });
     throw new StoreUnavailableError(
       onUnavailable === 'closed'
         ? 'the budget store is unreachable and this route fails closed (budget.storeUnavailable: closed)'
@@ -603,7 +605,7 @@ export class LeasedStore implements BudgetStore {
    */
   private aloneRemaining(l: Lease): Amounts | undefined {
     const scope = l.scope.scope;
-    if ((scope.kind !== 'agent' && scope.kind !== 'workflow') || !l.capped) return undefined;
+    if ((scope.kind !== 'agent' && scope.kind !== 'workflow') || l.firstCap === undefined) return undefined;
     const fresh = scope.kind === 'workflow' && (!Number.isFinite(l.lastReportAt) || this.idleExpired(l, this.now()));
     if (fresh) {
       if (scope.agent === undefined || this.sharedAgent(scope.agent)) return undefined;
@@ -743,7 +745,7 @@ export class LeasedStore implements BudgetStore {
       // A lapsed slice with calls still in flight is renewed, not given back: the new slice must cover their holds
       // (there is room: the old slice they were admitted on returns in the same step).
       else if (unreported && now - l.lastReportAt >= this.reportIntervalMs) {
-        this.inBackground(l, sum(l.held, l.lastEstimate), l.capped && (l.expiresAt > now || l.held.calls > 0));
+        this.inBackground(l, sum(l.held, l.lastEstimate), l.firstCap !== undefined && (l.expiresAt > now || l.held.calls > 0));
       }
       else if (!unreported && !anyAmount(l.grant) && idle) {
         this.leases.delete(key);

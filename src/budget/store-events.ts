@@ -71,7 +71,10 @@ export const leaseEvents =
         logger.info('budget leases reachable again: unreported spend reported');
         return;
       case 'unreportedDropped':
-        logger.error({ scope: e.scope.kind, id: e.scope.id, window: e.window, usd: e.usdMicros / 1e6 }, 'spend on a leased window never reported: the store was unreachable at shutdown');
+        logger.error(
+          { scope: e.scope.kind, id: e.scope.id, window: e.window, usd: e.unreported.usdMicros / 1e6, tokens: e.unreported.tokens, calls: e.unreported.calls },
+          'spend on a leased window never reported: the store was unreachable at shutdown',
+        );
     }
   };
 
