@@ -1,5 +1,16 @@
 import type { MemoryStore } from './memory-store.js';
-import { METRICS, reachedAlert, scopeKey, ZERO, type Amounts, type Metric, type ReservedScope } from './store.js';
+import {
+  METRICS,
+  plusAmounts,
+  reachedAlert,
+  scopeKey,
+  ZERO,
+  zeroAmounts,
+  type Amounts,
+  type Metric,
+  type MutableAmounts,
+  type ReservedScope,
+} from './store.js';
 import { windowEndFromId } from './windows.js';
 
 /**
@@ -112,17 +123,14 @@ export const sliceSize = (remaining: number, liveOthers: number, want: number, m
 /** Lease hashes of a workflow window outlive its last request by this (its idle time, plus a slice's life and grace). */
 export const workflowLeaseGcMs = (idleTtlMs: number, s: LeaseSizing): number => idleTtlMs + s.ttlMs + s.graceMs;
 
-type Mutable = { -readonly [M in Metric]: number };
-const zero = (): Mutable => ({ usdMicros: 0, tokens: 0, calls: 0 });
 const isZero = (a: Amounts) => a.usdMicros === 0 && a.tokens === 0 && a.calls === 0;
-const plus = (a: Amounts, b: Amounts): Amounts => ({ usdMicros: a.usdMicros + b.usdMicros, tokens: a.tokens + b.tokens, calls: a.calls + b.calls });
 
 interface Holder {
-  grant: Mutable;
+  grant: MutableAmounts;
   expiresAt: number;
   seq: number;
   /** Lapsed slices counted as spent until this holder reports. */
-  presumed: Mutable;
+  presumed: MutableAmounts;
 }
 
 interface LeaseWindow {
@@ -164,13 +172,13 @@ export class MemoryLeaseSource implements LeaseSource {
     let w = this.windows.get(key);
     if (!w) this.windows.set(key, (w = { holders: new Map(), alerted: new Set(), gcAt: Infinity }));
     let live = 0;
-    const outstanding = zero();
-    const presumed = zero();
+    const outstanding = zeroAmounts();
+    const presumed = zeroAmounts();
     for (const [id, h] of w.holders) {
       if (id === req.holder) continue;
       if (h.expiresAt + this.sizing.graceMs <= now && !isZero(h.grant)) {
         for (const m of METRICS) h.presumed[m] += h.grant[m];
-        h.grant = zero();
+        h.grant = zeroAmounts();
       }
       for (const m of METRICS) {
         outstanding[m] += h.grant[m];
@@ -179,12 +187,12 @@ export class MemoryLeaseSource implements LeaseSource {
       if (!isZero(h.grant) && h.expiresAt > now) live++;
     }
     let me = w.holders.get(req.holder);
-    if (!me) w.holders.set(req.holder, (me = { grant: zero(), expiresAt: 0, seq: 0, presumed: zero() }));
+    if (!me) w.holders.set(req.holder, (me = { grant: zeroAmounts(), expiresAt: 0, seq: 0, presumed: zeroAmounts() }));
     const reply = (alerts: readonly Metric[]): LeaseReply => ({
       grant: { ...me.grant },
       expiresAt: me.expiresAt,
-      spent: plus(plus(this.counters.spentIn(scope), presumed), me.presumed),
-      outstanding: plus(outstanding, me.grant),
+      spent: plusAmounts(plusAmounts(this.counters.spentIn(scope), presumed), me.presumed),
+      outstanding: plusAmounts(outstanding, me.grant),
       liveHolders: live,
       alerts,
       seenAt: req.scope.window === 'workflow' ? this.counters.lastSeenIn(scope) : null,
@@ -202,8 +210,8 @@ export class MemoryLeaseSource implements LeaseSource {
         this.counters.forget(scope);
         w.alerted.clear();
         for (const h of w.holders.values()) {
-          h.grant = zero();
-          h.presumed = zero();
+          h.grant = zeroAmounts();
+          h.presumed = zeroAmounts();
         }
         for (const m of METRICS) presumed[m] = 0;
       } else {
@@ -212,10 +220,10 @@ export class MemoryLeaseSource implements LeaseSource {
       report = ZERO;
     }
     if (!isZero(report)) this.counters.charge(scope, report);
-    me.presumed = zero();
-    me.grant = zero();
+    me.presumed = zeroAmounts();
+    me.grant = zeroAmounts();
     me.expiresAt = 0;
-    const spent = plus(this.counters.spentIn(scope), presumed);
+    const spent = plusAmounts(this.counters.spentIn(scope), presumed);
     const capped = METRICS.some((m) => req.caps[m] !== undefined);
     if (capped && req.keep) {
       for (const m of METRICS) {
@@ -240,8 +248,8 @@ export class MemoryLeaseSource implements LeaseSource {
   async usage(scopes: readonly ReservedScope[], now: number): Promise<LeaseUsage[]> {
     return scopes.map((s) => {
       const w = this.windows.get(scopeKey(s, s.windowId));
-      const presumed = zero();
-      const outstanding = zero();
+      const presumed = zeroAmounts();
+      const outstanding = zeroAmounts();
       for (const h of w?.holders.values() ?? []) {
         for (const m of METRICS) {
           presumed[m] += h.presumed[m];
@@ -254,7 +262,7 @@ export class MemoryLeaseSource implements LeaseSource {
       if (s.idleTtlMs !== undefined && seenAt !== null && now - seenAt >= s.idleTtlMs && isZero(outstanding)) {
         return { spent: ZERO, outstandingUsdMicros: 0, outstanding: ZERO, seenAt: null };
       }
-      return { spent: plus(this.counters.spentIn(scope), presumed), outstandingUsdMicros: outstanding.usdMicros, outstanding, seenAt };
+      return { spent: plusAmounts(this.counters.spentIn(scope), presumed), outstandingUsdMicros: outstanding.usdMicros, outstanding, seenAt };
     });
   }
 

@@ -2,14 +2,17 @@ import { randomUUID } from 'node:crypto';
 import { StoreUnavailableError } from '../errors.js';
 import type { LeaseReply, LeaseSource } from './lease-source.js';
 import {
+  addAmounts,
   assertAmounts,
   DEFAULT_ALERT_PERCENT,
   METRICS,
   overCap,
+  plusAmounts,
   refusalReasonFor,
   reservedScopes,
   resetTimeOf,
   scopeKey,
+  ZERO,
   type Actual,
   type AlertCrossing,
   type Amounts,
@@ -19,6 +22,7 @@ import {
   type KillTarget,
   type LeaseView,
   type Metric,
+  type MutableAmounts,
   type Refusal,
   type Reservation,
   type ReservedScope,
@@ -59,7 +63,6 @@ export interface LeasedStoreOptions {
   onEvent?: (e: LeaseEvent) => void;
 }
 
-type Mutable = { -readonly [M in keyof Amounts]: number };
 
 interface Pending {
   readonly seq: number;
@@ -84,14 +87,14 @@ interface Lease {
   grantedAt: number;
   expiresAt: number;
   /** Settled since the last report applied. While a slice is live this is what was spent of it. */
-  readonly unreported: Mutable;
+  readonly unreported: MutableAmounts;
   /** Estimates of calls in flight on this window. */
-  readonly held: Mutable;
+  readonly held: MutableAmounts;
   /** A lease request sent but not answered: resent as is (same seq) until it is. */
   pending: Pending | undefined;
   renewing: Promise<boolean> | undefined;
   /** Estimates of calls waiting for a renew. */
-  readonly waiting: Mutable;
+  readonly waiting: MutableAmounts;
   /** The last answer granted less than was asked: the pool is (nearly) empty. */
   short: boolean;
   failedAt: number;
@@ -143,14 +146,7 @@ interface Split {
   readonly windowIds: readonly string[];
   readonly keys: readonly string[];
 }
-const addTo = (to: Mutable, a: Amounts, sign: 1 | -1) => {
-  to.usdMicros += sign * a.usdMicros;
-  to.tokens += sign * a.tokens;
-  to.calls += sign * a.calls;
-};
 const anyAmount = (a: Amounts) => a.usdMicros > 0 || a.tokens > 0 || a.calls > 0;
-const ZERO_AMOUNTS: Amounts = { usdMicros: 0, tokens: 0, calls: 0 };
-const sum = (a: Amounts, b: Amounts): Amounts => ({ usdMicros: a.usdMicros + b.usdMicros, tokens: a.tokens + b.tokens, calls: a.calls + b.calls });
 
 /**
  * Serves every cap of every window (route, fleet, an agent's day and month, workflows; µUSD, tokens and calls) from
@@ -223,7 +219,7 @@ export class LeasedStore implements BudgetStore {
     assertAmounts('estimate', req.estimate);
     const split = this.split(req.scopes, this.now());
     const taken: Lease[] = [];
-    const unhold = () => taken.forEach((l) => addTo(l.held, req.estimate, -1));
+    const unhold = () => taken.forEach((l) => addAmounts(l.held, req.estimate, -1));
     try {
       for (let k = 0; k < split.leased.length; k++) {
         const lease = this.leaseFor(split.leased[k]!, split.windowIds[k]!, split.keys[k]!);
@@ -260,7 +256,7 @@ export class LeasedStore implements BudgetStore {
     const used: Amounts[] = [];
     for (const l of taken) {
       scopes.push(l.scope);
-      used.push(sum(sum(l.known.spent, l.unreported), l.held));
+      used.push(plusAmounts(plusAmounts(l.known.spent, l.unreported), l.held));
     }
     const reservation: Reservation = { ...inner.reservation, scopes };
     // On the reservation itself, hidden (not enumerable): a WeakMap of one entry per call tripled the GC time.
@@ -277,7 +273,7 @@ export class LeasedStore implements BudgetStore {
       const now = this.now();
       for (const l of entry.leases) {
         l.usedAt = now;
-        addTo(l.held, reservation.estimate, -1);
+        addAmounts(l.held, reservation.estimate, -1);
         l.unreported.usdMicros += actual.usdMicros;
         l.unreported.tokens += actual.tokens;
         l.unreported.calls += reservation.estimate.calls;
@@ -295,7 +291,7 @@ export class LeasedStore implements BudgetStore {
       const now = this.now();
       for (const l of entry.leases) {
         l.usedAt = now;
-        addTo(l.held, reservation.estimate, -1);
+        addAmounts(l.held, reservation.estimate, -1);
       }
     }
   }
@@ -373,7 +369,7 @@ export class LeasedStore implements BudgetStore {
       [...this.leases.values()].map(async (l) => {
         // A renew in flight may be keeping the slice: wait for it, then give the slice back.
         if (l.renewing) await l.renewing;
-        if ((anyAmount(l.grant) || anyAmount(l.unreported) || l.pending) && !(await this.renew(l, ZERO_AMOUNTS, false))) {
+        if ((anyAmount(l.grant) || anyAmount(l.unreported) || l.pending) && !(await this.renew(l, ZERO, false))) {
           // A pending request's report is part of `unreported` until it is answered.
           // Calls and tokens too: a workflow's lost call count is what its maxCalls stood on.
           if (anyAmount(l.unreported)) this.emit({ type: 'unreportedDropped', scope: l.scope.scope, window: l.scope.window, unreported: { ...l.unreported } });
@@ -418,7 +414,7 @@ export class LeasedStore implements BudgetStore {
         scope: { ...s, windowId },
         caps: {},
         firstCap: undefined,
-        grant: ZERO_AMOUNTS,
+        grant: ZERO,
         grantedAt: 0,
         expiresAt: 0,
         unreported: { usdMicros: 0, tokens: 0, calls: 0 },
@@ -429,8 +425,8 @@ export class LeasedStore implements BudgetStore {
         short: false,
         failedAt: -Infinity,
         allowanceUsed: 0,
-        known: { spent: ZERO_AMOUNTS, outstanding: ZERO_AMOUNTS, liveOthers: 0, seenAt: null },
-        lastEstimate: ZERO_AMOUNTS,
+        known: { spent: ZERO, outstanding: ZERO, liveOthers: 0, seenAt: null },
+        lastEstimate: ZERO,
         lastUseAt: 0,
         usedAt: 0,
         lastReportAt: -Infinity,
@@ -492,7 +488,7 @@ export class LeasedStore implements BudgetStore {
     l.lastUseAt = now;
     l.lastEstimate = estimate;
     if (l.firstCap === undefined) {
-      addTo(l.held, estimate, 1);
+      addAmounts(l.held, estimate, 1);
       l.usedAt = now;
       return true;
     }
@@ -511,14 +507,14 @@ export class LeasedStore implements BudgetStore {
     // spent does not send every refused call to the one slot that holds it.
     if (l.short && this.sourceUp && this.now() - l.grantedAt < this.tickMs && !this.idleExpired(l, this.now())) return this.exhausted(l, estimate);
     // Calls waiting for a renew say so, so one renew asks for all of them (50 concurrent calls: one round trip).
-    addTo(l.waiting, estimate, 1);
+    addAmounts(l.waiting, estimate, 1);
     try {
       if (l.renewing) {
         await l.renewing;
         if (this.fits(l, estimate, this.now()) && !this.idleExpired(l, this.now())) return this.hold(l, estimate, false);
       }
       for (let round = 0; round < 2; round++) {
-        if (!(await this.renew(l, sum(l.held, l.waiting), true))) {
+        if (!(await this.renew(l, plusAmounts(l.held, l.waiting), true))) {
           // Connected but no answer in time (a loaded Redis): ask once more (same seq, so applied at most once)
           // before treating it as an outage. A Redis that is down fails at once and is not asked again.
           if (round === 0 && this.inner.available()) continue;
@@ -529,7 +525,7 @@ export class LeasedStore implements BudgetStore {
         if (l.short) break;
       }
     } finally {
-      addTo(l.waiting, estimate, -1);
+      addAmounts(l.waiting, estimate, -1);
     }
     return this.exhausted(l, estimate);
   }
@@ -610,7 +606,7 @@ export class LeasedStore implements BudgetStore {
     if (fresh) {
       if (scope.agent === undefined || this.sharedAgent(scope.agent)) return undefined;
     } else if (!Number.isFinite(l.lastReportAt) || l.known.liveOthers > 0) return undefined;
-    const known = fresh ? { spent: ZERO_AMOUNTS, outstanding: ZERO_AMOUNTS } : l.known;
+    const known = fresh ? { spent: ZERO, outstanding: ZERO } : l.known;
     const left = (m: Metric) => (l.caps[m] ?? 0) - known.spent[m] - Math.max(0, known.outstanding[m] - l.grant[m]) - l.unreported[m] - l.held[m];
     return { usdMicros: left('usdMicros'), tokens: left('tokens'), calls: left('calls') };
   }
@@ -622,7 +618,7 @@ export class LeasedStore implements BudgetStore {
   }
 
   private hold(l: Lease, estimate: Amounts, onAllowance: boolean): undefined {
-    addTo(l.held, estimate, 1);
+    addAmounts(l.held, estimate, 1);
     l.usedAt = this.now();
     // The lease source learns of an outage only when a lease request fails; the inner store's view is quicker.
     if (!this.sourceUp || !this.inner.available()) this.emit({ type: 'outageAdmission', scope: l.scope.scope, window: l.scope.window, usdMicros: estimate.usdMicros, onAllowance });
@@ -637,7 +633,7 @@ export class LeasedStore implements BudgetStore {
     const lifeLeft = l.expiresAt - now;
     const low = METRICS.some((m) => l.caps[m] !== undefined && l.grant[m] - l.unreported[m] - l.held[m] < this.renewBelow * l.grant[m]);
     if (low || lifeLeft < this.renewBelow * (l.expiresAt - l.grantedAt)) {
-      this.inBackground(l, sum(l.held, l.lastEstimate), true);
+      this.inBackground(l, plusAmounts(l.held, l.lastEstimate), true);
     }
   }
 
@@ -661,7 +657,7 @@ export class LeasedStore implements BudgetStore {
       // Nothing may be admitted on a slice being given back: Redis counts it free once the answer is in.
       l.expiresAt = Math.min(l.expiresAt, this.now());
     } else {
-      const need = sum(l.held, l.waiting);
+      const need = plusAmounts(l.held, l.waiting);
       wanted = { usdMicros: Math.max(want.usdMicros, need.usdMicros), tokens: Math.max(want.tokens, need.tokens), calls: Math.max(want.calls, need.calls) };
     }
     const now = this.now();
@@ -741,11 +737,11 @@ export class LeasedStore implements BudgetStore {
       if (l.renewing || now - l.failedAt < this.tickMs) continue;
       const unreported = anyAmount(l.unreported) || l.pending !== undefined;
       const idle = l.held.calls === 0 && now - l.lastUseAt >= this.tickMs;
-      if (anyAmount(l.grant) && idle && l.expiresAt - now <= 2 * this.tickMs) this.inBackground(l, ZERO_AMOUNTS, false);
+      if (anyAmount(l.grant) && idle && l.expiresAt - now <= 2 * this.tickMs) this.inBackground(l, ZERO, false);
       // A lapsed slice with calls still in flight is renewed, not given back: the new slice must cover their holds
       // (there is room: the old slice they were admitted on returns in the same step).
       else if (unreported && now - l.lastReportAt >= this.reportIntervalMs) {
-        this.inBackground(l, sum(l.held, l.lastEstimate), l.firstCap !== undefined && (l.expiresAt > now || l.held.calls > 0));
+        this.inBackground(l, plusAmounts(l.held, l.lastEstimate), l.firstCap !== undefined && (l.expiresAt > now || l.held.calls > 0));
       }
       else if (!unreported && !anyAmount(l.grant) && idle) {
         this.leases.delete(key);

@@ -4,6 +4,7 @@ import { mkdir, rename, writeFile } from 'node:fs/promises';
 import { dirname } from 'node:path';
 import { z } from 'zod';
 import {
+  addAmounts,
   assertAmounts,
   DEFAULT_ALERT_PERCENT,
   DEFAULT_RESERVATION_TTL_MS,
@@ -18,6 +19,7 @@ import {
   reservedScopes,
   resetTimeOf,
   scopeKey,
+  zeroAmounts,
   type Actual,
   type AlertCrossing,
   type Amounts,
@@ -26,6 +28,7 @@ import {
   type Kill,
   type KillTarget,
   type Metric,
+  type MutableAmounts,
   type Reservation,
   type ReservedScope,
   type ReserveRequest,
@@ -45,7 +48,6 @@ export interface MemoryStoreOptions extends StoreCommonOptions {
   onSnapshotError?: (err: Error) => void;
 }
 
-type Mutable = { -readonly [M in Metric]: number };
 
 interface Hold {
   readonly amounts: Amounts;
@@ -53,8 +55,8 @@ interface Hold {
 }
 
 interface Counter {
-  readonly spent: Mutable;
-  readonly reserved: Mutable;
+  readonly spent: MutableAmounts;
+  readonly reserved: MutableAmounts;
   readonly alerted: Set<Metric>;
   readonly holds: Map<string, Hold>;
   /**
@@ -132,10 +134,6 @@ const sequentialIds = (): (() => string) => {
   return () => prefix + String((n += 1));
 };
 
-const zero = (): Mutable => ({ usdMicros: 0, tokens: 0, calls: 0 });
-const add = (to: Mutable, a: Amounts, sign: 1 | -1) => {
-  for (const m of METRICS) to[m] += sign * a[m];
-};
 
 /**
  * The default store for one sidecar: exact (plain maps, every operation runs to completion before the next,
@@ -240,7 +238,7 @@ export class MemoryStore implements BudgetStore {
     for (let i = 0; i < scopes.length; i++) {
       const s = scopes[i]!;
       const c = this.live(s, keys[i]!, now, true);
-      add(c.reserved, reservation.estimate, 1);
+      addAmounts(c.reserved, reservation.estimate, 1);
       c.holds.set(reservation.id, hold);
       c.nextExpiry = Math.min(c.nextExpiry, reservation.expiresAt);
       this.touch(c, s, now);
@@ -263,16 +261,16 @@ export class MemoryStore implements BudgetStore {
       const c = this.live(s, keys[i]!, now, true);
       const hold = c.holds.get(reservation.id);
       if (hold) {
-        add(c.reserved, hold.amounts, -1);
+        addAmounts(c.reserved, hold.amounts, -1);
         c.holds.delete(reservation.id);
       } else {
         const presumed = c.presumed.get(reservation.id);
         if (presumed) {
-          add(c.spent, presumed, -1);
+          addAmounts(c.spent, presumed, -1);
           c.presumed.delete(reservation.id);
         }
       }
-      add(c.spent, charge, 1);
+      addAmounts(c.spent, charge, 1);
       this.touch(c, s, now);
       this.alerts(c, s, crossed);
     }
@@ -286,13 +284,13 @@ export class MemoryStore implements BudgetStore {
       if (!c) continue;
       const hold = c.holds.get(reservation.id);
       if (hold) {
-        add(c.reserved, hold.amounts, -1);
+        addAmounts(c.reserved, hold.amounts, -1);
         c.holds.delete(reservation.id);
         continue;
       }
       const presumed = c.presumed.get(reservation.id);
       if (presumed) {
-        add(c.spent, presumed, -1);
+        addAmounts(c.spent, presumed, -1);
         c.presumed.delete(reservation.id);
       }
     }
@@ -307,8 +305,8 @@ export class MemoryStore implements BudgetStore {
         window: s.window,
         windowId: s.windowId,
         caps: s.caps,
-        spent: { ...(c?.spent ?? zero()) },
-        reserved: { ...(c?.reserved ?? zero()) },
+        spent: { ...(c?.spent ?? zeroAmounts()) },
+        reserved: { ...(c?.reserved ?? zeroAmounts()) },
         resetAt: resetTimeOf(s, s.windowId, c?.lastSeen ?? null),
       };
     });
@@ -343,7 +341,7 @@ export class MemoryStore implements BudgetStore {
     assertAmounts('charge', amounts);
     const now = this.now();
     const c = this.live(s, scopeKey(s, s.windowId), now, true);
-    add(c.spent, amounts, 1);
+    addAmounts(c.spent, amounts, 1);
     if (use === undefined) this.touch(c, s, now);
     else {
       // A leased workflow window: its last use is what the holders report (0: none), and the source says how long to keep it.
@@ -365,7 +363,7 @@ export class MemoryStore implements BudgetStore {
   /** Settled spend of a scope window (zero if unseen), read without side effects other than reaping. */
   spentIn(s: ReservedScope): Amounts {
     const c = this.live(s, scopeKey(s, s.windowId), this.now(), false);
-    return { ...(c?.spent ?? zero()) };
+    return { ...(c?.spent ?? zeroAmounts()) };
   }
 
   /** Forgets every counter and hold (kills stay). LocalFallbackStore starts each outage's slice with it. */
@@ -431,7 +429,7 @@ export class MemoryStore implements BudgetStore {
     }
     if (!c) {
       if (!create) return undefined;
-      c = { spent: zero(), reserved: zero(), alerted: new Set(), holds: new Map(), presumed: new Map(), nextExpiry: Infinity, lastSeen: null, gcAt: 0 };
+      c = { spent: zeroAmounts(), reserved: zeroAmounts(), alerted: new Set(), holds: new Map(), presumed: new Map(), nextExpiry: Infinity, lastSeen: null, gcAt: 0 };
       this.counters.set(key, c);
     }
     // Scanning every hold on every call cost more than the rest of reserve+commit with 32 calls in flight.
@@ -443,8 +441,8 @@ export class MemoryStore implements BudgetStore {
           continue;
         }
         // Presumed spent: moved from reserved to spent, so spent + reserved (and the alerts) stay as they were.
-        add(c.reserved, hold.amounts, -1);
-        add(c.spent, hold.amounts, 1);
+        addAmounts(c.reserved, hold.amounts, -1);
+        addAmounts(c.spent, hold.amounts, 1);
         c.presumed.set(id, hold.amounts);
         c.holds.delete(id);
       }
@@ -520,7 +518,7 @@ export class MemoryStore implements BudgetStore {
       );
     }
     for (const [k, c] of file.counters) {
-      this.counters.set(k, { spent: { ...c.spent }, reserved: zero(), alerted: new Set(c.alerted), holds: new Map(), presumed: new Map(), nextExpiry: Infinity, lastSeen: c.lastSeen, gcAt: c.gcAt });
+      this.counters.set(k, { spent: { ...c.spent }, reserved: zeroAmounts(), alerted: new Set(c.alerted), holds: new Map(), presumed: new Map(), nextExpiry: Infinity, lastSeen: c.lastSeen, gcAt: c.gcAt });
     }
     for (const [field, k] of file.kills) this.kills.set(field, k);
     return undefined;

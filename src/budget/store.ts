@@ -68,6 +68,16 @@ export interface Amounts {
 export type Metric = keyof Amounts;
 export const METRICS: readonly Metric[] = ['usdMicros', 'tokens', 'calls'];
 export const ZERO: Amounts = { usdMicros: 0, tokens: 0, calls: 0 };
+/** Amounts a store adds to in place (counters, holds). */
+export type MutableAmounts = { -readonly [M in Metric]: number };
+export const zeroAmounts = (): MutableAmounts => ({ usdMicros: 0, tokens: 0, calls: 0 });
+/** `to += sign × a`, metric by metric (written out: it runs per window per call). */
+export const addAmounts = (to: MutableAmounts, a: Amounts, sign: 1 | -1): void => {
+  to.usdMicros += sign * a.usdMicros;
+  to.tokens += sign * a.tokens;
+  to.calls += sign * a.calls;
+};
+export const plusAmounts = (a: Amounts, b: Amounts): Amounts => ({ usdMicros: a.usdMicros + b.usdMicros, tokens: a.tokens + b.tokens, calls: a.calls + b.calls });
 
 /**
  * One counted window of one scope, with its caps. A scope window without caps is still counted (spend
