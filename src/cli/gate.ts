@@ -8,7 +8,7 @@ import { assessSlo, BURN_WINDOWS, SLO_KINDS, type BurnWindow, type GoodBad, type
 import { compareSamples, DEFAULT_COMPARE_THRESHOLDS, sampleOf, type CompareThresholds, type Comparison } from '../slo/compare.js';
 import { CounterStoreUnavailableError, RedisCounterStore } from '../slo/counter-store.js';
 import { RedisConnection } from '../store/redis-connection.js';
-import { readRedisTls, StoreTlsFileError, type RedisTlsOptions } from '../store/redis-tls.js';
+import { readRedisTls, type RedisTlsOptions } from '../store/redis-tls.js';
 import { DEFAULT_GATE_THRESHOLDS, GATE_EXIT, judgeSlos, type GateThresholds, type GateVerdict, type SloJudgement } from '../slo/gate.js';
 import { objectiveOf, sloSpecOf, type SloRouteSpec } from '../slo/spec.js';
 import { readSloWindows, readWindows } from '../slo/windows.js';
@@ -329,7 +329,7 @@ export const runGate = async (argv: string[], io: GateIo): Promise<number> => {
     }
     p = plan(values, io.env ?? process.env);
   } catch (err) {
-    const known = err instanceof UsageError || err instanceof ConfigError || err instanceof StoreTlsFileError || (err as { code?: string }).code?.startsWith('ERR_PARSE_ARGS');
+    const known = err instanceof UsageError || err instanceof ConfigError || (err as { code?: string }).code?.startsWith('ERR_PARSE_ARGS');
     await write(io.stderr, `fusebox gate: ${known ? (err as Error).message : String(err)}\nRun "fusebox gate --help" for the options.\n`);
     return GATE_EXIT.USAGE;
   }

@@ -115,9 +115,9 @@ export const runSidecar = async (argv: string[], io: CliIo): Promise<number | un
   try {
     app = await buildApp(config, { logger, baseDir });
   } catch (err) {
-    // The OTEL_* variables are checked at build time: as bad as a bad file.
+    // What is checked at build time (the OTEL_* variables, the files store.tls names) is as bad as a bad file.
     if (!(err instanceof ConfigError)) throw err;
-    await writeText(io.stderr, `fusebox: invalid environment, not starting.\n${err.message}\n`);
+    await writeText(io.stderr, `fusebox: invalid config or environment, not starting.\n${err.message}\n`);
     return 1;
   }
   let stopping = false;

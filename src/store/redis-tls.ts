@@ -1,5 +1,6 @@
 import { readFileSync } from 'node:fs';
 import { resolve } from 'node:path';
+import { ConfigError } from '../config/load.js';
 import type { StoreTlsConfig } from '../config/schema.js';
 
 /** What the Redis client's TLS sockets are made with (a subset of node:tls's connect options). */
@@ -11,13 +12,6 @@ export interface RedisTlsOptions {
   readonly servername?: string;
 }
 
-/** A `store.tls` file that cannot be read: the sidecar does not start, and says which file and why. */
-export class StoreTlsFileError extends Error {
-  constructor(field: string, path: string, cause: Error & { code?: string }) {
-    super(`store.tls.${field}: cannot read ${path} (${cause.code ?? cause.message})`, { cause });
-    this.name = 'StoreTlsFileError';
-  }
-}
 
 /**
  * Reads `store.tls` once, at start (relative paths from `baseDir`, the config file's folder). A certificate rotated
@@ -33,7 +27,9 @@ export const readRedisTls = (tls: StoreTlsConfig | undefined, baseDir: string): 
     try {
       return readFileSync(path);
     } catch (err) {
-      throw new StoreTlsFileError(field, path, err as Error);
+      // As bad as a bad config file: the sidecar does not start, and says which file and why.
+      const e = err as NodeJS.ErrnoException;
+      throw new ConfigError('store.tls', [`store.tls.${field}: cannot read ${path} (${e.code ?? e.message})`]);
     }
   };
   const ca = read('caFile');

@@ -144,7 +144,7 @@ describe('fusebox CLI', { timeout: 90_000 }, () => {
     writeFileSync(file, 'listen: { proxy: { port: 0 }, admin: { port: 0 } }\nroutes:\n  - { name: r, match: { pathPrefix: /r }, upstream: { url: "http://127.0.0.1:9" } }\n');
     const r = await collect(cli(['--config', file], { OTEL_EXPORTER_OTLP_ENDPOINT: 'http://127.0.0.1:9', OTEL_EXPORTER_OTLP_PROTOCOL: 'grpc' }));
     expect(r.code).toBe(1);
-    expect(r.err).toContain('invalid environment, not starting');
+    expect(r.err).toContain('invalid config or environment, not starting');
     expect(r.err).toContain('OTEL_EXPORTER_OTLP_PROTOCOL=grpc is not supported');
     expect(r.out).not.toContain('fusebox listening');
   });
