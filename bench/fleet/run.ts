@@ -244,7 +244,7 @@ async function outageRun(opts: FleetOptions): Promise<string> {
   const fleetUsed = async () => {
     const now = Date.now();
     const [u] = await reader.usage(reservedScopes([fleetScope], now), now);
-    return { spent: u!.spent.usdMicros, outstanding: u!.outstandingUsdMicros, calls: u!.spent.calls };
+    return { spent: u!.spent.usdMicros, outstanding: u!.outstanding.usdMicros, calls: u!.spent.calls };
   };
   try {
     await readerConnection.ready(5_000);

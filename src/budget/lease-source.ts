@@ -84,7 +84,6 @@ export interface LeaseReply {
 
 export interface LeaseUsage {
   readonly spent: Amounts;
-  readonly outstandingUsdMicros: number;
   readonly outstanding: Amounts;
   /** Workflow windows: the latest use reported (null: none, or the window went idle). */
   readonly seenAt: number | null;
@@ -260,9 +259,9 @@ export class MemoryLeaseSource implements LeaseSource {
       const seenAt = s.window === 'workflow' ? this.counters.lastSeenIn(scope) : null;
       // A workflow window gone idle reads as the reset the next request will make.
       if (s.idleTtlMs !== undefined && seenAt !== null && now - seenAt >= s.idleTtlMs && isZero(outstanding)) {
-        return { spent: ZERO, outstandingUsdMicros: 0, outstanding: ZERO, seenAt: null };
+        return { spent: ZERO, outstanding: ZERO, seenAt: null };
       }
-      return { spent: plusAmounts(this.counters.spentIn(scope), presumed), outstandingUsdMicros: outstanding.usdMicros, outstanding, seenAt };
+      return { spent: plusAmounts(this.counters.spentIn(scope), presumed), outstanding, seenAt };
     });
   }
 

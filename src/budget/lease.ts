@@ -256,7 +256,8 @@ export class LeasedStore implements BudgetStore {
     const used: Amounts[] = [];
     for (const l of taken) {
       scopes.push(l.scope);
-      used.push(plusAmounts(plusAmounts(l.known.spent, l.unreported), l.held));
+      const k = l.known.spent;
+      used.push({ usdMicros: k.usdMicros + l.unreported.usdMicros + l.held.usdMicros, tokens: k.tokens + l.unreported.tokens + l.held.tokens, calls: k.calls + l.unreported.calls + l.held.calls });
     }
     const reservation: Reservation = { ...inner.reservation, scopes };
     // On the reservation itself, hidden (not enumerable): a WeakMap of one entry per call tripled the GC time.

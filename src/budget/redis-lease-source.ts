@@ -131,9 +131,9 @@ export class RedisLeaseSource implements LeaseSource {
         const idle = s.window === 'workflow' ? s.idleTtlMs : undefined;
         // A workflow window gone idle reads as the reset its next request will make (lease-source.ts).
         if (idle !== undefined && seenAt !== null && now - seenAt >= idle && outstanding.usdMicros + outstanding.tokens + outstanding.calls === 0) {
-          return { spent: { usdMicros: 0, tokens: 0, calls: 0 }, outstandingUsdMicros: 0, outstanding, seenAt: null };
+          return { spent: { usdMicros: 0, tokens: 0, calls: 0 }, outstanding, seenAt: null };
         }
-        return { spent: { usdMicros: n(0, 'usd'), tokens: n(1, 'tokens'), calls: n(2, 'calls') }, outstandingUsdMicros: outstanding.usdMicros, outstanding, seenAt };
+        return { spent: { usdMicros: n(0, 'usd'), tokens: n(1, 'tokens'), calls: n(2, 'calls') }, outstanding, seenAt };
       }),
     );
   }
