@@ -124,6 +124,13 @@ export const workflowLeaseGcMs = (idleTtlMs: number, s: LeaseSizing): number => 
 
 const isZero = (a: Amounts) => a.usdMicros === 0 && a.tokens === 0 && a.calls === 0;
 
+/**
+ * A workflow window unseen for its idle time, with no slice out, reads as the reset its next request will make
+ * (both sources' `usage`).
+ */
+export const goneIdle = (s: ReservedScope, seenAt: number | null, outstanding: Amounts, now: number): boolean =>
+  s.window === 'workflow' && s.idleTtlMs !== undefined && seenAt !== null && now - seenAt >= s.idleTtlMs && isZero(outstanding);
+
 interface Holder {
   grant: MutableAmounts;
   expiresAt: number;
@@ -257,10 +264,7 @@ export class MemoryLeaseSource implements LeaseSource {
       }
       const scope = counted(s);
       const seenAt = s.window === 'workflow' ? this.counters.lastSeenIn(scope) : null;
-      // A workflow window gone idle reads as the reset the next request will make.
-      if (s.idleTtlMs !== undefined && seenAt !== null && now - seenAt >= s.idleTtlMs && isZero(outstanding)) {
-        return { spent: ZERO, outstanding: ZERO, seenAt: null };
-      }
+      if (goneIdle(s, seenAt, outstanding, now)) return { spent: ZERO, outstanding: ZERO, seenAt: null };
       return { spent: plusAmounts(this.counters.spentIn(scope), presumed), outstanding, seenAt };
     });
   }

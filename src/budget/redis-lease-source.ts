@@ -2,9 +2,9 @@ import type { RedisConnection } from '../store/redis-connection.js';
 import { reply, RedisReplyError } from '../store/redis-script.js';
 import { CrossSlotError, sameSlot } from '../store/redis-slots.js';
 import { LEASE_ACQUIRE, leaseArgs } from './lease-scripts.js';
-import { demandOf, minSlices, workflowLeaseGcMs, type LeaseReply, type LeaseRequest, type LeaseSizing, type LeaseSource, type LeaseUsage } from './lease-source.js';
+import { demandOf, goneIdle, minSlices, workflowLeaseGcMs, type LeaseReply, type LeaseRequest, type LeaseSizing, type LeaseSource, type LeaseUsage } from './lease-source.js';
 import { counterKey, scopeTag } from './redis-keys.js';
-import { METRICS, type Amounts, type ReservedScope } from './store.js';
+import { METRICS, ZERO, type Amounts, type ReservedScope } from './store.js';
 import { windowEndFromId } from './windows.js';
 
 /** Lease hashes outlive their window by two days, like the counters, so late reports still land. */
@@ -128,11 +128,7 @@ export class RedisLeaseSource implements LeaseSource {
         };
         const outstanding = { usdMicros: n(3, 'out'), tokens: n(4, 'out_t'), calls: n(5, 'out_c') };
         const seenAt = v[6] === null || v[6] === undefined ? null : reply.int(v[6], 'seen');
-        const idle = s.window === 'workflow' ? s.idleTtlMs : undefined;
-        // A workflow window gone idle reads as the reset its next request will make (lease-source.ts).
-        if (idle !== undefined && seenAt !== null && now - seenAt >= idle && outstanding.usdMicros + outstanding.tokens + outstanding.calls === 0) {
-          return { spent: { usdMicros: 0, tokens: 0, calls: 0 }, outstanding, seenAt: null };
-        }
+        if (goneIdle(s, seenAt, outstanding, now)) return { spent: ZERO, outstanding, seenAt: null };
         return { spent: { usdMicros: n(0, 'usd'), tokens: n(1, 'tokens'), calls: n(2, 'calls') }, outstanding, seenAt };
       }),
     );
