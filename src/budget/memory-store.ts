@@ -48,7 +48,6 @@ export interface MemoryStoreOptions extends StoreCommonOptions {
   onSnapshotError?: (err: Error) => void;
 }
 
-
 interface Hold {
   readonly amounts: Amounts;
   readonly expiresAt: number;
@@ -72,6 +71,24 @@ interface Counter {
   /** After this the entry is garbage. */
   gcAt: number;
 }
+
+/**
+ * Takes a reservation's hold off a window, once: off `reserved` while it is held, or, reaped meanwhile, its presumed
+ * spend back off `spent` (a commit then charges its actual cost; a release leaves nothing). Nothing when settled before.
+ */
+const settleHold = (c: Counter, id: string): void => {
+  const hold = c.holds.get(id);
+  if (hold) {
+    addAmounts(c.reserved, hold.amounts, -1);
+    c.holds.delete(id);
+    return;
+  }
+  const presumed = c.presumed.get(id);
+  if (presumed) {
+    addAmounts(c.spent, presumed, -1);
+    c.presumed.delete(id);
+  }
+};
 
 /** A scope list pinned to the windows of one day and month, with the counter key of each scope. */
 interface Pinned {
@@ -259,17 +276,7 @@ export class MemoryStore implements BudgetStore {
     for (let i = 0; i < reservation.scopes.length; i++) {
       const s = reservation.scopes[i]!;
       const c = this.live(s, keys[i]!, now, true);
-      const hold = c.holds.get(reservation.id);
-      if (hold) {
-        addAmounts(c.reserved, hold.amounts, -1);
-        c.holds.delete(reservation.id);
-      } else {
-        const presumed = c.presumed.get(reservation.id);
-        if (presumed) {
-          addAmounts(c.spent, presumed, -1);
-          c.presumed.delete(reservation.id);
-        }
-      }
+      settleHold(c, reservation.id);
       addAmounts(c.spent, charge, 1);
       this.touch(c, s, now);
       this.alerts(c, s, crossed);
@@ -281,18 +288,7 @@ export class MemoryStore implements BudgetStore {
     const keys = this.keysFor(reservation.scopes);
     for (let i = 0; i < reservation.scopes.length; i++) {
       const c = this.counters.get(keys[i]!);
-      if (!c) continue;
-      const hold = c.holds.get(reservation.id);
-      if (hold) {
-        addAmounts(c.reserved, hold.amounts, -1);
-        c.holds.delete(reservation.id);
-        continue;
-      }
-      const presumed = c.presumed.get(reservation.id);
-      if (presumed) {
-        addAmounts(c.spent, presumed, -1);
-        c.presumed.delete(reservation.id);
-      }
+      if (c) settleHold(c, reservation.id);
     }
   }
 
