@@ -179,9 +179,9 @@ function describeStoreContract(name: string, factory: Factory, opts: { leased?: 
     perCall('presumes a hold that expired unsettled spent: its estimate stays counted while its commit never comes', async () => {
       const store = await setup();
       try {
-        // A token cap keeps the window exact per call in every stack. A leased window (USD only) has no TTL: its
-        // hold lasts until the call settles (the budget layer settles every call) or the sidecar dies with it.
-        const day = agentDay('a1', { usdMicros: usd(1), tokens: 1_000_000_000 });
+        // Per-call stores only (perCall): a leased window's hold has no TTL, it lasts until the call settles (the
+        // budget layer settles every call) or the sidecar dies with it.
+        const day = agentDay('a1', { usdMicros: usd(1) });
         await mustReserve(store, [day], est(usd(0.9), 50), 300);
         expect((await store.reserve({ scopes: [day], estimate: est(usd(0.2)) })).ok).toBe(false);
         clock.advance(299);
@@ -204,7 +204,7 @@ function describeStoreContract(name: string, factory: Factory, opts: { leased?: 
       perCall(`settles a hold reaped before its commit at the actual cost exactly (${what} the estimate), once however often it is committed`, async () => {
         const store = await setup();
         try {
-          const day = agentDay('a1', { usdMicros: usd(2), tokens: 1_000_000_000 });
+          const day = agentDay('a1', { usdMicros: usd(2) });
           const late = await mustReserve(store, [day], est(usd(0.9), 50), 300);
           clock.advance(300);
           const other = await mustReserve(store, [day], est(usd(0.5)));
@@ -224,7 +224,7 @@ function describeStoreContract(name: string, factory: Factory, opts: { leased?: 
     perCall('refunds the presumed spend of a reaped hold when it is released late, once', async () => {
       const store = await setup();
       try {
-        const day = agentDay('a1', { usdMicros: usd(1), tokens: 1_000_000_000 });
+        const day = agentDay('a1', { usdMicros: usd(1) });
         const late = await mustReserve(store, [day], est(usd(0.9), 50), 300);
         clock.advance(300);
         expect(await usage(store, day)).toMatchObject({ spent: { usdMicros: usd(0.9), tokens: 50, calls: 1 } });
