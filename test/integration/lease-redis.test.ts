@@ -26,6 +26,33 @@ async function waitFor(what: string, cond: () => boolean, ms = 10_000): Promise<
   }
 }
 
+/** Throwaway Redis servers and the sidecar connections to them, opened by `openRedis`: closed after each test. */
+const opened: Array<{ redis: TestRedis; connection: RedisConnection }> = [];
+afterEach(async () => {
+  for (const o of opened.splice(0)) {
+    await o.connection.close();
+    await o.redis.stop();
+  }
+});
+
+/** A throwaway Redis (`persist`: its AOF survives a kill) and a sidecar's connection to it, ready. */
+const openRedis = async (prefix: string, opts: { persist?: boolean; timeoutMs?: number } = {}) => {
+  const redis = await startRedis({ persist: opts.persist ?? false });
+  const connection = new RedisConnection({ url: redis.url, keyPrefix: prefix, ...(opts.timeoutMs !== undefined && { timeoutMs: opts.timeoutMs }) });
+  opened.push({ redis, connection });
+  await connection.ready(2_000);
+  return { redis, connection };
+};
+
+/** Calls per command a Redis ran since its last RESETSTAT (those run inside scripts included), from INFO commandstats. */
+const commandCalls = (commandstats: string): Map<string, number> =>
+  new Map([...commandstats.matchAll(/^cmdstat_([^:]+):calls=(\d+)/gm)].map(([, cmd, n]) => [cmd!, Number(n)]));
+const sumOf = (calls: Map<string, number>, which: (cmd: string) => boolean): number =>
+  [...calls].reduce((total, [cmd, n]) => total + (which(cmd) ? n : 0), 0);
+const isScript = (cmd: string) => cmd === 'evalsha' || cmd === 'eval';
+/** The test's own INFO and CONFIG (RESETSTAT) calls. */
+const isOwn = (cmd: string) => /^(info|config)\b/.test(cmd);
+
 describe('leased fleet cap over a real Redis that is killed and restarted', () => {
   let redis: TestRedis | undefined;
   const connections: RedisConnection[] = [];
@@ -132,10 +159,7 @@ describe('leased fleet cap over a real Redis that is killed and restarted', () =
   });
 
   it("sends Redis nothing per call, whatever the call's windows cap: an agent's USD and token caps, route, fleet, a workflow's calls", async () => {
-    redis = await startRedis();
-    const connection = new RedisConnection({ url: redis.url, keyPrefix: 'nc' });
-    connections.push(connection);
-    await connection.ready(2_000);
+    const { redis, connection } = await openRedis('nc');
     // Frozen: within one kill refresh time and one slice lifetime, so only the calls themselves could reach Redis.
     const t = Date.parse('2026-12-05T10:00:00Z');
     const now = () => t;
@@ -174,9 +198,8 @@ describe('leased fleet cap over a real Redis that is killed and restarted', () =
       const counted = async (n: number, scopes: ScopeBudget[]) => {
         await raw.config('RESETSTAT');
         await calls(scopes, n);
-        const stats = [...(await raw.info('commandstats')).matchAll(/^cmdstat_([^:]+):calls=(\d+)/gm)].filter(([, cmd]) => !/^(info|config)\b/.test(cmd!));
-        const sum = (of: typeof stats) => of.reduce((total, [, , k]) => total + Number(k), 0);
-        return { commands: sum(stats), scripts: sum(stats.filter(([, cmd]) => cmd === 'evalsha' || cmd === 'eval')) };
+        const stats = commandCalls(await raw.info('commandstats'));
+        return { commands: sumOf(stats, (cmd) => !isOwn(cmd)), scripts: sumOf(stats, isScript) };
       };
       expect(await counted(300, leased)).toEqual({ commands: 0, scripts: 0 });
       // Before, a workflow window (maxCalls) and a token cap cost a reserve and a commit script per call.
@@ -195,10 +218,7 @@ describe('leased fleet cap over a real Redis that is killed and restarted', () =
   });
 
   it("starts an agent's leased window from what the per-call scripts counted in it (an upgrade mid-day, a token cap removed)", async () => {
-    redis = await startRedis();
-    const connection = new RedisConnection({ url: redis.url, keyPrefix: 'up' });
-    connections.push(connection);
-    await connection.ready(2_000);
+    const { connection } = await openRedis('up');
     const now = () => Date.parse('2026-12-05T10:00:00Z');
     const shared = new RedisStore({ redis: connection, now });
     // Counted per call: the day window had a token cap (or the sidecar ran a version that leased no agent window).
@@ -225,10 +245,7 @@ describe('leased fleet cap over a real Redis that is killed and restarted', () =
     ],
   ];
   it.each(twins)('runs the same lease rules in Lua as in memory for %s: 300 random requests from 4 holders get the same answers', async (name, scope, extra) => {
-    redis = await startRedis();
-    const connection = new RedisConnection({ url: redis.url, keyPrefix: 'twin' });
-    connections.push(connection);
-    await connection.ready(2_000);
+    const { connection } = await openRedis('twin');
     let t = Date.parse('2026-12-05T10:00:00Z');
     const now = () => t;
     const lua = new RedisLeaseSource({ redis: connection, ...SIZING, minSliceCalls: 2 });
@@ -291,17 +308,15 @@ describe('leased fleet cap over a real Redis that is killed and restarted', () =
 });
 
 /** EVALSHA and EVAL calls a Redis ran so far, from INFO commandstats (no MONITOR: it would count itself). */
-const scriptCalls = (commandstats: string): number =>
-  [...commandstats.matchAll(/^cmdstat_(evalsha|eval):calls=(\d+)/gm)].reduce((sum, [, , n]) => sum + Number(n), 0);
+const scriptCalls = (commandstats: string): number => sumOf(commandCalls(commandstats), isScript);
 
 describe("one lease script call per hash tag for the windows requested in the same turn", () => {
-  let redis: TestRedis | undefined;
   let cluster: TestRedisCluster | undefined;
   const connections: RedisConnection[] = [];
   afterEach(async () => {
     await Promise.all(connections.splice(0).map((c) => c.close()));
-    await Promise.all([redis?.stop(), cluster?.stop()]);
-    redis = cluster = undefined;
+    await cluster?.stop();
+    cluster = undefined;
   });
 
   const t = Date.parse('2026-12-05T10:00:00Z');
@@ -321,11 +336,8 @@ describe("one lease script call per hash tag for the windows requested in the sa
   });
 
   const single = async (prefix: string) => {
-    redis = await startRedis({ persist: true });
-    const connection = new RedisConnection({ url: redis.url, keyPrefix: prefix, timeoutMs: 200 });
-    connections.push(connection);
-    await connection.ready(2_000);
-    return { source: new RedisLeaseSource({ redis: connection, ...SIZING }), connection, raw: new Redis(redis.url) };
+    const { redis, connection } = await openRedis(prefix, { persist: true, timeoutMs: 200 });
+    return { source: new RedisLeaseSource({ redis: connection, ...SIZING }), connection, raw: new Redis(redis.url), redis };
   };
 
   it("sends an agent's day and month window in one EVALSHA, each request answered as if alone", async () => {
@@ -358,13 +370,13 @@ describe("one lease script call per hash tag for the windows requested in the sa
   });
 
   it('fails every request of a call Redis never answered; their resends (same seq) apply once', async () => {
-    const { source, connection, raw } = await single('b3');
+    const { source, connection, raw, redis } = await single('b3');
     raw.disconnect();
     await Promise.all([source.acquire(request(agentDay, 1, 100)), source.acquire(request(agentMonth, 2, 300))]);
-    redis!.kill();
+    redis.kill();
     const lost = await Promise.allSettled([source.acquire(request(agentDay, 3, 10)), source.acquire(request(agentMonth, 4, 30))]);
     expect(lost.map((r) => r.status)).toEqual(['rejected', 'rejected']);
-    await redis!.restart();
+    await redis.restart();
     await connection.ready(10_000);
     const resend = () => Promise.all([source.acquire(request(agentDay, 3, 10)), source.acquire(request(agentMonth, 4, 30))]);
     const first = await resend();
@@ -418,14 +430,6 @@ describe("one lease script call per hash tag for the windows requested in the sa
 });
 
 describe('the lease script: few commands per window, hashes written by earlier versions still read', () => {
-  let redis: TestRedis | undefined;
-  const connections: RedisConnection[] = [];
-  afterEach(async () => {
-    await Promise.all(connections.splice(0).map((c) => c.close()));
-    await redis?.stop();
-    redis = undefined;
-  });
-
   const t = Date.parse('2026-12-05T10:00:00Z');
   const fleetDay: ReservedScope = { scope: { kind: 'fleet', id: 'all' }, window: 'day', caps: { usdMicros: usd(500) }, windowId: '2026-12-05' };
   const workflow: ReservedScope = { scope: { kind: 'workflow', id: 'task-1', agent: 'pod-1' }, window: 'workflow', caps: { calls: 1_000 }, idleTtlMs: 600_000, windowId: 'task-1' };
@@ -441,15 +445,11 @@ describe('the lease script: few commands per window, hashes written by earlier v
     now,
   });
   const single = async (prefix: string) => {
-    redis = await startRedis();
-    const connection = new RedisConnection({ url: redis.url, keyPrefix: prefix });
-    connections.push(connection);
-    await connection.ready(2_000);
+    const { redis, connection } = await openRedis(prefix);
     return { source: new RedisLeaseSource({ redis: connection, ...SIZING }), raw: new Redis(redis.url) };
   };
   /** Commands run inside scripts since the last RESETSTAT (EVALSHA itself and the test's own INFO left out). */
-  const innerCommands = (commandstats: string): number =>
-    [...commandstats.matchAll(/^cmdstat_(\w+):calls=(\d+)/gm)].filter(([, c]) => !['evalsha', 'eval', 'info', 'config'].includes(c!)).reduce((sum, [, , n]) => sum + Number(n), 0);
+  const innerCommands = (commandstats: string): number => sumOf(commandCalls(commandstats), (c) => !isScript(c) && !isOwn(c));
 
   it("renews a workflow window's slice with 7 Redis commands (it took 19: an HGET or HINCRBY per field)", async () => {
     const { source, raw } = await single('c1');
