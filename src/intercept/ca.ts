@@ -182,7 +182,7 @@ function nameConstraintsFor(hosts: NormalizedHost[]): { extension: Buffer; value
  * The DER value of the (critical) name constraints extension a generated CA carries for `hosts` (exported so tests
  * can build a CA whose key they hold with exactly our encoding, and sign rogue leaves with it).
  */
-export function nameConstraintsExtension(hosts: string[]): Buffer {
+export function nameConstraintsExtensionValue(hosts: string[]): Buffer {
   return nameConstraintsFor(
     hosts.map((raw) => {
       const h = normalizeHost(raw);

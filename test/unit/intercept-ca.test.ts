@@ -10,7 +10,7 @@ import { join } from 'node:path';
 import tls from 'node:tls';
 import { promisify } from 'node:util';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
-import { CaError, PodCa, nameConstraintsExtension, normalizeHost, type PodCaOptions } from '../../src/intercept/ca.js';
+import { CaError, PodCa, nameConstraintsExtensionValue, normalizeHost, type PodCaOptions } from '../../src/intercept/ca.js';
 
 const run = promisify(execFile);
 const HOUR_MS = 3_600_000;
@@ -148,7 +148,7 @@ async function writeTestCa(
           true,
         ),
         await x509.SubjectKeyIdentifierExtension.create(keys.publicKey, false, webcrypto),
-        ...(opts.constrainTo ? [new x509.Extension('2.5.29.30', true, nameConstraintsExtension(opts.constrainTo))] : []),
+        ...(opts.constrainTo ? [new x509.Extension('2.5.29.30', true, nameConstraintsExtensionValue(opts.constrainTo))] : []),
       ],
     },
     webcrypto,
