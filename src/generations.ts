@@ -110,7 +110,8 @@ export class Generations {
     try {
       made = this.make(next, current.state);
     } catch (err) {
-      // What the schema cannot see (a price table that cannot be read or parsed) is as bad as a schema problem.
+      pools.abandonGeneration();
+      // What the schema cannot see (a price table that cannot be read or parsed, a CA file) is as bad as a schema problem.
       return this.invalid('config', [(err as Error).message]);
     }
     const prev = current;

@@ -64,6 +64,8 @@ export class PoolSet {
   private readonly pools = new Map<string, Pool>();
   /** Keys got since the generation being built began. */
   private gotten = new Set<string>();
+  /** Keys of the pools made since the generation being built began (closed again if it is abandoned). */
+  private made = new Set<string>();
   private readonly retiring = new Set<{ pool: Pool; timer: NodeJS.Timeout }>();
   /** The sha256 of each `tls.caFile` as last read (resolved path → digest): a reload compares them (caFilesChanged). */
   private readonly caDigests = new Map<string, string>();
@@ -94,6 +96,7 @@ export class PoolSet {
         },
       });
       this.pools.set(key, pool);
+      this.made.add(key);
     }
     return pool;
   }
@@ -117,6 +120,17 @@ export class PoolSet {
   /** A generation is about to be built: the pools it gets from here on are the ones it uses. */
   beginGeneration(): void {
     this.gotten = new Set();
+    this.made = new Set();
+  }
+
+  /** The generation being built failed (a reload found it invalid): the pools made for it alone are closed. */
+  abandonGeneration(): void {
+    for (const key of this.made) {
+      const pool = this.pools.get(key);
+      this.pools.delete(key);
+      pool?.close().catch(() => pool.destroy());
+    }
+    this.made = new Set();
   }
 
   /**
