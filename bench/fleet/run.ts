@@ -214,6 +214,7 @@ const table = (rows: Row[]): string => {
     ['commands/s busy (in-script calls included)', (r) => fmt(r.busy.commands / r.busy.seconds)],
     ['used_memory per sidecar (connected)', (r) => `${fmt(r.memoryPerSidecar / 1024, 1)} KiB`],
     ['used_memory growth per minute (busy)', (r) => `${fmt((r.busy.memoryBytes / r.busy.seconds) * 60 / 1024 / 1024, 2)} MiB`],
+    ['of it, client buffers (mem_clients_normal)', (r) => `${fmt((r.busy.clientMemoryBytes / r.busy.seconds) * 60 / 1024 / 1024, 2)} MiB`],
     ['AOF growth per minute (busy)', (r) => `${fmt((r.busy.aofBytes / r.busy.seconds) * 60 / 1024 / 1024, 2)} MiB`],
     ['connected_clients per node', (r) => r.busy.clientsPerNode.map((c) => fmt(c)).join(' / ')],
     ['reserve p50 / p99, ms', (r) => `${ms(pct(r.load.reserve, 50))} / ${ms(pct(r.load.reserve, 99))}`],
@@ -221,6 +222,24 @@ const table = (rows: Row[]): string => {
   ];
   const head = `| | ${rows.map((r) => `${r.mode}, ${fmt(r.sidecars)}, ${fmt(r.commitDelayMs)} ms`).join(' | ')} |\n|---|${rows.map(() => '---:|').join('')}`;
   return [head, ...lines.map(([name, f]) => `| ${name} | ${rows.map(f).join(' | ')} |`)].join('\n');
+};
+
+/**
+ * Where a call's round trips go: every command Redis ran in the busy phase (the probes' own INFO left out), per call
+ * served, with its share per node. A round trip costs Redis ~13 µs here whatever it runs, so the calls column says
+ * more than the usec one (a command's own run time, in-script calls included).
+ */
+const commandTable = (rows: Row[]): string => {
+  const names = [...new Set(rows.flatMap((r) => [...r.busy.commandsByName.keys()]))].filter((n) => n !== 'info' && n !== 'config|get').sort();
+  const cell = (r: Row, name: string): string => {
+    const c = r.busy.commandsByName.get(name);
+    if (!c) return '–';
+    const total = c.callsPerNode.reduce((a, b) => a + b, 0);
+    const perNode = c.callsPerNode.length > 1 ? ` (${c.callsPerNode.map((x) => fmt((100 * x) / Math.max(1, total))).join('/')} %)` : '';
+    return `${fmt(total / Math.max(1, served(r)), 3)} · ${fmt(c.usec / Math.max(1, served(r)), 1)} µs${perNode}`;
+  };
+  const head = `| command: calls per call · usec per call (share per node) | ${rows.map((r) => `${r.mode}, ${fmt(r.sidecars)}`).join(' | ')} |\n|---|${rows.map(() => '---:|').join('')}`;
+  return [head, ...names.map((n) => `| ${n} | ${rows.map((r) => cell(r, n)).join(' | ')} |`)].join('\n');
 };
 
 /**
@@ -325,7 +344,7 @@ const extrapolate = (rows: Row[], opts: FleetOptions): string => {
   const maxclients = base.maxclients || 10_000;
   const memConnGiB = (N * base.memoryPerSidecar) / 2 ** 30;
   // Nothing is written per call (commits remove their hold): what the busy phase added is each sidecar's windows.
-  const keysPerSidecarBytes = Math.max(0, base.busy.memoryBytes) / base.sidecars;
+  const keysPerSidecarBytes = Math.max(0, base.busy.memoryBytes - base.busy.clientMemoryBytes) / base.sidecars;
   const memKeysGiB = (N * keysPerSidecarBytes) / 2 ** 30;
   const aofPerCall = Math.max(0, base.busy.aofBytes) / Math.max(1, served(base));
   const idleOps = (N * base.idle.commands) / base.idle.seconds / base.sidecars;
@@ -339,7 +358,7 @@ const extrapolate = (rows: Row[], opts: FleetOptions): string => {
     `- idle traffic: ${fmt(idleOps)} commands/s (${fmt(base.idle.commands / base.idle.seconds / base.sidecars, 2)} per sidecar)`,
     `- connections: ${fmt(clientsPerSidecar, 2)} per sidecar per node → **${fmt(clients)}** per node (maxclients ${fmt(maxclients)})`,
     `- AOF: ${fmt(aofPerCall, 0)} B appended per call (scripts are written as the commands they ran) → ${fmt((aofPerCall * N * opts.rate) / 2 ** 20, 1)} MiB/s of appends at ${fmt(N * opts.rate)} calls/s, ${fmt((aofPerCall * N * opts.rate * 3600) / 2 ** 30, 0)} GiB an hour between rewrites`,
-    `- memory: ${fmt(memConnGiB, 2)} GiB for connections + ${fmt(keysPerSidecarBytes / 1024, 1)} KiB of keys per sidecar (the busy phase's growth ÷ sidecars: its agent windows and holds; no key per call) → ~${fmt(memConnGiB + memKeysGiB, 2)} GiB`,
+    `- memory: ${fmt(memConnGiB, 2)} GiB for connections + ${fmt(keysPerSidecarBytes / 1024, 1)} KiB of keys per sidecar (the busy phase's growth less client buffers, ÷ sidecars: its agent windows and holds; no key per call) → ~${fmt(memConnGiB + memKeysGiB, 2)} GiB`,
     `- first limit: **${limits[0]!.name}** (${fmt(100 * limits[0]!.ratio)} % of it); then ${limits[1]!.name} (${fmt(100 * limits[1]!.ratio)} %).`,
     `- a cluster does not help connections: every sidecar holds one to every master (${cluster ? `${fmt(Math.max(...cluster.busy.clientsPerNode) / cluster.sidecars, 2)} per sidecar per node measured` : 'not measured'}), so each master needs maxclients ≥ the fleet. It divides CPU only as far as the keys spread: with ${cluster ? `the largest script share on one node at ${fmt((100 * Math.max(...cluster.busy.scriptsPerNode)) / Math.max(1, cluster.busy.scriptsPerNode.reduce((a, b) => a + b, 0)))} %` : 'no cluster run'}, the busiest master carries that share of ${fmt(cores, 2)} cores.`,
   ].join('\n');
@@ -378,7 +397,7 @@ async function main(): Promise<void> {
     }
   }
   const out: string[] = [`## Fleet benchmark (${new Date().toISOString()}, ${opts.rate} call/s per sidecar, ${opts.seconds} s busy, ${opts.idleSeconds} s idle${opts.workflow ? ', every call in a workflow with maxCalls' : ''})`, ''];
-  if (rows.length > 0) out.push(table(rows), '');
+  if (rows.length > 0) out.push(table(rows), '', commandTable(rows), '');
   for (const f of failures) out.push(`Not measured: ${f}`, '');
   if (opts.outage) out.push(await outageRun(opts), '');
   if (rows.length > 0) out.push(extrapolate(rows, opts), '');
