@@ -1,11 +1,11 @@
-import { execFileSync } from 'node:child_process';
-import { mkdtempSync } from 'node:fs';
+import { execFileSync, spawn } from 'node:child_process';
+import { mkdtempSync, readdirSync, readFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { Pool } from 'undici';
 import { CLIENT_TIMEOUTS } from './load/client.js';
-import { killAll, LOAD_CPU, pinSelf, PROXY_CPU, REPO_ROOT, startServer, type ServerChild } from './proc.js';
+import { hasCommand, killAll, LOAD_CPU, pinSelf, PROXY_CPU, REPO_ROOT, startServer, type ServerChild } from './proc.js';
 import { summarizeHeapProfile, summarizeProfile } from './profile-summary.js';
 import { configRefusal, prepareRevision, removeRevisions, type Revision } from './revisions.js';
 import type { Footprint } from './servers/footprint.js';
@@ -21,7 +21,7 @@ import { positiveInteger } from './options.js';
  * Each row is measured `--passes` times; the table shows the median pass and the spread. See bench/README.md.
  */
 
-const USAGE = `npm run bench:per-call -- [--calls=N] [--warmup=N] [--concurrency=N] [--passes=N] [--rows=a,b] [--compare-rev=REV]... [--alloc-profile] [--cpu-profile]
+const USAGE = `npm run bench:per-call -- [--calls=N] [--warmup=N] [--concurrency=N] [--passes=N] [--rows=a,b] [--compare-rev=REV]... [--alloc-profile] [--cpu-profile] [--syscalls]
   --calls=N        calls per measured pass (default 4000)
   --warmup=N       calls before the first pass, so the JIT has settled (default 2000)
   --concurrency=N  calls in flight at once, one connection each (default 8)
@@ -29,7 +29,9 @@ const USAGE = `npm run bench:per-call -- [--calls=N] [--warmup=N] [--concurrency
   --rows=a,b       only rows whose name contains one of these (the floors always run)
   --compare-rev=R  also measure each Fusebox row as built from git revision R (bench/revisions.ts)
   --alloc-profile  one more pass per Fusebox row under V8's sampling heap profiler: who allocates what
-  --cpu-profile    one more pass per Fusebox row under the CPU profiler: where the time goes`;
+  --cpu-profile    one more pass per Fusebox row under the CPU profiler: where the time goes
+  --syscalls       one more pass per row (floors included) under \`strace -c\` attached to every thread: system
+                   calls per call by name, a count no noise moves (strace slows the pass; its CPU is in no figure)`;
 
 const { values } = parseArgs({
   args: process.argv.slice(2),
@@ -42,6 +44,7 @@ const { values } = parseArgs({
     'compare-rev': { type: 'string', multiple: true },
     'alloc-profile': { type: 'boolean' },
     'cpu-profile': { type: 'boolean' },
+    syscalls: { type: 'boolean' },
     help: { type: 'boolean', short: 'h' },
   },
   strict: true,
@@ -132,7 +135,7 @@ const median = (xs: number[]): number => {
   return s.length % 2 === 1 ? s[mid]! : (s[mid - 1]! + s[mid]!) / 2;
 };
 
-const profileDir = values['alloc-profile'] || values['cpu-profile'] ? mkdtempSync(join(tmpdir(), 'fusebox-per-call-')) : undefined;
+const profileDir = values['alloc-profile'] || values['cpu-profile'] || values.syscalls ? mkdtempSync(join(tmpdir(), 'fusebox-per-call-')) : undefined;
 const profiles: string[] = [];
 const slug = (name: string) => name.replace(/[^A-Za-z0-9]+/g, '-').replace(/^-|-$/g, '').toLowerCase();
 
@@ -175,11 +178,53 @@ const measureRow = async (row: Row, upstreamUrl: string): Promise<RowResult> => 
         }
       }
     }
+    if (profileDir !== undefined && values.syscalls) {
+      const file = join(profileDir, `${slug(row.target.name)}.strace`);
+      try {
+        profiles.push(`\nSystem calls of ${row.target.name}, per call over ${CALLS} calls (strace -c, every thread):\n${await countSyscalls(server.pid, file, () => drive(pool, row.call, CALLS))}`);
+      } catch (err) {
+        profiles.push(`\nSystem calls of ${row.target.name}: not counted (${(err as Error).message})`);
+      }
+    }
     return { name: row.target.name, call: row.call, passes };
   } finally {
     await pool.destroy();
     await server.stop();
   }
+};
+
+/**
+ * `strace -c` attached to every thread of `pid` while `work` runs: calls per call by syscall name, busiest first.
+ * Attaching takes a moment, so the pass starts once strace says it is attached to every thread.
+ */
+const countSyscalls = async (pid: number, file: string, work: () => Promise<void>): Promise<string> => {
+  if (!hasCommand('strace')) throw new Error('strace is not installed (apt install strace)');
+  const tids = readdirSync(`/proc/${pid}/task`);
+  const strace = spawn('strace', ['-c', '-o', file, ...tids.flatMap((t) => ['-p', t])], { stdio: ['ignore', 'ignore', 'pipe'] });
+  let attached = 0;
+  let stderr = '';
+  await new Promise<void>((resolve, reject) => {
+    strace.once('exit', (code) => reject(new Error(`strace exited (${code}): ${stderr.trim()}`)));
+    strace.stderr.on('data', (b: Buffer) => {
+      stderr += b.toString('utf8');
+      attached = (stderr.match(/Process \d+ attached/g) ?? []).length;
+      if (attached >= tids.length) resolve();
+    });
+  });
+  strace.removeAllListeners('exit');
+  await work();
+  const exited = new Promise<void>((r) => strace.once('exit', () => r()));
+  strace.kill('SIGINT');
+  await exited;
+  const rows = readFileSync(file, 'utf8')
+    .split('\n')
+    .map((l) => l.trim().split(/\s+/))
+    .filter((f) => f.length >= 5 && /^\d/.test(f[0]!) && f.at(-1) !== 'total')
+    // % time, seconds, usecs/call, calls, [errors], syscall
+    .map((f) => ({ name: f.at(-1)!, calls: Number(f[3]) }))
+    .sort((a, b) => b.calls - a.calls);
+  const total = rows.reduce((n, r) => n + r.calls, 0);
+  return [`  ${fmt(total / CALLS, 2)} in all`, ...rows.filter((r) => r.calls / CALLS >= 0.01).map((r) => `  ${fmt(r.calls / CALLS, 2).padStart(6)}  ${r.name}`)].join('\n');
 };
 
 const fmt = (n: number, digits = 0) => n.toLocaleString('en-US', { minimumFractionDigits: digits, maximumFractionDigits: digits });
