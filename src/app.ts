@@ -329,9 +329,7 @@ const drainAndClose = async (r: Running): Promise<void> => {
   const drained = (async () => {
     while (waiting && (inflight.count > 0 || tunnels.size > 0)) await new Promise((done) => setTimeout(done, 25));
   })();
-  let timer: NodeJS.Timeout | undefined;
-  const timedOut = await Promise.race([drained.then(() => false), new Promise<boolean>((done) => (timer = setTimeout(() => done(true), r.graceMs)))]);
-  clearTimeout(timer);
+  const timedOut = !(await settledWithin(drained, r.graceMs));
   waiting = false;
   if (timedOut) {
     logger.warn({ inflight: inflight.count, tunnels: tunnels.size }, 'grace period over: cutting the calls still running');
@@ -342,9 +340,7 @@ const drainAndClose = async (r: Running): Promise<void> => {
   await (timedOut ? r.pools.destroy() : r.pools.close());
   await serverClosed;
   // Commits of the calls that just ended are still on their way to the store: let them land before closing it.
-  let idleTimer: NodeJS.Timeout | undefined;
-  await Promise.race([r.pending.idle(), new Promise<void>((done) => (idleTimer = setTimeout(done, 5_000)))]);
-  clearTimeout(idleTimer);
+  await settledWithin(r.pending.idle(), 5_000);
   // Every call has ended, so has its span: the last batch goes out before the process does.
   await r.tracing?.shutdown(5_000);
   await r.admin.close();
@@ -358,9 +354,15 @@ const drainAndClose = async (r: Running): Promise<void> => {
   logger.info('stopped');
   // Every line out before the process exits (the CLI exits right after): a stalled stdout reader gets 2 s, then the
   // exit hook's synchronous flush tries what is left for at most 1 s more and counts the rest as dropped.
-  let flushTimer: NodeJS.Timeout | undefined;
-  await Promise.race([new Promise<void>((done) => logger.flush(() => done())), new Promise<void>((done) => (flushTimer = setTimeout(done, 2_000)))]);
-  clearTimeout(flushTimer);
+  await settledWithin(new Promise<void>((done) => logger.flush(() => done())), 2_000);
+};
+
+/** Waits for `work` at most `ms`: true when it settled in time. The timer is cleared either way, so none keeps the process up. */
+const settledWithin = async (work: Promise<unknown>, ms: number): Promise<boolean> => {
+  let timer: NodeJS.Timeout | undefined;
+  const inTime = await Promise.race([work.then(() => true, () => true), new Promise<boolean>((done) => (timer = setTimeout(() => done(false), ms)))]);
+  clearTimeout(timer);
+  return inTime;
 };
 
 /**
