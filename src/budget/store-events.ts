@@ -1,4 +1,5 @@
 import type { Logger } from 'pino';
+import { budgetAlert } from '../telemetry/budget-alert.js';
 import type { Metrics } from '../telemetry/metrics.js';
 import type { LeaseEvent } from './lease.js';
 import type { FallbackEvent } from './local-fallback-store.js';
@@ -69,6 +70,9 @@ export const leaseEvents =
       case 'sourceUp':
         metrics.storeUp.set(1);
         logger.info('budget leases reachable again: unreported spend reported');
+        return;
+      case 'alert':
+        budgetAlert(metrics, logger, e.crossing);
         return;
       case 'unreportedDropped':
         logger.error(

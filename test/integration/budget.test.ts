@@ -404,6 +404,62 @@ describe('a fleet sharing one Redis', () => {
     }
   });
 
+  it("alerts once per cap of an agent's day when the spend two sidecars report crosses budgets.alertPercent: one metric and one log line each, with no further call", async () => {
+    // Each call costs 5.8 m$ and 1,500 tokens. 12 calls are 69.6 % of $0.1 and 72 % of 25,000 tokens; one more call
+    // crosses 75 % of both. Both sidecars spend past the crossing before reporting, so both reports see the window
+    // past 75 %: the lease script's mark is what keeps it to one alert.
+    const cfg = {
+      agent: { id: 'alerted' },
+      // A report at every background tick (1 s) while there is spend: the alert comes from a report, not a call.
+      store: { kind: 'redis', url: redis.url, keyPrefix: 'alert', timeoutMs: 5_000, lease: { reportIntervalMs: 1 } },
+      budgets: { agent: { dailyUsd: 0.1, dailyTokens: 25_000 } },
+      routes: llmRoutes(up),
+    };
+    const a = await start(cfg);
+    const b = await start(cfg);
+    const call = async (fb: RunningFusebox) => {
+      const res = await chat(fb);
+      expect(res.statusCode).toBe(200);
+      await res.body.dump();
+    };
+    /** What a sidecar shows of the agent's day: the store's figures plus its own unreported spend. */
+    const day = async (fb: RunningFusebox) => {
+      const budgets = (await (await request(`${fb.adminUrl}/admin/budgets`)).body.json()) as { scopes: Array<{ scope: string; window: string; calls: number; spentTokens: number }> };
+      const d = budgets.scopes.find((s) => s.scope === 'agent' && s.window === 'day')!;
+      return { calls: d.calls, tokens: d.spentTokens };
+    };
+    const alerts = async (metric: string) =>
+      metricValue(await a.metricsText(), 'fusebox_budget_alerts_total', { scope_kind: 'agent', metric }) + metricValue(await b.metricsText(), 'fusebox_budget_alerts_total', { scope_kind: 'agent', metric });
+    /** Both sidecars show all `n` calls: each has seen the other's report, so every call's spend is in Redis. */
+    const reported = (n: number) =>
+      expect.poll(async () => [await day(a), await day(b)], { timeout: 10_000, interval: 50 }).toEqual([{ calls: n, tokens: n * 1_500 }, { calls: n, tokens: n * 1_500 }]);
+
+    for (let i = 0; i < 6; i++) {
+      await call(a);
+      await call(b);
+    }
+    await reported(12);
+    expect([await alerts('usd'), await alerts('tokens')]).toEqual([0, 0]);
+
+    await call(a);
+    await call(b);
+    await reported(14);
+    // The report that landed first crossed both caps; its sidecar says so when the answer arrives, with no call to
+    // carry it (before, it waited for that sidecar's next call, so an agent that stopped at 80 % was never alerted).
+    await expect.poll(async () => [await alerts('usd'), await alerts('tokens')], { timeout: 10_000, interval: 50 }).toEqual([1, 1]);
+    // Shutdown reports and hands the slices back: the later reports find the window marked and alert nothing more.
+    await Promise.all([a.stop(), b.stop()]);
+    const lines = [...a.logs, ...b.logs].filter((l) => typeof l.msg === 'string' && l.msg.startsWith('budget alert'));
+    const crossedAt = 13;
+    expect(lines.map(({ level, scope, scopeId, window, metric, percent, used, limit }) => ({ level, scope, scopeId, window, metric, percent, used, limit })).sort((x, y) => String(x.metric).localeCompare(String(y.metric)))).toEqual([
+      { level: 40, scope: 'agent', scopeId: 'alerted', window: 'day', metric: 'tokens', percent: 75, used: crossedAt * 1_500, limit: 25_000 },
+      { level: 40, scope: 'agent', scopeId: 'alerted', window: 'day', metric: 'usd', percent: 75, used: expect.closeTo(crossedAt * COST_USD, 9), limit: 0.1 },
+    ]);
+    const metrics = await Promise.all([a, b].map((f) => f.app.metrics.registry.metrics()));
+    expect(metrics.map((t) => metricValue(t, 'fusebox_budget_alerts_total', { scope_kind: 'agent', metric: 'usd' })).reduce((x, y) => x + y)).toBe(1);
+    expect(metrics.map((t) => metricValue(t, 'fusebox_budget_alerts_total', { scope_kind: 'agent', metric: 'tokens' })).reduce((x, y) => x + y)).toBe(1);
+  });
+
   it('keeps serving within caps while Redis is down (local mode), then replays every charge', async () => {
     const cfg = { agent: { id: 'outage' }, store: { kind: 'redis', url: redis.url, keyPrefix: 'outage', timeoutMs: 100 }, budgets: { agent: { dailyUsd: 1 } }, routes: llmRoutes(up) };
     const fb = await start(cfg);

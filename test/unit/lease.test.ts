@@ -658,20 +658,29 @@ describe('LeasedStore', () => {
     expect(counters.spentIn({ scope: paused.scope, window: 'workflow', caps: {}, windowId: 'all' }).calls).toBe(6);
   });
 
-  it('reports an alert crossing per metric, once per window, when the source sees the spend', async () => {
+  it('reports an alert crossing per metric, once per window, as an event when the report that crossed it is answered, with no call to carry it', async () => {
     const { counters, net } = fleet();
-    const store = sidecar(counters, net);
+    const events: LeaseEvent[] = [];
+    const store = sidecar(counters, net, { events });
     const wf = { ...workflow('w1', 'a1'), caps: { usdMicros: usd(1), tokens: 1_000, calls: 100 } };
-    const crossed: string[] = [];
-    for (let i = 0; i < 9; i++) {
+    const alerts = () => events.flatMap((e) => (e.type === 'alert' ? [`${e.crossing.metric} ${e.crossing.used}/${e.crossing.limit}`] : []));
+    const call = async () => {
       const r = await store.reserve({ scopes: [wf], estimate: { usdMicros: usd(0.01), tokens: 100, calls: 1 } });
       if (!r.ok) throw new Error('refused');
-      crossed.push(...r.crossed.map((c) => `${c.metric} ${c.used}/${c.limit}`));
       const c = await store.commit(r.reservation, { usdMicros: usd(0.01), tokens: 100 });
-      crossed.push(...c.crossed.map((x) => `${x.metric} ${x.used}/${x.limit}`));
+      // Never handed to a call: the call that happens to follow a report is not the one that crossed.
+      expect([...r.crossed, ...c.crossed]).toEqual([]);
+    };
+    for (let i = 0; i < 8; i++) {
+      await call();
+      expect(alerts()).toEqual([]);
+      // Each call's spend is reported at the next tick past reportIntervalMs (20 s).
       await advance(20_000);
     }
-    expect(crossed).toEqual(['tokens 800/1000']);
+    expect(alerts()).toEqual(['tokens 800/1000']);
+    await call();
+    await advance(20_000);
+    expect(alerts()).toEqual(['tokens 800/1000']);
     expect(net.sent.filter((x) => x.scope.window === 'workflow').length).toBeGreaterThan(0);
   });
 
