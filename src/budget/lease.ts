@@ -351,14 +351,16 @@ export class LeasedStore implements BudgetStore {
     await this.inner.ready?.(timeoutMs);
   }
 
-  /** Slices held now, for the lease gauge. */
+  /** Slices held now, for the lease gauges: per capped metric, what new calls may still take. */
   leaseViews(): LeaseView[] {
     const now = this.now();
-    return [...this.leases.values()].map((l) => ({
-      scope: l.scope.scope,
-      window: l.scope.window,
-      remainingUsdMicros: l.caps.usdMicros === undefined ? undefined : l.expiresAt > now ? Math.max(0, l.grant.usdMicros - l.unreported.usdMicros - l.held.usdMicros) : 0,
-    }));
+    return [...this.leases.values()].map((l) => {
+      const remaining: Partial<MutableAmounts> = {};
+      for (const m of METRICS) {
+        if (l.caps[m] !== undefined) remaining[m] = l.expiresAt > now ? Math.max(0, l.grant[m] - l.unreported[m] - l.held[m]) : 0;
+      }
+      return { scope: l.scope.scope, window: l.scope.window, remaining };
+    });
   }
 
   /** Spend is settled in memory here (reported with the leases); the inner store has nothing of the calls to send. */

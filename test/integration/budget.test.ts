@@ -460,6 +460,44 @@ describe('a fleet sharing one Redis', () => {
     expect(metrics.map((t) => metricValue(t, 'fusebox_budget_alerts_total', { scope_kind: 'agent', metric: 'tokens' })).reduce((x, y) => x + y)).toBe(1);
   });
 
+  it("shows what is left of each capped metric's slice on /metrics: USD, tokens and calls, summed over a sidecar's workflows, absent where nothing is capped", async () => {
+    // Caps below the smallest slices ($0.05, 10,000 tokens, 10 calls): a sidecar alone on a window holds all that is
+    // left of it, so what its slice has left is the cap less the spend, before the tick's report and after it alike.
+    const fb = await start({
+      agent: { id: 'gauged' },
+      store: { kind: 'redis', url: redis.url, keyPrefix: 'gauged', timeoutMs: 5_000 },
+      budgets: { agent: { dailyUsd: 0.04, dailyTokens: 9_000 }, workflow: { tokens: 4_000, maxCalls: 5 } },
+      routes: llmRoutes(up),
+    });
+    // Each call: 5.8 m$ and 1,500 tokens. Two in workflow w1, one in w2: three on the agent's day.
+    for (const wf of ['w1', 'w1', 'w2']) {
+      const res = await chat(fb, { 'x-fusebox-workflow': wf });
+      expect(res.statusCode).toBe(200);
+      await res.body.dump();
+    }
+    await fb.app.idle();
+    const text = await fb.metricsText();
+    const left = (metric: string, labels: Record<string, string>) => metricValue(text, `fusebox_budget_lease_remaining_${metric}`, labels);
+    const agentDay = { scope_kind: 'agent', window: 'day', route: '' };
+    const workflows = { scope_kind: 'workflow', window: 'workflow', route: '' };
+    expect(left('usd', agentDay)).toBeCloseTo(0.04 - 3 * COST_USD, 9);
+    expect(left('tokens', agentDay)).toBe(9_000 - 3 * 1_500);
+    // w1 has 1,000 tokens and 3 calls left, w2 2,500 and 4.
+    expect(left('tokens', workflows)).toBe(1_000 + 2_500);
+    expect(left('calls', workflows)).toBe(3 + 4);
+    // Only windows capping the metric have a series: the agent's day caps no calls, the workflows no USD, its month
+    // (uncapped, only counted) nothing.
+    const series = (metric: string) =>
+      text
+        .split('\n')
+        .filter((l) => l.startsWith(`fusebox_budget_lease_remaining_${metric}{`))
+        .map((l) => l.slice(l.indexOf('{'), l.lastIndexOf(' ')))
+        .sort();
+    expect(series('usd')).toEqual(['{scope_kind="agent",window="day",route=""}']);
+    expect(series('tokens')).toEqual(['{scope_kind="agent",window="day",route=""}', '{scope_kind="workflow",window="workflow",route=""}']);
+    expect(series('calls')).toEqual(['{scope_kind="workflow",window="workflow",route=""}']);
+  });
+
   it('keeps serving within caps while Redis is down (local mode), then replays every charge', async () => {
     const cfg = { agent: { id: 'outage' }, store: { kind: 'redis', url: redis.url, keyPrefix: 'outage', timeoutMs: 100 }, budgets: { agent: { dailyUsd: 1 } }, routes: llmRoutes(up) };
     const fb = await start(cfg);

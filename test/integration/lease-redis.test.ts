@@ -108,7 +108,7 @@ describe('leased fleet cap over a real Redis that is killed and restarted', () =
         await settle(s, c);
       }
     }
-    const leftInSlices = sidecars.reduce((sum, s) => sum + (s.store.leaseViews().find((v) => v.scope.kind === 'fleet')?.remainingUsdMicros ?? 0), 0);
+    const leftInSlices = sidecars.reduce((sum, s) => sum + (s.store.leaseViews().find((v) => v.scope.kind === 'fleet')?.remaining.usdMicros ?? 0), 0);
     expect(leftInSlices).toBeGreaterThan(0);
 
     redis.kill();
