@@ -112,7 +112,10 @@ export const minSlices = (s: LeaseSizing): Amounts => ({ usdMicros: s.minSliceUs
 /** What a holder spending `rate` a second would use in two slice lifetimes of `ttlMs`. */
 export const demandOf = (rate: number, ttlMs: number): number => Math.floor((rate * ttlMs * 2) / 1000);
 
-/** The slice rule both sources share, per metric (the Lua copy is in lease-scripts.ts). */
+/**
+ * The slice rule both sources share, per metric. The Lua copy (lease-scripts.ts) is the `whole = false` rule: any
+ * Redis window may have other holders. `whole` is MemoryLeaseSource's one process, one holder.
+ */
 export const sliceSize = (remaining: number, liveOthers: number, want: number, min: number, whole: boolean, demand = 0): number => {
   if (remaining <= 0) return 0;
   const share = whole ? remaining : Math.min(Math.floor(remaining / (liveOthers + 1)), Math.max(demand, min));
