@@ -218,8 +218,10 @@ export class MemoryLeaseSource implements LeaseSource {
         // Idle: the window starts again from zero, and this report (spend of the window gone idle) goes with it.
         this.counters.forget(scope);
         w.alerted.clear();
+        // As the Lua rewrites every holder's entry: no slice and no expiry (a retry of another holder answers 0).
         for (const h of w.holders.values()) {
           h.grant = zeroAmounts();
+          h.expiresAt = 0;
           h.presumed = zeroAmounts();
         }
         for (const m of METRICS) presumed[m] = 0;
