@@ -41,7 +41,7 @@ import { METRICS, type Metric } from './store.js';
  * redis.call costing a few µs beyond its command's own work. Figures: bench/README.md, "The lease script's commands".
  */
 /** Arguments per window, in the order {@link leaseArgs} writes them. */
-export const WINDOW_ARGS = 27;
+export const WINDOW_ARGS = 26;
 
 const ACQUIRE_LUA = `
 local SP = {'usd', 'tokens', 'calls'}
@@ -94,8 +94,8 @@ local function acquire(h, x, counters, o)
   local holder = ARGV[o + 2]
   local seq = tonumber(ARGV[o + 3])
   local rep, keep, want, dem, cap, min = three(o + 4), tonumber(ARGV[o + 7]), three(o + 8), three(o + 11), three(o + 14), three(o + 17)
-  local now, ttl, grace, whole = tonumber(ARGV[o + 20]), tonumber(ARGV[o + 21]), tonumber(ARGV[o + 22]), tonumber(ARGV[o + 23])
-  local alertp, gc, idle, used = tonumber(ARGV[o + 24]), ARGV[o + 25], tonumber(ARGV[o + 26]), tonumber(ARGV[o + 27])
+  local now, ttl, grace = tonumber(ARGV[o + 20]), tonumber(ARGV[o + 21]), tonumber(ARGV[o + 22])
+  local alertp, gc, idle, used = tonumber(ARGV[o + 23]), ARGV[o + 24], tonumber(ARGV[o + 25]), tonumber(ARGV[o + 26])
   local me, pme = 'h:' .. holder, 'p:' .. holder
 
   local v = redis.call('HMGET', h, 'usd', 'tokens', 'calls', 'out', 'out_t', 'out_c', 'alerted', 'alerted_t', 'alerted_c', 'seen', me, pme)
@@ -256,10 +256,7 @@ local function acquire(h, x, counters, o)
       if cap[m] >= 0 then
         local remaining = cap[m] - sp[m] - out[m]
         if remaining > 0 then
-          local size = remaining
-          if whole == 0 then
-            size = math.min(math.floor(remaining / (live + 1)), math.max(dem[m], min[m]))
-          end
+          local size = math.min(math.floor(remaining / (live + 1)), math.max(dem[m], min[m]))
           grant[m] = math.min(math.max(size, want[m]), remaining)
           if grant[m] > 0 then
             out[m] = out[m] + grant[m]
@@ -331,8 +328,6 @@ export interface LeaseWindowArgs {
   now: number;
   ttlMs: number;
   graceMs: number;
-  /** A slice is all that is left (one holder). */
-  whole: boolean;
   alertPercent: number;
   gcMs: number;
   /** Workflow idle time, 0: a calendar window. */
@@ -360,7 +355,6 @@ export const leaseArgs = (a: LeaseWindowArgs): string[] => [
   String(a.now),
   String(a.ttlMs),
   String(a.graceMs),
-  a.whole ? '1' : '0',
   String(a.alertPercent),
   String(a.gcMs),
   String(a.idleMs),

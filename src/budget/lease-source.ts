@@ -112,7 +112,10 @@ export const minSlices = (s: LeaseSizing): Amounts => ({ usdMicros: s.minSliceUs
 /** What a holder spending `rate` a second would use in two slice lifetimes of `ttlMs`. */
 export const demandOf = (rate: number, ttlMs: number): number => Math.floor((rate * ttlMs * 2) / 1000);
 
-/** The slice rule both sources share, per metric (the Lua copy is in lease-scripts.ts). */
+/**
+ * The slice rule both sources share, per metric. The Lua copy (lease-scripts.ts) is the `whole = false` rule: any
+ * Redis window may have other holders. `whole` is MemoryLeaseSource's one process, one holder.
+ */
 export const sliceSize = (remaining: number, liveOthers: number, want: number, min: number, whole: boolean, demand = 0): number => {
   if (remaining <= 0) return 0;
   const share = whole ? remaining : Math.min(Math.floor(remaining / (liveOthers + 1)), Math.max(demand, min));
@@ -215,8 +218,10 @@ export class MemoryLeaseSource implements LeaseSource {
         // Idle: the window starts again from zero, and this report (spend of the window gone idle) goes with it.
         this.counters.forget(scope);
         w.alerted.clear();
+        // As the Lua rewrites every holder's entry: no slice and no expiry (a retry of another holder answers 0).
         for (const h of w.holders.values()) {
           h.grant = zeroAmounts();
+          h.expiresAt = 0;
           h.presumed = zeroAmounts();
         }
         for (const m of METRICS) presumed[m] = 0;

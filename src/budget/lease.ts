@@ -41,7 +41,9 @@ export type LeaseEvent =
   | { readonly type: 'outageAdmission'; readonly scope: ScopeRef; readonly window: WindowKind; readonly usdMicros: number; readonly onAllowance: boolean }
   | { readonly type: 'sourceDown'; readonly error: Error }
   | { readonly type: 'sourceUp' }
-  | { readonly type: 'unreportedDropped'; readonly scope: ScopeRef; readonly window: WindowKind; readonly unreported: Amounts };
+  | { readonly type: 'unreportedDropped'; readonly scope: ScopeRef; readonly window: WindowKind; readonly unreported: Amounts }
+  /** A report this sidecar sent crossed the alert percent of a cap (the source marks the window: once per window and metric, fleet-wide). */
+  | { readonly type: 'alert'; readonly crossing: AlertCrossing };
 
 export interface LeasedStoreOptions {
   /** Kills (its kill copy), and the reservation ids: MemoryStore, or LocalFallbackStore over Redis. */
@@ -129,6 +131,7 @@ type Leased = Reservation & { readonly [ENTRY]?: Entry };
  * per call again).
  */
 const NO_SCOPES: readonly ScopeBudget[] = [];
+const NOTHING_CROSSED: CommitResult = { crossed: [] };
 const REMEMBERED_WORKFLOWS = 10_000;
 
 /** A dropped workflow lease's last answer, kept for an outage (LeasedStore.remembered). */
@@ -189,7 +192,6 @@ export class LeasedStore implements BudgetStore {
   private readonly remembered = new Map<string, Remembered>();
   /** Weak: the budget layer keeps one list per route and agent; a list made for one call goes with it. */
   private readonly splits = new WeakMap<readonly ScopeBudget[], Split>();
-  private crossings: AlertCrossing[] = [];
   private sourceUp = true;
   /**
    * Lease request numbers, one sequence for every window: a window's state is dropped when it goes idle, and the
@@ -262,7 +264,8 @@ export class LeasedStore implements BudgetStore {
     const reservation: Reservation = { ...inner.reservation, scopes };
     // On the reservation itself, hidden (not enumerable): a WeakMap of one entry per call tripled the GC time.
     Object.defineProperty(reservation, ENTRY, { value: { leases: taken, settled: false } satisfies Entry });
-    return { ok: true, reservation, used, crossed: [...inner.crossed, ...this.takeCrossings()] };
+    // Crossings of leased windows are events (see `send`): the inner store holds no window, so it crosses nothing.
+    return { ok: true, reservation, used, crossed: inner.crossed };
   }
 
   async commit(reservation: Reservation, actual: Actual): Promise<CommitResult> {
@@ -281,7 +284,7 @@ export class LeasedStore implements BudgetStore {
       }
     }
     // The inner reservation held nothing (and a Redis one never ran a script): nothing to settle there.
-    return { crossed: this.takeCrossings() };
+    return NOTHING_CROSSED;
   }
 
   async release(reservation: Reservation): Promise<void> {
@@ -348,14 +351,16 @@ export class LeasedStore implements BudgetStore {
     await this.inner.ready?.(timeoutMs);
   }
 
-  /** Slices held now, for the lease gauge. */
+  /** Slices held now, for the lease gauges: per capped metric, what new calls may still take. */
   leaseViews(): LeaseView[] {
     const now = this.now();
-    return [...this.leases.values()].map((l) => ({
-      scope: l.scope.scope,
-      window: l.scope.window,
-      remainingUsdMicros: l.caps.usdMicros === undefined ? undefined : l.expiresAt > now ? Math.max(0, l.grant.usdMicros - l.unreported.usdMicros - l.held.usdMicros) : 0,
-    }));
+    return [...this.leases.values()].map((l) => {
+      const remaining: Partial<MutableAmounts> = {};
+      for (const m of METRICS) {
+        if (l.caps[m] !== undefined) remaining[m] = l.expiresAt > now ? Math.max(0, l.grant[m] - l.unreported[m] - l.held[m]) : 0;
+      }
+      return { scope: l.scope.scope, window: l.scope.window, remaining };
+    });
   }
 
   /** Spend is settled in memory here (reported with the leases); the inner store has nothing of the calls to send. */
@@ -704,11 +709,13 @@ export class LeasedStore implements BudgetStore {
       this.emit({ type: 'sourceUp' });
     }
     if (anyAmount(r.grant)) this.emit({ type: 'granted', scope: l.scope.scope, window: l.scope.window, grant: r.grant, renewal, liveHolders: r.liveHolders });
+    // Said now, not handed to the next call: most reports are the tick's, and a sidecar whose agent stopped calling
+    // at 80 % of its cap would never make that call.
     for (const m of r.alerts) {
       const limit = l.caps[m];
       if (limit === undefined) continue;
       const s = l.scope;
-      this.crossings.push({ scope: s.scope, window: s.window, windowId: s.windowId, metric: m, percent: this.alertPercent, used: r.spent[m], limit });
+      this.emit({ type: 'alert', crossing: { scope: s.scope, window: s.window, windowId: s.windowId, metric: m, percent: this.alertPercent, used: r.spent[m], limit } });
     }
     return true;
   }
@@ -717,13 +724,6 @@ export class LeasedStore implements BudgetStore {
     this.remembered.delete(key);
     this.remembered.set(key, { known: l.known, lastReportAt: l.lastReportAt, usedAt: l.usedAt });
     if (this.remembered.size > REMEMBERED_WORKFLOWS) this.remembered.delete(this.remembered.keys().next().value!);
-  }
-
-  private takeCrossings(): AlertCrossing[] {
-    if (this.crossings.length === 0) return [];
-    const out = this.crossings;
-    this.crossings = [];
-    return out;
   }
 
   /**

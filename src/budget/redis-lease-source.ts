@@ -76,7 +76,6 @@ export class RedisLeaseSource implements LeaseSource {
       now: req.now,
       ttlMs: this.sizing.ttlMs,
       graceMs: this.sizing.graceMs,
-      whole: false,
       alertPercent: this.sizing.alertPercent,
       gcMs: gc,
       idleMs: idle,

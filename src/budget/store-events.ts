@@ -1,8 +1,9 @@
 import type { Logger } from 'pino';
+import { budgetAlert } from '../telemetry/budget-alert.js';
 import type { Metrics } from '../telemetry/metrics.js';
 import type { LeaseEvent } from './lease.js';
 import type { FallbackEvent } from './local-fallback-store.js';
-import type { BudgetStore } from './store.js';
+import { METRICS, type BudgetStore, type MutableAmounts } from './store.js';
 
 const routeLabel = (scope: { kind: string; id: string }) => (scope.kind === 'route' ? scope.id : '');
 
@@ -70,6 +71,9 @@ export const leaseEvents =
         metrics.storeUp.set(1);
         logger.info('budget leases reachable again: unreported spend reported');
         return;
+      case 'alert':
+        budgetAlert(metrics, logger, e.crossing);
+        return;
       case 'unreportedDropped':
         logger.error(
           { scope: e.scope.kind, id: e.scope.id, window: e.window, usd: e.unreported.usdMicros / 1e6, tokens: e.unreported.tokens, calls: e.unreported.calls },
@@ -78,9 +82,26 @@ export const leaseEvents =
     }
   };
 
-/** Sets the lease gauge from the store's slices (called before each scrape). */
+/**
+ * Sets the lease gauges from the store's slices (called before each scrape): one per metric, for windows capping it.
+ * Windows sharing the labels (a sidecar's workflows; yesterday's day and today's around midnight) are summed: each
+ * would otherwise overwrite the last, and the series would show one workflow picked by map order.
+ */
 export const refreshLeaseGauge = (store: BudgetStore, metrics: Metrics): void => {
+  const sums = new Map<string, { labels: readonly [string, string, string]; left: Partial<MutableAmounts> }>();
   for (const v of store.leaseViews?.() ?? []) {
-    if (v.remainingUsdMicros !== undefined) metrics.leaseRemaining.labels(v.scope.kind, v.window, routeLabel(v.scope)).set(v.remainingUsdMicros / 1e6);
+    const labels = [v.scope.kind, v.window, routeLabel(v.scope)] as const;
+    const key = labels.join('\0');
+    let sum = sums.get(key);
+    if (sum === undefined) sums.set(key, (sum = { labels, left: {} }));
+    for (const m of METRICS) {
+      const left = v.remaining[m];
+      if (left !== undefined) sum.left[m] = (sum.left[m] ?? 0) + left;
+    }
+  }
+  for (const { labels, left } of sums.values()) {
+    if (left.usdMicros !== undefined) metrics.leaseRemaining.labels(...labels).set(left.usdMicros / 1e6);
+    if (left.tokens !== undefined) metrics.leaseRemainingTokens.labels(...labels).set(left.tokens);
+    if (left.calls !== undefined) metrics.leaseRemainingCalls.labels(...labels).set(left.calls);
   }
 };

@@ -243,8 +243,11 @@ export interface BudgetStore {
 export interface LeaseView {
   readonly scope: ScopeRef;
   readonly window: WindowKind;
-  /** Slice left for new calls, µUSD (0 once lapsed); undefined for an uncapped window (counted, not leased). */
-  readonly remainingUsdMicros: number | undefined;
+  /**
+   * Slice left for new calls per metric the window caps (µUSD, tokens, calls; 0 once lapsed). A metric the window
+   * does not cap is absent: it takes no slice, only counted.
+   */
+  readonly remaining: Partial<Amounts>;
 }
 
 /** Options every store takes. */

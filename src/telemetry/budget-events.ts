@@ -1,5 +1,6 @@
 import type { BudgetEvents } from '../policies/budget.js';
 import { classifyRedisError } from '../store/redis-errors.js';
+import { budgetAlert } from './budget-alert.js';
 import { counterSeries, histogramSeries, type CounterSeries } from './fast-metrics.js';
 import type { Metrics } from './metrics.js';
 
@@ -30,14 +31,7 @@ export const budgetEvents = (m: Metrics): BudgetEvents => {
       ctx.trace?.event('budget.refused', { 'error.type': err.code, 'fusebox.budget.scope': r.scopeKind, 'fusebox.budget.reason': r.reason });
       ctx.log.warn({ code: err.code, ...err.details }, `call refused: ${err.message}`);
     },
-    alert: (route, c, ctx) => {
-      m.budgetAlerts.labels(c.scope.kind, c.metric === 'usdMicros' ? 'usd' : c.metric).inc();
-      const unit = (n: number) => (c.metric === 'usdMicros' ? n / 1e6 : n);
-      ctx.log.warn(
-        { scope: c.scope.kind, scopeId: c.scope.id, window: c.window, metric: c.metric === 'usdMicros' ? 'usd' : c.metric, percent: c.percent, used: unit(c.used), limit: unit(c.limit) },
-        `budget alert: ${c.scope.kind} ${c.scope.id} used ${c.percent}% of its ${c.window} cap`,
-      );
-    },
+    alert: (route, c, ctx) => budgetAlert(m, ctx.log, c),
     settled: (route, s, ctx) => {
       const u = s.usage;
       // Labels are bounded (route names, models of the price table or `other`), so these maps are too.

@@ -273,7 +273,21 @@ export const createMetrics = (opts: { defaultMetrics?: boolean } = {}) => {
     }),
     leaseRemaining: new Gauge({
       name: 'fusebox_budget_lease_remaining_usd',
-      help: "What is left of the USD part of this sidecar's slice of a leased cap, USD (0 once it lapsed), by scope kind, window and route.",
+      help: "What is left of the USD part of this sidecar's slice of a leased cap, USD (0 once it lapsed), by scope kind, window and route (windows sharing them summed: a sidecar's workflows).",
+      labelNames: ['scope_kind', 'window', 'route'] as const,
+      registers: [registry],
+    }),
+    // The token and call parts of the same slices (agent dailyTokens, workflow tokens and maxCalls): set only for
+    // windows capping that metric. The USD gauge keeps its name: dashboards read it.
+    leaseRemainingTokens: new Gauge({
+      name: 'fusebox_budget_lease_remaining_tokens',
+      help: "What is left of the token part of this sidecar's slice of a leased cap, tokens (0 once it lapsed), by scope kind, window and route (windows sharing them summed); only windows with a token cap.",
+      labelNames: ['scope_kind', 'window', 'route'] as const,
+      registers: [registry],
+    }),
+    leaseRemainingCalls: new Gauge({
+      name: 'fusebox_budget_lease_remaining_calls',
+      help: "What is left of the call part of this sidecar's slice of a leased cap, calls (0 once it lapsed), by scope kind, window and route (windows sharing them summed); only windows with a call cap (workflow maxCalls).",
       labelNames: ['scope_kind', 'window', 'route'] as const,
       registers: [registry],
     }),

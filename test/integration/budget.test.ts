@@ -404,6 +404,100 @@ describe('a fleet sharing one Redis', () => {
     }
   });
 
+  it("alerts once per cap of an agent's day when the spend two sidecars report crosses budgets.alertPercent: one metric and one log line each, with no further call", async () => {
+    // Each call costs 5.8 m$ and 1,500 tokens. 12 calls are 69.6 % of $0.1 and 72 % of 25,000 tokens; one more call
+    // crosses 75 % of both. Both sidecars spend past the crossing before reporting, so both reports see the window
+    // past 75 %: the lease script's mark is what keeps it to one alert.
+    const cfg = {
+      agent: { id: 'alerted' },
+      // A report at every background tick (1 s) while there is spend: the alert comes from a report, not a call.
+      store: { kind: 'redis', url: redis.url, keyPrefix: 'alert', timeoutMs: 5_000, lease: { reportIntervalMs: 1 } },
+      budgets: { agent: { dailyUsd: 0.1, dailyTokens: 25_000 } },
+      routes: llmRoutes(up),
+    };
+    const a = await start(cfg);
+    const b = await start(cfg);
+    const call = async (fb: RunningFusebox) => {
+      const res = await chat(fb);
+      expect(res.statusCode).toBe(200);
+      await res.body.dump();
+    };
+    /** What a sidecar shows of the agent's day: the store's figures plus its own unreported spend. */
+    const day = async (fb: RunningFusebox) => {
+      const budgets = (await (await request(`${fb.adminUrl}/admin/budgets`)).body.json()) as { scopes: Array<{ scope: string; window: string; calls: number; spentTokens: number }> };
+      const d = budgets.scopes.find((s) => s.scope === 'agent' && s.window === 'day')!;
+      return { calls: d.calls, tokens: d.spentTokens };
+    };
+    const alerts = async (metric: string) =>
+      metricValue(await a.metricsText(), 'fusebox_budget_alerts_total', { scope_kind: 'agent', metric }) + metricValue(await b.metricsText(), 'fusebox_budget_alerts_total', { scope_kind: 'agent', metric });
+    /** Both sidecars show all `n` calls: each has seen the other's report, so every call's spend is in Redis. */
+    const reported = (n: number) =>
+      expect.poll(async () => [await day(a), await day(b)], { timeout: 10_000, interval: 50 }).toEqual([{ calls: n, tokens: n * 1_500 }, { calls: n, tokens: n * 1_500 }]);
+
+    for (let i = 0; i < 6; i++) {
+      await call(a);
+      await call(b);
+    }
+    await reported(12);
+    expect([await alerts('usd'), await alerts('tokens')]).toEqual([0, 0]);
+
+    await call(a);
+    await call(b);
+    await reported(14);
+    // The report that landed first crossed both caps; its sidecar says so when the answer arrives, with no call to
+    // carry it (before, it waited for that sidecar's next call, so an agent that stopped at 80 % was never alerted).
+    await expect.poll(async () => [await alerts('usd'), await alerts('tokens')], { timeout: 10_000, interval: 50 }).toEqual([1, 1]);
+    // Shutdown reports and hands the slices back: the later reports find the window marked and alert nothing more.
+    await Promise.all([a.stop(), b.stop()]);
+    const lines = [...a.logs, ...b.logs].filter((l) => typeof l.msg === 'string' && l.msg.startsWith('budget alert'));
+    const crossedAt = 13;
+    expect(lines.map(({ level, scope, scopeId, window, metric, percent, used, limit }) => ({ level, scope, scopeId, window, metric, percent, used, limit })).sort((x, y) => String(x.metric).localeCompare(String(y.metric)))).toEqual([
+      { level: 40, scope: 'agent', scopeId: 'alerted', window: 'day', metric: 'tokens', percent: 75, used: crossedAt * 1_500, limit: 25_000 },
+      { level: 40, scope: 'agent', scopeId: 'alerted', window: 'day', metric: 'usd', percent: 75, used: expect.closeTo(crossedAt * COST_USD, 9), limit: 0.1 },
+    ]);
+    const metrics = await Promise.all([a, b].map((f) => f.app.metrics.registry.metrics()));
+    expect(metrics.map((t) => metricValue(t, 'fusebox_budget_alerts_total', { scope_kind: 'agent', metric: 'usd' })).reduce((x, y) => x + y)).toBe(1);
+    expect(metrics.map((t) => metricValue(t, 'fusebox_budget_alerts_total', { scope_kind: 'agent', metric: 'tokens' })).reduce((x, y) => x + y)).toBe(1);
+  });
+
+  it("shows what is left of each capped metric's slice on /metrics: USD, tokens and calls, summed over a sidecar's workflows, absent where nothing is capped", async () => {
+    // Caps below the smallest slices ($0.05, 10,000 tokens, 10 calls): a sidecar alone on a window holds all that is
+    // left of it, so what its slice has left is the cap less the spend, before the tick's report and after it alike.
+    const fb = await start({
+      agent: { id: 'gauged' },
+      store: { kind: 'redis', url: redis.url, keyPrefix: 'gauged', timeoutMs: 5_000 },
+      budgets: { agent: { dailyUsd: 0.04, dailyTokens: 9_000 }, workflow: { tokens: 4_000, maxCalls: 5 } },
+      routes: llmRoutes(up),
+    });
+    // Each call: 5.8 m$ and 1,500 tokens. Two in workflow w1, one in w2: three on the agent's day.
+    for (const wf of ['w1', 'w1', 'w2']) {
+      const res = await chat(fb, { 'x-fusebox-workflow': wf });
+      expect(res.statusCode).toBe(200);
+      await res.body.dump();
+    }
+    await fb.app.idle();
+    const text = await fb.metricsText();
+    const left = (metric: string, labels: Record<string, string>) => metricValue(text, `fusebox_budget_lease_remaining_${metric}`, labels);
+    const agentDay = { scope_kind: 'agent', window: 'day', route: '' };
+    const workflows = { scope_kind: 'workflow', window: 'workflow', route: '' };
+    expect(left('usd', agentDay)).toBeCloseTo(0.04 - 3 * COST_USD, 9);
+    expect(left('tokens', agentDay)).toBe(9_000 - 3 * 1_500);
+    // w1 has 1,000 tokens and 3 calls left, w2 2,500 and 4.
+    expect(left('tokens', workflows)).toBe(1_000 + 2_500);
+    expect(left('calls', workflows)).toBe(3 + 4);
+    // Only windows capping the metric have a series: the agent's day caps no calls, the workflows no USD, its month
+    // (uncapped, only counted) nothing.
+    const series = (metric: string) =>
+      text
+        .split('\n')
+        .filter((l) => l.startsWith(`fusebox_budget_lease_remaining_${metric}{`))
+        .map((l) => l.slice(l.indexOf('{'), l.lastIndexOf(' ')))
+        .sort();
+    expect(series('usd')).toEqual(['{scope_kind="agent",window="day",route=""}']);
+    expect(series('tokens')).toEqual(['{scope_kind="agent",window="day",route=""}', '{scope_kind="workflow",window="workflow",route=""}']);
+    expect(series('calls')).toEqual(['{scope_kind="workflow",window="workflow",route=""}']);
+  });
+
   it('keeps serving within caps while Redis is down (local mode), then replays every charge', async () => {
     const cfg = { agent: { id: 'outage' }, store: { kind: 'redis', url: redis.url, keyPrefix: 'outage', timeoutMs: 100 }, budgets: { agent: { dailyUsd: 1 } }, routes: llmRoutes(up) };
     const fb = await start(cfg);

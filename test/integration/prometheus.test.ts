@@ -514,7 +514,9 @@ describe('end to end: a real Prometheus scraping a real Fusebox under traffic', 
 
   /** Traffic that touches every metric: answers with usage, a broken stream, 503s, budget refusals, a tunnel. */
   const burst = async (cappedCalls: number): Promise<void> => {
-    for (let i = 0; i < 4; i++) await post('chat', { model: 'test-model' });
+    for (let i = 0; i < 3; i++) await post('chat', { model: 'test-model' });
+    // A workflow's window caps calls: the lease gauge of calls has a series.
+    await post('chat', { model: 'test-model' }, { 'x-fusebox-workflow': 'e2e-task' });
     await post('chat', { model: 'mystery-model' });
     await post('chat', { model: 'test-model', stream: true });
     await post('chat', { model: 'test-model', stream: true }, { 'x-test-cut': '1' });
@@ -560,7 +562,8 @@ describe('end to end: a real Prometheus scraping a real Fusebox under traffic', 
     const slo = { minEvents: 3 };
     const config = {
       agent: { id: 'e2e-agent' },
-      budgets: { agent: { dailyUsd: 100 }, fleet: { dailyUsd: 1000 } },
+      // A token cap and a call cap, so their lease gauges have series (both far above this traffic).
+      budgets: { agent: { dailyUsd: 100, dailyTokens: 100_000_000 }, workflow: { maxCalls: 1_000 }, fleet: { dailyUsd: 1000 } },
       routes: [
         { name: 'chat', provider: 'openai', match: { pathPrefix: '/chat' }, upstream: { url: llm.url }, retry: { baseMs: 1 }, budget: { prices: PRICES }, slo },
         // $0.05 a day at $0.01 a call: the 4th call crosses 75 %, the 6th is refused.

@@ -65,7 +65,7 @@ const member = (r: Reservation) => `${r.id}|${r.estimate.usdMicros}|${r.estimate
 /**
  * The one contract every BudgetStore keeps. `leased`: a stack behind LeasedStore, where every window is served from
  * leased slices (lease.ts): its holds live in the sidecar until the call settles (no per-call hold TTL to reap), and
- * an alert crossing is reported when the lease source sees the spend (a report), not by the call that crossed it.
+ * an alert crossing is a LeasedStore event when the lease source sees the spend (a report), not in any call's answer.
  * Those rules of the per-call scripts are checked against the bare stores only; the lease's own are in
  * test/unit/lease.test.ts and test/integration/lease-redis.test.ts.
  */

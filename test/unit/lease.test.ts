@@ -151,10 +151,10 @@ describe('LeasedStore', () => {
     // then renewed ahead of need holds the call in flight and one more like it.
     await settle();
     expect(net.sent[0]?.rate?.usdMicros).toBe(0);
-    expect(a.leaseViews()[0]?.remainingUsdMicros).toBe(usd(0.1));
+    expect(a.leaseViews()[0]?.remaining.usdMicros).toBe(usd(0.1));
     await b.reserve({ scopes, estimate: est(usd(0.1)) });
     await settle();
-    expect(b.leaseViews()[0]?.remainingUsdMicros).toBe(usd(0.1));
+    expect(b.leaseViews()[0]?.remaining.usdMicros).toBe(usd(0.1));
     if (!ra.ok) throw new Error('refused');
     await a.commit(ra.reservation, { usdMicros: usd(0.1), tokens: 0 });
 
@@ -185,7 +185,7 @@ describe('LeasedStore', () => {
     // Back from idle: the window's state was dropped, yet its lease requests are new ones, not taken for retries.
     const again = await a.reserve({ scopes, estimate: est(usd(1)) });
     expect(again.ok).toBe(true);
-    expect(a.leaseViews()[0]?.remainingUsdMicros).toBeGreaterThan(0);
+    expect(a.leaseViews()[0]?.remaining.usdMicros).toBeGreaterThan(0);
   });
 
   it('counts a report whose answer was lost once: the retry carries the same sequence number', async () => {
@@ -233,7 +233,7 @@ describe('LeasedStore', () => {
       // Time passes: slices are renewed (resized to the live holders) or handed back.
       await advance(8_000);
     }
-    const leftInSlices = sidecars.reduce((sum, s) => sum + (s.leaseViews()[0]?.remainingUsdMicros ?? 0), 0);
+    const leftInSlices = sidecars.reduce((sum, s) => sum + (s.leaseViews()[0]?.remaining.usdMicros ?? 0), 0);
     expect(leftInSlices).toBeGreaterThan(0);
 
     net.cut = true;
@@ -376,7 +376,7 @@ describe('LeasedStore', () => {
     // No spend known yet: its slice holds its call and one more like it (renewed ahead of need), not half the cap.
     await settle();
     const slice = usd(2);
-    expect(silent.leaseViews()[0]?.remainingUsdMicros).toBe(slice - usd(1));
+    expect(silent.leaseViews()[0]?.remaining.usdMicros).toBe(slice - usd(1));
     silentNet.cut = true;
     // Past expiry + grace the other sidecar's request reaps it: the whole slice counts as spent meanwhile.
     t += SIZING.ttlMs + SIZING.graceMs;
@@ -445,7 +445,7 @@ describe('LeasedStore', () => {
     const killed = await store.reserve({ scopes: [agentDay('a2'), wf, fleetDay(usd(1))], estimate: est(usd(0.1)) });
     expect(killed.ok || killed.refusal.reason).toBe('KILLED');
     expect(await held()).toEqual([0, 0]);
-    expect(store.leaseViews().find((v) => v.scope.kind === 'fleet')?.remainingUsdMicros).toBe(usd(1));
+    expect(store.leaseViews().find((v) => v.scope.kind === 'fleet')?.remaining.usdMicros).toBe(usd(1));
   });
 
   it("leases every window: an agent's day and month caps (USD, tokens), its uncapped windows, a workflow's; the inner store checks kills only", async () => {
@@ -658,20 +658,29 @@ describe('LeasedStore', () => {
     expect(counters.spentIn({ scope: paused.scope, window: 'workflow', caps: {}, windowId: 'all' }).calls).toBe(6);
   });
 
-  it('reports an alert crossing per metric, once per window, when the source sees the spend', async () => {
+  it('reports an alert crossing per metric, once per window, as an event when the report that crossed it is answered, with no call to carry it', async () => {
     const { counters, net } = fleet();
-    const store = sidecar(counters, net);
+    const events: LeaseEvent[] = [];
+    const store = sidecar(counters, net, { events });
     const wf = { ...workflow('w1', 'a1'), caps: { usdMicros: usd(1), tokens: 1_000, calls: 100 } };
-    const crossed: string[] = [];
-    for (let i = 0; i < 9; i++) {
+    const alerts = () => events.flatMap((e) => (e.type === 'alert' ? [`${e.crossing.metric} ${e.crossing.used}/${e.crossing.limit}`] : []));
+    const call = async () => {
       const r = await store.reserve({ scopes: [wf], estimate: { usdMicros: usd(0.01), tokens: 100, calls: 1 } });
       if (!r.ok) throw new Error('refused');
-      crossed.push(...r.crossed.map((c) => `${c.metric} ${c.used}/${c.limit}`));
       const c = await store.commit(r.reservation, { usdMicros: usd(0.01), tokens: 100 });
-      crossed.push(...c.crossed.map((x) => `${x.metric} ${x.used}/${x.limit}`));
+      // Never handed to a call: the call that happens to follow a report is not the one that crossed.
+      expect([...r.crossed, ...c.crossed]).toEqual([]);
+    };
+    for (let i = 0; i < 8; i++) {
+      await call();
+      expect(alerts()).toEqual([]);
+      // Each call's spend is reported at the next tick past reportIntervalMs (20 s).
       await advance(20_000);
     }
-    expect(crossed).toEqual(['tokens 800/1000']);
+    expect(alerts()).toEqual(['tokens 800/1000']);
+    await call();
+    await advance(20_000);
+    expect(alerts()).toEqual(['tokens 800/1000']);
     expect(net.sent.filter((x) => x.scope.window === 'workflow').length).toBeGreaterThan(0);
   });
 
