@@ -36,6 +36,13 @@ export const loadPrices = (config: Config, baseDir: string): PriceTable =>
  *   instead of failing every call. It runs on `deps.redis`, the process's one connection, which the caller closes
  *   after the store.
  */
+/**
+ * How often leased spend is reported when the config does not say. Redis: each report is a script call, so rarely.
+ * Memory: a report is a function call, and until it runs the spend is in no snapshot and crosses no alert percent
+ * (a crash loses what was unreported, an agent that stopped past the percent is alerted only then): every tick.
+ */
+const DEFAULT_REPORT_INTERVAL_MS = { redis: 20_000, memory: 1_000 } as const;
+
 export const createBudgetStore = (config: Config, deps: { now: () => number; logger: Logger; metrics: Metrics; redis?: RedisConnection }): BudgetStore => {
   const { now, logger, metrics, redis } = deps;
   const alertPercent = config.budgets.alertPercent;
@@ -51,7 +58,7 @@ export const createBudgetStore = (config: Config, deps: { now: () => number; log
       alertPercent,
       renewBelowPercent: lease.renewBelowPercent,
       allowanceUsdMicros: microUsdFromUsd(lease.allowanceUsd),
-      reportIntervalMs: lease.reportIntervalMs,
+      reportIntervalMs: lease.reportIntervalMs ?? DEFAULT_REPORT_INTERVAL_MS[config.store.kind],
       onEvent: leaseEvents(metrics, logger),
     });
   if (config.store.kind === 'memory') {

@@ -420,12 +420,13 @@ export const StoreSchema = z.strictObject({
       allowanceUsd: z.number().nonnegative().default(0),
       /**
        * Spend on leased windows is reported at most this often while there is some (slice renewals report it too),
-       * ms. Default 20000: each report is a script call on the window's slot (five leased windows per sidecar: at 10 s
-       * they were 0.5 script calls per call of a fleet calling once a second per sidecar, most of its Redis CPU);
-       * other sidecars' views of that spend (`/admin/budgets`, spend gauges, alerts) lag by this much. Caps do not:
-       * each sidecar spends only its slice.
+       * ms. Default with `kind: redis` 20000: each report is a script call on the window's slot (five leased windows
+       * per sidecar: at 10 s they were 0.5 script calls per call of a fleet calling once a second per sidecar, most of
+       * its Redis CPU); other sidecars' views of that spend (`/admin/budgets`, spend gauges, alerts) lag by this much.
+       * Caps do not: each sidecar spends only its slice. Default with `kind: memory` 1000 (every background tick): a
+       * report is a function call there, and it is what puts the spend in the snapshot file and raises the alerts.
        */
-      reportIntervalMs: positiveInt.default(20_000),
+      reportIntervalMs: positiveInt.optional(),
     })
     .prefault({}),
 });

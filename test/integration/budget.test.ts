@@ -1,4 +1,4 @@
-import { mkdtempSync } from 'node:fs';
+import { copyFileSync, mkdtempSync, readFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import Anthropic from '@anthropic-ai/sdk';
@@ -137,6 +137,43 @@ describe('caps', () => {
     const second = await start(cfg);
     const budgets = (await (await request(`${second.adminUrl}/admin/budgets`)).body.json()) as { scopes: Array<{ scope: string; window: string; spentUsd: number }> };
     expect(budgets.scopes.find((s) => s.scope === 'agent' && s.window === 'day')?.spentUsd).toBeCloseTo(3 * COST_USD, 9);
+  });
+
+  it('puts a memory-store sidecar\'s spend in its snapshot within a second or so, so a crash (no shutdown report) loses no more', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'fusebox-crash-'));
+    const snapshotPath = join(dir, 'spend.json');
+    const fb = await start({ store: { snapshotPath, snapshotIntervalMs: 50 }, budgets: { agent: { dailyUsd: 1 } }, routes: llmRoutes(up) });
+    for (let i = 0; i < 3; i++) await (await chat(fb)).body.dump();
+    // The agent's day as the snapshot file has it: what a restart after a crash starts from.
+    const dayInFile = () => {
+      try {
+        const file = JSON.parse(readFileSync(snapshotPath, 'utf8')) as { counters: Array<[string, { spent: { usdMicros: number } }]> };
+        return file.counters.find(([key]) => key.startsWith('agent:') && key.includes(':day:'))?.[1].spent.usdMicros ?? 0;
+      } catch {
+        return 0;
+      }
+    };
+    // Leased spend reaches the memory store at the next background tick (1 s), then the file at the next save; with
+    // the 20 s Redis default this waited 20 s, and a crash meanwhile lost it.
+    await expect.poll(dayInFile, { timeout: 10_000, interval: 50 }).toBe(Math.round(3 * COST_USD * 1e6));
+    // A crash: the first sidecar never stops (no shutdown report); a new one starts from a copy of its file.
+    const crashed = join(dir, 'after-crash.json');
+    copyFileSync(snapshotPath, crashed);
+    const second = await start({ store: { snapshotPath: crashed }, budgets: { agent: { dailyUsd: 1 } }, routes: llmRoutes(up) });
+    const budgets = (await (await request(`${second.adminUrl}/admin/budgets`)).body.json()) as { scopes: Array<{ scope: string; window: string; spentUsd: number }> };
+    expect(budgets.scopes.find((s) => s.scope === 'agent' && s.window === 'day')?.spentUsd).toBeCloseTo(3 * COST_USD, 9);
+  });
+
+  it('alerts a memory-store sidecar within a second or so of the call that crossed budgets.alertPercent, with no further call', async () => {
+    // 5.8 m$ a call against $0.02: two calls are 58 %, the third 87 %.
+    const fb = await start({ budgets: { agent: { dailyUsd: 0.02 } }, routes: llmRoutes(up) });
+    const alerts = async () => metricValue(await fb.metricsText(), 'fusebox_budget_alerts_total', { scope_kind: 'agent', metric: 'usd' });
+    for (let i = 0; i < 2; i++) await (await chat(fb)).body.dump();
+    await fb.app.idle();
+    expect(await alerts()).toBe(0);
+    await (await chat(fb)).body.dump();
+    await expect.poll(alerts, { timeout: 10_000, interval: 50 }).toBe(1);
+    expect(fb.logs.filter((l) => typeof l.msg === 'string' && l.msg.startsWith('budget alert'))).toMatchObject([{ scope: 'agent', window: 'day', metric: 'usd', percent: 75, limit: 0.02 }]);
   });
 
   it('refuses a request whose estimate is over maxRequestTokens with 402 (scope request, unit tokens), before contacting the upstream', async () => {
