@@ -82,6 +82,8 @@ class CallSpans implements CallTrace {
   constructor(
     readonly tracer: Tracer,
     readonly span: Span,
+    /** The GenAI operation the request path names, on LLM routes: the call span's name and `gen_ai.operation.name`. */
+    readonly operation: GenAiOperation | undefined,
   ) {
     this.context = trace.setSpan(ROOT_CONTEXT, span);
   }
@@ -139,14 +141,27 @@ const endWithBody = (res: ProxyResponse, span: Span, onEnd?: (end: BodyEnd) => v
 
 const isLlm = (ctx: CallContext) => ctx.route.provider === 'openai' || ctx.route.provider === 'anthropic';
 
-/** The GenAI attributes of a settled LLM call, and its name (`chat <model>`, the GenAI convention's). */
-const describeLlmCall = (span: Span, ctx: CallContext): void => {
+type GenAiOperation = 'chat' | 'embeddings' | 'text_completion';
+
+/**
+ * The GenAI convention's operation for an LLM route's request path: OpenAI's `/embeddings` and legacy
+ * `/completions` are their own operations; chat completions, the Responses API and Anthropic's messages are `chat`.
+ */
+export const genAiOperation = (path: string): GenAiOperation => {
+  const p = path.split('?', 1)[0]!;
+  if (/\/embeddings\/?$/.test(p)) return 'embeddings';
+  if (/\/completions\/?$/.test(p) && !/\/chat\/completions\/?$/.test(p)) return 'text_completion';
+  return 'chat';
+};
+
+/** The GenAI attributes of a settled LLM call, and its name (`<operation> <model>`, the GenAI convention's). */
+const describeLlmCall = (span: Span, ctx: CallContext, operation: GenAiOperation): void => {
   const provider = ctx.route.provider;
   const f = ctx.facts;
   const s = f.settlement;
   span.setAttributes(
     defined({
-      [GEN_AI.operation]: 'chat',
+      [GEN_AI.operation]: operation,
       [GEN_AI.provider]: provider,
       [GEN_AI.system]: provider,
       [GEN_AI.requestModel]: f.model,
@@ -159,10 +174,11 @@ const describeLlmCall = (span: Span, ctx: CallContext): void => {
       'fusebox.usage_estimated': s?.estimated === true ? true : undefined,
     }),
   );
-  if (f.model !== undefined) span.updateName(`chat ${f.model}`);
+  if (f.model !== undefined) span.updateName(`${operation} ${f.model}`);
 };
 
-const endCall = (span: Span, ctx: CallContext, status: number | undefined, err: ProxyError | undefined): void => {
+const endCall = (spans: CallSpans, ctx: CallContext, status: number | undefined, err: ProxyError | undefined): void => {
+  const span = spans.span;
   span.setAttributes(
     defined({
       [ATTR_HTTP_RESPONSE_STATUS_CODE]: status,
@@ -171,7 +187,7 @@ const endCall = (span: Span, ctx: CallContext, status: number | undefined, err: 
       'fusebox.slo.action': ctx.facts.sloAction,
     }),
   );
-  if (isLlm(ctx)) describeLlmCall(span, ctx);
+  if (isLlm(ctx)) describeLlmCall(span, ctx, spans.operation ?? 'chat');
   if (err !== undefined) failWith(span, err.code);
   else if (status !== undefined && status >= 500) failWith(span, String(status));
   span.end();
@@ -256,19 +272,20 @@ export const startTracing = async (settings: TracingSettings, deps: { metrics: M
       },
       parent,
     );
-    ctx.trace = new CallSpans(tracer, span);
+    const spans = new CallSpans(tracer, span, isLlm(ctx) ? genAiOperation(req.path) : undefined);
+    ctx.trace = spans;
     let res;
     try {
       res = await next(req, ctx);
     } catch (caught) {
-      endCall(span, ctx, undefined, toProxyError(caught));
+      endCall(spans, ctx, undefined, toProxyError(caught));
       throw caught;
     }
     const status = res.statusCode;
     res.observers.push({
       onEnd: (end) => {
         if (!end.ok && end.failedBy === 'upstream') span.setAttribute('fusebox.stream_broken', true);
-        endCall(span, ctx, status, undefined);
+        endCall(spans, ctx, status, undefined);
       },
     });
     return res;

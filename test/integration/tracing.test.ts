@@ -200,6 +200,30 @@ describe('tracing: OpenTelemetry spans over OTLP/HTTP', () => {
     expect(metricValue(await fb.app.metrics.registry.metrics(), 'fusebox_trace_spans_exported_total', { result: 'ok' })).toBe(6);
   });
 
+  it('names an LLM call by its GenAI operation: embeddings and legacy completions are not chat', async () => {
+    up.on('/v1/embeddings', (_req, res) => json(res, 200, { object: 'list', data: [{ object: 'embedding', index: 0, embedding: [0.1, 0.2] }], model: 'text-embedding-3-small', usage: { prompt_tokens: 8, total_tokens: 8 } }));
+    up.on('/v1/completions', (_req, res) => json(res, 200, { id: 'c', object: 'text_completion', created: 1, model: 'gpt-3.5-turbo-instruct', choices: [{ text: 'ok', index: 0, finish_reason: 'stop' }], usage: { prompt_tokens: 4, completion_tokens: 1, total_tokens: 5 } }));
+    const fb = await startFusebox(
+      { routes: [llmRoute(up)] },
+      { env: { ...baseEnv(), FB_TRACING_KEY: 'upstream-secret-key', OTEL_EXPORTER_OTLP_TRACES_ENDPOINT: `${collector.url}/v1/traces`, OTEL_EXPORTER_OTLP_PROTOCOL: 'http/json' } },
+    );
+    const post = async (path: string, body: unknown) => {
+      const res = await request(`${fb.proxyUrl}/llm${path}`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify(body) });
+      expect(res.statusCode).toBe(200);
+      await res.body.dump();
+    };
+    await post('/v1/embeddings', { model: 'text-embedding-3-small', input: 'hello' });
+    await post('/v1/completions', { model: 'gpt-3.5-turbo-instruct', prompt: 'say ok', max_tokens: 4 });
+    await post('/v1/chat/completions', { model: 'test-model', messages: [{ role: 'user', content: 'hi' }] });
+    await fb.stop();
+    const server = (path: string) => collector.spans().filter((s) => s.kind === SPAN_KIND.server && attrs(s.attributes)['url.path'] === path).at(-1)!;
+    const named = (path: string) => ({ name: server(path).name, operation: attrs(server(path).attributes)['gen_ai.operation.name'] });
+    expect(named('/v1/embeddings')).toEqual({ name: 'embeddings text-embedding-3-small', operation: 'embeddings' });
+    expect(named('/v1/completions')).toEqual({ name: 'text_completion gpt-3.5-turbo-instruct', operation: 'text_completion' });
+    expect(named('/v1/chat/completions')).toEqual({ name: 'chat test-model', operation: 'chat' });
+    expect(attrs(server('/v1/embeddings').attributes)['gen_ai.usage.input_tokens']).toBe(8);
+  });
+
   it('records refusals as failed spans with the decision as an event: a budget cap, a breaker that opened, then refused', async () => {
     const collected = collector.spans().length;
     const fb = await startFusebox(
