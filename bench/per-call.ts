@@ -101,6 +101,8 @@ const floorRows: Row[] = [
 const fuseboxRows: Row[] = [
   { target: fusebox('fusebox: plain route', (up) => fuseboxConfig(up)), call: GET_JSON },
   { target: fusebox('fusebox: caps (memory store)', (up) => fuseboxConfig(up, { top: CAPS })), call: GET_JSON },
+  // What the access line costs a call: the same with the log at warn (no line per call).
+  { target: fusebox('fusebox: caps (memory store), access log off', (up) => fuseboxConfig(up, { top: { ...CAPS, log: { level: 'warn' } } })), call: GET_JSON },
   { target: fusebox('fusebox: openai JSON + caps', (up) => fuseboxConfig(up, { top: CAPS, route: { provider: 'openai' } })), call: CHAT_JSON },
   { target: fusebox('fusebox: openai SSE + caps', (up) => fuseboxConfig(up, { top: CAPS, route: { provider: 'openai' } })), call: CHAT_SSE },
   { target: fusebox('fusebox: openai JSON + caps, 16 KiB prompt', (up) => fuseboxConfig(up, { top: CAPS, route: { provider: 'openai' } })), call: CHAT_JSON_LONG },
