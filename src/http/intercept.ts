@@ -25,7 +25,27 @@ interface Tunnel {
   route: string;
   /** Requests served so far on this tunnel. */
   requests: number;
+  /** `https://host[:port]`: what a request's path is appended to. */
+  origin: string;
+  /**
+   * The `Host` values that name `authority` as written in canonical form (`api.example.com`, and with the default
+   * port `api.example.com:443`): most requests send one of them and skip the parse. Any other spelling is parsed.
+   */
+  hostHeaders: readonly string[];
 }
+
+const newTunnel = (authority: Authority, scheme: 'http' | 'https', route: string): Tunnel => {
+  const hostPort = `${authority.host}:${authority.port}`;
+  const defaultPort = authority.port === (scheme === 'https' ? 443 : 80);
+  return {
+    authority,
+    scheme,
+    route,
+    requests: 0,
+    origin: `${scheme}://${defaultPort ? authority.host : hostPort}`,
+    hostHeaders: defaultPort ? [authority.host, hostPort] : [hostPort],
+  };
+};
 
 export interface InterceptorDeps {
   config: InterceptConfig;
@@ -93,7 +113,7 @@ export class Interceptor {
       socket.pause();
       socket.unshift(first);
       if (first[0] === TLS_HANDSHAKE) void this.serveTls(socket, authority, route);
-      else this.serve(socket, { authority, scheme: 'http', route, requests: 0 });
+      else this.serve(socket, newTunnel(authority, 'http', route));
     };
     if (head.length > 0) return dispatch(head);
     // The client speaks first in both HTTP and TLS; a tunnel that stays silent holds a socket for nothing.
@@ -151,7 +171,7 @@ export class Interceptor {
       }
       fail('tls_error', `intercepted tunnel: TLS handshake with the client failed (${err.code ?? err.message})`, err);
     });
-    const tunnel: Tunnel = { authority, scheme: 'https', route, requests: 0 };
+    const tunnel = newTunnel(authority, 'https', route);
     let settled = false;
     tls.once('error', () => (settled = true));
     // Node's TLS client checks the certificate after its side of the handshake and, when it does not trust it, closes
@@ -203,13 +223,12 @@ export class Interceptor {
     };
     if (tunnel === undefined) return refuse(new BadRequestError('request on a socket that is not an intercepted tunnel'));
     tunnel.requests += 1;
-    const { authority, scheme } = tunnel;
+    const { authority } = tunnel;
     const url = req.url ?? '';
     if (!url.startsWith('/')) {
       return refuse(new BadRequestError(`inside a tunnel to ${authority.host}:${authority.port}, requests use a path ("GET /v1/..."), not ${JSON.stringify(url.slice(0, 64))}`));
     }
-    const named = hostHeaderAuthority(req.headers.host, scheme);
-    if (named === undefined || named.host !== authority.host || named.port !== authority.port) {
+    if (!namesTunnel(req.headers.host, tunnel)) {
       return refuse(
         new MisdirectedRequestError(
           `this tunnel goes to ${authority.host}:${authority.port}; a request inside it for Host ${JSON.stringify(req.headers.host ?? '')} is refused (open a tunnel to that host instead)`,
@@ -218,11 +237,18 @@ export class Interceptor {
       );
     }
     const forward = req as ForwardRequest;
-    const port = authority.port === (scheme === 'https' ? 443 : 80) ? '' : `:${authority.port}`;
-    forward[FORWARD_TARGET] = { url: new URL(`${scheme}://${authority.host}${port}${url}`), mode: 'intercept' };
+    forward[FORWARD_TARGET] = { url: new URL(tunnel.origin + url), mode: 'intercept' };
     this.deps.handle(forward, res);
   }
 }
+
+/** Whether `Host` names the tunnel's own destination, in any spelling (case, IDN, explicit default port). */
+const namesTunnel = (value: string | undefined, tunnel: Tunnel): boolean => {
+  if (value === undefined) return false;
+  if (tunnel.hostHeaders.includes(value)) return true;
+  const named = hostHeaderAuthority(value, tunnel.scheme);
+  return named !== undefined && named.host === tunnel.authority.host && named.port === tunnel.authority.port;
+};
 
 /** `Host: api.example.com[:port]` → normalized host and port (the scheme's port when none is written). */
 const hostHeaderAuthority = (value: string | undefined, scheme: 'http' | 'https'): Authority | undefined => {

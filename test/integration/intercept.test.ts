@@ -318,6 +318,17 @@ describe('interception: the CA, the allow-list and bad input', () => {
     expect(rig.tool.count('/fast')).toBe(toolCalls);
   });
 
+  it('serves a request whose Host names the tunnel in any spelling (case, explicit default port, trailing dot), and refuses another port', async () => {
+    const t = await openTunnel(rig.fb.proxyUrl, 'tools.test:443');
+    const s = tlsConnect({ socket: t.socket, servername: 'tools.test', ca: caPem });
+    await new Promise((r) => s.once('secureConnect', r));
+    const answer = readAll(s);
+    const get = (host: string, close = false) => `GET /fast HTTP/1.1\r\nhost: ${host}\r\n${close ? 'connection: close\r\n' : ''}\r\n`;
+    s.write(get('tools.test') + get('TOOLS.Test') + get('tools.test:443') + get('tools.test.') + get('tools.test:8443', true));
+    const statuses = [...(await answer).matchAll(/HTTP\/1\.1 (\d{3})/g)].map((m) => m[1]);
+    expect(statuses).toEqual(['200', '200', '200', '200', '421']);
+  });
+
   it('counts and logs once a client that does not trust the pod CA, with what to do', async () => {
     // curl (OpenSSL) refuses the certificate during the handshake, with an alert.
     for (let i = 0; i < 2; i++) {
