@@ -65,6 +65,11 @@ export interface InterceptorDeps {
 /** TLS record type 22 (handshake): the first byte of every ClientHello (RFC 8446 §5.1). */
 const TLS_HANDSHAKE = 0x16;
 
+/** HTTP/1.1 only, as ALPN's wire list (RFC 7301 §3.1): the requests go through Node's HTTP/1 parser. Made once, not per tunnel. */
+const ALPN_HTTP1 = Buffer.from([8, ...Buffer.from('http/1.1', 'latin1')]);
+
+const CONNECTION_ESTABLISHED = Buffer.from('HTTP/1.1 200 Connection Established\r\n\r\n', 'latin1');
+
 /** OpenSSL alerts a client sends when it does not accept the certificate it was shown. */
 const REJECTED_CERTIFICATE = /ALERT_(UNKNOWN_CA|BAD_CERTIFICATE|CERTIFICATE_UNKNOWN|UNSUPPORTED_CERTIFICATE|CERTIFICATE_REVOKED|ACCESS_DENIED)/;
 
@@ -101,10 +106,10 @@ export class Interceptor {
   /** Take over a tunnel the CONNECT handler accepted: answer 200, then serve what the client sends inside. */
   accept(socket: Socket, head: Buffer, authority: Authority, route: string): void {
     const m = this.deps.metrics;
-    socket.write('HTTP/1.1 200 Connection Established\r\n\r\n');
+    socket.write(CONNECTION_ESTABLISHED);
     this.sockets.add(socket);
     m.tunnelsOpen.labels(route).inc();
-    socket.once('close', () => {
+    socket.on('close', () => {
       this.sockets.delete(socket);
       m.tunnelsOpen.labels(route).dec();
     });
@@ -149,8 +154,7 @@ export class Interceptor {
     const tls = new TLSSocket(socket, {
       isServer: true,
       secureContext: context,
-      // HTTP/1.1 only: the requests go through Node's HTTP/1 parser.
-      ALPNProtocols: ['http/1.1'],
+      ALPNProtocols: ALPN_HTTP1,
       SNICallback: (servername, cb) => {
         // No SNI (an IP address) keeps the CONNECT host's leaf; a name must be the CONNECT host itself.
         if (normalizeHost(servername) === authority.host) return cb(null, context);
@@ -158,7 +162,13 @@ export class Interceptor {
         cb(new Error(`SNI ${servername} does not match the CONNECT authority ${authority.host}:${authority.port}`));
       },
     });
-    tls.once('error', (err: Error & { code?: string }) => {
+    const tunnel = newTunnel(authority, 'https', route);
+    let settled = false;
+    // `on` with a flag rather than `once` (a wrapper per listener, per tunnel): the first error of the handshake is
+    // the one counted; Node's own listener hears any later one.
+    tls.on('error', (err: Error & { code?: string }) => {
+      if (settled) return;
+      settled = true;
       if (sniMismatch !== undefined) {
         return fail('sni_mismatch', `intercepted tunnel refused: the client asked for ${sniMismatch} inside a tunnel to ${authority.host}:${authority.port}`, err);
       }
@@ -171,12 +181,10 @@ export class Interceptor {
       }
       fail('tls_error', `intercepted tunnel: TLS handshake with the client failed (${err.code ?? err.message})`, err);
     });
-    const tunnel = newTunnel(authority, 'https', route);
-    let settled = false;
-    tls.once('error', () => (settled = true));
     // Node's TLS client checks the certificate after its side of the handshake and, when it does not trust it, closes
     // without an alert: from here that is a tunnel closed during or right after the handshake, before any request.
-    tls.once('close', () => {
+    // ('close' comes once: `on` spares the `once` wrapper.)
+    tls.on('close', () => {
       if (settled || tunnel.requests > 0) return;
       m.tunnels.labels(route, 'intercept', 'tls_failed').inc();
       this.failed(
