@@ -9,6 +9,7 @@ import { bareHost, normalizeHost, type Authority } from '../net/address.js';
 import type { LiveStats } from '../telemetry/live.js';
 import { http } from '../net/node-http.js';
 import type { Metrics } from '../telemetry/metrics.js';
+import { counterSeries, gaugeSeries, type CounterSeries, type GaugeSeries } from '../telemetry/fast-metrics.js';
 import { FORWARD_TARGET, type ForwardRequest } from './proxy.js';
 import { sendError } from './error-answer.js';
 
@@ -89,6 +90,11 @@ export class Interceptor {
   private readonly sockets = new Set<Socket>();
   /** Rejections are logged once per host and reason: a pinned client retries and would flood the log. */
   private readonly warned = new Set<string>();
+  /**
+   * Each route's tunnel series, found once: prom-client's `labels()` hashes the label set and allocates on every
+   * update (~1 KiB a tunnel for its three). Failures, which are rare, keep the plain `labels()` calls.
+   */
+  private readonly series = new Map<string, { open: GaugeSeries; opened: CounterSeries }>();
 
   constructor(private readonly deps: InterceptorDeps) {
     // As the proxy port (src/http/proxy-server.ts): streamed answers run for minutes, and an agent keeps its tunnel
@@ -108,10 +114,11 @@ export class Interceptor {
     const m = this.deps.metrics;
     socket.write(CONNECTION_ESTABLISHED);
     this.sockets.add(socket);
-    m.tunnelsOpen.labels(route).inc();
+    const open = this.seriesOf(route).open;
+    open.inc();
     socket.on('close', () => {
       this.sockets.delete(socket);
-      m.tunnelsOpen.labels(route).dec();
+      open.dec();
     });
     const dispatch = (first: Buffer) => {
       socket.setTimeout(0);
@@ -199,11 +206,20 @@ export class Interceptor {
     tls.setTimeout(this.deps.config.handshakeTimeoutMs, () => tls.destroy());
     tls.once('secure', () => {
       tls.setTimeout(0);
-      m.tunnels.labels(route, 'intercept', 'opened').inc();
+      this.seriesOf(route).opened.inc();
       tls.removeAllListeners('error');
       tls.on('error', () => tls.destroy());
       this.serve(tls, tunnel);
     });
+  }
+
+  private seriesOf(route: string): { open: GaugeSeries; opened: CounterSeries } {
+    let s = this.series.get(route);
+    if (s === undefined) {
+      const m = this.deps.metrics;
+      this.series.set(route, (s = { open: gaugeSeries(m.tunnelsOpen, route), opened: counterSeries(m.tunnels, route, 'intercept', 'opened') }));
+    }
+    return s;
   }
 
   /** Count a failed intercepted tunnel; log it once per destination and reason (a rejecting client retries, and would flood the log). */
@@ -216,7 +232,7 @@ export class Interceptor {
   }
 
   private serve(socket: Duplex, tunnel: Tunnel): void {
-    if (tunnel.scheme === 'http') this.deps.metrics.tunnels.labels(tunnel.route, 'intercept', 'opened').inc();
+    if (tunnel.scheme === 'http') this.seriesOf(tunnel.route).opened.inc();
     this.tunnelOf.set(socket, tunnel);
     this.server.emit('connection', socket);
     socket.resume();

@@ -285,6 +285,20 @@ describe('interception: the CA, the allow-list and bad input', () => {
     expect(await opened()).toBe(before + 1);
   });
 
+  it('counts an intercepted tunnel as open while it is, and no longer once it closes', async () => {
+    const open = async () => metricValue(await rig.fb.metricsText(), 'fusebox_tunnels_open', { route: 'tools' });
+    const opened = async () => metricValue(await rig.fb.metricsText(), 'fusebox_tunnels_total', { route: 'tools', mode: 'intercept', outcome: 'opened' });
+    const [open0, opened0] = [await open(), await opened()];
+    const t = await openTunnel(rig.fb.proxyUrl, 'tools.test:443');
+    const s = tlsConnect({ socket: t.socket, servername: 'tools.test', ca: caPem });
+    await new Promise((r) => s.once('secureConnect', r));
+    expect(await open()).toBe(open0 + 1);
+    // The server counts the handshake when its side completes, which may come just after the client's.
+    await vi.waitFor(async () => expect(await opened()).toBe(opened0 + 1));
+    s.destroy();
+    await vi.waitFor(async () => expect(await open()).toBe(open0));
+  });
+
   it('resumes the TLS session of a client that comes back on a new tunnel (no new signature)', async () => {
     const handshake = async (session?: Buffer) => {
       const t = await openTunnel(rig.fb.proxyUrl, 'tools.test:443');
