@@ -102,7 +102,7 @@ const caps = (store: RawConfig, match: RawConfig = {}) => (up: string) =>
  * `bench.test` (port 443; interception is the default for a listed host). Its two rows run this same config and
  * differ only in how the client reaches it. Listing the host also makes Fusebox generate a pod CA at start, in both.
  */
-const capsMemory = caps({ kind: 'memory' }, { hosts: [INTERCEPT_HOST] });
+export const capsMemory = caps({ kind: 'memory' }, { hosts: [INTERCEPT_HOST] });
 
 /**
  * The caps(memory) route in a large config (issue 15: per-call figures must not move with config size): 499 other

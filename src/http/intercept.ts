@@ -9,6 +9,7 @@ import { bareHost, normalizeHost, type Authority } from '../net/address.js';
 import type { LiveStats } from '../telemetry/live.js';
 import { http } from '../net/node-http.js';
 import type { Metrics } from '../telemetry/metrics.js';
+import { counterSeries, gaugeSeries, type CounterSeries, type GaugeSeries } from '../telemetry/fast-metrics.js';
 import { FORWARD_TARGET, type ForwardRequest } from './proxy.js';
 import { sendError } from './error-answer.js';
 
@@ -25,7 +26,27 @@ interface Tunnel {
   route: string;
   /** Requests served so far on this tunnel. */
   requests: number;
+  /** `https://host[:port]`: what a request's path is appended to. */
+  origin: string;
+  /**
+   * The `Host` values that name `authority` as written in canonical form (`api.example.com`, and with the default
+   * port `api.example.com:443`): most requests send one of them and skip the parse. Any other spelling is parsed.
+   */
+  hostHeaders: readonly string[];
 }
+
+const newTunnel = (authority: Authority, scheme: 'http' | 'https', route: string): Tunnel => {
+  const hostPort = `${authority.host}:${authority.port}`;
+  const defaultPort = authority.port === (scheme === 'https' ? 443 : 80);
+  return {
+    authority,
+    scheme,
+    route,
+    requests: 0,
+    origin: `${scheme}://${defaultPort ? authority.host : hostPort}`,
+    hostHeaders: defaultPort ? [authority.host, hostPort] : [hostPort],
+  };
+};
 
 export interface InterceptorDeps {
   config: InterceptConfig;
@@ -44,6 +65,11 @@ export interface InterceptorDeps {
 
 /** TLS record type 22 (handshake): the first byte of every ClientHello (RFC 8446 §5.1). */
 const TLS_HANDSHAKE = 0x16;
+
+/** HTTP/1.1 only, as ALPN's wire list (RFC 7301 §3.1): the requests go through Node's HTTP/1 parser. Made once, not per tunnel. */
+const ALPN_HTTP1 = Buffer.from([8, ...Buffer.from('http/1.1', 'latin1')]);
+
+const CONNECTION_ESTABLISHED = Buffer.from('HTTP/1.1 200 Connection Established\r\n\r\n', 'latin1');
 
 /** OpenSSL alerts a client sends when it does not accept the certificate it was shown. */
 const REJECTED_CERTIFICATE = /ALERT_(UNKNOWN_CA|BAD_CERTIFICATE|CERTIFICATE_UNKNOWN|UNSUPPORTED_CERTIFICATE|CERTIFICATE_REVOKED|ACCESS_DENIED)/;
@@ -64,6 +90,11 @@ export class Interceptor {
   private readonly sockets = new Set<Socket>();
   /** Rejections are logged once per host and reason: a pinned client retries and would flood the log. */
   private readonly warned = new Set<string>();
+  /**
+   * Each route's tunnel series, found once: prom-client's `labels()` hashes the label set and allocates on every
+   * update (~1 KiB a tunnel for its three). Failures, which are rare, keep the plain `labels()` calls.
+   */
+  private readonly series = new Map<string, { open: GaugeSeries; opened: CounterSeries }>();
 
   constructor(private readonly deps: InterceptorDeps) {
     // As the proxy port (src/http/proxy-server.ts): streamed answers run for minutes, and an agent keeps its tunnel
@@ -81,19 +112,20 @@ export class Interceptor {
   /** Take over a tunnel the CONNECT handler accepted: answer 200, then serve what the client sends inside. */
   accept(socket: Socket, head: Buffer, authority: Authority, route: string): void {
     const m = this.deps.metrics;
-    socket.write('HTTP/1.1 200 Connection Established\r\n\r\n');
+    socket.write(CONNECTION_ESTABLISHED);
     this.sockets.add(socket);
-    m.tunnelsOpen.labels(route).inc();
-    socket.once('close', () => {
+    const open = this.seriesOf(route).open;
+    open.inc();
+    socket.on('close', () => {
       this.sockets.delete(socket);
-      m.tunnelsOpen.labels(route).dec();
+      open.dec();
     });
     const dispatch = (first: Buffer) => {
       socket.setTimeout(0);
       socket.pause();
       socket.unshift(first);
       if (first[0] === TLS_HANDSHAKE) void this.serveTls(socket, authority, route);
-      else this.serve(socket, { authority, scheme: 'http', route, requests: 0 });
+      else this.serve(socket, newTunnel(authority, 'http', route));
     };
     if (head.length > 0) return dispatch(head);
     // The client speaks first in both HTTP and TLS; a tunnel that stays silent holds a socket for nothing.
@@ -129,8 +161,7 @@ export class Interceptor {
     const tls = new TLSSocket(socket, {
       isServer: true,
       secureContext: context,
-      // HTTP/1.1 only: the requests go through Node's HTTP/1 parser.
-      ALPNProtocols: ['http/1.1'],
+      ALPNProtocols: ALPN_HTTP1,
       SNICallback: (servername, cb) => {
         // No SNI (an IP address) keeps the CONNECT host's leaf; a name must be the CONNECT host itself.
         if (normalizeHost(servername) === authority.host) return cb(null, context);
@@ -138,7 +169,13 @@ export class Interceptor {
         cb(new Error(`SNI ${servername} does not match the CONNECT authority ${authority.host}:${authority.port}`));
       },
     });
-    tls.once('error', (err: Error & { code?: string }) => {
+    const tunnel = newTunnel(authority, 'https', route);
+    let settled = false;
+    // `on` with a flag rather than `once` (a wrapper per listener, per tunnel): the first error of the handshake is
+    // the one counted; Node's own listener hears any later one.
+    tls.on('error', (err: Error & { code?: string }) => {
+      if (settled) return;
+      settled = true;
       if (sniMismatch !== undefined) {
         return fail('sni_mismatch', `intercepted tunnel refused: the client asked for ${sniMismatch} inside a tunnel to ${authority.host}:${authority.port}`, err);
       }
@@ -151,12 +188,10 @@ export class Interceptor {
       }
       fail('tls_error', `intercepted tunnel: TLS handshake with the client failed (${err.code ?? err.message})`, err);
     });
-    const tunnel: Tunnel = { authority, scheme: 'https', route, requests: 0 };
-    let settled = false;
-    tls.once('error', () => (settled = true));
     // Node's TLS client checks the certificate after its side of the handshake and, when it does not trust it, closes
     // without an alert: from here that is a tunnel closed during or right after the handshake, before any request.
-    tls.once('close', () => {
+    // ('close' comes once: `on` spares the `once` wrapper.)
+    tls.on('close', () => {
       if (settled || tunnel.requests > 0) return;
       m.tunnels.labels(route, 'intercept', 'tls_failed').inc();
       this.failed(
@@ -171,11 +206,20 @@ export class Interceptor {
     tls.setTimeout(this.deps.config.handshakeTimeoutMs, () => tls.destroy());
     tls.once('secure', () => {
       tls.setTimeout(0);
-      m.tunnels.labels(route, 'intercept', 'opened').inc();
+      this.seriesOf(route).opened.inc();
       tls.removeAllListeners('error');
       tls.on('error', () => tls.destroy());
       this.serve(tls, tunnel);
     });
+  }
+
+  private seriesOf(route: string): { open: GaugeSeries; opened: CounterSeries } {
+    let s = this.series.get(route);
+    if (s === undefined) {
+      const m = this.deps.metrics;
+      this.series.set(route, (s = { open: gaugeSeries(m.tunnelsOpen, route), opened: counterSeries(m.tunnels, route, 'intercept', 'opened') }));
+    }
+    return s;
   }
 
   /** Count a failed intercepted tunnel; log it once per destination and reason (a rejecting client retries, and would flood the log). */
@@ -188,7 +232,7 @@ export class Interceptor {
   }
 
   private serve(socket: Duplex, tunnel: Tunnel): void {
-    if (tunnel.scheme === 'http') this.deps.metrics.tunnels.labels(tunnel.route, 'intercept', 'opened').inc();
+    if (tunnel.scheme === 'http') this.seriesOf(tunnel.route).opened.inc();
     this.tunnelOf.set(socket, tunnel);
     this.server.emit('connection', socket);
     socket.resume();
@@ -203,13 +247,12 @@ export class Interceptor {
     };
     if (tunnel === undefined) return refuse(new BadRequestError('request on a socket that is not an intercepted tunnel'));
     tunnel.requests += 1;
-    const { authority, scheme } = tunnel;
+    const { authority } = tunnel;
     const url = req.url ?? '';
     if (!url.startsWith('/')) {
       return refuse(new BadRequestError(`inside a tunnel to ${authority.host}:${authority.port}, requests use a path ("GET /v1/..."), not ${JSON.stringify(url.slice(0, 64))}`));
     }
-    const named = hostHeaderAuthority(req.headers.host, scheme);
-    if (named === undefined || named.host !== authority.host || named.port !== authority.port) {
+    if (!namesTunnel(req.headers.host, tunnel)) {
       return refuse(
         new MisdirectedRequestError(
           `this tunnel goes to ${authority.host}:${authority.port}; a request inside it for Host ${JSON.stringify(req.headers.host ?? '')} is refused (open a tunnel to that host instead)`,
@@ -218,11 +261,18 @@ export class Interceptor {
       );
     }
     const forward = req as ForwardRequest;
-    const port = authority.port === (scheme === 'https' ? 443 : 80) ? '' : `:${authority.port}`;
-    forward[FORWARD_TARGET] = { url: new URL(`${scheme}://${authority.host}${port}${url}`), mode: 'intercept' };
+    forward[FORWARD_TARGET] = { url: new URL(tunnel.origin + url), mode: 'intercept' };
     this.deps.handle(forward, res);
   }
 }
+
+/** Whether `Host` names the tunnel's own destination, in any spelling (case, IDN, explicit default port). */
+const namesTunnel = (value: string | undefined, tunnel: Tunnel): boolean => {
+  if (value === undefined) return false;
+  if (tunnel.hostHeaders.includes(value)) return true;
+  const named = hostHeaderAuthority(value, tunnel.scheme);
+  return named !== undefined && named.host === tunnel.authority.host && named.port === tunnel.authority.port;
+};
 
 /** `Host: api.example.com[:port]` → normalized host and port (the scheme's port when none is written). */
 const hostHeaderAuthority = (value: string | undefined, scheme: 'http' | 'https'): Authority | undefined => {

@@ -544,8 +544,12 @@ export class PodCa {
    * CA_EXPIRED once the CA has expired.
    */
   async contextFor(host: string): Promise<tls.SecureContext> {
-    const h = normalizeHost(host);
-    const allowed = h === undefined ? undefined : this.allowed.get(h.name);
+    // The tunnel code asks with the normalized CONNECT host: found as is, it needs no second normalization.
+    let allowed = this.allowed.get(host);
+    if (allowed === undefined) {
+      const h = normalizeHost(host);
+      allowed = h === undefined ? undefined : this.allowed.get(h.name);
+    }
     if (allowed === undefined) {
       throw new CaError('LEAF_NOT_ALLOWED', `no certificate for '${host}': it is not one of the intercepted hosts`, { host });
     }

@@ -274,13 +274,48 @@ describe('interception: the CA, the allow-list and bad input', () => {
     const opened = async () => metricValue(await rig.fb.metricsText(), 'fusebox_tunnels_total', { route: 'tools', mode: 'intercept', outcome: 'opened' });
     const before = await opened();
     const t = await openTunnel(rig.fb.proxyUrl, 'tools.test:443');
-    const s = tlsConnect({ socket: t.socket, servername: 'tools.test', ca: caPem });
+    const s = tlsConnect({ socket: t.socket, servername: 'tools.test', ca: caPem, ALPNProtocols: ['h2', 'http/1.1'] });
     await new Promise((r) => s.once('secureConnect', r));
+    // HTTP/1.1 inside (Node's HTTP/1 parser serves the tunnel), even to a client that prefers h2.
+    expect(s.alpnProtocol).toBe('http/1.1');
     const answer = readAll(s);
     const get = (close: boolean) => `GET /fast HTTP/1.1\r\nhost: tools.test\r\n${close ? 'connection: close\r\n' : ''}\r\n`;
     s.write(get(false) + get(false) + get(true));
     expect((await answer).match(/HTTP\/1\.1 200 OK/g)).toHaveLength(3);
     expect(await opened()).toBe(before + 1);
+  });
+
+  it('counts an intercepted tunnel as open while it is, and no longer once it closes', async () => {
+    const open = async () => metricValue(await rig.fb.metricsText(), 'fusebox_tunnels_open', { route: 'tools' });
+    const opened = async () => metricValue(await rig.fb.metricsText(), 'fusebox_tunnels_total', { route: 'tools', mode: 'intercept', outcome: 'opened' });
+    const [open0, opened0] = [await open(), await opened()];
+    const t = await openTunnel(rig.fb.proxyUrl, 'tools.test:443');
+    const s = tlsConnect({ socket: t.socket, servername: 'tools.test', ca: caPem });
+    await new Promise((r) => s.once('secureConnect', r));
+    expect(await open()).toBe(open0 + 1);
+    // The server counts the handshake when its side completes, which may come just after the client's.
+    await vi.waitFor(async () => expect(await opened()).toBe(opened0 + 1));
+    s.destroy();
+    await vi.waitFor(async () => expect(await open()).toBe(open0));
+  });
+
+  it('resumes the TLS session of a client that comes back on a new tunnel (no new signature)', async () => {
+    const handshake = async (session?: Buffer) => {
+      const t = await openTunnel(rig.fb.proxyUrl, 'tools.test:443');
+      const s = tlsConnect({ socket: t.socket, servername: 'tools.test', ca: caPem, ...(session !== undefined ? { session } : {}) });
+      // TLS 1.3 sends its tickets after the handshake: the first one is what a client keeps for next time.
+      const ticket = new Promise<Buffer>((r) => s.once('session', r));
+      await new Promise((r) => s.once('secureConnect', r));
+      const reused = s.isSessionReused();
+      // The server sends its tickets with the first bytes it writes after the handshake: ask for something.
+      const answer = readAll(s);
+      s.write('GET /fast HTTP/1.1\r\nhost: tools.test\r\nconnection: close\r\n\r\n');
+      expect(await answer).toMatch(/^HTTP\/1\.1 200/);
+      return { reused, ticket };
+    };
+    const first = await handshake();
+    expect(first.reused).toBe(false);
+    expect((await handshake(await first.ticket)).reused).toBe(true);
   });
 
   it('refuses CONNECT to a host or port no route lists, and mints nothing for it', async () => {
@@ -316,6 +351,17 @@ describe('interception: the CA, the allow-list and bad input', () => {
     expect(text).toMatch(/^HTTP\/1\.1 421/);
     expect(text).toContain('"code":"MISDIRECTED_REQUEST"');
     expect(rig.tool.count('/fast')).toBe(toolCalls);
+  });
+
+  it('serves a request whose Host names the tunnel in any spelling (case, explicit default port, trailing dot), and refuses another port', async () => {
+    const t = await openTunnel(rig.fb.proxyUrl, 'tools.test:443');
+    const s = tlsConnect({ socket: t.socket, servername: 'tools.test', ca: caPem });
+    await new Promise((r) => s.once('secureConnect', r));
+    const answer = readAll(s);
+    const get = (host: string, close = false) => `GET /fast HTTP/1.1\r\nhost: ${host}\r\n${close ? 'connection: close\r\n' : ''}\r\n`;
+    s.write(get('tools.test') + get('TOOLS.Test') + get('tools.test:443') + get('tools.test.') + get('tools.test:8443', true));
+    const statuses = [...(await answer).matchAll(/HTTP\/1\.1 (\d{3})/g)].map((m) => m[1]);
+    expect(statuses).toEqual(['200', '200', '200', '200', '421']);
   });
 
   it('counts and logs once a client that does not trust the pod CA, with what to do', async () => {
