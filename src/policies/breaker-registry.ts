@@ -50,7 +50,9 @@ const EVICTION_RANK: Record<BreakerState, number> = { closed: 0, forced_closed: 
  *
  * The recency order is a Map's insertion order (least recently used first), not lru-cache's: lru-cache allocates
  * its slots for `maxKeys` up front (~22 KB at the default 1,000) for a registry that mostly holds one breaker (keyBy
- * `route`), or none on a route without calls (issue 15: 500 routes held 11 MB of empty slots).
+ * `route`), or none on a route without calls (issue 15: 500 routes held 11 MB of empty slots). The price: a `get` of
+ * another key than the newest deletes and re-appends it, ~50–100 ns more than lru-cache when several keys take turns
+ * (bench/README.md, "What 500 routes hold").
  */
 export class BreakerRegistry {
   private readonly breakers = new Map<string, CircuitBreaker>();
