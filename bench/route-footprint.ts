@@ -171,6 +171,7 @@ process.on('exit', () => {
   killAll();
   removeRevisions();
 });
+for (const sig of ['SIGINT', 'SIGTERM'] as const) process.on(sig, () => process.exit(130));
 try {
   await main();
 } catch (err) {
