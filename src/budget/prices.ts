@@ -79,32 +79,39 @@ const OTHER = 'other';
 
 /** Prices for a route: its overrides, then the shared table, then the default price. */
 export class PriceBook {
-  private readonly prices = new Map<string, Price>();
-  /** Known ids, longest first, so `gpt-4o-mini-2024-07-18` finds `gpt-4o-mini` before `gpt-4o`. */
-  private readonly names: string[];
+  /**
+   * Made on the first call that names a model: every route has a book, and most never price a model (a tool route
+   * looks up none), while each book's copy of the table is ~1 KB per route (issue 15).
+   */
+  private index: { prices: Map<string, Price>; names: string[] } | undefined;
 
   constructor(
-    table: PriceTable,
-    overrides: Record<string, Price>,
+    private readonly table: PriceTable,
+    private readonly overrides: Record<string, Price>,
     private readonly defaultPrice: Price,
-  ) {
-    for (const [name, price] of Object.entries(table.models)) this.prices.set(name.toLowerCase(), price);
-    for (const [name, price] of Object.entries(overrides)) this.prices.set(name.toLowerCase(), price);
-    this.names = [...this.prices.keys()].sort((a, b) => b.length - a.length);
-  }
+  ) {}
 
   /** The price for `model`: exact id, else the longest known id it is a dated snapshot of, else the default. */
   lookup(model: string | undefined): PriceMatch {
     if (model === undefined) return { price: this.defaultPrice, known: false, label: OTHER };
+    const { prices, names } = (this.index ??= this.buildIndex());
     const id = model.toLowerCase();
-    const exact = this.prices.get(id);
+    const exact = prices.get(id);
     if (exact !== undefined) return { price: exact, known: true, label: id };
-    for (const name of this.names) {
+    for (const name of names) {
       if (id.length > name.length && id.startsWith(name) && SNAPSHOT_SUFFIX.test(id.slice(name.length))) {
-        return { price: this.prices.get(name)!, known: true, label: name };
+        return { price: prices.get(name)!, known: true, label: name };
       }
     }
     return { price: this.defaultPrice, known: false, label: OTHER };
+  }
+
+  private buildIndex(): { prices: Map<string, Price>; names: string[] } {
+    const prices = new Map<string, Price>();
+    for (const [name, price] of Object.entries(this.table.models)) prices.set(name.toLowerCase(), price);
+    for (const [name, price] of Object.entries(this.overrides)) prices.set(name.toLowerCase(), price);
+    // Known ids, longest first, so `gpt-4o-mini-2024-07-18` finds `gpt-4o-mini` before `gpt-4o`.
+    return { prices, names: [...prices.keys()].sort((a, b) => b.length - a.length) };
   }
 }
 

@@ -1,4 +1,3 @@
-import { LRUCache } from 'lru-cache';
 import {
   CircuitBreaker,
   type BreakerState,
@@ -48,62 +47,78 @@ const EVICTION_RANK: Record<BreakerState, number> = { closed: 0, forced_closed: 
  * the least recently used of those go. Breakers hold no timers, so an evicted one is simply garbage.
  * Choosing a victim scans from the least recently used end until it finds a closed breaker: O(1) normally,
  * O(maxKeys) when the registry is full of open breakers and new keys keep arriving.
+ *
+ * The recency order is a Map's insertion order (least recently used first), not lru-cache's: lru-cache allocates
+ * its slots for `maxKeys` up front (~22 KB at the default 1,000) for a registry that mostly holds one breaker (keyBy
+ * `route`), or none on a route without calls (issue 15: 500 routes held 11 MB of empty slots). The price: a `get` of
+ * another key than the newest deletes and re-appends it, ~50–100 ns more than lru-cache when several keys take turns
+ * (bench/README.md, "What 500 routes hold").
  */
 export class BreakerRegistry {
-  private readonly cache: LRUCache<string, CircuitBreaker>;
+  private readonly breakers = new Map<string, CircuitBreaker>();
+  /** The most recently used key: the last in `breakers`, which a `get` of it need not move. */
+  private newest: string | undefined;
 
-  constructor(private readonly options: BreakerRegistryOptions) {
-    // max is one more than we ever hold: eviction is ours (state-aware), lru-cache's own must never fire.
-    this.cache = new LRUCache({ max: options.maxKeys + 1 });
-  }
+  constructor(private readonly options: BreakerRegistryOptions) {}
 
   /** The breaker for `key`, made on first use; marks it most recently used. */
   get(key: string): CircuitBreaker {
-    const found = this.cache.get(key);
-    if (found !== undefined) return found;
-    if (this.cache.size >= this.options.maxKeys) this.evictOne();
+    const found = this.breakers.get(key);
+    if (found !== undefined) {
+      if (key !== this.newest) this.touch(key, found);
+      return found;
+    }
+    if (this.breakers.size >= this.options.maxKeys) this.evictOne();
     const { now, random, onTransition } = this.options;
     const breaker = new CircuitBreaker(this.options.breaker, {
       now,
       random,
       onTransition: onTransition && ((from, to, reason, lastFailure) => onTransition(key, from, to, reason, lastFailure)),
     });
-    this.cache.set(key, breaker);
+    this.touch(key, breaker);
     return breaker;
   }
 
   /** The breaker for `key` if there is one, without making it or changing its recency (admin reads). */
   peek(key: string): CircuitBreaker | undefined {
-    return this.cache.peek(key);
+    return this.breakers.get(key);
   }
 
   delete(key: string): boolean {
-    const deleted = this.cache.delete(key);
+    const deleted = this.breakers.delete(key);
+    if (key === this.newest) this.newest = undefined;
     if (deleted) this.options.onEvict?.(key);
     return deleted;
   }
 
   get size(): number {
-    return this.cache.size;
+    return this.breakers.size;
   }
 
   /** Every breaker with its stats, most recently used first, for the admin API. */
   list(): BreakerEntry[] {
     const out: BreakerEntry[] = [];
-    for (const [key, breaker] of this.cache.entries()) out.push({ key, stats: breaker.stats() });
-    return out;
+    for (const [key, breaker] of this.breakers) out.push({ key, stats: breaker.stats() });
+    return out.reverse();
   }
 
   /** Admin: `reset()` every breaker. */
   resetAll(): void {
-    for (const breaker of this.cache.values()) breaker.reset();
+    for (const breaker of this.breakers.values()) breaker.reset();
+  }
+
+  /** Moves `key` to the most recently used end (a Map appends a key set anew). */
+  private touch(key: string, breaker: CircuitBreaker): void {
+    this.breakers.delete(key);
+    this.breakers.set(key, breaker);
+    this.newest = key;
   }
 
   private evictOne(): void {
     let victim: string | undefined;
     let victimRank = Number.POSITIVE_INFINITY;
-    for (const key of this.cache.rkeys()) {
-      const rank = EVICTION_RANK[this.cache.peek(key)?.state() ?? 'closed'];
+    for (const [key, breaker] of this.breakers) {
+      const rank = EVICTION_RANK[breaker.state()];
       if (rank < victimRank) {
         victim = key;
         victimRank = rank;

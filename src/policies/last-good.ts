@@ -38,24 +38,22 @@ export const lastGoodKey = (req: ProxyRequest): string | undefined => {
  * timers).
  */
 export class LastGoodCache {
-  private readonly cache: LRUCache<string, LastGoodEntry>;
+  /**
+   * Made on the first answer stored: lru-cache allocates its slots for `maxEntries` up front (~30 KB at the default
+   * 1,000), and every route has a cache, remembering or not (issue 15: 500 routes held 15 MB of empty slots).
+   */
+  private cache: LRUCache<string, LastGoodEntry> | undefined;
 
   constructor(
     readonly config: LastGoodConfig,
     private readonly now: () => number,
-  ) {
-    this.cache = new LRUCache<string, LastGoodEntry>({
-      max: config.maxEntries,
-      maxSize: config.maxTotalBytes,
-      sizeCalculation: (e) => Math.max(1, e.body.length),
-    });
-  }
+  ) {}
 
   get(key: string): LastGoodEntry | undefined {
-    const entry = this.cache.get(key);
+    const entry = this.cache?.get(key);
     if (entry === undefined) return undefined;
     if (this.now() - entry.storedAt > this.config.ttlMs) {
-      this.cache.delete(key);
+      this.cache?.delete(key);
       return undefined;
     }
     return entry;
@@ -63,11 +61,16 @@ export class LastGoodCache {
 
   set(key: string, entry: LastGoodEntry): void {
     if (entry.body.length > this.config.maxBodyBytes || entry.body.length > this.config.maxTotalBytes) return;
+    this.cache ??= new LRUCache<string, LastGoodEntry>({
+      max: this.config.maxEntries,
+      maxSize: this.config.maxTotalBytes,
+      sizeCalculation: (e) => Math.max(1, e.body.length),
+    });
     this.cache.set(key, entry);
   }
 
   get size(): number {
-    return this.cache.size;
+    return this.cache?.size ?? 0;
   }
 }
 

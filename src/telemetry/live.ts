@@ -10,6 +10,7 @@ export const ERROR_OUTCOMES: readonly CallOutcome[] = ['upstream_error', 'failed
 const FIELDS = [...CALL_OUTCOMES, 'retried', 'retry_budget_exhausted'] as const;
 type Field = (typeof FIELDS)[number];
 const INDEX = Object.fromEntries(FIELDS.map((f, i) => [f, i])) as Record<Field, number>;
+const NO_CALLS = Object.fromEntries(FIELDS.map((f) => [f, 0])) as Record<Field, number>;
 
 /** One refusal Fusebox answered itself, as the recent-refusals ring keeps it. */
 export interface RefusalRecord {
@@ -41,6 +42,9 @@ export interface RouteWindowStats {
   readonly latencySamples: number;
 }
 
+/** Latency samples a route's reservoir has room for before its first call. */
+const INITIAL_SAMPLES = 64;
+
 /**
  * One route's counts per second over the last `seconds` seconds (a ring, no timers: like the retry budget, it
  * drops the buckets that left the window when it is next touched), and a reservoir of its latest call durations.
@@ -49,20 +53,24 @@ class RouteWindow {
   private readonly counts: Float64Array;
   /** The second (floor(now/1000)) the newest bucket belongs to. */
   private head: number;
-  private readonly durations: Float64Array;
-  private readonly endedAt: Float64Array;
+  /**
+   * The reservoir starts small and doubles up to `samples` as calls come: full size from the start is 16 KB per route
+   * at the default 1,000 (issue 15), which a route making a call a second never fills.
+   */
+  private durations: Float64Array;
+  private endedAt: Float64Array;
   private next = 0;
   private filled = 0;
 
   constructor(
     private readonly seconds: number,
-    samples: number,
+    private readonly samples: number,
     now: number,
   ) {
     this.counts = new Float64Array(seconds * FIELDS.length);
     this.head = Math.floor(now / 1000);
-    this.durations = new Float64Array(samples);
-    this.endedAt = new Float64Array(samples);
+    this.durations = new Float64Array(Math.min(samples, INITIAL_SAMPLES));
+    this.endedAt = new Float64Array(this.durations.length);
   }
 
   add(field: Field, now: number): void {
@@ -71,6 +79,9 @@ class RouteWindow {
   }
 
   sample(ms: number, now: number): void {
+    // Full but not at its size yet: nothing was overwritten (the ring wraps only at full size), so the new slots
+    // follow the old ones and the next sample goes to the first of them.
+    if (this.filled === this.durations.length && this.filled < this.samples) this.grow();
     this.durations[this.next] = ms;
     this.endedAt[this.next] = now;
     this.next = (this.next + 1) % this.durations.length;
@@ -92,6 +103,17 @@ class RouteWindow {
     recent.sort((a, b) => a - b);
     const values = ps.map((p) => (recent.length === 0 ? undefined : recent[Math.max(0, Math.ceil(p * recent.length) - 1)]));
     return { values, n: recent.length };
+  }
+
+  private grow(): void {
+    const size = Math.min(this.samples, this.durations.length * 2);
+    const durations = new Float64Array(size);
+    const endedAt = new Float64Array(size);
+    durations.set(this.durations);
+    endedAt.set(this.endedAt);
+    this.durations = durations;
+    this.endedAt = endedAt;
+    this.next = this.filled;
   }
 
   /** Clear the buckets that left the window; return the row of the current second. */
@@ -125,7 +147,8 @@ export interface LiveStatsOptions {
  * What `/admin/status` reads that the metrics cannot give without scraping ourselves twice: per route, the calls,
  * errors and retries of the last minute and the latest latencies; and the last refusals with their codes. Fed
  * where the metrics are (the observe layer, the retry layer, every place a refusal is counted), read on demand.
- * Memory is fixed: route names come from the config, the rings and the reservoir have fixed sizes.
+ * Memory is bounded: route names come from the config, the rings and the reservoir have bounded sizes, and a route
+ * gets its window at its first call.
  */
 export class LiveStats {
   readonly windowSeconds: number;
@@ -183,10 +206,11 @@ export class LiveStats {
 
   route(route: string): RouteWindowStats {
     const now = this.opts.now();
-    const w = this.window(route, now);
-    const t = w.totals(now);
+    // Read, a route without calls gets no window: the status page reads every route on each poll.
+    const w = this.routes.get(route);
+    const t = w?.totals(now) ?? NO_CALLS;
     const outcomes = Object.fromEntries(CALL_OUTCOMES.map((o) => [o, t[o]])) as Record<CallOutcome, number>;
-    const { values, n } = w.percentiles(now, [0.5, 0.99]);
+    const { values, n } = w?.percentiles(now, [0.5, 0.99]) ?? { values: [undefined, undefined], n: 0 };
     return {
       seconds: Math.max(1, Math.min(this.windowSeconds, Math.floor((now - this.startedAt) / 1000))),
       outcomes,

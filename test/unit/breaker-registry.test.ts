@@ -142,6 +142,20 @@ describe('BreakerRegistry', () => {
     expect(registry.get('a').state()).toBe('closed');
   });
 
+  it('keeps the recency order through repeated gets of the newest key and deletes', () => {
+    const { registry } = setup(2);
+    registry.get('a');
+    registry.get('b');
+    registry.get('b');
+    expect(registry.delete('b')).toBe(true);
+    registry.get('c');
+    registry.get('a');
+    registry.get('a');
+    expect(keysOf(registry)).toEqual(['a', 'c']);
+    registry.get('d'); // c is the least recently used
+    expect(keysOf(registry)).toEqual(['d', 'a']);
+  });
+
   it('churning through 20000 keys keeps maxKeys breakers and arms no timer', () => {
     const timers = () => process.getActiveResourcesInfo().filter((r) => r === 'Timeout').length;
     const before = timers();

@@ -56,6 +56,16 @@ describe('LiveStats: the last minute per route', () => {
     expect(live.route('r')).toMatchObject({ p50Ms: 20, p99Ms: 25, latencySamples: 10 });
   });
 
+  it('keeps the newest latencySamples durations across the reservoir\'s growth and once it wraps', () => {
+    const c = clock();
+    const live = new LiveStats({ now: c.now, latencySamples: 100 });
+    for (let ms = 1; ms <= 64; ms++) live.call('r', 'success', ms / 1000);
+    expect(live.route('r')).toMatchObject({ p50Ms: 32, p99Ms: 64, latencySamples: 64 });
+    for (let ms = 65; ms <= 250; ms++) live.call('r', 'success', ms / 1000);
+    // 151..250 kept.
+    expect(live.route('r')).toMatchObject({ p50Ms: 200, p99Ms: 249, latencySamples: 100 });
+  });
+
   it('keeps the last N refusals, newest first, and counts them all', () => {
     const c = clock();
     const live = new LiveStats({ now: c.now, refusals: 3 });
