@@ -357,12 +357,17 @@ const drainAndClose = async (r: Running): Promise<void> => {
   await settledWithin(new Promise<void>((done) => logger.flush(() => done())), 2_000);
 };
 
-/** Waits for `work` at most `ms`: true when it settled in time. The timer is cleared either way, so none keeps the process up. */
+/**
+ * Waits for `work` at most `ms`: true when it finished in time (a rejection is thrown, as the race did before). The
+ * timer is cleared either way, so none keeps the process up.
+ */
 const settledWithin = async (work: Promise<unknown>, ms: number): Promise<boolean> => {
   let timer: NodeJS.Timeout | undefined;
-  const inTime = await Promise.race([work.then(() => true, () => true), new Promise<boolean>((done) => (timer = setTimeout(() => done(false), ms)))]);
-  clearTimeout(timer);
-  return inTime;
+  try {
+    return await Promise.race([work.then(() => true), new Promise<boolean>((done) => (timer = setTimeout(() => done(false), ms)))]);
+  } finally {
+    clearTimeout(timer);
+  }
 };
 
 /**
