@@ -16,20 +16,43 @@ const atBoundary = (path: string, prefix: string): boolean => {
 };
 
 /**
+ * A path's first segment: what follows the leading `/` up to the next `/` or `?` (`/openai/v1` → `openai`). A prefix
+ * can only match a path at a boundary if both have the same first segment, or if the prefix has none (`/`).
+ */
+const firstSegment = (path: string): string => {
+  let end = 1;
+  while (end < path.length) {
+    const c = path.charCodeAt(end);
+    if (c === 47 /* / */ || c === 63 /* ? */) break;
+    end++;
+  }
+  return path.slice(1, end);
+};
+
+/**
  * The allow-list: which destination each request may reach. Built from the config, and never changed after: a
- * reload builds a new one and swaps it in whole. Base-URL lookups scan a short list sorted most-specific first
- * (route counts are in the tens); proxy-mode lookups go through a map keyed by the normalized `host:port`, so
- * every spelling of an address meets the same entry.
+ * reload builds a new one and swaps it in whole. Base-URL lookups scan the routes sharing the path's first segment,
+ * sorted most-specific first (so 500 routes cost what a handful do); proxy-mode lookups go through a map keyed by the
+ * normalized `host:port`, so every spelling of an address meets the same entry.
  */
 export class RouteTable<R extends { config: RouteConfig }> {
-  private readonly prefixed: R[];
+  /** First segment → the routes whose prefix has it, plus those whose prefix has none, in `prefixed` order. */
+  private readonly bySegment = new Map<string, R[]>();
+  /** Routes whose prefix has no first segment (`/`): the candidates of a path whose segment no prefix names. */
+  private readonly anySegment: R[];
   /** `host:port` → the routes listing it, longest `hostPathPrefix` first. */
   private readonly byAuthority = new Map<string, R[]>();
 
   constructor(routes: R[]) {
-    this.prefixed = routes
+    // Every route with a `pathPrefix`, longest first (ties in config order); each candidate list keeps that order.
+    const prefixed = routes
       .filter((r) => r.config.match.pathPrefix !== undefined)
       .sort((a, b) => b.config.match.pathPrefix!.length - a.config.match.pathPrefix!.length);
+    const segmentOf = (r: R) => firstSegment(r.config.match.pathPrefix!);
+    this.anySegment = prefixed.filter((r) => segmentOf(r) === '');
+    for (const segment of new Set(prefixed.map(segmentOf))) {
+      if (segment !== '') this.bySegment.set(segment, prefixed.filter((r) => segmentOf(r) === segment || segmentOf(r) === ''));
+    }
     for (const route of routes) {
       for (const text of route.config.match.hosts ?? []) {
         const entry = parseHostEntry(text);
@@ -50,7 +73,7 @@ export class RouteTable<R extends { config: RouteConfig }> {
    * the prefix is forwarded as is: `/mcp-a` itself forwards an empty path (the upstream URL's own path, exactly).
    */
   byPrefix(url: string): PrefixMatch<R> | undefined {
-    for (const route of this.prefixed) {
+    for (const route of this.bySegment.get(firstSegment(url)) ?? this.anySegment) {
       const prefix = route.config.match.pathPrefix!;
       if (!atBoundary(url, prefix)) continue;
       if (!route.config.stripPrefix) return { route, path: url };

@@ -30,6 +30,29 @@ describe('route table', () => {
     expect(t.byPrefix('/keep/a/b')).toMatchObject({ route: { config: { name: 'keep' } }, path: '/keep/a/b' });
   });
 
+  it('finds, among many routes, exactly the route a scan of every prefix (longest first) would find', () => {
+    // Prefixes and paths from a small alphabet, so they share segments, nest, end in "/" and differ by a character:
+    // the index by first segment must never skip the route the full scan picks, nor change which one it is.
+    let seed = 7;
+    const rnd = (n: number) => (seed = (seed * 1103515245 + 12345) % 2 ** 31) % n;
+    const pick = <T>(xs: readonly T[]) => xs[rnd(xs.length)]!;
+    const segment = () => pick(['a', 'ab', 'b', 'v1', 'a.b', 'x-y', '']);
+    const path = (min = 0) => `/${Array.from({ length: min + rnd(4 - min) }, segment).join('/')}${pick(['', '', '/', '?q=1'])}`;
+    // Mostly prefixes of two or three segments: many paths share a first segment with some prefix and still match
+    // only `/` (which every candidate list must keep), or a shorter prefix of another segment never.
+    const prefixes = new Set(['/', '/a', ...Array.from({ length: 60 }, () => path(2)).map((p) => p.split('?')[0]!)]);
+    const cfg = parseConfig({
+      routes: [...prefixes].map((pathPrefix, i) => ({ name: `r${i}`, match: { pathPrefix }, upstream: { url: 'http://127.0.0.1:1' } })),
+    });
+    const t = new RouteTable(cfg.routes.map((config) => ({ config })));
+    const sorted = [...cfg.routes].sort((a, b) => b.match.pathPrefix!.length - a.match.pathPrefix!.length);
+    const boundary = (url: string, p: string) => url.startsWith(p) && (p.endsWith('/') || url.length === p.length || url[p.length] === '/' || url[p.length] === '?');
+    for (let i = 0; i < 2_000; i++) {
+      const url = `${path()}${pick(['', 'c', '/c', '?k=v'])}`;
+      expect(t.byPrefix(url)?.route.config.name, url).toBe(sorted.find((r) => boundary(url, r.match.pathPrefix!))?.name);
+    }
+  });
+
   it('matches proxy-mode hosts and ports with the host path prefix', () => {
     const t = table();
     expect(t.byHost('api.github.com', 443, '/repos')?.config.name).toBe('gh');
