@@ -7,12 +7,13 @@
  * `npm run bench:per-call -- --alloc-profile`'s subject. See bench/README.md, "What the heap holds".
  */
 import { execFileSync } from 'node:child_process';
-import { mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
+import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { setTimeout as delay } from 'node:timers/promises';
 import { parseArgs } from 'node:util';
 import { Pool } from 'undici';
+import { diagnosticFile } from './diagnostic-file.js';
 import { positiveInteger } from './options.js';
 import { IMAGE_ENV } from './pod.js';
 import { killAll, LOAD_CPU, pinSelf, PROXY_CPU, REPO_ROOT, rssBytes, startServer } from './proc.js';
@@ -52,12 +53,13 @@ interface Summary {
  * function). Self sizes only: a retained size needs the dominator tree, and what a kind holds by itself already says
  * where the bytes are.
  */
-const summarize = (file: string): Summary => {
-  const snap = JSON.parse(readFileSync(file, 'utf8')) as {
-    snapshot: { meta: { node_fields: string[]; node_types: [string[], ...unknown[]] } };
-    nodes: number[];
-    strings: string[];
-  };
+interface HeapSnapshot {
+  snapshot: { meta: { node_fields: string[]; node_types: [string[], ...unknown[]] } };
+  nodes: number[];
+  strings: string[];
+}
+
+const summarize = (snap: HeapSnapshot): Summary => {
   const fields = snap.snapshot.meta.node_fields;
   const types = snap.snapshot.meta.node_types[0];
   const [typeAt, nameAt, sizeAt] = ['type', 'name', 'self_size'].map((f) => fields.indexOf(f)) as [number, number, number];
@@ -104,23 +106,11 @@ const main = async () => {
   try {
     const env = { ...target.env(upstream.url), NODE_OPTIONS: `${IMAGE_ENV.NODE_OPTIONS ?? ''} --heapsnapshot-signal=SIGUSR2 --diagnostic-dir=${dir}`.trim() };
     const server = await startServer(target.script, PROXY_CPU, env);
-    const snapshot = async (n: number): Promise<{ file: string; rssMiB: number }> => {
+    const snapshot = async (n: number): Promise<{ summary: Summary; rssMiB: number }> => {
       const rssMiB = rssBytes(server.pid) / 2 ** 20;
       process.kill(server.pid, 'SIGUSR2');
-      // The file appears when the write starts: wait until its size stops changing and the JSON is whole.
-      for (;;) {
-        const files = readdirSync(dir).filter((f) => f.endsWith('.heapsnapshot'));
-        if (files.length >= n) {
-          const file = join(dir, files.sort()[n - 1]!);
-          try {
-            JSON.parse(readFileSync(file, 'utf8'));
-            return { file, rssMiB };
-          } catch {
-            // Still being written.
-          }
-        }
-        await delay(200);
-      }
+      const { json } = await diagnosticFile<HeapSnapshot>(dir, (f) => f.endsWith('.heapsnapshot'), n, 120_000);
+      return { summary: summarize(json), rssMiB };
     };
     const pool = new Pool(server.url, { connections: 32 });
     try {
@@ -148,8 +138,8 @@ const main = async () => {
       await Promise.all(running);
       const after = await snapshot(2);
       log(`after-load snapshot taken (RSS ${after.rssMiB.toFixed(1)} MiB); summarizing`);
-      const a = summarize(idle.file);
-      const b = summarize(after.file);
+      const a = idle.summary;
+      const b = after.summary;
       const kinds = [...new Set([...a.byKind.keys(), ...b.byKind.keys()])].sort((x, y) => (b.byKind.get(y)?.bytes ?? 0) - (b.byKind.get(x)?.bytes ?? 0));
       const ctors = [...new Set([...a.byConstructor.keys(), ...b.byConstructor.keys()])]
         .sort((x, y) => (b.byConstructor.get(y)?.bytes ?? 0) - (b.byConstructor.get(x)?.bytes ?? 0))

@@ -9,11 +9,12 @@
  *
  * Builds and configs are measured in turns (now, REV, now, REV...), so a disturbance of the machine hits all of them.
  */
-import { mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
+import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { Pool } from 'undici';
+import { diagnosticFile } from './diagnostic-file.js';
 import { IMAGE_ENV } from './pod.js';
 import { killAll, LOAD_CPU, pinSelf, PROXY_CPU, rssBytes, startServer } from './proc.js';
 import { configRefusal, prepareRevision, removeRevisions, type Revision } from './revisions.js';
@@ -87,22 +88,11 @@ const measureOnce = async (target: Target, upstream: string, spread: readonly st
     await sleep(1000);
     const rssMb = rssBytes(child.pid) / 2 ** 20;
     process.kill(child.pid, 'SIGUSR2');
-    // The report is written after the signal, in pieces: read until it parses (bounded).
-    for (let i = 0; i < 200; i++) {
-      const file = readdirSync(dir).find((f) => f.startsWith('report.'));
-      try {
-        if (file !== undefined) {
-          const heap = (JSON.parse(readFileSync(join(dir, file), 'utf8')) as { javascriptHeap: { totalMemory: number; usedMemory: number } }).javascriptHeap;
-          rmSync(join(dir, file));
-          readings.push({ rssMb, heapUsedMb: heap.usedMemory / 2 ** 20, heapCommittedMb: heap.totalMemory / 2 ** 20 });
-          return;
-        }
-      } catch {
-        // Not all written yet.
-      }
-      await sleep(50);
-    }
-    throw new Error('no complete diagnostic report within 10 s');
+    const report = await diagnosticFile<{ javascriptHeap: { totalMemory: number; usedMemory: number } }>(dir, (f) => f.startsWith('report.'), 1, 10_000);
+    // Removed once read: the next reading's report is again the only one.
+    rmSync(report.path);
+    const heap = report.json.javascriptHeap;
+    readings.push({ rssMb, heapUsedMb: heap.usedMemory / 2 ** 20, heapCommittedMb: heap.totalMemory / 2 ** 20 });
   };
   try {
     await read();
