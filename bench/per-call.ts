@@ -3,8 +3,8 @@ import { mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
-import { Pool, ProxyAgent, type Dispatcher } from 'undici';
-import { CLIENT_TIMEOUTS } from './load/client.js';
+import { Pool, type Dispatcher } from 'undici';
+import { CLIENT_TIMEOUTS, viaHttpsProxy } from './load/client.js';
 import { hasCommand, killAll, LOAD_CPU, pinSelf, PROXY_CPU, REPO_ROOT, startServer, type ServerChild } from './proc.js';
 import { summarizeHeapProfile, summarizeProfile } from './profile-summary.js';
 import { configRefusal, prepareRevision, removeRevisions, type Revision } from './revisions.js';
@@ -158,12 +158,11 @@ interface Client {
 const clientFor = (serverUrl: string, caFile: string | undefined, connections: number): Client =>
   caFile === undefined
     ? { dispatcher: new Pool(serverUrl, { connections, ...CLIENT_TIMEOUTS }), origin: serverUrl, strip: '' }
-    : {
-        // As bench/load/client.ts's viaHttpsProxy: each connection one tunnel and one handshake, then keep-alive.
-        dispatcher: new ProxyAgent({ uri: serverUrl, requestTls: { ca: readFileSync(caFile, 'utf8') }, connections, ...CLIENT_TIMEOUTS }),
-        origin: `https://${INTERCEPT_HOST}`,
-        strip: PREFIX,
-      };
+    : (() => {
+        // What `npm run bench`'s intercepted row uses: each connection one tunnel and one handshake, then keep-alive.
+        const via = viaHttpsProxy(serverUrl, readFileSync(caFile, 'utf8'), INTERCEPT_HOST);
+        return { dispatcher: via.dispatcher(connections), origin: via.origin, strip: PREFIX };
+      })();
 
 const callOnce = async (client: Client, call: CallShape): Promise<void> => {
   const headers = call.body !== undefined ? { 'content-type': 'application/json' } : {};
