@@ -39,7 +39,7 @@ export class RouteTable<R extends { config: RouteConfig }> {
   /** First segment → the routes whose prefix has it, plus those whose prefix has none, in `prefixed` order. */
   private readonly bySegment = new Map<string, R[]>();
   /** Routes whose prefix has no first segment (`/`): the candidates of a path whose segment no prefix names. */
-  private readonly anySegment: R[];
+  private readonly anySegment: R[] = [];
   /** `host:port` → the routes listing it, longest `hostPathPrefix` first. */
   private readonly byAuthority = new Map<string, R[]>();
 
@@ -48,10 +48,18 @@ export class RouteTable<R extends { config: RouteConfig }> {
     const prefixed = routes
       .filter((r) => r.config.match.pathPrefix !== undefined)
       .sort((a, b) => b.config.match.pathPrefix!.length - a.config.match.pathPrefix!.length);
-    const segmentOf = (r: R) => firstSegment(r.config.match.pathPrefix!);
-    this.anySegment = prefixed.filter((r) => segmentOf(r) === '');
-    for (const segment of new Set(prefixed.map(segmentOf))) {
-      if (segment !== '') this.bySegment.set(segment, prefixed.filter((r) => segmentOf(r) === segment || segmentOf(r) === ''));
+    // One pass in that order: appending keeps every list sorted. A list starts with the `/` routes seen so far, and
+    // each later `/` route joins every list.
+    for (const route of prefixed) {
+      const segment = firstSegment(route.config.match.pathPrefix!);
+      if (segment === '') {
+        this.anySegment.push(route);
+        for (const list of this.bySegment.values()) list.push(route);
+        continue;
+      }
+      let list = this.bySegment.get(segment);
+      if (list === undefined) this.bySegment.set(segment, (list = [...this.anySegment]));
+      list.push(route);
     }
     for (const route of routes) {
       for (const text of route.config.match.hosts ?? []) {
