@@ -17,6 +17,21 @@ export class ConfigError extends Error {
   }
 }
 
+/**
+ * A file the config names (a CA, a client certificate), read relative to `baseDir` (the config file's folder). One
+ * that cannot be read is as bad as a bad config file: a ConfigError naming the field, the path and why, so the
+ * sidecar does not start (or a reload is invalid) instead of failing with a stack trace.
+ */
+export const readConfiguredFile = (baseDir: string, file: string, field: string): Buffer => {
+  const path = resolve(baseDir, file);
+  try {
+    return readFileSync(path);
+  } catch (err) {
+    const e = err as NodeJS.ErrnoException;
+    throw new ConfigError('config', [`${field}: cannot read ${path} (${e.code ?? e.message})`]);
+  }
+};
+
 export interface LoadedConfig {
   config: Config;
   /** Folder of the config file; relative paths in it (prices, CA files) resolve from here. */

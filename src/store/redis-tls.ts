@@ -1,6 +1,4 @@
-import { readFileSync } from 'node:fs';
-import { resolve } from 'node:path';
-import { ConfigError } from '../config/load.js';
+import { readConfiguredFile } from '../config/load.js';
 import type { StoreTlsConfig } from '../config/schema.js';
 
 /** What the Redis client's TLS sockets are made with (a subset of node:tls's connect options). */
@@ -22,15 +20,7 @@ export const readRedisTls = (tls: StoreTlsConfig | undefined, baseDir: string): 
   if (tls === undefined) return undefined;
   const read = (field: 'caFile' | 'certFile' | 'keyFile'): Buffer | undefined => {
     const file = tls[field];
-    if (file === undefined) return undefined;
-    const path = resolve(baseDir, file);
-    try {
-      return readFileSync(path);
-    } catch (err) {
-      // As bad as a bad config file: the sidecar does not start, and says which file and why.
-      const e = err as NodeJS.ErrnoException;
-      throw new ConfigError('store.tls', [`store.tls.${field}: cannot read ${path} (${e.code ?? e.message})`]);
-    }
+    return file === undefined ? undefined : readConfiguredFile(baseDir, file, `store.tls.${field}`);
   };
   const ca = read('caFile');
   const cert = read('certFile');

@@ -3,6 +3,7 @@ import { readFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { resolve } from 'node:path';
 import type { Pool as UndiciPool, errors as UndiciErrors } from 'undici';
+import { readConfiguredFile } from '../config/load.js';
 import type { TimeoutsConfig, TlsConfig } from '../config/schema.js';
 
 /** One upstream as a route sends to it: what its connection pool is made with (see PoolSet), and its name and base path. */
@@ -67,16 +68,20 @@ export class PoolSet {
   /** Keys of the pools made since the generation being built began (closed again if it is abandoned). */
   private made = new Set<string>();
   private readonly retiring = new Set<{ pool: Pool; timer: NodeJS.Timeout }>();
-  /** The sha256 of each `tls.caFile` as last read (resolved path → digest): a reload compares them (caFilesChanged). */
-  private readonly caDigests = new Map<string, string>();
+  /**
+   * The sha256 of each `tls.caFile` the generation in effect read (resolved path → digest): a reload compares them
+   * (caFilesChanged). The generation being built fills its own map, which replaces this one only if it is kept.
+   */
+  private caDigests = new Map<string, string>();
+  private building: Map<string, string> | undefined;
 
   constructor(private readonly baseDir: string) {}
 
   get(target: UpstreamTarget): Pool {
-    const caPath = target.tls.caFile !== undefined ? resolve(this.baseDir, target.tls.caFile) : undefined;
-    const ca = caPath !== undefined ? readFileSync(caPath) : undefined;
+    const caFile = target.tls.caFile;
+    const ca = caFile !== undefined ? readConfiguredFile(this.baseDir, caFile, `${target.name}: tls.caFile`) : undefined;
     const caDigest = ca === undefined ? '' : digest(ca);
-    if (caPath !== undefined) this.caDigests.set(caPath, caDigest);
+    if (caFile !== undefined) (this.building ?? this.caDigests).set(resolve(this.baseDir, caFile), caDigest);
     const { origin, connections, tls } = target;
     const key = `${origin}|${connections}|${target.timeouts.connectMs}|${caDigest}|${tls.rejectUnauthorized}|${tls.servername ?? ''}`;
     this.gotten.add(key);
@@ -121,6 +126,7 @@ export class PoolSet {
   beginGeneration(): void {
     this.gotten = new Set();
     this.made = new Set();
+    this.building = new Map();
   }
 
   /** The generation being built failed (a reload found it invalid): the pools made for it alone are closed. */
@@ -131,6 +137,8 @@ export class PoolSet {
       pool?.close().catch(() => pool.destroy());
     }
     this.made = new Set();
+    // Its CA digests go too: the generation in effect still uses what it read (a rotation it missed stays changed).
+    this.building = undefined;
   }
 
   /**
@@ -139,6 +147,10 @@ export class PoolSet {
    * can still be running and send a retry or a fallback hop on it. Returns the origins retired, for the reload's log line.
    */
   retireUnused(graceMs: number): string[] {
+    if (this.building !== undefined) {
+      this.caDigests = this.building;
+      this.building = undefined;
+    }
     const origins: string[] = [];
     for (const [key, pool] of this.pools) {
       if (this.gotten.has(key)) continue;

@@ -30,7 +30,10 @@ describe('PoolSet across config generations', () => {
     pools.get(target('http://127.0.0.1:2'));
     expect(pools.size).toBe(2);
     // The next route of that generation names a CA file that is not there: the reload is invalid.
-    expect(() => pools!.get(target('https://127.0.0.1:3', { tls: { rejectUnauthorized: true, caFile: '/nonexistent/ca.pem' } }))).toThrow(/ENOENT/);
+    // A config error naming the upstream and the file, as any file the config names (not a raw ENOENT with a stack).
+    expect(() => pools!.get(target('https://127.0.0.1:3', { tls: { rejectUnauthorized: true, caFile: '/nonexistent/ca.pem' } }))).toThrow(
+      expect.objectContaining({ name: 'ConfigError', problems: ['https://127.0.0.1:3: tls.caFile: cannot read /nonexistent/ca.pem (ENOENT)'] }),
+    );
     pools.abandonGeneration();
     expect(pools.size).toBe(1);
     expect(pools.get(target('http://127.0.0.1:1'))).toBe(kept);
@@ -48,6 +51,29 @@ describe('PoolSet across config generations', () => {
     pools.beginGeneration();
     expect(pools.get(target('https://127.0.0.1:4', { tls }))).not.toBe(first);
     expect(pools.retireUnused(1_000)).toEqual(['https://127.0.0.1:4']);
+    expect(pools.caFilesChanged()).toBe(false);
+  });
+
+  it('still reports a rotated CA file after a reload that read it and was abandoned, and forgets the files of routes gone', () => {
+    dir = mkdtempSync(join(tmpdir(), 'fusebox-pools-'));
+    writeFileSync(join(dir, 'ca.pem'), 'one');
+    writeFileSync(join(dir, 'other.pem'), 'x');
+    pools = new PoolSet(dir);
+    const tls = { rejectUnauthorized: true, caFile: 'ca.pem' };
+    const first = pools.get(target('https://127.0.0.1:4', { tls }));
+    pools.get(target('https://127.0.0.1:5', { tls: { rejectUnauthorized: true, caFile: 'other.pem' } }));
+    writeFileSync(join(dir, 'ca.pem'), 'two');
+    // A reload reads the new bytes, then fails on another route: the pool in effect still trusts the old CA.
+    pools.beginGeneration();
+    pools.get(target('https://127.0.0.1:4', { tls }));
+    pools.abandonGeneration();
+    expect(pools.get(target('https://127.0.0.1:4', { tls: { rejectUnauthorized: true } }))).not.toBe(first);
+    expect(pools.caFilesChanged()).toBe(true);
+    // A good reload without the other route: its file may go, and a reload of that config is then unchanged.
+    pools.beginGeneration();
+    pools.get(target('https://127.0.0.1:4', { tls }));
+    pools.retireUnused(1_000);
+    rmSync(join(dir, 'other.pem'));
     expect(pools.caFilesChanged()).toBe(false);
   });
 });
