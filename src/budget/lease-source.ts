@@ -144,7 +144,6 @@ interface Holder {
 
 interface LeaseWindow {
   readonly holders: Map<string, Holder>;
-  readonly alerted: Set<Metric>;
   /** Workflow windows: dropped after this (`workflowLeaseGcMs` after the last request applied). */
   gcAt: number;
 }
@@ -179,7 +178,7 @@ export class MemoryLeaseSource implements LeaseSource {
     const scope = counted(req.scope);
     const key = scopeKey(req.scope, req.scope.windowId);
     let w = this.windows.get(key);
-    if (!w) this.windows.set(key, (w = { holders: new Map(), alerted: new Set(), gcAt: Infinity }));
+    if (!w) this.windows.set(key, (w = { holders: new Map(), gcAt: Infinity }));
     let live = 0;
     const outstanding = zeroAmounts();
     const presumed = zeroAmounts();
@@ -216,8 +215,8 @@ export class MemoryLeaseSource implements LeaseSource {
       const seen = Math.max(this.counters.lastSeenIn(scope) ?? 0, req.usedAt ?? 0);
       if (seen > 0 && now - seen >= idle && isZero(outstanding)) {
         // Idle: the window starts again from zero, and this report (spend of the window gone idle) goes with it.
+        // Its alert marks go with its counters.
         this.counters.forget(scope);
-        w.alerted.clear();
         // As the Lua rewrites every holder's entry: no slice and no expiry (a retry of another holder answers 0).
         for (const h of w.holders.values()) {
           h.grant = zeroAmounts();
@@ -248,10 +247,8 @@ export class MemoryLeaseSource implements LeaseSource {
     const alerts: Metric[] = [];
     for (const m of METRICS) {
       const cap = req.caps[m];
-      if (cap !== undefined && !w.alerted.has(m) && reachedAlert(spent[m], cap, this.sizing.alertPercent)) {
-        w.alerted.add(m);
-        alerts.push(m);
-      }
+      // The mark is the MemoryStore counter's, so the snapshot file keeps it: a restart does not alert again.
+      if (cap !== undefined && reachedAlert(spent[m], cap, this.sizing.alertPercent) && this.counters.markAlerted(scope, m)) alerts.push(m);
     }
     return reply(alerts);
   }

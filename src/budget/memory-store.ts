@@ -346,6 +346,18 @@ export class MemoryStore implements BudgetStore {
     }
   }
 
+  /**
+   * Marks `metric`'s alert of a scope window as given; false if it already was. The memory lease source's marks live
+   * here, beside the spend, so the snapshot file keeps them (a restart does not alert again) and an idle reset
+   * (`forget`) drops them with the counters.
+   */
+  markAlerted(s: ReservedScope, metric: Metric): boolean {
+    const c = this.live(s, scopeKey(s, s.windowId), this.now(), true)!;
+    if (c.alerted.has(metric)) return false;
+    c.alerted.add(metric);
+    return true;
+  }
+
   /** Last reserve or commit of a scope window (null if unseen). */
   lastSeenIn(s: ReservedScope): number | null {
     return this.counters.get(scopeKey(s, s.windowId))?.lastSeen ?? null;

@@ -84,6 +84,16 @@ describe('token and cost metering', () => {
   });
 });
 
+/** The agent's day spend, µUSD, as a memory store's snapshot file has it: what a restart starts from (0 until written). */
+const agentDayInFile = (snapshotPath: string): number => {
+  try {
+    const file = JSON.parse(readFileSync(snapshotPath, 'utf8')) as { counters: Array<[string, { spent: { usdMicros: number } }]> };
+    return file.counters.find(([key]) => key.startsWith('agent:') && key.includes(':day:'))?.[1].spent.usdMicros ?? 0;
+  } catch {
+    return 0;
+  }
+};
+
 describe('caps', () => {
   let up: Awaited<ReturnType<typeof llmUpstream>>;
   const running: RunningFusebox[] = [];
@@ -144,24 +154,34 @@ describe('caps', () => {
     const snapshotPath = join(dir, 'spend.json');
     const fb = await start({ store: { snapshotPath, snapshotIntervalMs: 50 }, budgets: { agent: { dailyUsd: 1 } }, routes: llmRoutes(up) });
     for (let i = 0; i < 3; i++) await (await chat(fb)).body.dump();
-    // The agent's day as the snapshot file has it: what a restart after a crash starts from.
-    const dayInFile = () => {
-      try {
-        const file = JSON.parse(readFileSync(snapshotPath, 'utf8')) as { counters: Array<[string, { spent: { usdMicros: number } }]> };
-        return file.counters.find(([key]) => key.startsWith('agent:') && key.includes(':day:'))?.[1].spent.usdMicros ?? 0;
-      } catch {
-        return 0;
-      }
-    };
     // Leased spend reaches the memory store at the next background tick (1 s), then the file at the next save; with
     // the 20 s Redis default this waited 20 s, and a crash meanwhile lost it.
-    await expect.poll(dayInFile, { timeout: 10_000, interval: 50 }).toBe(Math.round(3 * COST_USD * 1e6));
+    await expect.poll(() => agentDayInFile(snapshotPath), { timeout: 10_000, interval: 50 }).toBe(Math.round(3 * COST_USD * 1e6));
     // A crash: the first sidecar never stops (no shutdown report); a new one starts from a copy of its file.
     const crashed = join(dir, 'after-crash.json');
     copyFileSync(snapshotPath, crashed);
     const second = await start({ store: { snapshotPath: crashed }, budgets: { agent: { dailyUsd: 1 } }, routes: llmRoutes(up) });
     const budgets = (await (await request(`${second.adminUrl}/admin/budgets`)).body.json()) as { scopes: Array<{ scope: string; window: string; spentUsd: number }> };
     expect(budgets.scopes.find((s) => s.scope === 'agent' && s.window === 'day')?.spentUsd).toBeCloseTo(3 * COST_USD, 9);
+  });
+
+  it('does not alert again after a restart from its snapshot: the marks are saved with the spend', async () => {
+    const snapshotPath = join(mkdtempSync(join(tmpdir(), 'fusebox-alerted-')), 'spend.json');
+    // 5.8 m$ a call against $0.02: the third call crosses 75 %.
+    const cfg = { store: { snapshotPath, snapshotIntervalMs: 50 }, budgets: { agent: { dailyUsd: 0.02 } }, routes: llmRoutes(up) };
+    const alerts = async (fb: RunningFusebox) => metricValue(await fb.metricsText(), 'fusebox_budget_alerts_total', { scope_kind: 'agent', metric: 'usd' });
+    const first = await start(cfg);
+    for (let i = 0; i < 3; i++) await (await chat(first)).body.dump();
+    await expect.poll(() => alerts(first), { timeout: 10_000, interval: 50 }).toBe(1);
+    await first.stop();
+    running.splice(running.indexOf(first), 1);
+    const second = await start(cfg);
+    await (await chat(second)).body.dump();
+    // The fourth call's spend is reported (its slice was leased, and the report checks the percent again)...
+    await expect.poll(() => agentDayInFile(snapshotPath), { timeout: 10_000, interval: 50 }).toBe(Math.round(4 * COST_USD * 1e6));
+    // ...and the window, already alerted before the restart, is not alerted twice.
+    expect(await alerts(second)).toBe(0);
+    expect(second.logs.filter((l) => typeof l.msg === 'string' && l.msg.startsWith('budget alert'))).toEqual([]);
   });
 
   it('alerts a memory-store sidecar within a second or so of the call that crossed budgets.alertPercent, with no further call', async () => {
