@@ -88,6 +88,10 @@ export const leaseEvents =
  * would otherwise overwrite the last, and the series would show one workflow picked by map order.
  */
 export const refreshLeaseGauge = (store: BudgetStore, metrics: Metrics): void => {
+  // Only what is held now: a label set whose slices all went (a sidecar's last workflow went idle) has no series.
+  metrics.leaseRemaining.reset();
+  metrics.leaseRemainingTokens.reset();
+  metrics.leaseRemainingCalls.reset();
   const sums = new Map<string, { labels: readonly [string, string, string]; left: Partial<MutableAmounts> }>();
   for (const v of store.leaseViews?.() ?? []) {
     const labels = [v.scope.kind, v.window, routeLabel(v.scope)] as const;
