@@ -1,5 +1,5 @@
 import type { Logger } from 'pino';
-import { budgetAlert } from '../telemetry/budget-alert.js';
+import { budgetAlert } from './alert.js';
 import type { Metrics } from '../telemetry/metrics.js';
 import type { LeaseEvent } from './lease.js';
 import type { FallbackEvent } from './local-fallback-store.js';

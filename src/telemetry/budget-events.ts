@@ -1,6 +1,6 @@
 import type { BudgetEvents } from '../policies/budget.js';
 import { classifyRedisError } from '../store/redis-errors.js';
-import { budgetAlert } from './budget-alert.js';
+import { budgetAlert } from '../budget/alert.js';
 import { counterSeries, histogramSeries, type CounterSeries } from './fast-metrics.js';
 import type { Metrics } from './metrics.js';
 

@@ -1,6 +1,6 @@
 import type { Logger } from 'pino';
-import type { AlertCrossing } from '../budget/store.js';
-import type { Metrics } from './metrics.js';
+import type { AlertCrossing } from './store.js';
+import type { Metrics } from '../telemetry/metrics.js';
 
 /**
  * The one writer of a budget alert: `fusebox_budget_alerts_total` and a warn line naming the scope, window, metric and
