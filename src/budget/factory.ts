@@ -26,6 +26,13 @@ export const loadPrices = (config: Config, baseDir: string): PriceTable =>
   loadPriceTable(config.budgets.pricesFile !== undefined ? resolve(baseDir, config.budgets.pricesFile) : bundledPricesFile());
 
 /**
+ * How often leased spend is reported when the config does not say. Redis: each report is a script call, so rarely.
+ * Memory: a report is a function call, and until it runs the spend is in no snapshot and crosses no alert percent
+ * (a crash loses what was unreported, an agent that stopped past the percent is alerted only then): every tick.
+ */
+const DEFAULT_REPORT_INTERVAL_MS = { redis: 20_000, memory: 1_000 } as const;
+
+/**
  * The store the config asks for, as a stack (outermost first):
  * - LeasedStore: every cap (route, fleet, agent, workflow; µUSD, tokens, calls) served from leased slices (lease.ts),
  *   so a call runs no store script (the inner store checks its kill copy only), and an outage spends at most the
@@ -36,12 +43,6 @@ export const loadPrices = (config: Config, baseDir: string): PriceTable =>
  *   instead of failing every call. It runs on `deps.redis`, the process's one connection, which the caller closes
  *   after the store.
  */
-/**
- * How often leased spend is reported when the config does not say. Redis: each report is a script call, so rarely.
- * Memory: a report is a function call, and until it runs the spend is in no snapshot and crosses no alert percent
- * (a crash loses what was unreported, an agent that stopped past the percent is alerted only then): every tick.
- */
-const DEFAULT_REPORT_INTERVAL_MS = { redis: 20_000, memory: 1_000 } as const;
 
 export const createBudgetStore = (config: Config, deps: { now: () => number; logger: Logger; metrics: Metrics; redis?: RedisConnection }): BudgetStore => {
   const { now, logger, metrics, redis } = deps;

@@ -56,7 +56,7 @@ export interface LeasedStoreOptions {
   renewBelowPercent?: number;
   /** µUSD admitted per outage per window on no valid slice. Default 0. */
   allowanceUsdMicros?: number;
-  /** Spend is reported at most this often while there is some, ms. Default 20000 (config `store.lease.reportIntervalMs`). */
+  /** Spend is reported at most this often while there is some, ms. Default 20000 (the factory passes config `store.lease.reportIntervalMs`, 1000 for a memory store). */
   reportIntervalMs?: number;
   /** How often slices of idle windows are given back and uncapped spend reported, ms. Default 1000. */
   tickMs?: number;

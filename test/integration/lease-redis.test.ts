@@ -190,8 +190,8 @@ describe('leased fleet cap over a real Redis that is killed and restarted', () =
     };
     const raw = new Redis(redis.url);
     try {
-      // The first calls lease the slices; token and call slices start at what a call needs (no minimum), then follow
-      // the rate reported, so a few renews size them for thousands of calls (the µUSD slices too, past their minimum).
+      // The first calls lease the slices; token and call slices start at their minimum (10,000 tokens, 10 calls) as the
+      // µUSD ones do, then follow the rate reported, so a few renews size them for thousands of calls.
       await calls(withWorkflow, 400);
       await calls(leased, 2);
       /** Commands Redis ran for `n` calls (those inside scripts included), and how many of them were scripts. */
