@@ -506,10 +506,10 @@ const SIZING = { ttlMs: 30_000, graceMs: 5_000, minSliceUsdMicros: 50_000, alert
 // The stack a sidecar runs on a cluster: the lease layer serves every window, so a call runs no per-call script and
 // each lease script touches one scope's slot (a bare RedisStore refuses a call spanning slots: see CrossSlotError).
 /** The stack a sidecar runs (factory.ts), each instance on its own connection; `url` of a cluster or one node. */
-const redisStack = (prefixLetter: string, url: () => string, commitDelayMs = 0): Factory => async (clock) => {
+const redisStack = (prefixLetter: string, url: () => string): Factory => async (clock) => {
   const prefix = `${prefixLetter}${++prefixes}`;
   const make = async () => {
-    const shared = await redisStore(clock.now, prefix, url(), commitDelayMs);
+    const shared = await redisStore(clock.now, prefix, url());
     const connection = connections.at(-1)!;
     return new LeasedStore({
       inner: new LocalFallbackStore({ shared, now: clock.now }),
@@ -523,7 +523,6 @@ const redisStack = (prefixLetter: string, url: () => string, commitDelayMs = 0):
 
 describeStoreContract('leased slices over local fallback over a redis cluster (3 masters)', redisStack('c', () => cluster.url), { leased: true });
 
-describeStoreContract('leased slices over local fallback over a redis cluster (3 masters), commits riding the next reserve', redisStack('c', () => cluster.url, RIDE_MS), { leased: true });
 
 describeStoreContract('local fallback over redis (redis up)', async (clock) => {
   const prefix = `t${++prefixes}`;
