@@ -13,6 +13,7 @@ import {
   resetTimeOf,
   scopeKey,
   ZERO,
+  zeroAmounts,
   type Actual,
   type AlertCrossing,
   type Amounts,
@@ -423,11 +424,11 @@ export class LeasedStore implements BudgetStore {
         grant: ZERO,
         grantedAt: 0,
         expiresAt: 0,
-        unreported: { usdMicros: 0, tokens: 0, calls: 0 },
-        held: { usdMicros: 0, tokens: 0, calls: 0 },
+        unreported: zeroAmounts(),
+        held: zeroAmounts(),
         pending: undefined,
         renewing: undefined,
-        waiting: { usdMicros: 0, tokens: 0, calls: 0 },
+        waiting: zeroAmounts(),
         short: false,
         failedAt: -Infinity,
         allowanceUsed: 0,
@@ -633,12 +634,19 @@ export class LeasedStore implements BudgetStore {
   }
 
   /** Renews ahead of need while the window is spending, so calls rarely wait for a round trip. */
+  /** A capped metric of the slice has less than `renewBelowPercent` of its grant left (a loop: no closure per call). */
+  private runningLow(l: Lease): boolean {
+    for (const m of METRICS) {
+      if (l.caps[m] !== undefined && l.grant[m] - l.unreported[m] - l.held[m] < this.renewBelow * l.grant[m]) return true;
+    }
+    return false;
+  }
+
   private maybeRenew(l: Lease): void {
     const now = this.now();
     if (l.renewing || now - l.failedAt < this.tickMs) return;
     const lifeLeft = l.expiresAt - now;
-    const low = METRICS.some((m) => l.caps[m] !== undefined && l.grant[m] - l.unreported[m] - l.held[m] < this.renewBelow * l.grant[m]);
-    if (low || lifeLeft < this.renewBelow * (l.expiresAt - l.grantedAt)) {
+    if (this.runningLow(l) || lifeLeft < this.renewBelow * (l.expiresAt - l.grantedAt)) {
       this.inBackground(l, plusAmounts(l.held, l.lastEstimate), true);
     }
   }
@@ -694,9 +702,7 @@ export class LeasedStore implements BudgetStore {
     }
     l.pending = undefined;
     l.short = p.keep && METRICS.some((m) => l.caps[m] !== undefined && r.grant[m] < p.want[m]);
-    l.unreported.usdMicros -= p.report.usdMicros;
-    l.unreported.tokens -= p.report.tokens;
-    l.unreported.calls -= p.report.calls;
+    addAmounts(l.unreported, p.report, -1);
     const renewal = l.expiresAt > now;
     l.grant = r.grant;
     l.grantedAt = now;
