@@ -146,7 +146,6 @@ interface Remembered {
 interface Split {
   readonly day: string;
   readonly month: string;
-  readonly leased: readonly ScopeBudget[];
   readonly windowIds: readonly string[];
   readonly keys: readonly string[];
 }
@@ -224,8 +223,8 @@ export class LeasedStore implements BudgetStore {
     const taken: Lease[] = [];
     const unhold = () => taken.forEach((l) => addAmounts(l.held, req.estimate, -1));
     try {
-      for (let k = 0; k < split.leased.length; k++) {
-        const lease = this.leaseFor(split.leased[k]!, split.windowIds[k]!, split.keys[k]!);
+      for (let k = 0; k < req.scopes.length; k++) {
+        const lease = this.leaseFor(req.scopes[k]!, split.windowIds[k]!, split.keys[k]!);
         const refusal = this.holdAtOnce(lease, req.estimate) ? undefined : await this.admit(lease, req.estimate, req.onUnavailable);
         if (refusal) {
           unhold();
@@ -408,7 +407,7 @@ export class LeasedStore implements BudgetStore {
     const kept = this.splits.get(list);
     if (kept !== undefined && kept.day === day && kept.month === month) return kept;
     const windowIds = list.map((s) => windowAt(s.window, now).id);
-    const made: Split = { day, month, leased: list, windowIds, keys: list.map((s, k) => scopeKey(s, windowIds[k]!)) };
+    const made: Split = { day, month, windowIds, keys: list.map((s, k) => scopeKey(s, windowIds[k]!)) };
     this.splits.set(list, made);
     return made;
   }
