@@ -178,7 +178,11 @@ export class MemoryLeaseSource implements LeaseSource {
     const scope = counted(req.scope);
     const key = scopeKey(req.scope, req.scope.windowId);
     let w = this.windows.get(key);
-    if (!w) this.windows.set(key, (w = { holders: new Map(), gcAt: Infinity }));
+    if (!w) {
+      // A calendar window is dropped with the counters' grace after it ends; a workflow window sets its own below.
+      const end = req.scope.window === 'day' || req.scope.window === 'month' ? windowEndFromId(req.scope.window, req.scope.windowId) : null;
+      this.windows.set(key, (w = { holders: new Map(), gcAt: end === null ? Infinity : end + CALENDAR_GRACE_MS }));
+    }
     let live = 0;
     const outstanding = zeroAmounts();
     const presumed = zeroAmounts();
@@ -271,15 +275,11 @@ export class MemoryLeaseSource implements LeaseSource {
     });
   }
 
-  /** Calendar windows are dropped with the counters' grace after they end; workflow windows once unseen past their gc. */
+  /** Windows past their `gcAt`: calendar windows the counters' grace after they end, workflows unseen past their gc. */
   private sweep(now: number): void {
     if (now - this.lastSweep < 60_000) return;
     this.lastSweep = now;
-    for (const [key, w] of this.windows) {
-      const [, , window, windowId] = splitKey(key);
-      const end = window === 'day' || window === 'month' ? windowEndFromId(window, windowId) : null;
-      if (end !== null ? end + CALENDAR_GRACE_MS <= now : w.gcAt <= now) this.windows.delete(key);
-    }
+    for (const [key, w] of this.windows) if (w.gcAt <= now) this.windows.delete(key);
   }
 }
 
@@ -290,8 +290,3 @@ const counted = (s: ReservedScope): ReservedScope => {
   return rest;
 };
 
-/** `kind:id:window:windowId`; the id of a route has no colon (route names are [A-Za-z0-9_.-]). */
-const splitKey = (key: string): [string, string, string, string] => {
-  const [kind = '', id = '', window = '', windowId = ''] = key.split(':');
-  return [kind, id, window, windowId];
-};

@@ -716,3 +716,22 @@ class RecordingStore extends MemoryStore {
     return super.commit(r, actual);
   }
 }
+
+describe('MemoryLeaseSource sweep', () => {
+  it('keeps a workflow window whose id reads like a calendar window ("x:day:2020-01-01") until its own gc', async () => {
+    let t = START;
+    const counters = new MemoryStore({ now: () => t });
+    const source = new MemoryLeaseSource(counters, SIZING);
+    const ask = (scope: ReservedScope, seq: number) =>
+      source.acquire({ scope, holder: 'h', seq, report: { usdMicros: 0, tokens: 0, calls: 0 }, keep: true, want: { usdMicros: 0, tokens: 0, calls: 1 }, caps: scope.caps, usedAt: t, now: t });
+    // The workflow id is the agent's x-fusebox-workflow header as sent: it may hold colons.
+    const odd: ReservedScope = { ...workflow('x:day:2020-01-01', 'a1', 5), windowId: 'all' };
+    expect((await ask(odd, 1)).grant.calls).toBe(5);
+    // A minute later another window's request runs the sweep: the workflow's slice is still out, not dropped as a
+    // day that ended in 2020.
+    t += 61_000;
+    await ask({ ...fleetDay(usd(1)), windowId: '2026-12-05' }, 2);
+    const [u] = await source.usage([odd], t);
+    expect(u?.outstanding.calls).toBe(5);
+  });
+});
