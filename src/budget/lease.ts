@@ -140,6 +140,8 @@ interface Remembered {
   readonly known: Lease['known'];
   readonly lastReportAt: number;
   readonly usedAt: number;
+  /** When it is of no more use: its workflow gone idle (a lease made again then starts fresh). */
+  readonly forgetAt: number;
 }
 
 /** A request's windows' ids and keys, worked out once per scope list and day and month, not per call. */
@@ -186,7 +188,7 @@ export class LeasedStore implements BudgetStore {
   private readonly leases = new Map<string, Lease>();
   /**
    * What the source last said of workflow windows whose lease went idle and was dropped (at most
-   * REMEMBERED_WORKFLOWS, oldest first out): a workflow that pauses, then goes on during an outage, is held to what
+   * REMEMBERED_WORKFLOWS, oldest first out, and each only until its workflow's idle time is over): a workflow that pauses, then goes on during an outage, is held to what
    * was left of its caps, not handed them whole again (see aloneRemaining).
    */
   private readonly remembered = new Map<string, Remembered>();
@@ -727,7 +729,8 @@ export class LeasedStore implements BudgetStore {
 
   private remember(key: string, l: Lease): void {
     this.remembered.delete(key);
-    this.remembered.set(key, { known: l.known, lastReportAt: l.lastReportAt, usedAt: l.usedAt });
+    const idle = l.scope.idleTtlMs;
+    this.remembered.set(key, { known: l.known, lastReportAt: l.lastReportAt, usedAt: l.usedAt, forgetAt: idle !== undefined && l.usedAt > 0 ? l.usedAt + idle : Infinity });
     if (this.remembered.size > REMEMBERED_WORKFLOWS) this.remembered.delete(this.remembered.keys().next().value!);
   }
 
@@ -739,6 +742,11 @@ export class LeasedStore implements BudgetStore {
    */
   private tick(): void {
     const now = this.now();
+    // Oldest first (the order they were dropped in): what has gone idle since would start fresh anyway.
+    for (const [key, r] of this.remembered) {
+      if (r.forgetAt > now) break;
+      this.remembered.delete(key);
+    }
     for (const [key, l] of this.leases) {
       if (l.renewing || now - l.failedAt < this.tickMs) continue;
       const unreported = anyAmount(l.unreported) || l.pending !== undefined;
