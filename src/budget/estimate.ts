@@ -1,5 +1,6 @@
 import { createRequire } from 'node:module';
 import type { RouteConfig } from '../config/schema.js';
+import { openAiOperation } from '../providers/openai.js';
 import { parseJsonObject, requestInfo, type JsonObject } from '../providers/request.js';
 import { isRecord, type Usage } from '../providers/usage.js';
 
@@ -192,7 +193,7 @@ export const countOpenAITokens = (text: string): number => {
 };
 
 const isEmbeddings = (model: string | undefined, path: string | undefined): boolean =>
-  (model !== undefined && /embed/i.test(model)) || (path !== undefined && /\/embeddings(?:\?|$)/.test(path));
+  (model !== undefined && /embed/i.test(model)) || (path !== undefined && openAiOperation(path) === 'embeddings');
 
 /** Tokens of OpenAI prompt text: o200k when the route asks for it, else the upper bound ceil(UTF-8 bytes / 2). */
 const openAITextTokens = (text: string, tokenizer: EstimateOptions['tokenizer']): number =>

@@ -21,6 +21,21 @@ import {
  *   carries it in `response.usage`.
  */
 
+/** What an OpenAI request path asks for, in the GenAI convention's operation names. */
+export type OpenAiOperation = 'chat' | 'embeddings' | 'text_completion';
+
+/**
+ * One answer for every layer that asks (the estimate: embeddings have no output; tracing: the span's operation):
+ * `/embeddings` and the legacy `/completions` are their own operations; chat completions and the Responses API are
+ * `chat`. The query is not part of the path.
+ */
+export const openAiOperation = (path: string): OpenAiOperation => {
+  const p = path.split('?', 1)[0]!;
+  if (/\/embeddings\/?$/.test(p)) return 'embeddings';
+  if (/\/completions\/?$/.test(p) && !/\/chat\/completions\/?$/.test(p)) return 'text_completion';
+  return 'chat';
+};
+
 /** `model` of a response body, a chat chunk, or a Responses event (`response.model`). */
 export const openaiModel = (json: unknown): string | undefined => {
   if (!isRecord(json)) return undefined;

@@ -38,6 +38,7 @@ import type { Logger } from 'pino';
 import type { ProxyError } from '../errors.js';
 import type { BodyEnd, CallContext, CallTrace, Handler, Layer, ProxyRequest, ProxyResponse, TraceAttributes } from '../pipeline/types.js';
 import { requestInfo } from '../providers/request.js';
+import { openAiOperation, type OpenAiOperation } from '../providers/openai.js';
 import type { Metrics } from './metrics.js';
 import { toProxyError } from './observe.js';
 import { redactPath, redactUrl } from './redact.js';
@@ -83,7 +84,7 @@ class CallSpans implements CallTrace {
     readonly tracer: Tracer,
     readonly span: Span,
     /** The GenAI operation the request path names, on LLM routes: the call span's name and `gen_ai.operation.name`. */
-    readonly operation: GenAiOperation | undefined,
+    readonly operation: OpenAiOperation | undefined,
   ) {
     this.context = trace.setSpan(ROOT_CONTEXT, span);
   }
@@ -141,21 +142,8 @@ const endWithBody = (res: ProxyResponse, span: Span, onEnd?: (end: BodyEnd) => v
 
 const isLlm = (ctx: CallContext) => ctx.route.provider === 'openai' || ctx.route.provider === 'anthropic';
 
-type GenAiOperation = 'chat' | 'embeddings' | 'text_completion';
-
-/**
- * The GenAI convention's operation for an LLM route's request path: OpenAI's `/embeddings` and legacy
- * `/completions` are their own operations; chat completions, the Responses API and Anthropic's messages are `chat`.
- */
-export const genAiOperation = (path: string): GenAiOperation => {
-  const p = path.split('?', 1)[0]!;
-  if (/\/embeddings\/?$/.test(p)) return 'embeddings';
-  if (/\/completions\/?$/.test(p) && !/\/chat\/completions\/?$/.test(p)) return 'text_completion';
-  return 'chat';
-};
-
 /** The GenAI attributes of a settled LLM call, and its name (`<operation> <model>`, the GenAI convention's). */
-const describeLlmCall = (span: Span, ctx: CallContext, operation: GenAiOperation): void => {
+const describeLlmCall = (span: Span, ctx: CallContext, operation: OpenAiOperation): void => {
   const provider = ctx.route.provider;
   const f = ctx.facts;
   const s = f.settlement;
@@ -272,7 +260,7 @@ export const startTracing = async (settings: TracingSettings, deps: { metrics: M
       },
       parent,
     );
-    const spans = new CallSpans(tracer, span, isLlm(ctx) ? genAiOperation(req.path) : undefined);
+    const spans = new CallSpans(tracer, span, ctx.route.provider === 'openai' ? openAiOperation(req.path) : isLlm(ctx) ? 'chat' : undefined);
     ctx.trace = spans;
     let res;
     try {
