@@ -41,6 +41,7 @@ import { createMetrics, type Metrics } from './telemetry/metrics.js';
 import { readRedisTls } from './store/redis-tls.js';
 import { PoolSet } from './upstream/pool.js';
 import { PendingWork } from './pipeline/pending.js';
+import { settledWithin } from './pipeline/sleep.js';
 import { tracingDecision } from './telemetry/tracing-env.js';
 import { Generations, type Generation, type ReloadResult, type SharedPipelineDeps } from './generations.js';
 import type { Tracing } from './telemetry/tracing.js';
@@ -355,19 +356,6 @@ const drainAndClose = async (r: Running): Promise<void> => {
   // Every line out before the process exits (the CLI exits right after): a stalled stdout reader gets 2 s, then the
   // exit hook's synchronous flush tries what is left for at most 1 s more and counts the rest as dropped.
   await settledWithin(new Promise<void>((done) => logger.flush(() => done())), 2_000);
-};
-
-/**
- * Waits for `work` at most `ms`: true when it finished in time (a rejection is thrown, as the race did before). The
- * timer is cleared either way, so none keeps the process up.
- */
-const settledWithin = async (work: Promise<unknown>, ms: number): Promise<boolean> => {
-  let timer: NodeJS.Timeout | undefined;
-  try {
-    return await Promise.race([work.then(() => true), new Promise<boolean>((done) => (timer = setTimeout(() => done(false), ms)))]);
-  } finally {
-    clearTimeout(timer);
-  }
 };
 
 /**

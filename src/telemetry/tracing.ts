@@ -36,6 +36,7 @@ import {
 } from '@opentelemetry/semantic-conventions';
 import type { Logger } from 'pino';
 import type { ProxyError } from '../errors.js';
+import { settledWithin } from '../pipeline/sleep.js';
 import type { BodyEnd, CallContext, CallTrace, Handler, Layer, ProxyRequest, ProxyResponse, TraceAttributes } from '../pipeline/types.js';
 import { requestInfo } from '../providers/request.js';
 import { openAiOperation, type OpenAiOperation } from '../providers/openai.js';
@@ -359,12 +360,11 @@ export const startTracing = async (settings: TracingSettings, deps: { metrics: M
     hop,
     attempts,
     async shutdown(timeoutMs) {
-      let timer: NodeJS.Timeout | undefined;
-      const timedOut = new Promise<'timeout'>((done) => (timer = setTimeout(() => done('timeout'), timeoutMs)));
-      const outcome = await Promise.race([provider.shutdown().then(() => 'done' as const, (err: unknown) => err), timedOut]);
-      clearTimeout(timer);
-      if (outcome === 'timeout') logger.warn({ timeoutMs }, 'tracing: the last spans were not exported in time at shutdown');
-      else if (outcome !== 'done') logger.warn({ error: (outcome as Error).message }, 'tracing: shutdown failed; the last spans may be lost');
+      try {
+        if (!(await settledWithin(provider.shutdown(), timeoutMs))) logger.warn({ timeoutMs }, 'tracing: the last spans were not exported in time at shutdown');
+      } catch (err) {
+        logger.warn({ error: (err as Error).message }, 'tracing: shutdown failed; the last spans may be lost');
+      }
     },
   };
 };
