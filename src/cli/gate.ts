@@ -1,4 +1,3 @@
-import { dirname, resolve } from 'node:path';
 import { parseArgs } from 'node:util';
 import { ConfigError, loadConfigFile } from '../config/load.js';
 import { closest } from '../config/problems.js';
@@ -133,15 +132,15 @@ interface Plan {
 const DEFAULT_SLO = SloSchema.parse({});
 
 const plan = (values: Values, env: NodeJS.ProcessEnv): Plan => {
-  let config: Config | undefined;
-  if (values.config) config = loadConfigFile(values.config, env).config;
+  const loaded = values.config ? loadConfigFile(values.config, env) : undefined;
+  const config: Config | undefined = loaded?.config;
   const url = values.store ?? (config?.store.kind === 'redis' ? config.store.url : undefined);
   if (!url) throw new UsageError('--store redis://HOST:PORT is required (or a --config whose store is redis): the gate reads the fleet counters there');
   if (!/^rediss?(\+cluster)?:\/\//.test(url)) {
     throw new UsageError(`--store must be a redis://, rediss:// or redis+cluster:// URL, got "${redactUrl(url)}" (a memory store lives inside one sidecar; the gate needs the shared store)`);
   }
   // The config's store.tls goes with a TLS URL, whether the URL came from the config or --store.
-  const tls = config && /^rediss/.test(url) ? readRedisTls(config.store.tls, dirname(resolve(values.config!))) : undefined;
+  const tls = loaded && /^rediss/.test(url) ? readRedisTls(loaded.config.store.tls, loaded.baseDir) : undefined;
   const common = {
     url,
     ...(tls !== undefined && { tls }),
