@@ -4,18 +4,14 @@
 // on a delay.
 import { subscribe, unsubscribe } from 'node:diagnostics_channel';
 import type { IncomingMessage, Server, ServerResponse } from 'node:http';
-import { setFlagsFromString } from 'node:v8';
-import { runInNewContext } from 'node:vm';
 import { Agent, request } from 'undici';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { gc } from '../helpers/gc.js';
 import type { CallAnswerMessage, CallErrorMessage, CallStartMessage } from '../../src/telemetry/channels.js';
 import { startFusebox, type RunningFusebox } from '../helpers/fusebox.js';
 import { PRICES, startLlmUpstream, type LlmUpstream } from '../helpers/llm.js';
 import { freePort } from '../helpers/net.js';
 
-setFlagsFromString('--expose-gc');
-/** V8's gc(), from a context made after the flag (this process was not started with --expose-gc). */
-const gc = runInNewContext('gc') as () => void;
 
 /** Calls of each kind: enough that a per-call leak cannot hide in a pool's or cache's fixed size. */
 const N = 30;

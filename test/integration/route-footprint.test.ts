@@ -4,16 +4,12 @@
 // then gave every route its live window (~20 KB: counts per second and a 1,000-sample latency reservoir). Measured as
 // heap used and ArrayBuffer bytes after full GCs, so the figure includes whatever else a route holds (its parsed
 // config, its closures: ~12 KB now).
-import { setFlagsFromString } from 'node:v8';
-import { runInNewContext } from 'node:vm';
 import { pino } from 'pino';
 import { afterAll, describe, expect, it } from 'vitest';
+import { gc } from '../helpers/gc.js';
 import { buildApp, type Fusebox } from '../../src/app.js';
 import { parseConfig } from '../../src/config/load.js';
 
-setFlagsFromString('--expose-gc');
-/** V8's gc(), from a context made after the flag (this process was not started with --expose-gc). */
-const gc = runInNewContext('gc') as () => void;
 
 /** V8's heap used and the ArrayBuffers' backing stores (a typed array's bytes live outside the heap), after full GCs. */
 const heapUsedAfterGc = (): number => {
